@@ -1,0 +1,46 @@
+//! SCSI block-device emulation (SPC-4 / SBC-3) for twinsan's logical units.
+//!
+//! The crate does no I/O of its own: command decoding ([`cdb`]) and sense building ([`sense`]) are pure, and
+//! [`LogicalUnit::execute`] reaches storage only through the [`BlockDevice`] trait that the engine implements
+//! (a file, a block device, later a replicated volume).
+//!
+//! # How the engine drives a command
+//! 1. [`LogicalUnit::data_out_len`] says how much Data-Out to solicit (0 for commands without any).
+//! 2. [`LogicalUnit::execute`] runs the command (blocking) and returns an [`Outcome`]: status, Data-In already
+//!    cut to the allocation length, and sense for a CHECK CONDITION.
+//! 3. [`LogicalUnit::data_in_len`] gives the length the CDB asked for, to compute residuals.
+//!
+//! A command for a LUN the target does not have goes to [`execute_no_lun`] instead.
+//!
+//! # Architecture invariants
+//! - Any byte string as a CDB gives an [`Outcome`]: no panics, and no allocation sized by a CDB field beyond
+//!   [`MAX_TRANSFER_BLOCKS`] blocks or the 64 KiB of an allocation length.
+//! - An unimplemented opcode or service action answers ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE, which
+//!   initiators and conformance suites read as "not supported".
+//! - Data-Out shorter than the CDB's transfer length is refused before anything is written.
+
+pub mod cdb;
+mod lu;
+mod memory;
+pub mod sense;
+
+pub use lu::{
+    decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request, TaskStatus,
+    BLOCK_SIZE, MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
+};
+pub use memory::MemoryDevice;
+pub use sense::{FieldPointer, Sense, SenseKey};
+
+use std::io;
+
+/// Storage under a logical unit. Calls block; the engine runs them off the async reactor.
+pub trait BlockDevice: Send + Sync {
+    /// Capacity in bytes (a multiple of the block size).
+    fn size_bytes(&self) -> u64;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`; with `fua` the data is on stable storage before this returns.
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
+    /// Makes every completed write durable (SYNCHRONIZE CACHE).
+    fn flush(&self) -> io::Result<()>;
+}
