@@ -250,7 +250,7 @@ impl LogicalUnit {
 
     /// Pops the oldest pending unit attention of `nexus`, registering the nexus if it is new.
     fn take_unit_attention(&self, nexus: &Nexus) -> Option<Sense> {
-        self.lock().entry(nexus.id).or_default().unit_attentions.pop_front()
+        self.lock().entry(nexus.id).or_default().unit_attentions.front().copied()
     }
 
     fn run(&self, req: &Request<'_>) -> Result<Vec<u8>, Sense> {
