@@ -494,10 +494,11 @@ impl Login {
                 None => reject(),
             },
             "InitialR2T" => match boolean(value) {
-                // Result function is OR: we would rather take unsolicited data.
-                Some(v) => {
-                    self.n.initial_r2t = v;
-                    Some(yes_no(v).into())
+                // Result function is OR and we answer Yes: immediate data up to FirstBurstLength already covers
+                // small writes, and solicited-only Data-Out keeps each command's data one sequence per R2T.
+                Some(_) => {
+                    self.n.initial_r2t = true;
+                    Some("Yes".into())
                 }
                 None => reject(),
             },
@@ -727,7 +728,7 @@ mod tests {
         assert_eq!(r.text.value("MaxBurstLength"), Some("1048576"));
         assert_eq!(r.text.value("X-com.example.Foo"), Some("NotUnderstood"));
         assert_eq!(r.text.value("MaxRecvDataSegmentLength"), Some("262144"));
-        assert!(n.header_digest && !n.data_digest && !n.initial_r2t);
+        assert!(n.header_digest && !n.data_digest && n.initial_r2t);
         assert_eq!(n.initiator_mrdsl, 262144);
     }
 
