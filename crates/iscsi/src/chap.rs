@@ -20,7 +20,10 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("user", &self.user).field("secret", &"<hidden>").finish()
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("secret", &"<hidden>")
+            .finish()
     }
 }
 
@@ -116,7 +119,10 @@ mod tests {
     #[test]
     fn md5_response_matches_rfc1321_vector() {
         // MD5("abc") = 900150983cd24fb0d6963f7d28e17f72; id 'a', secret "b", challenge "c".
-        assert_eq!(encode_hex(&response(b'a', b"b", b"c")), "0x900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            encode_hex(&response(b'a', b"b", b"c")),
+            "0x900150983cd24fb0d6963f7d28e17f72"
+        );
     }
 
     #[test]

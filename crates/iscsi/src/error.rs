@@ -50,7 +50,10 @@ pub enum ProtocolError {
     UnknownOpcode(u8),
     /// A field holds a value the protocol forbids.
     #[error("invalid {field}: {why}")]
-    InvalidField { field: &'static str, why: &'static str },
+    InvalidField {
+        field: &'static str,
+        why: &'static str,
+    },
     /// A text segment is malformed.
     #[error("malformed text segment: {0}")]
     Text(#[from] crate::text::TextError),

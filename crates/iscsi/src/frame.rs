@@ -25,7 +25,11 @@ pub struct FrameLimits {
 impl Default for FrameLimits {
     fn default() -> Self {
         // During login no digests are in force and the RFC default segment size applies.
-        FrameLimits { header_digest: false, data_digest: false, max_data_len: 8192 }
+        FrameLimits {
+            header_digest: false,
+            data_digest: false,
+            max_data_len: 8192,
+        }
     }
 }
 
@@ -43,7 +47,10 @@ pub enum DecodeError {
     /// The stream cannot be trusted any more: drop the connection.
     Fatal(ProtocolError),
     /// This PDU must be rejected (its header is known good) and the stream goes on.
-    Reject { bhs: Box<[u8; BHS_LEN]>, error: ProtocolError },
+    Reject {
+        bhs: Box<[u8; BHS_LEN]>,
+        error: ProtocolError,
+    },
 }
 
 fn pad4(n: usize) -> usize {
@@ -64,15 +71,25 @@ pub fn decode(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Option<RawPdu>
     bhs.copy_from_slice(&buf[..BHS_LEN]);
     let ahs_len = ahs_len_of(&bhs);
     if ahs_len > MAX_AHS_LEN {
-        return Err(DecodeError::Fatal(ProtocolError::AhsTooLong { len: ahs_len as u32, max: MAX_AHS_LEN as u32 }));
+        return Err(DecodeError::Fatal(ProtocolError::AhsTooLong {
+            len: ahs_len as u32,
+            max: MAX_AHS_LEN as u32,
+        }));
     }
     let data_len = data_len_of(&bhs);
     if data_len > limits.max_data_len {
         // The length cannot be trusted to resynchronise on, so the stream is lost at ERL 0.
-        return Err(DecodeError::Fatal(ProtocolError::SegmentTooLong { len: data_len, max: limits.max_data_len }));
+        return Err(DecodeError::Fatal(ProtocolError::SegmentTooLong {
+            len: data_len,
+            max: limits.max_data_len,
+        }));
     }
     let hd = if limits.header_digest { 4 } else { 0 };
-    let dd = if limits.data_digest && data_len > 0 { 4 } else { 0 };
+    let dd = if limits.data_digest && data_len > 0 {
+        4
+    } else {
+        0
+    };
     let data_at = BHS_LEN + ahs_len + hd;
     let total = data_at + pad4(data_len as usize) + dd;
     if buf.len() < total {
@@ -84,7 +101,10 @@ pub fn decode(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Option<RawPdu>
         let at = BHS_LEN + ahs_len;
         let received = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
         if computed != received {
-            return Err(DecodeError::Fatal(ProtocolError::HeaderDigest { received, computed }));
+            return Err(DecodeError::Fatal(ProtocolError::HeaderDigest {
+                received,
+                computed,
+            }));
         }
     }
     let mut pdu = buf.split_to(total).freeze();
@@ -98,17 +118,30 @@ pub fn decode(buf: &mut BytesMut, limits: &FrameLimits) -> Result<Option<RawPdu>
         None
     };
     if let Some(error) = data_digest_error {
-        return Err(DecodeError::Reject { bhs: Box::new(bhs), error });
+        return Err(DecodeError::Reject {
+            bhs: Box::new(bhs),
+            error,
+        });
     }
     let ahs = pdu.slice(BHS_LEN..BHS_LEN + ahs_len);
     pdu.advance(data_at);
     pdu.truncate(data_len as usize);
-    Ok(Some(RawPdu { bhs, ahs, data: pdu }))
+    Ok(Some(RawPdu {
+        bhs,
+        ahs,
+        data: pdu,
+    }))
 }
 
 /// Appends one PDU to `out`: header (with its digest), data padded to 4 bytes (with its digest).
 /// The BHS must already carry the right DataSegmentLength; `ahs` must be a multiple of 4 bytes.
-pub fn encode(out: &mut BytesMut, bhs: &[u8; BHS_LEN], ahs: &[u8], data: &[u8], limits: &FrameLimits) {
+pub fn encode(
+    out: &mut BytesMut,
+    bhs: &[u8; BHS_LEN],
+    ahs: &[u8],
+    data: &[u8],
+    limits: &FrameLimits,
+) {
     debug_assert_eq!(data_len_of(bhs) as usize, data.len());
     debug_assert_eq!(ahs.len() % 4, 0);
     let padded = pad4(data.len());
@@ -206,16 +239,26 @@ mod tests {
 
     #[test]
     fn bad_digests_are_caught() {
-        let limits = FrameLimits { header_digest: true, data_digest: true, max_data_len: 8192 };
+        let limits = FrameLimits {
+            header_digest: true,
+            data_digest: true,
+            max_data_len: 8192,
+        };
         let mut wire = BytesMut::new();
         encode(&mut wire, &nop(5), &[], b"hello", &limits);
         let mut bad_data = wire.clone();
         let n = bad_data.len();
         bad_data[n - 8] ^= 1;
-        assert!(matches!(decode(&mut bad_data, &limits), Err(DecodeError::Reject { .. })));
+        assert!(matches!(
+            decode(&mut bad_data, &limits),
+            Err(DecodeError::Reject { .. })
+        ));
         let mut bad_header = wire.clone();
         bad_header[20] ^= 1;
-        assert!(matches!(decode(&mut bad_header, &limits), Err(DecodeError::Fatal(ProtocolError::HeaderDigest { .. }))));
+        assert!(matches!(
+            decode(&mut bad_header, &limits),
+            Err(DecodeError::Fatal(ProtocolError::HeaderDigest { .. }))
+        ));
     }
 
     #[test]
@@ -224,7 +267,10 @@ mod tests {
         let mut wire = BytesMut::from(&nop(8193)[..]);
         assert!(matches!(
             decode(&mut wire, &limits),
-            Err(DecodeError::Fatal(ProtocolError::SegmentTooLong { len: 8193, max: 8192 }))
+            Err(DecodeError::Fatal(ProtocolError::SegmentTooLong {
+                len: 8193,
+                max: 8192
+            }))
         ));
     }
 

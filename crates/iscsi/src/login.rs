@@ -39,7 +39,11 @@ pub struct ChapPolicy {
 pub trait LoginEnv {
     /// May `initiator` log in to `target`, and with which CHAP policy? Errors are NotFound or
     /// AuthorizationFailure.
-    fn normal_access(&self, target: &str, initiator: &str) -> Result<Option<ChapPolicy>, LoginStatus>;
+    fn normal_access(
+        &self,
+        target: &str,
+        initiator: &str,
+    ) -> Result<Option<ChapPolicy>, LoginStatus>;
     /// CHAP policy of discovery sessions.
     fn discovery_access(&self, initiator: &str) -> Result<Option<ChapPolicy>, LoginStatus>;
 }
@@ -149,7 +153,10 @@ enum Chap {
     /// AuthMethod=CHAP chosen; waiting for CHAP_A.
     AwaitAlgorithm,
     /// Challenge sent; waiting for CHAP_N/CHAP_R.
-    AwaitResponse { id: u8, challenge: [u8; chap::CHALLENGE_LEN] },
+    AwaitResponse {
+        id: u8,
+        challenge: [u8; chap::CHALLENGE_LEN],
+    },
     Done,
 }
 
@@ -177,7 +184,13 @@ pub struct Login {
 
 fn fail(req: &LoginRequest, status: LoginStatus, why: impl Into<String>) -> LoginStep {
     LoginStep::Fail(
-        LoginReply { transit: false, csg: req.csg, nsg: req.nsg, text: TextPairs::default(), status },
+        LoginReply {
+            transit: false,
+            csg: req.csg,
+            nsg: req.nsg,
+            text: TextPairs::default(),
+            status,
+        },
         why.into(),
     )
 }
@@ -209,7 +222,14 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-const SECURITY_KEYS: &[&str] = &["AuthMethod", "CHAP_A", "CHAP_I", "CHAP_C", "CHAP_N", "CHAP_R"];
+const SECURITY_KEYS: &[&str] = &[
+    "AuthMethod",
+    "CHAP_A",
+    "CHAP_I",
+    "CHAP_C",
+    "CHAP_N",
+    "CHAP_R",
+];
 /// Keys that mean nothing in a discovery session (RFC 7143 section 13: "irrelevant" there).
 const NORMAL_ONLY_KEYS: &[&str] = &[
     "MaxConnections",
@@ -260,22 +280,42 @@ impl Login {
         random: &mut dyn FnMut(&mut [u8]),
     ) -> LoginStep {
         if req.version_min > 0 {
-            return fail(req, LoginStatus::UnsupportedVersion, format!("initiator needs iSCSI version >= {}", req.version_min));
+            return fail(
+                req,
+                LoginStatus::UnsupportedVersion,
+                format!("initiator needs iSCSI version >= {}", req.version_min),
+            );
         }
         if !self.started {
             self.isid = req.isid;
             self.tsih = req.tsih;
         } else if req.isid != self.isid || req.tsih != self.tsih {
-            return fail(req, LoginStatus::InitiatorError, "ISID or TSIH changed during login");
+            return fail(
+                req,
+                LoginStatus::InitiatorError,
+                "ISID or TSIH changed during login",
+            );
         }
         if req.csg == 2 || req.csg == stage::FULL_FEATURE {
-            return fail(req, LoginStatus::InitiatorError, format!("invalid current stage {}", req.csg));
+            return fail(
+                req,
+                LoginStatus::InitiatorError,
+                format!("invalid current stage {}", req.csg),
+            );
         }
         if req.transit && (req.nsg == 2 || req.nsg <= req.csg) {
-            return fail(req, LoginStatus::InitiatorError, format!("invalid transition from stage {} to {}", req.csg, req.nsg));
+            return fail(
+                req,
+                LoginStatus::InitiatorError,
+                format!("invalid transition from stage {} to {}", req.csg, req.nsg),
+            );
         }
         if req.csg < self.stage {
-            return fail(req, LoginStatus::InitiatorError, "login stage went backwards");
+            return fail(
+                req,
+                LoginStatus::InitiatorError,
+                "login stage went backwards",
+            );
         }
         if self.pending.len() + data.len() > MAX_LOGIN_TEXT {
             return fail(req, LoginStatus::InitiatorError, "login text too long");
@@ -309,7 +349,11 @@ impl Login {
         }
         if req.csg == stage::OPERATIONAL && !self.auth_done {
             if self.policy.is_some() {
-                return fail(req, LoginStatus::AuthenticationFailure, "target requires CHAP but initiator skipped the security stage");
+                return fail(
+                    req,
+                    LoginStatus::AuthenticationFailure,
+                    "target requires CHAP but initiator skipped the security stage",
+                );
             }
             self.auth_done = true;
         }
@@ -317,14 +361,21 @@ impl Login {
 
         for (key, value) in &pairs.0 {
             let key = key.as_str();
-            if matches!(key, "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias") {
+            if matches!(
+                key,
+                "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias"
+            ) {
                 continue; // handled with the first request
             }
             if SECURITY_KEYS.contains(&key) {
                 continue; // handled below, in order
             }
             if self.seen.iter().any(|k| k == key) {
-                return fail(req, LoginStatus::InitiatorError, format!("key {key} negotiated twice"));
+                return fail(
+                    req,
+                    LoginStatus::InitiatorError,
+                    format!("key {key} negotiated twice"),
+                );
             }
             self.seen.push(key.to_owned());
             if let Some(answer) = self.negotiate(key, value) {
@@ -336,15 +387,26 @@ impl Login {
             if let Err(step) = self.security(req, &pairs, random, &mut reply) {
                 return step;
             }
-        } else if pairs.0.iter().any(|(k, _)| SECURITY_KEYS.contains(&k.as_str())) {
-            return fail(req, LoginStatus::InitiatorError, "security key in the operational stage");
+        } else if pairs
+            .0
+            .iter()
+            .any(|(k, _)| SECURITY_KEYS.contains(&k.as_str()))
+        {
+            return fail(
+                req,
+                LoginStatus::InitiatorError,
+                "security key in the operational stage",
+            );
         }
 
         // Declare our receive limit once, in the operational stage (RFC 7143 section 13.12).
         if req.csg == stage::OPERATIONAL && !self.declared_mrdsl {
             self.declared_mrdsl = true;
             self.n.target_mrdsl = self.limits.max_recv_data_segment_length;
-            reply.push("MaxRecvDataSegmentLength", self.limits.max_recv_data_segment_length.to_string());
+            reply.push(
+                "MaxRecvDataSegmentLength",
+                self.limits.max_recv_data_segment_length.to_string(),
+            );
         }
 
         let stage_done = req.csg != stage::SECURITY || self.auth_done;
@@ -377,10 +439,18 @@ impl Login {
         reply: &mut TextPairs,
     ) -> Result<(), LoginStep> {
         let Some(initiator) = pairs.value("InitiatorName") else {
-            return Err(fail(req, LoginStatus::MissingParameter, "first Login Request has no InitiatorName"));
+            return Err(fail(
+                req,
+                LoginStatus::MissingParameter,
+                "first Login Request has no InitiatorName",
+            ));
         };
         if initiator.is_empty() {
-            return Err(fail(req, LoginStatus::MissingParameter, "empty InitiatorName"));
+            return Err(fail(
+                req,
+                LoginStatus::MissingParameter,
+                "empty InitiatorName",
+            ));
         }
         self.n.initiator_name = initiator.to_owned();
         self.n.initiator_alias = pairs.value("InitiatorAlias").map(str::to_owned);
@@ -388,16 +458,27 @@ impl Login {
             "Normal" => SessionType::Normal,
             "Discovery" => SessionType::Discovery,
             other => {
-                return Err(fail(req, LoginStatus::SessionTypeNotSupported, format!("unknown SessionType {other:?}")));
+                return Err(fail(
+                    req,
+                    LoginStatus::SessionTypeNotSupported,
+                    format!("unknown SessionType {other:?}"),
+                ));
             }
         };
         let access = match self.n.session_type {
             SessionType::Normal => {
                 let Some(target) = pairs.value("TargetName") else {
-                    return Err(fail(req, LoginStatus::MissingParameter, "normal session without TargetName"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::MissingParameter,
+                        "normal session without TargetName",
+                    ));
                 };
                 self.n.target_name = Some(target.to_owned());
-                reply.push("TargetPortalGroupTag", self.limits.portal_group_tag.to_string());
+                reply.push(
+                    "TargetPortalGroupTag",
+                    self.limits.portal_group_tag.to_string(),
+                );
                 env.normal_access(target, initiator)
             }
             SessionType::Discovery => env.discovery_access(initiator),
@@ -422,11 +503,17 @@ impl Login {
             return Some("Irrelevant".into());
         }
         let reject = || Some("Reject".to_string());
-        let num = |lo: u64, hi: u64| number(value).filter(|v| (lo..=hi).contains(v)).map(|v| v as u32);
+        let num = |lo: u64, hi: u64| {
+            number(value)
+                .filter(|v| (lo..=hi).contains(v))
+                .map(|v| v as u32)
+        };
         match key {
             "HeaderDigest" | "DataDigest" => {
                 let choice = value.split(',').find(|v| matches!(*v, "CRC32C" | "None"));
-                let Some(choice) = choice else { return reject() };
+                let Some(choice) = choice else {
+                    return reject();
+                };
                 let on = choice == "CRC32C";
                 if key == "HeaderDigest" {
                     self.n.header_digest = on;
@@ -540,18 +627,30 @@ impl Login {
     ) -> Result<(), LoginStep> {
         if let Some(methods) = pairs.value("AuthMethod") {
             if self.chap.is_some() || self.auth_done {
-                return Err(fail(req, LoginStatus::InitiatorError, "AuthMethod negotiated twice"));
+                return Err(fail(
+                    req,
+                    LoginStatus::InitiatorError,
+                    "AuthMethod negotiated twice",
+                ));
             }
             let offered: Vec<&str> = methods.split(',').collect();
             if self.policy.is_some() {
                 if !offered.contains(&"CHAP") {
-                    return Err(fail(req, LoginStatus::AuthenticationFailure, "target requires CHAP, initiator did not offer it"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::AuthenticationFailure,
+                        "target requires CHAP, initiator did not offer it",
+                    ));
                 }
                 reply.push("AuthMethod", "CHAP");
                 self.chap = Some(Chap::AwaitAlgorithm);
             } else {
                 if !offered.contains(&"None") {
-                    return Err(fail(req, LoginStatus::AuthenticationFailure, "initiator requires authentication the target is not configured for"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::AuthenticationFailure,
+                        "initiator requires authentication the target is not configured for",
+                    ));
                 }
                 reply.push("AuthMethod", "None");
                 self.auth_done = true;
@@ -559,7 +658,11 @@ impl Login {
         } else if self.chap.is_none() && !self.auth_done {
             if self.policy.is_some() {
                 if req.transit {
-                    return Err(fail(req, LoginStatus::AuthenticationFailure, "target requires CHAP, initiator offered no AuthMethod"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::AuthenticationFailure,
+                        "target requires CHAP, initiator offered no AuthMethod",
+                    ));
                 }
             } else {
                 self.auth_done = true;
@@ -571,7 +674,11 @@ impl Login {
                 if let Some(algs) = pairs.value("CHAP_A") {
                     if !algs.split(',').any(|a| a == "5") {
                         reply.push("CHAP_A", "Reject");
-                        return Err(fail(req, LoginStatus::AuthenticationFailure, "initiator offers no CHAP algorithm but MD5"));
+                        return Err(fail(
+                            req,
+                            LoginStatus::AuthenticationFailure,
+                            "initiator offers no CHAP algorithm but MD5",
+                        ));
                     }
                     let mut id = [0u8; 1];
                     random(&mut id);
@@ -580,22 +687,39 @@ impl Login {
                     reply.push("CHAP_A", "5");
                     reply.push("CHAP_I", id[0].to_string());
                     reply.push("CHAP_C", chap::encode_hex(&challenge));
-                    self.chap = Some(Chap::AwaitResponse { id: id[0], challenge });
+                    self.chap = Some(Chap::AwaitResponse {
+                        id: id[0],
+                        challenge,
+                    });
                 } else if pairs.value("CHAP_N").is_some() || pairs.value("CHAP_R").is_some() {
-                    return Err(fail(req, LoginStatus::InitiatorError, "CHAP response before CHAP_A"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::InitiatorError,
+                        "CHAP response before CHAP_A",
+                    ));
                 }
             }
             Some(Chap::AwaitResponse { id, challenge }) => {
-                let (Some(name), Some(resp)) = (pairs.value("CHAP_N"), pairs.value("CHAP_R")) else {
-                    return Err(fail(req, LoginStatus::AuthenticationFailure, "CHAP_N or CHAP_R missing"));
+                let (Some(name), Some(resp)) = (pairs.value("CHAP_N"), pairs.value("CHAP_R"))
+                else {
+                    return Err(fail(
+                        req,
+                        LoginStatus::AuthenticationFailure,
+                        "CHAP_N or CHAP_R missing",
+                    ));
                 };
                 let Some(policy) = self.policy.clone() else {
-                    return Err(fail(req, LoginStatus::TargetError, "CHAP state without a policy"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::TargetError,
+                        "CHAP state without a policy",
+                    ));
                 };
                 let expected = chap::response(id, &policy.initiator.secret, &challenge);
                 let got = chap::decode_binary(resp).unwrap_or_default();
                 // Compare the name and the response both, in constant time, so neither leaks which was wrong.
-                let name_ok = chap::constant_time_eq(name.as_bytes(), policy.initiator.user.as_bytes());
+                let name_ok =
+                    chap::constant_time_eq(name.as_bytes(), policy.initiator.user.as_bytes());
                 let resp_ok = chap::constant_time_eq(&got, &expected);
                 if !(name_ok & resp_ok) {
                     return Err(fail(
@@ -609,23 +733,48 @@ impl Login {
                 match (&policy.mutual, mutual_i, mutual_c) {
                     (Some(ours), Some(i), Some(c)) => {
                         let Some(i) = number(i).filter(|&i| i <= 255) else {
-                            return Err(fail(req, LoginStatus::AuthenticationFailure, "mutual CHAP_I is not a byte"));
+                            return Err(fail(
+                                req,
+                                LoginStatus::AuthenticationFailure,
+                                "mutual CHAP_I is not a byte",
+                            ));
                         };
-                        let Some(c) = chap::decode_binary(c).filter(|c| !c.is_empty() && c.len() <= chap::MAX_CHALLENGE_LEN) else {
-                            return Err(fail(req, LoginStatus::AuthenticationFailure, "mutual CHAP_C is malformed"));
+                        let Some(c) = chap::decode_binary(c)
+                            .filter(|c| !c.is_empty() && c.len() <= chap::MAX_CHALLENGE_LEN)
+                        else {
+                            return Err(fail(
+                                req,
+                                LoginStatus::AuthenticationFailure,
+                                "mutual CHAP_C is malformed",
+                            ));
                         };
                         if c == challenge {
-                            return Err(fail(req, LoginStatus::AuthenticationFailure, "initiator reflected the target's CHAP challenge"));
+                            return Err(fail(
+                                req,
+                                LoginStatus::AuthenticationFailure,
+                                "initiator reflected the target's CHAP challenge",
+                            ));
                         }
                         reply.push("CHAP_N", ours.user.clone());
-                        reply.push("CHAP_R", chap::encode_hex(&chap::response(i as u8, &ours.secret, &c)));
+                        reply.push(
+                            "CHAP_R",
+                            chap::encode_hex(&chap::response(i as u8, &ours.secret, &c)),
+                        );
                     }
                     (Some(_), _, _) => {
-                        return Err(fail(req, LoginStatus::AuthenticationFailure, "target requires mutual CHAP; initiator sent no challenge"));
+                        return Err(fail(
+                            req,
+                            LoginStatus::AuthenticationFailure,
+                            "target requires mutual CHAP; initiator sent no challenge",
+                        ));
                     }
                     (None, None, None) => {}
                     (None, _, _) => {
-                        return Err(fail(req, LoginStatus::AuthenticationFailure, "initiator asks for mutual CHAP, which is not configured"));
+                        return Err(fail(
+                            req,
+                            LoginStatus::AuthenticationFailure,
+                            "initiator asks for mutual CHAP, which is not configured",
+                        ));
                     }
                 }
                 self.chap = Some(Chap::Done);
@@ -633,12 +782,20 @@ impl Login {
             }
             Some(Chap::Done) => {
                 if pairs.0.iter().any(|(k, _)| k.starts_with("CHAP_")) {
-                    return Err(fail(req, LoginStatus::InitiatorError, "CHAP keys after authentication"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::InitiatorError,
+                        "CHAP keys after authentication",
+                    ));
                 }
             }
             None => {
                 if pairs.0.iter().any(|(k, _)| k.starts_with("CHAP_")) {
-                    return Err(fail(req, LoginStatus::InitiatorError, "CHAP keys without AuthMethod=CHAP"));
+                    return Err(fail(
+                        req,
+                        LoginStatus::InitiatorError,
+                        "CHAP keys without AuthMethod=CHAP",
+                    ));
                 }
             }
         }
@@ -654,7 +811,11 @@ mod tests {
         chap: Option<ChapPolicy>,
     }
     impl LoginEnv for Env {
-        fn normal_access(&self, target: &str, initiator: &str) -> Result<Option<ChapPolicy>, LoginStatus> {
+        fn normal_access(
+            &self,
+            target: &str,
+            initiator: &str,
+        ) -> Result<Option<ChapPolicy>, LoginStatus> {
             if target != "iqn.t" {
                 return Err(LoginStatus::NotFound);
             }
@@ -691,7 +852,12 @@ mod tests {
     }
 
     fn text(s: &[(&str, &str)]) -> Vec<u8> {
-        TextPairs(s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).encode()
+        TextPairs(
+            s.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .encode()
     }
 
     #[test]
@@ -700,11 +866,17 @@ mod tests {
         let mut l = Login::new(TargetLimits::default());
         let step = l.step(
             &req(0, 1, true),
-            &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t"), ("AuthMethod", "None")]),
+            &text(&[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", "iqn.t"),
+                ("AuthMethod", "None"),
+            ]),
             &env,
             &mut zeros,
         );
-        let LoginStep::Continue(r) = step else { panic!("{step:?}") };
+        let LoginStep::Continue(r) = step else {
+            panic!("{step:?}")
+        };
         assert!(r.transit);
         assert_eq!(r.nsg, 1);
         assert_eq!(r.text.value("AuthMethod"), Some("None"));
@@ -723,7 +895,9 @@ mod tests {
             &env,
             &mut zeros,
         );
-        let LoginStep::Complete(r, n) = step else { panic!("{step:?}") };
+        let LoginStep::Complete(r, n) = step else {
+            panic!("{step:?}")
+        };
         assert_eq!(r.text.value("HeaderDigest"), Some("CRC32C"));
         assert_eq!(r.text.value("MaxBurstLength"), Some("1048576"));
         assert_eq!(r.text.value("X-com.example.Foo"), Some("NotUnderstood"));
@@ -736,53 +910,117 @@ mod tests {
     fn refuses_unknown_target_and_disallowed_initiator() {
         let env = Env { chap: None };
         let mut l = Login::new(TargetLimits::default());
-        let step = l.step(&req(1, 3, true), &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.x")]), &env, &mut zeros);
-        assert!(matches!(step, LoginStep::Fail(LoginReply { status: LoginStatus::NotFound, .. }, _)));
+        let step = l.step(
+            &req(1, 3, true),
+            &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.x")]),
+            &env,
+            &mut zeros,
+        );
+        assert!(matches!(
+            step,
+            LoginStep::Fail(
+                LoginReply {
+                    status: LoginStatus::NotFound,
+                    ..
+                },
+                _
+            )
+        ));
         let mut l = Login::new(TargetLimits::default());
-        let step = l.step(&req(1, 3, true), &text(&[("InitiatorName", "iqn.bad"), ("TargetName", "iqn.t")]), &env, &mut zeros);
-        assert!(matches!(step, LoginStep::Fail(LoginReply { status: LoginStatus::AuthorizationFailure, .. }, _)));
+        let step = l.step(
+            &req(1, 3, true),
+            &text(&[("InitiatorName", "iqn.bad"), ("TargetName", "iqn.t")]),
+            &env,
+            &mut zeros,
+        );
+        assert!(matches!(
+            step,
+            LoginStep::Fail(
+                LoginReply {
+                    status: LoginStatus::AuthorizationFailure,
+                    ..
+                },
+                _
+            )
+        ));
     }
 
     #[test]
     fn chap_and_mutual_chap() {
         let policy = ChapPolicy {
-            initiator: Credentials { user: "u".into(), secret: b"secret12345678".to_vec() },
-            mutual: Some(Credentials { user: "t".into(), secret: b"tsecret1234567".to_vec() }),
+            initiator: Credentials {
+                user: "u".into(),
+                secret: b"secret12345678".to_vec(),
+            },
+            mutual: Some(Credentials {
+                user: "t".into(),
+                secret: b"tsecret1234567".to_vec(),
+            }),
         };
         let env = Env { chap: Some(policy) };
         let mut l = Login::new(TargetLimits::default());
         let LoginStep::Continue(r) = l.step(
             &req(0, 1, false),
-            &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t"), ("AuthMethod", "CHAP,None")]),
+            &text(&[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", "iqn.t"),
+                ("AuthMethod", "CHAP,None"),
+            ]),
             &env,
             &mut zeros,
         ) else {
             panic!()
         };
         assert_eq!(r.text.value("AuthMethod"), Some("CHAP"));
-        let LoginStep::Continue(r) = l.step(&req(0, 1, false), &text(&[("CHAP_A", "5")]), &env, &mut zeros) else {
+        let LoginStep::Continue(r) = l.step(
+            &req(0, 1, false),
+            &text(&[("CHAP_A", "5")]),
+            &env,
+            &mut zeros,
+        ) else {
             panic!()
         };
         let id: u8 = r.text.value("CHAP_I").unwrap().parse().unwrap();
         let c = chap::decode_binary(r.text.value("CHAP_C").unwrap()).unwrap();
         let resp = chap::encode_hex(&chap::response(id, b"secret12345678", &c));
         // A reflected challenge is refused.
-        let mut l2 = Login { ..Login::new(TargetLimits::default()) };
+        let mut l2 = Login {
+            ..Login::new(TargetLimits::default())
+        };
         std::mem::swap(&mut l2.chap, &mut l.chap.clone());
         l2.policy = l.policy.clone();
         l2.started = true;
         l2.isid = l.isid;
         let reflected = l2.step(
             &req(0, 1, true),
-            &text(&[("CHAP_N", "u"), ("CHAP_R", &resp), ("CHAP_I", "9"), ("CHAP_C", &chap::encode_hex(&c))]),
+            &text(&[
+                ("CHAP_N", "u"),
+                ("CHAP_R", &resp),
+                ("CHAP_I", "9"),
+                ("CHAP_C", &chap::encode_hex(&c)),
+            ]),
             &env,
             &mut zeros,
         );
-        assert!(matches!(reflected, LoginStep::Fail(LoginReply { status: LoginStatus::AuthenticationFailure, .. }, _)));
+        assert!(matches!(
+            reflected,
+            LoginStep::Fail(
+                LoginReply {
+                    status: LoginStatus::AuthenticationFailure,
+                    ..
+                },
+                _
+            )
+        ));
         let ic = [1u8, 2, 3, 4];
         let LoginStep::Continue(r) = l.step(
             &req(0, 1, true),
-            &text(&[("CHAP_N", "u"), ("CHAP_R", &resp), ("CHAP_I", "9"), ("CHAP_C", &chap::encode_hex(&ic))]),
+            &text(&[
+                ("CHAP_N", "u"),
+                ("CHAP_R", &resp),
+                ("CHAP_I", "9"),
+                ("CHAP_C", &chap::encode_hex(&ic)),
+            ]),
             &env,
             &mut zeros,
         ) else {
@@ -790,27 +1028,84 @@ mod tests {
         };
         assert!(r.transit);
         assert_eq!(r.text.value("CHAP_N"), Some("t"));
-        assert_eq!(r.text.value("CHAP_R"), Some(chap::encode_hex(&chap::response(9, b"tsecret1234567", &ic)).as_str()));
+        assert_eq!(
+            r.text.value("CHAP_R"),
+            Some(chap::encode_hex(&chap::response(9, b"tsecret1234567", &ic)).as_str())
+        );
     }
 
     #[test]
     fn wrong_chap_secret_fails() {
-        let policy = ChapPolicy { initiator: Credentials { user: "u".into(), secret: b"s".to_vec() }, mutual: None };
+        let policy = ChapPolicy {
+            initiator: Credentials {
+                user: "u".into(),
+                secret: b"s".to_vec(),
+            },
+            mutual: None,
+        };
         let env = Env { chap: Some(policy) };
         let mut l = Login::new(TargetLimits::default());
-        l.step(&req(0, 1, false), &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t"), ("AuthMethod", "CHAP")]), &env, &mut zeros);
-        l.step(&req(0, 1, false), &text(&[("CHAP_A", "5")]), &env, &mut zeros);
-        let step = l.step(&req(0, 1, true), &text(&[("CHAP_N", "u"), ("CHAP_R", "0x00")]), &env, &mut zeros);
-        assert!(matches!(step, LoginStep::Fail(LoginReply { status: LoginStatus::AuthenticationFailure, .. }, _)));
+        l.step(
+            &req(0, 1, false),
+            &text(&[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", "iqn.t"),
+                ("AuthMethod", "CHAP"),
+            ]),
+            &env,
+            &mut zeros,
+        );
+        l.step(
+            &req(0, 1, false),
+            &text(&[("CHAP_A", "5")]),
+            &env,
+            &mut zeros,
+        );
+        let step = l.step(
+            &req(0, 1, true),
+            &text(&[("CHAP_N", "u"), ("CHAP_R", "0x00")]),
+            &env,
+            &mut zeros,
+        );
+        assert!(matches!(
+            step,
+            LoginStep::Fail(
+                LoginReply {
+                    status: LoginStatus::AuthenticationFailure,
+                    ..
+                },
+                _
+            )
+        ));
     }
 
     #[test]
     fn chap_required_cannot_be_skipped() {
-        let policy = ChapPolicy { initiator: Credentials { user: "u".into(), secret: b"s".to_vec() }, mutual: None };
+        let policy = ChapPolicy {
+            initiator: Credentials {
+                user: "u".into(),
+                secret: b"s".to_vec(),
+            },
+            mutual: None,
+        };
         let env = Env { chap: Some(policy) };
         let mut l = Login::new(TargetLimits::default());
-        let step = l.step(&req(1, 3, true), &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t")]), &env, &mut zeros);
-        assert!(matches!(step, LoginStep::Fail(LoginReply { status: LoginStatus::AuthenticationFailure, .. }, _)));
+        let step = l.step(
+            &req(1, 3, true),
+            &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t")]),
+            &env,
+            &mut zeros,
+        );
+        assert!(matches!(
+            step,
+            LoginStep::Fail(
+                LoginReply {
+                    status: LoginStatus::AuthenticationFailure,
+                    ..
+                },
+                _
+            )
+        ));
     }
 
     #[test]
@@ -819,10 +1114,24 @@ mod tests {
         let mut l = Login::new(TargetLimits::default());
         let step = l.step(
             &req(1, 3, true),
-            &text(&[("InitiatorName", "iqn.i"), ("TargetName", "iqn.t"), ("MaxBurstLength", "512"), ("MaxBurstLength", "1024")]),
+            &text(&[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", "iqn.t"),
+                ("MaxBurstLength", "512"),
+                ("MaxBurstLength", "1024"),
+            ]),
             &env,
             &mut zeros,
         );
-        assert!(matches!(step, LoginStep::Fail(LoginReply { status: LoginStatus::InitiatorError, .. }, _)));
+        assert!(matches!(
+            step,
+            LoginStep::Fail(
+                LoginReply {
+                    status: LoginStatus::InitiatorError,
+                    ..
+                },
+                _
+            )
+        ));
     }
 }

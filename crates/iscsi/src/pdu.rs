@@ -647,7 +647,13 @@ impl Pdu {
                 put32(&mut b, 28, p.exp_stat_sn);
             }
             Pdu::ScsiCommand(p) => {
-                header(&mut b, opcode::SCSI_COMMAND, p.immediate, p.ahs_words, p.data_len);
+                header(
+                    &mut b,
+                    opcode::SCSI_COMMAND,
+                    p.immediate,
+                    p.ahs_words,
+                    p.data_len,
+                );
                 b[1] = (if p.final_ { F_BIT } else { 0 })
                     | (if p.read { 0x40 } else { 0 })
                     | (if p.write { 0x20 } else { 0 })
@@ -887,72 +893,369 @@ mod tests {
     fn arb_pdu() -> impl Strategy<Value = Pdu> {
         let d24 = 0u32..(1 << 24);
         prop_oneof![
-            (any::<bool>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), d24.clone())
-                .prop_map(|(immediate, lun, itt, ttt, cmd_sn, exp_stat_sn, data_len)| Pdu::NopOut(NopOut {
-                    immediate, lun, itt, ttt, cmd_sn, exp_stat_sn, data_len
-                })),
             (
-                (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 0u8..8, any::<u8>(), d24.clone()),
-                (any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<[u8; 16]>())
+                any::<bool>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                d24.clone()
             )
-                .prop_map(|((immediate, final_, read, write, attr, ahs_words, data_len), (lun, itt, expected_len, cmd_sn, exp_stat_sn, cdb))| {
-                    Pdu::ScsiCommand(ScsiCommand {
-                        immediate, final_, read, write, attr, ahs_words, data_len, lun, itt, expected_len, cmd_sn,
-                        exp_stat_sn, cdb,
-                    })
-                }),
-            (any::<bool>(), 0u8..128, any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(immediate, function, lun, itt, referenced_tag, cmd_sn, exp_stat_sn, ref_cmd_sn, exp_data_sn)| {
-                    Pdu::TaskMgmtRequest(TaskMgmtRequest {
-                        immediate, function, lun, itt, referenced_tag, cmd_sn, exp_stat_sn, ref_cmd_sn, exp_data_sn,
-                    })
-                }),
+                .prop_map(
+                    |(immediate, lun, itt, ttt, cmd_sn, exp_stat_sn, data_len)| Pdu::NopOut(
+                        NopOut {
+                            immediate,
+                            lun,
+                            itt,
+                            ttt,
+                            cmd_sn,
+                            exp_stat_sn,
+                            data_len
+                        }
+                    )
+                ),
             (
-                (any::<bool>(), any::<bool>(), 0u8..4, 0u8..4, any::<u8>(), any::<u8>(), d24.clone()),
-                (any::<[u8; 6]>(), any::<u16>(), any::<u32>(), any::<u16>(), any::<u32>(), any::<u32>())
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    0u8..8,
+                    any::<u8>(),
+                    d24.clone()
+                ),
+                (
+                    any::<u64>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<[u8; 16]>()
+                )
             )
-                .prop_map(|((transit, cont, csg, nsg, version_max, version_min, data_len), (isid, tsih, itt, cid, cmd_sn, exp_stat_sn))| {
-                    Pdu::LoginRequest(LoginRequest {
-                        transit, cont, csg, nsg, version_max, version_min, data_len, isid, tsih, itt, cid, cmd_sn,
+                .prop_map(
+                    |(
+                        (immediate, final_, read, write, attr, ahs_words, data_len),
+                        (lun, itt, expected_len, cmd_sn, exp_stat_sn, cdb),
+                    )| {
+                        Pdu::ScsiCommand(ScsiCommand {
+                            immediate,
+                            final_,
+                            read,
+                            write,
+                            attr,
+                            ahs_words,
+                            data_len,
+                            lun,
+                            itt,
+                            expected_len,
+                            cmd_sn,
+                            exp_stat_sn,
+                            cdb,
+                        })
+                    }
+                ),
+            (
+                any::<bool>(),
+                0u8..128,
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(
+                        immediate,
+                        function,
+                        lun,
+                        itt,
+                        referenced_tag,
+                        cmd_sn,
+                        exp_stat_sn,
+                        ref_cmd_sn,
+                        exp_data_sn,
+                    )| {
+                        Pdu::TaskMgmtRequest(TaskMgmtRequest {
+                            immediate,
+                            function,
+                            lun,
+                            itt,
+                            referenced_tag,
+                            cmd_sn,
+                            exp_stat_sn,
+                            ref_cmd_sn,
+                            exp_data_sn,
+                        })
+                    }
+                ),
+            (
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    0u8..4,
+                    0u8..4,
+                    any::<u8>(),
+                    any::<u8>(),
+                    d24.clone()
+                ),
+                (
+                    any::<[u8; 6]>(),
+                    any::<u16>(),
+                    any::<u32>(),
+                    any::<u16>(),
+                    any::<u32>(),
+                    any::<u32>()
+                )
+            )
+                .prop_map(
+                    |(
+                        (transit, cont, csg, nsg, version_max, version_min, data_len),
+                        (isid, tsih, itt, cid, cmd_sn, exp_stat_sn),
+                    )| {
+                        Pdu::LoginRequest(LoginRequest {
+                            transit,
+                            cont,
+                            csg,
+                            nsg,
+                            version_max,
+                            version_min,
+                            data_len,
+                            isid,
+                            tsih,
+                            itt,
+                            cid,
+                            cmd_sn,
+                            exp_stat_sn,
+                        })
+                    }
+                ),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                d24.clone(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(immediate, final_, cont, data_len, lun, itt, ttt, cmd_sn, exp_stat_sn)| {
+                        Pdu::TextRequest(TextRequest {
+                            immediate,
+                            final_,
+                            cont,
+                            data_len,
+                            lun,
+                            itt,
+                            ttt,
+                            cmd_sn,
+                            exp_stat_sn,
+                        })
+                    }
+                ),
+            (
+                any::<bool>(),
+                d24.clone(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(final_, data_len, lun, itt, ttt, exp_stat_sn, data_sn, buffer_offset)| {
+                        Pdu::DataOut(DataOut {
+                            final_,
+                            data_len,
+                            lun,
+                            itt,
+                            ttt,
+                            exp_stat_sn,
+                            data_sn,
+                            buffer_offset,
+                        })
+                    }
+                ),
+            (
+                any::<bool>(),
+                0u8..128,
+                any::<u32>(),
+                any::<u16>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(|(immediate, reason, itt, cid, cmd_sn, exp_stat_sn)| {
+                    Pdu::LogoutRequest(LogoutRequest {
+                        immediate,
+                        reason,
+                        itt,
+                        cid,
+                        cmd_sn,
                         exp_stat_sn,
                     })
                 }),
-            (any::<bool>(), any::<bool>(), any::<bool>(), d24.clone(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(immediate, final_, cont, data_len, lun, itt, ttt, cmd_sn, exp_stat_sn)| {
-                    Pdu::TextRequest(TextRequest { immediate, final_, cont, data_len, lun, itt, ttt, cmd_sn, exp_stat_sn })
-                }),
-            (any::<bool>(), d24.clone(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(final_, data_len, lun, itt, ttt, exp_stat_sn, data_sn, buffer_offset)| {
-                    Pdu::DataOut(DataOut { final_, data_len, lun, itt, ttt, exp_stat_sn, data_sn, buffer_offset })
-                }),
-            (any::<bool>(), 0u8..128, any::<u32>(), any::<u16>(), any::<u32>(), any::<u32>())
-                .prop_map(|(immediate, reason, itt, cid, cmd_sn, exp_stat_sn)| {
-                    Pdu::LogoutRequest(LogoutRequest { immediate, reason, itt, cid, cmd_sn, exp_stat_sn })
-                }),
             (
-                (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u8>(), any::<u8>(), d24.clone()),
-                (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<u8>(),
+                    any::<u8>(),
+                    d24.clone()
+                ),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>()
+                )
             )
-                .prop_map(|((bidi_overflow, bidi_underflow, overflow, underflow, response, status, data_len), (itt, snack_tag, stat_sn, exp_cmd_sn, max_cmd_sn, exp_data_sn, bidi_residual, residual))| {
-                    Pdu::ScsiResponse(ScsiResponse {
-                        bidi_overflow, bidi_underflow, overflow, underflow, response, status, data_len, itt,
-                        snack_tag, stat_sn, exp_cmd_sn, max_cmd_sn, exp_data_sn, bidi_residual, residual,
-                    })
-                }),
+                .prop_map(
+                    |(
+                        (
+                            bidi_overflow,
+                            bidi_underflow,
+                            overflow,
+                            underflow,
+                            response,
+                            status,
+                            data_len,
+                        ),
+                        (
+                            itt,
+                            snack_tag,
+                            stat_sn,
+                            exp_cmd_sn,
+                            max_cmd_sn,
+                            exp_data_sn,
+                            bidi_residual,
+                            residual,
+                        ),
+                    )| {
+                        Pdu::ScsiResponse(ScsiResponse {
+                            bidi_overflow,
+                            bidi_underflow,
+                            overflow,
+                            underflow,
+                            response,
+                            status,
+                            data_len,
+                            itt,
+                            snack_tag,
+                            stat_sn,
+                            exp_cmd_sn,
+                            max_cmd_sn,
+                            exp_data_sn,
+                            bidi_residual,
+                            residual,
+                        })
+                    }
+                ),
             (
-                (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u8>(), d24),
-                (any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<u8>(),
+                    d24
+                ),
+                (
+                    any::<u64>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    any::<u32>()
+                )
             )
-                .prop_map(|((final_, ack, overflow, underflow, status_present, status, data_len), (lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn, buffer_offset, residual))| {
-                    Pdu::DataIn(DataIn {
-                        final_, ack, overflow, underflow, status_present, status, data_len, lun, itt, ttt, stat_sn,
-                        exp_cmd_sn, max_cmd_sn, data_sn, buffer_offset, residual,
-                    })
-                }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
-                .prop_map(|(lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, r2t_sn, buffer_offset, desired_len)| {
-                    Pdu::R2t(R2t { lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, r2t_sn, buffer_offset, desired_len })
-                }),
+                .prop_map(
+                    |(
+                        (final_, ack, overflow, underflow, status_present, status, data_len),
+                        (
+                            lun,
+                            itt,
+                            ttt,
+                            stat_sn,
+                            exp_cmd_sn,
+                            max_cmd_sn,
+                            data_sn,
+                            buffer_offset,
+                            residual,
+                        ),
+                    )| {
+                        Pdu::DataIn(DataIn {
+                            final_,
+                            ack,
+                            overflow,
+                            underflow,
+                            status_present,
+                            status,
+                            data_len,
+                            lun,
+                            itt,
+                            ttt,
+                            stat_sn,
+                            exp_cmd_sn,
+                            max_cmd_sn,
+                            data_sn,
+                            buffer_offset,
+                            residual,
+                        })
+                    }
+                ),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(
+                        lun,
+                        itt,
+                        ttt,
+                        stat_sn,
+                        exp_cmd_sn,
+                        max_cmd_sn,
+                        r2t_sn,
+                        buffer_offset,
+                        desired_len,
+                    )| {
+                        Pdu::R2t(R2t {
+                            lun,
+                            itt,
+                            ttt,
+                            stat_sn,
+                            exp_cmd_sn,
+                            max_cmd_sn,
+                            r2t_sn,
+                            buffer_offset,
+                            desired_len,
+                        })
+                    }
+                ),
         ]
     }
 

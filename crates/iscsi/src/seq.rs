@@ -34,7 +34,11 @@ impl CmdWindow {
     /// A window starting at `exp_cmd_sn` (the CmdSN of the leading login) with room for `capacity` commands.
     pub fn new(exp_cmd_sn: u32, capacity: u32) -> Self {
         assert!(capacity >= 1);
-        CmdWindow { exp_cmd_sn, capacity, in_use: 0 }
+        CmdWindow {
+            exp_cmd_sn,
+            capacity,
+            in_use: 0,
+        }
     }
 
     /// ExpCmdSN to put in responses.

@@ -45,7 +45,10 @@ impl TextPairs {
             if pairs.len() == MAX_PAIRS {
                 return Err(TextError::TooManyPairs);
             }
-            let eq = chunk.iter().position(|&b| b == b'=').ok_or(TextError::MissingEquals(start))?;
+            let eq = chunk
+                .iter()
+                .position(|&b| b == b'=')
+                .ok_or(TextError::MissingEquals(start))?;
             let key = &chunk[..eq];
             if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|&c| is_key_char(c)) {
                 return Err(TextError::InvalidKey(start));
@@ -55,7 +58,9 @@ impl TextPairs {
             if value.len() > MAX_VALUE_LEN {
                 return Err(TextError::InvalidValue(key));
             }
-            let value = std::str::from_utf8(value).map_err(|_| TextError::InvalidValue(key.clone()))?.to_owned();
+            let value = std::str::from_utf8(value)
+                .map_err(|_| TextError::InvalidValue(key.clone()))?
+                .to_owned();
             pairs.push((key, value));
         }
         Ok(TextPairs(pairs))
@@ -80,7 +85,10 @@ impl TextPairs {
 
     /// The value of the first pair with this key.
     pub fn value(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether there are no pairs.
@@ -110,8 +118,14 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(TextPairs::parse(b"novalue\0"), Err(TextError::MissingEquals(0)));
-        assert_eq!(TextPairs::parse(b"A=1\0=x\0"), Err(TextError::InvalidKey(4)));
+        assert_eq!(
+            TextPairs::parse(b"novalue\0"),
+            Err(TextError::MissingEquals(0))
+        );
+        assert_eq!(
+            TextPairs::parse(b"A=1\0=x\0"),
+            Err(TextError::InvalidKey(4))
+        );
         assert!(TextPairs::parse(b"K=\xff\0").is_err());
     }
 

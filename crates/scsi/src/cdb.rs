@@ -252,13 +252,16 @@ impl Command {
             return Err(Sense::invalid_opcode());
         };
         let size = cdb_size(op).ok_or_else(Sense::invalid_opcode)?;
-        let c = cdb.get(..size.len()).ok_or_else(|| Sense::invalid_field_in_cdb(0, 7))?;
+        let c = cdb
+            .get(..size.len())
+            .ok_or_else(|| Sense::invalid_field_in_cdb(0, 7))?;
         check_control(c)?;
         let cmd = match op {
             TEST_UNIT_READY => Command::TestUnitReady,
-            REQUEST_SENSE => {
-                Command::RequestSense { descriptor_format: c[1] & 0x01 != 0, alloc_len: c[4] }
-            }
+            REQUEST_SENSE => Command::RequestSense {
+                descriptor_format: c[1] & 0x01 != 0,
+                alloc_len: c[4],
+            },
             INQUIRY => {
                 if c[1] & 0x02 != 0 {
                     // CmdDt (obsolete since SPC-3); we do not return command support data this way.
@@ -268,7 +271,11 @@ impl Command {
                 if !evpd && c[2] != 0 {
                     return Err(Sense::invalid_field_in_cdb(2, 7));
                 }
-                Command::Inquiry { evpd, page_code: c[2], alloc_len: be16(&c[3..5]) }
+                Command::Inquiry {
+                    evpd,
+                    page_code: c[2],
+                    alloc_len: be16(&c[3..5]),
+                }
             }
             MODE_SENSE_6 | MODE_SENSE_10 => Command::ModeSense {
                 size,
@@ -282,7 +289,11 @@ impl Command {
                 },
                 page_code: c[2] & 0x3F,
                 subpage_code: c[3],
-                alloc_len: if op == MODE_SENSE_6 { u16::from(c[4]) } else { be16(&c[7..9]) },
+                alloc_len: if op == MODE_SENSE_6 {
+                    u16::from(c[4])
+                } else {
+                    be16(&c[7..9])
+                },
             },
             READ_CAPACITY_10 => {
                 // PMI=0 with a non-zero LBA is an error in SBC-3 (the field is obsolete in SBC-4).
@@ -296,7 +307,9 @@ impl Command {
                     if c[14] & 0x01 == 0 && be64(&c[2..10]) != 0 {
                         return Err(Sense::invalid_field_in_cdb(2, 7));
                     }
-                    Command::ReadCapacity16 { alloc_len: be32(&c[10..14]) }
+                    Command::ReadCapacity16 {
+                        alloc_len: be32(&c[10..14]),
+                    }
                 }
                 // An unknown service action is reported like an unknown opcode: initiators (and libiscsi's
                 // test suite) then treat the command as not implemented.
@@ -305,7 +318,14 @@ impl Command {
             READ_6 | WRITE_6 => {
                 let lba = u64::from(be24(&c[1..4]) & 0x1F_FFFF);
                 let blocks = if c[4] == 0 { 256 } else { u32::from(c[4]) };
-                let t = BlockTransfer { size, lba, blocks, dpo: false, fua: false, group: 0 };
+                let t = BlockTransfer {
+                    size,
+                    lba,
+                    blocks,
+                    dpo: false,
+                    fua: false,
+                    group: 0,
+                };
                 if op == READ_6 {
                     Command::Read(t)
                 } else {
@@ -317,12 +337,18 @@ impl Command {
             VERIFY_10 | VERIFY_12 | VERIFY_16 => {
                 let mut transfer = rw_transfer(c, size)?;
                 transfer.fua = false; // bit 3 is reserved in VERIFY
-                Command::Verify { transfer, byte_check: byte_check(c)? }
+                Command::Verify {
+                    transfer,
+                    byte_check: byte_check(c)?,
+                }
             }
             WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 => {
                 let mut transfer = rw_transfer(c, size)?;
                 transfer.fua = false;
-                Command::WriteAndVerify { transfer, byte_check: byte_check(c)? }
+                Command::WriteAndVerify {
+                    transfer,
+                    byte_check: byte_check(c)?,
+                }
             }
             SYNCHRONIZE_CACHE_10 => Command::SynchronizeCache {
                 size,
@@ -346,7 +372,10 @@ impl Command {
                 if alloc_len < 16 {
                     return Err(Sense::invalid_field_in_cdb(6, 7));
                 }
-                Command::ReportLuns { select_report, alloc_len }
+                Command::ReportLuns {
+                    select_report,
+                    alloc_len,
+                }
             }
             MAINTENANCE_IN => match u16::from(c[1] & 0x1F) {
                 service_action::REPORT_SUPPORTED_OPCODES => {
@@ -373,7 +402,9 @@ impl Command {
     pub fn block_transfer(&self) -> Option<&BlockTransfer> {
         match self {
             Command::Read(t) | Command::Write(t) => Some(t),
-            Command::Verify { transfer, .. } | Command::WriteAndVerify { transfer, .. } => Some(transfer),
+            Command::Verify { transfer, .. } | Command::WriteAndVerify { transfer, .. } => {
+                Some(transfer)
+            }
             _ => None,
         }
     }
@@ -384,12 +415,13 @@ fn cdb_size(op: u8) -> Option<CdbSize> {
     use opcode::*;
     Some(match op {
         TEST_UNIT_READY | REQUEST_SENSE | READ_6 | WRITE_6 | INQUIRY | MODE_SENSE_6 => CdbSize::Six,
-        READ_CAPACITY_10 | READ_10 | WRITE_10 | WRITE_AND_VERIFY_10 | VERIFY_10 | SYNCHRONIZE_CACHE_10
-        | MODE_SENSE_10 => CdbSize::Ten,
-        READ_16 | WRITE_16 | WRITE_AND_VERIFY_16 | VERIFY_16 | SYNCHRONIZE_CACHE_16 | SERVICE_ACTION_IN_16 => {
-            CdbSize::Sixteen
+        READ_CAPACITY_10 | READ_10 | WRITE_10 | WRITE_AND_VERIFY_10 | VERIFY_10
+        | SYNCHRONIZE_CACHE_10 | MODE_SENSE_10 => CdbSize::Ten,
+        READ_16 | WRITE_16 | WRITE_AND_VERIFY_16 | VERIFY_16 | SYNCHRONIZE_CACHE_16
+        | SERVICE_ACTION_IN_16 => CdbSize::Sixteen,
+        REPORT_LUNS | MAINTENANCE_IN | READ_12 | WRITE_12 | WRITE_AND_VERIFY_12 | VERIFY_12 => {
+            CdbSize::Twelve
         }
-        REPORT_LUNS | MAINTENANCE_IN | READ_12 | WRITE_12 | WRITE_AND_VERIFY_12 | VERIFY_12 => CdbSize::Twelve,
         _ => return None,
     })
 }
@@ -417,7 +449,14 @@ fn rw_transfer(c: &[u8], size: CdbSize) -> Result<BlockTransfer, Sense> {
         CdbSize::Twelve => (u64::from(be32(&c[2..6])), be32(&c[6..10]), c[10]),
         _ => (be64(&c[2..10]), be32(&c[10..14]), c[14]),
     };
-    Ok(BlockTransfer { size, lba, blocks, dpo: c[1] & 0x10 != 0, fua: c[1] & 0x08 != 0, group: group & 0x3F })
+    Ok(BlockTransfer {
+        size,
+        lba,
+        blocks,
+        dpo: c[1] & 0x10 != 0,
+        fua: c[1] & 0x08 != 0,
+        group: group & 0x3F,
+    })
 }
 
 /// BYTCHK (bits 2:1 of byte 1): 00b and 01b are supported.
@@ -444,10 +483,18 @@ pub struct SupportedCommand {
 pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
     use opcode::*;
     const fn op(opcode: u8, usage: &'static [u8]) -> SupportedCommand {
-        SupportedCommand { opcode, service_action: None, usage }
+        SupportedCommand {
+            opcode,
+            service_action: None,
+            usage,
+        }
     }
     const fn sa(opcode: u8, service_action: u16, usage: &'static [u8]) -> SupportedCommand {
-        SupportedCommand { opcode, service_action: Some(service_action), usage }
+        SupportedCommand {
+            opcode,
+            service_action: Some(service_action),
+            usage,
+        }
     }
     const F: u8 = 0xFF;
     &[
@@ -457,22 +504,100 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         op(WRITE_6, &[WRITE_6, 0x1F, F, F, F, 0]),
         op(INQUIRY, &[INQUIRY, 0x01, F, F, F, 0]),
         op(MODE_SENSE_6, &[MODE_SENSE_6, 0x08, F, F, F, 0]),
-        op(READ_CAPACITY_10, &[READ_CAPACITY_10, 0, F, F, F, F, 0, 0, 0x01, 0]),
+        op(
+            READ_CAPACITY_10,
+            &[READ_CAPACITY_10, 0, F, F, F, F, 0, 0, 0x01, 0],
+        ),
         op(READ_10, &[READ_10, 0x18, F, F, F, F, 0, F, F, 0]),
         op(WRITE_10, &[WRITE_10, 0x18, F, F, F, F, 0, F, F, 0]),
-        op(WRITE_AND_VERIFY_10, &[WRITE_AND_VERIFY_10, 0x12, F, F, F, F, 0, F, F, 0]),
+        op(
+            WRITE_AND_VERIFY_10,
+            &[WRITE_AND_VERIFY_10, 0x12, F, F, F, F, 0, F, F, 0],
+        ),
         op(VERIFY_10, &[VERIFY_10, 0x12, F, F, F, F, 0, F, F, 0]),
-        op(SYNCHRONIZE_CACHE_10, &[SYNCHRONIZE_CACHE_10, 0x02, F, F, F, F, 0, F, F, 0]),
-        op(MODE_SENSE_10, &[MODE_SENSE_10, 0x18, F, F, 0, 0, 0, F, F, 0]),
-        op(READ_16, &[READ_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-        op(WRITE_16, &[WRITE_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-        op(WRITE_AND_VERIFY_16, &[WRITE_AND_VERIFY_16, 0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-        op(VERIFY_16, &[VERIFY_16, 0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
-        op(SYNCHRONIZE_CACHE_16, &[SYNCHRONIZE_CACHE_16, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0]),
+        op(
+            SYNCHRONIZE_CACHE_10,
+            &[SYNCHRONIZE_CACHE_10, 0x02, F, F, F, F, 0, F, F, 0],
+        ),
+        op(
+            MODE_SENSE_10,
+            &[MODE_SENSE_10, 0x18, F, F, 0, 0, 0, F, F, 0],
+        ),
+        op(
+            READ_16,
+            &[READ_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
+        ),
+        op(
+            WRITE_16,
+            &[WRITE_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
+        ),
+        op(
+            WRITE_AND_VERIFY_16,
+            &[
+                WRITE_AND_VERIFY_16,
+                0x12,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                0,
+                0,
+            ],
+        ),
+        op(
+            VERIFY_16,
+            &[VERIFY_16, 0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
+        ),
+        op(
+            SYNCHRONIZE_CACHE_16,
+            &[
+                SYNCHRONIZE_CACHE_16,
+                0x02,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                0,
+                0,
+            ],
+        ),
         sa(
             SERVICE_ACTION_IN_16,
             service_action::READ_CAPACITY_16,
-            &[SERVICE_ACTION_IN_16, 0x1F, F, F, F, F, F, F, F, F, F, F, F, F, 0x01, 0],
+            &[
+                SERVICE_ACTION_IN_16,
+                0x1F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                F,
+                0x01,
+                0,
+            ],
         ),
         op(REPORT_LUNS, &[REPORT_LUNS, 0, F, 0, 0, 0, F, F, F, F, 0, 0]),
         sa(
@@ -482,7 +607,10 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         ),
         op(READ_12, &[READ_12, 0x18, F, F, F, F, F, F, F, F, 0, 0]),
         op(WRITE_12, &[WRITE_12, 0x18, F, F, F, F, F, F, F, F, 0, 0]),
-        op(WRITE_AND_VERIFY_12, &[WRITE_AND_VERIFY_12, 0x12, F, F, F, F, F, F, F, F, 0, 0]),
+        op(
+            WRITE_AND_VERIFY_12,
+            &[WRITE_AND_VERIFY_12, 0x12, F, F, F, F, F, F, F, F, 0, 0],
+        ),
         op(VERIFY_12, &[VERIFY_12, 0x12, F, F, F, F, F, F, F, F, 0, 0]),
     ]
 };
@@ -515,7 +643,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn invalid_field(s: Sense) -> (u16, u8) {
-        assert_eq!((s.key, s.asc, s.ascq), (SenseKey::IllegalRequest, 0x24, 0x00), "{s:?}");
+        assert_eq!(
+            (s.key, s.asc, s.ascq),
+            (SenseKey::IllegalRequest, 0x24, 0x00),
+            "{s:?}"
+        );
         let fp = s.field_pointer.expect("field pointer");
         assert!(fp.in_cdb);
         (fp.byte, fp.bit)
@@ -525,7 +657,11 @@ mod tests {
     fn empty_and_unknown_opcodes_are_invalid_opcode() {
         assert_eq!(Command::decode(&[]), Err(Sense::invalid_opcode()));
         for op in [0x04u8, 0x15, 0x41, 0x42, 0x7F, 0x89, 0xA4, 0xC0, 0xFF] {
-            assert_eq!(Command::decode(&[op; 16]), Err(Sense::invalid_opcode()), "opcode {op:#x}");
+            assert_eq!(
+                Command::decode(&[op; 16]),
+                Err(Sense::invalid_opcode()),
+                "opcode {op:#x}"
+            );
         }
     }
 
@@ -564,7 +700,14 @@ mod tests {
     #[test]
     fn inquiry_fields() {
         let c = Command::decode(&[0x12, 0x01, 0x83, 0x01, 0x02, 0x00]).unwrap();
-        assert_eq!(c, Command::Inquiry { evpd: true, page_code: 0x83, alloc_len: 0x0102 });
+        assert_eq!(
+            c,
+            Command::Inquiry {
+                evpd: true,
+                page_code: 0x83,
+                alloc_len: 0x0102
+            }
+        );
         let e = Command::decode(&[0x12, 0x00, 0x01, 0x00, 0xFF, 0x00]).unwrap_err();
         assert_eq!(invalid_field(e), (2, 7));
         let e = Command::decode(&[0x12, 0x02, 0x00, 0x00, 0xFF, 0x00]).unwrap_err();
@@ -574,7 +717,13 @@ mod tests {
     #[test]
     fn request_sense_fields() {
         let c = Command::decode(&[0x03, 0x01, 0, 0, 252, 0]).unwrap();
-        assert_eq!(c, Command::RequestSense { descriptor_format: true, alloc_len: 252 });
+        assert_eq!(
+            c,
+            Command::RequestSense {
+                descriptor_format: true,
+                alloc_len: 252
+            }
+        );
     }
 
     #[test]
@@ -607,21 +756,37 @@ mod tests {
         );
         // LLBAA does not exist in the 6-byte form.
         let c = Command::decode(&[0x1A, 0x10, 0xC8, 0, 4, 0]).unwrap();
-        assert!(matches!(c, Command::ModeSense { llbaa: false, page_control: PageControl::Saved, .. }));
+        assert!(matches!(
+            c,
+            Command::ModeSense {
+                llbaa: false,
+                page_control: PageControl::Saved,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn read_capacity_pmi_rule() {
-        assert_eq!(Command::decode(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Ok(Command::ReadCapacity10));
+        assert_eq!(
+            Command::decode(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Ok(Command::ReadCapacity10)
+        );
         let e = Command::decode(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0]).unwrap_err();
         assert_eq!(invalid_field(e), (2, 7));
-        assert_eq!(Command::decode(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]), Ok(Command::ReadCapacity10));
+        assert_eq!(
+            Command::decode(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]),
+            Ok(Command::ReadCapacity10)
+        );
 
         let mut rc16 = [0u8; 16];
         rc16[0] = 0x9E;
         rc16[1] = 0x10;
         rc16[13] = 32;
-        assert_eq!(Command::decode(&rc16), Ok(Command::ReadCapacity16 { alloc_len: 32 }));
+        assert_eq!(
+            Command::decode(&rc16),
+            Ok(Command::ReadCapacity16 { alloc_len: 32 })
+        );
         rc16[9] = 1;
         assert_eq!(invalid_field(Command::decode(&rc16).unwrap_err()), (2, 7));
         rc16[14] = 1;
@@ -646,7 +811,9 @@ mod tests {
         let Command::Read(t) = c else { panic!("{c:?}") };
         assert_eq!((t.lba, t.blocks, t.size), (0x1F_1234, 256, CdbSize::Six));
         let c = Command::decode(&[0x0A, 0, 0, 7, 3, 0]).unwrap();
-        let Command::Write(t) = c else { panic!("{c:?}") };
+        let Command::Write(t) = c else {
+            panic!("{c:?}")
+        };
         assert_eq!((t.lba, t.blocks), (7, 3));
     }
 
@@ -654,19 +821,36 @@ mod tests {
     fn read12_write12_fields() {
         let c = Command::decode(&[0xA8, 0x18, 0, 0, 1, 0, 0, 1, 0, 0, 0x05, 0]).unwrap();
         let Command::Read(t) = c else { panic!("{c:?}") };
-        assert_eq!((t.lba, t.blocks, t.dpo, t.fua, t.group), (256, 65536, true, true, 5));
+        assert_eq!(
+            (t.lba, t.blocks, t.dpo, t.fua, t.group),
+            (256, 65536, true, true, 5)
+        );
         let c = Command::decode(&[0xAA, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0]).unwrap();
-        assert!(matches!(c, Command::Write(BlockTransfer { lba: 9, blocks: 1, size: CdbSize::Twelve, .. })));
+        assert!(matches!(
+            c,
+            Command::Write(BlockTransfer {
+                lba: 9,
+                blocks: 1,
+                size: CdbSize::Twelve,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn protect_fields_are_rejected() {
-        for op in [0x28u8, 0x2A, 0x2E, 0x2F, 0xA8, 0xAA, 0xAE, 0xAF, 0x88, 0x8A, 0x8E, 0x8F] {
+        for op in [
+            0x28u8, 0x2A, 0x2E, 0x2F, 0xA8, 0xAA, 0xAE, 0xAF, 0x88, 0x8A, 0x8E, 0x8F,
+        ] {
             for protect in 1u8..8 {
                 let mut cdb = [0u8; 16];
                 cdb[0] = op;
                 cdb[1] = protect << 5;
-                assert_eq!(invalid_field(Command::decode(&cdb).unwrap_err()), (1, 7), "op {op:#x}");
+                assert_eq!(
+                    invalid_field(Command::decode(&cdb).unwrap_err()),
+                    (1, 7),
+                    "op {op:#x}"
+                );
             }
         }
     }
@@ -678,7 +862,13 @@ mod tests {
         v[1] = 0x12;
         v[8] = 4;
         let c = Command::decode(&v).unwrap();
-        let Command::Verify { transfer, byte_check } = c else { panic!("{c:?}") };
+        let Command::Verify {
+            transfer,
+            byte_check,
+        } = c
+        else {
+            panic!("{c:?}")
+        };
         assert_eq!(byte_check, ByteCheck::Compare);
         assert!(transfer.dpo);
         assert_eq!(transfer.blocks, 4);
@@ -691,20 +881,39 @@ mod tests {
         let c = Command::decode(&v).unwrap();
         assert!(matches!(
             c,
-            Command::WriteAndVerify { byte_check: ByteCheck::MediumOnly, transfer: BlockTransfer { fua: false, .. } }
+            Command::WriteAndVerify {
+                byte_check: ByteCheck::MediumOnly,
+                transfer: BlockTransfer { fua: false, .. }
+            }
         ));
     }
 
     #[test]
     fn synchronize_cache_fields() {
         let c = Command::decode(&[0x35, 0x02, 0, 0, 0, 8, 0, 0, 16, 0]).unwrap();
-        assert_eq!(c, Command::SynchronizeCache { size: CdbSize::Ten, lba: 8, blocks: 16, immed: true });
+        assert_eq!(
+            c,
+            Command::SynchronizeCache {
+                size: CdbSize::Ten,
+                lba: 8,
+                blocks: 16,
+                immed: true
+            }
+        );
         let mut s16 = [0u8; 16];
         s16[0] = 0x91;
         s16[2] = 1;
         s16[13] = 2;
         let c = Command::decode(&s16).unwrap();
-        assert_eq!(c, Command::SynchronizeCache { size: CdbSize::Sixteen, lba: 1 << 56, blocks: 2, immed: false });
+        assert_eq!(
+            c,
+            Command::SynchronizeCache {
+                size: CdbSize::Sixteen,
+                lba: 1 << 56,
+                blocks: 2,
+                immed: false
+            }
+        );
     }
 
     #[test]
@@ -712,7 +921,13 @@ mod tests {
         let mut rl = [0u8; 12];
         rl[0] = 0xA0;
         rl[9] = 16;
-        assert_eq!(Command::decode(&rl), Ok(Command::ReportLuns { select_report: 0, alloc_len: 16 }));
+        assert_eq!(
+            Command::decode(&rl),
+            Ok(Command::ReportLuns {
+                select_report: 0,
+                alloc_len: 16
+            })
+        );
         rl[9] = 15;
         assert_eq!(invalid_field(Command::decode(&rl).unwrap_err()), (6, 7));
         rl[9] = 16;
@@ -742,7 +957,11 @@ mod tests {
         let mut prev = (0u8, 0u16);
         for (i, sc) in SUPPORTED_COMMANDS.iter().enumerate() {
             assert_eq!(sc.usage[0], sc.opcode);
-            assert_eq!(Some(sc.usage.len()), cdb_size(sc.opcode).map(CdbSize::len), "{sc:?}");
+            assert_eq!(
+                Some(sc.usage.len()),
+                cdb_size(sc.opcode).map(CdbSize::len),
+                "{sc:?}"
+            );
             assert_eq!(sc.service_action.is_some(), has_service_actions(sc.opcode));
             let key = (sc.opcode, sc.service_action.unwrap_or(0));
             assert!(i == 0 || key > prev, "table sorted and unique");

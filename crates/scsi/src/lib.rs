@@ -25,8 +25,9 @@ mod memory;
 pub mod sense;
 
 pub use lu::{
-    decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request, TaskStatus,
-    BLOCK_SIZE, MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
+    decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
+    TaskStatus, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
+    OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
 };
 pub use memory::MemoryDevice;
 pub use sense::{FieldPointer, Sense, SenseKey};

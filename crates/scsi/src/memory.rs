@@ -58,7 +58,9 @@ impl MemoryDevice {
     /// A copy of `len` bytes at `offset`, bypassing failure injection (for test assertions).
     pub fn snapshot(&self, offset: usize, len: usize) -> Vec<u8> {
         let data = self.lock();
-        data.get(offset..offset.saturating_add(len)).map(<[u8]>::to_vec).unwrap_or_default()
+        data.get(offset..offset.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
@@ -77,7 +79,10 @@ impl MemoryDevice {
 }
 
 fn out_of_range() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "access beyond the end of the memory device")
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "access beyond the end of the memory device",
+    )
 }
 
 fn injected() -> io::Error {

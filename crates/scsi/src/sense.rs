@@ -76,7 +76,13 @@ pub const FIXED_SENSE_LEN: usize = 18;
 impl Sense {
     /// Sense data with no INFORMATION field and no field pointer.
     pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Self {
-        Self { key, asc, ascq, information: None, field_pointer: None }
+        Self {
+            key,
+            asc,
+            ascq,
+            information: None,
+            field_pointer: None,
+        }
     }
 
     /// NO SENSE / NO ADDITIONAL SENSE INFORMATION: REQUEST SENSE with nothing to report.
@@ -92,14 +98,22 @@ impl Sense {
     /// ILLEGAL REQUEST / INVALID FIELD IN CDB (24h/00h), pointing at `bit` of CDB byte `byte`.
     pub const fn invalid_field_in_cdb(byte: u16, bit: u8) -> Self {
         let mut s = Self::new(SenseKey::IllegalRequest, 0x24, 0x00);
-        s.field_pointer = Some(FieldPointer { in_cdb: true, byte, bit: bit & 7 });
+        s.field_pointer = Some(FieldPointer {
+            in_cdb: true,
+            byte,
+            bit: bit & 7,
+        });
         s
     }
 
     /// ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST (26h/00h), pointing into the Data-Out buffer.
     pub const fn invalid_field_in_parameter_list(byte: u16, bit: u8) -> Self {
         let mut s = Self::new(SenseKey::IllegalRequest, 0x26, 0x00);
-        s.field_pointer = Some(FieldPointer { in_cdb: false, byte, bit: bit & 7 });
+        s.field_pointer = Some(FieldPointer {
+            in_cdb: false,
+            byte,
+            bit: bit & 7,
+        });
         s
     }
 
@@ -285,17 +299,57 @@ mod tests {
     #[test]
     fn constructors_have_the_documented_codes() {
         let cases = [
-            (Sense::invalid_opcode(), SenseKey::IllegalRequest, 0x20, 0x00),
-            (Sense::parameter_list_length_error(), SenseKey::IllegalRequest, 0x1A, 0x00),
-            (Sense::invalid_field_in_information_unit(), SenseKey::IllegalRequest, 0x0E, 0x03),
-            (Sense::lun_not_supported(), SenseKey::IllegalRequest, 0x25, 0x00),
-            (Sense::saving_parameters_not_supported(), SenseKey::IllegalRequest, 0x39, 0x00),
+            (
+                Sense::invalid_opcode(),
+                SenseKey::IllegalRequest,
+                0x20,
+                0x00,
+            ),
+            (
+                Sense::parameter_list_length_error(),
+                SenseKey::IllegalRequest,
+                0x1A,
+                0x00,
+            ),
+            (
+                Sense::invalid_field_in_information_unit(),
+                SenseKey::IllegalRequest,
+                0x0E,
+                0x03,
+            ),
+            (
+                Sense::lun_not_supported(),
+                SenseKey::IllegalRequest,
+                0x25,
+                0x00,
+            ),
+            (
+                Sense::saving_parameters_not_supported(),
+                SenseKey::IllegalRequest,
+                0x39,
+                0x00,
+            ),
             (Sense::write_protected(), SenseKey::DataProtect, 0x27, 0x00),
-            (Sense::medium_error_read(), SenseKey::MediumError, 0x11, 0x00),
+            (
+                Sense::medium_error_read(),
+                SenseKey::MediumError,
+                0x11,
+                0x00,
+            ),
             (Sense::write_error(), SenseKey::MediumError, 0x0C, 0x00),
             (Sense::power_on_reset(), SenseKey::UnitAttention, 0x29, 0x00),
-            (Sense::bus_device_reset(), SenseKey::UnitAttention, 0x29, 0x03),
-            (Sense::capacity_changed(), SenseKey::UnitAttention, 0x2A, 0x09),
+            (
+                Sense::bus_device_reset(),
+                SenseKey::UnitAttention,
+                0x29,
+                0x03,
+            ),
+            (
+                Sense::capacity_changed(),
+                SenseKey::UnitAttention,
+                0x2A,
+                0x09,
+            ),
         ];
         for (s, key, asc, ascq) in cases {
             assert_eq!((s.key, s.asc, s.ascq), (key, asc, ascq), "{s}");

@@ -29,7 +29,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     create: Option<String>,
     /// Portal address to listen on (repeatable)
-    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "0.0.0.0:3260")]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "0.0.0.0:3260"
+    )]
     listen: Vec<SocketAddr>,
     /// Initiator name allowed to log in (repeatable); none means any initiator
     #[arg(long = "allow", value_name = "INITIATOR_IQN")]
@@ -59,12 +63,19 @@ fn credentials(flag: &str, s: &str) -> anyhow::Result<Credentials> {
     if secret.len() < 12 {
         bail!("{flag}: the secret must be at least 12 characters (RFC 7143 section 12.1.3)");
     }
-    Ok(Credentials { user: user.to_owned(), secret: secret.as_bytes().to_vec() })
+    Ok(Credentials {
+        user: user.to_owned(),
+        secret: secret.as_bytes().to_vec(),
+    })
 }
 
 fn valid_iscsi_name(name: &str) -> bool {
-    let ok_chars = name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-:".contains(&c));
-    ok_chars && (name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa.")) && name.len() <= 223
+    let ok_chars = name
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-:".contains(&c));
+    ok_chars
+        && (name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa."))
+        && name.len() <= 223
 }
 
 /// Runs `twinsan serve` until SIGINT or SIGTERM.
@@ -80,14 +91,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             bail!("--allow needs an initiator name");
         }
     }
-    let create = args.create.as_deref().map(parse_size).transpose().map_err(anyhow::Error::msg)?;
+    let create = args
+        .create
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     if let Some(size) = create {
         if size < 1 << 20 || size % 512 != 0 {
             bail!("--create size must be a multiple of 512 bytes and at least 1 MiB");
         }
     }
-    let chap = args.chap.as_deref().map(|c| credentials("--chap", c)).transpose()?;
-    let mutual = args.mutual_chap.as_deref().map(|c| credentials("--mutual-chap", c)).transpose()?;
+    let chap = args
+        .chap
+        .as_deref()
+        .map(|c| credentials("--chap", c))
+        .transpose()?;
+    let mutual = args
+        .mutual_chap
+        .as_deref()
+        .map(|c| credentials("--mutual-chap", c))
+        .transpose()?;
     if mutual.is_some() && chap.is_none() {
         bail!("--mutual-chap needs --chap (the initiator authenticates first)");
     }
@@ -100,13 +124,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let Some((n, path)) = spec.split_once('=') else {
             bail!("--lun {spec:?}: expected N=PATH, e.g. --lun 1=/var/lib/twinsan/disk1.img");
         };
-        let n: u64 = n.parse().with_context(|| format!("--lun {spec:?}: LUN number {n:?} is not a number"))?;
+        let n: u64 = n
+            .parse()
+            .with_context(|| format!("--lun {spec:?}: LUN number {n:?} is not a number"))?;
         if n > 16383 {
             bail!("--lun {spec:?}: LUN numbers go up to 16383");
         }
         let path = PathBuf::from(path);
         if let Some(size) = create {
-            if !path.exists() || std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
+            if !path.exists()
+                || std::fs::metadata(&path)
+                    .map(|m| m.is_file())
+                    .unwrap_or(false)
+            {
                 FileDevice::create(&path, size)?;
             }
         }
@@ -114,14 +144,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             bail!("--lun {spec:?}: LUN {n} given twice");
         }
         let dev = FileDevice::open(&path, args.read_only, args.direct)?;
-        let canonical = std::fs::canonicalize(&path).with_context(|| format!("resolving {}", path.display()))?;
+        let canonical = std::fs::canonicalize(&path)
+            .with_context(|| format!("resolving {}", path.display()))?;
         let id = identity::derive(
-            &[args.iqn.as_bytes(), n.to_string().as_bytes(), canonical.as_os_str().as_encoded_bytes()],
+            &[
+                args.iqn.as_bytes(),
+                n.to_string().as_bytes(),
+                canonical.as_os_str().as_encoded_bytes(),
+            ],
             &args.iqn,
             tpgt,
         );
         info!(lun = n, path = %canonical.display(), serial = %id.serial, "logical unit");
-        luns.insert(n, Arc::new(LogicalUnit::new(Arc::new(dev), id, args.read_only)));
+        luns.insert(
+            n,
+            Arc::new(LogicalUnit::new(Arc::new(dev), id, args.read_only)),
+        );
     }
     config.discovery_chap = chap.clone();
     config.targets.push(TargetConfig {
@@ -131,7 +169,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         chap,
     });
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         let server = Server::bind(config, &args.listen).await?;
         for a in server.local_addrs() {

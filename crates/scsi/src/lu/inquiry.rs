@@ -82,7 +82,11 @@ fn page_with_header(peripheral: u8, page: u8, body: Vec<u8>) -> Vec<u8> {
 
 /// Unit serial number (80h): printable ASCII only, at most 252 bytes.
 fn unit_serial_number(serial: &str) -> Vec<u8> {
-    serial.bytes().filter(|c| (0x20..=0x7E).contains(c)).take(252).collect()
+    serial
+        .bytes()
+        .filter(|c| (0x20..=0x7E).contains(c))
+        .take(252)
+        .collect()
 }
 
 /// Device identification (83h): NAA, target port and target device names, relative port, port group.
@@ -107,9 +111,16 @@ fn device_identification(identity: &LunIdentity) -> Vec<u8> {
     designator(BINARY, LU | 0x3, &naa);
 
     if !identity.target_name.is_empty() {
-        let port = format!("{},t,0x{:04x}", identity.target_name, identity.target_portal_group);
+        let port = format!(
+            "{},t,0x{:04x}",
+            identity.target_name, identity.target_portal_group
+        );
         designator(ISCSI | UTF8, PIV | PORT | 0x8, &scsi_name_string(&port));
-        designator(ISCSI | UTF8, PIV | DEVICE | 0x8, &scsi_name_string(&identity.target_name));
+        designator(
+            ISCSI | UTF8,
+            PIV | DEVICE | 0x8,
+            &scsi_name_string(&identity.target_name),
+        );
     }
 
     let [rp_hi, rp_lo] = identity.relative_port.to_be_bytes();

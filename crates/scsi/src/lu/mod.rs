@@ -110,12 +110,20 @@ pub struct Outcome {
 impl Outcome {
     /// GOOD status with `data_in`.
     pub fn good(data_in: Vec<u8>) -> Self {
-        Self { status: TaskStatus::Good, data_in, sense: None }
+        Self {
+            status: TaskStatus::Good,
+            data_in,
+            sense: None,
+        }
     }
 
     /// CHECK CONDITION with `sense` and no data.
     pub fn check_condition(sense: Sense) -> Self {
-        Self { status: TaskStatus::CheckCondition, data_in: Vec::new(), sense: Some(sense) }
+        Self {
+            status: TaskStatus::CheckCondition,
+            data_in: Vec::new(),
+            sense: Some(sense),
+        }
     }
 }
 
@@ -146,7 +154,12 @@ impl std::fmt::Debug for LogicalUnit {
 impl LogicalUnit {
     /// A logical unit over `dev`; with `read_only` every write fails with DATA PROTECT.
     pub fn new(dev: Arc<dyn BlockDevice>, identity: LunIdentity, read_only: bool) -> Self {
-        Self { dev, identity, read_only, nexuses: Mutex::new(HashMap::new()) }
+        Self {
+            dev,
+            identity,
+            read_only,
+            nexuses: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Logical block size in bytes (512).
@@ -188,7 +201,10 @@ impl LogicalUnit {
         let cmd = Command::decode(cdb)?;
         Ok(match cmd {
             Command::Write(t) | Command::WriteAndVerify { transfer: t, .. } => transfer_bytes(&t)?,
-            Command::Verify { transfer, byte_check: ByteCheck::Compare } => transfer_bytes(&transfer)?,
+            Command::Verify {
+                transfer,
+                byte_check: ByteCheck::Compare,
+            } => transfer_bytes(&transfer)?,
             _ => 0,
         })
     }
@@ -200,7 +216,9 @@ impl LogicalUnit {
         Ok(match cmd {
             Command::Read(t) => transfer_bytes(&t)?,
             Command::RequestSense { alloc_len, .. } => u32::from(alloc_len),
-            Command::Inquiry { alloc_len, .. } | Command::ModeSense { alloc_len, .. } => u32::from(alloc_len),
+            Command::Inquiry { alloc_len, .. } | Command::ModeSense { alloc_len, .. } => {
+                u32::from(alloc_len)
+            }
             Command::ReadCapacity10 => 8,
             Command::ReadCapacity16 { alloc_len }
             | Command::ReportLuns { alloc_len, .. }
@@ -250,13 +268,20 @@ impl LogicalUnit {
 
     /// Pops the oldest pending unit attention of `nexus`, registering the nexus if it is new.
     fn take_unit_attention(&self, nexus: &Nexus) -> Option<Sense> {
-        self.lock().entry(nexus.id).or_default().unit_attentions.front().copied()
+        self.lock()
+            .entry(nexus.id)
+            .or_default()
+            .unit_attentions
+            .front()
+            .copied()
     }
 
     fn run(&self, req: &Request<'_>) -> Result<Vec<u8>, Sense> {
         let op = req.cdb.first().copied();
         match op {
-            Some(opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE) => self.nexus_joined(req.nexus),
+            Some(opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE) => {
+                self.nexus_joined(req.nexus)
+            }
             _ => {
                 if let Some(ua) = self.take_unit_attention(req.nexus) {
                     return Err(ua);
@@ -265,23 +290,53 @@ impl LogicalUnit {
         }
         match Command::decode(req.cdb)? {
             Command::TestUnitReady => Ok(Vec::new()),
-            Command::RequestSense { descriptor_format, alloc_len } => {
-                let sense = self.take_unit_attention(req.nexus).unwrap_or(Sense::no_sense());
+            Command::RequestSense {
+                descriptor_format,
+                alloc_len,
+            } => {
+                let sense = self
+                    .take_unit_attention(req.nexus)
+                    .unwrap_or(Sense::no_sense());
                 Ok(sense_data(&sense, descriptor_format, alloc_len))
             }
-            Command::Inquiry { evpd, page_code, alloc_len } => {
-                let data =
-                    if evpd { inquiry::vpd(page_code, &self.identity)? } else { inquiry::standard(&self.identity) };
+            Command::Inquiry {
+                evpd,
+                page_code,
+                alloc_len,
+            } => {
+                let data = if evpd {
+                    inquiry::vpd(page_code, &self.identity)?
+                } else {
+                    inquiry::standard(&self.identity)
+                };
                 Ok(truncated(data, alloc_len.into()))
             }
-            Command::ModeSense { size, dbd, llbaa, page_control, page_code, subpage_code, alloc_len } => {
-                let req = mode::ModeSenseRequest { size, dbd, llbaa, page_control, page_code, subpage_code };
+            Command::ModeSense {
+                size,
+                dbd,
+                llbaa,
+                page_control,
+                page_code,
+                subpage_code,
+                alloc_len,
+            } => {
+                let req = mode::ModeSenseRequest {
+                    size,
+                    dbd,
+                    llbaa,
+                    page_control,
+                    page_code,
+                    subpage_code,
+                };
                 let medium = mode::MediumFacts {
                     blocks: self.capacity_blocks(),
                     block_size: BLOCK_SIZE,
                     read_only: self.read_only,
                 };
-                Ok(truncated(mode::mode_sense(&req, &medium)?, alloc_len.into()))
+                Ok(truncated(
+                    mode::mode_sense(&req, &medium)?,
+                    alloc_len.into(),
+                ))
             }
             Command::ReadCapacity10 => {
                 let last = self.capacity_blocks().saturating_sub(1);
@@ -301,20 +356,41 @@ impl LogicalUnit {
             }
             Command::Read(t) => self.read(&t),
             Command::Write(t) => self.write(&t, req.data_out).map(|()| Vec::new()),
-            Command::Verify { transfer, byte_check } => {
-                self.verify(&transfer, byte_check, req.data_out).map(|()| Vec::new())
-            }
-            Command::WriteAndVerify { transfer, byte_check } => {
-                self.write_and_verify(&transfer, byte_check, req.data_out).map(|()| Vec::new())
-            }
+            Command::Verify {
+                transfer,
+                byte_check,
+            } => self
+                .verify(&transfer, byte_check, req.data_out)
+                .map(|()| Vec::new()),
+            Command::WriteAndVerify {
+                transfer,
+                byte_check,
+            } => self
+                .write_and_verify(&transfer, byte_check, req.data_out)
+                .map(|()| Vec::new()),
             Command::SynchronizeCache { lba, blocks, .. } => {
                 self.synchronize_cache(lba, blocks).map(|()| Vec::new())
             }
-            Command::ReportLuns { select_report, alloc_len } => {
-                Ok(truncated(reports::report_luns(select_report, req.luns), alloc_len))
-            }
-            Command::ReportSupportedOpcodes { rctd, reporting_options, opcode, service_action, alloc_len } => {
-                let data = reports::report_supported_opcodes(rctd, reporting_options, opcode, service_action)?;
+            Command::ReportLuns {
+                select_report,
+                alloc_len,
+            } => Ok(truncated(
+                reports::report_luns(select_report, req.luns),
+                alloc_len,
+            )),
+            Command::ReportSupportedOpcodes {
+                rctd,
+                reporting_options,
+                opcode,
+                service_action,
+                alloc_len,
+            } => {
+                let data = reports::report_supported_opcodes(
+                    rctd,
+                    reporting_options,
+                    opcode,
+                    service_action,
+                )?;
                 Ok(truncated(data, alloc_len))
             }
         }
@@ -342,7 +418,9 @@ impl LogicalUnit {
         let mut buf = vec![0u8; byte_len(t)];
         if !buf.is_empty() {
             // FUA on a read needs nothing more: we read from the device, never from a cache of our own.
-            self.dev.read_at(&mut buf, byte_offset(t.lba)).map_err(|_| Sense::medium_error_read())?;
+            self.dev
+                .read_at(&mut buf, byte_offset(t.lba))
+                .map_err(|_| Sense::medium_error_read())?;
         }
         Ok(buf)
     }
@@ -351,12 +429,19 @@ impl LogicalUnit {
         self.check_transfer(t, true)?;
         let data = write_data(t, data_out);
         if !data.is_empty() {
-            self.dev.write_at(data, byte_offset(t.lba), t.fua).map_err(|_| Sense::write_error())?;
+            self.dev
+                .write_at(data, byte_offset(t.lba), t.fua)
+                .map_err(|_| Sense::write_error())?;
         }
         Ok(())
     }
 
-    fn verify(&self, t: &BlockTransfer, byte_check: ByteCheck, data_out: &[u8]) -> Result<(), Sense> {
+    fn verify(
+        &self,
+        t: &BlockTransfer,
+        byte_check: ByteCheck,
+        data_out: &[u8],
+    ) -> Result<(), Sense> {
         self.check_transfer(t, false)?;
         let expected = match byte_check {
             ByteCheck::MediumOnly => None,
@@ -365,14 +450,21 @@ impl LogicalUnit {
         self.check_medium(t.lba, byte_len(t), expected)
     }
 
-    fn write_and_verify(&self, t: &BlockTransfer, byte_check: ByteCheck, data_out: &[u8]) -> Result<(), Sense> {
+    fn write_and_verify(
+        &self,
+        t: &BlockTransfer,
+        byte_check: ByteCheck,
+        data_out: &[u8],
+    ) -> Result<(), Sense> {
         self.check_transfer(t, true)?;
         let data = write_data(t, data_out);
         if data.is_empty() {
             return Ok(());
         }
         // FUA: the verification is meant to be of the medium, so the data must have reached it.
-        self.dev.write_at(data, byte_offset(t.lba), true).map_err(|_| Sense::write_error())?;
+        self.dev
+            .write_at(data, byte_offset(t.lba), true)
+            .map_err(|_| Sense::write_error())?;
         let expected = match byte_check {
             ByteCheck::MediumOnly => None,
             ByteCheck::Compare => Some(data),
@@ -388,7 +480,9 @@ impl LogicalUnit {
         while done < len {
             let n = (len - done).min(buf.len());
             let chunk = &mut buf[..n];
-            self.dev.read_at(chunk, byte_offset(lba) + done as u64).map_err(|_| Sense::medium_error_read())?;
+            self.dev
+                .read_at(chunk, byte_offset(lba) + done as u64)
+                .map_err(|_| Sense::medium_error_read())?;
             if let Some(expected) = expected {
                 let want = &expected[done..done + n];
                 if let Some(i) = chunk.iter().zip(want).position(|(a, b)| a != b) {
@@ -416,18 +510,33 @@ pub fn execute_no_lun(req: &Request<'_>) -> Outcome {
     let result = match op {
         Some(opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE) => {
             Command::decode(req.cdb).and_then(|cmd| match cmd {
-                Command::Inquiry { evpd: false, alloc_len, .. } => {
-                    Ok(truncated(inquiry::standard_no_lun(), alloc_len.into()))
-                }
-                Command::Inquiry { evpd: true, page_code, alloc_len } => {
-                    inquiry::vpd_no_lun(page_code).map(|d| truncated(d, alloc_len.into()))
-                }
-                Command::ReportLuns { select_report, alloc_len } => {
-                    Ok(truncated(reports::report_luns(select_report, req.luns), alloc_len))
-                }
-                Command::RequestSense { descriptor_format, alloc_len } => {
+                Command::Inquiry {
+                    evpd: false,
+                    alloc_len,
+                    ..
+                } => Ok(truncated(inquiry::standard_no_lun(), alloc_len.into())),
+                Command::Inquiry {
+                    evpd: true,
+                    page_code,
+                    alloc_len,
+                } => inquiry::vpd_no_lun(page_code).map(|d| truncated(d, alloc_len.into())),
+                Command::ReportLuns {
+                    select_report,
+                    alloc_len,
+                } => Ok(truncated(
+                    reports::report_luns(select_report, req.luns),
+                    alloc_len,
+                )),
+                Command::RequestSense {
+                    descriptor_format,
+                    alloc_len,
+                } => {
                     // The sense data describes why this LUN can not be used; the command itself succeeds.
-                    Ok(sense_data(&Sense::lun_not_supported(), descriptor_format, alloc_len))
+                    Ok(sense_data(
+                        &Sense::lun_not_supported(),
+                        descriptor_format,
+                        alloc_len,
+                    ))
                 }
                 _ => Err(Sense::lun_not_supported()),
             })
@@ -443,7 +552,10 @@ pub fn execute_no_lun(req: &Request<'_>) -> Outcome {
 /// Bytes a block transfer moves, or INVALID FIELD IN CDB (at the TRANSFER LENGTH field) above the limit.
 fn transfer_bytes(t: &BlockTransfer) -> Result<u32, Sense> {
     if t.blocks > MAX_TRANSFER_BLOCKS {
-        return Err(Sense::invalid_field_in_cdb(t.size.transfer_length_byte(), 7));
+        return Err(Sense::invalid_field_in_cdb(
+            t.size.transfer_length_byte(),
+            7,
+        ));
     }
     Ok(t.blocks * BLOCK_SIZE)
 }
@@ -461,7 +573,9 @@ fn byte_offset(lba: u64) -> u64 {
 /// The Data-Out a VERIFY compares: the first `blocks` blocks of what arrived. Less than that is an error
 /// (iSCSI expected data transfer length below the SCSI transfer length).
 fn data_for<'d>(t: &BlockTransfer, data_out: &'d [u8]) -> Result<&'d [u8], Sense> {
-    data_out.get(..byte_len(t)).ok_or_else(Sense::invalid_field_in_information_unit)
+    data_out
+        .get(..byte_len(t))
+        .ok_or_else(Sense::invalid_field_in_information_unit)
 }
 
 /// The Data-Out a write puts on the medium: at most `blocks` blocks, and only whole blocks. When the transport
@@ -475,7 +589,11 @@ fn write_data<'d>(t: &BlockTransfer, data_out: &'d [u8]) -> &'d [u8] {
 
 /// REQUEST SENSE parameter data.
 fn sense_data(sense: &Sense, descriptor_format: bool, alloc_len: u8) -> Vec<u8> {
-    let data = if descriptor_format { sense.to_descriptor_bytes() } else { sense.to_bytes() };
+    let data = if descriptor_format {
+        sense.to_descriptor_bytes()
+    } else {
+        sense.to_bytes()
+    };
     truncated(data, alloc_len.into())
 }
 

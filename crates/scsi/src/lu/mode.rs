@@ -50,7 +50,11 @@ pub(super) fn mode_sense(req: &ModeSenseRequest, medium: &MediumFacts) -> Result
         body.extend_from_slice(&page(code, req.page_control));
     }
 
-    let descriptor = if req.dbd { Vec::new() } else { block_descriptor(req, medium) };
+    let descriptor = if req.dbd {
+        Vec::new()
+    } else {
+        block_descriptor(req, medium)
+    };
     // WP when read only; DPOFUA: DPO and FUA bits are accepted in READ/WRITE/VERIFY CDBs.
     let device_specific = if medium.read_only { 0x80 } else { 0x00 } | 0x10;
 

@@ -62,7 +62,9 @@ pub(super) fn report_supported_opcodes(
     // supported" to initiators that probe this way.
     let wrong_options = || Sense::invalid_field_in_cdb(2, 2);
     let lookup = |sa: Option<u16>| {
-        SUPPORTED_COMMANDS.iter().find(|c| c.opcode == opcode && c.service_action == sa)
+        SUPPORTED_COMMANDS
+            .iter()
+            .find(|c| c.opcode == opcode && c.service_action == sa)
     };
     match reporting_options {
         0 => Ok(all_commands(rctd)),

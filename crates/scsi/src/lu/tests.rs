@@ -17,7 +17,9 @@ fn identity() -> LunIdentity {
         product: "twinsan volume".into(),
         revision: "0.1".into(),
         serial: "5f0c2a77e0b94c1e".into(),
-        naa: [0x6A, 0xBC, 0xDE, 0xF0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        naa: [
+            0x6A, 0xBC, 0xDE, 0xF0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ],
         target_name: "iqn.2024-01.org.twinsan:vol0".into(),
         relative_port: 1,
         target_portal_group: 1,
@@ -25,7 +27,12 @@ fn identity() -> LunIdentity {
 }
 
 fn nexus(id: u64) -> Nexus {
-    Nexus { id, initiator_name: format!("iqn.2024-01.org.test:init{id}"), isid: [0x40, 0, 0, 0, 0, id as u8], target_portal_group: 1 }
+    Nexus {
+        id,
+        initiator_name: format!("iqn.2024-01.org.test:init{id}"),
+        isid: [0x40, 0, 0, 0, 0, id as u8],
+        target_portal_group: 1,
+    }
 }
 
 struct Fixture {
@@ -46,7 +53,11 @@ impl Fixture {
     fn with(read_only: bool) -> Self {
         let dev = Arc::new(MemoryDevice::new(DEV_BYTES));
         let lu = LogicalUnit::new(dev.clone(), identity(), read_only);
-        Self { dev, lu, a: nexus(1) }
+        Self {
+            dev,
+            lu,
+            a: nexus(1),
+        }
     }
 
     fn run(&self, cdb: &[u8]) -> Outcome {
@@ -59,7 +70,12 @@ impl Fixture {
 
     fn run_on(&self, nexus: &Nexus, cdb: &[u8], data_out: &[u8]) -> Outcome {
         let luns = [0u64, 1, 300];
-        self.lu.execute(&Request { nexus, cdb, data_out, luns: &luns })
+        self.lu.execute(&Request {
+            nexus,
+            cdb,
+            data_out,
+            luns: &luns,
+        })
     }
 
     fn good(&self, cdb: &[u8]) -> Vec<u8> {
@@ -81,7 +97,10 @@ fn assert_sense(o: &Outcome, key: SenseKey, asc: u8, ascq: u8) {
 #[track_caller]
 fn assert_invalid_field(o: &Outcome, byte: u16, bit: u8) {
     assert_sense(o, SenseKey::IllegalRequest, 0x24, 0x00);
-    let fp = o.sense.and_then(|s| s.field_pointer).expect("field pointer");
+    let fp = o
+        .sense
+        .and_then(|s| s.field_pointer)
+        .expect("field pointer");
     assert_eq!((fp.in_cdb, fp.byte, fp.bit), (true, byte, bit));
 }
 
@@ -91,7 +110,14 @@ fn assert_lba_oob(o: &Outcome) {
 }
 
 fn rw6(op: u8, lba: u32, blocks: u8) -> Vec<u8> {
-    vec![op, (lba >> 16) as u8 & 0x1F, (lba >> 8) as u8, lba as u8, blocks, 0]
+    vec![
+        op,
+        (lba >> 16) as u8 & 0x1F,
+        (lba >> 8) as u8,
+        lba as u8,
+        blocks,
+        0,
+    ]
 }
 
 fn rw10(op: u8, flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
@@ -131,7 +157,11 @@ fn all_sizes(ops: [u8; 3], flags: u8, lba: u32, blocks: u16) -> [Vec<u8>; 3] {
 const READS: [u8; 3] = [READ_10, READ_12, READ_16];
 const WRITES: [u8; 3] = [WRITE_10, WRITE_12, WRITE_16];
 const VERIFIES: [u8; 3] = [VERIFY_10, VERIFY_12, VERIFY_16];
-const WRITE_VERIFIES: [u8; 3] = [WRITE_AND_VERIFY_10, WRITE_AND_VERIFY_12, WRITE_AND_VERIFY_16];
+const WRITE_VERIFIES: [u8; 3] = [
+    WRITE_AND_VERIFY_10,
+    WRITE_AND_VERIFY_12,
+    WRITE_AND_VERIFY_16,
+];
 
 fn inquiry(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
     let [hi, lo] = alloc.to_be_bytes();
@@ -139,7 +169,9 @@ fn inquiry(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// A device that claims a large capacity without memory behind it (reads return zeros).
@@ -186,7 +218,12 @@ fn unknown_opcodes_and_service_actions_are_invalid_opcode() {
     let mut get_lba_status = [0u8; 16];
     get_lba_status[0] = SERVICE_ACTION_IN_16;
     get_lba_status[1] = 0x12;
-    assert_sense(&f.run(&get_lba_status), SenseKey::IllegalRequest, 0x20, 0x00);
+    assert_sense(
+        &f.run(&get_lba_status),
+        SenseKey::IllegalRequest,
+        0x20,
+        0x00,
+    );
 }
 
 #[test]
@@ -215,7 +252,9 @@ fn standard_inquiry() {
     assert_eq!(&d[8..16], b"TWINSAN ");
     assert_eq!(&d[16..32], b"twinsan volume  ");
     assert_eq!(&d[32..36], b"0.1 ");
-    let descriptors: Vec<u16> = (0..8).map(|i| u16::from_be_bytes([d[58 + 2 * i], d[59 + 2 * i]])).collect();
+    let descriptors: Vec<u16> = (0..8)
+        .map(|i| u16::from_be_bytes([d[58 + 2 * i], d[59 + 2 * i]]))
+        .collect();
     assert_eq!(&descriptors[..4], &[0x00A0, 0x0960, 0x0460, 0x04C0]);
     assert!(d[8..36].iter().all(|c| (0x20..=0x7E).contains(c)));
 }
@@ -227,7 +266,12 @@ fn standard_inquiry_sanitizes_and_truncates_strings() {
     id.product = "pr\u{e9}d\n".into();
     let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(4096)), id, false);
     let n = nexus(1);
-    let o = lu.execute(&Request { nexus: &n, cdb: &inquiry(false, 0, 96), data_out: &[], luns: &[] });
+    let o = lu.execute(&Request {
+        nexus: &n,
+        cdb: &inquiry(false, 0, 96),
+        data_out: &[],
+        luns: &[],
+    });
     assert_eq!(&o.data_in[8..16], b"VENDOR-N");
     assert!(o.data_in[16..32].iter().all(|c| (0x20..=0x7E).contains(c)));
 }
@@ -241,7 +285,11 @@ fn inquiry_allocation_length_truncates() {
         assert_eq!(d.len(), usize::from(alloc).min(full.len()));
         assert_eq!(&d[..], &full[..d.len()]);
     }
-    assert_eq!(f.good(&inquiry(false, 0, 256)), full, "16-bit allocation length");
+    assert_eq!(
+        f.good(&inquiry(false, 0, 256)),
+        full,
+        "16-bit allocation length"
+    );
 }
 
 #[test]
@@ -266,7 +314,11 @@ fn supported_vpd_pages_are_all_readable() {
     for &page in &d[4..] {
         let p = f.good(&inquiry(true, page, 255));
         assert_eq!(p[1], page);
-        assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])) + 4, p.len(), "page {page:#x} length");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([p[2], p[3]])) + 4,
+            p.len(),
+            "page {page:#x} length"
+        );
     }
 }
 
@@ -306,22 +358,38 @@ fn vpd_device_identification() {
     assert_eq!(ds.len(), 5);
 
     let (code_set, flags, naa) = &ds[0];
-    assert_eq!((*code_set, *flags), (0x01, 0x03), "binary, LU association, NAA");
+    assert_eq!(
+        (*code_set, *flags),
+        (0x01, 0x03),
+        "binary, LU association, NAA"
+    );
     assert_eq!(naa.len(), 16);
     assert_eq!(naa[0], 0x6A, "NAA type 6 kept");
     assert_eq!(&naa[1..], &identity().naa[1..]);
 
     let (code_set, flags, port) = &ds[1];
-    assert_eq!((*code_set, *flags), (0x53, 0x98), "iSCSI UTF-8, PIV, target port, SCSI name string");
+    assert_eq!(
+        (*code_set, *flags),
+        (0x53, 0x98),
+        "iSCSI UTF-8, PIV, target port, SCSI name string"
+    );
     assert_eq!(port.len() % 4, 0);
     assert!(port.starts_with(b"iqn.2024-01.org.twinsan:vol0,t,0x0001\0"));
 
     let (code_set, flags, device) = &ds[2];
-    assert_eq!((*code_set, *flags), (0x53, 0xA8), "target device association");
+    assert_eq!(
+        (*code_set, *flags),
+        (0x53, 0xA8),
+        "target device association"
+    );
     assert_eq!(device.len() % 4, 0);
     assert!(device.starts_with(b"iqn.2024-01.org.twinsan:vol0\0"));
 
-    assert_eq!(ds[3], (0x51, 0x94, vec![0, 0, 0, 1]), "relative target port");
+    assert_eq!(
+        ds[3],
+        (0x51, 0x94, vec![0, 0, 0, 1]),
+        "relative target port"
+    );
     assert_eq!(ds[4], (0x51, 0x95, vec![0, 0, 0, 1]), "target port group");
 }
 
@@ -332,7 +400,12 @@ fn vpd_device_identification_forces_naa_type_6_and_skips_empty_name() {
     id.target_name.clear();
     let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(4096)), id, false);
     let n = nexus(1);
-    let o = lu.execute(&Request { nexus: &n, cdb: &inquiry(true, 0x83, 512), data_out: &[], luns: &[] });
+    let o = lu.execute(&Request {
+        nexus: &n,
+        cdb: &inquiry(true, 0x83, 512),
+        data_out: &[],
+        luns: &[],
+    });
     let ds = designators(&o.data_in);
     assert_eq!(ds.len(), 3);
     assert_eq!(ds[0].2[0], 0x6F);
@@ -344,7 +417,12 @@ fn scsi_name_string_is_bounded() {
     id.target_name = "iqn.2024-01.org.example:".to_string() + &"\u{e9}".repeat(200);
     let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(4096)), id, false);
     let n = nexus(1);
-    let o = lu.execute(&Request { nexus: &n, cdb: &inquiry(true, 0x83, 1024), data_out: &[], luns: &[] });
+    let o = lu.execute(&Request {
+        nexus: &n,
+        cdb: &inquiry(true, 0x83, 1024),
+        data_out: &[],
+        luns: &[],
+    });
     for (_, flags, value) in designators(&o.data_in) {
         if flags & 0x0F == 8 {
             assert!(value.len() <= 252 && value.len() % 4 == 0);
@@ -396,7 +474,11 @@ fn report_luns_lists_every_lun() {
         assert_eq!(d.len(), 8 + 24);
         assert_eq!(&d[8..16], &[0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&d[16..24], &[0, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(&d[24..32], &[0x41, 0x2C, 0, 0, 0, 0, 0, 0], "flat space addressing for 300");
+        assert_eq!(
+            &d[24..32],
+            &[0x41, 0x2C, 0, 0, 0, 0, 0, 0],
+            "flat space addressing for 300"
+        );
     }
     let wk = f.good(&report_luns(1, 4096));
     assert_eq!(wk, vec![0; 8], "no well-known logical units");
@@ -452,10 +534,20 @@ fn request_sense_reports_and_clears_unit_attention() {
     f.lu.reset(&f.a);
     let o = f.run_on(&b, &[REQUEST_SENSE, 0, 0, 0, 252, 0], &[]);
     assert_eq!(o.status, TaskStatus::Good);
-    assert_eq!((o.data_in[2], o.data_in[12], o.data_in[13]), (0x06, 0x29, 0x03));
+    assert_eq!(
+        (o.data_in[2], o.data_in[12], o.data_in[13]),
+        (0x06, 0x29, 0x03)
+    );
     let o = f.run_on(&b, &[REQUEST_SENSE, 0x01, 0, 0, 252, 0], &[]);
-    assert_eq!(&o.data_in[..4], &[0x72, 0, 0, 0], "cleared, descriptor format");
-    assert_eq!(f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status, TaskStatus::Good);
+    assert_eq!(
+        &o.data_in[..4],
+        &[0x72, 0, 0, 0],
+        "cleared, descriptor format"
+    );
+    assert_eq!(
+        f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status,
+        TaskStatus::Good
+    );
 }
 
 // ---- unit attentions --------------------------------------------------------------------------------------------
@@ -465,11 +557,28 @@ fn reset_gives_other_nexuses_a_unit_attention_once() {
     let f = Fixture::new();
     let b = nexus(2);
     let tur = [TEST_UNIT_READY, 0, 0, 0, 0, 0];
-    assert_eq!(f.run_on(&b, &tur, &[]).status, TaskStatus::Good, "no power-on UA for a new nexus");
+    assert_eq!(
+        f.run_on(&b, &tur, &[]).status,
+        TaskStatus::Good,
+        "no power-on UA for a new nexus"
+    );
     f.lu.reset(&f.a);
-    assert_sense(&f.run_on(&b, &tur, &[]), SenseKey::UnitAttention, 0x29, 0x03);
-    assert_eq!(f.run_on(&b, &tur, &[]).status, TaskStatus::Good, "cleared by being reported");
-    assert_eq!(f.run(&tur).status, TaskStatus::Good, "the resetting nexus gets none");
+    assert_sense(
+        &f.run_on(&b, &tur, &[]),
+        SenseKey::UnitAttention,
+        0x29,
+        0x03,
+    );
+    assert_eq!(
+        f.run_on(&b, &tur, &[]).status,
+        TaskStatus::Good,
+        "cleared by being reported"
+    );
+    assert_eq!(
+        f.run(&tur).status,
+        TaskStatus::Good,
+        "the resetting nexus gets none"
+    );
 }
 
 #[test]
@@ -478,11 +587,27 @@ fn unit_attention_wins_over_command_errors_but_not_inquiry_or_report_luns() {
     let b = nexus(2);
     f.lu.nexus_joined(&b);
     f.lu.reset(&f.a);
-    assert_eq!(f.run_on(&b, &inquiry(false, 0, 96), &[]).status, TaskStatus::Good);
-    assert_eq!(f.run_on(&b, &report_luns(0, 64), &[]).status, TaskStatus::Good);
+    assert_eq!(
+        f.run_on(&b, &inquiry(false, 0, 96), &[]).status,
+        TaskStatus::Good
+    );
+    assert_eq!(
+        f.run_on(&b, &report_luns(0, 64), &[]).status,
+        TaskStatus::Good
+    );
     // Still pending: an unknown opcode reports the UA first.
-    assert_sense(&f.run_on(&b, &[0xC0; 16], &[]), SenseKey::UnitAttention, 0x29, 0x03);
-    assert_sense(&f.run_on(&b, &[0xC0; 16], &[]), SenseKey::IllegalRequest, 0x20, 0x00);
+    assert_sense(
+        &f.run_on(&b, &[0xC0; 16], &[]),
+        SenseKey::UnitAttention,
+        0x29,
+        0x03,
+    );
+    assert_sense(
+        &f.run_on(&b, &[0xC0; 16], &[]),
+        SenseKey::IllegalRequest,
+        0x20,
+        0x00,
+    );
 }
 
 #[test]
@@ -492,7 +617,10 @@ fn nexus_gone_forgets_unit_attentions() {
     f.lu.nexus_joined(&b);
     f.lu.reset(&f.a);
     f.lu.nexus_gone(&b);
-    assert_eq!(f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status, TaskStatus::Good);
+    assert_eq!(
+        f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status,
+        TaskStatus::Good
+    );
 }
 
 #[test]
@@ -500,7 +628,11 @@ fn unknown_nexus_at_reset_time_gets_no_unit_attention() {
     let f = Fixture::new();
     f.lu.reset(&f.a);
     let late = nexus(3);
-    assert_eq!(f.run_on(&late, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status, TaskStatus::Good);
+    assert_eq!(
+        f.run_on(&late, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[])
+            .status,
+        TaskStatus::Good
+    );
 }
 
 #[test]
@@ -522,7 +654,11 @@ fn unit_attention_queue_is_bounded_and_deduplicated() {
         }
     }
     assert_eq!(reported.len(), MAX_PENDING_UNIT_ATTENTIONS);
-    assert_eq!(reported.last().map(|s| s.ascq), Some(19), "the newest survive");
+    assert_eq!(
+        reported.last().map(|s| s.ascq),
+        Some(19),
+        "the newest survive"
+    );
 }
 
 // ---- READ CAPACITY ----------------------------------------------------------------------------------------------
@@ -531,19 +667,38 @@ fn unit_attention_queue_is_bounded_and_deduplicated() {
 fn read_capacity_10_fields_and_pmi() {
     let f = Fixture::new();
     let d = f.good(&[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), DEV_BLOCKS as u32 - 1);
+    assert_eq!(
+        u32::from_be_bytes(d[0..4].try_into().unwrap()),
+        DEV_BLOCKS as u32 - 1
+    );
     assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 512);
     assert_invalid_field(&f.run(&[READ_CAPACITY_10, 0, 0, 0, 0, 1, 0, 0, 0, 0]), 2, 7);
-    assert_eq!(f.good(&[READ_CAPACITY_10, 0, 0, 0, 0, 1, 0, 0, 1, 0]), d, "PMI=1");
+    assert_eq!(
+        f.good(&[READ_CAPACITY_10, 0, 0, 0, 0, 1, 0, 0, 1, 0]),
+        d,
+        "PMI=1"
+    );
 }
 
 #[test]
 fn read_capacity_10_saturates_for_large_devices() {
     let n = nexus(1);
     let cdb = [READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    for (blocks, want) in [(1u64 << 32, 0xFFFF_FFFFu32), (0xFFFF_FFFF, 0xFFFF_FFFE), (1 << 40, 0xFFFF_FFFF)] {
-        let o = huge_lu(blocks).execute(&Request { nexus: &n, cdb: &cdb, data_out: &[], luns: &[] });
-        assert_eq!(u32::from_be_bytes(o.data_in[0..4].try_into().unwrap()), want);
+    for (blocks, want) in [
+        (1u64 << 32, 0xFFFF_FFFFu32),
+        (0xFFFF_FFFF, 0xFFFF_FFFE),
+        (1 << 40, 0xFFFF_FFFF),
+    ] {
+        let o = huge_lu(blocks).execute(&Request {
+            nexus: &n,
+            cdb: &cdb,
+            data_out: &[],
+            luns: &[],
+        });
+        assert_eq!(
+            u32::from_be_bytes(o.data_in[0..4].try_into().unwrap()),
+            want
+        );
     }
 }
 
@@ -559,20 +714,34 @@ fn read_capacity_16_fields_and_truncation() {
     let f = Fixture::new();
     let d = f.good(&read_capacity_16(32));
     assert_eq!(d.len(), 32);
-    assert_eq!(u64::from_be_bytes(d[0..8].try_into().unwrap()), DEV_BLOCKS - 1);
+    assert_eq!(
+        u64::from_be_bytes(d[0..8].try_into().unwrap()),
+        DEV_BLOCKS - 1
+    );
     assert_eq!(u32::from_be_bytes(d[8..12].try_into().unwrap()), 512);
     assert_eq!(d[12], 0, "no protection");
     assert_eq!(d[13], 3, "4 KiB physical blocks");
     assert_eq!(d[14] & 0xC0, 0, "LBPME=0, LBPRZ=0");
     assert!(d[14..].iter().all(|&b| b == 0));
     for alloc in 0..=16u32 {
-        assert_eq!(f.good(&read_capacity_16(alloc)), d[..alloc as usize].to_vec());
+        assert_eq!(
+            f.good(&read_capacity_16(alloc)),
+            d[..alloc as usize].to_vec()
+        );
     }
     assert_eq!(f.good(&read_capacity_16(96)).len(), 32);
 
     let n = nexus(1);
-    let o = huge_lu(1 << 40).execute(&Request { nexus: &n, cdb: &read_capacity_16(32), data_out: &[], luns: &[] });
-    assert_eq!(u64::from_be_bytes(o.data_in[0..8].try_into().unwrap()), (1 << 40) - 1);
+    let o = huge_lu(1 << 40).execute(&Request {
+        nexus: &n,
+        cdb: &read_capacity_16(32),
+        data_out: &[],
+        luns: &[],
+    });
+    assert_eq!(
+        u64::from_be_bytes(o.data_in[0..8].try_into().unwrap()),
+        (1 << 40) - 1
+    );
 }
 
 // ---- READ / WRITE -----------------------------------------------------------------------------------------------
@@ -581,12 +750,19 @@ fn read_capacity_16_fields_and_truncation() {
 fn write_then_read_in_every_size() {
     let f = Fixture::new();
     let data = pattern(4 * 512, 7);
-    for (i, (w, r)) in all_sizes(WRITES, 0, 10, 4).iter().zip(all_sizes(READS, 0, 10, 4)).enumerate() {
+    for (i, (w, r)) in all_sizes(WRITES, 0, 10, 4)
+        .iter()
+        .zip(all_sizes(READS, 0, 10, 4))
+        .enumerate()
+    {
         let data = pattern(4 * 512, i as u8);
         assert_eq!(f.run_with(w, &data).status, TaskStatus::Good);
         assert_eq!(f.good(&r), data);
     }
-    assert_eq!(f.run_with(&rw6(WRITE_6, 100, 4), &data).status, TaskStatus::Good);
+    assert_eq!(
+        f.run_with(&rw6(WRITE_6, 100, 4), &data).status,
+        TaskStatus::Good
+    );
     assert_eq!(f.good(&rw6(READ_6, 100, 4)), data);
     assert_eq!(f.dev.snapshot(100 * 512, 4 * 512), data);
 }
@@ -595,7 +771,10 @@ fn write_then_read_in_every_size() {
 fn read6_write6_zero_length_means_256_blocks() {
     let f = Fixture::new();
     let data = pattern(256 * 512, 3);
-    assert_eq!(f.run_with(&rw6(WRITE_6, 0, 0), &data).status, TaskStatus::Good);
+    assert_eq!(
+        f.run_with(&rw6(WRITE_6, 0, 0), &data).status,
+        TaskStatus::Good
+    );
     let d = f.good(&rw6(READ_6, 0, 0));
     assert_eq!(d.len(), 256 * 512);
     assert_eq!(d, data);
@@ -606,7 +785,10 @@ fn read6_write6_zero_length_means_256_blocks() {
 #[test]
 fn zero_block_transfers_are_good_and_move_nothing() {
     let f = Fixture::new();
-    for cdb in all_sizes(READS, 0, 0, 0).into_iter().chain(all_sizes(WRITES, 0, 0, 0)) {
+    for cdb in all_sizes(READS, 0, 0, 0)
+        .into_iter()
+        .chain(all_sizes(WRITES, 0, 0, 0))
+    {
         assert!(f.good(&cdb).is_empty());
     }
     // A zero-length transfer may start at the end of the medium, not after it.
@@ -636,7 +818,10 @@ fn transfers_at_the_end_of_the_medium() {
             if lba + u32::from(blocks) <= end {
                 continue;
             }
-            for cdb in all_sizes(READS, 0, lba, blocks).into_iter().chain(all_sizes(WRITES, 0, lba, blocks)) {
+            for cdb in all_sizes(READS, 0, lba, blocks)
+                .into_iter()
+                .chain(all_sizes(WRITES, 0, lba, blocks))
+            {
                 let data = vec![0u8; usize::from(blocks) * 512];
                 assert_lba_oob(&f.run_with(&cdb, &data));
             }
@@ -654,7 +839,14 @@ fn transfers_at_the_end_of_the_medium() {
 fn transfer_length_above_block_limits_is_invalid_field() {
     let lu = huge_lu(1 << 30);
     let n = nexus(1);
-    let run = |cdb: &[u8]| lu.execute(&Request { nexus: &n, cdb, data_out: &[], luns: &[] });
+    let run = |cdb: &[u8]| {
+        lu.execute(&Request {
+            nexus: &n,
+            cdb,
+            data_out: &[],
+            luns: &[],
+        })
+    };
     let max = MAX_TRANSFER_BLOCKS;
     let o = run(&rw12(READ_12, 0, 0, max));
     assert_eq!(o.status, TaskStatus::Good);
@@ -667,8 +859,14 @@ fn transfer_length_above_block_limits_is_invalid_field() {
     assert_invalid_field(&run(&rw12(WRITE_AND_VERIFY_12, 0, 0, max + 1)), 6, 7);
     // The limit wins over the LBA range check.
     assert_invalid_field(&run(&rw16(READ_16, 0, u64::MAX, max + 1)), 10, 7);
-    assert_eq!(lu.data_in_len(&rw16(READ_16, 0, 0, max + 1)), Err(Sense::invalid_field_in_cdb(10, 7)));
-    assert_eq!(lu.data_out_len(&rw16(WRITE_16, 0, 0, max + 1)), Err(Sense::invalid_field_in_cdb(10, 7)));
+    assert_eq!(
+        lu.data_in_len(&rw16(READ_16, 0, 0, max + 1)),
+        Err(Sense::invalid_field_in_cdb(10, 7))
+    );
+    assert_eq!(
+        lu.data_out_len(&rw16(WRITE_16, 0, 0, max + 1)),
+        Err(Sense::invalid_field_in_cdb(10, 7))
+    );
 }
 
 #[test]
@@ -700,7 +898,11 @@ fn dpo_fua_and_group_are_accepted() {
                 _ => 14,
             };
             cdb[group_byte] = 0x1F;
-            assert_eq!(f.run_with(&cdb, &block).status, TaskStatus::Good, "{cdb:02x?}");
+            assert_eq!(
+                f.run_with(&cdb, &block).status,
+                TaskStatus::Good,
+                "{cdb:02x?}"
+            );
         }
         for cdb in all_sizes(READS, flags, 0, 1) {
             assert_eq!(f.good(&cdb), block);
@@ -734,10 +936,23 @@ fn short_data_out_is_refused_and_writes_nothing() {
     let f = Fixture::new();
     let before = f.dev.snapshot(0, 1024);
     for data in [&[][..], &[0xAB; 200][..], &[0xAB; 512][..]] {
-        for cdb in all_sizes(WRITES, 0, 0, 2).into_iter().chain(all_sizes(WRITE_VERIFIES, 0, 0, 2)) {
-            assert_sense(&f.run_with(&cdb, data), SenseKey::IllegalRequest, 0x0E, 0x03);
+        for cdb in all_sizes(WRITES, 0, 0, 2)
+            .into_iter()
+            .chain(all_sizes(WRITE_VERIFIES, 0, 0, 2))
+        {
+            assert_sense(
+                &f.run_with(&cdb, data),
+                SenseKey::IllegalRequest,
+                0x0E,
+                0x03,
+            );
         }
-        assert_sense(&f.run_with(&rw10(VERIFY_10, 0x02, 0, 2), data), SenseKey::IllegalRequest, 0x0E, 0x03);
+        assert_sense(
+            &f.run_with(&rw10(VERIFY_10, 0x02, 0, 2), data),
+            SenseKey::IllegalRequest,
+            0x0E,
+            0x03,
+        );
     }
     assert_eq!(f.dev.snapshot(0, 1024), before);
 }
@@ -766,7 +981,10 @@ fn read_only_refuses_writes_but_reads() {
     for cdb in all_sizes(READS, 0, 0, 1) {
         assert_eq!(f.good(&cdb).len(), 512);
     }
-    assert_eq!(f.run(&rw10(SYNCHRONIZE_CACHE_10, 0, 0, 0)).status, TaskStatus::Good);
+    assert_eq!(
+        f.run(&rw10(SYNCHRONIZE_CACHE_10, 0, 0, 0)).status,
+        TaskStatus::Good
+    );
     assert!(f.lu.is_read_only());
 }
 
@@ -774,18 +992,43 @@ fn read_only_refuses_writes_but_reads() {
 fn device_errors_become_medium_errors() {
     let f = Fixture::new();
     f.dev.set_fail_reads(true);
-    assert_sense(&f.run(&rw10(READ_10, 0, 0, 1)), SenseKey::MediumError, 0x11, 0x00);
-    assert_sense(&f.run(&rw10(VERIFY_10, 0, 0, 1)), SenseKey::MediumError, 0x11, 0x00);
+    assert_sense(
+        &f.run(&rw10(READ_10, 0, 0, 1)),
+        SenseKey::MediumError,
+        0x11,
+        0x00,
+    );
+    assert_sense(
+        &f.run(&rw10(VERIFY_10, 0, 0, 1)),
+        SenseKey::MediumError,
+        0x11,
+        0x00,
+    );
     // Zero-length reads touch nothing.
     assert_eq!(f.run(&rw10(READ_10, 0, 0, 0)).status, TaskStatus::Good);
     f.dev.set_fail_reads(false);
     f.dev.set_fail_writes(true);
     let block = vec![0u8; 512];
-    assert_sense(&f.run_with(&rw10(WRITE_10, 0, 0, 1), &block), SenseKey::MediumError, 0x0C, 0x00);
-    assert_sense(&f.run_with(&rw10(WRITE_AND_VERIFY_10, 0, 0, 1), &block), SenseKey::MediumError, 0x0C, 0x00);
+    assert_sense(
+        &f.run_with(&rw10(WRITE_10, 0, 0, 1), &block),
+        SenseKey::MediumError,
+        0x0C,
+        0x00,
+    );
+    assert_sense(
+        &f.run_with(&rw10(WRITE_AND_VERIFY_10, 0, 0, 1), &block),
+        SenseKey::MediumError,
+        0x0C,
+        0x00,
+    );
     f.dev.set_fail_writes(false);
     f.dev.set_fail_flush(true);
-    assert_sense(&f.run(&rw10(SYNCHRONIZE_CACHE_10, 0, 0, 0)), SenseKey::MediumError, 0x0C, 0x00);
+    assert_sense(
+        &f.run(&rw10(SYNCHRONIZE_CACHE_10, 0, 0, 0)),
+        SenseKey::MediumError,
+        0x0C,
+        0x00,
+    );
 }
 
 // ---- VERIFY / WRITE AND VERIFY ----------------------------------------------------------------------------------
@@ -794,7 +1037,10 @@ fn device_errors_become_medium_errors() {
 fn verify_without_bytchk_checks_readability_only() {
     let f = Fixture::new();
     let junk = pattern(8 * 512, 5);
-    for cdb in all_sizes(VERIFIES, 0, 0, 8).into_iter().chain(all_sizes(VERIFIES, 0x10, 100, 8)) {
+    for cdb in all_sizes(VERIFIES, 0, 0, 8)
+        .into_iter()
+        .chain(all_sizes(VERIFIES, 0x10, 100, 8))
+    {
         // libiscsi sends Data-Out even with BYTCHK=0; it is ignored.
         assert_eq!(f.run_with(&cdb, &junk).status, TaskStatus::Good);
         assert_eq!(f.lu.data_out_len(&cdb), Ok(0));
@@ -817,7 +1063,10 @@ fn verify_bytchk_compares() {
             assert_eq!(o.sense.and_then(|s| s.information), Some(offset as u64));
             let fixed = o.sense.unwrap().to_bytes();
             assert_eq!(fixed[0], 0xF0, "VALID set");
-            assert_eq!(u32::from_be_bytes(fixed[3..7].try_into().unwrap()), offset as u32);
+            assert_eq!(
+                u32::from_be_bytes(fixed[3..7].try_into().unwrap()),
+                offset as u32
+            );
         }
     }
 }
@@ -831,7 +1080,12 @@ fn verify_spanning_several_chunks_finds_late_miscompare() {
     let mut data = vec![0u8; usize::from(blocks) * 512];
     let last = data.len() - 1;
     data[last] = 1;
-    let o = lu.execute(&Request { nexus: &n, cdb: &rw10(VERIFY_10, 0x02, 0, blocks), data_out: &data, luns: &[] });
+    let o = lu.execute(&Request {
+        nexus: &n,
+        cdb: &rw10(VERIFY_10, 0x02, 0, blocks),
+        data_out: &data,
+        luns: &[],
+    });
     assert_eq!(o.sense.and_then(|s| s.information), Some(last as u64));
 }
 
@@ -845,10 +1099,20 @@ fn verify_bad_fields_and_ranges() {
         }
     }
     for cdb in all_sizes(VERIFIES, 0x02, 0, 0) {
-        assert_eq!(f.run(&cdb).status, TaskStatus::Good, "0 blocks, nothing to compare");
+        assert_eq!(
+            f.run(&cdb).status,
+            TaskStatus::Good,
+            "0 blocks, nothing to compare"
+        );
     }
     let end = DEV_BLOCKS as u32;
-    for (lba, blocks) in [(end + 1, 0u16), (end, 1), (end - 1, 2), (0x8000_0000, 1), (u32::MAX, 1)] {
+    for (lba, blocks) in [
+        (end + 1, 0u16),
+        (end, 1),
+        (end - 1, 2),
+        (0x8000_0000, 1),
+        (u32::MAX, 1),
+    ] {
         for cdb in all_sizes(VERIFIES, 0x02, lba, blocks) {
             assert_lba_oob(&f.run_with(&cdb, &vec![0; usize::from(blocks) * 512]));
         }
@@ -874,11 +1138,18 @@ fn write_and_verify_writes_durably_and_compares() {
         assert_eq!(f.run(&cdb).status, TaskStatus::Good);
     }
     let end = DEV_BLOCKS as u32;
-    for cdb in all_sizes(WRITE_VERIFIES, 0, end, 1).into_iter().chain(all_sizes(WRITE_VERIFIES, 0, end + 1, 0)) {
+    for cdb in all_sizes(WRITE_VERIFIES, 0, end, 1)
+        .into_iter()
+        .chain(all_sizes(WRITE_VERIFIES, 0, end + 1, 0))
+    {
         assert_lba_oob(&f.run_with(&cdb, &[0; 512]));
     }
     for bytchk in [2u8, 3] {
-        assert_invalid_field(&f.run_with(&rw10(WRITE_AND_VERIFY_10, bytchk << 1, 0, 1), &[0; 512]), 1, 2);
+        assert_invalid_field(
+            &f.run_with(&rw10(WRITE_AND_VERIFY_10, bytchk << 1, 0, 1), &[0; 512]),
+            1,
+            2,
+        );
     }
 }
 
@@ -904,13 +1175,28 @@ impl BlockDevice for ForgetfulDevice {
 
 #[test]
 fn write_and_verify_reports_a_medium_that_lies() {
-    let lu = LogicalUnit::new(Arc::new(ForgetfulDevice(MemoryDevice::new(65536))), identity(), false);
+    let lu = LogicalUnit::new(
+        Arc::new(ForgetfulDevice(MemoryDevice::new(65536))),
+        identity(),
+        false,
+    );
     let n = nexus(1);
-    let run = |cdb: &[u8]| lu.execute(&Request { nexus: &n, cdb, data_out: &[7; 1024], luns: &[] });
+    let run = |cdb: &[u8]| {
+        lu.execute(&Request {
+            nexus: &n,
+            cdb,
+            data_out: &[7; 1024],
+            luns: &[],
+        })
+    };
     let o = run(&rw10(WRITE_AND_VERIFY_10, 0x02, 4, 2));
     assert_sense(&o, SenseKey::Miscompare, 0x1D, 0x00);
     assert_eq!(o.sense.and_then(|s| s.information), Some(0));
-    assert_eq!(run(&rw10(WRITE_AND_VERIFY_10, 0, 4, 2)).status, TaskStatus::Good, "BYTCHK=0 checks readability");
+    assert_eq!(
+        run(&rw10(WRITE_AND_VERIFY_10, 0, 4, 2)).status,
+        TaskStatus::Good,
+        "BYTCHK=0 checks readability"
+    );
 }
 
 // ---- SYNCHRONIZE CACHE ------------------------------------------------------------------------------------------
@@ -918,7 +1204,9 @@ fn write_and_verify_reports_a_medium_that_lies() {
 #[test]
 fn synchronize_cache_flushes_and_checks_range() {
     let f = Fixture::new();
-    let sc10 = |lba: u32, blocks: u16, immed: bool| rw10(SYNCHRONIZE_CACHE_10, u8::from(immed) << 1, lba, blocks);
+    let sc10 = |lba: u32, blocks: u16, immed: bool| {
+        rw10(SYNCHRONIZE_CACHE_10, u8::from(immed) << 1, lba, blocks)
+    };
     let sc16 = |lba: u64, blocks: u32| rw16(SYNCHRONIZE_CACHE_16, 0, lba, blocks);
     assert_eq!(f.run(&sc10(0, 0, false)).status, TaskStatus::Good);
     assert_eq!(f.run(&sc10(0, 16, true)).status, TaskStatus::Good);
@@ -935,12 +1223,30 @@ fn synchronize_cache_flushes_and_checks_range() {
 // ---- MODE SENSE -------------------------------------------------------------------------------------------------
 
 fn mode_sense6(dbd: bool, pc: u8, page: u8, subpage: u8, alloc: u8) -> Vec<u8> {
-    vec![MODE_SENSE_6, u8::from(dbd) << 3, (pc << 6) | page, subpage, alloc, 0]
+    vec![
+        MODE_SENSE_6,
+        u8::from(dbd) << 3,
+        (pc << 6) | page,
+        subpage,
+        alloc,
+        0,
+    ]
 }
 
 fn mode_sense10(llbaa: bool, dbd: bool, pc: u8, page: u8, alloc: u16) -> Vec<u8> {
     let [hi, lo] = alloc.to_be_bytes();
-    vec![MODE_SENSE_10, (u8::from(llbaa) << 4) | (u8::from(dbd) << 3), (pc << 6) | page, 0, 0, 0, 0, hi, lo, 0]
+    vec![
+        MODE_SENSE_10,
+        (u8::from(llbaa) << 4) | (u8::from(dbd) << 3),
+        (pc << 6) | page,
+        0,
+        0,
+        0,
+        0,
+        hi,
+        lo,
+        0,
+    ]
 }
 
 /// (page code, page bytes) of the pages after the header and block descriptors.
@@ -963,7 +1269,10 @@ fn mode_sense6_all_pages() {
     assert_eq!(d[1], 0, "medium type");
     assert_eq!(d[2], 0x10, "DPOFUA, not write protected");
     assert_eq!(d[3], 8, "one short block descriptor");
-    assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), DEV_BLOCKS as u32);
+    assert_eq!(
+        u32::from_be_bytes(d[4..8].try_into().unwrap()),
+        DEV_BLOCKS as u32
+    );
     assert_eq!(&d[8..12], &[0, 0, 2, 0], "block length 512");
     let pages = mode_pages(&d[12..]);
     let codes: Vec<u8> = pages.iter().map(|p| p.0).collect();
@@ -978,7 +1287,11 @@ fn mode_sense6_all_pages() {
     assert_eq!(control[4] & 0x08, 0, "SWP=0");
     let ie = &pages[2].1;
     assert_eq!(ie[1], 0x0A);
-    assert_eq!(f.good(&mode_sense6(false, 0, 0x3F, 0xFF, 255)), d, "subpage FFh: same, we have no subpages");
+    assert_eq!(
+        f.good(&mode_sense6(false, 0, 0x3F, 0xFF, 255)),
+        d,
+        "subpage FFh: same, we have no subpages"
+    );
 }
 
 #[test]
@@ -998,13 +1311,22 @@ fn mode_sense6_single_pages_match_all_pages() {
 fn mode_sense_page_control() {
     let f = Fixture::new();
     let current = f.good(&mode_sense6(true, 0, 0x3F, 0, 255));
-    assert_eq!(f.good(&mode_sense6(true, 2, 0x3F, 0, 255)), current, "defaults are the current values");
+    assert_eq!(
+        f.good(&mode_sense6(true, 2, 0x3F, 0, 255)),
+        current,
+        "defaults are the current values"
+    );
     let changeable = f.good(&mode_sense6(true, 1, 0x3F, 0, 255));
     assert_eq!(changeable.len(), current.len());
     for (_, page) in mode_pages(&changeable[4..]) {
         assert!(page[2..].iter().all(|&b| b == 0), "nothing is changeable");
     }
-    assert_sense(&f.run(&mode_sense6(true, 3, 0x3F, 0, 255)), SenseKey::IllegalRequest, 0x39, 0x00);
+    assert_sense(
+        &f.run(&mode_sense6(true, 3, 0x3F, 0, 255)),
+        SenseKey::IllegalRequest,
+        0x39,
+        0x00,
+    );
 }
 
 #[test]
@@ -1015,7 +1337,10 @@ fn mode_sense_unknown_page_or_subpage_is_invalid() {
     }
     assert_invalid_field(&f.run(&mode_sense6(false, 0, 0x3F, 0x01, 255)), 3, 7);
     assert_invalid_field(&f.run(&mode_sense6(false, 0, 0x0A, 0x01, 255)), 3, 7);
-    assert_eq!(f.run(&mode_sense6(false, 0, 0x0A, 0xFF, 255)).status, TaskStatus::Good);
+    assert_eq!(
+        f.run(&mode_sense6(false, 0, 0x0A, 0xFF, 255)).status,
+        TaskStatus::Good
+    );
 }
 
 #[test]
@@ -1023,7 +1348,10 @@ fn mode_sense_truncates_to_allocation_length() {
     let f = Fixture::new();
     let full = f.good(&mode_sense6(false, 0, 0x3F, 0, 255));
     for alloc in [0u8, 1, 4, 12, 30] {
-        assert_eq!(f.good(&mode_sense6(false, 0, 0x3F, 0, alloc)), full[..usize::from(alloc)].to_vec());
+        assert_eq!(
+            f.good(&mode_sense6(false, 0, 0x3F, 0, alloc)),
+            full[..usize::from(alloc)].to_vec()
+        );
     }
 }
 
@@ -1040,16 +1368,25 @@ fn mode_sense_write_protect_bit() {
 fn mode_sense10_headers_and_descriptors() {
     let f = Fixture::new();
     let short = f.good(&mode_sense10(false, false, 0, 0x08, 512));
-    assert_eq!(usize::from(u16::from_be_bytes([short[0], short[1]])) + 2, short.len());
+    assert_eq!(
+        usize::from(u16::from_be_bytes([short[0], short[1]])) + 2,
+        short.len()
+    );
     assert_eq!(short[3], 0x10);
     assert_eq!(short[4], 0, "LONGLBA clear");
     assert_eq!(u16::from_be_bytes([short[6], short[7]]), 8);
-    assert_eq!(&short[16..], &f.good(&mode_sense6(true, 0, 0x08, 0, 255))[4..]);
+    assert_eq!(
+        &short[16..],
+        &f.good(&mode_sense6(true, 0, 0x08, 0, 255))[4..]
+    );
 
     let long = f.good(&mode_sense10(true, false, 0, 0x08, 512));
     assert_eq!(long[4], 1, "LONGLBA set");
     assert_eq!(u16::from_be_bytes([long[6], long[7]]), 16);
-    assert_eq!(u64::from_be_bytes(long[8..16].try_into().unwrap()), DEV_BLOCKS);
+    assert_eq!(
+        u64::from_be_bytes(long[8..16].try_into().unwrap()),
+        DEV_BLOCKS
+    );
     assert_eq!(u32::from_be_bytes(long[20..24].try_into().unwrap()), 512);
 
     let none = f.good(&mode_sense10(true, true, 0, 0x08, 512));
@@ -1061,8 +1398,16 @@ fn mode_sense10_headers_and_descriptors() {
 fn mode_sense_short_descriptor_saturates_for_large_devices() {
     let lu = huge_lu(1 << 33);
     let n = nexus(1);
-    let o = lu.execute(&Request { nexus: &n, cdb: &mode_sense6(false, 0, 0x08, 0, 255), data_out: &[], luns: &[] });
-    assert_eq!(u32::from_be_bytes(o.data_in[4..8].try_into().unwrap()), u32::MAX);
+    let o = lu.execute(&Request {
+        nexus: &n,
+        cdb: &mode_sense6(false, 0, 0x08, 0, 255),
+        data_out: &[],
+        luns: &[],
+    });
+    assert_eq!(
+        u32::from_be_bytes(o.data_in[4..8].try_into().unwrap()),
+        u32::MAX
+    );
 }
 
 // ---- REPORT SUPPORTED OPERATION CODES ---------------------------------------------------------------------------
@@ -1083,10 +1428,20 @@ fn command_descriptors(d: &[u8]) -> Vec<(u8, u16, bool, bool, u16)> {
     let mut i = 4;
     while i < d.len() {
         let ctdp = d[i + 5] & 0x02 != 0;
-        out.push((d[i], u16::from_be_bytes([d[i + 2], d[i + 3]]), d[i + 5] & 0x01 != 0, ctdp, u16::from_be_bytes([d[i + 6], d[i + 7]])));
+        out.push((
+            d[i],
+            u16::from_be_bytes([d[i + 2], d[i + 3]]),
+            d[i + 5] & 0x01 != 0,
+            ctdp,
+            u16::from_be_bytes([d[i + 6], d[i + 7]]),
+        ));
         i += 8;
         if ctdp {
-            assert_eq!(u16::from_be_bytes([d[i], d[i + 1]]), 0x0A, "timeouts descriptor length");
+            assert_eq!(
+                u16::from_be_bytes([d[i], d[i + 1]]),
+                0x0A,
+                "timeouts descriptor length"
+            );
             i += 12;
         }
     }
@@ -1129,14 +1484,22 @@ fn rsoc_one_command() {
     assert_eq!((d[1], d[4], d[5]), (3, SERVICE_ACTION_IN_16, 0x1F));
     let d = f.good(&rsoc(false, 2, SERVICE_ACTION_IN_16, 0x12, 65535));
     assert_eq!(d[1], 1, "GET LBA STATUS: not supported");
-    assert_eq!(f.good(&rsoc(false, 3, READ_10, 0x55, 65535))[1], 3, "SA ignored for a plain opcode");
+    assert_eq!(
+        f.good(&rsoc(false, 3, READ_10, 0x55, 65535))[1],
+        3,
+        "SA ignored for a plain opcode"
+    );
     assert_eq!(f.good(&rsoc(false, 3, MAINTENANCE_IN, 0x0C, 65535))[1], 3);
 }
 
 #[test]
 fn rsoc_wrong_reporting_options_point_at_byte_2() {
     let f = Fixture::new();
-    assert_invalid_field(&f.run(&rsoc(false, 1, SERVICE_ACTION_IN_16, 0x10, 65535)), 2, 2);
+    assert_invalid_field(
+        &f.run(&rsoc(false, 1, SERVICE_ACTION_IN_16, 0x10, 65535)),
+        2,
+        2,
+    );
     assert_invalid_field(&f.run(&rsoc(false, 1, MAINTENANCE_IN, 0x0C, 65535)), 2, 2);
     assert_invalid_field(&f.run(&rsoc(false, 2, READ_10, 0, 65535)), 2, 2);
     assert_invalid_field(&f.run(&rsoc(false, 5, READ_10, 0, 65535)), 2, 2);
@@ -1145,7 +1508,8 @@ fn rsoc_wrong_reporting_options_point_at_byte_2() {
 #[test]
 fn rsoc_listed_commands_all_answer_one_command_queries() {
     let f = Fixture::new();
-    for (op, sa, servactv, _, cdb_len) in command_descriptors(&f.good(&rsoc(false, 0, 0, 0, 65535))) {
+    for (op, sa, servactv, _, cdb_len) in command_descriptors(&f.good(&rsoc(false, 0, 0, 0, 65535)))
+    {
         let options = if servactv { 2 } else { 1 };
         let d = f.good(&rsoc(false, options, op, sa, 65535));
         assert_eq!(d[1] & 0x07, 3);
@@ -1161,21 +1525,36 @@ fn data_lengths() {
     let f = Fixture::new();
     let lu = &f.lu;
     assert_eq!(lu.data_out_len(&rw10(WRITE_10, 0, 0, 3)), Ok(1536));
-    assert_eq!(lu.data_out_len(&rw16(WRITE_AND_VERIFY_16, 0, 0, 2)), Ok(1024));
+    assert_eq!(
+        lu.data_out_len(&rw16(WRITE_AND_VERIFY_16, 0, 0, 2)),
+        Ok(1024)
+    );
     assert_eq!(lu.data_out_len(&rw12(VERIFY_12, 0x02, 0, 2)), Ok(1024));
     assert_eq!(lu.data_out_len(&rw12(VERIFY_12, 0, 0, 2)), Ok(0));
     assert_eq!(lu.data_out_len(&rw10(READ_10, 0, 0, 3)), Ok(0));
     assert_eq!(lu.data_out_len(&inquiry(false, 0, 96)), Ok(0));
     assert_eq!(lu.data_out_len(&[0xC0; 16]), Err(Sense::invalid_opcode()));
-    assert_eq!(lu.data_out_len(&rw10(WRITE_10, 0x20, 0, 3)), Err(Sense::invalid_field_in_cdb(1, 7)));
+    assert_eq!(
+        lu.data_out_len(&rw10(WRITE_10, 0x20, 0, 3)),
+        Err(Sense::invalid_field_in_cdb(1, 7))
+    );
 
     assert_eq!(lu.data_in_len(&rw10(READ_10, 0, 0, 3)), Ok(1536));
     assert_eq!(lu.data_in_len(&rw10(WRITE_10, 0, 0, 3)), Ok(0));
     assert_eq!(lu.data_in_len(&inquiry(true, 0x83, 300)), Ok(300));
-    assert_eq!(lu.data_in_len(&mode_sense6(false, 0, 0x3F, 0, 200)), Ok(200));
-    assert_eq!(lu.data_in_len(&mode_sense10(false, false, 0, 0x3F, 1000)), Ok(1000));
+    assert_eq!(
+        lu.data_in_len(&mode_sense6(false, 0, 0x3F, 0, 200)),
+        Ok(200)
+    );
+    assert_eq!(
+        lu.data_in_len(&mode_sense10(false, false, 0, 0x3F, 1000)),
+        Ok(1000)
+    );
     assert_eq!(lu.data_in_len(&[REQUEST_SENSE, 0, 0, 0, 18, 0]), Ok(18));
-    assert_eq!(lu.data_in_len(&[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Ok(8));
+    assert_eq!(
+        lu.data_in_len(&[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Ok(8)
+    );
     assert_eq!(lu.data_in_len(&read_capacity_16(32)), Ok(32));
     assert_eq!(lu.data_in_len(&report_luns(0, 4096)), Ok(4096));
     assert_eq!(lu.data_in_len(&rsoc(false, 0, 0, 0, 65535)), Ok(65535));
@@ -1187,7 +1566,12 @@ fn data_lengths() {
 
 fn no_lun(cdb: &[u8]) -> Outcome {
     let n = nexus(1);
-    execute_no_lun(&Request { nexus: &n, cdb, data_out: &[], luns: &[0] })
+    execute_no_lun(&Request {
+        nexus: &n,
+        cdb,
+        data_out: &[],
+        luns: &[0],
+    })
 }
 
 #[test]
@@ -1210,7 +1594,10 @@ fn no_lun_report_luns_and_request_sense_work() {
     assert_eq!(o.data_in.len(), 16);
     let o = no_lun(&[REQUEST_SENSE, 0, 0, 0, 252, 0]);
     assert_eq!(o.status, TaskStatus::Good);
-    assert_eq!((o.data_in[2], o.data_in[12], o.data_in[13]), (0x05, 0x25, 0x00));
+    assert_eq!(
+        (o.data_in[2], o.data_in[12], o.data_in[13]),
+        (0x05, 0x25, 0x00)
+    );
     let o = no_lun(&[REQUEST_SENSE, 1, 0, 0, 252, 0]);
     assert_eq!(&o.data_in[..4], &[0x72, 0x05, 0x25, 0x00]);
 }

@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 
 /// The binary under test: `TWINSAN_BIN` (the release build scripts/test makes) or cargo's own build.
 pub fn twinsan_bin() -> PathBuf {
-    std::env::var_os("TWINSAN_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_twinsan")))
+    std::env::var_os("TWINSAN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_twinsan")))
 }
 
 /// Fails the test with a clear message when a real-peer tool is missing: such a test must never pass silently.
 pub fn require_tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
     });
     found.unwrap_or_else(|| {
         panic!("{name} is not installed: run scripts/test (it installs libiscsi-bin, tgt and qemu-block-extra)")
@@ -38,8 +42,14 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let base = std::env::var_os("TWINSAN_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let p = base.join(format!("twinsan-test-{tag}-{}-{}", std::process::id(), unique()));
+        let base = std::env::var_os("TWINSAN_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let p = base.join(format!(
+            "twinsan-test-{tag}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
@@ -78,8 +88,15 @@ impl Serve {
 
     pub fn start_at(iqn: &str, addr: SocketAddr, args: &[&str]) -> Serve {
         let mut cmd = Command::new(twinsan_bin());
-        cmd.arg("serve").arg("--iqn").arg(iqn).arg("--listen").arg(addr.to_string()).args(args);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).env("TWINSAN_LOG", "info");
+        cmd.arg("serve")
+            .arg("--iqn")
+            .arg(iqn)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args);
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("TWINSAN_LOG", "info");
         let mut child = cmd.spawn().expect("spawn twinsan serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
@@ -91,7 +108,12 @@ impl Serve {
                 s.push('\n');
             }
         });
-        let mut serve = Serve { child: Some(child), addr, iqn: iqn.to_owned(), log };
+        let mut serve = Serve {
+            child: Some(child),
+            addr,
+            iqn: iqn.to_owned(),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -99,10 +121,17 @@ impl Serve {
             }
             if let Some(c) = serve.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("twinsan serve exited with {status} before listening:\n{}", serve.log());
+                    panic!(
+                        "twinsan serve exited with {status} before listening:\n{}",
+                        serve.log()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "twinsan serve did not listen on {addr} within 20 s:\n{}", serve.log());
+            assert!(
+                Instant::now() < deadline,
+                "twinsan serve did not listen on {addr} within 20 s:\n{}",
+                serve.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         serve
@@ -125,7 +154,9 @@ impl Serve {
 
     /// Stops the server with SIGTERM and waits; returns whether it exited cleanly (status 0).
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         // SAFETY: kill(2) on the pid of a child this guard started and has not yet reaped.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
@@ -146,7 +177,9 @@ impl Serve {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -158,7 +191,9 @@ impl Drop for Serve {
 
 /// Runs a command to completion with a time limit; returns its output.
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let deadline = Instant::now() + limit;
     // Drain pipes on threads so a chatty child cannot block on a full pipe.
@@ -185,10 +220,18 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 /// stdout and stderr of an output as one string.
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
