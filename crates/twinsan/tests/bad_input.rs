@@ -1080,7 +1080,8 @@ fn case_random_garbage(addr: SocketAddr, serve: &mut common::Serve, seed: u64) -
             pdus_sent += 1;
         }
         if rng.chance(4) {
-            let mut tail = rng.bytes(rng.below(100) as usize);
+            let tail_len = rng.below(100) as usize;
+            let mut tail = rng.bytes(tail_len);
             if let Some(b) = tail.first_mut() {
                 if *b & 0x3f == opcode::TASK_MGMT_REQUEST {
                     *b ^= 0x01;
