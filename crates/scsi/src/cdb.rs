@@ -88,7 +88,7 @@ pub enum CdbSize {
 
 impl CdbSize {
     /// Length of the CDB in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn bytes(self) -> usize {
         match self {
             CdbSize::Six => 6,
             CdbSize::Ten => 10,
@@ -253,7 +253,7 @@ impl Command {
         };
         let size = cdb_size(op).ok_or_else(Sense::invalid_opcode)?;
         let c = cdb
-            .get(..size.len())
+            .get(..size.bytes())
             .ok_or_else(|| Sense::invalid_field_in_cdb(0, 7))?;
         check_control(c)?;
         let cmd = match op {
@@ -959,7 +959,7 @@ mod tests {
             assert_eq!(sc.usage[0], sc.opcode);
             assert_eq!(
                 Some(sc.usage.len()),
-                cdb_size(sc.opcode).map(CdbSize::len),
+                cdb_size(sc.opcode).map(CdbSize::bytes),
                 "{sc:?}"
             );
             assert_eq!(sc.service_action.is_some(), has_service_actions(sc.opcode));

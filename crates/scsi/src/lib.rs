@@ -19,6 +19,8 @@
 //!   initiators and conformance suites read as "not supported".
 //! - Data-Out shorter than the CDB's transfer length is refused before anything is written.
 
+#![warn(missing_docs)]
+
 pub mod cdb;
 mod lu;
 mod memory;

@@ -83,7 +83,6 @@ fn frame(bhs: &[u8; BHS_LEN], data: &[u8], d: Digests) -> Vec<u8> {
 /// A PDU received from the target, digests checked.
 #[derive(Debug)]
 struct Incoming {
-    bhs: [u8; BHS_LEN],
     pdu: Pdu,
     data: Vec<u8>,
 }
@@ -110,7 +109,12 @@ impl std::fmt::Display for RecvError {
 
 /// Fills `buf` before `deadline`. `mid_pdu` says whether a PDU has already begun (a timeout or close is then an
 /// error rather than an answer).
-fn read_full(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant, mid_pdu: bool) -> Result<(), RecvError> {
+fn read_full(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    mid_pdu: bool,
+) -> Result<(), RecvError> {
     let mut filled = 0;
     while filled < buf.len() {
         let now = Instant::now();
@@ -118,17 +122,35 @@ fn read_full(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant, mid_pdu:
             return Err(if !mid_pdu && filled == 0 {
                 RecvError::Timeout
             } else {
-                RecvError::Broken(format!("timed out in the middle of a PDU ({filled}/{} bytes)", buf.len()))
+                RecvError::Broken(format!(
+                    "timed out in the middle of a PDU ({filled}/{} bytes)",
+                    buf.len()
+                ))
             });
         }
         let wait = (deadline - now).max(Duration::from_millis(1));
-        stream.set_read_timeout(Some(wait)).map_err(|e| RecvError::Broken(format!("set_read_timeout: {e}")))?;
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(|e| RecvError::Broken(format!("set_read_timeout: {e}")))?;
         match stream.read(&mut buf[filled..]) {
             Ok(0) if !mid_pdu && filled == 0 => return Err(RecvError::Closed),
-            Ok(0) => return Err(RecvError::Broken("connection closed in the middle of a PDU".into())),
+            Ok(0) => {
+                return Err(RecvError::Broken(
+                    "connection closed in the middle of a PDU".into(),
+                ))
+            }
             Ok(n) => filled += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
                 return Err(RecvError::Closed)
             }
             Err(e) => return Err(RecvError::Broken(format!("read: {e}"))),
@@ -156,7 +178,9 @@ fn recv_pdu(stream: &mut TcpStream, d: Digests, deadline: Instant) -> Result<Inc
         let mut covered = bhs.to_vec();
         covered.extend_from_slice(&ahs);
         if u32::from_le_bytes(crc) != crc32c(&covered) {
-            return Err(RecvError::Broken("target sent a PDU with a wrong header digest".into()));
+            return Err(RecvError::Broken(
+                "target sent a PDU with a wrong header digest".into(),
+            ));
         }
     }
     let mut data = vec![0u8; pad4(data_len)];
@@ -165,36 +189,46 @@ fn recv_pdu(stream: &mut TcpStream, d: Digests, deadline: Instant) -> Result<Inc
         let mut crc = [0u8; 4];
         read_full(stream, &mut crc, deadline, true)?;
         if u32::from_le_bytes(crc) != crc32c(&data) {
-            return Err(RecvError::Broken("target sent a PDU with a wrong data digest".into()));
+            return Err(RecvError::Broken(
+                "target sent a PDU with a wrong data digest".into(),
+            ));
         }
     }
     data.truncate(data_len);
     let op = pdu::opcode_of(&bhs);
     if op & 0x20 == 0 {
-        return Err(RecvError::Broken(format!("target sent an initiator opcode {op:#04x}")));
+        return Err(RecvError::Broken(format!(
+            "target sent an initiator opcode {op:#04x}"
+        )));
     }
-    let pdu = Pdu::decode(&bhs).map_err(|e| RecvError::Broken(format!("target sent an undecodable PDU: {e}")))?;
-    Ok(Incoming { bhs, pdu, data })
+    let pdu = Pdu::decode(&bhs)
+        .map_err(|e| RecvError::Broken(format!("target sent an undecodable PDU: {e}")))?;
+    Ok(Incoming { pdu, data })
 }
 
 fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_nodelay(true).map_err(|e| format!("set_nodelay: {e}"))?;
-    s.set_write_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("set_write_timeout: {e}"))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_nodelay(true)
+        .map_err(|e| format!("set_nodelay: {e}"))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("set_write_timeout: {e}"))?;
     Ok(s)
 }
 
 /// Waits for the target to close `stream` without sending anything. Returns how long that took.
 fn expect_closed(stream: &mut TcpStream, within: Duration, what: &str) -> Duration {
     let start = Instant::now();
-    let deadline = start + within;
-    loop {
-        match recv_pdu(stream, Digests::default(), deadline) {
-            Err(RecvError::Closed) => return start.elapsed(),
-            Err(RecvError::Timeout) => panic!("{what}: the target kept the connection open for {within:?}"),
-            Err(RecvError::Broken(why)) => panic!("{what}: {why}"),
-            Ok(p) => panic!("{what}: the target answered with {:?} instead of closing", p.pdu),
+    match recv_pdu(stream, Digests::default(), start + within) {
+        Err(RecvError::Closed) => start.elapsed(),
+        Err(RecvError::Timeout) => {
+            panic!("{what}: the target kept the connection open for {within:?}")
         }
+        Err(RecvError::Broken(why)) => panic!("{what}: {why}"),
+        Ok(p) => panic!(
+            "{what}: the target answered with {:?} instead of closing",
+            p.pdu
+        ),
     }
 }
 
@@ -227,7 +261,14 @@ fn unique_isid() -> [u8; 6] {
     static N: AtomicU64 = AtomicU64::new(1);
     let n = N.fetch_add(1, Ordering::SeqCst);
     // Type 0x80 ("random" format) plus a counter: every session of this test is a distinct I_T nexus.
-    [0x80, 0x42, (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8, n as u8]
+    [
+        0x80,
+        0x42,
+        (n >> 24) as u8,
+        (n >> 16) as u8,
+        (n >> 8) as u8,
+        n as u8,
+    ]
 }
 
 impl MiniInitiator {
@@ -237,7 +278,11 @@ impl MiniInitiator {
         Self::login_on(stream, name, opts)
     }
 
-    fn login_on(mut stream: TcpStream, name: &str, opts: LoginOptions) -> Result<MiniInitiator, String> {
+    fn login_on(
+        mut stream: TcpStream,
+        name: &str,
+        opts: LoginOptions,
+    ) -> Result<MiniInitiator, String> {
         let digest = |on: bool| if on { "CRC32C" } else { "None" };
         let initiator = format!("iqn.2025-01.test.twinsan.initiator:{name}");
         let mut text = TextPairs::default();
@@ -277,7 +322,10 @@ impl MiniInitiator {
         let resp = recv_pdu(&mut stream, Digests::default(), deadline)
             .map_err(|e| format!("{name}: waiting for the Login Response: {e}"))?;
         let Pdu::LoginResponse(r) = &resp.pdu else {
-            return Err(format!("{name}: expected a Login Response, got {:?}", resp.pdu));
+            return Err(format!(
+                "{name}: expected a Login Response, got {:?}",
+                resp.pdu
+            ));
         };
         if r.status_class != 0 || !r.transit || r.nsg != 3 || r.tsih == 0 || r.itt != itt {
             return Err(format!(
@@ -291,16 +339,26 @@ impl MiniInitiator {
                 String::from_utf8_lossy(&resp.data)
             ));
         }
-        let answers = TextPairs::parse(&resp.data).map_err(|e| format!("{name}: login response text: {e}"))?;
-        for (key, on) in [("HeaderDigest", opts.digests.header), ("DataDigest", opts.digests.data)] {
+        let answers = TextPairs::parse(&resp.data)
+            .map_err(|e| format!("{name}: login response text: {e}"))?;
+        for (key, on) in [
+            ("HeaderDigest", opts.digests.header),
+            ("DataDigest", opts.digests.data),
+        ] {
             if answers.value(key) != Some(digest(on)) {
-                return Err(format!("{name}: asked {key}={}, the target answered {:?}", digest(on), answers.value(key)));
+                return Err(format!(
+                    "{name}: asked {key}={}, the target answered {:?}",
+                    digest(on),
+                    answers.value(key)
+                ));
             }
         }
         let number = |key: &str, default: u32| -> Result<u32, String> {
             match answers.value(key) {
                 None => Ok(default),
-                Some(v) => v.parse().map_err(|_| format!("{name}: {key}={v} is not a number")),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name}: {key}={v} is not a number")),
             }
         };
         let target_mrdsl = number("MaxRecvDataSegmentLength", 8192)?;
@@ -330,12 +388,18 @@ impl MiniInitiator {
 
     /// Writes raw bytes (anything, framed or not).
     fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream.write_all(bytes).map_err(|e| format!("{}: write: {e}", self.name))
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| format!("{}: write: {e}", self.name))
     }
 
     /// Writes one PDU framed with the negotiated digests. The PDU's data length must match `data`.
     fn send(&mut self, p: &Pdu, data: &[u8]) -> Result<(), String> {
-        assert_eq!(p.data_len() as usize, data.len(), "PDU data length field and data disagree");
+        assert_eq!(
+            p.data_len() as usize,
+            data.len(),
+            "PDU data length field and data disagree"
+        );
         let bytes = frame(&p.encode(), data, self.digests);
         self.send_raw(&bytes)
     }
@@ -382,10 +446,15 @@ impl MiniInitiator {
         let itt = self.itt();
         let p = self.nop_out(itt, payload);
         self.send(&p, payload)?;
-        let r = self.recv(Duration::from_secs(10)).map_err(|e| format!("{}: waiting for the NOP-In: {e}", self.name))?;
+        let r = self
+            .recv(Duration::from_secs(10))
+            .map_err(|e| format!("{}: waiting for the NOP-In: {e}", self.name))?;
         match &r.pdu {
             Pdu::NopIn(n) if n.itt == itt && r.data == payload => Ok(()),
-            other => Err(format!("{}: expected the NOP-In echo of ITT {itt:#x}, got {other:?}", self.name)),
+            other => Err(format!(
+                "{}: expected the NOP-In echo of ITT {itt:#x}, got {other:?}",
+                self.name
+            )),
         }
     }
 
@@ -402,7 +471,14 @@ impl MiniInitiator {
     }
 
     /// A SCSI Command PDU for `cdb` with the next CmdSN (not yet sent).
-    fn command(&mut self, itt: u32, cdb: [u8; 16], write_len: usize, read_len: usize, imm: usize) -> Pdu {
+    fn command(
+        &mut self,
+        itt: u32,
+        cdb: [u8; 16],
+        write_len: usize,
+        read_len: usize,
+        imm: usize,
+    ) -> Pdu {
         let cmd_sn = self.cmd_sn;
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
         Pdu::ScsiCommand(pdu::ScsiCommand {
@@ -423,10 +499,18 @@ impl MiniInitiator {
     }
 
     /// Runs one SCSI command to its status: immediate data, Data-Out for each R2T, Data-In in order.
-    fn scsi(&mut self, cdb: [u8; 16], write: &[u8], read_len: usize) -> Result<ScsiOutcome, String> {
+    fn scsi(
+        &mut self,
+        cdb: [u8; 16],
+        write: &[u8],
+        read_len: usize,
+    ) -> Result<ScsiOutcome, String> {
         let itt = self.itt();
         let imm = if self.immediate_data {
-            write.len().min(self.first_burst as usize).min(self.target_mrdsl as usize)
+            write
+                .len()
+                .min(self.first_burst as usize)
+                .min(self.target_mrdsl as usize)
         } else {
             0
         };
@@ -435,21 +519,34 @@ impl MiniInitiator {
         let name = self.name.clone();
         let mut data = Vec::new();
         loop {
-            let r = self.recv(Duration::from_secs(15)).map_err(|e| format!("{name}: ITT {itt:#x}: {e}"))?;
+            let r = self
+                .recv(Duration::from_secs(15))
+                .map_err(|e| format!("{name}: ITT {itt:#x}: {e}"))?;
             match &r.pdu {
                 Pdu::DataIn(d) if d.itt == itt => {
                     if d.buffer_offset as usize != data.len() {
-                        return Err(format!("{name}: Data-In at offset {} after {} bytes", d.buffer_offset, data.len()));
+                        return Err(format!(
+                            "{name}: Data-In at offset {} after {} bytes",
+                            d.buffer_offset,
+                            data.len()
+                        ));
                     }
                     data.extend_from_slice(&r.data);
                     if d.status_present {
-                        return Ok(ScsiOutcome { status: d.status, data, sense: Vec::new() });
+                        return Ok(ScsiOutcome {
+                            status: d.status,
+                            data,
+                            sense: Vec::new(),
+                        });
                     }
                 }
                 Pdu::R2t(t) if t.itt == itt => {
                     let (offset, len) = (t.buffer_offset as usize, t.desired_len as usize);
                     if offset + len > write.len() {
-                        return Err(format!("{name}: R2T for {len} bytes at {offset} beyond the {} to write", write.len()));
+                        return Err(format!(
+                            "{name}: R2T for {len} bytes at {offset} beyond the {} to write",
+                            write.len()
+                        ));
                     }
                     let mut at = offset;
                     let mut data_sn = 0;
@@ -472,12 +569,24 @@ impl MiniInitiator {
                 }
                 Pdu::ScsiResponse(s) if s.itt == itt => {
                     if s.response != 0 {
-                        return Err(format!("{name}: iSCSI response {:#04x} (target failure)", s.response));
+                        return Err(format!(
+                            "{name}: iSCSI response {:#04x} (target failure)",
+                            s.response
+                        ));
                     }
                     let sense = r.data.get(2..).unwrap_or_default().to_vec();
-                    return Ok(ScsiOutcome { status: s.status, data, sense });
+                    return Ok(ScsiOutcome {
+                        status: s.status,
+                        data,
+                        sense,
+                    });
                 }
-                other => return Err(format!("{name}: ITT {itt:#x}: unexpected {other:?} (data {:02x?})", &r.data[..r.data.len().min(64)])),
+                other => {
+                    return Err(format!(
+                        "{name}: ITT {itt:#x}: unexpected {other:?} (data {:02x?})",
+                        &r.data[..r.data.len().min(64)]
+                    ))
+                }
             }
         }
     }
@@ -486,7 +595,10 @@ impl MiniInitiator {
         assert_eq!(data.len() % BLOCK, 0);
         let o = self.scsi(rw10(0x2a, lba, (data.len() / BLOCK) as u16), data, 0)?;
         if o.status != 0 {
-            return Err(format!("{}: WRITE(10) at LBA {lba}: status {:#04x} sense {:02x?}", self.name, o.status, o.sense));
+            return Err(format!(
+                "{}: WRITE(10) at LBA {lba}: status {:#04x} sense {:02x?}",
+                self.name, o.status, o.sense
+            ));
         }
         Ok(())
     }
@@ -495,10 +607,17 @@ impl MiniInitiator {
         assert_eq!(len % BLOCK, 0);
         let o = self.scsi(rw10(0x28, lba, (len / BLOCK) as u16), &[], len)?;
         if o.status != 0 {
-            return Err(format!("{}: READ(10) at LBA {lba}: status {:#04x} sense {:02x?}", self.name, o.status, o.sense));
+            return Err(format!(
+                "{}: READ(10) at LBA {lba}: status {:#04x} sense {:02x?}",
+                self.name, o.status, o.sense
+            ));
         }
         if o.data.len() != len {
-            return Err(format!("{}: READ(10) at LBA {lba}: {} bytes instead of {len}", self.name, o.data.len()));
+            return Err(format!(
+                "{}: READ(10) at LBA {lba}: {} bytes instead of {len}",
+                self.name,
+                o.data.len()
+            ));
         }
         Ok(o.data)
     }
@@ -515,14 +634,24 @@ impl MiniInitiator {
             exp_stat_sn: self.exp_stat_sn,
         });
         self.send(&p, &[])?;
-        let r = self.recv(Duration::from_secs(10)).map_err(|e| format!("{}: waiting for the Logout Response: {e}", self.name))?;
+        let r = self
+            .recv(Duration::from_secs(10))
+            .map_err(|e| format!("{}: waiting for the Logout Response: {e}", self.name))?;
         match &r.pdu {
             Pdu::LogoutResponse(l) if l.itt == itt && l.response == 0 => {}
-            other => return Err(format!("{}: expected a Logout Response, got {other:?}", self.name)),
+            other => {
+                return Err(format!(
+                    "{}: expected a Logout Response, got {other:?}",
+                    self.name
+                ))
+            }
         }
         match self.recv(Duration::from_secs(10)) {
             Err(RecvError::Closed) => Ok(()),
-            other => Err(format!("{}: after the Logout Response the connection was not closed: {other:?}", self.name)),
+            other => Err(format!(
+                "{}: after the Logout Response the connection was not closed: {other:?}",
+                self.name
+            )),
         }
     }
 }
@@ -577,52 +706,47 @@ fn pattern(round: u64, len: usize) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------------------------
 // The server process: its pid (the harness has no accessor) and its memory.
 
-/// The pid of the `twinsan serve` child of this process listening on `addr`.
-fn server_pid(addr: SocketAddr) -> u32 {
-    let me = std::process::id();
-    let want = addr.to_string();
-    let entries = std::fs::read_dir("/proc").expect("read /proc");
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let listens = args.windows(2).any(|w| w[0] == b"--listen" && w[1] == want.as_bytes());
-        if !listens || !args.iter().any(|a| *a == b"serve") {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // Fields after the command name in parentheses: state, ppid, ...
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(me) {
-            return pid;
-        }
-    }
-    panic!("no `twinsan serve --listen {want}` child of this test process found in /proc");
-}
-
 /// A `Vm*:` field of /proc/PID/status, in KiB.
 fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status of the server");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read /proc/PID/status of the server");
     status
         .lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-fn raise_open_file_limit(want: u64) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+fn raise_open_file_limit(want: libc::rlim_t) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit(RLIMIT_NOFILE)");
-        if (lim.rlim_cur as u64) < want {
-            let new = (want as libc::rlim_t).min(lim.rlim_max);
-            let raised = libc::rlimit { rlim_cur: new, rlim_max: lim.rlim_max };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raised), 0, "setrlimit(RLIMIT_NOFILE, {new})");
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim),
+            0,
+            "getrlimit(RLIMIT_NOFILE)"
+        );
+        if lim.rlim_cur < want {
+            let new = want.min(lim.rlim_max);
+            let raised = libc::rlimit {
+                rlim_cur: new,
+                rlim_max: lim.rlim_max,
+            };
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &raised),
+                0,
+                "setrlimit(RLIMIT_NOFILE, {new})"
+            );
             lim.rlim_cur = new;
         }
     }
     assert!(
-        lim.rlim_cur as u64 >= want,
+        lim.rlim_cur >= want,
         "the open-file limit is {} (hard {}); this test needs {want}",
         lim.rlim_cur,
         lim.rlim_max
@@ -630,7 +754,10 @@ fn raise_open_file_limit(want: u64) {
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -642,10 +769,12 @@ fn qemu_round(url: &str, round: u64) -> Result<(), String> {
     cmd.args(["-f", "raw"]);
     let pat = |k: u64| ((round * 8 + k) % 250 + 1) as u8;
     for k in 0..8 {
-        cmd.arg("-c").arg(format!("write -P {:#04x} {}M 1M", pat(k), k));
+        cmd.arg("-c")
+            .arg(format!("write -P {:#04x} {}M 1M", pat(k), k));
     }
     for k in 0..8 {
-        cmd.arg("-c").arg(format!("read -P {:#04x} {}M 1M", pat(k), k));
+        cmd.arg("-c")
+            .arg(format!("read -P {:#04x} {}M 1M", pat(k), k));
     }
     cmd.arg(url);
     let out = common::run(&mut cmd, Duration::from_secs(60));
@@ -653,8 +782,16 @@ fn qemu_round(url: &str, round: u64) -> Result<(), String> {
     let lower = text.to_lowercase();
     let wrote = text.matches("wrote 1048576/1048576 bytes").count();
     let read = text.matches("read 1048576/1048576 bytes").count();
-    if !out.status.success() || lower.contains("fail") || lower.contains("error") || wrote != 8 || read != 8 {
-        return Err(format!("qemu-io round {round}: {} (wrote {wrote}/8, read {read}/8):\n{text}", out.status));
+    if !out.status.success()
+        || lower.contains("fail")
+        || lower.contains("error")
+        || wrote != 8
+        || read != 8
+    {
+        return Err(format!(
+            "qemu-io round {round}: {} (wrote {wrote}/8, read {read}/8):\n{text}",
+            out.status
+        ));
     }
     Ok(())
 }
@@ -666,7 +803,10 @@ struct QemuReport {
 
 fn spawn_qemu_rounds(url: String, stop: Arc<AtomicBool>) -> JoinHandle<QemuReport> {
     thread::spawn(move || {
-        let mut report = QemuReport { rounds: 0, failures: Vec::new() };
+        let mut report = QemuReport {
+            rounds: 0,
+            failures: Vec::new(),
+        };
         while !stop.load(Ordering::SeqCst) {
             if let Err(e) = qemu_round(&url, report.rounds) {
                 report.failures.push(e);
@@ -692,10 +832,16 @@ fn long_lived_round(s: &mut MiniInitiator, round: u64) -> Result<(), String> {
     s.write10(lba, &data)?;
     let back = s.read10(lba, data.len())?;
     if back != data {
-        let at = back.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(0);
-        return Err(format!("round {round}: read back differs from what was written, first at byte {at} of LBA {lba}"));
+        let at = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        return Err(format!(
+            "round {round}: read back differs from what was written, first at byte {at} of LBA {lba}"
+        ));
     }
-    if round % 4 == 0 {
+    if round & 3 == 0 {
         let small_lba = LONG_LIVED_BASE_LBA + 16 * (LONG_LIVED_SLOT_BYTES / BLOCK) as u32;
         let small = pattern(round ^ 0xffff, 4096);
         s.write10(small_lba, &small)?;
@@ -707,10 +853,23 @@ fn long_lived_round(s: &mut MiniInitiator, round: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn spawn_long_lived(addr: SocketAddr, stop: Arc<AtomicBool>, progress: Arc<AtomicU64>) -> JoinHandle<LongLivedReport> {
+fn spawn_long_lived(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+) -> JoinHandle<LongLivedReport> {
     thread::spawn(move || {
-        let mut report = LongLivedReport { rounds: 0, slowest: Duration::ZERO, error: None };
-        let opts = LoginOptions { digests: Digests { header: true, data: true } };
+        let mut report = LongLivedReport {
+            rounds: 0,
+            slowest: Duration::ZERO,
+            error: None,
+        };
+        let opts = LoginOptions {
+            digests: Digests {
+                header: true,
+                data: true,
+            },
+        };
         let mut s = match MiniInitiator::login(addr, "long-lived", opts) {
             Ok(s) => s,
             Err(e) => {
@@ -751,18 +910,26 @@ fn wait_for_progress(progress: &AtomicU64, from: u64, rounds: u64, within: Durat
 // The bad-input cases. Each returns a one-line summary of what the target did.
 
 fn digests_on() -> LoginOptions {
-    LoginOptions { digests: Digests { header: true, data: true } }
+    LoginOptions {
+        digests: Digests {
+            header: true,
+            data: true,
+        },
+    }
 }
 
 fn digests_off() -> LoginOptions {
-    LoginOptions { digests: Digests::default() }
+    LoginOptions {
+        digests: Digests::default(),
+    }
 }
 
 /// (a) Bytes that are not a Login Request before login.
 fn case_garbage_before_login(addr: SocketAddr) -> String {
     // Something else's protocol: its "data segment length" bytes are large, so framing alone refuses it.
     let mut s = connect(addr).expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: twinsan\r\nUser-Agent: bad-input-test\r\n\r\n").expect("send HTTP request");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: twinsan\r\nUser-Agent: bad-input-test\r\n\r\n")
+        .expect("send HTTP request");
     let http = expect_closed(&mut s, Duration::from_secs(5), "HTTP request before login");
     // A well-framed PDU of the wrong kind: a SCSI Command (TEST UNIT READY) as the first PDU.
     let mut s = connect(addr).expect("connect");
@@ -783,7 +950,10 @@ fn case_garbage_before_login(addr: SocketAddr) -> String {
     });
     s.write_all(&cmd.encode()).expect("send SCSI Command");
     let scsi = expect_closed(&mut s, Duration::from_secs(5), "SCSI Command before login");
-    format!("(a) garbage before login: HTTP request closed after {http:?}, SCSI Command as first PDU closed after {scsi:?}")
+    format!(
+        "(a) garbage before login: HTTP request closed after {http:?}, SCSI Command as first PDU \
+         closed after {scsi:?}"
+    )
 }
 
 /// (b) Oversize and malformed segments: a Login Request announcing 16 MiB, a NOP-Out over the target's
@@ -805,12 +975,18 @@ fn case_oversize(addr: SocketAddr) -> String {
         cmd_sn: 1,
         exp_stat_sn: 0,
     });
-    s.write_all(&login.encode()).expect("send oversize Login Request header");
+    s.write_all(&login.encode())
+        .expect("send oversize Login Request header");
     // Start streaming the "segment"; the target may close before all of it is written.
     let _ = s.write_all(&vec![b'A'; 64 * 1024]);
-    let login_closed = expect_closed(&mut s, Duration::from_secs(5), "Login Request with a 16 MiB data segment");
+    let login_closed = expect_closed(
+        &mut s,
+        Duration::from_secs(5),
+        "Login Request with a 16 MiB data segment",
+    );
 
-    let mut m = MiniInitiator::login(addr, "oversize-ffp", digests_off()).expect("login for the oversize case");
+    let mut m = MiniInitiator::login(addr, "oversize-ffp", digests_off())
+        .expect("login for the oversize case");
     let over = m.target_mrdsl + 4096;
     let nop = Pdu::NopOut(pdu::NopOut {
         immediate: true,
@@ -821,15 +997,25 @@ fn case_oversize(addr: SocketAddr) -> String {
         exp_stat_sn: m.exp_stat_sn,
         data_len: over,
     });
-    m.send_raw(&nop.encode()).expect("send oversize NOP-Out header");
+    m.send_raw(&nop.encode())
+        .expect("send oversize NOP-Out header");
     let _ = m.send_raw(&vec![0u8; 64 * 1024]);
-    let ffp_closed = expect_closed(&mut m.stream, Duration::from_secs(5), "NOP-Out over MaxRecvDataSegmentLength");
+    let ffp_closed = expect_closed(
+        &mut m.stream,
+        Duration::from_secs(5),
+        "NOP-Out over MaxRecvDataSegmentLength",
+    );
 
-    let mut m = MiniInitiator::login(addr, "ahs-too-long", digests_off()).expect("login for the AHS case");
+    let mut m =
+        MiniInitiator::login(addr, "ahs-too-long", digests_off()).expect("login for the AHS case");
     let mut bhs = m.nop_out(8, &[]).encode();
     bhs[4] = 255; // TotalAHSLength: 1020 bytes
     let _ = m.send_raw(&frame_with_ahs(&bhs, &[0u8; 1020], &[], Digests::default()));
-    let ahs_closed = expect_closed(&mut m.stream, Duration::from_secs(5), "PDU with a 1020-byte AHS");
+    let ahs_closed = expect_closed(
+        &mut m.stream,
+        Duration::from_secs(5),
+        "PDU with a 1020-byte AHS",
+    );
     format!(
         "(b) oversize: Login Request announcing 16 MiB closed after {login_closed:?}; NOP-Out of {over} bytes after \
          login (MRDSL {}) closed after {ffp_closed:?}; 1020-byte AHS closed after {ahs_closed:?}",
@@ -840,7 +1026,8 @@ fn case_oversize(addr: SocketAddr) -> String {
 /// (c) Digests: a wrong data digest is rejected (reason 0x02) and the connection goes on; a wrong header digest
 /// closes the connection.
 fn case_digests(addr: SocketAddr) -> String {
-    let mut m = MiniInitiator::login(addr, "digests", digests_on()).expect("login with CRC32C digests");
+    let mut m =
+        MiniInitiator::login(addr, "digests", digests_on()).expect("login with CRC32C digests");
     m.ping(b"before").expect("good ping before the bad digests");
 
     let itt = m.itt();
@@ -849,22 +1036,38 @@ fn case_digests(addr: SocketAddr) -> String {
     let mut bytes = frame(&nop.encode(), payload, m.digests);
     let n = bytes.len();
     bytes[n - 1] ^= 0x5a; // last byte of the data digest
-    m.send_raw(&bytes).expect("send NOP-Out with a wrong data digest");
-    let r = m.recv(Duration::from_secs(5)).expect("an answer to a wrong data digest");
+    m.send_raw(&bytes)
+        .expect("send NOP-Out with a wrong data digest");
+    let r = m
+        .recv(Duration::from_secs(5))
+        .expect("an answer to a wrong data digest");
     match &r.pdu {
         Pdu::Reject(j) => {
-            assert_eq!(j.reason, 0x02, "Reject reason for a data digest error (want 0x02 Data Digest Error)");
-            assert_eq!(r.data.len(), BHS_LEN, "a Reject carries the rejected PDU's header");
-            assert_eq!(pdu::itt_of(r.data[..].try_into().expect("48 bytes")), itt, "the Reject names the rejected NOP-Out");
+            assert_eq!(
+                j.reason, 0x02,
+                "Reject reason for a data digest error (want 0x02 Data Digest Error)"
+            );
+            assert_eq!(
+                r.data.len(),
+                BHS_LEN,
+                "a Reject carries the rejected PDU's header"
+            );
+            assert_eq!(
+                pdu::itt_of(r.data[..].try_into().expect("48 bytes")),
+                itt,
+                "the Reject names the rejected NOP-Out"
+            );
         }
         other => panic!("wrong data digest: expected a Reject, got {other:?}"),
     }
-    m.ping(b"after the rejected data digest").expect("the connection goes on after a data digest Reject");
+    m.ping(b"after the rejected data digest")
+        .expect("the connection goes on after a data digest Reject");
 
     let nop = m.nop_out(m.next_itt, b"x");
     let mut bytes = frame(&nop.encode(), b"x", m.digests);
     bytes[BHS_LEN] ^= 0xff; // first byte of the header digest
-    m.send_raw(&bytes).expect("send NOP-Out with a wrong header digest");
+    m.send_raw(&bytes)
+        .expect("send NOP-Out with a wrong header digest");
     let closed = expect_closed(&mut m.stream, Duration::from_secs(5), "wrong header digest");
     format!(
         "(c) digests: wrong data digest -> Reject 0x02 naming the PDU, connection still answers pings; wrong header \
@@ -881,29 +1084,46 @@ fn case_unknown_opcode(addr: SocketAddr) -> String {
         bhs[0] = 0x40 | op;
         let bytes = frame(&bhs, &[], m.digests);
         m.send_raw(&bytes).expect("send PDU with a bad opcode");
-        let r = m.recv(Duration::from_secs(5)).unwrap_or_else(|e| panic!("opcode {op:#04x}: no answer: {e}"));
+        let r = m
+            .recv(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("opcode {op:#04x}: no answer: {e}"));
         match &r.pdu {
             Pdu::Reject(j) => {
-                assert_eq!(&r.data[..], &bhs[..], "the Reject of opcode {op:#04x} carries its header");
+                assert_eq!(
+                    &r.data[..],
+                    &bhs[..],
+                    "the Reject of opcode {op:#04x} carries its header"
+                );
                 seen.push(format!("{op:#04x} -> Reject {:#04x}", j.reason));
             }
             other => panic!("opcode {op:#04x}: expected a Reject, got {other:?}"),
         }
-        m.ping(b"still there").unwrap_or_else(|e| panic!("after rejecting opcode {op:#04x}: {e}"));
+        m.ping(b"still there")
+            .unwrap_or_else(|e| panic!("after rejecting opcode {op:#04x}: {e}"));
     }
     let unknown_reason = seen[0].clone();
-    assert!(unknown_reason.ends_with("0x05"), "unknown opcode should be rejected as Command not supported (0x05): {unknown_reason}");
-    format!("(d) bad opcodes: {}; connection kept working", seen.join(", "))
+    assert!(
+        unknown_reason.ends_with("0x05"),
+        "unknown opcode should be rejected as Command not supported (0x05): {unknown_reason}"
+    );
+    format!(
+        "(d) bad opcodes: {}; connection kept working",
+        seen.join(", ")
+    )
 }
 
 /// (e) CmdSN outside [ExpCmdSN, MaxCmdSN]: far ahead and already used, both dropped without an answer; the next
 /// in-window command is answered.
 fn case_cmd_sn_window(addr: SocketAddr) -> String {
     let mut m = MiniInitiator::login(addr, "cmdsn-window", digests_on()).expect("login");
-    m.read10(LONG_LIVED_BASE_LBA, BLOCK).expect("a first in-window READ(10)");
+    m.read10(LONG_LIVED_BASE_LBA, BLOCK)
+        .expect("a first in-window READ(10)");
     let exp = m.cmd_sn;
     let mut dropped = Vec::new();
-    for (label, sn) in [("far ahead", exp.wrapping_add(0x4000_0000)), ("behind", exp.wrapping_sub(1))] {
+    for (label, sn) in [
+        ("far ahead", exp.wrapping_add(0x4000_0000)),
+        ("behind", exp.wrapping_sub(1)),
+    ] {
         let itt = m.itt();
         m.cmd_sn = sn;
         let cmd = m.command(itt, rw10(0x28, LONG_LIVED_BASE_LBA, 1), 0, BLOCK, 0);
@@ -913,21 +1133,38 @@ fn case_cmd_sn_window(addr: SocketAddr) -> String {
     }
     match m.recv(Duration::from_millis(1500)) {
         Err(RecvError::Timeout) => {}
-        other => panic!("commands outside the CmdSN window must be dropped silently, got {other:?}"),
+        other => {
+            panic!("commands outside the CmdSN window must be dropped silently, got {other:?}")
+        }
     }
-    let data = m.read10(LONG_LIVED_BASE_LBA, BLOCK).expect("an in-window command after the dropped ones");
+    let data = m
+        .read10(LONG_LIVED_BASE_LBA, BLOCK)
+        .expect("an in-window command after the dropped ones");
     assert_eq!(data.len(), BLOCK);
     m.ping(b"after").expect("ping after the window test");
-    let window: Vec<String> = dropped.iter().map(|(l, sn, _)| format!("{l} (CmdSN {sn:#x} vs ExpCmdSN {exp:#x})")).collect();
-    format!("(e) CmdSN window: {} dropped with no answer; the next in-window READ(10) answered", window.join(" and "))
+    let window: Vec<String> = dropped
+        .iter()
+        .map(|(l, sn, _)| format!("{l} (CmdSN {sn:#x} vs ExpCmdSN {exp:#x})"))
+        .collect();
+    format!(
+        "(e) CmdSN window: {} dropped with no answer; the next in-window READ(10) answered",
+        window.join(" and ")
+    )
 }
 
 /// (f) Clients that never speak: nothing at all, half a header, and a logged-in session that never answers pings.
 fn spawn_silent_clients(addr: SocketAddr) -> Vec<JoinHandle<String>> {
     let silent = thread::spawn(move || {
         let mut s = connect(addr).expect("connect silent client");
-        let t = expect_closed(&mut s, LOGIN_TIMEOUT + CLOSE_MARGIN, "client that never speaks");
-        assert!(t >= LOGIN_TIMEOUT - Duration::from_secs(2), "a silent client was closed after only {t:?}");
+        let t = expect_closed(
+            &mut s,
+            LOGIN_TIMEOUT + CLOSE_MARGIN,
+            "client that never speaks",
+        );
+        assert!(
+            t >= LOGIN_TIMEOUT - Duration::from_secs(2),
+            "a silent client was closed after only {t:?}"
+        );
         format!("(f) silent client closed after {t:?}")
     });
     let half = thread::spawn(move || {
@@ -947,12 +1184,18 @@ fn spawn_silent_clients(addr: SocketAddr) -> Vec<JoinHandle<String>> {
             cmd_sn: 1,
             exp_stat_sn: 0,
         });
-        s.write_all(&login.encode()[..20]).expect("send half a header");
-        let t = expect_closed(&mut s, LOGIN_TIMEOUT + CLOSE_MARGIN, "client that stops after 20 bytes of a header");
+        s.write_all(&login.encode()[..20])
+            .expect("send half a header");
+        let t = expect_closed(
+            &mut s,
+            LOGIN_TIMEOUT + CLOSE_MARGIN,
+            "client that stops after 20 bytes of a header",
+        );
         format!("(f) client stalled after 20 header bytes closed after {t:?}")
     });
     let mute = thread::spawn(move || {
-        let mut m = MiniInitiator::login(addr, "mute-after-login", digests_on()).expect("login of the mute session");
+        let mut m = MiniInitiator::login(addr, "mute-after-login", digests_on())
+            .expect("login of the mute session");
         let start = Instant::now();
         let deadline = start + Duration::from_secs(30);
         let mut pings = 0;
@@ -967,7 +1210,10 @@ fn spawn_silent_clients(addr: SocketAddr) -> Vec<JoinHandle<String>> {
             }
         }
         let t = start.elapsed();
-        assert!(pings >= 1, "the target closed a mute session without pinging it first");
+        assert!(
+            pings >= 1,
+            "the target closed a mute session without pinging it first"
+        );
         format!("(f) logged-in session that never answers: {pings} NOP-In ping(s), then closed after {t:?}")
     });
     vec![silent, half, mute]
@@ -986,13 +1232,25 @@ fn case_flood(addr: SocketAddr, pid: u32, progress: &AtomicU64) -> String {
                 Err(_) => connect_failures += 1,
             }
         }
+        // Let the accept loop drain its queue, so the kernel does not drop SYNs (a 1 s retransmit each).
+        thread::sleep(Duration::from_millis(20));
     }
     let opened = start.elapsed();
     // Hold them while the good session does several more round trips.
-    wait_for_progress(progress, progress.load(Ordering::SeqCst), 5, Duration::from_secs(10), "while 2000 connections were held");
+    wait_for_progress(
+        progress,
+        progress.load(Ordering::SeqCst),
+        5,
+        Duration::from_secs(10),
+        "while 2000 connections were held",
+    );
     // At the limit, one more client is accepted and closed at once.
     let mut extra = connect(addr).expect("connect one more");
-    let refused = expect_closed(&mut extra, Duration::from_secs(5), "a connection over the limit");
+    let refused = expect_closed(
+        &mut extra,
+        Duration::from_secs(5),
+        "a connection over the limit",
+    );
     let rss_during = vm_kib(pid, "VmRSS:");
     let mut open = 0;
     let mut closed = 0;
@@ -1006,7 +1264,10 @@ fn case_flood(addr: SocketAddr, pid: u32, progress: &AtomicU64) -> String {
             Err(_) => closed += 1,
         }
     }
-    assert!(open <= MAX_CONNECTIONS, "{open} flood connections still open: over the limit of {MAX_CONNECTIONS}");
+    assert!(
+        open <= MAX_CONNECTIONS,
+        "{open} flood connections still open: over the limit of {MAX_CONNECTIONS}"
+    );
     assert!(
         closed + connect_failures >= FLOOD_CONNECTIONS - MAX_CONNECTIONS,
         "only {closed} flood connections were closed (and {connect_failures} refused) of {FLOOD_CONNECTIONS}"
@@ -1032,15 +1293,25 @@ fn case_random_garbage(addr: SocketAddr, serve: &mut common::Serve, seed: u64) -
     let mut pdus_sent = 0;
     // Opcodes to build headers from: every initiator opcode but Task Management (a random TARGET RESET would give
     // the good sessions a legitimate UNIT ATTENTION), target-only ones and unknown ones.
-    let opcodes: Vec<u8> = [0x00, 0x01, 0x03, 0x04, 0x05, 0x06, 0x10, 0x20, 0x21, 0x25, 0x3f, 0x07, 0x0f, 0x1c, 0x2a, 0x3e]
-        .to_vec();
+    let opcodes: Vec<u8> = [
+        0x00, 0x01, 0x03, 0x04, 0x05, 0x06, 0x10, 0x20, 0x21, 0x25, 0x3f, 0x07, 0x0f, 0x1c, 0x2a,
+        0x3e,
+    ]
+    .to_vec();
     for i in 0..SESSIONS {
-        let digests = if i % 2 == 0 { digests_on() } else { digests_off() };
+        let digests = if i % 2 == 0 {
+            digests_on()
+        } else {
+            digests_off()
+        };
         let pre_login = i % 8 == 7;
         let mut m = if pre_login {
             None
         } else {
-            Some(MiniInitiator::login(addr, &format!("fuzz-{i}"), digests).unwrap_or_else(|e| panic!("fuzz session {i}: {e}")))
+            Some(
+                MiniInitiator::login(addr, &format!("fuzz-{i}"), digests)
+                    .unwrap_or_else(|e| panic!("fuzz session {i}: {e}")),
+            )
         };
         let d = m.as_ref().map(|m| m.digests).unwrap_or_default();
         let cmd_sn = m.as_ref().map(|m| m.cmd_sn).unwrap_or(1);
@@ -1106,11 +1377,17 @@ fn case_random_garbage(addr: SocketAddr, serve: &mut common::Serve, seed: u64) -
                     }
                 }
                 Err(RecvError::Closed) => break,
-                Err(RecvError::Timeout) => panic!("fuzz session {i} (seed {seed:#x}): the target neither answered nor closed within 10 s"),
+                Err(RecvError::Timeout) => panic!(
+                    "fuzz session {i} (seed {seed:#x}): the target neither answered nor closed within 10 s"
+                ),
                 Err(RecvError::Broken(why)) => panic!("fuzz session {i} (seed {seed:#x}): {why}"),
             }
         }
-        assert!(serve.alive(), "the server died during fuzz session {i} (seed {seed:#x}):\n{}", serve.log());
+        assert!(
+            serve.alive(),
+            "the server died during fuzz session {i} (seed {seed:#x}):\n{}",
+            serve.log()
+        );
     }
     format!(
         "(h) random garbage (seed {seed:#x}): {SESSIONS} connections, {pdus_sent} random PDUs; the target sent \
@@ -1123,59 +1400,95 @@ fn case_random_garbage(addr: SocketAddr, serve: &mut common::Serve, seed: u64) -
 #[test]
 fn bad_input_while_good_session_does_io() {
     common::require_tool("qemu-io");
-    raise_open_file_limit(2 * FLOOD_CONNECTIONS as u64 + 512);
+    raise_open_file_limit(2 * FLOOD_CONNECTIONS as libc::rlim_t + 512);
     let test_start = Instant::now();
     let dir = common::TempDir::new("bad-input");
     let lun = dir.path().join("lun1.img");
     let lun_arg = format!("1={}", lun.display());
     let mut serve = common::Serve::start(IQN, &["--lun", &lun_arg, "--create", "64M"]);
     let addr = serve.addr;
-    let pid = server_pid(addr);
+    let pid = serve.pid().expect("twinsan serve is running");
     let rss_start = vm_kib(pid, "VmRSS:");
 
     // The good initiators.
-    qemu_round(&serve.url(1), 1000).unwrap_or_else(|e| panic!("qemu-io before any bad input: {e}\n{}", serve.log()));
+    qemu_round(&serve.url(1), 1000)
+        .unwrap_or_else(|e| panic!("qemu-io before any bad input: {e}\n{}", serve.log()));
     let stop_qemu = Arc::new(AtomicBool::new(false));
     let qemu = spawn_qemu_rounds(serve.url(1), stop_qemu.clone());
     let stop_long = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
     let long = spawn_long_lived(addr, stop_long.clone(), progress.clone());
-    wait_for_progress(&progress, 0, 3, Duration::from_secs(20), "before the bad input");
+    wait_for_progress(
+        &progress,
+        0,
+        3,
+        Duration::from_secs(20),
+        "before the bad input",
+    );
 
     // The slow cases (login timeout, ping timeout) run beside the others.
     let silent = spawn_silent_clients(addr);
 
-    let mut summary = Vec::new();
-    summary.push(case_garbage_before_login(addr));
-    summary.push(case_oversize(addr));
-    summary.push(case_digests(addr));
-    summary.push(case_unknown_opcode(addr));
-    summary.push(case_cmd_sn_window(addr));
+    let mut summary = vec![
+        case_garbage_before_login(addr),
+        case_oversize(addr),
+        case_digests(addr),
+        case_unknown_opcode(addr),
+        case_cmd_sn_window(addr),
+    ];
     let seed = std::env::var("TWINSAN_BAD_INPUT_SEED")
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
         .unwrap_or(0x7ee7_5a17_bad1_0001);
     summary.push(case_random_garbage(addr, &mut serve, seed));
     for h in silent {
-        summary.push(h.join().unwrap_or_else(|p| panic!("silent-client case failed: {}\n{}", panic_message(p), serve.log())));
+        summary.push(h.join().unwrap_or_else(|p| {
+            panic!(
+                "silent-client case failed: {}\n{}",
+                panic_message(p),
+                serve.log()
+            )
+        }));
     }
-    assert!(serve.alive(), "the server died during the bad input:\n{}", serve.log());
+    assert!(
+        serve.alive(),
+        "the server died during the bad input:\n{}",
+        serve.log()
+    );
 
     // The flood fills the connection table, so new qemu-io sessions would be refused by design: stop them first.
     stop_qemu.store(true, Ordering::SeqCst);
-    let qemu = qemu.join().unwrap_or_else(|p| panic!("qemu-io thread: {}", panic_message(p)));
+    let qemu = qemu
+        .join()
+        .unwrap_or_else(|p| panic!("qemu-io thread: {}", panic_message(p)));
     summary.push(case_flood(addr, pid, &progress));
-    assert!(serve.alive(), "the server died during the connection flood:\n{}", serve.log());
+    assert!(
+        serve.alive(),
+        "the server died during the connection flood:\n{}",
+        serve.log()
+    );
 
     // After the flood: fresh sessions log in and work, the long-lived one still does.
-    qemu_round(&serve.url(1), 2000).unwrap_or_else(|e| panic!("qemu-io after the flood: {e}\n{}", serve.log()));
-    let mut fresh = MiniInitiator::login(addr, "after-flood", digests_on()).expect("a fresh login after the flood");
-    fresh.ping(b"fresh").expect("ping on a fresh session after the flood");
+    qemu_round(&serve.url(1), 2000)
+        .unwrap_or_else(|e| panic!("qemu-io after the flood: {e}\n{}", serve.log()));
+    let mut fresh = MiniInitiator::login(addr, "after-flood", digests_on())
+        .expect("a fresh login after the flood");
+    fresh
+        .ping(b"fresh")
+        .expect("ping on a fresh session after the flood");
     fresh.logout().expect("logout of the fresh session");
-    wait_for_progress(&progress, progress.load(Ordering::SeqCst), 3, Duration::from_secs(10), "after the flood");
+    wait_for_progress(
+        &progress,
+        progress.load(Ordering::SeqCst),
+        3,
+        Duration::from_secs(10),
+        "after the flood",
+    );
 
     stop_long.store(true, Ordering::SeqCst);
-    let long = long.join().unwrap_or_else(|p| panic!("long-lived session thread: {}", panic_message(p)));
+    let long = long
+        .join()
+        .unwrap_or_else(|p| panic!("long-lived session thread: {}", panic_message(p)));
     let rss_end = vm_kib(pid, "VmRSS:");
     let rss_peak = vm_kib(pid, "VmHWM:");
     assert!(serve.alive(), "the server died:\n{}", serve.log());
@@ -1194,11 +1507,30 @@ fn bad_input_while_good_session_does_io() {
         test_start.elapsed()
     );
 
-    assert!(qemu.failures.is_empty(), "qemu-io rounds failed during the bad input:\n{}\n--- server log ---\n{log}", qemu.failures.join("\n"));
-    assert!(qemu.rounds >= 2, "only {} qemu-io rounds ran during the bad input", qemu.rounds);
-    assert!(long.error.is_none(), "the long-lived session failed: {}\n--- server log ---\n{log}", long.error.as_deref().unwrap_or(""));
-    assert!(long.slowest < MAX_ROUND_TRIP, "a round trip of the long-lived session took {:?}", long.slowest);
-    assert!(rss_peak < RSS_LIMIT_KIB, "the server's peak RSS was {rss_peak} KiB (limit {RSS_LIMIT_KIB} KiB)");
+    assert!(
+        qemu.failures.is_empty(),
+        "qemu-io rounds failed during the bad input:\n{}\n--- server log ---\n{log}",
+        qemu.failures.join("\n")
+    );
+    assert!(
+        qemu.rounds >= 2,
+        "only {} qemu-io rounds ran during the bad input",
+        qemu.rounds
+    );
+    assert!(
+        long.error.is_none(),
+        "the long-lived session failed: {}\n--- server log ---\n{log}",
+        long.error.as_deref().unwrap_or("")
+    );
+    assert!(
+        long.slowest < MAX_ROUND_TRIP,
+        "a round trip of the long-lived session took {:?}",
+        long.slowest
+    );
+    assert!(
+        rss_peak < RSS_LIMIT_KIB,
+        "the server's peak RSS was {rss_peak} KiB (limit {RSS_LIMIT_KIB} KiB)"
+    );
 
     // Every closure and Reject has a log line saying why.
     for why in [
@@ -1213,7 +1545,14 @@ fn bad_input_while_good_session_does_io() {
         "did not answer a NOP-In ping",
         "too many connections",
     ] {
-        assert!(log.contains(why), "the server log has no line saying {why:?}:\n{log}");
+        assert!(
+            log.contains(why),
+            "the server log has no line saying {why:?}:\n{log}"
+        );
     }
-    assert!(serve.stop(), "twinsan serve did not exit cleanly on SIGTERM:\n{}", serve.log());
+    assert!(
+        serve.stop(),
+        "twinsan serve did not exit cleanly on SIGTERM:\n{}",
+        serve.log()
+    );
 }

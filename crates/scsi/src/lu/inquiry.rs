@@ -139,9 +139,7 @@ fn scsi_name_string(name: &str) -> Vec<u8> {
     }
     let mut v = name.as_bytes()[..end].to_vec();
     v.push(0);
-    while v.len() % 4 != 0 {
-        v.push(0);
-    }
+    v.resize(v.len().next_multiple_of(4), 0);
     v
 }
 

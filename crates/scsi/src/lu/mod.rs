@@ -426,7 +426,7 @@ impl LogicalUnit {
 
     fn write(&self, t: &BlockTransfer, data_out: &[u8]) -> Result<(), Sense> {
         self.check_transfer(t, true)?;
-        let data = data_for(t, data_out)?;
+        let data = write_data(t, data_out);
         if !data.is_empty() {
             self.dev
                 .write_at(data, byte_offset(t.lba), t.fua)
@@ -456,7 +456,7 @@ impl LogicalUnit {
         data_out: &[u8],
     ) -> Result<(), Sense> {
         self.check_transfer(t, true)?;
-        let data = data_for(t, data_out)?;
+        let data = write_data(t, data_out);
         if data.is_empty() {
             return Ok(());
         }
@@ -569,12 +569,21 @@ fn byte_offset(lba: u64) -> u64 {
     lba * u64::from(BLOCK_SIZE)
 }
 
-/// The Data-Out a transfer uses: the first `blocks` blocks of what arrived. Less than that is an error
-/// (iSCSI expected data transfer length below the SCSI transfer length); nothing is written then.
+/// The Data-Out a VERIFY compares: the first `blocks` blocks of what arrived. Less than that is an error
+/// (iSCSI expected data transfer length below the SCSI transfer length).
 fn data_for<'d>(t: &BlockTransfer, data_out: &'d [u8]) -> Result<&'d [u8], Sense> {
     data_out
         .get(..byte_len(t))
         .ok_or_else(Sense::invalid_field_in_information_unit)
+}
+
+/// The Data-Out a write puts on the medium: at most `blocks` blocks, and only whole blocks. When the transport
+/// delivered less than the CDB asks for (iSCSI residual overflow: the expected data transfer length was too
+/// small), RFC 7143 section 11.4.5.1 has the transfer stop at that length: the blocks that arrived are written,
+/// the rest of the range is left as it was, and the engine reports the residual.
+fn write_data<'d>(t: &BlockTransfer, data_out: &'d [u8]) -> &'d [u8] {
+    let whole = data_out.len() / BLOCK_SIZE as usize * BLOCK_SIZE as usize;
+    &data_out[..whole.min(byte_len(t))]
 }
 
 /// REQUEST SENSE parameter data.

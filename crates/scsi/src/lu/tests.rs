@@ -932,21 +932,28 @@ impl Fixture {
 }
 
 #[test]
-fn short_data_out_is_refused_and_writes_nothing() {
+fn short_data_out_writes_only_the_whole_blocks_that_arrived() {
     let f = Fixture::new();
-    let before = f.dev.snapshot(0, 1024);
-    for data in [&[][..], &[0xAB; 200][..], &[0xAB; 512][..]] {
-        for cdb in all_sizes(WRITES, 0, 0, 2)
-            .into_iter()
-            .chain(all_sizes(WRITE_VERIFIES, 0, 0, 2))
-        {
-            assert_sense(
-                &f.run_with(&cdb, data),
-                SenseKey::IllegalRequest,
-                0x0E,
-                0x03,
-            );
+    for cdb in all_sizes(WRITES, 0, 0, 2)
+        .into_iter()
+        .chain(all_sizes(WRITE_VERIFIES, 0, 0, 2))
+    {
+        f.dev.write_at(&[0x11; 1024], 0, false).unwrap();
+        // Less than one block: nothing is written, the command succeeds (the engine reports the residual).
+        for data in [&[][..], &[0xAB; 200][..]] {
+            let o = f.run_with(&cdb, data);
+            assert_eq!(o.status, TaskStatus::Good, "{cdb:02x?}: {:?}", o.sense);
+            assert_eq!(f.dev.snapshot(0, 1024), vec![0x11; 1024]);
         }
+        // One of two blocks: block 0 is written, block 1 keeps its old contents.
+        let o = f.run_with(&cdb, &[0xAB; 700]);
+        assert_eq!(o.status, TaskStatus::Good, "{cdb:02x?}: {:?}", o.sense);
+        let after = f.dev.snapshot(0, 1024);
+        assert_eq!(&after[..512], &[0xAB; 512][..]);
+        assert_eq!(&after[512..], &[0x11; 512][..]);
+    }
+    // VERIFY with BYTCHK compares what the CDB names and needs all of it.
+    for data in [&[][..], &[0xAB; 200][..], &[0xAB; 512][..]] {
         assert_sense(
             &f.run_with(&rw10(VERIFY_10, 0x02, 0, 2), data),
             SenseKey::IllegalRequest,
@@ -954,7 +961,6 @@ fn short_data_out_is_refused_and_writes_nothing() {
             0x03,
         );
     }
-    assert_eq!(f.dev.snapshot(0, 1024), before);
 }
 
 #[test]
