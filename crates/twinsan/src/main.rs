@@ -22,6 +22,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
+    raise_open_file_limit();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
     };
@@ -43,4 +44,24 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+/// Every iSCSI connection is a file descriptor: lift the soft limit to the hard one so the target's own connection
+/// limit, not EMFILE, is what refuses clients.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct that lives on this stack frame.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    "could not raise the open-file limit; many connections may fail with EMFILE"
+                );
+            }
+        }
+    }
 }
