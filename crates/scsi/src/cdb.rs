@@ -39,6 +39,9 @@ pub mod opcode {
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     /// MODE SENSE (10).
     pub const MODE_SENSE_10: u8 = 0x5A;
+    /// PERSISTENT RESERVE IN; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS are its
+    /// service actions 00h..=03h.
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     /// READ (16).
     pub const READ_16: u8 = 0x88;
     /// WRITE (16).
@@ -71,6 +74,14 @@ pub mod service_action {
     pub const READ_CAPACITY_16: u16 = 0x10;
     /// REPORT SUPPORTED OPERATION CODES, under MAINTENANCE IN.
     pub const REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
+    /// READ KEYS, under PERSISTENT RESERVE IN.
+    pub const PR_IN_READ_KEYS: u16 = 0x00;
+    /// READ RESERVATION, under PERSISTENT RESERVE IN.
+    pub const PR_IN_READ_RESERVATION: u16 = 0x01;
+    /// REPORT CAPABILITIES, under PERSISTENT RESERVE IN.
+    pub const PR_IN_REPORT_CAPABILITIES: u16 = 0x02;
+    /// READ FULL STATUS, under PERSISTENT RESERVE IN.
+    pub const PR_IN_READ_FULL_STATUS: u16 = 0x03;
 }
 
 /// Which CDB form of a command was used; it fixes where each field sits.
@@ -147,6 +158,19 @@ pub enum PageControl {
     Saved,
 }
 
+/// SERVICE ACTION of PERSISTENT RESERVE IN (SPC-4 6.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PrInAction {
+    /// 00h: the registered reservation keys.
+    ReadKeys,
+    /// 01h: the persistent reservation, if there is one.
+    ReadReservation,
+    /// 02h: which persistent reservation features the device server supports.
+    ReportCapabilities,
+    /// 03h: every registration and reservation with its I_T nexus.
+    ReadFullStatus,
+}
+
 /// One decoded command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
@@ -220,6 +244,13 @@ pub enum Command {
         blocks: u32,
         /// IMMED: GOOD may be returned before the flush ends (we flush anyway).
         immed: bool,
+    },
+    /// PERSISTENT RESERVE IN.
+    PersistentReserveIn {
+        /// SERVICE ACTION.
+        action: PrInAction,
+        /// Allocation length.
+        alloc_len: u16,
     },
     /// REPORT LUNS.
     ReportLuns {
@@ -362,6 +393,18 @@ impl Command {
                 blocks: be32(&c[10..14]),
                 immed: c[1] & 0x02 != 0,
             },
+            PERSISTENT_RESERVE_IN => Command::PersistentReserveIn {
+                action: match u16::from(c[1] & 0x1F) {
+                    service_action::PR_IN_READ_KEYS => PrInAction::ReadKeys,
+                    service_action::PR_IN_READ_RESERVATION => PrInAction::ReadReservation,
+                    service_action::PR_IN_REPORT_CAPABILITIES => PrInAction::ReportCapabilities,
+                    service_action::PR_IN_READ_FULL_STATUS => PrInAction::ReadFullStatus,
+                    // SPC-4 6.15.1: a reserved service action is INVALID FIELD IN CDB (the command itself
+                    // is implemented).
+                    _ => return Err(Sense::invalid_field_in_cdb(1, 4)),
+                },
+                alloc_len: be16(&c[7..9]),
+            },
             REPORT_LUNS => {
                 let select_report = c[2];
                 if select_report > 0x02 {
@@ -415,8 +458,14 @@ fn cdb_size(op: u8) -> Option<CdbSize> {
     use opcode::*;
     Some(match op {
         TEST_UNIT_READY | REQUEST_SENSE | READ_6 | WRITE_6 | INQUIRY | MODE_SENSE_6 => CdbSize::Six,
-        READ_CAPACITY_10 | READ_10 | WRITE_10 | WRITE_AND_VERIFY_10 | VERIFY_10
-        | SYNCHRONIZE_CACHE_10 | MODE_SENSE_10 => CdbSize::Ten,
+        READ_CAPACITY_10
+        | READ_10
+        | WRITE_10
+        | WRITE_AND_VERIFY_10
+        | VERIFY_10
+        | SYNCHRONIZE_CACHE_10
+        | MODE_SENSE_10
+        | PERSISTENT_RESERVE_IN => CdbSize::Ten,
         READ_16 | WRITE_16 | WRITE_AND_VERIFY_16 | VERIFY_16 | SYNCHRONIZE_CACHE_16
         | SERVICE_ACTION_IN_16 => CdbSize::Sixteen,
         REPORT_LUNS | MAINTENANCE_IN | READ_12 | WRITE_12 | WRITE_AND_VERIFY_12 | VERIFY_12 => {
@@ -523,6 +572,26 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
             MODE_SENSE_10,
             &[MODE_SENSE_10, 0x18, F, F, 0, 0, 0, F, F, 0],
         ),
+        sa(
+            PERSISTENT_RESERVE_IN,
+            service_action::PR_IN_READ_KEYS,
+            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
+        ),
+        sa(
+            PERSISTENT_RESERVE_IN,
+            service_action::PR_IN_READ_RESERVATION,
+            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
+        ),
+        sa(
+            PERSISTENT_RESERVE_IN,
+            service_action::PR_IN_REPORT_CAPABILITIES,
+            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
+        ),
+        sa(
+            PERSISTENT_RESERVE_IN,
+            service_action::PR_IN_READ_FULL_STATUS,
+            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
+        ),
         op(
             READ_16,
             &[READ_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
@@ -615,9 +684,13 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
     ]
 };
 
-/// Whether `op` is an opcode that multiplexes service actions (SERVICE ACTION IN (16), MAINTENANCE IN).
+/// Whether `op` is an opcode that multiplexes service actions (PERSISTENT RESERVE IN, SERVICE ACTION IN (16),
+/// MAINTENANCE IN).
 pub fn has_service_actions(op: u8) -> bool {
-    matches!(op, opcode::SERVICE_ACTION_IN_16 | opcode::MAINTENANCE_IN)
+    matches!(
+        op,
+        opcode::PERSISTENT_RESERVE_IN | opcode::SERVICE_ACTION_IN_16 | opcode::MAINTENANCE_IN
+    )
 }
 
 fn be16(b: &[u8]) -> u16 {
@@ -950,6 +1023,45 @@ mod tests {
         );
         let bad = [0xA3, 0x0C, 0x04, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
         assert_eq!(invalid_field(Command::decode(&bad).unwrap_err()), (2, 2));
+    }
+
+    #[test]
+    fn persistent_reserve_in_fields() {
+        let mut c = [0u8; 10];
+        c[0] = 0x5E;
+        c[7] = 0x12;
+        c[8] = 0x34;
+        for (sa, action) in [
+            (0u8, PrInAction::ReadKeys),
+            (1, PrInAction::ReadReservation),
+            (2, PrInAction::ReportCapabilities),
+            (3, PrInAction::ReadFullStatus),
+        ] {
+            // Reserved bits 7..5 of byte 1 and reserved bytes 2..6 are ignored.
+            c[1] = 0xE0 | sa;
+            c[4] = 0xFF;
+            assert_eq!(
+                Command::decode(&c),
+                Ok(Command::PersistentReserveIn {
+                    action,
+                    alloc_len: 0x1234
+                })
+            );
+        }
+        for sa in 4u8..=0x1F {
+            c[1] = sa;
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 4));
+        }
+        c[1] = 0;
+        c[9] = 0x04;
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 2));
+        c[9] = 0x01;
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 0));
+        // PERSISTENT RESERVE OUT stays unknown.
+        let mut out = [0u8; 10];
+        out[0] = 0x5F;
+        assert_eq!(Command::decode(&out), Err(Sense::invalid_opcode()));
+        assert!(has_service_actions(opcode::PERSISTENT_RESERVE_IN));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod inquiry;
 mod mode;
+mod pr;
 mod reports;
 #[cfg(test)]
 mod tests;
@@ -219,6 +220,7 @@ impl LogicalUnit {
             Command::Inquiry { alloc_len, .. } | Command::ModeSense { alloc_len, .. } => {
                 u32::from(alloc_len)
             }
+            Command::PersistentReserveIn { alloc_len, .. } => u32::from(alloc_len),
             Command::ReadCapacity10 => 8,
             Command::ReadCapacity16 { alloc_len }
             | Command::ReportLuns { alloc_len, .. }
@@ -370,6 +372,10 @@ impl LogicalUnit {
             Command::SynchronizeCache { lba, blocks, .. } => {
                 self.synchronize_cache(lba, blocks).map(|()| Vec::new())
             }
+            Command::PersistentReserveIn { action, alloc_len } => Ok(truncated(
+                pr::persistent_reserve_in(action),
+                alloc_len.into(),
+            )),
             Command::ReportLuns {
                 select_report,
                 alloc_len,

@@ -209,8 +209,8 @@ fn test_unit_ready_is_good() {
 fn unknown_opcodes_and_service_actions_are_invalid_opcode() {
     let f = Fixture::new();
     assert_sense(&f.run(&[]), SenseKey::IllegalRequest, 0x20, 0x00);
-    // PRE-FETCH, START STOP UNIT, WRITE SAME, UNMAP, PERSISTENT RESERVE IN, COMPARE AND WRITE: not yet.
-    for op in [0x34u8, 0x1B, 0x41, 0x42, 0x5E, 0x89, 0x93, 0x1E, 0x16] {
+    // PRE-FETCH, START STOP UNIT, WRITE SAME, UNMAP, PERSISTENT RESERVE OUT, COMPARE AND WRITE: not yet.
+    for op in [0x34u8, 0x1B, 0x41, 0x42, 0x5F, 0x89, 0x93, 0x1E, 0x16] {
         let mut cdb = [0u8; 16];
         cdb[0] = op;
         assert_sense(&f.run(&cdb), SenseKey::IllegalRequest, 0x20, 0x00);
@@ -1524,6 +1524,171 @@ fn rsoc_listed_commands_all_answer_one_command_queries() {
     }
 }
 
+// ---- PERSISTENT RESERVE IN -------------------------------------------------------------------------------------
+
+fn prin(service_action: u8, alloc: u16) -> Vec<u8> {
+    let [hi, lo] = alloc.to_be_bytes();
+    vec![
+        PERSISTENT_RESERVE_IN,
+        service_action,
+        0,
+        0,
+        0,
+        0,
+        0,
+        hi,
+        lo,
+        0,
+    ]
+}
+
+#[test]
+fn prin_read_keys_reports_no_registrations() {
+    let f = Fixture::new();
+    // PRGENERATION 0, ADDITIONAL LENGTH 0, no keys.
+    assert_eq!(f.good(&prin(0x00, 16384)), vec![0u8; 8]);
+}
+
+#[test]
+fn prin_read_reservation_reports_no_reservation() {
+    let f = Fixture::new();
+    // PRGENERATION 0, ADDITIONAL LENGTH 0: no reservation descriptor.
+    assert_eq!(f.good(&prin(0x01, 16384)), vec![0u8; 8]);
+}
+
+#[test]
+fn prin_read_full_status_reports_nothing() {
+    let f = Fixture::new();
+    assert_eq!(f.good(&prin(0x03, 16384)), vec![0u8; 8]);
+}
+
+#[test]
+fn prin_report_capabilities_claims_no_feature() {
+    let f = Fixture::new();
+    let d = f.good(&prin(0x02, 16384));
+    assert_eq!(d.len(), 8);
+    assert_eq!(u16::from_be_bytes([d[0], d[1]]), 8, "LENGTH");
+    assert_eq!(d[2], 0, "RLR_C, CRH, SIP_C, ATP_C, PTPL_C clear");
+    assert_eq!(d[3] & 0x80, 0, "TMV clear: type mask not valid");
+    assert_eq!((d[3] >> 4) & 0x07, 0, "ALLOW COMMANDS 0");
+    assert_eq!(d[3] & 0x01, 0, "PTPL_A clear");
+    assert_eq!(&d[4..8], &[0, 0, 0, 0], "type mask and reserved bytes");
+}
+
+#[test]
+fn prin_the_same_on_every_nexus() {
+    let f = Fixture::new();
+    let b = nexus(2);
+    for sa in 0..4u8 {
+        let o = f.run_on(&b, &prin(sa, 100), &[]);
+        assert_eq!(o.status, TaskStatus::Good);
+        assert_eq!(o.data_in, f.good(&prin(sa, 100)), "service action {sa}");
+    }
+}
+
+#[test]
+fn prin_allocation_length_truncates() {
+    let f = Fixture::new();
+    for sa in 0..4u8 {
+        let full = f.good(&prin(sa, 16384));
+        for alloc in [0u16, 1, 4, 7, 8, 9] {
+            let want = &full[..full.len().min(alloc.into())];
+            assert_eq!(f.good(&prin(sa, alloc)), want, "service action {sa}");
+        }
+    }
+    assert_eq!(f.good(&prin(0x02, 2)), vec![0, 8], "LENGTH is not altered");
+}
+
+#[test]
+fn prin_reserved_service_actions_are_invalid_field() {
+    let f = Fixture::new();
+    for sa in 0x04..=0x1Fu8 {
+        assert_invalid_field(&f.run(&prin(sa, 16384)), 1, 4);
+    }
+}
+
+#[test]
+fn prin_control_byte_is_checked() {
+    let f = Fixture::new();
+    let mut c = prin(0x00, 16384);
+    c[9] = 0x04;
+    assert_invalid_field(&f.run(&c), 9, 2);
+    c[9] = 0x01;
+    assert_invalid_field(&f.run(&c), 9, 0);
+}
+
+#[test]
+fn prin_reports_a_pending_unit_attention_first() {
+    let f = Fixture::new();
+    let b = nexus(2);
+    f.lu.nexus_joined(&b);
+    f.lu.reset(&f.a);
+    // PERSISTENT RESERVE IN is not among the commands a unit attention lets through.
+    assert_sense(
+        &f.run_on(&b, &prin(0x00, 16384), &[]),
+        SenseKey::UnitAttention,
+        0x29,
+        0x03,
+    );
+    let o = f.run_on(&b, &prin(0x00, 16384), &[]);
+    assert_eq!((o.status, o.data_in), (TaskStatus::Good, vec![0u8; 8]));
+    // Also ahead of its own CDB errors.
+    f.lu.reset(&f.a);
+    assert_sense(
+        &f.run_on(&b, &prin(0x1F, 16384), &[]),
+        SenseKey::UnitAttention,
+        0x29,
+        0x03,
+    );
+    assert_invalid_field(&f.run_on(&b, &prin(0x1F, 16384), &[]), 1, 4);
+}
+
+#[test]
+fn prin_in_report_supported_operation_codes() {
+    let f = Fixture::new();
+    let listed: Vec<u16> = command_descriptors(&f.good(&rsoc(false, 0, 0, 0, 65535)))
+        .into_iter()
+        .filter(|&(op, _, servactv, _, cdb_len)| {
+            op == PERSISTENT_RESERVE_IN && servactv && cdb_len == 10
+        })
+        .map(|(_, sa, ..)| sa)
+        .collect();
+    assert_eq!(listed, vec![0, 1, 2, 3]);
+    for sa in 0..4u16 {
+        let d = f.good(&rsoc(false, 2, PERSISTENT_RESERVE_IN, sa, 65535));
+        assert_eq!(d[1] & 0x07, 3, "supported");
+        assert_eq!(
+            &d[4..],
+            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]
+        );
+    }
+    assert_eq!(
+        f.good(&rsoc(false, 2, PERSISTENT_RESERVE_IN, 4, 65535))[1],
+        1,
+        "reserved service action: not supported"
+    );
+    assert_invalid_field(
+        &f.run(&rsoc(false, 1, PERSISTENT_RESERVE_IN, 0, 65535)),
+        2,
+        2,
+    );
+    assert_eq!(
+        f.good(&rsoc(false, 1, 0x5F, 0, 65535)),
+        vec![0, 1, 0, 0],
+        "PERSISTENT RESERVE OUT: not supported"
+    );
+}
+
+#[test]
+fn prin_on_a_nonexistent_lun_is_lun_not_supported() {
+    assert_sense(
+        &no_lun(&prin(0x00, 16384)),
+        SenseKey::IllegalRequest,
+        0x25,
+        0x00,
+    );
+}
+
 // ---- data_out_len / data_in_len ---------------------------------------------------------------------------------
 
 #[test]
@@ -1564,6 +1729,13 @@ fn data_lengths() {
     assert_eq!(lu.data_in_len(&read_capacity_16(32)), Ok(32));
     assert_eq!(lu.data_in_len(&report_luns(0, 4096)), Ok(4096));
     assert_eq!(lu.data_in_len(&rsoc(false, 0, 0, 0, 65535)), Ok(65535));
+    assert_eq!(lu.data_in_len(&prin(0x00, 16384)), Ok(16384));
+    assert_eq!(lu.data_in_len(&prin(0x02, 0)), Ok(0));
+    assert_eq!(lu.data_out_len(&prin(0x03, 8)), Ok(0));
+    assert_eq!(
+        lu.data_in_len(&prin(0x04, 8)),
+        Err(Sense::invalid_field_in_cdb(1, 4))
+    );
     assert_eq!(lu.data_in_len(&[TEST_UNIT_READY, 0, 0, 0, 0, 0]), Ok(0));
     assert_eq!(lu.data_in_len(&[]), Err(Sense::invalid_opcode()));
 }
@@ -1668,7 +1840,7 @@ proptest! {
     fn any_cdb_gives_a_sane_outcome(
         cdb in proptest::collection::vec(any::<u8>(), 0..24),
         opcode in prop::sample::select(vec![
-            0x00u8, 0x03, 0x08, 0x0A, 0x12, 0x1A, 0x25, 0x28, 0x2A, 0x2E, 0x2F, 0x35, 0x5A,
+            0x00u8, 0x03, 0x08, 0x0A, 0x12, 0x1A, 0x25, 0x28, 0x2A, 0x2E, 0x2F, 0x35, 0x5A, 0x5E,
             0x88, 0x8A, 0x8E, 0x8F, 0x91, 0x9E, 0xA0, 0xA3, 0xA8, 0xAA, 0xAE, 0xAF, 0x41,
         ]),
         force_known in any::<bool>(),
