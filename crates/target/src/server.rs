@@ -1,0 +1,227 @@
+//! Portals (listening sockets), the connection limit and the table of sessions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use crate::config::ServerConfig;
+use crate::conn;
+use crate::error::TargetError;
+
+/// Identifies a session for reinstatement: the I_T nexus plus the target (RFC 7143 section 6.3.5).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionKey {
+    pub initiator: String,
+    pub isid: [u8; 6],
+    pub target: String,
+}
+
+/// A live session as the table sees it.
+pub(crate) struct SessionEntry {
+    pub tsih: u16,
+    /// Set to true to make the session end (reinstatement, shutdown).
+    pub stop: watch::Sender<bool>,
+    /// Closed when the session's connection task has ended.
+    pub done: watch::Receiver<()>,
+}
+
+#[derive(Default)]
+pub(crate) struct SessionTable {
+    next_tsih: u16,
+    sessions: HashMap<SessionKey, SessionEntry>,
+}
+
+/// State shared by every connection of the server.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub table: Mutex<SessionTable>,
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that matters more than
+        // refusing service, so a poisoned lock is taken over.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a session with this TSIH exists.
+    pub fn tsih_exists(&self, tsih: u16) -> bool {
+        self.lock().sessions.values().any(|s| s.tsih == tsih)
+    }
+
+    /// The id of an I_T nexus (initiator port) for per-nexus SCSI state: the same for a reinstated session, and
+    /// computed rather than stored, so clients that come and go leave nothing behind.
+    pub fn nexus_id(&self, initiator: &str, isid: [u8; 6]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // DefaultHasher::new() has fixed keys: ids are stable for the life of the process, which is all they need.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        initiator.hash(&mut h);
+        isid.hash(&mut h);
+        h.finish()
+    }
+
+    /// Registers a new session, first ending any session with the same key (reinstatement). Returns its TSIH.
+    pub async fn register(
+        &self,
+        key: SessionKey,
+        stop: watch::Sender<bool>,
+        done: watch::Receiver<()>,
+    ) -> u16 {
+        let old = self.lock().sessions.remove(&key);
+        if let Some(mut old) = old {
+            info!(tsih = old.tsih, initiator = %key.initiator, "reinstating session: ending the old one first");
+            let _ = old.stop.send(true);
+            // The old session's tasks end before the new session starts; a wedged old session is not allowed
+            // to block the initiator forever.
+            let ended = tokio::time::timeout(Duration::from_secs(30), async {
+                while old.done.changed().await.is_ok() {}
+            })
+            .await;
+            if ended.is_err() {
+                warn!(
+                    tsih = old.tsih,
+                    "old session did not end within 30 s; reinstating anyway"
+                );
+            }
+        }
+        let mut t = self.lock();
+        let tsih = loop {
+            t.next_tsih = t.next_tsih.wrapping_add(1);
+            let candidate = t.next_tsih;
+            if candidate != 0 && !t.sessions.values().any(|s| s.tsih == candidate) {
+                break candidate;
+            }
+        };
+        t.sessions.insert(key, SessionEntry { tsih, stop, done });
+        tsih
+    }
+
+    /// Removes the session if it is still the one with `tsih` (a reinstated session has been replaced).
+    pub fn unregister(&self, key: &SessionKey, tsih: u16) {
+        let mut t = self.lock();
+        if t.sessions.get(key).is_some_and(|s| s.tsih == tsih) {
+            t.sessions.remove(key);
+        }
+    }
+}
+
+/// A running iSCSI target server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Binds every portal address.
+    pub async fn bind(config: ServerConfig, addrs: &[SocketAddr]) -> Result<Server, TargetError> {
+        let mut listeners = Vec::new();
+        for &addr in addrs {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| TargetError::Listen { addr, source })?;
+            listeners.push(l);
+        }
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                table: Mutex::default(),
+                connections: AtomicUsize::new(0),
+            }),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` becomes true, then ends every session and returns.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut accepts = Vec::new();
+        for l in self.listeners {
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            accepts.push(tokio::spawn(accept_loop(shared, l, shutdown)));
+        }
+        for a in accepts {
+            let _ = a.await;
+        }
+        // Accept loops have ended: stop every session and wait for them.
+        let sessions: Vec<_> = {
+            let mut t = self.shared.lock();
+            t.sessions.drain().map(|(_, s)| s).collect()
+        };
+        for mut s in sessions {
+            let _ = s.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while s.done.changed().await.is_ok() {}
+            })
+            .await;
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let portal = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(?portal, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if n > shared.config.max_connections {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            warn!(%peer, limit = shared.config.max_connections, "connection refused: too many connections");
+            drop(stream);
+            continue;
+        }
+        let shared2 = shared.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("conn", %peer);
+        tokio::spawn(
+            async move {
+                run_connection(shared2.clone(), stream, peer, shutdown).await;
+                shared2.connections.fetch_sub(1, Ordering::SeqCst);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn run_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    conn::serve(shared, stream, peer, local, shutdown).await;
+}
