@@ -660,7 +660,16 @@ impl Conn {
                     self.window.advance();
                     let p = Pdu::decode(&next.bhs).map_err(|e| e.to_string())?;
                     if let Pdu::ScsiCommand(c) = &p {
-                        self.deliver(c.itt);
+                        if self
+                            .tasks
+                            .get(&c.itt)
+                            .is_some_and(|t| t.state == TaskState::Held)
+                        {
+                            self.deliver(c.itt);
+                        } else {
+                            // Aborted while it waited for its turn: its CmdSN passes, it does not run.
+                            self.window.release();
+                        }
                     } else {
                         self.dispatch(next, p, false)?;
                     }
@@ -1142,13 +1151,7 @@ impl Conn {
         if t.holds_slot {
             self.window.release();
         }
-        if t.state == TaskState::Held {
-            // Its CmdSN was received: let later commands flow as if it had run.
-            self.held.retain(|_, raw| {
-                pdu::itt_of(&raw.bhs) != itt
-                    || pdu::opcode_of(&raw.bhs) != pdu::opcode::SCSI_COMMAND
-            });
-        }
+        // A held command keeps its place in `held`: its CmdSN still has to pass for later ones to flow.
         false
     }
 
