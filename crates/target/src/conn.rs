@@ -32,6 +32,8 @@ use crate::server::{SessionKey, Shared};
 const MAX_TASK_DATA: u32 = 16 * 1024 * 1024;
 /// Output waiting for the socket beyond which the connection stops reading new requests.
 const MAX_PENDING_OUTPUT: usize = 16 * 1024 * 1024;
+/// Longest Text Request accepted across C-bit continuations.
+const MAX_TEXT_REQUEST: usize = 64 * 1024;
 /// How many bytes of a text response are kept for continuation.
 const MAX_TEXT_RESPONSE: usize = 1024 * 1024;
 
@@ -223,7 +225,7 @@ async fn login_phase(
                     tsih = shared.register(key.clone(), stop_tx, done_rx).await;
                     session = Some((key, stop_rx, done_tx));
                 } else {
-                    tsih = 1;
+                    tsih = shared.discovery_tsih();
                 }
             }
         }
@@ -368,6 +370,8 @@ struct Conn {
     logout: Option<(u32, u8)>,
     text: Option<TextContinuation>,
     text_request: Vec<u8>,
+    /// (ITT, TTT) on which a Text Request continued with the C bit goes on.
+    text_request_ttt: Option<(u32, u32)>,
     close: bool,
 }
 
@@ -431,6 +435,7 @@ async fn full_feature(
         logout: None,
         text: None,
         text_request: Vec::new(),
+        text_request_ttt: None,
         close: false,
         n: li.n,
     };
@@ -515,6 +520,16 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Resul
         buf.reserve(64 * 1024);
     }
     rd.read_buf(buf).await
+}
+
+/// A fresh Target Transfer Tag from the counter (never the reserved 0xffffffff).
+fn alloc_ttt(next: &mut u32) -> u32 {
+    let ttt = *next;
+    *next = match next.wrapping_add(1) {
+        RESERVED_TAG => 1,
+        n => n,
+    };
+    ttt
 }
 
 /// Why a connection is closed.
@@ -854,11 +869,7 @@ impl Conn {
             if t.unsolicited_open || t.r2t.is_some() {
                 return;
             }
-            let ttt = self.next_ttt;
-            self.next_ttt = self.next_ttt.wrapping_add(1);
-            if self.next_ttt == RESERVED_TAG {
-                self.next_ttt = 1;
-            }
+            let ttt = alloc_ttt(&mut self.next_ttt);
             let len = (t.edtl - t.received).min(max_burst);
             let r2t_sn = t.next_r2t_sn;
             t.next_r2t_sn += 1;
@@ -1268,47 +1279,41 @@ impl Conn {
     }
 
     fn on_text(&mut self, p: &pdu::TextRequest, data: &[u8]) {
-        if p.ttt != RESERVED_TAG {
-            // The initiator asks for the next part of a long response.
+        let header = Pdu::TextRequest(p.clone()).encode();
+        if p.ttt == RESERVED_TAG {
+            // A new request resets whatever exchange was in progress (RFC 7143 section 11.10.4).
+            self.text = None;
+            self.text_request.clear();
+            self.text_request_ttt = None;
+        } else if self.text_request_ttt == Some((p.itt, p.ttt)) {
+            self.text_request_ttt = None;
+        } else {
             match self.text.take() {
-                Some(c) if c.ttt == p.ttt && c.itt == p.itt => {
-                    self.send_text(p.itt, p.lun, c.rest);
-                }
+                // The initiator asks for the next part of a long response.
+                Some(c) if c.ttt == p.ttt && c.itt == p.itt => self.send_text(p.itt, p.lun, c.rest),
                 _ => {
-                    let stat_sn = self.next_stat_sn();
-                    let r = Pdu::Reject(pdu::Reject {
-                        reason: RejectReason::InvalidPduField as u8,
-                        data_len: BHS_LEN as u32,
-                        stat_sn,
-                        exp_cmd_sn: self.window.exp_cmd_sn(),
-                        max_cmd_sn: self.window.max_cmd_sn(),
-                        data_sn: 0,
-                    });
-                    self.emit(&r, &Pdu::TextRequest(p.clone()).encode());
+                    warn!(
+                        initiator = %self.n.initiator_name,
+                        itt = p.itt,
+                        ttt = p.ttt,
+                        "Text Request with a Target Transfer Tag of no exchange in progress; rejecting"
+                    );
+                    self.reject(&header, RejectReason::InvalidPduField);
                 }
             }
             return;
         }
-        self.text = None;
-        if self.text_request.len() + data.len() > 64 * 1024 {
+        if self.text_request.len() + data.len() > MAX_TEXT_REQUEST {
+            warn!(initiator = %self.n.initiator_name, "Text Request longer than {MAX_TEXT_REQUEST} bytes; rejecting");
             self.text_request.clear();
-            let stat_sn = self.next_stat_sn();
-            let r = Pdu::Reject(pdu::Reject {
-                reason: RejectReason::ProtocolError as u8,
-                data_len: BHS_LEN as u32,
-                stat_sn,
-                exp_cmd_sn: self.window.exp_cmd_sn(),
-                max_cmd_sn: self.window.max_cmd_sn(),
-                data_sn: 0,
-            });
-            self.emit(&r, &Pdu::TextRequest(p.clone()).encode());
+            self.reject(&header, RejectReason::ProtocolError);
             return;
         }
         self.text_request.extend_from_slice(data);
         if p.cont {
             // More request text follows: answer with an empty response and a TTT to continue on.
-            let ttt = self.next_ttt;
-            self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+            let ttt = alloc_ttt(&mut self.next_ttt);
+            self.text_request_ttt = Some((p.itt, ttt));
             let stat_sn = self.next_stat_sn();
             let r = Pdu::TextResponse(pdu::TextResponse {
                 final_: false,
@@ -1337,8 +1342,9 @@ impl Conn {
                 }
             }
             Err(e) => {
-                warn!(initiator = %self.n.initiator_name, "malformed Text Request: {e}");
-                reply.push("X-twinsan-error", "malformed text");
+                warn!(initiator = %self.n.initiator_name, "malformed Text Request: {e}; rejecting");
+                self.reject(&header, RejectReason::ProtocolError);
+                return;
             }
         }
         let mut body = reply.encode();
@@ -1355,8 +1361,7 @@ impl Conn {
         };
         let more = !rest.is_empty();
         let ttt = if more {
-            let t = self.next_ttt;
-            self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+            let t = alloc_ttt(&mut self.next_ttt);
             self.text = Some(TextContinuation { itt, ttt: t, rest });
             t
         } else {
@@ -1459,8 +1464,7 @@ impl Conn {
             return;
         }
         if self.last_rx.elapsed() >= cfg.nop_interval {
-            let ttt = self.next_ttt;
-            self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+            let ttt = alloc_ttt(&mut self.next_ttt);
             self.ping = Some((ttt, Instant::now()));
             let p = Pdu::NopIn(pdu::NopIn {
                 data_len: 0,

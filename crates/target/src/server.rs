@@ -37,6 +37,19 @@ pub(crate) struct SessionTable {
     sessions: HashMap<SessionKey, SessionEntry>,
 }
 
+impl SessionTable {
+    /// The next non-zero TSIH no live normal session holds.
+    fn fresh_tsih(&mut self) -> u16 {
+        loop {
+            self.next_tsih = self.next_tsih.wrapping_add(1);
+            let candidate = self.next_tsih;
+            if candidate != 0 && !self.sessions.values().any(|s| s.tsih == candidate) {
+                return candidate;
+            }
+        }
+    }
+}
+
 /// State shared by every connection of the server.
 pub(crate) struct Shared {
     pub config: ServerConfig,
@@ -92,15 +105,14 @@ impl Shared {
             }
         }
         let mut t = self.lock();
-        let tsih = loop {
-            t.next_tsih = t.next_tsih.wrapping_add(1);
-            let candidate = t.next_tsih;
-            if candidate != 0 && !t.sessions.values().any(|s| s.tsih == candidate) {
-                break candidate;
-            }
-        };
+        let tsih = t.fresh_tsih();
         t.sessions.insert(key, SessionEntry { tsih, stop, done });
         tsih
+    }
+
+    /// A TSIH for a discovery session, which is not in the table (it cannot be reinstated or joined).
+    pub fn discovery_tsih(&self) -> u16 {
+        self.lock().fresh_tsih()
     }
 
     /// Removes the session if it is still the one with `tsih` (a reinstated session has been replaced).

@@ -4,10 +4,10 @@
 //! bounded, and the sessions that behave keep working.
 //!
 //! Two good initiators run through the whole bad-input phase: QEMU's iSCSI driver (`qemu-io`, one new session per
-//! round of patterned writes and verified reads) and one long-lived session of the small blocking initiator below
-//! (WRITE(10)/READ(10) round trips with verification, immediate data and R2T-solicited Data-Out, under CRC32C
-//! digests). The small initiator is also what sends the bad input: it frames PDUs itself, so it can get every
-//! length, digest and sequence number wrong on purpose.
+//! round of patterned writes and verified reads) and one long-lived session of the small blocking initiator in
+//! `common/initiator.rs` (WRITE(10)/READ(10) round trips with verification, immediate data and R2T-solicited
+//! Data-Out, under CRC32C digests). The small initiator is also what sends the bad input: it frames PDUs itself,
+//! so it can get every length, digest and sequence number wrong on purpose.
 
 mod common;
 
@@ -18,16 +18,14 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use twinsan_iscsi::frame::crc32c;
 use twinsan_iscsi::pdu::{self, opcode, Pdu, BHS_LEN, RESERVED_TAG};
-use twinsan_iscsi::text::TextPairs;
+
+use common::initiator::{
+    connect, expect_closed, frame, frame_with_ahs, recv_pdu, rw10, unique_isid, Damage, Digests,
+    LoginOptions, MiniInitiator, RecvError, BLOCK, DEFAULT_MRDSL, LUN1,
+};
 
 const IQN: &str = "iqn.2025-01.test.twinsan:bad-input";
-/// LUN 1 in the 8-byte LUN field (peripheral addressing).
-const LUN1: u64 = 1 << 48;
-const BLOCK: usize = 512;
-/// The MaxRecvDataSegmentLength this initiator declares.
-const OUR_MRDSL: u32 = 262_144;
 /// The login timeout of the target (ServerConfig::login_timeout) and how much later than that a close may come.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 const CLOSE_MARGIN: Duration = Duration::from_secs(6);
@@ -41,628 +39,6 @@ const LONG_LIVED_BASE_LBA: u32 = (48 << 20) / BLOCK as u32;
 const LONG_LIVED_SLOT_BYTES: usize = 128 * 1024;
 /// A round trip of the good session that takes longer than this counts as an interruption.
 const MAX_ROUND_TRIP: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------------------------------
-// Framing, written independently of twinsan_iscsi::frame so that every field can be wrong on purpose.
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Digests {
-    header: bool,
-    data: bool,
-}
-
-fn pad4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// One PDU as bytes: BHS, AHS, header digest, data padded to 4 bytes, data digest.
-fn frame_with_ahs(bhs: &[u8; BHS_LEN], ahs: &[u8], data: &[u8], d: Digests) -> Vec<u8> {
-    let mut out = Vec::with_capacity(BHS_LEN + ahs.len() + 8 + pad4(data.len()));
-    out.extend_from_slice(bhs);
-    out.extend_from_slice(ahs);
-    if d.header {
-        let crc = crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-    }
-    if !data.is_empty() {
-        let start = out.len();
-        out.extend_from_slice(data);
-        out.resize(start + pad4(data.len()), 0);
-        if d.data {
-            let crc = crc32c(&out[start..]);
-            out.extend_from_slice(&crc.to_le_bytes());
-        }
-    }
-    out
-}
-
-fn frame(bhs: &[u8; BHS_LEN], data: &[u8], d: Digests) -> Vec<u8> {
-    frame_with_ahs(bhs, &[], data, d)
-}
-
-/// A PDU received from the target, digests checked.
-#[derive(Debug)]
-struct Incoming {
-    pdu: Pdu,
-    data: Vec<u8>,
-}
-
-#[derive(Debug)]
-enum RecvError {
-    /// Nothing arrived before the deadline (the stream is still in sync).
-    Timeout,
-    /// The target closed the connection (end of stream or reset) between PDUs.
-    Closed,
-    /// Anything else: a broken PDU, a close in the middle of one, an I/O error.
-    Broken(String),
-}
-
-impl std::fmt::Display for RecvError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RecvError::Timeout => write!(f, "no PDU before the deadline"),
-            RecvError::Closed => write!(f, "the target closed the connection"),
-            RecvError::Broken(why) => write!(f, "{why}"),
-        }
-    }
-}
-
-/// Fills `buf` before `deadline`. `mid_pdu` says whether a PDU has already begun (a timeout or close is then an
-/// error rather than an answer).
-fn read_full(
-    stream: &mut TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-    mid_pdu: bool,
-) -> Result<(), RecvError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(if !mid_pdu && filled == 0 {
-                RecvError::Timeout
-            } else {
-                RecvError::Broken(format!(
-                    "timed out in the middle of a PDU ({filled}/{} bytes)",
-                    buf.len()
-                ))
-            });
-        }
-        let wait = (deadline - now).max(Duration::from_millis(1));
-        stream
-            .set_read_timeout(Some(wait))
-            .map_err(|e| RecvError::Broken(format!("set_read_timeout: {e}")))?;
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) if !mid_pdu && filled == 0 => return Err(RecvError::Closed),
-            Ok(0) => {
-                return Err(RecvError::Broken(
-                    "connection closed in the middle of a PDU".into(),
-                ))
-            }
-            Ok(n) => filled += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                ) =>
-            {
-                return Err(RecvError::Closed)
-            }
-            Err(e) => return Err(RecvError::Broken(format!("read: {e}"))),
-        }
-    }
-    Ok(())
-}
-
-/// Reads one PDU sent by the target and checks it: digests, padding, a target opcode, a sane segment length.
-fn recv_pdu(stream: &mut TcpStream, d: Digests, deadline: Instant) -> Result<Incoming, RecvError> {
-    let mut bhs = [0u8; BHS_LEN];
-    read_full(stream, &mut bhs, deadline, false)?;
-    let ahs_len = pdu::ahs_len_of(&bhs);
-    let data_len = pdu::data_len_of(&bhs) as usize;
-    if data_len > OUR_MRDSL as usize {
-        return Err(RecvError::Broken(format!(
-            "target sent a {data_len}-byte data segment, over our MaxRecvDataSegmentLength {OUR_MRDSL}"
-        )));
-    }
-    let mut ahs = vec![0u8; ahs_len];
-    read_full(stream, &mut ahs, deadline, true)?;
-    if d.header {
-        let mut crc = [0u8; 4];
-        read_full(stream, &mut crc, deadline, true)?;
-        let mut covered = bhs.to_vec();
-        covered.extend_from_slice(&ahs);
-        if u32::from_le_bytes(crc) != crc32c(&covered) {
-            return Err(RecvError::Broken(
-                "target sent a PDU with a wrong header digest".into(),
-            ));
-        }
-    }
-    let mut data = vec![0u8; pad4(data_len)];
-    read_full(stream, &mut data, deadline, true)?;
-    if d.data && data_len > 0 {
-        let mut crc = [0u8; 4];
-        read_full(stream, &mut crc, deadline, true)?;
-        if u32::from_le_bytes(crc) != crc32c(&data) {
-            return Err(RecvError::Broken(
-                "target sent a PDU with a wrong data digest".into(),
-            ));
-        }
-    }
-    data.truncate(data_len);
-    let op = pdu::opcode_of(&bhs);
-    if op & 0x20 == 0 {
-        return Err(RecvError::Broken(format!(
-            "target sent an initiator opcode {op:#04x}"
-        )));
-    }
-    let pdu = Pdu::decode(&bhs)
-        .map_err(|e| RecvError::Broken(format!("target sent an undecodable PDU: {e}")))?;
-    Ok(Incoming { pdu, data })
-}
-
-fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_nodelay(true)
-        .map_err(|e| format!("set_nodelay: {e}"))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| format!("set_write_timeout: {e}"))?;
-    Ok(s)
-}
-
-/// Waits for the target to close `stream` without sending anything. Returns how long that took.
-fn expect_closed(stream: &mut TcpStream, within: Duration, what: &str) -> Duration {
-    let start = Instant::now();
-    match recv_pdu(stream, Digests::default(), start + within) {
-        Err(RecvError::Closed) => start.elapsed(),
-        Err(RecvError::Timeout) => {
-            panic!("{what}: the target kept the connection open for {within:?}")
-        }
-        Err(RecvError::Broken(why)) => panic!("{what}: {why}"),
-        Ok(p) => panic!(
-            "{what}: the target answered with {:?} instead of closing",
-            p.pdu
-        ),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// A small blocking initiator.
-
-struct LoginOptions {
-    digests: Digests,
-}
-
-struct ScsiOutcome {
-    status: u8,
-    data: Vec<u8>,
-    sense: Vec<u8>,
-}
-
-struct MiniInitiator {
-    stream: TcpStream,
-    name: String,
-    digests: Digests,
-    cmd_sn: u32,
-    exp_stat_sn: u32,
-    next_itt: u32,
-    target_mrdsl: u32,
-    first_burst: u32,
-    immediate_data: bool,
-}
-
-fn unique_isid() -> [u8; 6] {
-    static N: AtomicU64 = AtomicU64::new(1);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    // Type 0x80 ("random" format) plus a counter: every session of this test is a distinct I_T nexus.
-    [
-        0x80,
-        0x42,
-        (n >> 24) as u8,
-        (n >> 16) as u8,
-        (n >> 8) as u8,
-        n as u8,
-    ]
-}
-
-impl MiniInitiator {
-    /// Logs in straight to the full feature phase (CSG=1, NSG=3, T=1) without authentication.
-    fn login(addr: SocketAddr, name: &str, opts: LoginOptions) -> Result<MiniInitiator, String> {
-        let stream = connect(addr)?;
-        Self::login_on(stream, name, opts)
-    }
-
-    fn login_on(
-        mut stream: TcpStream,
-        name: &str,
-        opts: LoginOptions,
-    ) -> Result<MiniInitiator, String> {
-        let digest = |on: bool| if on { "CRC32C" } else { "None" };
-        let initiator = format!("iqn.2025-01.test.twinsan.initiator:{name}");
-        let mut text = TextPairs::default();
-        text.push("InitiatorName", initiator.clone());
-        text.push("TargetName", IQN);
-        text.push("SessionType", "Normal");
-        text.push("HeaderDigest", digest(opts.digests.header));
-        text.push("DataDigest", digest(opts.digests.data));
-        text.push("MaxRecvDataSegmentLength", OUR_MRDSL.to_string());
-        text.push("InitialR2T", "Yes");
-        text.push("ImmediateData", "Yes");
-        text.push("FirstBurstLength", "65536");
-        text.push("MaxBurstLength", "262144");
-        text.push("MaxOutstandingR2T", "1");
-        text.push("ErrorRecoveryLevel", "0");
-        let body = text.encode();
-        let itt = 0x1000;
-        let req = Pdu::LoginRequest(pdu::LoginRequest {
-            transit: true,
-            cont: false,
-            csg: 1,
-            nsg: 3,
-            version_max: 0,
-            version_min: 0,
-            data_len: body.len() as u32,
-            isid: unique_isid(),
-            tsih: 0,
-            itt,
-            cid: 1,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-        });
-        stream
-            .write_all(&frame(&req.encode(), &body, Digests::default()))
-            .map_err(|e| format!("{name}: sending the Login Request: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let resp = recv_pdu(&mut stream, Digests::default(), deadline)
-            .map_err(|e| format!("{name}: waiting for the Login Response: {e}"))?;
-        let Pdu::LoginResponse(r) = &resp.pdu else {
-            return Err(format!(
-                "{name}: expected a Login Response, got {:?}",
-                resp.pdu
-            ));
-        };
-        if r.status_class != 0 || !r.transit || r.nsg != 3 || r.tsih == 0 || r.itt != itt {
-            return Err(format!(
-                "{name}: login not accepted: class {:#04x} detail {:#04x} T={} NSG={} TSIH={} ITT={:#x}; text {:?}",
-                r.status_class,
-                r.status_detail,
-                r.transit,
-                r.nsg,
-                r.tsih,
-                r.itt,
-                String::from_utf8_lossy(&resp.data)
-            ));
-        }
-        let answers = TextPairs::parse(&resp.data)
-            .map_err(|e| format!("{name}: login response text: {e}"))?;
-        for (key, on) in [
-            ("HeaderDigest", opts.digests.header),
-            ("DataDigest", opts.digests.data),
-        ] {
-            if answers.value(key) != Some(digest(on)) {
-                return Err(format!(
-                    "{name}: asked {key}={}, the target answered {:?}",
-                    digest(on),
-                    answers.value(key)
-                ));
-            }
-        }
-        let number = |key: &str, default: u32| -> Result<u32, String> {
-            match answers.value(key) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| format!("{name}: {key}={v} is not a number")),
-            }
-        };
-        let target_mrdsl = number("MaxRecvDataSegmentLength", 8192)?;
-        let first_burst = number("FirstBurstLength", 65536)?;
-        let immediate_data = answers.value("ImmediateData").unwrap_or("Yes") == "Yes";
-        Ok(MiniInitiator {
-            stream,
-            name: name.to_owned(),
-            digests: opts.digests,
-            cmd_sn: r.exp_cmd_sn,
-            exp_stat_sn: r.stat_sn.wrapping_add(1),
-            next_itt: 1,
-            target_mrdsl,
-            first_burst,
-            immediate_data,
-        })
-    }
-
-    fn itt(&mut self) -> u32 {
-        let t = self.next_itt;
-        self.next_itt = self.next_itt.wrapping_add(1);
-        if self.next_itt == RESERVED_TAG || self.next_itt == 0 {
-            self.next_itt = 1;
-        }
-        t
-    }
-
-    /// Writes raw bytes (anything, framed or not).
-    fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(bytes)
-            .map_err(|e| format!("{}: write: {e}", self.name))
-    }
-
-    /// Writes one PDU framed with the negotiated digests. The PDU's data length must match `data`.
-    fn send(&mut self, p: &Pdu, data: &[u8]) -> Result<(), String> {
-        assert_eq!(
-            p.data_len() as usize,
-            data.len(),
-            "PDU data length field and data disagree"
-        );
-        let bytes = frame(&p.encode(), data, self.digests);
-        self.send_raw(&bytes)
-    }
-
-    /// The next PDU, answering the target's NOP-In pings on the way.
-    fn recv(&mut self, within: Duration) -> Result<Incoming, RecvError> {
-        let deadline = Instant::now() + within;
-        loop {
-            let p = recv_pdu(&mut self.stream, self.digests, deadline)?;
-            let stat_sn = match &p.pdu {
-                Pdu::NopIn(n) if n.itt == RESERVED_TAG => {
-                    // A ping: answer it (immediate, ITT reserved, TTT echoed) and keep waiting.
-                    let pong = Pdu::NopOut(pdu::NopOut {
-                        immediate: true,
-                        lun: n.lun,
-                        itt: RESERVED_TAG,
-                        ttt: n.ttt,
-                        cmd_sn: self.cmd_sn,
-                        exp_stat_sn: self.exp_stat_sn,
-                        data_len: 0,
-                    });
-                    self.send(&pong, &[]).map_err(RecvError::Broken)?;
-                    continue;
-                }
-                Pdu::NopIn(n) => Some(n.stat_sn),
-                Pdu::ScsiResponse(r) => Some(r.stat_sn),
-                Pdu::DataIn(d) if d.status_present => Some(d.stat_sn),
-                Pdu::TextResponse(t) => Some(t.stat_sn),
-                Pdu::LogoutResponse(l) => Some(l.stat_sn),
-                Pdu::TaskMgmtResponse(t) => Some(t.stat_sn),
-                Pdu::Reject(r) => Some(r.stat_sn),
-                Pdu::AsyncMessage(a) => Some(a.stat_sn),
-                _ => None,
-            };
-            if let Some(sn) = stat_sn {
-                self.exp_stat_sn = sn.wrapping_add(1);
-            }
-            return Ok(p);
-        }
-    }
-
-    /// An immediate NOP-Out ping with `payload`, answered by a NOP-In echoing it.
-    fn ping(&mut self, payload: &[u8]) -> Result<(), String> {
-        let itt = self.itt();
-        let p = self.nop_out(itt, payload);
-        self.send(&p, payload)?;
-        let r = self
-            .recv(Duration::from_secs(10))
-            .map_err(|e| format!("{}: waiting for the NOP-In: {e}", self.name))?;
-        match &r.pdu {
-            Pdu::NopIn(n) if n.itt == itt && r.data == payload => Ok(()),
-            other => Err(format!(
-                "{}: expected the NOP-In echo of ITT {itt:#x}, got {other:?}",
-                self.name
-            )),
-        }
-    }
-
-    fn nop_out(&self, itt: u32, payload: &[u8]) -> Pdu {
-        Pdu::NopOut(pdu::NopOut {
-            immediate: true,
-            lun: 0,
-            itt,
-            ttt: RESERVED_TAG,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-            data_len: payload.len() as u32,
-        })
-    }
-
-    /// A SCSI Command PDU for `cdb` with the next CmdSN (not yet sent).
-    fn command(
-        &mut self,
-        itt: u32,
-        cdb: [u8; 16],
-        write_len: usize,
-        read_len: usize,
-        imm: usize,
-    ) -> Pdu {
-        let cmd_sn = self.cmd_sn;
-        self.cmd_sn = self.cmd_sn.wrapping_add(1);
-        Pdu::ScsiCommand(pdu::ScsiCommand {
-            immediate: false,
-            final_: true,
-            read: read_len > 0,
-            write: write_len > 0,
-            attr: 1,
-            ahs_words: 0,
-            data_len: imm as u32,
-            lun: LUN1,
-            itt,
-            expected_len: (write_len + read_len) as u32,
-            cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-            cdb,
-        })
-    }
-
-    /// Runs one SCSI command to its status: immediate data, Data-Out for each R2T, Data-In in order.
-    fn scsi(
-        &mut self,
-        cdb: [u8; 16],
-        write: &[u8],
-        read_len: usize,
-    ) -> Result<ScsiOutcome, String> {
-        let itt = self.itt();
-        let imm = if self.immediate_data {
-            write
-                .len()
-                .min(self.first_burst as usize)
-                .min(self.target_mrdsl as usize)
-        } else {
-            0
-        };
-        let cmd = self.command(itt, cdb, write.len(), read_len, imm);
-        self.send(&cmd, &write[..imm])?;
-        let name = self.name.clone();
-        let mut data = Vec::new();
-        loop {
-            let r = self
-                .recv(Duration::from_secs(15))
-                .map_err(|e| format!("{name}: ITT {itt:#x}: {e}"))?;
-            match &r.pdu {
-                Pdu::DataIn(d) if d.itt == itt => {
-                    if d.buffer_offset as usize != data.len() {
-                        return Err(format!(
-                            "{name}: Data-In at offset {} after {} bytes",
-                            d.buffer_offset,
-                            data.len()
-                        ));
-                    }
-                    data.extend_from_slice(&r.data);
-                    if d.status_present {
-                        return Ok(ScsiOutcome {
-                            status: d.status,
-                            data,
-                            sense: Vec::new(),
-                        });
-                    }
-                }
-                Pdu::R2t(t) if t.itt == itt => {
-                    let (offset, len) = (t.buffer_offset as usize, t.desired_len as usize);
-                    if offset + len > write.len() {
-                        return Err(format!(
-                            "{name}: R2T for {len} bytes at {offset} beyond the {} to write",
-                            write.len()
-                        ));
-                    }
-                    let mut at = offset;
-                    let mut data_sn = 0;
-                    while at < offset + len {
-                        let n = (offset + len - at).min(self.target_mrdsl as usize);
-                        let out = Pdu::DataOut(pdu::DataOut {
-                            final_: at + n == offset + len,
-                            data_len: n as u32,
-                            lun: LUN1,
-                            itt,
-                            ttt: t.ttt,
-                            exp_stat_sn: self.exp_stat_sn,
-                            data_sn,
-                            buffer_offset: at as u32,
-                        });
-                        self.send(&out, &write[at..at + n])?;
-                        at += n;
-                        data_sn += 1;
-                    }
-                }
-                Pdu::ScsiResponse(s) if s.itt == itt => {
-                    if s.response != 0 {
-                        return Err(format!(
-                            "{name}: iSCSI response {:#04x} (target failure)",
-                            s.response
-                        ));
-                    }
-                    let sense = r.data.get(2..).unwrap_or_default().to_vec();
-                    return Ok(ScsiOutcome {
-                        status: s.status,
-                        data,
-                        sense,
-                    });
-                }
-                other => {
-                    return Err(format!(
-                        "{name}: ITT {itt:#x}: unexpected {other:?} (data {:02x?})",
-                        &r.data[..r.data.len().min(64)]
-                    ))
-                }
-            }
-        }
-    }
-
-    fn write10(&mut self, lba: u32, data: &[u8]) -> Result<(), String> {
-        assert_eq!(data.len() % BLOCK, 0);
-        let o = self.scsi(rw10(0x2a, lba, (data.len() / BLOCK) as u16), data, 0)?;
-        if o.status != 0 {
-            return Err(format!(
-                "{}: WRITE(10) at LBA {lba}: status {:#04x} sense {:02x?}",
-                self.name, o.status, o.sense
-            ));
-        }
-        Ok(())
-    }
-
-    fn read10(&mut self, lba: u32, len: usize) -> Result<Vec<u8>, String> {
-        assert_eq!(len % BLOCK, 0);
-        let o = self.scsi(rw10(0x28, lba, (len / BLOCK) as u16), &[], len)?;
-        if o.status != 0 {
-            return Err(format!(
-                "{}: READ(10) at LBA {lba}: status {:#04x} sense {:02x?}",
-                self.name, o.status, o.sense
-            ));
-        }
-        if o.data.len() != len {
-            return Err(format!(
-                "{}: READ(10) at LBA {lba}: {} bytes instead of {len}",
-                self.name,
-                o.data.len()
-            ));
-        }
-        Ok(o.data)
-    }
-
-    /// Logout (close the session) and wait for the Logout Response and the close.
-    fn logout(mut self) -> Result<(), String> {
-        let itt = self.itt();
-        let p = Pdu::LogoutRequest(pdu::LogoutRequest {
-            immediate: true,
-            reason: 0,
-            itt,
-            cid: 1,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: self.exp_stat_sn,
-        });
-        self.send(&p, &[])?;
-        let r = self
-            .recv(Duration::from_secs(10))
-            .map_err(|e| format!("{}: waiting for the Logout Response: {e}", self.name))?;
-        match &r.pdu {
-            Pdu::LogoutResponse(l) if l.itt == itt && l.response == 0 => {}
-            other => {
-                return Err(format!(
-                    "{}: expected a Logout Response, got {other:?}",
-                    self.name
-                ))
-            }
-        }
-        match self.recv(Duration::from_secs(10)) {
-            Err(RecvError::Closed) => Ok(()),
-            other => Err(format!(
-                "{}: after the Logout Response the connection was not closed: {other:?}",
-                self.name
-            )),
-        }
-    }
-}
-
-fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 16] {
-    let mut cdb = [0u8; 16];
-    cdb[0] = op;
-    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-    cdb
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Seeded pseudo-random bytes (SplitMix64): the same garbage on every run, a different seed with
@@ -864,13 +240,7 @@ fn spawn_long_lived(
             slowest: Duration::ZERO,
             error: None,
         };
-        let opts = LoginOptions {
-            digests: Digests {
-                header: true,
-                data: true,
-            },
-        };
-        let mut s = match MiniInitiator::login(addr, "long-lived", opts) {
+        let mut s = match login_session(addr, "long-lived", digests_on()) {
             Ok(s) => s,
             Err(e) => {
                 report.error = Some(format!("login: {e}"));
@@ -909,19 +279,21 @@ fn wait_for_progress(progress: &AtomicU64, from: u64, rounds: u64, within: Durat
 // ---------------------------------------------------------------------------------------------------------------
 // The bad-input cases. Each returns a one-line summary of what the target did.
 
-fn digests_on() -> LoginOptions {
-    LoginOptions {
-        digests: Digests {
-            header: true,
-            data: true,
-        },
-    }
+fn digests_on() -> Digests {
+    Digests::CRC32C
 }
 
-fn digests_off() -> LoginOptions {
-    LoginOptions {
-        digests: Digests::default(),
-    }
+fn digests_off() -> Digests {
+    Digests::NONE
+}
+
+/// A normal session of the small initiator to this test's target, with a fresh ISID.
+fn login_session(addr: SocketAddr, name: &str, digests: Digests) -> Result<MiniInitiator, String> {
+    let opts = LoginOptions {
+        digests,
+        ..LoginOptions::normal(IQN, name)
+    };
+    MiniInitiator::login(addr, &opts)
 }
 
 /// (a) Bytes that are not a Login Request before login.
@@ -985,8 +357,8 @@ fn case_oversize(addr: SocketAddr) -> String {
         "Login Request with a 16 MiB data segment",
     );
 
-    let mut m = MiniInitiator::login(addr, "oversize-ffp", digests_off())
-        .expect("login for the oversize case");
+    let mut m =
+        login_session(addr, "oversize-ffp", digests_off()).expect("login for the oversize case");
     let over = m.target_mrdsl + 4096;
     let nop = Pdu::NopOut(pdu::NopOut {
         immediate: true,
@@ -1006,8 +378,7 @@ fn case_oversize(addr: SocketAddr) -> String {
         "NOP-Out over MaxRecvDataSegmentLength",
     );
 
-    let mut m =
-        MiniInitiator::login(addr, "ahs-too-long", digests_off()).expect("login for the AHS case");
+    let mut m = login_session(addr, "ahs-too-long", digests_off()).expect("login for the AHS case");
     let mut bhs = m.nop_out(8, &[]).encode();
     bhs[4] = 255; // TotalAHSLength: 1020 bytes
     let _ = m.send_raw(&frame_with_ahs(&bhs, &[0u8; 1020], &[], Digests::default()));
@@ -1026,17 +397,13 @@ fn case_oversize(addr: SocketAddr) -> String {
 /// (c) Digests: a wrong data digest is rejected (reason 0x02) and the connection goes on; a wrong header digest
 /// closes the connection.
 fn case_digests(addr: SocketAddr) -> String {
-    let mut m =
-        MiniInitiator::login(addr, "digests", digests_on()).expect("login with CRC32C digests");
+    let mut m = login_session(addr, "digests", digests_on()).expect("login with CRC32C digests");
     m.ping(b"before").expect("good ping before the bad digests");
 
     let itt = m.itt();
     let payload = b"ping with a wrong data digest";
     let nop = m.nop_out(itt, payload);
-    let mut bytes = frame(&nop.encode(), payload, m.digests);
-    let n = bytes.len();
-    bytes[n - 1] ^= 0x5a; // last byte of the data digest
-    m.send_raw(&bytes)
+    m.send_damaged(&nop, payload, Damage::DataDigest)
         .expect("send NOP-Out with a wrong data digest");
     let r = m
         .recv(Duration::from_secs(5))
@@ -1064,9 +431,7 @@ fn case_digests(addr: SocketAddr) -> String {
         .expect("the connection goes on after a data digest Reject");
 
     let nop = m.nop_out(m.next_itt, b"x");
-    let mut bytes = frame(&nop.encode(), b"x", m.digests);
-    bytes[BHS_LEN] ^= 0xff; // first byte of the header digest
-    m.send_raw(&bytes)
+    m.send_damaged(&nop, b"x", Damage::HeaderDigest)
         .expect("send NOP-Out with a wrong header digest");
     let closed = expect_closed(&mut m.stream, Duration::from_secs(5), "wrong header digest");
     format!(
@@ -1077,7 +442,7 @@ fn case_digests(addr: SocketAddr) -> String {
 
 /// (d) Opcodes an initiator may not send: an unknown one and a target-only one are rejected; the connection goes on.
 fn case_unknown_opcode(addr: SocketAddr) -> String {
-    let mut m = MiniInitiator::login(addr, "unknown-opcode", digests_on()).expect("login");
+    let mut m = login_session(addr, "unknown-opcode", digests_on()).expect("login");
     let mut seen = Vec::new();
     for op in [0x1c_u8, opcode::NOP_IN] {
         let mut bhs = m.nop_out(0x77, &[]).encode();
@@ -1115,7 +480,7 @@ fn case_unknown_opcode(addr: SocketAddr) -> String {
 /// (e) CmdSN outside [ExpCmdSN, MaxCmdSN]: far ahead and already used, both dropped without an answer; the next
 /// in-window command is answered.
 fn case_cmd_sn_window(addr: SocketAddr) -> String {
-    let mut m = MiniInitiator::login(addr, "cmdsn-window", digests_on()).expect("login");
+    let mut m = login_session(addr, "cmdsn-window", digests_on()).expect("login");
     m.read10(LONG_LIVED_BASE_LBA, BLOCK)
         .expect("a first in-window READ(10)");
     let exp = m.cmd_sn;
@@ -1194,13 +559,13 @@ fn spawn_silent_clients(addr: SocketAddr) -> Vec<JoinHandle<String>> {
         format!("(f) client stalled after 20 header bytes closed after {t:?}")
     });
     let mute = thread::spawn(move || {
-        let mut m = MiniInitiator::login(addr, "mute-after-login", digests_on())
+        let mut m = login_session(addr, "mute-after-login", digests_on())
             .expect("login of the mute session");
         let start = Instant::now();
         let deadline = start + Duration::from_secs(30);
         let mut pings = 0;
         loop {
-            match recv_pdu(&mut m.stream, m.digests, deadline) {
+            match recv_pdu(&mut m.stream, m.digests, DEFAULT_MRDSL, deadline) {
                 Ok(p) => match p.pdu {
                     Pdu::NopIn(n) if n.itt == RESERVED_TAG && n.ttt != RESERVED_TAG => pings += 1,
                     other => panic!("mute session: unexpected {other:?}"),
@@ -1309,7 +674,7 @@ fn case_random_garbage(addr: SocketAddr, serve: &mut common::Serve, seed: u64) -
             None
         } else {
             Some(
-                MiniInitiator::login(addr, &format!("fuzz-{i}"), digests)
+                login_session(addr, &format!("fuzz-{i}"), digests)
                     .unwrap_or_else(|e| panic!("fuzz session {i}: {e}")),
             )
         };
@@ -1369,7 +734,7 @@ fn case_random_garbage(addr: SocketAddr, serve: &mut common::Serve, seed: u64) -
         let _ = stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match recv_pdu(&mut stream, d, deadline) {
+            match recv_pdu(&mut stream, d, DEFAULT_MRDSL, deadline) {
                 Ok(p) => {
                     answers += 1;
                     if matches!(p.pdu, Pdu::Reject(_)) {
@@ -1471,8 +836,8 @@ fn bad_input_while_good_session_does_io() {
     // After the flood: fresh sessions log in and work, the long-lived one still does.
     qemu_round(&serve.url(1), 2000)
         .unwrap_or_else(|e| panic!("qemu-io after the flood: {e}\n{}", serve.log()));
-    let mut fresh = MiniInitiator::login(addr, "after-flood", digests_on())
-        .expect("a fresh login after the flood");
+    let mut fresh =
+        login_session(addr, "after-flood", digests_on()).expect("a fresh login after the flood");
     fresh
         .ping(b"fresh")
         .expect("ping on a fresh session after the flood");

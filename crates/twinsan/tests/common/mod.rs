@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod initiator;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
