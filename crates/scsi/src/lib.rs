@@ -17,7 +17,8 @@
 //!   [`MAX_TRANSFER_BLOCKS`] blocks or the 64 KiB of an allocation length.
 //! - An unimplemented opcode or service action answers ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE, which
 //!   initiators and conformance suites read as "not supported".
-//! - Data-Out shorter than the CDB's transfer length is refused before anything is written.
+//! - Data-Out shorter than the CDB's transfer length writes only the whole blocks that arrived (the transport
+//!   reports the residual); a VERIFY that compares needs all of it.
 
 #![warn(missing_docs)]
 
@@ -46,4 +47,10 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
     /// Makes every completed write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> io::Result<()>;
+    /// Reads and writes (without FUA) of up to this many bytes finish in microseconds, as page-cache copies
+    /// do, so the engine may run them on its own thread instead of handing them to a blocking pool. 0, the
+    /// default, means every I/O may wait for a disk.
+    fn quick_io_limit(&self) -> usize {
+        0
+    }
 }

@@ -928,6 +928,18 @@ impl Conn {
             self.on_completion(Completion { itt, outcome });
             return;
         };
+        if lu.is_quick(&cdb) {
+            // Page-cache sized I/O and commands without I/O: cheaper here than two thread hand-offs.
+            let req = Request {
+                nexus: &nexus,
+                cdb: &cdb,
+                data_out: &data,
+                luns: &luns,
+            };
+            let outcome = lu.execute(&req);
+            self.on_completion(Completion { itt, outcome });
+            return;
+        }
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
             let req = Request {

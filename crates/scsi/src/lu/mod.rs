@@ -229,6 +229,25 @@ impl LogicalUnit {
         })
     }
 
+    /// Whether [`execute`](Self::execute) of this CDB finishes in microseconds: commands that touch no
+    /// storage, and reads and writes without FUA within the device's
+    /// [`quick_io_limit`](BlockDevice::quick_io_limit). The engine runs those inline and the rest on a
+    /// blocking pool; either way the outcome is the same.
+    pub fn is_quick(&self, cdb: &[u8]) -> bool {
+        let limit = self.dev.quick_io_limit() as u64;
+        match Command::decode(cdb) {
+            Ok(Command::Read(t)) => u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
+            Ok(Command::Write(t)) => !t.fua && u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
+            Ok(
+                Command::SynchronizeCache { .. }
+                | Command::Verify { .. }
+                | Command::WriteAndVerify { .. },
+            ) => false,
+            // Everything else answers from memory, as do decoding errors.
+            Ok(_) | Err(_) => true,
+        }
+    }
+
     /// A LOGICAL UNIT RESET or target reset done by `by`: every other known nexus gets a unit attention
     /// (29h/03h BUS DEVICE RESET FUNCTION OCCURRED).
     pub fn reset(&self, by: &Nexus) {
