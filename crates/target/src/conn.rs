@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -25,6 +25,7 @@ use twinsan_iscsi::seq::{sn_le, sn_lt, CmdSnCheck, CmdWindow};
 use twinsan_iscsi::text::TextPairs;
 use twinsan_scsi::{LogicalUnit, Nexus, Outcome, Request, Sense, SenseKey, TaskStatus};
 
+use crate::output::Output;
 use crate::server::{SessionKey, Shared};
 
 /// Largest data buffer one command may hold (reads and writes); bigger transfers are refused by the SCSI layer's
@@ -93,19 +94,6 @@ async fn read_pdu(
             return Ok(None);
         }
     }
-}
-
-/// Writes as much of `out` as the socket takes now, without waiting.
-fn write_now(wr: &OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    while !out.is_empty() {
-        match wr.try_write(out) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => out.advance(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Serves one accepted connection to its end.
@@ -360,7 +348,7 @@ struct Conn {
     tasks: HashMap<u32, Task>,
     stat_sn: u32,
     next_ttt: u32,
-    out: BytesMut,
+    out: Output,
     send_limits: FrameLimits,
     recv_limits: FrameLimits,
     done_tx: mpsc::UnboundedSender<Completion>,
@@ -427,7 +415,7 @@ async fn full_feature(
         tasks: HashMap::new(),
         stat_sn: li.stat_sn,
         next_ttt: 1,
-        out: BytesMut::with_capacity(64 * 1024),
+        out: Output::default(),
         done_tx,
         tmf_waits: Vec::new(),
         ping: None,
@@ -490,7 +478,7 @@ async fn full_feature(
             }
             _ = tick.tick() => conn.on_tick(),
         }
-        if let Err(e) = write_now(&wr, &mut conn.out) {
+        if let Err(e) = conn.out.write_now(&wr) {
             debug!(tsih, error = %e, "write failed");
             break;
         }
@@ -500,7 +488,8 @@ async fn full_feature(
     }
     // The last responses (a Logout Response, a task management answer) still go out, within reason.
     if !conn.out.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), wr.write_all(&conn.out)).await;
+        let rest = conn.out.take_all();
+        let _ = tokio::time::timeout(Duration::from_secs(5), wr.write_all(&rest)).await;
     }
     let _ = wr.shutdown().await;
     // Commands still running finish on the blocking pool; their results are dropped with the channel.
@@ -549,7 +538,7 @@ impl Conn {
     }
 
     fn emit(&mut self, p: &Pdu, data: &[u8]) {
-        frame::encode(&mut self.out, &p.encode(), &[], data, &self.send_limits);
+        self.out.push(&p.encode(), data, &self.send_limits);
     }
 
     /// StatSN for a PDU that carries status, advancing it.
@@ -1055,6 +1044,8 @@ impl Conn {
             data_in,
             sense,
         } = outcome;
+        // Data-In PDUs take slices of the read buffer without copying it.
+        let data_in = Bytes::from(data_in);
         let status = status as u8;
         let mut overflow = false;
         let mut underflow = false;
@@ -1124,7 +1115,8 @@ impl Conn {
                 buffer_offset: off as u32,
                 residual: if with_status { residual } else { 0 },
             });
-            self.emit(&p, &data_in[off..end]);
+            self.out
+                .push_shared(&p.encode(), data_in.slice(off..end), &self.send_limits);
             data_sn += 1;
             off = end;
         }

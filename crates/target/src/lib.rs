@@ -10,6 +10,7 @@ pub mod config;
 mod conn;
 mod error;
 pub mod identity;
+mod output;
 mod server;
 
 pub use backend::FileDevice;
