@@ -987,7 +987,7 @@ mod tests {
         let mut l2 = Login {
             ..Login::new(TargetLimits::default())
         };
-        std::mem::swap(&mut l2.chap, &mut l.chap.clone());
+        l2.chap = l.chap.clone();
         l2.policy = l.policy.clone();
         l2.started = true;
         l2.isid = l.isid;

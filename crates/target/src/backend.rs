@@ -107,9 +107,9 @@ impl FileDevice {
     }
 
     fn aligned(&self, buf: &[u8], offset: u64) -> bool {
-        buf.as_ptr() as usize % DIRECT_ALIGN == 0
-            && buf.len() % DIRECT_ALIGN == 0
-            && offset % DIRECT_ALIGN as u64 == 0
+        (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+            && buf.len().is_multiple_of(DIRECT_ALIGN)
+            && offset.is_multiple_of(DIRECT_ALIGN as u64)
     }
 }
 

@@ -1094,7 +1094,7 @@ impl Conn {
         while off < send {
             let end = (off + seg).min(send).min((off / burst + 1) * burst);
             let last = end == send;
-            let final_ = last || end % burst == 0;
+            let final_ = last || end.is_multiple_of(burst);
             let with_status = last && good_collapsed;
             let stat_sn = if with_status { self.next_stat_sn() } else { 0 };
             let p = Pdu::DataIn(pdu::DataIn {
