@@ -280,6 +280,13 @@ impl Login {
         random: &mut dyn FnMut(&mut [u8]),
     ) -> LoginStep {
         if req.version_min > 0 {
+            // Keep the initiator's name for the log line, if the text says it.
+            if let Some(name) = TextPairs::parse(data)
+                .ok()
+                .and_then(|p| p.value("InitiatorName").map(str::to_owned))
+            {
+                self.n.initiator_name = name;
+            }
             return fail(
                 req,
                 LoginStatus::UnsupportedVersion,

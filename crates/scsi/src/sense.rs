@@ -166,6 +166,12 @@ impl Sense {
         s
     }
 
+    /// ABORTED COMMAND / DATA PHASE ERROR (4Bh/00h): the transport delivered the Data-Out out of sequence
+    /// (iSCSI DataSN), so the command was not carried out.
+    pub const fn data_phase_error() -> Self {
+        Self::new(SenseKey::AbortedCommand, 0x4B, 0x00)
+    }
+
     /// UNIT ATTENTION / POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/00h).
     pub const fn power_on_reset() -> Self {
         Self::new(SenseKey::UnitAttention, 0x29, 0x00)

@@ -23,7 +23,7 @@ use twinsan_iscsi::login::{ChapPolicy, Login, LoginEnv, LoginStep, Negotiated, S
 use twinsan_iscsi::pdu::{self, tmf, Pdu, BHS_LEN, RESERVED_TAG};
 use twinsan_iscsi::seq::{sn_le, sn_lt, CmdSnCheck, CmdWindow};
 use twinsan_iscsi::text::TextPairs;
-use twinsan_scsi::{LogicalUnit, Nexus, Outcome, Request, Sense, SenseKey, TaskStatus};
+use twinsan_scsi::{LogicalUnit, Nexus, Outcome, Request, Sense};
 
 use crate::output::Output;
 use crate::server::{SessionKey, Shared};
@@ -893,53 +893,41 @@ impl Conn {
         t.state = TaskState::Executing;
         if t.data_sn_error {
             // RFC 7143 section 7.4 leaves recovery to ERL >= 1; failing the one command keeps the session.
-            let outcome = Outcome {
-                status: TaskStatus::CheckCondition,
-                data_in: Vec::new(),
-                sense: Some(Sense::new(SenseKey::AbortedCommand, 0x4b, 0x00)),
-            };
+            let outcome = Outcome::check_condition(Sense::data_phase_error());
             self.on_completion(Completion { itt, outcome });
             return;
         }
         let cdb = t.cdb.clone();
         let data = std::mem::take(&mut t.data);
-        let nexus = self.nexus.clone();
-        let luns = self.luns.clone();
-        let Some(lu) = t.lu.clone() else {
-            // No such LUN: answered from the emulation alone, without I/O.
+        let lu = t.lu.clone();
+        let (nexus, luns) = (self.nexus.clone(), self.luns.clone());
+        let run = move || {
             let req = Request {
                 nexus: &nexus,
                 cdb: &cdb,
                 data_out: &data,
                 luns: &luns,
             };
-            let outcome = twinsan_scsi::execute_no_lun(&req);
-            self.on_completion(Completion { itt, outcome });
-            return;
+            match &lu {
+                Some(lu) => lu.execute(&req),
+                // No such LUN: answered from the emulation alone.
+                None => twinsan_scsi::execute_no_lun(&req),
+            }
         };
-        if lu.is_quick(&cdb) {
+        let quick = t.lu.as_ref().is_none_or(|lu| lu.is_quick(&t.cdb));
+        if quick {
             // Page-cache sized I/O and commands without I/O: cheaper here than two thread hand-offs.
-            let req = Request {
-                nexus: &nexus,
-                cdb: &cdb,
-                data_out: &data,
-                luns: &luns,
-            };
-            let outcome = lu.execute(&req);
+            let outcome = run();
             self.on_completion(Completion { itt, outcome });
-            return;
+        } else {
+            let tx = self.done_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(Completion {
+                    itt,
+                    outcome: run(),
+                });
+            });
         }
-        let tx = self.done_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let req = Request {
-                nexus: &nexus,
-                cdb: &cdb,
-                data_out: &data,
-                luns: &luns,
-            };
-            let outcome = lu.execute(&req);
-            let _ = tx.send(Completion { itt, outcome });
-        });
     }
 
     fn on_data_out(&mut self, d: &pdu::DataOut, data: &[u8]) -> Result<(), Fatal> {
