@@ -1,0 +1,14 @@
+//! The replicated volume of twinsan, as a core with no I/O (DRBD 9 semantics for two nodes).
+//!
+//! Everything here takes its inputs (metadata bytes, the peer's generation identifiers, write extents) as
+//! arguments and returns decisions and bytes; the volume engine does the disk and network I/O.
+//! - [`generation`]: generation identifiers and the decision taken when two nodes connect (no sync, bitmap resync
+//!   in one direction, full sync, split brain, unrelated data);
+//! - [`metadata`]: the on-disk superblock (checksummed) and where metadata lives, internal or external;
+//! - [`bitmap`]: the per-peer dirty bitmap, one bit per 4 KiB block;
+//! - [`activity_log`]: the activity log of hot 4 MiB extents, committed before data is written to them.
+
+pub mod activity_log;
+pub mod bitmap;
+pub mod generation;
+pub mod metadata;
