@@ -6,9 +6,15 @@
 //!   in one direction, full sync, split brain, unrelated data);
 //! - [`metadata`]: the on-disk superblock (checksummed) and where metadata lives, internal or external;
 //! - [`bitmap`]: the per-peer dirty bitmap, one bit per 4 KiB block;
-//! - [`activity_log`]: the activity log of hot 4 MiB extents, committed before data is written to them.
+//! - [`activity_log`]: the activity log of hot 4 MiB extents, committed before data is written to them;
+//! - [`state`]: disk, connection, replication and role states and the rules for moving between them;
+//! - [`wire`]: the replication link's frames, checksummed, and its HMAC challenge-response authentication;
+//! - [`resync`]: planning a resync from the bitmap, and the rate controller that yields to application I/O.
 
 pub mod activity_log;
 pub mod bitmap;
 pub mod generation;
 pub mod metadata;
+pub mod resync;
+pub mod state;
+pub mod wire;
