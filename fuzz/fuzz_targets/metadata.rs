@@ -84,24 +84,7 @@ fn sealed(rest: &[u8]) -> Vec<u8> {
     block[..8].copy_from_slice(&MAGIC);
     block[8..12].copy_from_slice(&1u32.to_le_bytes());
     block[12..16].fill(0);
-    let checksum = crc32c(&block);
+    let checksum = crc32c::crc32c(&block);
     block[12..16].copy_from_slice(&checksum.to_le_bytes());
     block
-}
-
-/// CRC32C (Castagnoli, reflected), bit by bit: the fuzz crate does not depend on `crc32c`, and
-/// an independent implementation also cross-checks the codec's checksum.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

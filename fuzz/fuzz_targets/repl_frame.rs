@@ -88,27 +88,10 @@ fn sealed(rest: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&flags.to_le_bytes());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(&seq.to_le_bytes());
-    let header_crc = crc32c(&frame);
+    let header_crc = crc32c::crc32c(&frame);
     frame.extend_from_slice(&header_crc.to_le_bytes());
     frame.extend_from_slice(payload);
-    let crc = crc32c(&frame);
+    let crc = crc32c::crc32c(&frame);
     frame.extend_from_slice(&crc.to_le_bytes());
     frame
-}
-
-/// CRC32C (Castagnoli, reflected), bit by bit: the fuzz crate does not depend on `crc32c`, and
-/// an independent implementation also cross-checks the codec's checksum.
-fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
