@@ -1,7 +1,12 @@
 //! `twinsan`: highly-available iSCSI storage in one binary.
 
+mod init_cmd;
+mod node_cmd;
 mod serve;
 mod size;
+mod volume_cmd;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -9,14 +14,35 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "twinsan", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The flags that select the cluster config and the local node; accepted before or after the subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// The cluster config file.
+    #[arg(long, global = true, value_name = "FILE", default_value = "/etc/twinsan/twinsan.toml")]
+    pub config: PathBuf,
+    /// This node's name in the config (default: the node whose address is on this machine, if only one is).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub node: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve files or block devices as LUNs of one iSCSI target, on this node only (no replication).
     Serve(serve::ServeArgs),
+    /// Write a ready two-node cluster on this machine (nodes 127.0.0.11 and 127.0.0.12) into DIR.
+    Init(init_cmd::InitArgs),
+    /// Run or control a cluster node.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
+    /// Replicated volumes: metadata, roles, connection, resync, status.
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -25,6 +51,9 @@ fn main() -> std::process::ExitCode {
     raise_open_file_limit();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Init(args) => init_cmd::run(args),
+        Command::Node(cmd) => node_cmd::run(&cli.global, cmd),
+        Command::Volume(cmd) => volume_cmd::run(&cli.global, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

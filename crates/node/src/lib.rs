@@ -1,0 +1,4 @@
+//! The twinsan node daemon: the cluster configuration, the replicated volume driver and the admin socket.
+
+pub mod api;
+pub mod config;
