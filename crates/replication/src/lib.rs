@@ -9,10 +9,13 @@
 //! - [`activity_log`]: the activity log of hot 4 MiB extents, committed before data is written to them;
 //! - [`state`]: disk, connection, replication and role states and the rules for moving between them;
 //! - [`wire`]: the replication link's frames, checksummed, and its HMAC challenge-response authentication;
-//! - [`resync`]: planning a resync from the bitmap, and the rate controller that yields to application I/O.
+//! - [`resync`]: planning a resync from the bitmap, and the rate controller that yields to application I/O;
+//! - [`engine`]: the volume engine that composes them: writes, the link, resync; disk I/O only through the
+//!   [`engine::Storage`] the driver hands in.
 
 pub mod activity_log;
 pub mod bitmap;
+pub mod engine;
 pub mod generation;
 pub mod metadata;
 pub mod resync;

@@ -46,6 +46,8 @@
 //! | `0x0103` | [`State`](Message::State)            |     | role u8, disk u8, replication u8, 1 zero       |
 //! | `0x0104` | [`Outdate`](Message::Outdate)        |     | —                                              |
 //! | `0x0105` | [`OutdateAck`](Message::OutdateAck)  |     | —                                              |
+//! | `0x0109` | [`PromoteRequest`](Message::PromoteRequest) | | —                                         |
+//! | `0x010a` | [`PromoteReply`](Message::PromoteReply) |  | —                                              |
 //! | `0x0106` | [`Ping`](Message::Ping)              | ✓   | —                                              |
 //! | `0x0107` | [`PingAck`](Message::PingAck)        | ✓   | —                                              |
 //! | `0x0108` | [`Disconnect`](Message::Disconnect)  |     | reason u16                                     |
@@ -73,7 +75,7 @@
 //!
 //! Flags: `Uuids` bit 0 consistent, 1 crashed primary, 2 discard my data, 3 skip initial sync;
 //! `Data` bit 0 FUA, 1 flush, 2–3 the ack asked for (0 protocol A, 1 B, 2 C; 3 is refused);
-//! `WriteZeroes` bits 2–3 the ack, 4 unmap; `VerifyResult` bit 0 in sync; `BitmapChunk` bit 0
+//! `WriteZeroes` bits 2–3 the ack, 4 unmap; `VerifyResult` bit 0 in sync; `PromoteReply` bit 0 granted; `BitmapChunk` bit 0
 //! last chunk. A `Data`, `ResyncData` or `ReadReply` carries as many data bytes as its payload
 //! has after the fixed fields; a range must end within 64-bit offsets.
 //!
@@ -160,6 +162,7 @@ const FLAG_CRASHED_PRIMARY: u16 = 1 << 1;
 const FLAG_DISCARD_MY_DATA: u16 = 1 << 2;
 const FLAG_SKIP_INITIAL_SYNC: u16 = 1 << 3;
 const FLAG_IN_SYNC: u16 = 1 << 0;
+const FLAG_GRANTED: u16 = 1 << 0;
 const FLAG_LAST: u16 = 1 << 0;
 
 /// Why a byte stream from the peer was refused. Every one of these ends the connection: once a
@@ -500,6 +503,14 @@ pub enum Message {
     Outdate,
     /// The receiver of [`Message::Outdate`] has recorded Outdated in its metadata.
     OutdateAck,
+    /// The sender wants to become Primary; the receiver answers [`Message::PromoteReply`] (two primaries are
+    /// never allowed while connected).
+    PromoteRequest,
+    /// The answer to [`Message::PromoteRequest`].
+    PromoteReply {
+        /// The sender may become Primary.
+        granted: bool,
+    },
     /// Liveness probe (DRBD's `P_PING`).
     Ping {
         /// Echoed in the [`Message::PingAck`], to match it and measure the round trip.
@@ -722,6 +733,8 @@ enum FrameType {
     State = 0x0103,
     Outdate = 0x0104,
     OutdateAck = 0x0105,
+    PromoteRequest = 0x0109,
+    PromoteReply = 0x010a,
     Ping = 0x0106,
     PingAck = 0x0107,
     Disconnect = 0x0108,
@@ -749,7 +762,7 @@ enum FrameType {
 }
 
 impl FrameType {
-    const ALL: [FrameType; 32] = [
+    const ALL: [FrameType; 34] = [
         Self::Hello,
         Self::AuthChallenge,
         Self::AuthResponse,
@@ -758,6 +771,8 @@ impl FrameType {
         Self::State,
         Self::Outdate,
         Self::OutdateAck,
+        Self::PromoteRequest,
+        Self::PromoteReply,
         Self::Ping,
         Self::PingAck,
         Self::Disconnect,
@@ -810,6 +825,8 @@ impl FrameType {
             T::State => ("State", 4, B::None, 0, false),
             T::Outdate => ("Outdate", 0, B::None, 0, false),
             T::OutdateAck => ("OutdateAck", 0, B::None, 0, false),
+            T::PromoteRequest => ("PromoteRequest", 0, B::None, 0, false),
+            T::PromoteReply => ("PromoteReply", 0, B::None, FLAG_GRANTED, false),
             T::Ping => ("Ping", 0, B::None, 0, true),
             T::PingAck => ("PingAck", 0, B::None, 0, true),
             T::Disconnect => ("Disconnect", 2, B::None, 0, false),
@@ -886,6 +903,8 @@ impl Message {
             Message::State { .. } => T::State,
             Message::Outdate => T::Outdate,
             Message::OutdateAck => T::OutdateAck,
+            Message::PromoteRequest => T::PromoteRequest,
+            Message::PromoteReply { .. } => T::PromoteReply,
             Message::Ping { .. } => T::Ping,
             Message::PingAck { .. } => T::PingAck,
             Message::Disconnect { .. } => T::Disconnect,
@@ -945,6 +964,7 @@ impl Message {
                 ..
             } => (flag(unmap, FLAG_UNMAP) | protocol.bits(), seq),
             Message::VerifyResult { in_sync, .. } => (flag(in_sync, FLAG_IN_SYNC), 0),
+            Message::PromoteReply { granted } => (flag(granted, FLAG_GRANTED), 0),
             Message::BitmapChunk { last, .. } => (flag(last, FLAG_LAST), 0),
             Message::Ping { seq }
             | Message::PingAck { seq }
@@ -1054,6 +1074,8 @@ impl Message {
             }
             Message::Outdate
             | Message::OutdateAck
+            | Message::PromoteRequest
+            | Message::PromoteReply { .. }
             | Message::Ping { .. }
             | Message::PingAck { .. }
             | Message::RecvAck { .. }
@@ -1169,7 +1191,9 @@ impl fmt::Display for Message {
             Message::AuthChallenge { .. }
             | Message::AuthResponse { .. }
             | Message::Outdate
-            | Message::OutdateAck => Ok(()),
+            | Message::OutdateAck
+            | Message::PromoteRequest => Ok(()),
+            Message::PromoteReply { granted } => write!(f, " granted={granted}"),
         }
     }
 }
@@ -1633,6 +1657,10 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
         }
         T::Outdate => Message::Outdate,
         T::OutdateAck => Message::OutdateAck,
+        T::PromoteRequest => Message::PromoteRequest,
+        T::PromoteReply => Message::PromoteReply {
+            granted: flags & FLAG_GRANTED != 0,
+        },
         T::Ping => Message::Ping { seq },
         T::PingAck => Message::PingAck { seq },
         T::Disconnect => {
@@ -2259,6 +2287,8 @@ mod tests {
             },
             Message::Outdate,
             Message::OutdateAck,
+            Message::PromoteRequest,
+            Message::PromoteReply { granted: true },
             Message::Ping { seq: 77 },
             Message::PingAck { seq: 77 },
             Message::Disconnect {
@@ -2765,7 +2795,7 @@ mod tests {
                 "{line}"
             );
         }
-        let data = &samples()[11];
+        let data = &samples()[13];
         assert_eq!(
             data.to_string(),
             "Data seq=5 offset=4096 len=256 epoch=3 fua=true flush=false protocol=C"
@@ -3210,6 +3240,8 @@ mod tests {
                 }),
             Just(Message::Outdate),
             Just(Message::OutdateAck),
+            Just(Message::PromoteRequest),
+            any::<bool>().prop_map(|granted| Message::PromoteReply { granted }),
             any::<u64>().prop_map(|seq| Message::Ping { seq }),
             any::<u64>().prop_map(|seq| Message::PingAck { seq }),
             prop::sample::select(DisconnectReason::ALL.to_vec())

@@ -1,0 +1,2059 @@
+//! The volume engine: one replicated volume on one node, driven by inputs and answering with outputs.
+//!
+//! The engine composes the decision modules — [`state`](crate::state) for the states and their rules,
+//! [`generation`](crate::generation) for the connect decision, [`metadata`](crate::metadata),
+//! [`bitmap`](crate::bitmap) and [`activity_log`](crate::activity_log) for what is on disk,
+//! [`wire`](crate::wire) for the link and [`resync`](crate::resync) for the copying — into the behaviour of a
+//! DRBD volume: application writes go to the local disk and to the peer, and complete per the protocol; the link
+//! is authenticated, then the generation tuples decide whether and which way to resync; a lost peer leaves the
+//! written blocks marked out of sync and starts a new generation before any further write is acknowledged.
+//!
+//! # I/O
+//! The engine does no I/O of its own. The local disk is a [`Storage`] the driver hands in; its calls are
+//! synchronous and the engine's decisions are made in the order the calls return, which keeps every rule of the
+//! form "X is on disk before Y" a matter of statement order (the activity-log transaction before the data, the
+//! superblock with a new generation before the write's acknowledgement). The driver runs the engine on a thread of
+//! its own for that reason. Everything else leaves as an [`Output`]: frames for the peer, completions for the
+//! application, and requests to open or close the link. The clock and the randomness come in as arguments, so
+//! a simulation can drive two engines deterministically.
+//!
+//! # Writes (Primary)
+//! 1. [`Input::Write`]: refused unless [`VolumeState::may_write`]; queued while writes are suspended (fencing).
+//! 2. The activity log admits the write: a transaction that adds its extent is written first (after the bitmap
+//!    pages that changed since the last one, so an evicted extent's bits are on disk).
+//! 3. The data goes to the local disk (and is flushed first if FUA), then to the peer as a `Data` frame in the
+//!    current epoch. Without a peer to receive it, its blocks are marked out of sync instead.
+//! 4. The write completes when the local write returned and the peer acknowledged it as the protocol asks (A:
+//!    when sent; B: `RecvAck`; C: `WriteAck`). A peer that fails it (`NegAck`) or goes away leaves its blocks
+//!    marked out of sync; then it completes, after the superblock with a new generation is on disk.
+//!
+//! # Resync
+//! Both sides send their bitmaps when a resync starts and each merges the other's (the union is what differs).
+//! The SyncSource then pushes: [`ResyncPlan`] chooses the requests, the source reads and sends `ResyncData`, the
+//! target writes it, clears the bits and answers `ResyncAck`. Application writes to the source during the resync
+//! are replicated as usual and also marked in the plan, so a block written while it was being copied is sent
+//! again. The source ends the resync when the plan is done and says so with its state; the target then takes
+//! the source's generation. A read and its send happen in one step of the engine, and the link keeps order, so
+//! resync data never overtakes a newer application write to the same block.
+//!
+//! # Invariants
+//! - No application write completes before the local write (if any) returned and the peer acknowledged it as the
+//!   protocol asks, or its blocks are marked out of sync and any new generation it calls for is on disk.
+//! - A data write to an extent not in the committed activity log never starts.
+//! - Nothing from the peer is acted on before the handshake authenticated it; a frame that breaks the protocol
+//!   closes the link.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use crate::activity_log::{self, ActivityLog, AlDecision, TRANSACTION_BYTES};
+use crate::bitmap::{DirtyBitmap, PAGE_BYTES};
+use crate::generation::{
+    connect_decision, resolve_split_brain, AfterSbPolicies, ChangedBlocks, ConnectDecision,
+    Direction, Flags as GenFlags, GenerationIds, Role, Side,
+};
+use crate::metadata::{Flags, Layout, Superblock, ACTIVITY_LOG_SLOTS};
+use crate::resync::{block_digest, Request, ResyncConfig, ResyncPlan, Verify};
+use crate::state::{
+    Action, Config as StateConfig, ConnState, DiskState, Event, FencingPolicy, ReplState,
+    StateError, VolumeState,
+};
+use crate::wire::{
+    self, Handshake, HandshakeConfig, HandshakeStep, Message, ReplicationProtocol,
+    ReplicationState as WireRepl, SharedSecret, NONCE_LEN,
+};
+
+/// The activity log's table: extents of 4 MiB that may be hot at once (1 GiB).
+pub const AL_EXTENTS: u32 = 257;
+/// A link that says nothing for this long is dead (a ping goes out every second while idle).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Changed bitmap pages are written at least this often.
+const BITMAP_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// The largest application write or read the engine takes (the SCSI layer's maximum transfer).
+pub const MAX_REQUEST: u32 = 8 << 20;
+
+/// The local disk of a volume: data area and metadata area. Calls are synchronous; an error is a disk failure.
+pub trait Storage {
+    /// Reads `buf.len()` bytes of data at `offset`.
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes data at `offset`; durable only after [`Storage::flush`].
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes every data write that returned durable.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Reads from the metadata device at `offset` (the offsets of [`Layout`]).
+    fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes to the metadata device at `offset`, durably (the call returns once it is on stable storage).
+    fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// What the engine needs to know besides the disk.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The volume's name, for messages.
+    pub volume: String,
+    /// This node's id.
+    pub node_id: u8,
+    /// The peer's id.
+    pub peer_node_id: u8,
+    /// The peer's name, for messages.
+    pub peer_name: String,
+    /// [`wire::cluster_id`] of the cluster's name.
+    pub cluster_id: u64,
+    /// The replication link's secret.
+    pub secret: SharedSecret,
+    /// When a write completes.
+    pub protocol: ReplicationProtocol,
+    /// The fencing policy.
+    pub fencing: FencingPolicy,
+    /// The after-split-brain policies.
+    pub policies: AfterSbPolicies,
+    /// Resync pacing.
+    pub resync: ResyncConfig,
+}
+
+/// Something for the engine to act on.
+#[derive(Debug)]
+pub enum Input {
+    /// An application write (Primary only).
+    Write {
+        /// The caller's id, returned in [`Output::WriteDone`].
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// The data.
+        data: Vec<u8>,
+        /// Force unit access: durable on both nodes before completion.
+        fua: bool,
+    },
+    /// An application flush (SYNCHRONIZE CACHE): every completed write durable on both nodes.
+    Flush {
+        /// The caller's id, returned in [`Output::FlushDone`].
+        id: u64,
+    },
+    /// An application read (Primary only).
+    Read {
+        /// The caller's id, returned in [`Output::ReadDone`].
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        len: u32,
+    },
+    /// An admin command.
+    Admin {
+        /// The caller's id, returned in [`Output::AdminDone`].
+        id: u64,
+        /// The command.
+        command: AdminCommand,
+    },
+    /// A transport connection to the peer is open (either direction); the handshake starts.
+    LinkUp {
+        /// Identifies this connection in later inputs.
+        link: u64,
+        /// A fresh random challenge.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// A frame from the peer.
+    Received {
+        /// The connection it came on.
+        link: u64,
+        /// The frame.
+        message: Message,
+    },
+    /// The connection is gone (closed by either side, or broken).
+    LinkDown {
+        /// The connection.
+        link: u64,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Time passes; the engine runs timers (pings, resync pacing, bitmap flushes).
+    Tick,
+}
+
+/// Admin commands (`twinsan volume ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// `volume up`: attach the disk and connect.
+    Up,
+    /// `volume down`: disconnect and detach cleanly.
+    Down,
+    /// `volume primary [--force]`.
+    Primary {
+        /// `--force`.
+        force: bool,
+    },
+    /// `volume secondary`.
+    Secondary,
+    /// `volume connect [--discard-my-data]`.
+    Connect {
+        /// `--discard-my-data`.
+        discard_my_data: bool,
+    },
+    /// `volume disconnect`.
+    Disconnect,
+    /// `volume verify`.
+    Verify,
+    /// `volume invalidate`.
+    Invalidate,
+    /// `volume new-current-uuid [--clear-bitmap]`.
+    NewCurrentUuid {
+        /// `--clear-bitmap`.
+        clear_bitmap: bool,
+    },
+}
+
+/// Why an application request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IoFailure {
+    /// The volume may not be written or read here now (not Primary, no UpToDate data in reach).
+    #[error("{0}")]
+    NotAvailable(String),
+    /// The request is outside the volume or too large.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The local disk failed and no peer holds the data.
+    #[error("{0}")]
+    Medium(String),
+}
+
+/// What the driver must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send this frame on connection `link`.
+    Send {
+        /// The connection.
+        link: u64,
+        /// The frame.
+        message: Message,
+    },
+    /// Close connection `link` (a [`Input::LinkDown`] follows).
+    Close {
+        /// The connection.
+        link: u64,
+    },
+    /// An application write completed.
+    WriteDone {
+        /// Its id.
+        id: u64,
+        /// Its result.
+        result: Result<(), IoFailure>,
+    },
+    /// An application flush completed.
+    FlushDone {
+        /// Its id.
+        id: u64,
+        /// Its result.
+        result: Result<(), IoFailure>,
+    },
+    /// An application read completed.
+    ReadDone {
+        /// Its id.
+        id: u64,
+        /// The data, or why not.
+        result: Result<Vec<u8>, IoFailure>,
+    },
+    /// An admin command completed: a message for the admin, or why it was refused.
+    AdminDone {
+        /// Its id.
+        id: u64,
+        /// The result.
+        result: Result<Option<String>, String>,
+    },
+    /// The status changed (for `volume events`).
+    Changed,
+    /// A split brain was found on connect.
+    SplitBrain,
+    /// Something an admin should read in the log.
+    Log {
+        /// Error or warning (true), information (false).
+        warn: bool,
+        /// The text.
+        text: String,
+    },
+}
+
+/// The engine's view for `volume status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    /// This node's role.
+    pub role: Role,
+    /// The local disk.
+    pub disk: DiskState,
+    /// An unresolved split brain.
+    pub split_brain: bool,
+    /// Writes suspended (fencing).
+    pub suspended: bool,
+    /// The link.
+    pub connection: ConnState,
+    /// The peer's role, if connected.
+    pub peer_role: Option<Role>,
+    /// The peer's disk.
+    pub peer_disk: DiskState,
+    /// The replication state.
+    pub replication: ReplState,
+    /// Percent done of a resync, in hundredths.
+    pub done_hundredths: Option<u16>,
+    /// Bytes known out of sync.
+    pub out_of_sync_bytes: u64,
+    /// Bytes the running (or last) resync sent as source.
+    pub resync_sent_bytes: u64,
+    /// Resync rate, KiB/s.
+    pub rate_kib_s: u64,
+    /// Seconds left.
+    pub eta_s: Option<u64>,
+    /// The generation identifiers.
+    pub generations: GenerationIds,
+    /// Bytes the last online verify found different (marked out of sync).
+    pub verify_out_of_sync_bytes: u64,
+}
+
+/// An error that keeps the engine from starting on this disk.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Reading the metadata failed.
+    #[error("reading the metadata of {volume}: {source}")]
+    Io {
+        /// The volume.
+        volume: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The metadata is unusable.
+    #[error("the metadata of {volume} is unusable: {why}; nothing was written")]
+    Corrupt {
+        /// The volume.
+        volume: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The link to the peer, once a transport connection exists.
+struct Link {
+    id: u64,
+    phase: Phase,
+    /// Last time anything arrived.
+    heard: Duration,
+    /// Last time anything was sent.
+    spoke: Duration,
+    ping_seq: u64,
+}
+
+enum Phase {
+    /// Authenticating.
+    Handshake(Option<Handshake>),
+    /// Authenticated; waiting for the peer's generation tuple, size and state.
+    Exchange(PeerInfo),
+    /// Connected: the state machine knows.
+    Up,
+}
+
+#[derive(Clone, Copy, Default)]
+struct PeerInfo {
+    uuids: Option<(GenerationIds, GenFlags, u64)>,
+    size: Option<u64>,
+    state: Option<(Role, DiskState)>,
+}
+
+/// An application write waiting for its peer acknowledgement.
+struct PendingWrite {
+    id: Option<u64>,
+    offset: u64,
+    len: u64,
+    /// Part of the activity log (a local write was admitted).
+    al: bool,
+}
+
+/// A flush waiting for its barrier acknowledgement.
+struct PendingFlush {
+    id: u64,
+    epoch: u64,
+}
+
+/// The resync that runs, seen from this node.
+enum Resync {
+    /// Waiting for the peer's bitmap before starting.
+    AwaitBitmap { source: Direction },
+    /// This node is the source.
+    Source {
+        plan: Box<ResyncPlan>,
+        requests: BTreeMap<u64, Request>,
+    },
+    /// This node is the target: the bits clear as data arrives.
+    Target { total: u64 },
+}
+
+/// Online verify, as VerifyS: ranges of [`VERIFY_REQUEST`] bytes, compared by one digest per range; a range
+/// that differs is marked out of sync as a whole (a later resync copies it), never repaired here.
+struct Verifying {
+    verify: Verify,
+    requests: BTreeMap<u64, Request>,
+}
+
+/// Bytes of one verify request: the granularity at which a difference is marked.
+pub const VERIFY_REQUEST: u64 = 64 << 10;
+
+/// One replicated volume on one node.
+pub struct Engine<S: Storage> {
+    cfg: EngineConfig,
+    scfg: StateConfig,
+    storage: S,
+    layout: Layout,
+    sb: Superblock,
+    gen: GenerationIds,
+    state: VolumeState,
+    bitmap: DirtyBitmap,
+    al: ActivityLog,
+    /// The next activity-log ring slot to write (transactions say their own).
+    link: Option<Link>,
+    peer_gen: Option<GenerationIds>,
+    next_seq: u64,
+    epoch: u64,
+    writes_in_epoch: u32,
+    pending: HashMap<u64, PendingWrite>,
+    flushes: Vec<PendingFlush>,
+    peer_reads: HashMap<u64, u64>,
+    suspended_queue: VecDeque<Input>,
+    al_waiting: VecDeque<Input>,
+    resync: Option<Resync>,
+    resync_sent: u64,
+    verifying: Option<Verifying>,
+    /// Bytes the last online verify found different.
+    verify_out_of_sync: u64,
+    bitmap_in: Option<DirtyBitmap>,
+    pending_promotion: Option<u64>,
+    attached: bool,
+    now: Duration,
+    last_bitmap_flush: Duration,
+    rng: u64,
+    out: Vec<Output>,
+}
+
+impl<S: Storage> fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Engine({}: {})", self.cfg.volume, self.state)
+    }
+}
+
+fn io_err(volume: &str) -> impl Fn(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        volume: volume.to_owned(),
+        source,
+    }
+}
+
+impl<S: Storage> Engine<S> {
+    /// Opens the volume on `storage` whose metadata `sb` was read with `layout` (the driver read and checked
+    /// both superblock slots), attaches the disk and replays the activity log if the last run did not close it.
+    /// `seed` seeds the generator of new generation UUIDs; `now` is the engine's clock.
+    pub fn open(
+        cfg: EngineConfig,
+        storage: S,
+        layout: Layout,
+        sb: Superblock,
+        seed: u64,
+        now: Duration,
+    ) -> Result<Self, OpenError> {
+        let scfg = StateConfig {
+            volume: cfg.volume.clone(),
+            fencing: cfg.fencing,
+        };
+        let gen = GenerationIds {
+            current: sb.current_uuid,
+            bitmap: sb.bitmap_uuid,
+            history: sb.history_uuids,
+        };
+        let data_size = sb.data_size;
+        let al = ActivityLog::new(AL_EXTENTS, ACTIVITY_LOG_SLOTS).map_err(|e| OpenError::Corrupt {
+            volume: cfg.volume.clone(),
+            why: e.to_string(),
+        })?;
+        let mut engine = Engine {
+            scfg,
+            storage,
+            layout,
+            gen,
+            state: VolumeState::new(),
+            bitmap: DirtyBitmap::new(data_size),
+            al,
+            link: None,
+            peer_gen: None,
+            next_seq: 1,
+            epoch: 1,
+            writes_in_epoch: 0,
+            pending: HashMap::new(),
+            flushes: Vec::new(),
+            peer_reads: HashMap::new(),
+            suspended_queue: VecDeque::new(),
+            al_waiting: VecDeque::new(),
+            resync: None,
+            resync_sent: 0,
+            verifying: None,
+            verify_out_of_sync: 0,
+            bitmap_in: None,
+            pending_promotion: None,
+            attached: false,
+            now,
+            last_bitmap_flush: now,
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+            out: Vec::new(),
+            sb,
+            cfg,
+        };
+        engine.attach()?;
+        Ok(engine)
+    }
+
+    /// Reads the bitmap and the activity log, and attaches the disk.
+    fn attach(&mut self) -> Result<(), OpenError> {
+        let volume = self.cfg.volume.clone();
+        let data_size = self.sb.data_size;
+        let mut bytes = vec![0u8; DirtyBitmap::image_bytes(data_size)];
+        self.storage
+            .read_meta(self.layout.bitmap.offset, &mut bytes)
+            .map_err(io_err(&volume))?;
+        self.bitmap = DirtyBitmap::from_pages(data_size, &bytes).map_err(|e| OpenError::Corrupt {
+            volume: volume.clone(),
+            why: format!("bitmap: {e}"),
+        })?;
+        let mut slots = vec![[0u8; TRANSACTION_BYTES]; ACTIVITY_LOG_SLOTS as usize];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let region = self.layout.activity_log_slot(i as u32).ok_or_else(|| OpenError::Corrupt {
+                volume: volume.clone(),
+                why: "activity log layout".into(),
+            })?;
+            self.storage
+                .read_meta(region.offset, slot)
+                .map_err(io_err(&volume))?;
+        }
+        let recovered = activity_log::recover(&slots).map_err(|e| OpenError::Corrupt {
+            volume: volume.clone(),
+            why: format!("activity log: {e}"),
+        })?;
+        if !self.sb.flags.al_clean {
+            // Writes to these extents may have reached one disk only: resync them.
+            let ranges: Vec<_> = recovered.byte_ranges(data_size).collect();
+            for &(offset, len) in &ranges {
+                let _ = self.bitmap.set_range(offset, len);
+            }
+            if !ranges.is_empty() {
+                self.log(
+                    false,
+                    format!(
+                        "{volume}: the last run did not close the activity log; {} extents of 4 MiB marked out of sync",
+                        ranges.len()
+                    ),
+                );
+            }
+        }
+        self.al = ActivityLog::resume(AL_EXTENTS, ACTIVITY_LOG_SLOTS, recovered.next_transaction)
+            .map_err(|e| OpenError::Corrupt {
+                volume: volume.clone(),
+                why: format!("activity log: {e}"),
+            })?;
+        self.flush_bitmap_all().map_err(io_err(&volume))?;
+        let flags = self.sb.flags;
+        self.event(Event::AttachStarted);
+        let actions = self.state.handle(Event::Attach { flags }, &self.scfg);
+        match actions {
+            Ok(actions) => self.run_actions(actions),
+            Err(e) => {
+                return Err(OpenError::Corrupt {
+                    volume,
+                    why: e.to_string(),
+                })
+            }
+        }
+        // From now on the log is in use until a clean shutdown.
+        self.sb.flags.al_clean = false;
+        self.write_superblock();
+        self.attached = true;
+        Ok(())
+    }
+
+    /// Takes the outputs produced so far.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The state, for status and tests.
+    pub fn state(&self) -> &VolumeState {
+        &self.state
+    }
+
+    /// The generation identifiers.
+    pub fn generations(&self) -> GenerationIds {
+        self.gen
+    }
+
+    /// The volume's size in bytes.
+    pub fn data_size(&self) -> u64 {
+        self.sb.data_size
+    }
+
+    /// The volume's UUID.
+    pub fn volume_uuid(&self) -> u128 {
+        self.sb.volume_uuid
+    }
+
+    /// True if application reads may go straight to the local disk (Primary on UpToDate data).
+    pub fn reads_local(&self) -> bool {
+        self.state.read_from() == Some(Direction::Local)
+    }
+
+    /// True while the engine wants a connection to the peer.
+    pub fn wants_link(&self) -> bool {
+        matches!(
+            self.state.peer().conn,
+            ConnState::Connecting | ConnState::Connected
+        )
+    }
+
+    /// The id of the current connection, if any.
+    pub fn link_id(&self) -> Option<u64> {
+        self.link.as_ref().map(|l| l.id)
+    }
+
+    /// The storage (for tests and the simulation).
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage, mutably (for the simulation's fault injection).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        let peer = self.state.peer();
+        let (mut done, mut rate, mut eta) = (None, 0, None);
+        let mut oos = self.bitmap.dirty_bytes();
+        match &self.resync {
+            Some(Resync::Source { plan, .. }) => {
+                let p = plan.progress(self.now);
+                done = Some(p.percent_done.hundredths());
+                rate = p.rate_kib_s;
+                eta = p.eta.map(|d| d.as_secs());
+                oos = plan.bitmap().dirty_bytes();
+            }
+            Some(Resync::Target { total }) => {
+                let left = self.bitmap.dirty_bytes();
+                done = Some(crate::resync::PercentDone::of(total.saturating_sub(left), *total).hundredths());
+            }
+            Some(Resync::AwaitBitmap { .. }) => done = Some(0),
+            None => {
+                if let Some(v) = &self.verifying {
+                    let p = v.verify.progress(self.now);
+                    done = Some(p.percent_done.hundredths());
+                    rate = p.rate_kib_s;
+                    eta = p.eta.map(|d| d.as_secs());
+                }
+            }
+        }
+        Status {
+            role: self.state.role(),
+            disk: self.state.disk(),
+            split_brain: self.state.split_brain(),
+            suspended: self.state.io_suspended(),
+            connection: peer.conn,
+            peer_role: peer.role,
+            peer_disk: peer.disk,
+            replication: peer.repl,
+            done_hundredths: done,
+            out_of_sync_bytes: oos,
+            resync_sent_bytes: self.resync_sent,
+            rate_kib_s: rate,
+            eta_s: eta,
+            generations: self.gen,
+            verify_out_of_sync_bytes: self.verify_out_of_sync,
+        }
+    }
+
+    /// Handles one input at time `now`.
+    pub fn handle(&mut self, input: Input, now: Duration) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Write {
+                id,
+                offset,
+                data,
+                fua,
+            } => self.app_write(id, offset, data, fua),
+            Input::Flush { id } => self.app_flush(id),
+            Input::Read { id, offset, len } => self.app_read(id, offset, len),
+            Input::Admin { id, command } => self.admin(id, command),
+            Input::LinkUp { link, nonce } => self.link_up(link, nonce),
+            Input::Received { link, message } => {
+                if self.link.as_ref().is_some_and(|l| l.id == link) {
+                    if let Some(l) = self.link.as_mut() {
+                        l.heard = self.now;
+                    }
+                    self.received(message);
+                }
+            }
+            Input::LinkDown { link, reason } => {
+                if self.link.as_ref().is_some_and(|l| l.id == link) {
+                    self.link_down(&reason);
+                }
+            }
+            Input::Tick => self.tick(),
+        }
+    }
+
+    // ----- application I/O -----
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), IoFailure> {
+        if len > u64::from(MAX_REQUEST) || offset.checked_add(len).is_none_or(|end| end > self.sb.data_size) {
+            return Err(IoFailure::OutOfRange(format!(
+                "{}: {len} bytes at {offset} are outside the volume of {} bytes or larger than {MAX_REQUEST}",
+                self.cfg.volume, self.sb.data_size
+            )));
+        }
+        Ok(())
+    }
+
+    fn not_available(&self) -> IoFailure {
+        IoFailure::NotAvailable(format!(
+            "{} cannot serve I/O here: {}",
+            self.cfg.volume, self.state
+        ))
+    }
+
+    fn app_write(&mut self, id: u64, offset: u64, data: Vec<u8>, fua: bool) {
+        let len = data.len() as u64;
+        if let Err(e) = self.check_range(offset, len) {
+            return self.out.push(Output::WriteDone { id, result: Err(e) });
+        }
+        if self.state.io_suspended() {
+            self.suspended_queue.push_back(Input::Write { id, offset, data, fua });
+            return;
+        }
+        if !self.state.may_write() {
+            let e = self.not_available();
+            return self.out.push(Output::WriteDone { id, result: Err(e) });
+        }
+        let targets = self.state.write_targets();
+        let mut al = false;
+        if targets.local {
+            match self.al.begin_write(offset, len) {
+                Ok(AlDecision::Proceed) => al = true,
+                Ok(AlDecision::CommitFirst(tx)) => {
+                    if !self.commit_al(&tx) {
+                        return self.fail_local_then_retry(Input::Write { id, offset, data, fua });
+                    }
+                    al = true;
+                }
+                Ok(AlDecision::AfterCommit(_)) => al = true,
+                Ok(AlDecision::Wait) => {
+                    self.al_waiting.push_back(Input::Write { id, offset, data, fua });
+                    return;
+                }
+                Err(e) => {
+                    return self.out.push(Output::WriteDone {
+                        id,
+                        result: Err(IoFailure::OutOfRange(e.to_string())),
+                    })
+                }
+            }
+            let mut ok = self.storage.write(offset, &data).is_ok();
+            if ok && fua {
+                ok = self.storage.flush().is_ok();
+            }
+            if !ok {
+                let _ = self.al.end_write(offset, len);
+                return self.fail_local_then_retry(Input::Write { id, offset, data, fua });
+            }
+            if let Some(Resync::Source { plan, .. }) = &mut self.resync {
+                let _ = plan.app_write(offset, len);
+            }
+        }
+        let link = self.connected_link();
+        if targets.peer && link.is_some() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let protocol = self.cfg.protocol;
+            self.send(Message::Data {
+                seq,
+                offset,
+                epoch: self.epoch,
+                fua,
+                flush: false,
+                protocol,
+                data,
+            });
+            self.writes_in_epoch += 1;
+            if protocol == ReplicationProtocol::A {
+                self.finish_write(None, offset, len, al);
+                self.out.push(Output::WriteDone { id, result: Ok(()) });
+            } else {
+                self.pending.insert(
+                    seq,
+                    PendingWrite {
+                        id: Some(id),
+                        offset,
+                        len,
+                        al,
+                    },
+                );
+            }
+        } else {
+            // Nobody else has these blocks now.
+            self.mark_out_of_sync(offset, len);
+            self.finish_write(None, offset, len, al);
+            self.out.push(Output::WriteDone { id, result: Ok(()) });
+        }
+    }
+
+    /// The local disk failed under an application request: detach it, then try the request again (served by
+    /// the peer if there is one with UpToDate data).
+    fn fail_local_then_retry(&mut self, input: Input) {
+        self.log(
+            true,
+            format!("{}: I/O error on the local disk; detaching it", self.cfg.volume),
+        );
+        self.event(Event::DiskFailed);
+        let now = self.now;
+        if let Input::Write { id, .. } | Input::Read { id, .. } = &input {
+            if !self.state.may_write() && self.state.read_from().is_none() {
+                let e = IoFailure::Medium(format!(
+                    "{}: the local disk failed and no connected peer has UpToDate data",
+                    self.cfg.volume
+                ));
+                match input {
+                    Input::Write { .. } => self.out.push(Output::WriteDone { id: *id, result: Err(e) }),
+                    _ => self.out.push(Output::ReadDone { id: *id, result: Err(e) }),
+                }
+                return;
+            }
+        }
+        self.handle(input, now);
+    }
+
+    fn finish_write(&mut self, _id: Option<u64>, offset: u64, len: u64, al: bool) {
+        if al && matches!(self.al.end_write(offset, len), Ok(true)) {
+            // An extent became idle: writes waiting for room in the log may go now.
+            let waiting: Vec<_> = self.al_waiting.drain(..).collect();
+            let now = self.now;
+            for input in waiting {
+                self.handle(input, now);
+            }
+        }
+    }
+
+    fn commit_al(&mut self, tx: &activity_log::Transaction) -> bool {
+        // The bits of extents this transaction evicts must be on disk first.
+        if self.flush_bitmap().is_err() {
+            return false;
+        }
+        let Some(region) = self.layout.activity_log_slot(tx.ring_slot() as u32) else {
+            return false;
+        };
+        if self.storage.write_meta(region.offset, &tx.encode()).is_err() {
+            return false;
+        }
+        match self.al.committed(tx.number()) {
+            Ok(None) => true,
+            Ok(Some(next)) => self.commit_al(&next),
+            Err(_) => false,
+        }
+    }
+
+    fn app_flush(&mut self, id: u64) {
+        if self.attached && self.state.disk().is_attached() && self.storage.flush().is_err() {
+            self.event(Event::DiskFailed);
+        }
+        if self.connected_link().is_some() && self.state.peer().disk.is_attached() {
+            let epoch = self.epoch;
+            self.send(Message::Barrier { epoch });
+            self.epoch += 1;
+            self.writes_in_epoch = 0;
+            self.flushes.push(PendingFlush { id, epoch });
+        } else {
+            self.out.push(Output::FlushDone { id, result: Ok(()) });
+        }
+    }
+
+    fn app_read(&mut self, id: u64, offset: u64, len: u32) {
+        if let Err(e) = self.check_range(offset, u64::from(len)) {
+            return self.out.push(Output::ReadDone { id, result: Err(e) });
+        }
+        match self.state.read_from() {
+            Some(Direction::Local) => {
+                let mut buf = vec![0u8; len as usize];
+                if self.storage.read(offset, &mut buf).is_ok() {
+                    self.out.push(Output::ReadDone { id, result: Ok(buf) });
+                } else {
+                    self.fail_local_then_retry(Input::Read { id, offset, len });
+                }
+            }
+            Some(Direction::Peer) if self.connected_link().is_some() => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.peer_reads.insert(seq, id);
+                self.send(Message::ReadRequest { seq, offset, len });
+            }
+            _ => {
+                let e = self.not_available();
+                self.out.push(Output::ReadDone { id, result: Err(e) });
+            }
+        }
+    }
+
+    fn mark_out_of_sync(&mut self, offset: u64, len: u64) {
+        match &mut self.resync {
+            Some(Resync::Source { plan, .. }) => {
+                let _ = plan.app_write(offset, len);
+            }
+            _ => {
+                let _ = self.bitmap.set_range(offset, len);
+            }
+        }
+    }
+
+    // ----- admin -----
+
+    fn admin(&mut self, id: u64, command: AdminCommand) {
+        let result = match command {
+            AdminCommand::Up => self.admin_up(),
+            AdminCommand::Down => self.admin_down(),
+            AdminCommand::Primary { force } => {
+                if self.state.role() == Role::Primary {
+                    Ok(None)
+                } else {
+                    match self.state.handle(Event::Promote { force }, &self.scfg) {
+                        Ok(actions) => {
+                            self.run_actions(actions);
+                            if self.state.promotion().is_some() {
+                                // Waits for the peer's grant or the fence.
+                                self.pending_promotion = Some(id);
+                                self.out.push(Output::Changed);
+                                return;
+                            }
+                            Ok(None)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
+            AdminCommand::Secondary => {
+                if !self.pending.is_empty() {
+                    Err(format!(
+                        "{}: {} writes are still in flight; stop the target first",
+                        self.cfg.volume,
+                        self.pending.len()
+                    ))
+                } else {
+                    self.try_event(Event::Demote)
+                }
+            }
+            AdminCommand::Connect { discard_my_data } => {
+                if self.state.peer().conn != ConnState::StandAlone {
+                    Ok(Some(format!("{} is already {}", self.cfg.volume, self.state.peer().conn)))
+                } else {
+                    self.try_event(Event::Connect { discard_my_data })
+                }
+            }
+            AdminCommand::Disconnect => {
+                if self.state.peer().conn == ConnState::StandAlone {
+                    Ok(None)
+                } else {
+                    self.try_event(Event::Disconnect)
+                }
+            }
+            AdminCommand::Verify => self.verify_start(),
+            AdminCommand::Invalidate => self.try_event(Event::Invalidate),
+            AdminCommand::NewCurrentUuid { clear_bitmap } => {
+                if clear_bitmap {
+                    self.try_event(Event::ClearBitmap)
+                } else if self.state.role() == Role::Primary || self.state.disk() == DiskState::UpToDate {
+                    let fresh = self.random();
+                    self.gen.new_current_uuid(fresh);
+                    self.write_superblock();
+                    Ok(None)
+                } else {
+                    Err(format!("{}: new-current-uuid needs UpToDate data", self.cfg.volume))
+                }
+            }
+        };
+        self.out.push(Output::AdminDone { id, result });
+        self.out.push(Output::Changed);
+    }
+
+    fn try_event(&mut self, event: Event) -> Result<Option<String>, String> {
+        match self.state.handle(event, &self.scfg) {
+            Ok(actions) => {
+                self.run_actions(actions);
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn admin_up(&mut self) -> Result<Option<String>, String> {
+        if !self.attached {
+            self.reread_superblock()?;
+            self.attach().map_err(|e| e.to_string())?;
+        }
+        if self.state.peer().conn == ConnState::StandAlone && !self.state.split_brain() {
+            self.try_event(Event::Connect {
+                discard_my_data: false,
+            })?;
+        }
+        Ok(None)
+    }
+
+    fn reread_superblock(&mut self) -> Result<(), String> {
+        let mut slots = [[0u8; crate::metadata::SUPERBLOCK_SIZE]; 2];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            self.storage
+                .read_meta(self.layout.superblocks[i].offset, slot)
+                .map_err(|e| format!("{}: reading the superblock: {e}", self.cfg.volume))?;
+        }
+        let chosen = crate::metadata::choose(&slots[0], &slots[1])
+            .map_err(|e| format!("{}: {e}", self.cfg.volume))?;
+        self.sb = chosen.superblock;
+        self.gen = GenerationIds {
+            current: self.sb.current_uuid,
+            bitmap: self.sb.bitmap_uuid,
+            history: self.sb.history_uuids,
+        };
+        Ok(())
+    }
+
+    fn admin_down(&mut self) -> Result<Option<String>, String> {
+        if self.state.role() == Role::Primary {
+            return Err(format!("{} is Primary; demote it first (volume secondary)", self.cfg.volume));
+        }
+        if self.state.peer().conn != ConnState::StandAlone {
+            self.try_event(Event::Disconnect)?;
+            if let Some(link) = self.link.take() {
+                self.out.push(Output::Close { link: link.id });
+                self.after_link_lost("volume down");
+            }
+        }
+        if self.attached {
+            self.detach_cleanly()?;
+        }
+        Ok(None)
+    }
+
+    /// Closes the activity log, writes the bitmap, marks the log clean, and detaches.
+    fn detach_cleanly(&mut self) -> Result<(), String> {
+        self.try_event(Event::Detach)?;
+        self.close_disk();
+        Ok(())
+    }
+
+    fn close_disk(&mut self) {
+        if self.al.clean_shutdown().is_ok() && self.flush_bitmap_all().is_ok() {
+            self.sb.flags.al_clean = true;
+            self.write_superblock();
+        }
+        self.attached = false;
+        self.event(Event::Detached);
+    }
+
+    /// A clean stop of the daemon: disconnect, flush and close the log (the volume must not be Primary with
+    /// writes in flight: the driver stops the target first).
+    pub fn shutdown(&mut self) {
+        if let Some(link) = self.link.take() {
+            self.send_on(link.id, Message::Disconnect {
+                reason: wire::DisconnectReason::Shutdown,
+            });
+            self.out.push(Output::Close { link: link.id });
+        }
+        let _ = self.flush_bitmap_all();
+        if self.attached && self.al.clean_shutdown().is_ok() {
+            self.sb.flags.al_clean = true;
+            self.write_superblock();
+        }
+    }
+
+    // ----- the link -----
+
+    fn connected_link(&self) -> Option<u64> {
+        self.link
+            .as_ref()
+            .filter(|l| matches!(l.phase, Phase::Up))
+            .map(|l| l.id)
+    }
+
+    fn link_up(&mut self, link: u64, nonce: [u8; NONCE_LEN]) {
+        if !self.wants_link() || self.state.peer().conn == ConnState::Connected {
+            self.out.push(Output::Close { link });
+            return;
+        }
+        if let Some(old) = self.link.take() {
+            self.out.push(Output::Close { link: old.id });
+        }
+        let (hs, hello) = Handshake::start(
+            HandshakeConfig {
+                peer: self.cfg.peer_name.clone(),
+                node_id: self.cfg.node_id,
+                peer_node_id: self.cfg.peer_node_id,
+                volume_uuid: self.sb.volume_uuid,
+                cluster_id: self.cfg.cluster_id,
+                secret: self.cfg.secret.clone(),
+            },
+            nonce,
+        );
+        self.link = Some(Link {
+            id: link,
+            phase: Phase::Handshake(Some(hs)),
+            heard: self.now,
+            spoke: self.now,
+            ping_seq: 0,
+        });
+        for m in hello {
+            self.send(m);
+        }
+    }
+
+    fn close_link(&mut self, reason: wire::DisconnectReason, why: String) {
+        if let Some(link) = self.link.as_ref() {
+            let id = link.id;
+            self.send_on(id, Message::Disconnect { reason });
+            self.out.push(Output::Close { link: id });
+        }
+        self.log(true, format!("{}: closing the link to {}: {why}", self.cfg.volume, self.cfg.peer_name));
+    }
+
+    fn link_down(&mut self, reason: &str) {
+        let was_up = self.connected_link().is_some();
+        self.link = None;
+        if was_up {
+            self.log(true, format!("{}: lost the link to {}: {reason}", self.cfg.volume, self.cfg.peer_name));
+        }
+        self.after_link_lost(reason);
+    }
+
+    /// The connection is gone (already removed from `self.link`): the state machine hears it, pending writes
+    /// complete with their blocks out of sync, after the new generation is on disk.
+    fn after_link_lost(&mut self, _reason: &str) {
+        self.bitmap_in = None;
+        self.verifying = None;
+        if let Some(Resync::Source { plan, .. }) = self.resync.take() {
+            self.bitmap = plan.into_bitmap();
+        }
+        let pending: Vec<_> = self.pending.drain().map(|(_, w)| w).collect();
+        for w in &pending {
+            let _ = self.bitmap.set_range(w.offset, w.len);
+        }
+        if matches!(
+            self.state.peer().conn,
+            ConnState::Connected | ConnState::Disconnecting
+        ) {
+            self.event(Event::PeerLost);
+        }
+        self.peer_gen = None;
+        // The new generation (if any) is on disk: now the writes may complete.
+        for w in pending {
+            self.finish_write(w.id, w.offset, w.len, w.al);
+            if let Some(id) = w.id {
+                self.out.push(Output::WriteDone { id, result: Ok(()) });
+            }
+        }
+        for f in std::mem::take(&mut self.flushes) {
+            self.out.push(Output::FlushDone { id: f.id, result: Ok(()) });
+        }
+        for (_, id) in std::mem::take(&mut self.peer_reads) {
+            let e = self.not_available();
+            self.out.push(Output::ReadDone { id, result: Err(e) });
+        }
+        self.out.push(Output::Changed);
+    }
+
+    fn received(&mut self, message: Message) {
+        let Some(link) = self.link.as_mut() else { return };
+        match &mut link.phase {
+            Phase::Handshake(hs) => {
+                let Some(h) = hs.take() else { return };
+                match h.receive(message) {
+                    Ok(HandshakeStep::Continue { handshake, send }) => {
+                        *hs = Some(handshake);
+                        if let Some(m) = send {
+                            self.send(m);
+                        }
+                    }
+                    Ok(HandshakeStep::Done(_)) => {
+                        link.phase = Phase::Exchange(PeerInfo::default());
+                        self.log(false, format!("{}: {} authenticated", self.cfg.volume, self.cfg.peer_name));
+                        self.send_uuids(false);
+                        self.send(Message::Sizes {
+                            data_size: self.sb.data_size,
+                            max_request: MAX_REQUEST,
+                        });
+                        self.send_state();
+                    }
+                    Err(e) => {
+                        let reason = e
+                            .disconnect_reason()
+                            .unwrap_or(wire::DisconnectReason::ProtocolError);
+                        self.close_link(reason, e.to_string());
+                    }
+                }
+            }
+            Phase::Exchange(info) => {
+                match message {
+                    Message::Uuids {
+                        ids,
+                        flags,
+                        bitmap_weight,
+                        ..
+                    } => info.uuids = Some((ids, flags, bitmap_weight)),
+                    Message::Sizes { data_size, .. } => info.size = Some(data_size),
+                    Message::State { role, disk, .. } => info.state = Some((role, map_disk(disk))),
+                    Message::Disconnect { reason } => {
+                        return self.close_link(reason, format!("the peer disconnected ({reason})"));
+                    }
+                    Message::Ping { seq } => return self.send(Message::PingAck { seq }),
+                    Message::PingAck { .. } => return,
+                    other => {
+                        return self.close_link(
+                            wire::DisconnectReason::ProtocolError,
+                            format!("{} before the generation exchange finished", other.name()),
+                        )
+                    }
+                }
+                if let PeerInfo {
+                    uuids: Some(u),
+                    size: Some(size),
+                    state: Some(st),
+                } = *info
+                {
+                    self.exchange_done(u, size, st);
+                }
+            }
+            Phase::Up => self.received_up(message),
+        }
+    }
+
+    fn local_side(&self, discard_my_data: bool) -> Side {
+        Side {
+            ids: self.gen,
+            flags: GenFlags {
+                consistent: self.sb.flags.consistent,
+                crashed_primary: self.sb.flags.crashed_primary,
+                discard_my_data,
+            },
+            role: self.state.role(),
+            node_id: self.cfg.node_id,
+        }
+    }
+
+    fn send_uuids(&mut self, skip_initial_sync: bool) {
+        let side = self.local_side(self.state.discard_my_data());
+        self.send(Message::Uuids {
+            ids: side.ids,
+            flags: side.flags,
+            skip_initial_sync,
+            bitmap_weight: self.bitmap.dirty_blocks(),
+        });
+    }
+
+    fn exchange_done(
+        &mut self,
+        (peer_ids, peer_flags, peer_weight): (GenerationIds, GenFlags, u64),
+        peer_size: u64,
+        (peer_role, peer_disk): (Role, DiskState),
+    ) {
+        if peer_size != self.sb.data_size {
+            return self.close_link(
+                wire::DisconnectReason::Incompatible,
+                format!(
+                    "the peer's copy holds {peer_size} bytes and this one {}; both disks must have the same size",
+                    self.sb.data_size
+                ),
+            );
+        }
+        if let Some(l) = self.link.as_mut() {
+            l.phase = Phase::Up;
+        }
+        self.peer_gen = Some(peer_ids);
+        let local = self.local_side(self.state.discard_my_data());
+        let peer = Side {
+            ids: peer_ids,
+            flags: peer_flags,
+            role: peer_role,
+            node_id: self.cfg.peer_node_id,
+        };
+        let both_disks = self.state.disk().is_attached() && peer_disk.is_attached();
+        let outcome = both_disks.then(|| connect_decision(&local, &peer));
+        let resolution = match outcome.map(|o| o.decision) {
+            Some(ConnectDecision::SplitBrain { kind }) => Some(resolve_split_brain(
+                kind,
+                &self.cfg.policies,
+                &local,
+                &peer,
+                ChangedBlocks {
+                    local: self.bitmap.dirty_blocks(),
+                    peer: peer_weight,
+                },
+            )),
+            _ => None,
+        };
+        if let Some(o) = outcome {
+            self.log(
+                false,
+                format!(
+                    "{}: connected to {}; generations {} (here) and {} (peer): {:?} by rule {}",
+                    self.cfg.volume,
+                    self.cfg.peer_name,
+                    self.gen,
+                    peer_ids,
+                    o.decision,
+                    o.rule.number()
+                ),
+            );
+        }
+        self.event(Event::PeerConnected {
+            outcome,
+            resolution,
+            peer_role,
+            peer_disk,
+        });
+        // Flags that hold only until a connection is established.
+        if self.connected_link().is_some() && self.sb.flags.crashed_primary && self.resync.is_none() {
+            self.sb.flags.crashed_primary = false;
+            self.write_superblock();
+        }
+        self.out.push(Output::Changed);
+    }
+
+    fn received_up(&mut self, message: Message) {
+        match message {
+            Message::Data {
+                seq,
+                offset,
+                fua,
+                protocol,
+                data,
+                ..
+            } => self.peer_write(seq, offset, fua, protocol, data),
+            Message::WriteAck { seq } | Message::RecvAck { seq } => {
+                if let Some(w) = self.pending.remove(&seq) {
+                    self.finish_write(w.id, w.offset, w.len, w.al);
+                    if let Some(id) = w.id {
+                        self.out.push(Output::WriteDone { id, result: Ok(()) });
+                    }
+                }
+            }
+            Message::NegAck { seq } => {
+                if let Some(w) = self.pending.remove(&seq) {
+                    let _ = self.bitmap.set_range(w.offset, w.len);
+                    self.event(Event::PeerWriteFailed);
+                    self.finish_write(w.id, w.offset, w.len, w.al);
+                    if let Some(id) = w.id {
+                        self.out.push(Output::WriteDone { id, result: Ok(()) });
+                    }
+                }
+            }
+            Message::Barrier { epoch } => {
+                let ok = !self.state.disk().is_attached() || self.storage.flush().is_ok();
+                if !ok {
+                    self.event(Event::DiskFailed);
+                }
+                self.send(Message::BarrierAck { epoch, writes: 0 });
+            }
+            Message::BarrierAck { epoch, .. } => {
+                let (done, left): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.flushes).into_iter().partition(|f| f.epoch <= epoch);
+                self.flushes = left;
+                for f in done {
+                    self.out.push(Output::FlushDone { id: f.id, result: Ok(()) });
+                }
+            }
+            Message::ReadRequest { seq, offset, len } => {
+                let mut buf = vec![0u8; len as usize];
+                let ok = self.state.disk() == DiskState::UpToDate
+                    && self.check_range(offset, u64::from(len)).is_ok()
+                    && self.storage.read(offset, &mut buf).is_ok();
+                if ok {
+                    self.send(Message::ReadReply { seq, data: buf });
+                } else {
+                    self.send(Message::ReadFailed { seq });
+                }
+            }
+            Message::ReadReply { seq, data } => {
+                if let Some(id) = self.peer_reads.remove(&seq) {
+                    self.out.push(Output::ReadDone { id, result: Ok(data) });
+                }
+            }
+            Message::ReadFailed { seq } => {
+                if let Some(id) = self.peer_reads.remove(&seq) {
+                    self.out.push(Output::ReadDone {
+                        id,
+                        result: Err(IoFailure::Medium(format!(
+                            "{}: the peer could not read the data",
+                            self.cfg.volume
+                        ))),
+                    });
+                }
+            }
+            Message::State { role, disk, replication } => self.peer_state(role, map_disk(disk), replication),
+            Message::Uuids {
+                ids,
+                skip_initial_sync,
+                ..
+            } => {
+                self.peer_gen = Some(ids);
+                if skip_initial_sync && self.gen.accept_skip_initial_sync(ids.current) {
+                    self.bitmap.clear_all();
+                    let _ = self.flush_bitmap_all();
+                    self.write_superblock();
+                    self.event(Event::PeerClearedBitmap);
+                }
+            }
+            Message::PromoteRequest => self.event(Event::PeerRequestsPromotion),
+            Message::PromoteReply { granted } => {
+                let event = if granted {
+                    Event::PromotionGranted
+                } else {
+                    Event::PromotionRefused
+                };
+                self.event(event);
+                self.promotion_settled();
+            }
+            Message::BitmapChunk {
+                first_word,
+                words,
+                last,
+            } => self.bitmap_chunk(first_word, &words, last),
+            Message::ResyncData { offset, data } => self.resync_data(offset, data),
+            Message::VerifyRequest { offset, len } => {
+                let mut data = vec![0u8; len as usize];
+                if self.check_range(offset, u64::from(len)).is_ok()
+                    && self.state.disk().is_attached()
+                    && self.storage.read(offset, &mut data).is_ok()
+                {
+                    let digest = block_digest(&data);
+                    self.send(Message::VerifyReply { offset, len, digest });
+                } else {
+                    self.close_link(wire::DisconnectReason::ProtocolError, "cannot answer a verify request".into());
+                }
+            }
+            Message::VerifyReply { offset, len, digest } => self.verify_reply(offset, len, digest),
+            Message::ResyncAck { offset, len } => self.resync_ack(offset, len, true),
+            Message::ResyncFailed { offset, len } => self.resync_ack(offset, len, false),
+            Message::Ping { seq } => self.send(Message::PingAck { seq }),
+            Message::PingAck { .. } => {}
+            Message::Disconnect { reason } => {
+                let link = self.link.as_ref().map(|l| l.id);
+                if let Some(id) = link {
+                    self.out.push(Output::Close { link: id });
+                }
+                self.log(false, format!("{}: the peer disconnected ({reason})", self.cfg.volume));
+            }
+            other => self.close_link(
+                wire::DisconnectReason::ProtocolError,
+                format!("unexpected {} from the peer", other.name()),
+            ),
+        }
+    }
+
+    fn peer_write(&mut self, seq: u64, offset: u64, fua: bool, protocol: ReplicationProtocol, data: Vec<u8>) {
+        if protocol == ReplicationProtocol::B {
+            self.send(Message::RecvAck { seq });
+        }
+        let len = data.len() as u64;
+        let disk = self.state.disk();
+        let mut ok = self.check_range(offset, len).is_ok() && disk.is_attached();
+        if ok {
+            ok = self.storage.write(offset, &data).is_ok() && (!fua || self.storage.flush().is_ok());
+            if !ok {
+                self.log(true, format!("{}: I/O error writing the peer's data; detaching", self.cfg.volume));
+                self.event(Event::DiskFailed);
+            }
+        }
+        if protocol == ReplicationProtocol::C {
+            if ok {
+                self.send(Message::WriteAck { seq });
+            } else {
+                self.send(Message::NegAck { seq });
+            }
+        }
+    }
+
+    fn peer_state(&mut self, role: Role, disk: DiskState, replication: WireRepl) {
+        let mine = self.state.peer().repl;
+        if mine == ReplState::Established
+            && matches!(replication, WireRepl::SyncSource | WireRepl::SyncTarget)
+        {
+            let source = if replication == WireRepl::SyncSource {
+                Direction::Peer
+            } else {
+                Direction::Local
+            };
+            if self.state.disk().is_attached() {
+                self.event(Event::ResyncStartedByPeer { source });
+                if self.state.peer().repl != ReplState::Established {
+                    self.begin_resync(source);
+                }
+            }
+        } else if mine == ReplState::Established && replication == WireRepl::VerifySource {
+            self.event(Event::PeerStartedVerify);
+        } else if mine == ReplState::VerifyT && replication == WireRepl::Established {
+            self.event(Event::VerifyFinished);
+        } else if matches!(mine, ReplState::SyncTarget | ReplState::PausedSyncT)
+            && replication == WireRepl::Established
+        {
+            // The source finished.
+            self.bitmap.clear_all();
+            let _ = self.flush_bitmap_all();
+            self.resync = None;
+            self.event(Event::ResyncFinished);
+        }
+        if self.link.is_some() {
+            self.event(Event::PeerChanged { role, disk });
+        }
+        self.out.push(Output::Changed);
+    }
+
+    fn promotion_settled(&mut self) {
+        if self.state.promotion().is_none() {
+            if let Some(id) = self.pending_promotion.take() {
+                let result = if self.state.role() == Role::Primary {
+                    Ok(None)
+                } else {
+                    Err(format!("{}: promotion refused by the peer", self.cfg.volume))
+                };
+                self.out.push(Output::AdminDone { id, result });
+            }
+        }
+    }
+
+    // ----- resync -----
+
+    fn begin_resync(&mut self, source: Direction) {
+        self.resync = Some(Resync::AwaitBitmap { source });
+        self.resync_sent = 0;
+        // Send ours; the peer sends its own.
+        let words: Vec<u64> = self
+            .bitmap
+            .to_bytes()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        let per_chunk = wire::bitmap_words_per_chunk(wire::max_payload_for(MAX_REQUEST)).max(1);
+        if words.is_empty() {
+            self.send(Message::BitmapChunk {
+                first_word: 0,
+                words: Vec::new(),
+                last: true,
+            });
+        }
+        let chunks = words.len().div_ceil(per_chunk);
+        for (i, chunk) in words.chunks(per_chunk).enumerate() {
+            self.send(Message::BitmapChunk {
+                first_word: (i * per_chunk) as u64,
+                words: chunk.to_vec(),
+                last: i + 1 == chunks,
+            });
+        }
+        if let Some(b) = self.bitmap_in.take() {
+            self.bitmap_complete(b);
+        }
+    }
+
+    fn bitmap_chunk(&mut self, first_word: u64, words: &[u64], last: bool) {
+        let size = self.sb.data_size;
+        let incoming = self.bitmap_in.get_or_insert_with(|| DirtyBitmap::new(size));
+        let mut bytes = incoming.to_bytes();
+        let start = first_word as usize * 8;
+        if start + words.len() * 8 > bytes.len() {
+            return self.close_link(wire::DisconnectReason::ProtocolError, "bitmap chunk beyond the volume".into());
+        }
+        for (i, w) in words.iter().enumerate() {
+            bytes[start + i * 8..start + i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        match DirtyBitmap::from_pages(size, &bytes) {
+            Ok(b) => *incoming = b,
+            Err(e) => return self.close_link(wire::DisconnectReason::ProtocolError, format!("bitmap: {e}")),
+        }
+        if last && matches!(self.resync, Some(Resync::AwaitBitmap { .. })) {
+            if let Some(b) = self.bitmap_in.take() {
+                self.bitmap_complete(b);
+            }
+        }
+    }
+
+    /// Both bitmaps are known: merge and start copying.
+    fn bitmap_complete(&mut self, peer: DirtyBitmap) {
+        let Some(Resync::AwaitBitmap { source }) = self.resync else {
+            self.bitmap_in = Some(peer);
+            return;
+        };
+        let _ = self.bitmap.merge(&peer);
+        let _ = self.flush_bitmap();
+        match source {
+            Direction::Local => {
+                match ResyncPlan::new(self.bitmap.clone(), self.cfg.resync, self.now) {
+                    Ok(plan) => {
+                        self.resync = Some(Resync::Source {
+                            plan: Box::new(plan),
+                            requests: BTreeMap::new(),
+                        })
+                    }
+                    Err(e) => {
+                        self.resync = None;
+                        return self.log(true, format!("{}: resync: {e}", self.cfg.volume));
+                    }
+                }
+                self.log(
+                    false,
+                    format!(
+                        "{}: resync to {} started: {} KiB out of sync",
+                        self.cfg.volume,
+                        self.cfg.peer_name,
+                        self.bitmap.dirty_bytes() / 1024
+                    ),
+                );
+                self.pump_resync();
+            }
+            Direction::Peer => {
+                self.resync = Some(Resync::Target {
+                    total: self.bitmap.dirty_bytes(),
+                });
+            }
+        }
+        self.out.push(Output::Changed);
+    }
+
+    fn pump_resync(&mut self) {
+        if self.state.peer().repl != ReplState::SyncSource {
+            return;
+        }
+        loop {
+            let now = self.now;
+            let Some(Resync::Source { plan, .. }) = &mut self.resync else { return };
+            let Some(request) = plan.next_request(now) else { break };
+            let mut data = vec![0u8; request.len as usize];
+            if self.storage.read(request.offset, &mut data).is_err() {
+                self.log(true, format!("{}: I/O error reading resync data; detaching", self.cfg.volume));
+                self.event(Event::DiskFailed);
+                return;
+            }
+            self.resync_sent += request.len;
+            if let Some(Resync::Source { requests, .. }) = &mut self.resync {
+                requests.insert(request.offset, request);
+            }
+            self.send(Message::ResyncData {
+                offset: request.offset,
+                data,
+            });
+        }
+        let finished = matches!(&self.resync, Some(Resync::Source { plan, .. }) if plan.is_finished());
+        if finished {
+            if let Some(Resync::Source { plan, .. }) = self.resync.take() {
+                self.bitmap = plan.into_bitmap();
+            }
+            let _ = self.flush_bitmap_all();
+            self.log(false, format!("{}: resync to {} finished; sent {} KiB", self.cfg.volume, self.cfg.peer_name, self.resync_sent / 1024));
+            self.event(Event::ResyncFinished);
+            self.send_state();
+            self.out.push(Output::Changed);
+        }
+    }
+
+    fn resync_data(&mut self, offset: u64, data: Vec<u8>) {
+        let len = data.len() as u64;
+        let ok = self.state.disk().is_attached()
+            && self.check_range(offset, len).is_ok()
+            && self.storage.write(offset, &data).is_ok();
+        let len32 = len as u32;
+        if ok {
+            let _ = self.bitmap.clear_blocks(offset / 4096, len.div_ceil(4096));
+            self.send(Message::ResyncAck { offset, len: len32 });
+        } else {
+            self.send(Message::ResyncFailed { offset, len: len32 });
+        }
+    }
+
+    fn resync_ack(&mut self, offset: u64, _len: u32, ok: bool) {
+        if let Some(Resync::Source { plan, requests }) = &mut self.resync {
+            if let Some(request) = requests.remove(&offset) {
+                if plan.completed(&request, ok).is_err() {
+                    return self.close_link(wire::DisconnectReason::ProtocolError, "resync ack for a request not in flight".into());
+                }
+            }
+        }
+        self.pump_resync();
+    }
+
+    fn verify_start(&mut self) -> Result<Option<String>, String> {
+        self.try_event(Event::VerifyStart)?;
+        Ok(Some(format!(
+            "{}: online verify started; differences are marked out of sync, not repaired",
+            self.cfg.volume
+        )))
+    }
+
+    fn pump_verify(&mut self) {
+        loop {
+            let now = self.now;
+            let Some(v) = &mut self.verifying else { return };
+            let Some(request) = v.verify.next_request(now) else { break };
+            v.requests.insert(request.offset, request);
+            self.send(Message::VerifyRequest {
+                offset: request.offset,
+                len: request.len as u32,
+            });
+        }
+        if self.verifying.as_ref().is_some_and(|v| v.verify.is_finished()) {
+            let Some(v) = self.verifying.take() else { return };
+            self.verify_out_of_sync = v.verify.out_of_sync_blocks() * 4096;
+            let _ = self.flush_bitmap();
+            self.log(
+                self.verify_out_of_sync > 0,
+                format!(
+                    "{}: online verify finished: {} KiB out of sync",
+                    self.cfg.volume,
+                    self.verify_out_of_sync / 1024
+                ),
+            );
+            self.event(Event::VerifyFinished);
+            self.send_state();
+            self.out.push(Output::Changed);
+        }
+    }
+
+    fn verify_reply(&mut self, offset: u64, len: u32, peer_digest: [u8; 32]) {
+        let Some(request) = self.verifying.as_mut().and_then(|v| v.requests.remove(&offset)) else {
+            return self.close_link(wire::DisconnectReason::ProtocolError, "verify reply for a range not asked for".into());
+        };
+        if u64::from(len) != request.len {
+            return self.close_link(wire::DisconnectReason::ProtocolError, "verify reply of the wrong length".into());
+        }
+        let mut data = vec![0u8; request.len as usize];
+        if self.storage.read(offset, &mut data).is_err() {
+            self.event(Event::DiskFailed);
+            return;
+        }
+        let ours = block_digest(&data);
+        let blocks = request.blocks() as usize;
+        let local = vec![ours; blocks];
+        // One digest stands for the range: equal, or every block of it is marked.
+        let peer = if ours == peer_digest {
+            local.clone()
+        } else {
+            let mut other = ours;
+            other[0] ^= 1;
+            vec![other; blocks]
+        };
+        let Some(v) = self.verifying.as_mut() else { return };
+        if v.verify.compare(&request, &local, &peer, &mut self.bitmap).is_err() {
+            return self.close_link(wire::DisconnectReason::ProtocolError, "verify reply out of order".into());
+        }
+        self.pump_verify();
+    }
+
+    // ----- timers -----
+
+    fn tick(&mut self) {
+        let now = self.now;
+        let mut ping = None;
+        let mut dead = None;
+        if let Some(link) = self.link.as_mut() {
+            if now.saturating_sub(link.heard) > PEER_TIMEOUT {
+                dead = Some(link.id);
+            } else if now.saturating_sub(link.spoke) >= PING_INTERVAL {
+                link.ping_seq += 1;
+                ping = Some(link.ping_seq);
+            }
+        }
+        if let Some(id) = dead {
+            self.log(true, format!("{}: the peer {} did not answer for {:?}", self.cfg.volume, self.cfg.peer_name, PEER_TIMEOUT));
+            self.out.push(Output::Close { link: id });
+            self.link = None;
+            self.after_link_lost("ping timeout");
+        } else if let Some(seq) = ping {
+            self.send(Message::Ping { seq });
+        }
+        self.pump_resync();
+        self.pump_verify();
+        if now.saturating_sub(self.last_bitmap_flush) >= BITMAP_FLUSH_INTERVAL {
+            self.last_bitmap_flush = now;
+            let _ = self.flush_bitmap();
+        }
+    }
+
+    // ----- state machine actions -----
+
+    fn event(&mut self, event: Event) {
+        let name = event.name();
+        match self.state.handle(event, &self.scfg) {
+            Ok(actions) => self.run_actions(actions),
+            Err(StateError::Unexpected { .. }) => {}
+            Err(e) => self.log(true, format!("{}: {name}: {e}", self.cfg.volume)),
+        }
+    }
+
+    fn run_actions(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            self.run_action(action);
+        }
+        self.out.push(Output::Changed);
+    }
+
+    fn run_action(&mut self, action: Action) {
+        match action {
+            Action::NewCurrentUuid { clear_bitmap } => {
+                let fresh = self.random();
+                if clear_bitmap {
+                    self.gen.clear_bitmap(fresh);
+                    self.bitmap.clear_all();
+                    let _ = self.flush_bitmap_all();
+                } else {
+                    self.gen.new_current_uuid(fresh);
+                }
+                self.write_superblock();
+            }
+            Action::SetRoleMarker(role) => {
+                self.gen.set_role(role);
+                self.write_superblock();
+            }
+            Action::CompleteResync { source } => {
+                match source {
+                    Direction::Local => self.gen.finish_resync_as_source(),
+                    Direction::Peer => {
+                        if let Some(p) = self.peer_gen {
+                            self.gen.finish_resync_as_target(&p);
+                        }
+                    }
+                }
+                self.write_superblock();
+            }
+            Action::PersistFlags(flags) => {
+                let al_clean = self.sb.flags.al_clean;
+                self.sb.flags = Flags { al_clean, ..flags };
+                self.write_superblock();
+            }
+            Action::SendState => self.send_state(),
+            Action::ExchangeGenerations => {
+                if let Some(l) = self.link.as_mut() {
+                    l.phase = Phase::Exchange(PeerInfo::default());
+                }
+                self.send_uuids(false);
+                self.send(Message::Sizes {
+                    data_size: self.sb.data_size,
+                    max_request: MAX_REQUEST,
+                });
+                self.send_state();
+            }
+            Action::RequestPromotion => self.send(Message::PromoteRequest),
+            Action::GrantPromotion => self.send(Message::PromoteReply { granted: true }),
+            Action::RefusePromotion => self.send(Message::PromoteReply { granted: false }),
+            Action::PromoteFailed(e) => {
+                if let Some(id) = self.pending_promotion.take() {
+                    self.out.push(Output::AdminDone {
+                        id,
+                        result: Err(e.to_string()),
+                    });
+                }
+            }
+            Action::Connect => {}
+            Action::Disconnect { reason } => {
+                let wire_reason = match reason {
+                    crate::state::DisconnectReason::Admin => wire::DisconnectReason::Operator,
+                    crate::state::DisconnectReason::SplitBrain => wire::DisconnectReason::SplitBrain,
+                    crate::state::DisconnectReason::UnrelatedData => wire::DisconnectReason::UnrelatedData,
+                    _ => wire::DisconnectReason::Incompatible,
+                };
+                if let Some(link) = self.link.as_ref() {
+                    let id = link.id;
+                    self.send_on(id, Message::Disconnect { reason: wire_reason });
+                    self.out.push(Output::Close { link: id });
+                }
+                self.log(true, format!("{}: disconnecting from {}: {reason}", self.cfg.volume, self.cfg.peer_name));
+            }
+            Action::StartResync { source, full } => {
+                if full {
+                    self.bitmap.set_all();
+                }
+                self.send_state();
+                self.begin_resync(source);
+            }
+            Action::PauseResync | Action::ResumeResync => {}
+            Action::StartVerify => {
+                let config = ResyncConfig {
+                    max_request_bytes: VERIFY_REQUEST,
+                    max_in_flight: 32,
+                    rate: self.cfg.resync.rate,
+                };
+                match Verify::new(self.sb.data_size, config, self.now) {
+                    Ok(verify) => {
+                        self.verifying = Some(Verifying {
+                            verify,
+                            requests: BTreeMap::new(),
+                        });
+                        self.verify_out_of_sync = 0;
+                        self.send_state();
+                        self.pump_verify();
+                    }
+                    Err(e) => self.log(true, format!("{}: verify: {e}", self.cfg.volume)),
+                }
+            }
+            Action::SendSkipInitialSync => self.send_uuids(true),
+            Action::SuspendIo => {}
+            Action::ResumeIo => {
+                let queued: Vec<_> = self.suspended_queue.drain(..).collect();
+                let now = self.now;
+                for input in queued {
+                    self.handle(input, now);
+                }
+            }
+            Action::FencePeer => {
+                // No cluster manager yet to fence through (a later issue fills this in).
+                self.log(true, format!("{}: cannot fence {}: no cluster manager", self.cfg.volume, self.cfg.peer_name));
+                self.event(Event::FenceFailed);
+            }
+            Action::Detach => {
+                self.attached = false;
+                self.event(Event::Detached);
+            }
+            Action::ReportSplitBrain { kind, resolution } => {
+                self.log(
+                    true,
+                    format!(
+                        "{}: split brain detected with {} ({kind:?}); {resolution:?}",
+                        self.cfg.volume, self.cfg.peer_name
+                    ),
+                );
+                self.out.push(Output::SplitBrain);
+            }
+            Action::PriLostAfterSplitBrain => self.log(
+                true,
+                format!("{}: this Primary lost the split brain; demote it and reconnect", self.cfg.volume),
+            ),
+        }
+    }
+
+    fn send_state(&mut self) {
+        let repl = map_repl(self.state.peer().repl);
+        self.send(Message::State {
+            role: self.state.role(),
+            disk: unmap_disk(self.state.disk()),
+            replication: repl,
+        });
+    }
+
+    // ----- disk metadata -----
+
+    fn write_superblock(&mut self) {
+        self.sb.current_uuid = self.gen.current;
+        self.sb.bitmap_uuid = self.gen.bitmap;
+        self.sb.history_uuids = self.gen.history;
+        self.sb.sequence += 1;
+        let slot = self.sb.slot();
+        let region = self.layout.superblocks[slot];
+        let bytes = self.sb.encode();
+        if self.storage.write_meta(region.offset, &bytes).is_err() {
+            self.log(true, format!("{}: I/O error writing the superblock", self.cfg.volume));
+            if self.attached {
+                self.event(Event::DiskFailed);
+            }
+        }
+    }
+
+    fn flush_bitmap(&mut self) -> io::Result<()> {
+        let pages: Vec<u64> = match &self.resync {
+            Some(Resync::Source { plan, .. }) => plan.bitmap().unflushed_pages().collect(),
+            _ => self.bitmap.unflushed_pages().collect(),
+        };
+        for page in pages {
+            let bytes = match &self.resync {
+                Some(Resync::Source { plan, .. }) => plan.bitmap().page_bytes(page),
+                _ => self.bitmap.page_bytes(page),
+            }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+            let offset = self.layout.bitmap.offset + page * PAGE_BYTES as u64;
+            let image = DirtyBitmap::image_bytes(self.sb.data_size) as u64;
+            let len = (image - page * PAGE_BYTES as u64).min(PAGE_BYTES as u64) as usize;
+            self.storage.write_meta(offset, &bytes[..len])?;
+        }
+        match &mut self.resync {
+            Some(Resync::Source { plan, .. }) => plan.mark_bitmap_flushed(),
+            _ => self.bitmap.mark_flushed(),
+        }
+        Ok(())
+    }
+
+    fn flush_bitmap_all(&mut self) -> io::Result<()> {
+        let bytes = match &self.resync {
+            Some(Resync::Source { plan, .. }) => plan.bitmap().to_bytes(),
+            _ => self.bitmap.to_bytes(),
+        };
+        self.storage.write_meta(self.layout.bitmap.offset, &bytes)?;
+        self.bitmap.mark_flushed();
+        Ok(())
+    }
+
+    // ----- helpers -----
+
+    fn send(&mut self, message: Message) {
+        if let Some(link) = self.link.as_mut() {
+            link.spoke = self.now;
+            let id = link.id;
+            self.out.push(Output::Send { link: id, message });
+        }
+    }
+
+    fn send_on(&mut self, link: u64, message: Message) {
+        self.out.push(Output::Send { link, message });
+    }
+
+    fn log(&mut self, warn: bool, text: String) {
+        self.out.push(Output::Log { warn, text });
+    }
+
+    /// splitmix64: the generator of generation UUIDs, seeded by the driver from the OS.
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn map_disk(d: wire::DiskState) -> DiskState {
+    match d {
+        wire::DiskState::Diskless => DiskState::Diskless,
+        wire::DiskState::Attaching => DiskState::Attaching,
+        wire::DiskState::Failed => DiskState::Failed,
+        wire::DiskState::Inconsistent => DiskState::Inconsistent,
+        wire::DiskState::Outdated => DiskState::Outdated,
+        wire::DiskState::Consistent => DiskState::Consistent,
+        wire::DiskState::UpToDate => DiskState::UpToDate,
+    }
+}
+
+fn unmap_disk(d: DiskState) -> wire::DiskState {
+    match d {
+        DiskState::Diskless | DiskState::DUnknown => wire::DiskState::Diskless,
+        DiskState::Attaching => wire::DiskState::Attaching,
+        DiskState::Failed => wire::DiskState::Failed,
+        DiskState::Inconsistent => wire::DiskState::Inconsistent,
+        DiskState::Outdated => wire::DiskState::Outdated,
+        DiskState::Consistent => wire::DiskState::Consistent,
+        DiskState::UpToDate => wire::DiskState::UpToDate,
+    }
+}
+
+fn map_repl(r: ReplState) -> WireRepl {
+    match r {
+        ReplState::Off => WireRepl::Off,
+        ReplState::Established => WireRepl::Established,
+        ReplState::SyncSource => WireRepl::SyncSource,
+        ReplState::SyncTarget => WireRepl::SyncTarget,
+        ReplState::PausedSyncS => WireRepl::PausedSyncSource,
+        ReplState::PausedSyncT => WireRepl::PausedSyncTarget,
+        ReplState::VerifyS => WireRepl::VerifySource,
+        ReplState::VerifyT => WireRepl::VerifyTarget,
+    }
+}

@@ -1,0 +1,149 @@
+//! The volume engine, two nodes at a time over the deterministic harness in `sim/`.
+
+mod sim;
+
+use sim::Pair;
+use twinsan_replication::engine::AdminCommand;
+use twinsan_replication::generation::Role;
+use twinsan_replication::state::{ConnState, DiskState, ReplState};
+use twinsan_replication::wire::ReplicationProtocol;
+
+const BACKING: u64 = 16 << 20;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seed as usize * 31 + i * 7) as u8).collect()
+}
+
+#[test]
+fn initial_sync_after_force_then_writes_replicate() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    for i in 0..2 {
+        let s = p.engine(i).status();
+        assert_eq!(s.connection, ConnState::Connected, "{:?}", p.logs);
+        assert_eq!(s.disk, DiskState::Inconsistent);
+    }
+    // Something on node1's disk that must reach node2.
+    let size = p.engine(0).data_size();
+    assert!(p.admin(0, AdminCommand::Primary { force: true }).is_ok(), "{:?}", p.logs);
+    p.settle(200);
+    for i in 0..2 {
+        let s = p.engine(i).status();
+        assert_eq!(s.disk, DiskState::UpToDate, "node{} {:?} {:?}", i + 1, s, p.logs);
+        assert_eq!(s.peer_disk, DiskState::UpToDate);
+        assert_eq!(s.replication, ReplState::Established);
+    }
+    assert_eq!(p.engine(0).status().resync_sent_bytes, size);
+    let id = p.submit_write(0, 4096 * 3, pattern(1, 8192), false);
+    p.settle(5);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    assert_eq!(p.data(0), p.data(1));
+    assert_eq!(p.read(0, 4096 * 3, 8192).expect("read"), pattern(1, 8192));
+}
+
+#[test]
+fn protocol_c_write_waits_for_the_peer() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.settle(20);
+    assert_eq!(p.engine(1).status().disk, DiskState::UpToDate, "{:?}", p.logs);
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    let id = p.submit_write(0, 0, pattern(2, 4096), false);
+    assert_eq!(p.write_result(id), None, "completed before the peer acknowledged");
+    p.step(1);
+    p.step(1);
+    p.settle(2);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+}
+
+#[test]
+fn failover_keeps_every_acknowledged_write() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    let mut acked = Vec::new();
+    for k in 0..50u64 {
+        let id = p.submit_write(0, (k * 37 % 1000) * 4096, pattern(k, 4096), false);
+        p.settle(1);
+        if p.write_result(id) == Some(Ok(())) {
+            acked.push(k);
+        }
+    }
+    assert_eq!(acked.len(), 50);
+    p.kill(0, true);
+    p.settle(2);
+    assert_eq!(p.engine(1).status().connection, ConnState::Connecting);
+    p.admin(1, AdminCommand::Primary { force: false }).expect("promote node2");
+    let mut expect = std::collections::HashMap::new();
+    for &k in &acked {
+        expect.insert(k * 37 % 1000, k);
+    }
+    for (block, k) in expect {
+        assert_eq!(p.read(1, block * 4096, 4096).expect("read"), pattern(k, 4096));
+    }
+}
+
+#[test]
+fn secondary_away_resyncs_only_what_changed() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.kill(1, false);
+    let mut written = 0;
+    for k in 0..64u64 {
+        let id = p.submit_write(0, k * 65536, pattern(k, 16384), false);
+        p.settle(1);
+        assert_eq!(p.write_result(id), Some(Ok(())));
+        written += 16384;
+    }
+    assert_eq!(p.engine(0).status().out_of_sync_bytes, written);
+    p.start(1);
+    p.settle(200);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
+    assert_eq!(s.resync_sent_bytes, written);
+    assert_eq!(s.out_of_sync_bytes, 0);
+    assert_eq!(p.data(0), p.data(1));
+    p.admin(0, AdminCommand::Verify).expect("verify");
+    p.settle(200);
+    assert_eq!(p.engine(0).status().verify_out_of_sync_bytes, 0);
+    assert_eq!(p.engine(0).status().replication, ReplState::Established);
+}
+
+#[test]
+fn split_brain_is_reported_and_discard_my_data_resolves_it_by_bitmap() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.settle(5);
+    p.cut();
+    p.settle(2);
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote 1");
+    p.admin(1, AdminCommand::Primary { force: false }).expect("promote 2");
+    for i in 0..2 {
+        let id = p.submit_write(i, (i as u64) << 20, pattern(i as u64, 8192), false);
+        p.settle(1);
+        assert_eq!(p.write_result(id), Some(Ok(())));
+    }
+    p.heal();
+    p.settle(20);
+    for i in 0..2 {
+        let s = p.engine(i).status();
+        assert!(s.split_brain, "node{} {:?} {:?}", i + 1, s, p.logs);
+        assert_eq!(s.connection, ConnState::StandAlone);
+    }
+    p.admin(1, AdminCommand::Secondary).expect("demote 2");
+    p.admin(1, AdminCommand::Connect { discard_my_data: true }).expect("connect victim");
+    p.admin(0, AdminCommand::Connect { discard_my_data: false }).expect("connect");
+    p.settle(100);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert!(!s.split_brain);
+    assert_eq!(s.resync_sent_bytes, 16384, "a bitmap resync of both sides' changes");
+    assert_eq!(p.engine(1).status().role, Role::Secondary);
+    assert_eq!(p.data(0), p.data(1));
+}

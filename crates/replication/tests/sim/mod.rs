@@ -1,0 +1,387 @@
+//! A deterministic two-node harness for the volume engine: in-memory disks with a volatile write cache, a
+//! network of in-order links that can be cut, and a clock that moves only when told.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+
+use twinsan_replication::engine::{
+    AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Storage,
+};
+use twinsan_replication::generation::{AfterSbPolicies, UUID_JUST_CREATED};
+use twinsan_replication::metadata::{Layout, Placement, Superblock};
+use twinsan_replication::resync::{RateConfig, ResyncConfig};
+use twinsan_replication::state::FencingPolicy;
+use twinsan_replication::wire::{self, Message, ReplicationProtocol, SharedSecret};
+
+/// A disk: what is durable, and what sits in the volatile cache until a flush.
+#[derive(Clone, Debug)]
+pub struct MemDisk {
+    pub durable: Vec<u8>,
+    pub cache: Vec<u8>,
+    pub failing: bool,
+}
+
+impl MemDisk {
+    pub fn new(size: usize) -> Self {
+        MemDisk {
+            durable: vec![0; size],
+            cache: vec![0; size],
+            failing: false,
+        }
+    }
+
+    /// Power loss: the cache is gone.
+    pub fn crash(&mut self) {
+        self.cache = self.durable.clone();
+    }
+}
+
+/// The storage of one node: data at the start of the disk, internal metadata at its end.
+pub struct MemStorage {
+    pub disk: MemDisk,
+}
+
+fn range(disk: &MemDisk, offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(io::Error::other)?;
+    let end = start.checked_add(len).filter(|&e| e <= disk.cache.len());
+    match end {
+        Some(end) if !disk.failing => Ok(start..end),
+        _ => Err(io::Error::other("I/O error")),
+    }
+}
+
+impl Storage for MemStorage {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let r = range(&self.disk, offset, buf.len())?;
+        buf.copy_from_slice(&self.disk.cache[r]);
+        Ok(())
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let r = range(&self.disk, offset, data.len())?;
+        self.disk.cache[r].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        if self.disk.failing {
+            return Err(io::Error::other("I/O error"));
+        }
+        self.disk.durable = self.disk.cache.clone();
+        Ok(())
+    }
+    fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read(offset, buf)
+    }
+    fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let r = range(&self.disk, offset, data.len())?;
+        self.disk.cache[r.clone()].copy_from_slice(data);
+        self.disk.durable[r].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+pub const VOLUME_UUID: u128 = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
+
+/// Formats a disk of `backing` bytes for node `node` (1 or 2): `create-md`.
+pub fn format(backing: u64, node: u8) -> (MemDisk, Layout) {
+    let layout = Layout::compute(backing, Placement::Internal).expect("layout");
+    let sb = Superblock::create(&layout, VOLUME_UUID, node, 3 - node, UUID_JUST_CREATED).expect("sb");
+    let mut disk = MemDisk::new(backing as usize);
+    let mut st = MemStorage { disk };
+    st.write_meta(layout.superblocks[0].offset, &sb.encode()).expect("write");
+    disk = st.disk;
+    (disk, layout)
+}
+
+pub fn config(node: u8, protocol: ReplicationProtocol) -> EngineConfig {
+    EngineConfig {
+        volume: "vol0".into(),
+        node_id: node,
+        peer_node_id: 3 - node,
+        peer_name: format!("node{}", 3 - node),
+        cluster_id: wire::cluster_id("sim"),
+        secret: SharedSecret::new(b"a shared secret of the simulation".to_vec()),
+        protocol,
+        fencing: FencingPolicy::DontCare,
+        policies: AfterSbPolicies::default(),
+        resync: ResyncConfig {
+            max_request_bytes: 256 << 10,
+            max_in_flight: 8,
+            rate: RateConfig::unlimited(),
+        },
+    }
+}
+
+/// Opens an engine on `disk` (reading the superblock as the driver does).
+pub fn open(node: u8, disk: MemDisk, layout: Layout, protocol: ReplicationProtocol, seed: u64, now: Duration) -> Engine<MemStorage> {
+    let mut st = MemStorage { disk };
+    let mut s0 = vec![0u8; 4096];
+    let mut s1 = vec![0u8; 4096];
+    st.read_meta(layout.superblocks[0].offset, &mut s0).expect("read");
+    st.read_meta(layout.superblocks[1].offset, &mut s1).expect("read");
+    let chosen = twinsan_replication::metadata::choose(&s0, &s1).expect("superblock");
+    Engine::open(config(node, protocol), st, layout, chosen.superblock, seed, now).expect("open")
+}
+
+/// Two nodes and the link between them.
+pub struct Pair {
+    pub nodes: [Option<Engine<MemStorage>>; 2],
+    pub layout: Layout,
+    pub disks: [MemDisk; 2],
+    pub now: Duration,
+    /// Frames in flight on the current link, per direction (0 → 1 at index 0).
+    pub wire: [VecDeque<Message>; 2],
+    pub link: Option<u64>,
+    pub next_link: u64,
+    pub cut: bool,
+    pub done: Vec<(usize, Output)>,
+    pub logs: Vec<String>,
+    pub protocol: ReplicationProtocol,
+    pub next_id: u64,
+}
+
+impl Pair {
+    pub fn new(backing: u64, protocol: ReplicationProtocol) -> Pair {
+        let (d1, layout) = format(backing, 1);
+        let (d2, _) = format(backing, 2);
+        let mut pair = Pair {
+            nodes: [None, None],
+            layout,
+            disks: [d1, d2],
+            now: Duration::ZERO,
+            wire: [VecDeque::new(), VecDeque::new()],
+            link: None,
+            next_link: 1,
+            cut: false,
+            done: Vec::new(),
+            logs: Vec::new(),
+            protocol,
+            next_id: 1,
+        };
+        pair.start(0);
+        pair.start(1);
+        pair
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let disk = self.disks[i].clone();
+        let mut e = open(i as u8 + 1, disk, self.layout, self.protocol, 1000 + i as u64, self.now);
+        e.handle(Input::Admin { id: 0, command: AdminCommand::Up }, self.now);
+        self.nodes[i] = Some(e);
+        self.collect(i);
+    }
+
+    /// kill -9 (or power loss with `lose_cache`): the engine is gone, the link breaks.
+    pub fn kill(&mut self, i: usize, lose_cache: bool) {
+        if let Some(e) = self.nodes[i].take() {
+            let mut disk = e.storage().disk.clone();
+            if lose_cache {
+                disk.crash();
+            }
+            self.disks[i] = disk;
+        }
+        self.drop_link("killed");
+    }
+
+    pub fn engine(&mut self, i: usize) -> &mut Engine<MemStorage> {
+        self.nodes[i].as_mut().expect("node running")
+    }
+
+    fn drop_link(&mut self, why: &str) {
+        if let Some(link) = self.link.take() {
+            self.wire = [VecDeque::new(), VecDeque::new()];
+            for i in 0..2 {
+                if let Some(e) = self.nodes[i].as_mut() {
+                    e.handle(Input::LinkDown { link, reason: why.into() }, self.now);
+                    self.collect(i);
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self, i: usize) {
+        let Some(e) = self.nodes[i].as_mut() else { return };
+        let outputs = e.take_outputs();
+        for o in outputs {
+            match o {
+                Output::Send { link, message } => {
+                    if Some(link) == self.link {
+                        self.wire[i].push_back(message);
+                    }
+                }
+                Output::Close { link } => {
+                    if Some(link) == self.link {
+                        // A graceful close: what node i sent before reaches the peer first.
+                        let to = 1 - i;
+                        while let Some(m) = self.wire[i].pop_front() {
+                            if self.link != Some(link) {
+                                break;
+                            }
+                            if let Some(e) = self.nodes[to].as_mut() {
+                                e.handle(Input::Received { link, message: m }, self.now);
+                            }
+                            self.collect(to);
+                        }
+                        self.drop_link("closed");
+                    }
+                }
+                Output::Log { text, .. } => self.logs.push(format!("node{}: {text}", i + 1)),
+                Output::Changed => {}
+                other => self.done.push((i, other)),
+            }
+        }
+    }
+
+    /// Connects if both want to and the network allows.
+    fn maybe_connect(&mut self) {
+        if self.link.is_some() || self.cut {
+            return;
+        }
+        let want = self.nodes.iter().all(|n| n.as_ref().is_some_and(|e| e.wants_link()));
+        if !want {
+            return;
+        }
+        let link = self.next_link;
+        self.next_link += 1;
+        self.link = Some(link);
+        for i in 0..2 {
+            let mut nonce = [0u8; 32];
+            nonce[0] = i as u8 + 1;
+            nonce[1..9].copy_from_slice(&link.to_le_bytes());
+            if let Some(e) = self.nodes[i].as_mut() {
+                e.handle(Input::LinkUp { link, nonce }, self.now);
+            }
+            self.collect(i);
+        }
+    }
+
+    /// Delivers up to `max` frames; returns how many.
+    pub fn step(&mut self, max: usize) -> usize {
+        self.maybe_connect();
+        let mut n = 0;
+        while n < max {
+            let Some(link) = self.link else { break };
+            let mut moved = false;
+            for from in 0..2 {
+                if let Some(m) = self.wire[from].pop_front() {
+                    let to = 1 - from;
+                    if let Some(e) = self.nodes[to].as_mut() {
+                        e.handle(Input::Received { link, message: m }, self.now);
+                    }
+                    self.collect(to);
+                    n += 1;
+                    moved = true;
+                    if self.link != Some(link) {
+                        break;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Runs until the network is quiet, ticking the clock by 100 ms whenever it is, at most `ticks` times.
+    pub fn settle(&mut self, ticks: u32) {
+        for _ in 0..ticks {
+            while self.step(10_000) > 0 {}
+            self.now += Duration::from_millis(100);
+            for i in 0..2 {
+                if let Some(e) = self.nodes[i].as_mut() {
+                    e.handle(Input::Tick, self.now);
+                }
+                self.collect(i);
+            }
+            self.maybe_connect();
+            if self.wire.iter().all(VecDeque::is_empty) && self.quiet() {
+                break;
+            }
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        self.nodes.iter().flatten().all(|e| {
+            let s = e.status();
+            s.done_hundredths.is_none()
+        })
+    }
+
+    pub fn admin(&mut self, i: usize, command: AdminCommand) -> Result<Option<String>, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i).handle(Input::Admin { id, command }, now);
+        self.collect(i);
+        self.settle(600);
+        let pos = self
+            .done
+            .iter()
+            .position(|(n, o)| *n == i && matches!(o, Output::AdminDone { id: x, .. } if *x == id));
+        match pos.map(|p| self.done.remove(p)) {
+            Some((_, Output::AdminDone { result, .. })) => result,
+            _ => Err("no answer".into()),
+        }
+    }
+
+    /// Submits a write at node `i`; returns its id.
+    pub fn submit_write(&mut self, i: usize, offset: u64, data: Vec<u8>, fua: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i).handle(Input::Write { id, offset, data, fua }, now);
+        self.collect(i);
+        id
+    }
+
+    /// The result of write `id`, if it completed.
+    pub fn write_result(&mut self, id: u64) -> Option<Result<(), IoFailure>> {
+        let pos = self
+            .done
+            .iter()
+            .position(|(_, o)| matches!(o, Output::WriteDone { id: x, .. } if *x == id))?;
+        match self.done.remove(pos).1 {
+            Output::WriteDone { result, .. } => Some(result),
+            _ => None,
+        }
+    }
+
+    pub fn read(&mut self, i: usize, offset: u64, len: u32) -> Result<Vec<u8>, IoFailure> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i).handle(Input::Read { id, offset, len }, now);
+        self.collect(i);
+        self.settle(50);
+        let pos = self
+            .done
+            .iter()
+            .position(|(_, o)| matches!(o, Output::ReadDone { id: x, .. } if *x == id))
+            .expect("read answered");
+        match self.done.remove(pos).1 {
+            Output::ReadDone { result, .. } => result,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The data area of node `i`'s disk as the node sees it.
+    pub fn data(&self, i: usize) -> Vec<u8> {
+        let size = self.layout.data_size as usize;
+        match &self.nodes[i] {
+            Some(e) => e.storage().disk.cache[..size].to_vec(),
+            None => self.disks[i].cache[..size].to_vec(),
+        }
+    }
+
+    pub fn cut(&mut self) {
+        self.cut = true;
+        self.drop_link("cut");
+    }
+
+    pub fn heal(&mut self) {
+        self.cut = false;
+    }
+}
