@@ -1,0 +1,807 @@
+//! The driver of one replicated volume: the engine on a thread of its own, the link to the peer on two more
+//! (a receiver and a sender, as DRBD has), and the [`BlockDevice`] the SCSI layer writes through.
+//!
+//! ```text
+//!  SCSI (blocking pool) ──Write/Read/Flush──┐
+//!  admin socket ──────────Admin─────────────┤
+//!  receiver thread ───────Received/LinkDown─┼──▶ engine thread ──frames──▶ sender thread ──▶ TCP
+//!  connector/acceptor ────LinkUp────────────┘        │
+//!                                                    └──▶ status snapshot, events
+//! ```
+//! Everything reaches the engine through one bounded channel, so it sees inputs in the order they happened; the
+//! engine never blocks on the network (the sender's queue is bounded by what the engine allows in flight), only on
+//! its own disk.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+use twinsan_replication::engine::{
+    AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
+};
+use twinsan_replication::generation::Role;
+use twinsan_replication::metadata::{self, Layout, Placement, SUPERBLOCK_SIZE};
+use twinsan_replication::wire::{self, FrameDecoder, Message};
+use twinsan_scsi::BlockDevice;
+
+use crate::api;
+
+/// How often the engine's timers run.
+const TICK: Duration = Duration::from_millis(100);
+/// Inputs waiting for the engine at most; producers wait when it is full.
+const INPUT_QUEUE: usize = 1024;
+
+/// The files of one volume on this node.
+#[derive(Clone, Debug)]
+pub struct DiskPaths {
+    /// The data file or device.
+    pub data: PathBuf,
+    /// External metadata, or `None` for internal.
+    pub meta: Option<PathBuf>,
+}
+
+/// Why a volume could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The metadata is missing, corrupt or does not fit.
+    #[error("{path}: {why}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The local disk: data and metadata files. Metadata writes are durable on return (O_DSYNC); data writes are
+/// made durable by [`Storage::flush`] (fdatasync).
+pub struct FileStorage {
+    data: File,
+    meta: File,
+}
+
+impl Storage for FileStorage {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.data.read_exact_at(buf, offset)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.data.write_all_at(data, offset)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.data.sync_data()
+    }
+    fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.meta.read_exact_at(buf, offset)
+    }
+    fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.meta.write_all_at(data, offset)
+    }
+}
+
+fn open_rw(path: &Path, flags: i32) -> Result<File, VolumeError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|source| VolumeError::Io {
+            path: path.into(),
+            source,
+        })
+}
+
+/// Size of a file or block device.
+pub fn device_size(file: &File, path: &Path) -> Result<u64, VolumeError> {
+    let io = |source| VolumeError::Io {
+        path: path.into(),
+        source,
+    };
+    let meta = file.metadata().map_err(io)?;
+    if meta.file_type().is_file() {
+        return Ok(meta.len());
+    }
+    let mut size: u64 = 0;
+    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    // SAFETY: the ioctl writes one u64 into `size`, which lives for the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(file), BLKGETSIZE64, &mut size) };
+    if rc != 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    Ok(size)
+}
+
+/// Opens the volume's files and reads its superblock: the layout, the chosen superblock and the storage.
+pub fn open_disk(paths: &DiskPaths) -> Result<(FileStorage, Layout, metadata::Superblock), VolumeError> {
+    let data = open_rw(&paths.data, 0)?;
+    let backing = device_size(&data, &paths.data)?;
+    let (meta, placement, meta_path) = match &paths.meta {
+        None => (open_rw(&paths.data, libc::O_DSYNC)?, Placement::Internal, paths.data.clone()),
+        Some(p) => {
+            let f = open_rw(p, libc::O_DSYNC)?;
+            let size = device_size(&f, p)?;
+            (f, Placement::External { device_size: size }, p.clone())
+        }
+    };
+    let bad = |why: String| VolumeError::Metadata {
+        path: meta_path.clone(),
+        why,
+    };
+    let layout = Layout::compute(backing, placement).map_err(|e| bad(e.to_string()))?;
+    let mut slots = [[0u8; SUPERBLOCK_SIZE]; 2];
+    for (i, slot) in slots.iter_mut().enumerate() {
+        meta.read_exact_at(slot, layout.superblocks[i].offset)
+            .map_err(|e| bad(format!("reading superblock slot {i}: {e}")))?;
+    }
+    let chosen = metadata::choose(&slots[0], &slots[1]).map_err(|e| {
+        bad(format!(
+            "{e}; the metadata was left as it is (run `twinsan volume create-md --force` only to start this copy over)"
+        ))
+    })?;
+    if let Some(why) = &chosen.other {
+        warn!(path = %meta_path.display(), "superblock slot {} unusable ({why}); using slot {}", 1 - chosen.slot, chosen.slot);
+    }
+    chosen
+        .superblock
+        .check_fits(&layout)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((FileStorage { data, meta }, layout, chosen.superblock))
+}
+
+/// Where the peer is and who connects to whom.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// This node's replication address (listened on by the node with the higher id).
+    pub local: SocketAddr,
+    /// The peer's replication address (dialled by the node with the lower id).
+    pub peer: SocketAddr,
+    /// This node dials (lower node id).
+    pub dial: bool,
+}
+
+enum Cmd {
+    Engine(Input),
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+        reply: SyncSender<Result<(), IoFailure>>,
+    },
+    Read {
+        offset: u64,
+        len: u32,
+        reply: SyncSender<Result<Vec<u8>, IoFailure>>,
+    },
+    Flush {
+        reply: SyncSender<Result<(), IoFailure>>,
+    },
+    Admin {
+        command: AdminCommand,
+        reply: SyncSender<Result<Option<String>, String>>,
+    },
+    Shutdown {
+        reply: SyncSender<()>,
+    },
+}
+
+enum Reply {
+    Write(SyncSender<Result<(), IoFailure>>),
+    Read(SyncSender<Result<Vec<u8>, IoFailure>>),
+    Admin(SyncSender<Result<Option<String>, String>>),
+}
+
+enum ToSender {
+    Frame(Vec<u8>),
+    Close,
+}
+
+/// The sending half of the current link.
+#[derive(Default)]
+struct LinkSlot {
+    current: Option<(u64, Sender<ToSender>)>,
+}
+
+/// What the rest of the daemon sees of a running volume.
+pub struct Volume {
+    name: String,
+    peer_name: String,
+    tx: SyncSender<Cmd>,
+    status: Mutex<Status>,
+    events: tokio::sync::broadcast::Sender<api::EventLine>,
+    size: u64,
+    uuid: u128,
+    reads_local: AtomicBool,
+    read_file: File,
+    wants_link: AtomicBool,
+    link_active: AtomicBool,
+    stop: AtomicBool,
+    links: Mutex<LinkSlot>,
+    next_link: AtomicU64,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Volume {
+    /// Starts the volume: the engine thread and the link threads. The disk is attached and the volume starts
+    /// connecting to its peer.
+    pub fn start(
+        name: &str,
+        peer_name: &str,
+        engine_config: EngineConfig,
+        paths: &DiskPaths,
+        link: LinkConfig,
+        events: tokio::sync::broadcast::Sender<api::EventLine>,
+    ) -> Result<Arc<Volume>, VolumeError> {
+        let (storage, layout, sb) = open_disk(paths)?;
+        let read_file = File::open(&paths.data).map_err(|source| VolumeError::Io {
+            path: paths.data.clone(),
+            source,
+        })?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| VolumeError::Io {
+            path: paths.data.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let epoch = Instant::now();
+        let mut engine = Engine::open(engine_config, storage, layout, sb, u64::from_le_bytes(seed), Duration::ZERO)
+            .map_err(|e| VolumeError::Metadata {
+                path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
+                why: e.to_string(),
+            })?;
+        let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
+        let volume = Arc::new(Volume {
+            name: name.to_owned(),
+            peer_name: peer_name.to_owned(),
+            tx,
+            status: Mutex::new(engine.status()),
+            events,
+            size: engine.data_size(),
+            uuid: engine.volume_uuid(),
+            reads_local: AtomicBool::new(false),
+            read_file,
+            wants_link: AtomicBool::new(false),
+            link_active: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            links: Mutex::new(LinkSlot::default()),
+            next_link: AtomicU64::new(1),
+            threads: Mutex::new(Vec::new()),
+        });
+        // Bring it up: connect.
+        engine.handle(
+            Input::Admin {
+                id: 0,
+                command: AdminCommand::Up,
+            },
+            Duration::ZERO,
+        );
+        let v = volume.clone();
+        let engine_thread = thread::Builder::new()
+            .name(format!("{name}-engine"))
+            .spawn(move || v.engine_loop(engine, rx, epoch))
+            .map_err(|source| VolumeError::Io {
+                path: paths.data.clone(),
+                source,
+            })?;
+        let v = volume.clone();
+        let link_thread = thread::Builder::new()
+            .name(format!("{name}-link"))
+            .spawn(move || v.link_loop(link))
+            .map_err(|source| VolumeError::Io {
+                path: paths.data.clone(),
+                source,
+            })?;
+        volume.lock_threads().extend([engine_thread, link_thread]);
+        Ok(volume)
+    }
+
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<thread::JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_links(&self) -> std::sync::MutexGuard<'_, LinkSlot> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The volume's UUID (the LUN identity derives from it).
+    pub fn uuid(&self) -> u128 {
+        self.uuid
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True if this node is Primary for the volume.
+    pub fn is_primary(&self) -> bool {
+        self.status().role == Role::Primary
+    }
+
+    /// The status as the admin socket reports it.
+    pub fn api_status(&self) -> api::VolumeStatus {
+        to_api(&self.name, &self.peer_name, &self.status())
+    }
+
+    /// Runs an admin command and waits for its result.
+    pub fn admin(&self, command: AdminCommand) -> Result<Option<String>, String> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Cmd::Admin { command, reply })
+            .map_err(|_| format!("{}: the volume is stopping", self.name))?;
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| format!("{}: no answer from the volume engine within 60 s", self.name))?
+    }
+
+    /// Stops the engine cleanly (the activity log closed, the bitmap written) and the link threads.
+    pub fn shutdown(&self) {
+        let (reply, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Cmd::Shutdown { reply }).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let threads: Vec<_> = self.lock_threads().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    fn engine_loop(self: Arc<Self>, mut engine: Engine<FileStorage>, rx: Receiver<Cmd>, epoch: Instant) {
+        let mut replies: HashMap<u64, Reply> = HashMap::new();
+        let mut next_id: u64 = 1;
+        let mut last_tick = Instant::now();
+        let mut shutdown_reply = None;
+        self.publish(&mut engine);
+        loop {
+            let wait = TICK.saturating_sub(last_tick.elapsed());
+            let cmd = match rx.recv_timeout(wait) {
+                Ok(cmd) => Some(cmd),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let now = epoch.elapsed();
+            if let Some(cmd) = cmd {
+                let id = next_id;
+                next_id += 1;
+                let input = match cmd {
+                    Cmd::Engine(input) => input,
+                    Cmd::Write {
+                        offset,
+                        data,
+                        fua,
+                        reply,
+                    } => {
+                        replies.insert(id, Reply::Write(reply));
+                        Input::Write { id, offset, data, fua }
+                    }
+                    Cmd::Read { offset, len, reply } => {
+                        replies.insert(id, Reply::Read(reply));
+                        Input::Read { id, offset, len }
+                    }
+                    Cmd::Flush { reply } => {
+                        replies.insert(id, Reply::Write(reply));
+                        Input::Flush { id }
+                    }
+                    Cmd::Admin { command, reply } => {
+                        replies.insert(id, Reply::Admin(reply));
+                        Input::Admin { id, command }
+                    }
+                    Cmd::Shutdown { reply } => {
+                        engine.shutdown();
+                        shutdown_reply = Some(reply);
+                        self.process(&mut engine, &mut replies);
+                        break;
+                    }
+                };
+                engine.handle(input, now);
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                engine.handle(Input::Tick, now);
+            }
+            self.process(&mut engine, &mut replies);
+        }
+        self.wants_link.store(false, Ordering::SeqCst);
+        if let Some((_, tx)) = self.lock_links().current.take() {
+            let _ = tx.send(ToSender::Close);
+        }
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn process(&self, engine: &mut Engine<FileStorage>, replies: &mut HashMap<u64, Reply>) {
+        for output in engine.take_outputs() {
+            match output {
+                Output::Send { link, message } => self.send_frame(link, &message),
+                Output::Close { link } => {
+                    let mut slot = self.lock_links();
+                    if slot.current.as_ref().is_some_and(|(id, _)| *id == link) {
+                        if let Some((_, tx)) = slot.current.take() {
+                            let _ = tx.send(ToSender::Close);
+                        }
+                    }
+                }
+                Output::WriteDone { id, result } | Output::FlushDone { id, result } => {
+                    if let Some(Reply::Write(r)) = replies.remove(&id) {
+                        let _ = r.send(result);
+                    }
+                }
+                Output::ReadDone { id, result } => {
+                    if let Some(Reply::Read(r)) = replies.remove(&id) {
+                        let _ = r.send(result);
+                    }
+                }
+                Output::AdminDone { id, result } => {
+                    if let Some(Reply::Admin(r)) = replies.remove(&id) {
+                        let _ = r.send(result);
+                    }
+                }
+                Output::Changed => {}
+                Output::SplitBrain => {
+                    let status = to_api(&self.name, &self.peer_name, &engine.status());
+                    let _ = self.events.send(api::EventLine {
+                        kind: "split-brain".into(),
+                        status,
+                    });
+                }
+                Output::Log { warn: true, text } => warn!("{text}"),
+                Output::Log { warn: false, text } => info!("{text}"),
+            }
+        }
+        self.publish(engine);
+    }
+
+    /// Publishes the status (and a change event when it changed).
+    fn publish(&self, engine: &mut Engine<FileStorage>) {
+        let status = engine.status();
+        self.reads_local.store(engine.reads_local(), Ordering::SeqCst);
+        self.wants_link.store(engine.wants_link(), Ordering::SeqCst);
+        let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != status {
+            let changed_shape = current.role != status.role
+                || current.disk != status.disk
+                || current.connection != status.connection
+                || current.replication != status.replication
+                || current.peer_disk != status.peer_disk
+                || current.done_hundredths != status.done_hundredths
+                || current.split_brain != status.split_brain;
+            *current = status.clone();
+            drop(current);
+            if changed_shape {
+                let _ = self.events.send(api::EventLine {
+                    kind: "change".into(),
+                    status: to_api(&self.name, &self.peer_name, &status),
+                });
+            }
+        }
+    }
+
+    fn send_frame(&self, link: u64, message: &Message) {
+        let mut slot = self.lock_links();
+        let matches = slot.current.as_ref().is_some_and(|(id, _)| *id == link);
+        if matches {
+            let frame = wire::encode(message);
+            if let Some((_, tx)) = &slot.current {
+                if tx.send(ToSender::Frame(frame)).is_err() {
+                    slot.current = None;
+                }
+            }
+        }
+    }
+
+    // ----- the link -----
+
+    fn link_loop(self: Arc<Self>, config: LinkConfig) {
+        let listener = if config.dial {
+            None
+        } else {
+            loop {
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match TcpListener::bind(config.local) {
+                    Ok(l) => {
+                        let _ = l.set_nonblocking(true);
+                        break Some(l);
+                    }
+                    Err(e) => {
+                        warn!(volume = %self.name, addr = %config.local, "cannot listen for the peer: {e}; retrying");
+                        thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        };
+        while !self.stop.load(Ordering::SeqCst) {
+            match &listener {
+                Some(l) => match l.accept() {
+                    Ok((stream, from)) => {
+                        if from.ip() != config.peer.ip() {
+                            warn!(volume = %self.name, %from, "replication connection from an address that is not the peer's; closed");
+                            continue;
+                        }
+                        if !self.wants_link.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        let _ = stream.set_nonblocking(false);
+                        self.setup_link(stream);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(50)),
+                    Err(e) => {
+                        warn!(volume = %self.name, "accept: {e}");
+                        thread::sleep(Duration::from_millis(200));
+                    }
+                },
+                None => {
+                    if self.wants_link.load(Ordering::SeqCst) && !self.link_active.load(Ordering::SeqCst) {
+                        match connect_from(config.local, config.peer) {
+                            Ok(stream) => self.setup_link(stream),
+                            Err(_) => thread::sleep(Duration::from_millis(300)),
+                        }
+                    } else {
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
+
+    fn setup_link(self: &Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let Ok(reader) = stream.try_clone() else { return };
+        let link = self.next_link.fetch_add(1, Ordering::SeqCst);
+        let mut nonce = [0u8; wire::NONCE_LEN];
+        if getrandom::fill(&mut nonce).is_err() {
+            error!(volume = %self.name, "no randomness for the link challenge");
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut slot = self.lock_links();
+            if let Some((_, old)) = slot.current.replace((link, tx)) {
+                let _ = old.send(ToSender::Close);
+            }
+        }
+        self.link_active.store(true, Ordering::SeqCst);
+        let writer = stream;
+        let _ = thread::Builder::new()
+            .name(format!("{}-send", self.name))
+            .spawn(move || sender_loop(writer, rx));
+        if self.tx.send(Cmd::Engine(Input::LinkUp { link, nonce })).is_err() {
+            return;
+        }
+        let v = self.clone();
+        let _ = thread::Builder::new()
+            .name(format!("{}-recv", self.name))
+            .spawn(move || v.receiver_loop(reader, link));
+    }
+
+    fn receiver_loop(self: Arc<Self>, mut stream: TcpStream, link: u64) {
+        let mut decoder = FrameDecoder::new(wire::max_payload_for(twinsan_replication::engine::MAX_REQUEST));
+        let mut buf = vec![0u8; 256 << 10];
+        let reason = 'read: loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => break 'read "the peer closed the connection".to_string(),
+                Ok(n) => n,
+                Err(e) => break 'read format!("read: {e}"),
+            };
+            let mut fed = 0;
+            while fed < n {
+                fed += decoder.push(&buf[fed..n]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(message)) => {
+                            if self.tx.send(Cmd::Engine(Input::Received { link, message })).is_err() {
+                                break 'read "stopping".to_string();
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => break 'read format!("the peer sent a bad frame: {e}"),
+                    }
+                }
+            }
+        };
+        let _ = stream.shutdown(Shutdown::Both);
+        {
+            let mut slot = self.lock_links();
+            if slot.current.as_ref().is_some_and(|(id, _)| *id == link) {
+                slot.current = None;
+            }
+        }
+        self.link_active.store(false, Ordering::SeqCst);
+        let _ = self.tx.send(Cmd::Engine(Input::LinkDown { link, reason }));
+    }
+}
+
+/// Connects to `peer` from this node's own address, so the peer sees where the connection comes from.
+fn connect_from(local: SocketAddr, peer: SocketAddr) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let domain = if peer.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream built from it below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let bind_addr = SocketAddr::new(local.ip(), 0);
+    let (addr, len) = sockaddr(&bind_addr);
+    // SAFETY: `addr` is a valid sockaddr of `len` bytes for the call.
+    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (addr, len) = sockaddr(&peer);
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            (storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+fn sender_loop(stream: TcpStream, rx: Receiver<ToSender>) {
+    let mut out = BufWriter::with_capacity(256 << 10, &stream);
+    'run: while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                ToSender::Frame(bytes) => {
+                    if out.write_all(&bytes).is_err() {
+                        break 'run;
+                    }
+                }
+                ToSender::Close => {
+                    let _ = out.flush();
+                    break 'run;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().is_err() {
+            break;
+        }
+    }
+    drop(out);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn role_str(role: Option<Role>) -> String {
+    match role {
+        Some(Role::Primary) => "Primary".into(),
+        Some(Role::Secondary) => "Secondary".into(),
+        None => "Unknown".into(),
+    }
+}
+
+/// The engine's status in the admin socket's terms.
+pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
+    api::VolumeStatus {
+        name: name.to_owned(),
+        role: role_str(Some(s.role)),
+        disk: s.disk.to_string(),
+        split_brain: s.split_brain,
+        suspended: s.suspended,
+        peers: vec![api::PeerStatus {
+            node: peer.to_owned(),
+            connection: s.connection.to_string(),
+            role: role_str(s.peer_role),
+            peer_disk: s.peer_disk.to_string(),
+            replication: s.replication.to_string(),
+            done: s.done_hundredths.map(|h| f64::from(h) / 100.0),
+            out_of_sync_kib: s.out_of_sync_bytes / 1024,
+            resync_sent_kib: s.resync_sent_bytes / 1024,
+            rate_kib_s: s.rate_kib_s,
+            eta_s: s.eta_s,
+            verify_out_of_sync_kib: s.verify_out_of_sync_bytes / 1024,
+        }],
+    }
+}
+
+/// The volume as the SCSI layer's block device.
+pub struct ReplicatedDevice {
+    volume: Arc<Volume>,
+}
+
+impl ReplicatedDevice {
+    /// A block device over `volume`.
+    pub fn new(volume: Arc<Volume>) -> Self {
+        ReplicatedDevice { volume }
+    }
+
+    fn call<T>(&self, make: impl FnOnce(SyncSender<Result<T, IoFailure>>) -> Cmd) -> io::Result<T> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.volume
+            .tx
+            .send(make(reply))
+            .map_err(|_| io::Error::other("the volume is stopping"))?;
+        match rx.recv() {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(io::Error::other(e.to_string())),
+            Err(_) => Err(io::Error::other("the volume stopped")),
+        }
+    }
+}
+
+impl BlockDevice for ReplicatedDevice {
+    fn size_bytes(&self) -> u64 {
+        self.volume.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.volume.reads_local.load(Ordering::SeqCst) {
+            return self.volume.read_file.read_exact_at(buf, offset);
+        }
+        let len = u32::try_from(buf.len()).map_err(io::Error::other)?;
+        let data = self.call(|reply| Cmd::Read { offset, len, reply })?;
+        if data.len() != buf.len() {
+            return Err(io::Error::other("short read from the peer"));
+        }
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        let data = buf.to_vec();
+        self.call(|reply| Cmd::Write {
+            offset,
+            data,
+            fua,
+            reply,
+        })
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.call(|reply| Cmd::Flush { reply })
+    }
+}
