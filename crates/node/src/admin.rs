@@ -98,26 +98,37 @@ pub async fn serve(
 fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
         }
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("another node daemon is already listening on {}", path.display()),
-                ))
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!(
+                            "another node daemon is already listening on {}",
+                            path.display()
+                        ),
+                    ))
+                }
+                Err(_) => {
+                    tracing::info!(socket = %path.display(), "removing a stale admin socket");
+                    std::fs::remove_file(path)?;
+                }
             }
-            Err(_) => {
-                tracing::info!(socket = %path.display(), "removing a stale admin socket");
-                std::fs::remove_file(path)?;
-            }
-        },
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket; move it away or set admin_socket", path.display()),
+                format!(
+                    "{} exists and is not a socket; move it away or set admin_socket",
+                    path.display()
+                ),
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -164,7 +175,9 @@ async fn connection(
         return Ok(());
     }
     if line.last() != Some(&b'\n') && line.len() as u64 >= limit {
-        let answer = error_response(&format!("request line longer than {MAX_REQUEST_BYTES} bytes"));
+        let answer = error_response(&format!(
+            "request line longer than {MAX_REQUEST_BYTES} bytes"
+        ));
         return send_line(&mut write, &answer).await;
     }
     let request: api::Request = match serde_json::from_slice(&line) {
@@ -176,11 +189,15 @@ async fn connection(
     };
     tracing::debug!(?request, "admin request");
     match request {
-        api::Request::Events { volume } => stream_events(reader, write, service, volume, shutdown).await,
+        api::Request::Events { volume } => {
+            stream_events(reader, write, service, volume, shutdown).await
+        }
         request => {
             let answer = tokio::task::spawn_blocking(move || service.handle(request))
                 .await
-                .unwrap_or_else(|e| error_response(&format!("the request failed inside the daemon: {e}")));
+                .unwrap_or_else(|e| {
+                    error_response(&format!("the request failed inside the daemon: {e}"))
+                });
             send_line(&mut write, &answer).await
         }
     }
@@ -271,12 +288,12 @@ async fn send_line<T: serde::Serialize>(
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket, or it does not exist.
-    #[error("cannot reach the node daemon at {}: {source} (is `twinsan node run` running for this node?)", path.display())]
+    #[error("cannot reach the node daemon at {}: {reason} (is `twinsan node run` running for this node?)", path.display())]
     Connect {
         /// The admin socket.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a `source`, so that a chain of causes does not repeat it).
+        reason: std::io::Error,
     },
     /// The socket exists but this user may not open it.
     #[error("permission denied on the admin socket {}: run this command as root", path.display())]
@@ -291,12 +308,12 @@ pub enum ClientError {
         path: PathBuf,
     },
     /// Reading or writing the socket failed.
-    #[error("talking to the node daemon at {}: {source}", path.display())]
+    #[error("talking to the node daemon at {}: {reason}", path.display())]
     Io {
         /// The admin socket.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a `source`).
+        reason: std::io::Error,
     },
     /// The daemon closed the connection without a (complete) answer.
     #[error("the node daemon at {} closed the connection without answering", path.display())]
@@ -404,7 +421,7 @@ fn connect(path: &Path) -> Result<std::os::unix::net::UnixStream, ClientError> {
         } else {
             ClientError::Connect {
                 path: path.into(),
-                source,
+                reason: source,
             }
         }
     })
@@ -415,7 +432,8 @@ fn send_request(
     mut stream: &std::os::unix::net::UnixStream,
     request: &api::Request,
 ) -> Result<(), ClientError> {
-    let mut line = serde_json::to_vec(request).map_err(|e| io_error(path, std::io::Error::other(e)))?;
+    let mut line =
+        serde_json::to_vec(request).map_err(|e| io_error(path, std::io::Error::other(e)))?;
     line.push(b'\n');
     stream
         .write_all(&line)
@@ -426,7 +444,9 @@ fn send_request(
 /// One line without its newline; `None` at a clean end of stream. A line cut short (no newline) is an error.
 fn read_line(path: &Path, reader: &mut impl BufRead) -> Result<Option<String>, ClientError> {
     let mut line = String::new();
-    let n = reader.read_line(&mut line).map_err(|source| io_error(path, source))?;
+    let n = reader
+        .read_line(&mut line)
+        .map_err(|source| io_error(path, source))?;
     if n == 0 {
         return Ok(None);
     }
@@ -439,10 +459,12 @@ fn read_line(path: &Path, reader: &mut impl BufRead) -> Result<Option<String>, C
 
 fn io_error(path: &Path, source: std::io::Error) -> ClientError {
     match source.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout { path: path.into() },
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ClientError::Timeout { path: path.into() }
+        }
         _ => ClientError::Io {
             path: path.into(),
-            source,
+            reason: source,
         },
     }
 }
@@ -460,7 +482,8 @@ mod tests {
         fn new(tag: &str) -> TestDir {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("twinsan-admin-{tag}-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir()
+                .join(format!("twinsan-admin-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create the test dir");
             TestDir(dir)
@@ -526,7 +549,10 @@ mod tests {
             &self,
             _volume: Option<&str>,
         ) -> Result<(Vec<api::EventLine>, broadcast::Receiver<api::EventLine>), String> {
-            let exists = vec![event("exists", "vol0", "Primary"), event("exists", "vol1", "Secondary")];
+            let exists = vec![
+                event("exists", "vol0", "Primary"),
+                event("exists", "vol1", "Secondary"),
+            ];
             Ok((exists, self.changes.subscribe()))
         }
     }
@@ -566,11 +592,15 @@ mod tests {
         let path = path.to_path_buf();
         blocking(move || {
             let mut stream = std::os::unix::net::UnixStream::connect(&path).expect("connect");
-            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
             // The server may answer and close before it has read everything: ignore a broken pipe.
             let _ = stream.write_all(&bytes);
             let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line).expect("read the answer");
+            BufReader::new(stream)
+                .read_line(&mut line)
+                .expect("read the answer");
             serde_json::from_str(&line).expect("a response line")
         })
         .await
@@ -583,7 +613,10 @@ mod tests {
         let service = FakeService::new();
         let server = Server::start(&path, Arc::clone(&service)).await;
 
-        let mode = std::fs::metadata(&path).expect("socket").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
         let p = path.clone();
@@ -597,7 +630,13 @@ mod tests {
                 },
             )
             .expect("primary");
-            let down = request(&p, &api::Request::Down { volume: "vol0".into() }).expect("down");
+            let down = request(
+                &p,
+                &api::Request::Down {
+                    volume: "vol0".into(),
+                },
+            )
+            .expect("down");
             (all, primary, down)
         })
         .await;
@@ -607,7 +646,9 @@ mod tests {
                 volumes: vec![status("vol0", "Primary")]
             }
         );
-        assert!(matches!(primary, api::Response::Ok { message: Some(m) } if m.contains("force: true")));
+        assert!(
+            matches!(primary, api::Response::Ok { message: Some(m) } if m.contains("force: true"))
+        );
         assert_eq!(
             down,
             api::Response::Error {
@@ -629,7 +670,9 @@ mod tests {
 
         let answer = raw_exchange(&path, b"{\"op\":\"explode\"}\n".to_vec()).await;
         match answer {
-            api::Response::Error { message } => assert!(message.contains("malformed request"), "{message}"),
+            api::Response::Error { message } => {
+                assert!(message.contains("malformed request"), "{message}")
+            }
             other => panic!("expected an error, got {other:?}"),
         }
         let answer = raw_exchange(&path, b"not json at all\n".to_vec()).await;
@@ -646,14 +689,19 @@ mod tests {
 
         let answer = raw_exchange(&path, vec![b'x'; MAX_REQUEST_BYTES + 100]).await;
         match answer {
-            api::Response::Error { message } => assert!(message.contains("longer than"), "{message}"),
+            api::Response::Error { message } => {
+                assert!(message.contains("longer than"), "{message}")
+            }
             other => panic!("expected an error, got {other:?}"),
         }
         // A request just under the limit is still read whole (padded with spaces, which JSON allows).
         let mut line = serde_json::to_vec(&api::Request::Status { volume: None }).expect("json");
         line.resize(MAX_REQUEST_BYTES - 1, b' ');
         line.push(b'\n');
-        assert!(matches!(raw_exchange(&path, line).await, api::Response::Status { .. }));
+        assert!(matches!(
+            raw_exchange(&path, line).await,
+            api::Response::Status { .. }
+        ));
         server.stop().await;
     }
 
@@ -684,11 +732,26 @@ mod tests {
         while service.changes.receiver_count() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        service.changes.send(event("change", "vol0", "Secondary")).expect("subscribed");
-        service.changes.send(event("change", "vol1", "Primary")).expect("subscribed");
-        service.changes.send(event("split-brain", "vol1", "Primary")).expect("subscribed");
-        assert_eq!(rx.recv().await.expect("change"), event("change", "vol1", "Primary"));
-        assert_eq!(rx.recv().await.expect("split"), event("split-brain", "vol1", "Primary"));
+        service
+            .changes
+            .send(event("change", "vol0", "Secondary"))
+            .expect("subscribed");
+        service
+            .changes
+            .send(event("change", "vol1", "Primary"))
+            .expect("subscribed");
+        service
+            .changes
+            .send(event("split-brain", "vol1", "Primary"))
+            .expect("subscribed");
+        assert_eq!(
+            rx.recv().await.expect("change"),
+            event("change", "vol1", "Primary")
+        );
+        assert_eq!(
+            rx.recv().await.expect("split"),
+            event("split-brain", "vol1", "Primary")
+        );
 
         release_tx.send(()).expect("client waiting");
         client.await.expect("client");
@@ -699,7 +762,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(service.changes.receiver_count(), 0, "the server still streams to a closed client");
+        assert_eq!(
+            service.changes.receiver_count(),
+            0,
+            "the server still streams to a closed client"
+        );
         server.stop().await;
     }
 
@@ -720,8 +787,14 @@ mod tests {
                 }
             }
         });
-        assert_eq!(rx.recv().await.expect("exists"), event("exists", "vol0", "Primary"));
-        assert_eq!(rx.recv().await.expect("exists"), event("exists", "vol1", "Secondary"));
+        assert_eq!(
+            rx.recv().await.expect("exists"),
+            event("exists", "vol0", "Primary")
+        );
+        assert_eq!(
+            rx.recv().await.expect("exists"),
+            event("exists", "vol1", "Secondary")
+        );
         while service.changes.receiver_count() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -730,11 +803,23 @@ mod tests {
         for _ in 0..16 {
             let _ = service.changes.send(event("change", "vol0", "Secondary"));
         }
-        assert_eq!(rx.recv().await.expect("resent"), event("exists", "vol0", "Primary"));
-        assert_eq!(rx.recv().await.expect("resent"), event("exists", "vol1", "Secondary"));
+        assert_eq!(
+            rx.recv().await.expect("resent"),
+            event("exists", "vol0", "Primary")
+        );
+        assert_eq!(
+            rx.recv().await.expect("resent"),
+            event("exists", "vol1", "Secondary")
+        );
         // And the stream goes on from there.
-        service.changes.send(event("change", "vol1", "Primary")).expect("subscribed");
-        assert_eq!(rx.recv().await.expect("change"), event("change", "vol1", "Primary"));
+        service
+            .changes
+            .send(event("change", "vol1", "Primary"))
+            .expect("subscribed");
+        assert_eq!(
+            rx.recv().await.expect("change"),
+            event("change", "vol1", "Primary")
+        );
         drop(rx);
         server.stop().await;
         client.await.expect("client");
@@ -761,9 +846,12 @@ mod tests {
         let server = Server::start(&path, FakeService::new()).await;
 
         let (_stop, rx) = watch::channel(false);
-        let err = serve(&path, FakeService::new(), rx).await.expect_err("a second daemon must be refused");
+        let err = serve(&path, FakeService::new(), rx)
+            .await
+            .expect_err("a second daemon must be refused");
         assert!(
-            err.to_string().contains("another node daemon is already listening on"),
+            err.to_string()
+                .contains("another node daemon is already listening on"),
             "{err}"
         );
         // The first one still answers.
@@ -778,7 +866,10 @@ mod tests {
         let dir = TestDir::new("stale");
         let path = dir.0.join("node1.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
-        assert!(path.exists(), "a closed listener leaves its socket file behind");
+        assert!(
+            path.exists(),
+            "a closed listener leaves its socket file behind"
+        );
 
         let server = Server::start(&path, FakeService::new()).await;
         let p = path.clone();
@@ -793,7 +884,9 @@ mod tests {
         let path = dir.0.join("node1.sock");
         std::fs::write(&path, b"precious").expect("write");
         let (_stop, rx) = watch::channel(false);
-        let err = serve(&path, FakeService::new(), rx).await.expect_err("not a socket");
+        let err = serve(&path, FakeService::new(), rx)
+            .await
+            .expect_err("not a socket");
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
     }
@@ -802,7 +895,8 @@ mod tests {
     fn an_absent_daemon_is_reported_with_a_hint() {
         let dir = TestDir::new("absent");
         let path = dir.0.join("node1.sock");
-        let err = request(&path, &api::Request::Status { volume: None }).expect_err("nobody listens");
+        let err =
+            request(&path, &api::Request::Status { volume: None }).expect_err("nobody listens");
         let text = err.to_string();
         assert!(text.contains("cannot reach the node daemon at"), "{text}");
         assert!(text.contains("twinsan node run"), "{text}");
