@@ -891,6 +891,86 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
     }
 
+    /// Where the child process of `a_caller_that_is_not_root_is_refused` finds the socket.
+    const OTHER_USER_SOCKET_ENV: &str = "TWINSAN_TEST_ADMIN_SOCKET";
+
+    #[tokio::test]
+    async fn a_caller_that_is_not_root_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: running a client as another user needs root");
+            return;
+        }
+        let dir = TestDir::new("nobody");
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        let path = dir.0.join("node1.sock");
+        let service = FakeService::new();
+        let server = Server::start(&path, Arc::clone(&service)).await;
+        // Open the file itself, so that only the credential check stands between that user and the daemon.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod socket");
+
+        let p = path.clone();
+        let output = blocking(move || {
+            use std::os::unix::process::CommandExt;
+            let exe = std::env::current_exe().expect("test binary");
+            std::process::Command::new(exe)
+                .args([
+                    "--exact",
+                    "admin::tests::client_as_another_user",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env(OTHER_USER_SOCKET_ENV, &p)
+                .uid(65534)
+                .gid(65534)
+                .output()
+        })
+        .await;
+        let output = match output {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("skipped: cannot run the test binary as uid 65534: {e}");
+                server.stop().await;
+                return;
+            }
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test: {stdout}"
+        );
+        assert!(
+            service.requests.lock().expect("lock").is_empty(),
+            "the request reached the service"
+        );
+        server.stop().await;
+    }
+
+    /// The client half of `a_caller_that_is_not_root_is_refused`, run by it as another user.
+    #[test]
+    #[ignore = "run as another user by a_caller_that_is_not_root_is_refused"]
+    fn client_as_another_user() {
+        // Run directly (`--include-ignored`), there is no socket to try.
+        let Some(path) = std::env::var_os(OTHER_USER_SOCKET_ENV) else {
+            return;
+        };
+        let answer =
+            request(Path::new(&path), &api::Request::Status { volume: None }).expect("an answer");
+        assert_eq!(
+            answer,
+            api::Response::Error {
+                message: "permission denied: the admin socket is for root".into()
+            }
+        );
+    }
+
     #[test]
     fn an_absent_daemon_is_reported_with_a_hint() {
         let dir = TestDir::new("absent");
