@@ -1,4 +1,5 @@
 //! The twinsan node daemon: the cluster configuration, the replicated volume driver and the admin socket.
 
+pub mod admin;
 pub mod api;
 pub mod config;

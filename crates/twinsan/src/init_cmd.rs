@@ -18,3 +18,10 @@ pub struct InitArgs {
 pub fn run(_args: InitArgs) -> anyhow::Result<()> {
     anyhow::bail!("twinsan init is not built yet")
 }
+
+// TEMPORARY (admin-cli branch): a placeholder with the agreed signature so `twinsan volume create-md` compiles.
+// The real `create_md` comes with `twinsan init` and replaces this function at merge.
+/// Writes fresh metadata for `volume` on this node's disk; refuses existing metadata or a filesystem unless `force`.
+pub fn create_md(_global: &crate::Global, volume: &str, _force: bool) -> anyhow::Result<()> {
+    anyhow::bail!("twinsan volume create-md {volume}: not built yet on this branch")
+}

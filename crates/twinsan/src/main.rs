@@ -2,6 +2,7 @@
 
 mod init_cmd;
 mod node_cmd;
+mod progress;
 mod serve;
 mod size;
 mod volume_cmd;
