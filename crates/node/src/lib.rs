@@ -3,3 +3,5 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod daemon;
+pub mod volume;

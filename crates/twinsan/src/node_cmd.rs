@@ -1,14 +1,29 @@
 //! `twinsan node run`: the daemon of one cluster node.
 
+use anyhow::Context;
+use twinsan_node::config::ClusterConfig;
+
 use crate::Global;
 
 /// `twinsan node ...`.
 #[derive(clap::Subcommand, Debug)]
 pub enum NodeCommand {
-    /// Run this node's daemon (what systemd starts).
+    /// Run this node's daemon (what systemd starts): its volumes, and the iSCSI target of those it is Primary for.
     Run,
 }
 
-pub fn run(_global: &Global, _cmd: NodeCommand) -> anyhow::Result<()> {
-    anyhow::bail!("twinsan node run is not built yet")
+pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Run => {
+            let config = ClusterConfig::load(&global.config)?;
+            let node = match &global.node {
+                Some(n) => n.clone(),
+                None => anyhow::bail!(
+                    "pass --node NAME (one of {})",
+                    config.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            twinsan_node::daemon::run(config, &node).with_context(|| format!("node {node}"))
+        }
+    }
 }

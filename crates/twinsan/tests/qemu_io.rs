@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::initiator::{rw10, LoginOptions, MiniInitiator};
+use common::qemu::{self, qemu_io};
 use common::{require_tool, run, text, Serve, TempDir};
 
 const IQN: &str = "iqn.2025-08.local.twinsan:qemu";
@@ -14,61 +15,12 @@ const DISK: u64 = 256 << 20;
 const CHUNK: u64 = 256 << 10;
 const CHUNKS: u64 = 256; // 64 MiB in all
 
-/// Distinct chunk slots in a seeded pseudo-random order (xorshift), with a pattern byte for each.
 fn plan(seed: u64) -> Vec<(u64, u8)> {
-    let slots = DISK / CHUNK;
-    let mut order: Vec<u64> = (0..slots).collect();
-    let mut x = seed | 1;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    order
-        .into_iter()
-        .take(CHUNKS as usize)
-        .enumerate()
-        .map(|(i, slot)| (slot * CHUNK, (i % 254 + 1) as u8))
-        .collect()
-}
-
-fn qemu_io(url: &str, cmds: &[String]) -> String {
-    let mut cmd = Command::new(require_tool("qemu-io"));
-    cmd.args(["-f", "raw"]);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    cmd.arg(url);
-    let out = run(&mut cmd, Duration::from_secs(300));
-    let t = text(&out);
-    assert!(
-        out.status.success(),
-        "qemu-io failed ({}):\n{t}",
-        out.status
-    );
-    assert!(
-        !t.contains("failed") && !t.contains("rror"),
-        "qemu-io reported an error:\n{t}"
-    );
-    t
+    qemu::plan(seed, DISK, CHUNK, CHUNKS as usize)
 }
 
 fn verify(url: &str, plan: &[(u64, u8)]) {
-    let cmds: Vec<String> = plan
-        .iter()
-        .map(|(off, p)| format!("read -P {p:#04x} {off} {CHUNK}"))
-        .collect();
-    let out = qemu_io(url, &cmds);
-    let reads = out
-        .lines()
-        .filter(|l| l.starts_with(&format!("read {CHUNK}/{CHUNK} bytes")))
-        .count();
-    assert_eq!(
-        reads,
-        plan.len(),
-        "not every read completed and verified:\n{out}"
-    );
+    qemu::verify(url, plan, CHUNK)
 }
 
 fn identifiers(url: &str) -> (String, String) {
@@ -93,16 +45,7 @@ fn patterned_writes_survive_a_restart() {
     let mut s = Serve::start(IQN, &args);
     let url = s.url(1);
     let plan = plan(0x7457_696e_5341_4e21);
-    let writes: Vec<String> = plan
-        .iter()
-        .map(|(off, p)| format!("write -P {p:#04x} {off} {CHUNK}"))
-        .collect();
-    let out = qemu_io(&url, &writes);
-    let wrote = out
-        .lines()
-        .filter(|l| l.starts_with(&format!("wrote {CHUNK}/{CHUNK} bytes")))
-        .count();
-    assert_eq!(wrote, plan.len(), "not every write completed:\n{out}");
+    qemu::write(&url, &plan, CHUNK);
     verify(&url, &plan);
 
     let listing = text(&run(

@@ -5,7 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod initiator;
+pub mod qemu;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,398 @@
+//! `twinsan node run`: one cluster node — its volumes, the iSCSI target for the volumes it is Primary for, and
+//! the admin socket.
+//!
+//! A volume's LUN is served only where the volume is Primary: the target comes up after a promotion and goes
+//! down before a demotion (a write in flight finishes first), so a Secondary never answers an initiator for a
+//! volume it does not own. Until the cluster manager exists, roles change only by `twinsan volume primary` and
+//! `secondary` (the `manual` mode of the config).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{error, info, warn};
+use twinsan_replication::engine::{AdminCommand, EngineConfig};
+use twinsan_replication::resync::{RateConfig, ResyncConfig};
+use twinsan_replication::wire::{self, SharedSecret};
+use twinsan_scsi::LogicalUnit;
+use twinsan_target::{Server, ServerConfig, TargetConfig};
+
+use crate::admin::{self, AdminService};
+use crate::api::{self, Request, Response};
+use crate::config::{ClusterConfig, NodeConfig};
+use crate::volume::{DiskPaths, LinkConfig, ReplicatedDevice, Volume};
+
+/// An error that stops the daemon from starting; the text tells the admin what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config is unusable for this node.
+    #[error("{0}")]
+    Config(String),
+    /// A volume could not be started.
+    #[error("volume {volume}: {source}")]
+    Volume {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: crate::volume::VolumeError,
+    },
+    /// The runtime or a socket could not be set up.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The running node.
+struct Node {
+    config: ClusterConfig,
+    me: NodeConfig,
+    volumes: BTreeMap<String, Arc<Volume>>,
+    luns: HashMap<String, Arc<LogicalUnit>>,
+    events: broadcast::Sender<api::EventLine>,
+    targets: Mutex<Targets>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The iSCSI server of this node and the targets it serves now.
+#[derive(Default)]
+struct Targets {
+    serving: BTreeSet<String>,
+    stop: Option<watch::Sender<bool>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Volumes being demoted: their targets stay down.
+    held: HashSet<String>,
+}
+
+/// Runs node `node_name` of `config` until SIGINT or SIGTERM.
+pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
+    let me = config
+        .node(node_name)
+        .cloned()
+        .ok_or_else(|| DaemonError::Config(format!("no [[node]] is named {node_name} in {}", config.source.display())))?;
+    let peer = config
+        .peer_of(node_name)
+        .cloned()
+        .ok_or_else(|| DaemonError::Config("the config has no peer node".into()))?;
+    let secret = config.secret().map_err(|e| DaemonError::Config(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("twinsan")
+        .build()
+        .map_err(|e| DaemonError::Io(format!("cannot start the runtime: {e}")))?;
+    let (events, _) = broadcast::channel(1024);
+    let mut volumes = BTreeMap::new();
+    for v in &config.volumes {
+        let Some(disk) = v.disk.get(&me.name) else { continue };
+        let paths = DiskPaths {
+            data: config.resolve(&disk.path),
+            meta: disk.meta.as_ref().map(|m| config.resolve(m)),
+        };
+        let mut resync = ResyncConfig::default();
+        resync.rate = match v.resync_max_kib_s {
+            Some(max) => RateConfig {
+                max_rate_kib_s: max,
+                ..RateConfig::default()
+            },
+            None => RateConfig::default(),
+        };
+        let engine_config = EngineConfig {
+            volume: v.name.clone(),
+            node_id: me.id,
+            peer_node_id: peer.id,
+            peer_name: peer.name.clone(),
+            cluster_id: wire::cluster_id(&config.cluster.name),
+            secret: SharedSecret::new(secret.clone()),
+            protocol: interim::protocol(&v.protocol),
+            fencing: interim::fencing(&v.fencing),
+            policies: Default::default(),
+            resync,
+        };
+        let link = LinkConfig {
+            local: SocketAddr::new(me.address, v.port),
+            peer: SocketAddr::new(peer.address, v.port),
+            dial: me.id < peer.id,
+        };
+        let volume = Volume::start(&v.name, &peer.name, engine_config, &paths, link, events.clone())
+            .map_err(|source| DaemonError::Volume {
+                volume: v.name.clone(),
+                source,
+            })?;
+        info!(volume = %v.name, "volume started: {}", volume.api_status().disk);
+        volumes.insert(v.name.clone(), volume);
+    }
+    let mut luns = HashMap::new();
+    for t in &config.targets {
+        for l in &t.lun {
+            if let Some(volume) = volumes.get(&l.volume) {
+                let identity = twinsan_target::identity::derive(
+                    &[b"replicated-volume", &volume.uuid().to_be_bytes()],
+                    &t.iqn,
+                    1,
+                );
+                let dev = Arc::new(ReplicatedDevice::new(volume.clone()));
+                luns.insert(l.volume.clone(), Arc::new(LogicalUnit::new(dev, identity, false)));
+            }
+        }
+    }
+    let node = Arc::new(Node {
+        me: me.clone(),
+        volumes,
+        luns,
+        events,
+        targets: Mutex::new(Targets::default()),
+        runtime: runtime.handle().clone(),
+        config,
+    });
+    let socket = node.config.admin_socket(&me);
+    let result = runtime.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_node: Arc<dyn AdminService> = node.clone();
+        let admin_task = {
+            let socket = socket.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move { admin::serve(&socket, admin_node, stop).await })
+        };
+        // The admin socket must be up, or the node is not manageable.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if admin_task.is_finished() {
+            return match admin_task.await {
+                Ok(Err(e)) => Err(DaemonError::Io(format!("admin socket {}: {e}", socket.display()))),
+                _ => Err(DaemonError::Io(format!("admin socket {} stopped", socket.display()))),
+            };
+        }
+        info!(node = %me.name, socket = %socket.display(), "node running");
+        let reconciler = {
+            let node = node.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tick.tick() => node.reconcile().await,
+                    }
+                }
+            })
+        };
+        wait_for_signal().await;
+        info!("stopping");
+        let _ = stop_tx.send(true);
+        let _ = reconciler.await;
+        node.stop_targets().await;
+        let _ = admin_task.await;
+        Ok(())
+    });
+    // Demote what is Primary (the target is down, so nothing is in flight) and close every volume cleanly.
+    for volume in node.volumes.values() {
+        if volume.is_primary() {
+            if let Err(e) = volume.admin(AdminCommand::Secondary) {
+                warn!(volume = %volume.name(), "demote at stop: {e}");
+            }
+        }
+        volume.shutdown();
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+impl Node {
+    fn lock_targets(&self) -> std::sync::MutexGuard<'_, Targets> {
+        self.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The targets that should be served here now: every LUN's volume Primary here and none being demoted.
+    fn desired_targets(&self) -> BTreeSet<String> {
+        let held = self.lock_targets().held.clone();
+        self.config
+            .targets
+            .iter()
+            .filter(|t| {
+                !t.lun.is_empty()
+                    && t.lun.iter().all(|l| {
+                        !held.contains(&l.volume) && self.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
+                    })
+            })
+            .map(|t| t.iqn.clone())
+            .collect()
+    }
+
+    /// Brings the iSCSI server in line with the roles: (re)started with the targets that should be served.
+    async fn reconcile(&self) {
+        let desired = self.desired_targets();
+        if desired == self.lock_targets().serving {
+            return;
+        }
+        self.stop_targets().await;
+        if desired.is_empty() {
+            return;
+        }
+        let mut targets = Vec::new();
+        let mut port = 3260;
+        for t in self.config.targets.iter().filter(|t| desired.contains(&t.iqn)) {
+            let mut luns = BTreeMap::new();
+            for l in &t.lun {
+                if let Some(lu) = self.luns.get(&l.volume) {
+                    luns.insert(l.lun, lu.clone());
+                }
+            }
+            port = t.port;
+            targets.push(TargetConfig {
+                name: t.iqn.clone(),
+                luns,
+                allowed_initiators: t.allow.clone(),
+                chap: None,
+            });
+        }
+        let addr = SocketAddr::new(self.me.address, port);
+        match Server::bind(ServerConfig::new(targets), &[addr]).await {
+            Ok(server) => {
+                let (tx, rx) = watch::channel(false);
+                let task = tokio::spawn(server.run(rx));
+                info!(portal = %addr, targets = ?desired, "serving iSCSI");
+                let mut t = self.lock_targets();
+                t.serving = desired;
+                t.stop = Some(tx);
+                t.task = Some(task);
+            }
+            Err(e) => warn!(portal = %addr, "cannot serve iSCSI: {e}; retrying"),
+        }
+    }
+
+    async fn stop_targets(&self) {
+        let (stop, task, was) = {
+            let mut t = self.lock_targets();
+            (t.stop.take(), t.task.take(), std::mem::take(&mut t.serving))
+        };
+        if let Some(stop) = stop {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = task {
+            let _ = task.await;
+            info!(targets = ?was, "stopped serving iSCSI");
+        }
+    }
+
+    fn volume(&self, name: &str) -> Result<&Arc<Volume>, String> {
+        self.volumes
+            .get(name)
+            .ok_or_else(|| format!("no volume named {name} on node {}", self.me.name))
+    }
+
+    fn command(&self, name: &str, command: AdminCommand) -> Response {
+        let volume = match self.volume(name) {
+            Ok(v) => v.clone(),
+            Err(message) => return Response::Error { message },
+        };
+        let result = match command {
+            AdminCommand::Secondary | AdminCommand::Down => {
+                // The target goes down first; its writes in flight finish.
+                self.lock_targets().held.insert(name.to_owned());
+                self.runtime.block_on(self.reconcile());
+                let r = volume.admin(command);
+                self.lock_targets().held.remove(name);
+                r
+            }
+            AdminCommand::Primary { .. } => {
+                let r = volume.admin(command);
+                if r.is_ok() {
+                    self.runtime.block_on(self.reconcile());
+                }
+                r
+            }
+            _ => volume.admin(command),
+        };
+        match result {
+            Ok(message) => Response::Ok { message },
+            Err(message) => Response::Error { message },
+        }
+    }
+}
+
+impl AdminService for Node {
+    fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status { volume } => {
+                let volumes = match volume {
+                    Some(name) => match self.volume(&name) {
+                        Ok(v) => vec![v.api_status()],
+                        Err(message) => return Response::Error { message },
+                    },
+                    None => self.volumes.values().map(|v| v.api_status()).collect(),
+                };
+                Response::Status { volumes }
+            }
+            Request::Up { volume } => self.command(&volume, AdminCommand::Up),
+            Request::Down { volume } => self.command(&volume, AdminCommand::Down),
+            Request::Primary { volume, force } => self.command(&volume, AdminCommand::Primary { force }),
+            Request::Secondary { volume } => self.command(&volume, AdminCommand::Secondary),
+            Request::Connect {
+                volume,
+                discard_my_data,
+            } => self.command(&volume, AdminCommand::Connect { discard_my_data }),
+            Request::Disconnect { volume } => self.command(&volume, AdminCommand::Disconnect),
+            Request::Verify { volume } => self.command(&volume, AdminCommand::Verify),
+            Request::Invalidate { volume } => self.command(&volume, AdminCommand::Invalidate),
+            Request::NewCurrentUuid {
+                volume,
+                clear_bitmap,
+            } => self.command(&volume, AdminCommand::NewCurrentUuid { clear_bitmap }),
+            Request::Events { .. } => Response::Error {
+                message: "events are streamed, not answered".into(),
+            },
+        }
+    }
+
+    fn subscribe(
+        &self,
+        volume: Option<&str>,
+    ) -> Result<(Vec<api::EventLine>, broadcast::Receiver<api::EventLine>), String> {
+        let rx = self.events.subscribe();
+        let lines = match volume {
+            Some(name) => vec![self.volume(name)?.api_status()],
+            None => self.volumes.values().map(|v| v.api_status()).collect(),
+        }
+        .into_iter()
+        .map(|status| api::EventLine {
+            kind: "exists".into(),
+            status,
+        })
+        .collect();
+        Ok((lines, rx))
+    }
+}
+
+/// Until the config's typed accessors land (validation refuses anything else).
+mod interim {
+    use twinsan_replication::state::FencingPolicy;
+    use twinsan_replication::wire::ReplicationProtocol;
+    pub fn protocol(s: &str) -> ReplicationProtocol {
+        match s {
+            "A" => ReplicationProtocol::A,
+            "B" => ReplicationProtocol::B,
+            _ => ReplicationProtocol::C,
+        }
+    }
+    pub fn fencing(s: &str) -> FencingPolicy {
+        match s {
+            "resource-only" => FencingPolicy::ResourceOnly,
+            _ => FencingPolicy::DontCare,
+        }
+    }
+}
