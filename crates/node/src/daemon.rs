@@ -103,9 +103,9 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             peer_name: peer.name.clone(),
             cluster_id: wire::cluster_id(&config.cluster.name),
             secret: SharedSecret::new(secret.clone()),
-            protocol: interim::protocol(&v.protocol),
-            fencing: interim::fencing(&v.fencing),
-            policies: Default::default(),
+            protocol: v.protocol(),
+            fencing: v.fencing(),
+            policies: v.policies(&config),
             resync,
         };
         let link = LinkConfig {
@@ -378,21 +378,3 @@ impl AdminService for Node {
     }
 }
 
-/// Until the config's typed accessors land (validation refuses anything else).
-mod interim {
-    use twinsan_replication::state::FencingPolicy;
-    use twinsan_replication::wire::ReplicationProtocol;
-    pub fn protocol(s: &str) -> ReplicationProtocol {
-        match s {
-            "A" => ReplicationProtocol::A,
-            "B" => ReplicationProtocol::B,
-            _ => ReplicationProtocol::C,
-        }
-    }
-    pub fn fencing(s: &str) -> FencingPolicy {
-        match s {
-            "resource-only" => FencingPolicy::ResourceOnly,
-            _ => FencingPolicy::DontCare,
-        }
-    }
-}

@@ -16,13 +16,7 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Run => {
             let config = ClusterConfig::load(&global.config)?;
-            let node = match &global.node {
-                Some(n) => n.clone(),
-                None => anyhow::bail!(
-                    "pass --node NAME (one of {})",
-                    config.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            };
+            let node = config.this_node(global.node.as_deref())?.name.clone();
             twinsan_node::daemon::run(config, &node).with_context(|| format!("node {node}"))
         }
     }
