@@ -1464,7 +1464,17 @@ impl<S: Storage> Engine<S> {
         let disk = self.state.disk();
         let mut ok = self.check_range(offset, len).is_ok() && disk.is_attached();
         if ok {
-            ok = self.storage.write(offset, &data).is_ok() && (!fua || self.storage.flush().is_ok());
+            // The peer's writes go through this node's activity log too: if this node loses power, the extents
+            // it may have lost from its cache are resynced, not trusted.
+            ok = match self.al.begin_write(offset, len) {
+                Ok(AlDecision::CommitFirst(tx)) => self.commit_al(&tx),
+                Ok(AlDecision::Proceed | AlDecision::AfterCommit(_)) => true,
+                Ok(AlDecision::Wait) | Err(_) => false,
+            };
+            if ok {
+                ok = self.storage.write(offset, &data).is_ok() && (!fua || self.storage.flush().is_ok());
+                let _ = self.al.end_write(offset, len);
+            }
             if !ok {
                 self.log(true, format!("{}: I/O error writing the peer's data; detaching", self.cfg.volume));
                 self.event(Event::DiskFailed);
@@ -1965,6 +1975,11 @@ impl<S: Storage> Engine<S> {
             Some(Resync::Source { plan, .. }) => plan.bitmap().unflushed_pages().collect(),
             _ => self.bitmap.unflushed_pages().collect(),
         };
+        if pages.is_empty() {
+            return Ok(());
+        }
+        // A bit cleared on disk says the block is in sync: the data that made it so must be durable first.
+        self.storage.flush()?;
         for page in pages {
             let bytes = match &self.resync {
                 Some(Resync::Source { plan, .. }) => plan.bitmap().page_bytes(page),
@@ -1984,6 +1999,9 @@ impl<S: Storage> Engine<S> {
     }
 
     fn flush_bitmap_all(&mut self) -> io::Result<()> {
+        if self.attached {
+            self.storage.flush()?;
+        }
         let bytes = match &self.resync {
             Some(Resync::Source { plan, .. }) => plan.bitmap().to_bytes(),
             _ => self.bitmap.to_bytes(),

@@ -140,3 +140,173 @@ fn cluster_resync_sends_only_what_changed_and_verify_agrees() {
     assert!(c.log(1).contains("online verify finished: 0 KiB out of sync"), "{}", c.logs());
     qemu::verify(&c.url(1), &plan, CHUNK);
 }
+
+/// A table of our own in nftables that drops the replication traffic between the two nodes; removed on drop.
+struct LinkCut {
+    table: String,
+}
+
+impl LinkCut {
+    fn new() -> LinkCut {
+        let table = format!("twinsan_test_{}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n  chain input {{ type filter hook input priority -10; \
+             ip saddr {{ 127.0.0.11, 127.0.0.12 }} ip daddr {{ 127.0.0.11, 127.0.0.12 }} tcp dport 7789 drop; \
+             ip saddr {{ 127.0.0.11, 127.0.0.12 }} ip daddr {{ 127.0.0.11, 127.0.0.12 }} tcp sport 7789 drop; }}\n}}\n"
+        );
+        let nft = common::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
+        let mut child = Command::new(&nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        assert!(child.wait().expect("nft").success(), "nft refused the rules:\n{rules}");
+        LinkCut { table }
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let nft = common::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
+        let _ = Command::new(nft)
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+/// Cuts the link, promotes and writes on the sides given, demotes those in `demote`, and heals.
+fn split(c: &Cluster, writers: &[(usize, u64)], promote: &[usize], demote: &[usize]) {
+    let cut = LinkCut::new();
+    for n in [1, 2] {
+        c.wait_status(n, Duration::from_secs(20), "link lost", |s| peer(s, "connection") != "Connected");
+    }
+    for &n in promote {
+        c.cli(n, &["volume", "primary", "vol0"]);
+    }
+    for &(n, seed) in writers {
+        let plan = qemu::plan(seed, 256 * MIB, CHUNK, 8);
+        qemu::write(&c.url(n), &plan, CHUNK);
+    }
+    for &n in demote {
+        c.cli(n, &["volume", "secondary", "vol0"]);
+    }
+    drop(cut);
+}
+
+#[test]
+fn cluster_split_brain_is_reported_and_resolved_by_discard_my_data() {
+    let c = ready_pair("split-brain");
+    // node1 is Primary: it goes on; node2 is promoted too once the link is down.
+    split(&c, &[(1, 0x51), (2, 0x52)], &[2], &[]);
+    for n in [1, 2] {
+        let s = c.wait_status(n, Duration::from_secs(30), "split brain", |s| s["split_brain"] == true);
+        assert_eq!(peer(&s, "connection"), "StandAlone", "{s}");
+    }
+    assert!(c.log(1).contains("split brain") || c.log(2).contains("split brain"), "{}", c.logs());
+    // The victim: node2 discards its changes.
+    c.cli(2, &["volume", "secondary", "vol0"]);
+    c.cli(2, &["volume", "connect", "--discard-my-data", "vol0"]);
+    c.cli(1, &["volume", "connect", "vol0"]);
+    let s = c.wait_status(1, Duration::from_secs(60), "resolved and in sync", in_sync);
+    assert_eq!(s["split_brain"], false, "{s}");
+    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
+    // Both sides wrote 8 × 256 KiB: the union of the two bitmaps, never the whole 256 MiB.
+    assert!(sent >= 2 * 1024 && sent <= 4 * 1024, "a bitmap resync sends the changed blocks only, sent {sent} KiB");
+    let s2 = c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
+    assert_eq!(s2["role"], "Secondary");
+    // node1's writes are what both hold now.
+    let plan = qemu::plan(0x51, 256 * MIB, CHUNK, 8);
+    qemu::verify(&c.url(1), &plan, CHUNK);
+}
+
+#[test]
+fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
+    let mut c = Cluster::init("split-zero", true, "256M");
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    let text = text.replacen(
+        "after_sb_0pri = \"disconnect\"",
+        "after_sb_0pri = \"discard-zero-changes\"",
+        1,
+    );
+    assert!(text.contains("discard-zero-changes"), "init's config has no after_sb_0pri line:\n{text}");
+    std::fs::write(&c.config, text).expect("write config");
+    c.start(1);
+    c.start(2);
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
+    c.wait_status(2, Duration::from_secs(20), "both UpToDate", in_sync);
+    // Both become Primary while cut off, only node1 writes, both step down before the link heals.
+    split(&c, &[(1, 0x61)], &[1, 2], &[1, 2]);
+    let s = c.wait_status(1, Duration::from_secs(60), "resolved and in sync", in_sync);
+    assert_eq!(s["split_brain"], false, "{s}");
+    assert!(
+        c.log(1).contains("split brain") || c.log(2).contains("split brain"),
+        "the split brain must still be reported:\n{}",
+        c.logs()
+    );
+    c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
+    c.cli(2, &["volume", "primary", "vol0"]);
+    qemu::verify(&c.url(2), &qemu::plan(0x61, 256 * MIB, CHUNK, 8), CHUNK);
+}
+
+#[test]
+fn cluster_corrupt_superblock_is_refused_and_left_alone() {
+    let c = Cluster::init("corrupt-sb", true, "64M");
+    let path = c.disk(1);
+    let mut bytes = std::fs::read(&path).expect("read disk");
+    let magic = b"\x89TWINSMD";
+    let at: Vec<usize> = (0..bytes.len() - magic.len())
+        .rev()
+        .take(4 << 20)
+        .filter(|&i| &bytes[i..i + magic.len()] == magic)
+        .collect();
+    assert!(!at.is_empty(), "no superblock found in {}", path.display());
+    for &i in &at {
+        bytes[i + 16] ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).expect("write disk");
+    let out = common::run(
+        Command::new(twinsan_bin())
+            .args(["node", "run", "--config"])
+            .arg(&c.config)
+            .args(["--node", "node1"]),
+        Duration::from_secs(30),
+    );
+    let text = common::text(&out);
+    assert!(!out.status.success(), "a node with a corrupt superblock started:\n{text}");
+    assert!(text.contains("vol0.img") && text.contains("superblock"), "the error must name the file and the superblock:\n{text}");
+    assert_eq!(std::fs::read(&path).expect("read disk"), bytes, "the corrupt metadata was modified");
+}
+
+#[test]
+fn cluster_peer_with_the_wrong_secret_is_refused() {
+    let mut c = Cluster::init("secret", true, "64M");
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("secret ="))
+        .expect("init writes an inline secret")
+        .to_owned();
+    let other = c.folder().join("node2.toml");
+    std::fs::write(&other, text.replace(&line, "secret = \"a different secret of enough length\"")).expect("write");
+    c.start(1);
+    let good = c.config.clone();
+    c.config = other;
+    c.start(2);
+    c.config = good;
+    std::thread::sleep(Duration::from_secs(3));
+    let s = c.status(1);
+    assert_ne!(peer(&s, "connection"), "Connected", "{s}");
+    assert!(
+        c.logs().contains("wrong shared secret"),
+        "the refusal must be logged:\n{}",
+        c.logs()
+    );
+}

@@ -22,6 +22,10 @@ pub struct MemDisk {
     pub durable: Vec<u8>,
     pub cache: Vec<u8>,
     pub failing: bool,
+    /// The process dies in the middle of the metadata write after this many more: half of it lands.
+    pub tear_after: Option<u32>,
+    /// The process died in a torn write; every further call fails.
+    pub dead: bool,
 }
 
 impl MemDisk {
@@ -30,12 +34,16 @@ impl MemDisk {
             durable: vec![0; size],
             cache: vec![0; size],
             failing: false,
+            tear_after: None,
+            dead: false,
         }
     }
 
     /// Power loss: the cache is gone.
     pub fn crash(&mut self) {
         self.cache = self.durable.clone();
+        self.dead = false;
+        self.tear_after = None;
     }
 }
 
@@ -48,7 +56,7 @@ fn range(disk: &MemDisk, offset: u64, len: usize) -> io::Result<std::ops::Range<
     let start = usize::try_from(offset).map_err(io::Error::other)?;
     let end = start.checked_add(len).filter(|&e| e <= disk.cache.len());
     match end {
-        Some(end) if !disk.failing => Ok(start..end),
+        Some(end) if !disk.failing && !disk.dead => Ok(start..end),
         _ => Err(io::Error::other("I/O error")),
     }
 }
@@ -76,6 +84,17 @@ impl Storage for MemStorage {
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let r = range(&self.disk, offset, data.len())?;
+        match self.disk.tear_after {
+            Some(0) => {
+                let half = r.start..r.start + data.len() / 2;
+                self.disk.durable[half.clone()].copy_from_slice(&data[..data.len() / 2]);
+                self.disk.cache[half].copy_from_slice(&data[..data.len() / 2]);
+                self.disk.dead = true;
+                return Err(io::Error::other("power lost"));
+            }
+            Some(n) => self.disk.tear_after = Some(n - 1),
+            None => {}
+        }
         self.disk.cache[r.clone()].copy_from_slice(data);
         self.disk.durable[r].copy_from_slice(data);
         Ok(())
@@ -177,9 +196,10 @@ impl Pair {
     pub fn kill(&mut self, i: usize, lose_cache: bool) {
         if let Some(e) = self.nodes[i].take() {
             let mut disk = e.storage().disk.clone();
-            if lose_cache {
+            if lose_cache || disk.dead {
                 disk.crash();
             }
+            disk.tear_after = None;
             self.disks[i] = disk;
         }
         self.drop_link("killed");
@@ -204,6 +224,10 @@ impl Pair {
     fn collect(&mut self, i: usize) {
         let Some(e) = self.nodes[i].as_mut() else { return };
         let outputs = e.take_outputs();
+        if e.storage().disk.dead {
+            // The process died during this step: nothing it said afterwards left it.
+            return;
+        }
         for o in outputs {
             match o {
                 Output::Send { link, message } => {
@@ -333,6 +357,16 @@ impl Pair {
         self.next_id += 1;
         let now = self.now;
         self.engine(i).handle(Input::Write { id, offset, data, fua }, now);
+        self.collect(i);
+        id
+    }
+
+    /// Submits a flush (SYNCHRONIZE CACHE) at node `i`; returns its id.
+    pub fn submit_flush(&mut self, i: usize) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i).handle(Input::Flush { id }, now);
         self.collect(i);
         id
     }

@@ -189,7 +189,7 @@ impl Cluster {
         n: usize,
         limit: Duration,
         what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = Instant::now() + limit;
         loop {

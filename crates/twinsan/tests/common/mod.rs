@@ -35,6 +35,14 @@ pub fn require_tool(name: &str) -> PathBuf {
     })
 }
 
+/// Like [`require_tool`], also looking in `dirs` (sbin folders are not on every PATH).
+pub fn require_tool_in(dirs: &[&str], name: &str) -> PathBuf {
+    dirs.iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| require_tool(name))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
