@@ -131,7 +131,7 @@ impl fmt::Display for CreateReport {
         writeln!(f, "  volume uuid:   {:032x}", self.volume_uuid)?;
         writeln!(
             f,
-            "  data:          {} ({})",
+            "  data:          {}, {}",
             self.data.display(),
             human_size(layout.backing_size)
         )?;
