@@ -4,4 +4,5 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod md;
 pub mod volume;
