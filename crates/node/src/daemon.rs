@@ -51,6 +51,8 @@ struct Node {
     luns: HashMap<String, Arc<LogicalUnit>>,
     events: broadcast::Sender<api::EventLine>,
     targets: Mutex<Targets>,
+    /// One reconciliation at a time (the periodic one and an admin command's).
+    reconciling: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -141,6 +143,7 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
         luns,
         events,
         targets: Mutex::new(Targets::default()),
+        reconciling: tokio::sync::Mutex::new(()),
         runtime: runtime.handle().clone(),
         config,
     });
@@ -235,6 +238,7 @@ impl Node {
 
     /// Brings the iSCSI server in line with the roles: (re)started with the targets that should be served.
     async fn reconcile(&self) {
+        let _one = self.reconciling.lock().await;
         let desired = self.desired_targets();
         if desired == self.lock_targets().serving {
             return;
