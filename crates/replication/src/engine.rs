@@ -557,6 +557,13 @@ impl<S: Storage> Engine<S> {
             })?;
         self.flush_bitmap_all().map_err(io_err(&volume))?;
         let flags = self.sb.flags;
+        self.log(
+            false,
+            format!(
+                "{volume}: attaching the disk: generations {}, flags {flags:?}, superblock sequence {}",
+                self.gen, self.sb.sequence
+            ),
+        );
         self.event(Event::AttachStarted);
         let actions = self.state.handle(Event::Attach { flags }, &self.scfg);
         match actions {

@@ -149,6 +149,7 @@ impl Oracle {
 fn run_seed(seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.uuid_seed = seed;
     p.settle(20);
     p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
         .map_err(|e| format!("clear bitmap: {e}"))?;
@@ -221,9 +222,15 @@ fn run_seed(seed: u64) -> Result<(), String> {
                     oracle.orphan_all();
                     if peer_complete {
                         p.settle(2);
-                        p.admin(other, AdminCommand::Primary { force: false })
-                            .map_err(|e| format!("failover to node{}: {e}", other + 1))?;
+                        let result = p.admin(other, AdminCommand::Primary { force: false });
                         primary = other;
+                        if p.engine(other).storage().disk.dead {
+                            // It died in a torn metadata write during the promotion: handled below.
+                        } else if let Err(e) = result {
+                            let s = p.engine(other).status();
+                            let tail = p.logs[p.logs.len().saturating_sub(12)..].join("\n");
+                            return Err(format!("failover to node{}: {e}; {s:?}\n{tail}", other + 1));
+                        }
                     }
                 }
             }

@@ -159,6 +159,8 @@ pub struct Pair {
     pub logs: Vec<String>,
     pub protocol: ReplicationProtocol,
     pub next_id: u64,
+    /// Seeds each engine's UUID generator; different at every start, as the driver's OS randomness is.
+    pub uuid_seed: u64,
 }
 
 impl Pair {
@@ -178,6 +180,7 @@ impl Pair {
             logs: Vec::new(),
             protocol,
             next_id: 1,
+            uuid_seed: 1000,
         };
         pair.start(0);
         pair.start(1);
@@ -186,7 +189,8 @@ impl Pair {
 
     pub fn start(&mut self, i: usize) {
         let disk = self.disks[i].clone();
-        let mut e = open(i as u8 + 1, disk, self.layout, self.protocol, 1000 + i as u64, self.now);
+        self.uuid_seed = self.uuid_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut e = open(i as u8 + 1, disk, self.layout, self.protocol, self.uuid_seed, self.now);
         e.handle(Input::Admin { id: 0, command: AdminCommand::Up }, self.now);
         self.nodes[i] = Some(e);
         self.collect(i);
