@@ -90,13 +90,15 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             data: config.resolve(&disk.path),
             meta: disk.meta.as_ref().map(|m| config.resolve(m)),
         };
-        let mut resync = ResyncConfig::default();
-        resync.rate = match v.resync_max_kib_s {
-            Some(max) => RateConfig {
-                max_rate_kib_s: max,
-                ..RateConfig::default()
+        let resync = ResyncConfig {
+            rate: match v.resync_max_kib_s {
+                Some(max) => RateConfig {
+                    max_rate_kib_s: max,
+                    ..RateConfig::default()
+                },
+                None => RateConfig::default(),
             },
-            None => RateConfig::default(),
+            ..ResyncConfig::default()
         };
         let engine_config = EngineConfig {
             volume: v.name.clone(),
