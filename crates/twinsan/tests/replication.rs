@@ -310,3 +310,115 @@ fn cluster_peer_with_the_wrong_secret_is_refused() {
         c.logs()
     );
 }
+
+/// Sets `resync_max_kib_s` on vol0, so a resync lasts long enough to be interrupted.
+fn slow_resync(c: &Cluster, kib_s: u64) {
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    let text = text.replacen("protocol = \"C\"", &format!("protocol = \"C\"\nresync_max_kib_s = {kib_s}"), 1);
+    std::fs::write(&c.config, text).expect("write config");
+}
+
+#[test]
+fn cluster_primary_killed_mid_resync_resumes_without_a_full_sync() {
+    let mut c = Cluster::init("mid-resync", true, "256M");
+    slow_resync(&c, 16 * 1024);
+    c.start(1);
+    c.start(2);
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
+    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.cli(1, &["volume", "primary", "vol0"]);
+    assert!(c.stop(2), "node2 did not stop cleanly:\n{}", c.logs());
+    // 48 MiB in the first 64 MiB of the volume: the activity log covers 16 extents of 4 MiB.
+    let plan = qemu::plan(0x5eed_0005, 64 * MIB, CHUNK, 192);
+    qemu::write(&c.url(1), &plan, CHUNK);
+    c.start(2);
+    c.wait_status(1, Duration::from_secs(30), "resync under way", |s| {
+        peer(s, "replication") == "SyncSource" && peer(s, "done").as_f64().is_some_and(|d| d > 5.0)
+    });
+    c.kill(1);
+    c.start(1);
+    let s = c.wait_status(1, Duration::from_secs(60), "resync done after the restart", in_sync);
+    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
+    assert!(
+        sent <= 64 * 1024,
+        "after the restart the resync sent {sent} KiB: more than the 64 MiB the activity log covers"
+    );
+    eprintln!("killed mid-resync: the resync after the restart sent {sent} KiB");
+    c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
+    c.cli(1, &["volume", "primary", "vol0"]);
+    qemu::verify(&c.url(1), &plan, CHUNK);
+    assert!(c.stop(1) && c.stop(2), "the nodes did not stop cleanly:\n{}", c.logs());
+    assert_eq!(first_difference(&c.disk(1), &c.disk(2), 256 * MIB), None);
+}
+
+#[test]
+fn cluster_both_killed_under_write_load_lose_nothing_acknowledged() {
+    const SMALL: u64 = 64 << 10;
+    let mut c = ready_pair("both-killed");
+    // Rounds of 8 writes of 64 KiB at distinct offsets in the first 32 MiB; a round whose qemu-io exited 0 was
+    // acknowledged in full.
+    let plan = qemu::plan(0x5eed_0006, 32 * MIB, SMALL, 512);
+    let done_rounds = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let running = Arc::new(Mutex::new(None::<u32>));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (done_rounds, running, stop) = (done_rounds.clone(), running.clone(), stop.clone());
+        let url = c.url(1);
+        let plan = plan.clone();
+        std::thread::spawn(move || {
+            for (round, chunk) in plan.chunks(8).enumerate() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let mut cmd = Command::new(common::require_tool("qemu-io"));
+                cmd.args(["-f", "raw"]);
+                for (off, p) in chunk {
+                    cmd.arg("-c").arg(format!("write -P {p:#04x} {off} {SMALL}"));
+                }
+                cmd.arg(&url).stdout(Stdio::null()).stderr(Stdio::null());
+                let Ok(mut child) = cmd.spawn() else { break };
+                *running.lock().unwrap_or_else(|p| p.into_inner()) = Some(child.id());
+                let ok = child.wait().is_ok_and(|s| s.success());
+                *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if ok {
+                    done_rounds.lock().unwrap_or_else(|p| p.into_inner()).push(round);
+                } else {
+                    break;
+                }
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while done_rounds.lock().unwrap_or_else(|p| p.into_inner()).len() < 8 {
+        assert!(std::time::Instant::now() < deadline, "writes do not complete:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill(1);
+    c.kill(2);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(pid) = *running.lock().unwrap_or_else(|p| p.into_inner()) {
+        // SAFETY: kill(2) on the qemu-io this test started (it may wait for a target that is gone).
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let _ = writer.join();
+    let acked: Vec<(u64, u8)> = done_rounds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .flat_map(|&r| plan[r * 8..(r * 8 + 8).min(plan.len())].to_vec())
+        .collect();
+    c.start(1);
+    c.start(2);
+    let s = c.wait_status(1, Duration::from_secs(60), "back in sync", in_sync);
+    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
+    assert!(sent <= 40 * 1024, "the resync after the crash sent {sent} KiB: a full sync is 262144 KiB");
+    eprintln!("both killed: {} writes acknowledged before the kill; resync after the restart sent {sent} KiB", acked.len());
+    c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
+    c.cli(1, &["volume", "primary", "vol0"]);
+    qemu::verify(&c.url(1), &acked, SMALL);
+    assert!(c.stop(1) && c.stop(2), "the nodes did not stop cleanly:\n{}", c.logs());
+    assert_eq!(first_difference(&c.disk(1), &c.disk(2), 256 * MIB), None);
+}
