@@ -283,7 +283,11 @@ fn print_summary(
         NODES[1].0,
         NODES[1].2
     );
-    println!("  target:  {IQN} LUN {LUN} at {VIP}:{ISCSI_PORT}, on the primary");
+    if args.manual {
+        println!("  target:  {IQN} LUN {LUN}, served by the primary at its own address, port {ISCSI_PORT}");
+    } else {
+        println!("  target:  {IQN} LUN {LUN} at {VIP}:{ISCSI_PORT}, on the primary");
+    }
     println!("  roles:   {roles}");
     for (node, report) in reports {
         println!();
@@ -301,7 +305,12 @@ fn print_summary(
         println!("node1's to node2; from then on the cluster manager chooses the primary):");
     }
     println!("  twinsan --config {cfg} --node node1 volume primary --force {VOLUME}");
-    println!("and point an initiator at iscsi://{VIP}:{ISCSI_PORT}/{IQN}/{LUN}");
+    if args.manual {
+        // Without the cluster manager nothing holds the virtual IP: the primary serves at its node address.
+        println!("and point an initiator at iscsi://{}:{ISCSI_PORT}/{IQN}/{LUN}", NODES[0].2);
+    } else {
+        println!("and point an initiator at iscsi://{VIP}:{ISCSI_PORT}/{IQN}/{LUN}");
+    }
 }
 
 /// What `init` has made so far; removed again (newest first) when dropped before [`Created::keep`].
