@@ -460,6 +460,14 @@ impl ClusterConfig {
                     ),
                 ));
             }
+            if parse_fencing(&v.fencing) == Some(FencingPolicy::ResourceOnly) && self.cluster.manual {
+                return Err(self.invalid(
+                    field("fencing"),
+                    "resource-only fencing marks the peer Outdated through the cluster manager, and with \
+                     cluster.manual = true none runs: writes would stay suspended whenever the link breaks; \
+                     use \"dont-care\" or turn manual off",
+                ));
+            }
             parse_after_sb_0pri(&v.after_sb_0pri, &self.nodes)
                 .map_err(|why| self.invalid(field("after_sb_0pri"), why))?;
             if parse_after_sb_1pri(&v.after_sb_1pri).is_none() {
@@ -1535,6 +1543,12 @@ lun = [ { lun = 0, volume = "vol1" } ]
                 "protocol = \"D\"",
                 "volume[vol1].protocol",
                 "\"A\", \"B\" or \"C\"",
+            ),
+            (
+                "name = \"test\"\n",
+                "name = \"test\"\nmanual = true\n",
+                "volume[vol1].fencing",
+                "with cluster.manual = true none runs",
             ),
             (
                 "fencing = \"resource-only\"",

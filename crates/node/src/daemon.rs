@@ -111,6 +111,7 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             fencing: v.fencing(),
             policies: v.policies(&config),
             resync,
+            checksum_resync: v.checksum_resync,
         };
         let link = LinkConfig {
             local: SocketAddr::new(me.address, v.port),

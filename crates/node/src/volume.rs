@@ -465,6 +465,12 @@ impl Volume {
                         status,
                     });
                 }
+                Output::FencePeer { .. } => {
+                    // Resource-only fencing goes through the cluster manager, which this build does not have yet:
+                    // the fence fails and writes stay suspended (the config refuses resource-only in manual mode).
+                    warn!(volume = %self.name, "cannot fence the peer: no cluster manager runs on this node");
+                    let _ = self.tx.try_send(Cmd::Engine(Input::FenceResult { outdated: false }));
+                }
                 Output::Log { warn: true, text } => warn!("{text}"),
                 Output::Log { warn: false, text } => info!("{text}"),
             }

@@ -112,6 +112,8 @@ pub struct EngineConfig {
     pub policies: AfterSbPolicies,
     /// Resync pacing.
     pub resync: ResyncConfig,
+    /// Checksum-based resync: the source sends a digest first and the data only where the target's differs.
+    pub checksum_resync: bool,
 }
 
 /// Something for the engine to act on.
@@ -172,6 +174,21 @@ pub enum Input {
     },
     /// Time passes; the engine runs timers (pings, resync pacing, bitmap flushes).
     Tick,
+    /// The answer to [`Output::FencePeer`]: whether the cluster marked the peer Outdated.
+    FenceResult {
+        /// The peer is marked Outdated.
+        outdated: bool,
+    },
+    /// Fencing by the peer: the cluster asks this node to mark its data Outdated. Answered with
+    /// [`Output::AdminDone`]; refused if this node is Primary, connected, or its data is not older.
+    OutdateRequest {
+        /// The caller's id.
+        id: u64,
+        /// The requester's generation identifiers, carried by the cluster.
+        requester: GenerationIds,
+        /// The requester's node id.
+        requester_node_id: u8,
+    },
 }
 
 /// Admin commands (`twinsan volume ...`).
@@ -267,6 +284,12 @@ pub enum Output {
     Changed,
     /// A split brain was found on connect.
     SplitBrain,
+    /// Resource-only fencing: ask the cluster to mark the peer Outdated (answer with [`Input::FenceResult`]).
+    /// Writes stay suspended until then.
+    FencePeer {
+        /// This node's generation identifiers, for the peer's check that its data is older.
+        generations: GenerationIds,
+    },
     /// Something an admin should read in the log.
     Log {
         /// Error or warning (true), information (false).
@@ -709,6 +732,36 @@ impl<S: Storage> Engine<S> {
                 }
             }
             Input::Tick => self.tick(),
+            Input::FenceResult { outdated } => {
+                self.event(if outdated {
+                    Event::PeerOutdatedAck
+                } else {
+                    Event::FenceFailed
+                });
+                self.promotion_settled();
+                self.out.push(Output::Changed);
+            }
+            Input::OutdateRequest {
+                id,
+                requester,
+                requester_node_id,
+            } => {
+                let local = self.local_side(false);
+                let peer = Side {
+                    ids: requester,
+                    flags: GenFlags {
+                        consistent: true,
+                        crashed_primary: false,
+                        discard_my_data: false,
+                    },
+                    role: Role::Primary,
+                    node_id: requester_node_id,
+                };
+                let outcome = Some(connect_decision(&local, &peer));
+                let result = self.try_event(Event::OutdateRequest { outcome });
+                self.out.push(Output::AdminDone { id, result });
+                self.out.push(Output::Changed);
+            }
         }
     }
 
@@ -1432,6 +1485,20 @@ impl<S: Storage> Engine<S> {
                 last,
             } => self.bitmap_chunk(first_word, &words, last),
             Message::ResyncData { offset, data } => self.resync_data(offset, data),
+            Message::ChecksumResyncRequest { offset, len, digest } => {
+                let mut data = vec![0u8; len as usize];
+                let readable = self.state.disk().is_attached()
+                    && self.check_range(offset, u64::from(len)).is_ok()
+                    && self.storage.read(offset, &mut data).is_ok();
+                if readable && block_digest(&data) == digest {
+                    let _ = self.bitmap.clear_blocks(offset / 4096, u64::from(len).div_ceil(4096));
+                    self.send(Message::InSync { offset, len });
+                } else {
+                    self.send(Message::ResyncRequest { offset, len });
+                }
+            }
+            Message::InSync { offset, len } => self.resync_ack(offset, len, true),
+            Message::ResyncRequest { offset, len } => self.resend_resync_data(offset, len),
             Message::VerifyRequest { offset, len } => {
                 let mut data = vec![0u8; len as usize];
                 if self.check_range(offset, u64::from(len)).is_ok()
@@ -1655,14 +1722,23 @@ impl<S: Storage> Engine<S> {
                 self.event(Event::DiskFailed);
                 return;
             }
-            self.resync_sent += request.len;
             if let Some(Resync::Source { requests, .. }) = &mut self.resync {
                 requests.insert(request.offset, request);
             }
-            self.send(Message::ResyncData {
-                offset: request.offset,
-                data,
-            });
+            if self.cfg.checksum_resync {
+                // The data goes only if the target's digest differs (it answers InSync or ResyncRequest).
+                self.send(Message::ChecksumResyncRequest {
+                    offset: request.offset,
+                    len: request.len as u32,
+                    digest: block_digest(&data),
+                });
+            } else {
+                self.resync_sent += request.len;
+                self.send(Message::ResyncData {
+                    offset: request.offset,
+                    data,
+                });
+            }
         }
         let finished = matches!(&self.resync, Some(Resync::Source { plan, .. }) if plan.is_finished());
         if finished {
@@ -1675,6 +1751,21 @@ impl<S: Storage> Engine<S> {
             self.send_state();
             self.out.push(Output::Changed);
         }
+    }
+
+    /// Checksum resync: the target's digest differed, so the data goes after all.
+    fn resend_resync_data(&mut self, offset: u64, len: u32) {
+        let known = matches!(&self.resync, Some(Resync::Source { requests, .. }) if requests.get(&offset).is_some_and(|r| r.len == u64::from(len)));
+        if !known {
+            return self.close_link(wire::DisconnectReason::ProtocolError, "resync request for a range not offered".into());
+        }
+        let mut data = vec![0u8; len as usize];
+        if self.storage.read(offset, &mut data).is_err() {
+            self.event(Event::DiskFailed);
+            return;
+        }
+        self.resync_sent += u64::from(len);
+        self.send(Message::ResyncData { offset, data });
     }
 
     fn resync_data(&mut self, offset: u64, data: Vec<u8>) {
@@ -1925,9 +2016,14 @@ impl<S: Storage> Engine<S> {
                 }
             }
             Action::FencePeer => {
-                // No cluster manager yet to fence through (a later issue fills this in).
-                self.log(true, format!("{}: cannot fence {}: no cluster manager", self.cfg.volume, self.cfg.peer_name));
-                self.event(Event::FenceFailed);
+                self.log(
+                    true,
+                    format!(
+                        "{}: fencing {}: writes are suspended until the cluster marks it Outdated",
+                        self.cfg.volume, self.cfg.peer_name
+                    ),
+                );
+                self.out.push(Output::FencePeer { generations: self.gen });
             }
             Action::Detach => {
                 self.attached = false;

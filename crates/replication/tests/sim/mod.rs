@@ -130,18 +130,21 @@ pub fn config(node: u8, protocol: ReplicationProtocol) -> EngineConfig {
             max_in_flight: 8,
             rate: RateConfig::unlimited(),
         },
+        checksum_resync: false,
     }
 }
 
 /// Opens an engine on `disk` (reading the superblock as the driver does).
-pub fn open(node: u8, disk: MemDisk, layout: Layout, protocol: ReplicationProtocol, seed: u64, now: Duration) -> Engine<MemStorage> {
+pub fn open(node: u8, disk: MemDisk, layout: Layout, protocol: ReplicationProtocol, seed: u64, now: Duration, csums: bool) -> Engine<MemStorage> {
     let mut st = MemStorage { disk };
     let mut s0 = vec![0u8; 4096];
     let mut s1 = vec![0u8; 4096];
     st.read_meta(layout.superblocks[0].offset, &mut s0).expect("read");
     st.read_meta(layout.superblocks[1].offset, &mut s1).expect("read");
     let chosen = twinsan_replication::metadata::choose(&s0, &s1).expect("superblock");
-    Engine::open(config(node, protocol), st, layout, chosen.superblock, seed, now).expect("open")
+    let mut cfg = config(node, protocol);
+    cfg.checksum_resync = csums;
+    Engine::open(cfg, st, layout, chosen.superblock, seed, now).expect("open")
 }
 
 /// Two nodes and the link between them.
@@ -161,6 +164,8 @@ pub struct Pair {
     pub next_id: u64,
     /// Seeds each engine's UUID generator; different at every start, as the driver's OS randomness is.
     pub uuid_seed: u64,
+    /// Checksum-based resync.
+    pub csums: bool,
 }
 
 impl Pair {
@@ -181,6 +186,7 @@ impl Pair {
             protocol,
             next_id: 1,
             uuid_seed: 1000,
+            csums: false,
         };
         pair.start(0);
         pair.start(1);
@@ -190,7 +196,7 @@ impl Pair {
     pub fn start(&mut self, i: usize) {
         let disk = self.disks[i].clone();
         self.uuid_seed = self.uuid_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut e = open(i as u8 + 1, disk, self.layout, self.protocol, self.uuid_seed, self.now);
+        let mut e = open(i as u8 + 1, disk, self.layout, self.protocol, self.uuid_seed, self.now, self.csums);
         e.handle(Input::Admin { id: 0, command: AdminCommand::Up }, self.now);
         self.nodes[i] = Some(e);
         self.collect(i);
