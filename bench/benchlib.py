@@ -1,0 +1,436 @@
+"""Shared parts of the bench/ scripts (SPEC section 5): environment and size parsing, server processes started
+and stopped by pid, CPU time from /proc, `qemu-img bench` runs with a timeout, the warm-up + alternating-rounds
+loop, medians and plain-text tables.
+
+The scripts import it with `sys.path.insert(0, os.path.dirname(__file__))`. Everything here listens on or
+connects to loopback addresses only.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RUN_RE = re.compile(r"Run completed in ([0-9.]+) seconds")
+
+WORKLOADS = [
+    # name, request size, queue depth, write?
+    ("4k-write", 4096, 32, True),
+    ("4k-read", 4096, 32, False),
+    ("1m-write", 1 << 20, 16, True),
+    ("1m-read", 1 << 20, 16, False),
+]
+
+
+class SetupError(Exception):
+    pass
+
+
+class RunError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def env_float(name, default):
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        return float(v)
+    except ValueError:
+        raise SetupError(f"{name}={v!r} is not a number")
+
+
+def env_int(name, default):
+    return int(env_float(name, default))
+
+
+def parse_size(text):
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 1G, 512M)")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    n = int(m.group(1)) * mult
+    if n < (16 << 20) or n % (1 << 20):
+        raise argparse.ArgumentTypeError("size must be a whole number of MiB, at least 16M")
+    return n
+
+
+def human(n):
+    for unit, mult in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n % mult == 0:
+            return f"{n // mult}{unit}"
+    return str(n)
+
+
+def io_counts():
+    """I/Os per counted run by request size, from BENCH_SCALE, BENCH_COUNT_4K and BENCH_COUNT_1M."""
+    scale = env_float("BENCH_SCALE", 1.0)
+    return {4096: max(1, round(env_int("BENCH_COUNT_4K", 100000) * scale)),
+            1 << 20: max(1, round(env_int("BENCH_COUNT_1M", 3000) * scale))}
+
+
+def tail(path, lines=8):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (all threads, live and exited), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def free_ports(n, host="127.0.0.1"):
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def port_free_on(port, hosts):
+    """True when a TCP socket can be bound to port on every one of hosts right now."""
+    for host in hosts:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def listen_addrs(pid):
+    """Local addresses process pid listens on (TCP), from ss; None if ss is unavailable."""
+    if not shutil.which("ss"):
+        return None
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    addrs = []
+    for line in out.splitlines():
+        if f"pid={pid}," in line:
+            parts = line.split()
+            if len(parts) >= 4:
+                addrs.append(parts[3])
+    return addrs
+
+
+def alive(proc):
+    return proc is not None and proc.poll() is None
+
+
+def fill_file(path, size, create=True):
+    """Allocate and then really write bytes [0, size) of path (a non-zero byte), so the server pays for neither
+    block allocation nor unwritten-extent conversion. create: a new file (refused if it exists); otherwise an
+    existing file whose bytes past size (e.g. metadata at its end) are kept as they are and only allocated."""
+    flags = os.O_WRONLY | (os.O_CREAT | os.O_EXCL if create else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, max(size, os.fstat(fd).st_size))
+        chunk = b"\x5a" * (4 << 20)
+        off = 0
+        while off < size:
+            n = min(len(chunk), size - off)
+            os.pwrite(fd, chunk[:n], off)
+            off += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_twinsan_bin(path):
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise SetupError(f"twinsan binary not found at {path}; build it first: "
+                         f"(cd {REPO} && cargo build --release --bin twinsan), or pass --twinsan PATH")
+
+
+def check_qemu_iscsi(iqn):
+    """qemu-img without QEMU's iSCSI driver says "Unknown protocol 'iscsi'"; with it, a dead port gives a
+    connect error."""
+    port = free_ports(1)[0]
+    r = subprocess.run(["qemu-img", "info", f"iscsi://127.0.0.1:{port}/{iqn}/1"], capture_output=True,
+                       text=True, timeout=60)
+    out = r.stdout + r.stderr
+    if "Unknown protocol" in out or "Unknown driver" in out:
+        raise SetupError("qemu-img has no iSCSI support (install qemu-block-extra at the qemu-utils version; "
+                         f"scripts/install-test-deps does it): {out.strip()}")
+
+
+class Process:
+    """A server process a bench script starts: its own session (a Ctrl-C in the terminal reaches only the
+    script, which then stops it), stdout and stderr appended to log_path, its pid recorded in pids."""
+
+    name = "?"
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.proc = None
+        self.logfile = None
+        self.log_path = None
+
+    def _spawn(self, argv):
+        self.logfile = open(self.log_path, "ab")
+        self.logfile.write(f"\n=== {' '.join(argv)}\n".encode())
+        self.logfile.flush()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logfile, stderr=self.logfile,
+                                     start_new_session=True)
+        self.pids.add(self.proc.pid)
+
+    def _wait_listening(self, host, port, timeout=15):
+        """Until the process listens on host:port. It must listen on nothing but that."""
+        want = f"{host}:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not alive(self.proc):
+                raise RunError(f"{self.name} exited (status {self.proc.returncode}) while starting:\n"
+                               f"{tail(self.log_path)}")
+            addrs = listen_addrs(self.proc.pid)
+            if addrs is None:  # no ss: fall back to a connect probe
+                try:
+                    socket.create_connection((host, port), timeout=1).close()
+                    return
+                except OSError:
+                    pass
+            elif addrs:
+                stray = [a for a in addrs if a != want]
+                if stray:
+                    raise RunError(f"{self.name} listens on {', '.join(stray)}, not only {want}")
+                if want in addrs:
+                    return
+            time.sleep(0.1)
+        raise RunError(f"{self.name} did not listen on {want} within {timeout}s:\n{tail(self.log_path)}")
+
+    def _reap(self, grace):
+        """Wait up to grace seconds for the process to exit, then SIGTERM it, then SIGKILL it."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM; sending SIGKILL")
+                self.proc.kill()
+                self.proc.wait()
+        self.pids.discard(self.proc.pid)
+        self.proc = None
+        if self.logfile:
+            self.logfile.close()
+            self.logfile = None
+
+    def terminate(self, grace=10):
+        """SIGTERM, then wait for the exit (SIGKILL after grace + 5 s)."""
+        if alive(self.proc):
+            self.proc.send_signal(signal.SIGTERM)
+        self._reap(grace)
+
+    # What QemuBench needs of a target (it also needs .name and .url).
+
+    def alive(self):
+        return alive(self.proc)
+
+    def death(self):
+        return f"{self.name} died (status {self.proc.returncode})"
+
+    def logs(self):
+        return f"{self.name} log:\n{tail(self.log_path)}"
+
+    def cpu(self):
+        return cpu_ticks(self.proc.pid)
+
+    def cpu_parts(self):
+        """CPU ticks of each process that serves the target; QemuBench sums them."""
+        return [self.cpu()]
+
+
+class QemuBench:
+    """`qemu-img bench -f raw -t none` against a target's URL, one run at a time, with a timeout."""
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self.proc = None
+
+    def run(self, target, size, depth, write, count, pattern=165):
+        argv = ["qemu-img", "bench", "-f", "raw", "-t", "none", "-c", str(count), "-d", str(depth),
+                "-s", str(size)]
+        if write:
+            argv += ["-w", "--pattern", str(pattern)]
+        argv.append(target.url)
+        cpu0 = target.cpu_parts()
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = t0 + self.timeout
+        while True:
+            try:
+                out, _ = self.proc.communicate(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            # libiscsi keeps reconnecting to a dead target, so watch the target rather than wait for qemu-img.
+            dead = not target.alive()
+            if dead or time.monotonic() > deadline:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+                self.proc = None
+                what = f"{target.death()} during" if dead else f"qemu-img hung for {self.timeout:.0f}s in"
+                raise RunError(f"{what} {' '.join(argv)}\nqemu-img: {out.strip() or '(no output)'}\n"
+                               f"{target.logs()}")
+        # (On Ctrl-C self.proc stays set, so kill() from the cleanup stops it.)
+        rc = self.proc.returncode
+        self.proc = None
+        wall = time.monotonic() - t0
+        if not target.alive():
+            raise RunError(f"{target.death()} during qemu-img bench:\n{out.strip()}\n{target.logs()}")
+        cpu1 = target.cpu_parts()
+        m = RUN_RE.search(out)
+        if rc != 0 or not m:
+            raise RunError(f"qemu-img bench against {target.name} failed (status {rc}): {out.strip()}\n"
+                           f"{target.logs()}")
+        secs = float(m.group(1))
+        secs = max(secs, 1e-6)
+        ticks = [b - a for a, b in zip(cpu0, cpu1)]
+        return {
+            "secs": secs,
+            "wall": wall,
+            "iops": count / secs,
+            "mibs": count * size / secs / (1 << 20),
+            "cpu_us": sum(ticks) / CLK_TCK / count * 1e6,
+            "cpu_s": sum(ticks) / CLK_TCK,
+            "cpu_parts_us": [t / CLK_TCK / count * 1e6 for t in ticks],
+        }
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_workload(runner, targets, order, wl, count, warmup_count, rounds, restart, check=None, name_width=7):
+    """One warm-up run per target, then rounds rounds alternating the targets in order. A target that fails is
+    restarted (restart(name)) and skipped for the rest of the workload. check(name), if given, runs after each
+    run and raises RunError when the target is no longer fit to be measured. Returns ({name: [result, ...]},
+    {name: error text})."""
+    name, size, depth, write = wl
+    res = {t: [] for t in order}
+    errors = {}
+    plan = [(t, warmup_count, "warm-up") for t in order]
+    plan += [(t, count, f"round {r + 1}/{rounds}") for r in range(rounds) for t in order]
+    for tname, n, label in plan:
+        if tname in errors:
+            continue
+        target = targets[tname]
+        if not target.alive():
+            errors[tname] = f"{tname} is not running"
+            continue
+        try:
+            r = runner.run(target, size, depth, write, n)
+            if check is not None:
+                check(tname)
+        except RunError as e:
+            errors[tname] = str(e)
+            log(f"{name} {label} {tname}: FAILED\n{e}")
+            try:
+                restart(tname)  # a clean target for the next workload
+            except RunError as e2:
+                log(f"restarting {tname} failed: {e2}")
+            continue
+        log(f"{name:8} {label:11} {tname:{name_width}}: {r['iops']:9.0f} IOPS {r['mibs']:8.1f} MiB/s  "
+            f"{r['secs']:6.2f}s  target CPU {r['cpu_s']:5.2f}s = {r['cpu_us']:6.1f} us/IO")
+        if label != "warm-up":
+            res[tname].append(r)
+    return res, errors
+
+
+def medians(results, keys=("iops", "mibs", "cpu_us")):
+    """Median of each key over a list of run results; None for no results."""
+    if not results:
+        return None
+    return {k: statistics.median(r[k] for r in results) for k in keys}
+
+
+def format_table(hdr, rows, left=(0,)):
+    """Lines of a plain-text table: the columns numbered in left left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(hdr)]
+
+    def fmt_row(r):
+        return " | ".join(c.ljust(widths[i]) if i in left else c.rjust(widths[i])
+                          for i, c in enumerate(r)).rstrip()
+
+    return [fmt_row(hdr), "-+-".join("-" * w for w in widths)] + [fmt_row(r) for r in rows]
+
+
+def indent_note(text):
+    """A multi-line note: its first line as is, the others indented."""
+    return "\n".join("    " + l if i else l for i, l in enumerate(text.splitlines()))
+
+
+def clean_workdir(workdir, keep_logs):
+    """Remove the temporary directory, or with keep_logs everything in it but the *.log files."""
+    if not (workdir and os.path.isdir(workdir)):
+        return
+    if keep_logs:
+        for root, dirs, files in os.walk(workdir, topdown=False):
+            for f in files:
+                if not f.endswith(".log"):
+                    os.unlink(os.path.join(root, f))
+            for d in dirs:
+                try:
+                    os.rmdir(os.path.join(root, d))
+                except OSError:
+                    pass  # holds logs
+        log(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_main(prog, bench):
+    """Runs bench.run() with Ctrl-C, SIGTERM and SIGHUP turned into a clean stop, and bench.cleanup() always.
+    Exit status: what run() returns, 2 on a SetupError, 130 when interrupted."""
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    try:
+        return bench.run()
+    except SetupError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        # Ignore further Ctrl-C while the servers are being stopped.
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        bench.cleanup()
