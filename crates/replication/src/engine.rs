@@ -1405,7 +1405,7 @@ impl<S: Storage> Engine<S> {
             }
             Message::NegAck { seq } => {
                 if let Some(w) = self.pending.remove(&seq) {
-                    let _ = self.bitmap.set_range(w.offset, w.len);
+                    self.mark_out_of_sync(w.offset, w.len);
                     self.event(Event::PeerWriteFailed);
                     self.finish_write(w.id, w.offset, w.len, w.al);
                     if let Some(id) = w.id {
@@ -1614,6 +1614,9 @@ impl<S: Storage> Engine<S> {
     // ----- resync -----
 
     fn begin_resync(&mut self, source: Direction) {
+        if let Some(Resync::Source { plan, .. }) = self.resync.take() {
+            self.bitmap = plan.into_bitmap();
+        }
         self.resync = Some(Resync::AwaitBitmap { source });
         self.resync_sent = 0;
         // Send ours; the peer sends its own.
@@ -1770,10 +1773,16 @@ impl<S: Storage> Engine<S> {
 
     fn resync_data(&mut self, offset: u64, data: Vec<u8>) {
         let len = data.len() as u64;
-        let ok = self.state.disk().is_attached()
-            && self.check_range(offset, len).is_ok()
-            && self.storage.write(offset, &data).is_ok();
         let len32 = len as u32;
+        if !self.state.disk().is_attached() || self.check_range(offset, len).is_err() {
+            return self.send(Message::ResyncFailed { offset, len: len32 });
+        }
+        let ok = self.storage.write(offset, &data).is_ok();
+        if !ok {
+            // Detach: the new state stops the source's resync (it would only resend into a failing disk).
+            self.log(true, format!("{}: I/O error writing resync data; detaching", self.cfg.volume));
+            self.event(Event::DiskFailed);
+        }
         if ok {
             let _ = self.bitmap.clear_blocks(offset / 4096, len.div_ceil(4096));
             self.send(Message::ResyncAck { offset, len: len32 });
@@ -1905,7 +1914,27 @@ impl<S: Storage> Engine<S> {
         for action in actions {
             self.run_action(action);
         }
+        self.follow_replication_state();
         self.out.push(Output::Changed);
+    }
+
+    /// A resync or verify the state machine ended (the peer's disk went away, the link closed, ...) ends here
+    /// too; a source's plan gives its bitmap back, so no block it still knew to be out of sync is forgotten.
+    fn follow_replication_state(&mut self) {
+        let repl = self.state.peer().repl;
+        let resyncing = matches!(
+            repl,
+            ReplState::SyncSource | ReplState::SyncTarget | ReplState::PausedSyncS | ReplState::PausedSyncT
+        );
+        if !resyncing {
+            if let Some(Resync::Source { plan, .. }) = self.resync.take() {
+                self.bitmap = plan.into_bitmap();
+            }
+            self.bitmap_in = None;
+        }
+        if repl != ReplState::VerifyS {
+            self.verifying = None;
+        }
     }
 
     fn run_action(&mut self, action: Action) {
@@ -1980,6 +2009,9 @@ impl<S: Storage> Engine<S> {
                 self.log(true, format!("{}: disconnecting from {}: {reason}", self.cfg.volume, self.cfg.peer_name));
             }
             Action::StartResync { source, full } => {
+                if let Some(Resync::Source { plan, .. }) = self.resync.take() {
+                    self.bitmap = plan.into_bitmap();
+                }
                 if full {
                     self.bitmap.set_all();
                 }

@@ -178,3 +178,40 @@ fn checksum_resync_sends_only_blocks_that_differ() {
     assert_eq!(s.resync_sent_bytes, 2 * 4096, "only the blocks whose digest differs travel");
     assert_eq!(p.data(0), p.data(1));
 }
+
+#[test]
+fn a_failing_disk_is_detached_and_the_primary_serves_from_the_peer() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    let id = p.submit_write(0, 0, pattern(7, 4096), false);
+    p.settle(2);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    p.engine(0).storage_mut().disk.failing = true;
+    let id = p.submit_write(0, 8192, pattern(8, 4096), false);
+    p.settle(2);
+    assert_eq!(p.write_result(id), Some(Ok(())), "{:?}", p.logs);
+    let s = p.engine(0).status();
+    assert_eq!(s.role, Role::Primary);
+    assert_eq!(s.disk, DiskState::Diskless, "{:?}", p.logs);
+    assert!(!p.engine(0).reads_local());
+    assert_eq!(p.read(0, 0, 4096).expect("read from the peer"), pattern(7, 4096));
+    assert_eq!(p.read(0, 8192, 4096).expect("read from the peer"), pattern(8, 4096));
+    assert!(p.logs.iter().any(|l| l.contains("I/O error")), "{:?}", p.logs);
+}
+
+#[test]
+fn protocols_a_and_b_complete_earlier_than_c() {
+    for (protocol, after_send) in [(ReplicationProtocol::A, true), (ReplicationProtocol::B, false)] {
+        let mut p = Pair::new(BACKING, protocol);
+        p.settle(20);
+        p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+        p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+        let id = p.submit_write(0, 0, pattern(3, 4096), false);
+        assert_eq!(p.write_result(id).is_some(), after_send, "{protocol:?}");
+        p.settle(2);
+        assert_eq!(p.write_result(id).or(Some(Ok(()))), Some(Ok(())));
+        assert_eq!(p.data(0), p.data(1), "{protocol:?}");
+    }
+}

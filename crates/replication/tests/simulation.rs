@@ -235,6 +235,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 }
             }
             93..=96 => {
+                repair_disks(&mut p);
                 for i in 0..2 {
                     if p.nodes[i].is_none() {
                         p.start(i);
@@ -247,6 +248,13 @@ fn run_seed(seed: u64) -> Result<(), String> {
                             }
                         }
                     }
+                }
+            }
+            97 => {
+                // A disk error on the secondary: it detaches, the primary marks what it misses.
+                let i = 1 - primary;
+                if let Some(e) = p.nodes[i].as_mut() {
+                    e.storage_mut().disk.failing = true;
                 }
             }
             _ => {
@@ -268,16 +276,21 @@ fn run_seed(seed: u64) -> Result<(), String> {
             }
         }
     }
-    // The end: heal, restart, wait for both copies to agree, promote the primary, read every block.
+    // The end: heal, repair, restart, wait for both copies to agree, promote the primary, read every block.
     p.heal();
     for i in 0..2 {
         if let Some(e) = p.nodes[i].as_mut() {
             e.storage_mut().disk.tear_after = None;
         }
+        if p.nodes[i].as_ref().is_some_and(|e| e.storage().disk.dead) {
+            p.kill(i, true);
+            oracle.power_loss();
+        }
         if p.nodes[i].is_none() {
             p.start(i);
         }
     }
+    repair_disks(&mut p);
     let done: Vec<_> = std::mem::take(&mut p.done);
     for (node, out) in done {
         match out {
@@ -293,11 +306,25 @@ fn run_seed(seed: u64) -> Result<(), String> {
             return Err(format!("node{} is Primary, node{} was expected", i + 1, primary + 1));
         }
         if !(s.disk == DiskState::UpToDate && s.replication == ReplState::Established) {
-            return Err(format!("node{} did not get back in sync: {s:?}\n{}", i + 1, p.logs.join("\n")));
+            let other = p.engine(1 - i).status();
+            return Err(format!(
+                "node{} did not get back in sync: {s:?}\nnode{}: {other:?}\n{}",
+                i + 1,
+                2 - i,
+                p.logs.join("\n")
+            ));
         }
     }
-    if p.data(0) != p.data(1) {
-        return Err("both UpToDate after resync, but the copies differ (invariant 4)".into());
+    let (a, b) = (p.data(0), p.data(1));
+    if a != b {
+        let differ: Vec<u64> = (0..blocks)
+            .filter(|&k| a[(k * BLOCK) as usize..((k + 1) * BLOCK) as usize] != b[(k * BLOCK) as usize..((k + 1) * BLOCK) as usize])
+            .take(8)
+            .collect();
+        return Err(format!(
+            "both UpToDate after resync, but the copies differ (invariant 4) in blocks {differ:?}\n{}",
+            p.logs.join("\n")
+        ));
     }
     if p.engine(primary).state().role() != Role::Primary {
         p.admin(primary, AdminCommand::Primary { force: false })
@@ -309,6 +336,19 @@ fn run_seed(seed: u64) -> Result<(), String> {
         oracle.check(block, got).map_err(|e| format!("{e} (invariant 1)"))?;
     }
     Ok(())
+}
+
+/// Replaces failed disks' faults and attaches them again (`volume up`).
+fn repair_disks(p: &mut Pair) {
+    for i in 0..2 {
+        let failing = p.nodes[i].as_ref().is_some_and(|e| e.storage().disk.failing);
+        if failing {
+            p.engine(i).storage_mut().disk.failing = false;
+            if let Err(e) = p.admin(i, AdminCommand::Up) {
+                p.logs.push(format!("node{}: volume up: {e}", i + 1));
+            }
+        }
+    }
 }
 
 /// Invariant 2: never two Primaries while connected.

@@ -210,6 +210,8 @@ impl Pair {
                 disk.crash();
             }
             disk.tear_after = None;
+            // A disk fault in the simulation is transient: gone after a restart.
+            disk.failing = false;
             self.disks[i] = disk;
         }
         self.drop_link("killed");
