@@ -16,6 +16,49 @@ use common::twinsan_bin;
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 256 << 10;
 
+/// `twinsan volume events vol0 [--json]` on a node, its lines collected until `stop`.
+struct EventStream {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl EventStream {
+    fn start(c: &Cluster, node: usize, json: bool) -> EventStream {
+        let mut cmd = Command::new(twinsan_bin());
+        cmd.arg("--config")
+            .arg(&c.config)
+            .args(["--node", &format!("node{node}"), "volume", "events", "vol0"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn volume events");
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        EventStream { child, lines }
+    }
+
+    /// Stops the stream; the lines it printed.
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Both nodes up, connected, and the initial sync skipped (new empty disks): both UpToDate, node1 Primary.
 fn ready_pair(tag: &str) -> Cluster {
     let mut c = Cluster::init(tag, true, "256M");
@@ -42,22 +85,7 @@ fn cluster_initial_sync_after_primary_force() {
     assert!(refused.contains("UpToDate"), "{refused}");
 
     // Follow the event stream while the sync runs.
-    let mut events = Command::new(twinsan_bin())
-        .arg("--config")
-        .arg(&c.config)
-        .args(["--node", "node1", "volume", "events", "vol0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn volume events");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    let out = events.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-        }
-    });
+    let events = EventStream::start(&c, 1, false);
 
     c.cli(1, &["volume", "primary", "--force", "vol0"]);
     let mut seen_progress = Vec::new();
@@ -76,12 +104,7 @@ fn cluster_initial_sync_after_primary_force() {
     let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
     assert_eq!(sent, 256 * 1024, "the initial sync sends the whole volume once");
 
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(events.id() as i32, libc::SIGTERM);
-    }
-    let _ = events.wait();
-    let lines = lines.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let lines = events.stop();
     let progress: Vec<&String> = lines
         .iter()
         .filter(|l| l.contains("replication:SyncSource") && l.contains("done:"))
@@ -203,13 +226,21 @@ fn split(c: &Cluster, writers: &[(usize, u64)], promote: &[usize], demote: &[usi
 #[test]
 fn cluster_split_brain_is_reported_and_resolved_by_discard_my_data() {
     let c = ready_pair("split-brain");
+    let events = EventStream::start(&c, 1, true);
     // node1 is Primary: it goes on; node2 is promoted too once the link is down.
     split(&c, &[(1, 0x51), (2, 0x52)], &[2], &[]);
     for n in [1, 2] {
         let s = c.wait_status(n, Duration::from_secs(30), "split brain", |s| s["split_brain"] == true);
         assert_eq!(peer(&s, "connection"), "StandAlone", "{s}");
     }
-    assert!(c.log(1).contains("split brain") || c.log(2).contains("split brain"), "{}", c.logs());
+    assert!(c.log(1).contains("split brain") && c.log(2).contains("split brain"), "{}", c.logs());
+    let lines = events.stop();
+    let event = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["kind"] == "split-brain");
+    let event = event.unwrap_or_else(|| panic!("no split-brain event on node1:\n{}", lines.join("\n")));
+    assert_eq!(event["status"]["split_brain"], true, "{event}");
     // The victim: node2 discards its changes.
     c.cli(2, &["volume", "secondary", "vol0"]);
     c.cli(2, &["volume", "connect", "--discard-my-data", "vol0"]);
