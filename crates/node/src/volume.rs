@@ -431,7 +431,11 @@ impl Volume {
     }
 
     fn process(&self, engine: &mut Engine<FileStorage>, replies: &mut HashMap<u64, Reply>) {
-        for output in engine.take_outputs() {
+        // The status is published before any caller is answered: whoever acts on an answer (the target
+        // reconciliation after a promotion) sees the state the answer reports.
+        let outputs = engine.take_outputs();
+        self.publish(engine);
+        for output in outputs {
             match output {
                 Output::Send { link, message } => self.send_frame(link, &message),
                 Output::Close { link } => {
@@ -475,6 +479,7 @@ impl Volume {
                 Output::Log { warn: false, text } => info!("{text}"),
             }
         }
+        // Anything the outputs above fed back (a fence answer) is handled on the next turn.
         self.publish(engine);
     }
 

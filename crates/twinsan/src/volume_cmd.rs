@@ -857,7 +857,7 @@ mod tests {
     const CONFIG: &str = r#"
 [cluster]
 name = "t"
-secret = "s"
+secret = "a test secret of sufficient length"
 
 [[node]]
 name = "node1"
