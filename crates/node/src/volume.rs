@@ -212,10 +212,11 @@ enum ToSender {
     Close,
 }
 
-/// The sending half of the current link.
+/// The sending halves of the open connections by id: the engine's link, and any new connection it has not yet
+/// accepted or refused (a stray one never displaces the live link; the engine decides).
 #[derive(Default)]
 struct LinkSlot {
-    current: Option<(u64, Sender<ToSender>)>,
+    open: HashMap<u64, Sender<ToSender>>,
 }
 
 /// What the rest of the daemon sees of a running volume.
@@ -230,7 +231,8 @@ pub struct Volume {
     reads_local: AtomicBool,
     read_file: File,
     wants_link: AtomicBool,
-    link_active: AtomicBool,
+    /// Connections open (the dialler dials only when there is none).
+    links_open: std::sync::atomic::AtomicUsize,
     stop: AtomicBool,
     links: Mutex<LinkSlot>,
     next_link: AtomicU64,
@@ -276,7 +278,7 @@ impl Volume {
             reads_local: AtomicBool::new(false),
             read_file,
             wants_link: AtomicBool::new(false),
-            link_active: AtomicBool::new(false),
+            links_open: std::sync::atomic::AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             links: Mutex::new(LinkSlot::default()),
             next_link: AtomicU64::new(1),
@@ -422,7 +424,7 @@ impl Volume {
             self.process(&mut engine, &mut replies);
         }
         self.wants_link.store(false, Ordering::SeqCst);
-        if let Some((_, tx)) = self.lock_links().current.take() {
+        for (_, tx) in self.lock_links().open.drain() {
             let _ = tx.send(ToSender::Close);
         }
         if let Some(reply) = shutdown_reply {
@@ -439,11 +441,8 @@ impl Volume {
             match output {
                 Output::Send { link, message } => self.send_frame(link, &message),
                 Output::Close { link } => {
-                    let mut slot = self.lock_links();
-                    if slot.current.as_ref().is_some_and(|(id, _)| *id == link) {
-                        if let Some((_, tx)) = slot.current.take() {
-                            let _ = tx.send(ToSender::Close);
-                        }
+                    if let Some(tx) = self.lock_links().open.remove(&link) {
+                        let _ = tx.send(ToSender::Close);
                     }
                 }
                 Output::WriteDone { id, result } | Output::FlushDone { id, result } => {
@@ -510,13 +509,9 @@ impl Volume {
 
     fn send_frame(&self, link: u64, message: &Message) {
         let mut slot = self.lock_links();
-        let matches = slot.current.as_ref().is_some_and(|(id, _)| *id == link);
-        if matches {
-            let frame = wire::encode(message);
-            if let Some((_, tx)) = &slot.current {
-                if tx.send(ToSender::Frame(frame)).is_err() {
-                    slot.current = None;
-                }
+        if let Some(tx) = slot.open.get(&link) {
+            if tx.send(ToSender::Frame(wire::encode(message))).is_err() {
+                slot.open.remove(&link);
             }
         }
     }
@@ -564,7 +559,7 @@ impl Volume {
                     }
                 },
                 None => {
-                    if self.wants_link.load(Ordering::SeqCst) && !self.link_active.load(Ordering::SeqCst) {
+                    if self.wants_link.load(Ordering::SeqCst) && self.links_open.load(Ordering::SeqCst) == 0 {
                         match connect_from(config.local, config.peer) {
                             Ok(stream) => self.setup_link(stream),
                             Err(_) => thread::sleep(Duration::from_millis(300)),
@@ -587,13 +582,8 @@ impl Volume {
             return;
         }
         let (tx, rx) = mpsc::channel();
-        {
-            let mut slot = self.lock_links();
-            if let Some((_, old)) = slot.current.replace((link, tx)) {
-                let _ = old.send(ToSender::Close);
-            }
-        }
-        self.link_active.store(true, Ordering::SeqCst);
+        self.lock_links().open.insert(link, tx);
+        self.links_open.fetch_add(1, Ordering::SeqCst);
         let writer = stream;
         let _ = thread::Builder::new()
             .name(format!("{}-send", self.name))
@@ -633,13 +623,10 @@ impl Volume {
             }
         };
         let _ = stream.shutdown(Shutdown::Both);
-        {
-            let mut slot = self.lock_links();
-            if slot.current.as_ref().is_some_and(|(id, _)| *id == link) {
-                slot.current = None;
-            }
+        if let Some(tx) = self.lock_links().open.remove(&link) {
+            let _ = tx.send(ToSender::Close);
         }
-        self.link_active.store(false, Ordering::SeqCst);
+        self.links_open.fetch_sub(1, Ordering::SeqCst);
         let _ = self.tx.send(Cmd::Engine(Input::LinkDown { link, reason }));
     }
 }

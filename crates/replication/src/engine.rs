@@ -1188,6 +1188,14 @@ impl<S: Storage> Engine<S> {
         self.link = None;
         if was_up {
             self.log(true, format!("{}: lost the link to {}: {reason}", self.cfg.volume, self.cfg.peer_name));
+        } else {
+            self.log(
+                true,
+                format!(
+                    "{}: a connection with {} ended before it was established: {reason}",
+                    self.cfg.volume, self.cfg.peer_name
+                ),
+            );
         }
         self.after_link_lost(reason);
     }

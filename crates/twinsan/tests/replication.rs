@@ -453,3 +453,64 @@ fn cluster_both_killed_under_write_load_lose_nothing_acknowledged() {
     assert!(c.stop(1) && c.stop(2), "the nodes did not stop cleanly:\n{}", c.logs());
     assert_eq!(first_difference(&c.disk(1), &c.disk(2), 256 * MIB), None);
 }
+
+/// Opens a TCP connection from 127.0.0.11 (node1's address, so the acceptor takes it) to node2's replication
+/// port and writes `bytes`; returns what came back before the connection closed (at most 5 s).
+fn speak_to_node2(bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    // std has no bind-before-connect for TcpStream: build the socket by hand.
+    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream built from it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is ours.
+    let mut stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let addr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let local = addr([127, 0, 0, 11], 0);
+    let peer = addr([127, 0, 0, 12], 7789);
+    // SAFETY: valid sockaddr_in values of `len` bytes, alive for the calls.
+    unsafe {
+        assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, len), 0, "bind");
+        assert_eq!(libc::connect(fd, &peer as *const _ as *const libc::sockaddr, len), 0, "connect");
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = stream.write_all(bytes);
+    let mut back = Vec::new();
+    let _ = stream.read_to_end(&mut back);
+    back
+}
+
+#[test]
+fn cluster_peer_speaking_garbage_is_disconnected_and_never_displaces_the_link() {
+    let mut c = Cluster::init("garbage", true, "64M");
+    c.start(2);
+    // node1 is not running: a client at its address speaks garbage to node2's replication port.
+    let mut garbage = b"\x89TWR this is not a replication frame at all".to_vec();
+    garbage.extend(std::iter::repeat_n(0xa5u8, 4096));
+    speak_to_node2(&garbage);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !c.log(2).contains("bad frame") {
+        assert!(std::time::Instant::now() < deadline, "the garbage was not refused with a log line:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.start(1);
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
+    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.cli(1, &["volume", "primary", "vol0"]);
+    // While connected, a stray connection is closed at once and the live link goes on.
+    speak_to_node2(&garbage);
+    let plan = qemu::plan(0x5eed_0007, 64 * MIB, CHUNK, 16);
+    qemu::write(&c.url(1), &plan, CHUNK);
+    let s = c.status(1);
+    assert!(in_sync(&s), "{s}\n{}", c.logs());
+    assert_eq!(peer(&s, "out_of_sync_kib"), 0, "every write reached node2: {s}");
+}
