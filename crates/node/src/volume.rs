@@ -1,16 +1,19 @@
-//! The driver of one replicated volume: the engine on a thread of its own, the link to the peer on two more
-//! (a receiver and a sender, as DRBD has), and the [`BlockDevice`] the SCSI layer writes through.
+//! The driver of one replicated volume: the engine behind a lock, run by whichever thread brings it an input,
+//! and the [`BlockDevice`] the SCSI layer writes through.
 //!
 //! ```text
-//!  SCSI (blocking pool) ──Write/Read/Flush──┐
-//!  admin socket ──────────Admin─────────────┤
-//!  receiver thread ───────Received/LinkDown─┼──▶ engine thread ──frames──▶ sender thread ──▶ TCP
-//!  connector/acceptor ────LinkUp────────────┘        │
-//!                                                    └──▶ status snapshot, events
+//!  SCSI (blocking pool) ─Write/Read/Flush─┐
+//!  admin socket ──────────Admin───────────┤
+//!  receiver thread (per connection) ──────┼──▶ lock(engine).handle(input) ──▶ frames: send(MSG_DONTWAIT) on the
+//!  connector/acceptor ────LinkUp──────────┤                                    socket, the rest queued to the
+//!  timer thread ──────────Tick────────────┘                                    connection's sender thread
+//!                                                   └──▶ completions, status snapshot, events
 //! ```
-//! Everything reaches the engine through one bounded channel, so it sees inputs in the order they happened; the
-//! engine never blocks on the network (the sender's queue is bounded by what the engine allows in flight), only on
-//! its own disk.
+//! The engine is a state machine that makes every decision in the order its inputs arrive; a lock gives it
+//! that order without a thread of its own, so a write costs no hand-off between threads on the way out and the
+//! peer's acknowledgement completes it on the receiver thread that read it. Frames go straight to the socket
+//! while it takes them; when it does not, they queue (in order) for the connection's sender thread. Nothing
+//! under the lock waits for the network; only the disk calls of the engine take time there.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -18,8 +21,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,8 +40,6 @@ use crate::api;
 
 /// How often the engine's timers run.
 const TICK: Duration = Duration::from_millis(100);
-/// Inputs waiting for the engine at most; producers wait when it is full.
-const INPUT_QUEUE: usize = 1024;
 
 /// The files of one volume on this node.
 #[derive(Clone, Debug)]
@@ -176,31 +177,6 @@ pub struct LinkConfig {
     pub dial: bool,
 }
 
-enum Cmd {
-    Engine(Input),
-    Write {
-        offset: u64,
-        data: Vec<u8>,
-        fua: bool,
-        reply: SyncSender<Result<(), IoFailure>>,
-    },
-    Read {
-        offset: u64,
-        len: u32,
-        reply: SyncSender<Result<Vec<u8>, IoFailure>>,
-    },
-    Flush {
-        reply: SyncSender<Result<(), IoFailure>>,
-    },
-    Admin {
-        command: AdminCommand,
-        reply: SyncSender<Result<Option<String>, String>>,
-    },
-    Shutdown {
-        reply: SyncSender<()>,
-    },
-}
-
 enum Reply {
     Write(SyncSender<Result<(), IoFailure>>),
     Read(SyncSender<Result<Vec<u8>, IoFailure>>),
@@ -212,18 +188,37 @@ enum ToSender {
     Close,
 }
 
-/// The sending halves of the open connections by id: the engine's link, and any new connection it has not yet
-/// accepted or refused (a stray one never displaces the live link; the engine decides).
+/// One open connection's sending side.
+struct OpenLink {
+    /// The socket, for sends that must not block (`MSG_DONTWAIT`).
+    stream: TcpStream,
+    /// The sender thread's queue, for what the socket did not take at once.
+    queue: Sender<ToSender>,
+    /// Bytes queued for the sender thread and not yet written: while non-zero, everything queues (order).
+    backlog: Arc<AtomicUsize>,
+}
+
+/// The open connections by id: the engine's link, and any new connection it has not yet accepted or refused (a
+/// stray one never displaces the live link; the engine decides).
 #[derive(Default)]
 struct LinkSlot {
-    open: HashMap<u64, Sender<ToSender>>,
+    open: HashMap<u64, OpenLink>,
+}
+
+/// The engine and what waits on it.
+struct Core {
+    engine: Engine<FileStorage>,
+    replies: HashMap<u64, Reply>,
+    next_id: u64,
+    epoch: Instant,
+    stopped: bool,
 }
 
 /// What the rest of the daemon sees of a running volume.
 pub struct Volume {
     name: String,
     peer_name: String,
-    tx: SyncSender<Cmd>,
+    core: Mutex<Core>,
     status: Mutex<Status>,
     events: tokio::sync::broadcast::Sender<api::EventLine>,
     size: u64,
@@ -232,7 +227,7 @@ pub struct Volume {
     read_file: File,
     wants_link: AtomicBool,
     /// Connections open (the dialler dials only when there is none).
-    links_open: std::sync::atomic::AtomicUsize,
+    links_open: AtomicUsize,
     stop: AtomicBool,
     links: Mutex<LinkSlot>,
     next_link: AtomicU64,
@@ -260,30 +255,11 @@ impl Volume {
             path: paths.data.clone(),
             source: io::Error::other(e.to_string()),
         })?;
-        let epoch = Instant::now();
         let mut engine = Engine::open(engine_config, storage, layout, sb, u64::from_le_bytes(seed), Duration::ZERO)
             .map_err(|e| VolumeError::Metadata {
                 path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
                 why: e.to_string(),
             })?;
-        let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
-        let volume = Arc::new(Volume {
-            name: name.to_owned(),
-            peer_name: peer_name.to_owned(),
-            tx,
-            status: Mutex::new(engine.status()),
-            events,
-            size: engine.data_size(),
-            uuid: engine.volume_uuid(),
-            reads_local: AtomicBool::new(false),
-            read_file,
-            wants_link: AtomicBool::new(false),
-            links_open: std::sync::atomic::AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            links: Mutex::new(LinkSlot::default()),
-            next_link: AtomicU64::new(1),
-            threads: Mutex::new(Vec::new()),
-        });
         // Bring it up: connect.
         engine.handle(
             Input::Admin {
@@ -292,10 +268,36 @@ impl Volume {
             },
             Duration::ZERO,
         );
+        let status = engine.status();
+        let (size, uuid) = (engine.data_size(), engine.volume_uuid());
+        let volume = Arc::new(Volume {
+            name: name.to_owned(),
+            peer_name: peer_name.to_owned(),
+            core: Mutex::new(Core {
+                engine,
+                replies: HashMap::new(),
+                next_id: 1,
+                epoch: Instant::now(),
+                stopped: false,
+            }),
+            status: Mutex::new(status),
+            events,
+            size,
+            uuid,
+            reads_local: AtomicBool::new(false),
+            read_file,
+            wants_link: AtomicBool::new(false),
+            links_open: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            links: Mutex::new(LinkSlot::default()),
+            next_link: AtomicU64::new(1),
+            threads: Mutex::new(Vec::new()),
+        });
+        volume.with_core(|_| None);
         let v = volume.clone();
-        let engine_thread = thread::Builder::new()
-            .name(format!("{name}-engine"))
-            .spawn(move || v.engine_loop(engine, rx, epoch))
+        let timer_thread = thread::Builder::new()
+            .name(format!("{name}-timer"))
+            .spawn(move || v.timer_loop())
             .map_err(|source| VolumeError::Io {
                 path: paths.data.clone(),
                 source,
@@ -308,7 +310,7 @@ impl Volume {
                 path: paths.data.clone(),
                 source,
             })?;
-        volume.lock_threads().extend([engine_thread, link_thread]);
+        volume.lock_threads().extend([timer_thread, link_thread]);
         Ok(volume)
     }
 
@@ -345,94 +347,92 @@ impl Volume {
         to_api(&self.name, &self.peer_name, &self.status())
     }
 
+    fn lock_core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the engine on the input `make` builds from a fresh request id (with the reply to wait on, if any),
+    /// and carries out what it says. `None` runs it on nothing (publishes the state).
+    fn with_core(&self, make: impl FnOnce(u64) -> Option<(Input, Option<Reply>)>) -> bool {
+        let mut core = self.lock_core();
+        if core.stopped {
+            return false;
+        }
+        let id = core.next_id;
+        core.next_id += 1;
+        if let Some((input, reply)) = make(id) {
+            if let Some(reply) = reply {
+                core.replies.insert(id, reply);
+            }
+            let now = core.epoch.elapsed();
+            core.engine.handle(input, now);
+        }
+        self.process(&mut core);
+        true
+    }
+
+    /// Hands the engine an input that waits for nothing.
+    fn input(&self, input: Input) {
+        self.with_core(|_| Some((input, None)));
+    }
+
     /// Runs an admin command and waits for its result.
     pub fn admin(&self, command: AdminCommand) -> Result<Option<String>, String> {
         let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Cmd::Admin { command, reply })
-            .map_err(|_| format!("{}: the volume is stopping", self.name))?;
+        let running = self.with_core(|id| Some((Input::Admin { id, command }, Some(Reply::Admin(reply)))));
+        if !running {
+            return Err(format!("{}: the volume is stopping", self.name));
+        }
         rx.recv_timeout(Duration::from_secs(60))
             .map_err(|_| format!("{}: no answer from the volume engine within 60 s", self.name))?
     }
 
     /// Stops the engine cleanly (the activity log closed, the bitmap written) and the link threads.
     pub fn shutdown(&self) {
-        let (reply, rx) = mpsc::sync_channel(1);
-        if self.tx.send(Cmd::Shutdown { reply }).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(30));
+        {
+            let mut core = self.lock_core();
+            if !core.stopped {
+                core.engine.shutdown();
+                self.process(&mut core);
+                core.stopped = true;
+            }
         }
         self.stop.store(true, Ordering::SeqCst);
+        self.wants_link.store(false, Ordering::SeqCst);
+        for (_, link) in self.lock_links().open.drain() {
+            let _ = link.queue.send(ToSender::Close);
+            let _ = link.stream.shutdown(Shutdown::Both);
+        }
         let threads: Vec<_> = self.lock_threads().drain(..).collect();
         for t in threads {
             let _ = t.join();
         }
     }
 
-    fn engine_loop(self: Arc<Self>, mut engine: Engine<FileStorage>, rx: Receiver<Cmd>, epoch: Instant) {
-        let mut replies: HashMap<u64, Reply> = HashMap::new();
-        let mut next_id: u64 = 1;
-        let mut last_tick = Instant::now();
-        let mut shutdown_reply = None;
-        self.publish(&mut engine);
-        loop {
-            let wait = TICK.saturating_sub(last_tick.elapsed());
-            let cmd = match rx.recv_timeout(wait) {
-                Ok(cmd) => Some(cmd),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let now = epoch.elapsed();
-            if let Some(cmd) = cmd {
-                let id = next_id;
-                next_id += 1;
-                let input = match cmd {
-                    Cmd::Engine(input) => input,
-                    Cmd::Write {
-                        offset,
-                        data,
-                        fua,
-                        reply,
-                    } => {
-                        replies.insert(id, Reply::Write(reply));
-                        Input::Write { id, offset, data, fua }
-                    }
-                    Cmd::Read { offset, len, reply } => {
-                        replies.insert(id, Reply::Read(reply));
-                        Input::Read { id, offset, len }
-                    }
-                    Cmd::Flush { reply } => {
-                        replies.insert(id, Reply::Write(reply));
-                        Input::Flush { id }
-                    }
-                    Cmd::Admin { command, reply } => {
-                        replies.insert(id, Reply::Admin(reply));
-                        Input::Admin { id, command }
-                    }
-                    Cmd::Shutdown { reply } => {
-                        engine.shutdown();
-                        shutdown_reply = Some(reply);
-                        self.process(&mut engine, &mut replies);
-                        break;
-                    }
-                };
-                engine.handle(input, now);
-            }
-            if last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
-                engine.handle(Input::Tick, now);
-            }
-            self.process(&mut engine, &mut replies);
-        }
-        self.wants_link.store(false, Ordering::SeqCst);
-        for (_, tx) in self.lock_links().open.drain() {
-            let _ = tx.send(ToSender::Close);
-        }
-        if let Some(reply) = shutdown_reply {
-            let _ = reply.send(());
+    fn timer_loop(self: Arc<Self>) {
+        while !self.stop.load(Ordering::SeqCst) {
+            thread::sleep(TICK);
+            self.input(Input::Tick);
         }
     }
 
-    fn process(&self, engine: &mut Engine<FileStorage>, replies: &mut HashMap<u64, Reply>) {
+    fn process(&self, core: &mut Core) {
+        loop {
+            let fed_back = self.process_once(core);
+            if fed_back.is_empty() {
+                return;
+            }
+            for input in fed_back {
+                let now = core.epoch.elapsed();
+                core.engine.handle(input, now);
+            }
+        }
+    }
+
+    /// Carries out the engine's outputs; returns inputs they feed back.
+    fn process_once(&self, core: &mut Core) -> Vec<Input> {
+        let Core { engine, replies, .. } = core;
+        let mut fed_back = Vec::new();
         // The status is published before any caller is answered: whoever acts on an answer (the target
         // reconciliation after a promotion) sees the state the answer reports.
         let outputs = engine.take_outputs();
@@ -441,8 +441,8 @@ impl Volume {
             match output {
                 Output::Send { link, message } => self.send_frame(link, &message),
                 Output::Close { link } => {
-                    if let Some(tx) = self.lock_links().open.remove(&link) {
-                        let _ = tx.send(ToSender::Close);
+                    if let Some(open) = self.lock_links().open.remove(&link) {
+                        let _ = open.queue.send(ToSender::Close);
                     }
                 }
                 Output::WriteDone { id, result } | Output::FlushDone { id, result } => {
@@ -472,14 +472,14 @@ impl Volume {
                     // Resource-only fencing goes through the cluster manager, which this build does not have yet:
                     // the fence fails and writes stay suspended (the config refuses resource-only in manual mode).
                     warn!(volume = %self.name, "cannot fence the peer: no cluster manager runs on this node");
-                    let _ = self.tx.try_send(Cmd::Engine(Input::FenceResult { outdated: false }));
+                    fed_back.push(Input::FenceResult { outdated: false });
                 }
                 Output::Log { warn: true, text } => warn!("{text}"),
                 Output::Log { warn: false, text } => info!("{text}"),
             }
         }
-        // Anything the outputs above fed back (a fence answer) is handled on the next turn.
         self.publish(engine);
+        fed_back
     }
 
     /// Publishes the status (and a change event when it changed).
@@ -509,8 +509,30 @@ impl Volume {
 
     fn send_frame(&self, link: u64, message: &Message) {
         let mut slot = self.lock_links();
-        if let Some(tx) = slot.open.get(&link) {
-            if tx.send(ToSender::Frame(wire::encode(message))).is_err() {
+        let Some(open) = slot.open.get(&link) else { return };
+        let frame = wire::encode(message);
+        let mut sent = 0;
+        if open.backlog.load(Ordering::SeqCst) == 0 {
+            use std::os::fd::AsRawFd;
+            let fd = open.stream.as_raw_fd();
+            while sent < frame.len() {
+                let rest = &frame[sent..];
+                // SAFETY: send(2) reads `rest.len()` bytes from a live slice; the socket stays open while `open`
+                // is in the table.
+                let n = unsafe {
+                    libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                };
+                if n <= 0 {
+                    // Full (EAGAIN) or broken: the sender thread takes the rest (and finds out which).
+                    break;
+                }
+                sent += n as usize;
+            }
+        }
+        if sent < frame.len() {
+            let rest = frame[sent..].to_vec();
+            open.backlog.fetch_add(rest.len(), Ordering::SeqCst);
+            if open.queue.send(ToSender::Frame(rest)).is_err() {
                 slot.open.remove(&link);
             }
         }
@@ -581,16 +603,23 @@ impl Volume {
             error!(volume = %self.name, "no randomness for the link challenge");
             return;
         }
+        let Ok(for_sends) = stream.try_clone() else { return };
         let (tx, rx) = mpsc::channel();
-        self.lock_links().open.insert(link, tx);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        self.lock_links().open.insert(
+            link,
+            OpenLink {
+                stream: for_sends,
+                queue: tx,
+                backlog: backlog.clone(),
+            },
+        );
         self.links_open.fetch_add(1, Ordering::SeqCst);
         let writer = stream;
         let _ = thread::Builder::new()
             .name(format!("{}-send", self.name))
-            .spawn(move || sender_loop(writer, rx));
-        if self.tx.send(Cmd::Engine(Input::LinkUp { link, nonce })).is_err() {
-            return;
-        }
+            .spawn(move || sender_loop(writer, rx, backlog));
+        self.input(Input::LinkUp { link, nonce });
         let v = self.clone();
         let _ = thread::Builder::new()
             .name(format!("{}-recv", self.name))
@@ -612,7 +641,7 @@ impl Volume {
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(message)) => {
-                            if self.tx.send(Cmd::Engine(Input::Received { link, message })).is_err() {
+                            if !self.with_core(|_| Some((Input::Received { link, message }, None))) {
                                 break 'read "stopping".to_string();
                             }
                         }
@@ -623,11 +652,11 @@ impl Volume {
             }
         };
         let _ = stream.shutdown(Shutdown::Both);
-        if let Some(tx) = self.lock_links().open.remove(&link) {
-            let _ = tx.send(ToSender::Close);
+        if let Some(open) = self.lock_links().open.remove(&link) {
+            let _ = open.queue.send(ToSender::Close);
         }
         self.links_open.fetch_sub(1, Ordering::SeqCst);
-        let _ = self.tx.send(Cmd::Engine(Input::LinkDown { link, reason }));
+        self.input(Input::LinkDown { link, reason });
     }
 }
 
@@ -688,16 +717,18 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-fn sender_loop(stream: TcpStream, rx: Receiver<ToSender>) {
+fn sender_loop(stream: TcpStream, rx: Receiver<ToSender>, backlog: Arc<AtomicUsize>) {
     let mut out = BufWriter::with_capacity(256 << 10, &stream);
     'run: while let Ok(first) = rx.recv() {
         let mut next = Some(first);
+        let mut written = 0;
         while let Some(msg) = next {
             match msg {
                 ToSender::Frame(bytes) => {
                     if out.write_all(&bytes).is_err() {
                         break 'run;
                     }
+                    written += bytes.len();
                 }
                 ToSender::Close => {
                     let _ = out.flush();
@@ -709,6 +740,8 @@ fn sender_loop(stream: TcpStream, rx: Receiver<ToSender>) {
         if out.flush().is_err() {
             break;
         }
+        // On the wire (or in the kernel's buffer): direct sends may go again once nothing is queued.
+        backlog.fetch_sub(written, Ordering::SeqCst);
     }
     drop(out);
     let _ = stream.shutdown(Shutdown::Both);
@@ -757,12 +790,14 @@ impl ReplicatedDevice {
         ReplicatedDevice { volume }
     }
 
-    fn call<T>(&self, make: impl FnOnce(SyncSender<Result<T, IoFailure>>) -> Cmd) -> io::Result<T> {
+    fn call<T>(&self, make: impl FnOnce(u64, SyncSender<Result<T, IoFailure>>) -> (Input, Reply)) -> io::Result<T> {
         let (reply, rx) = mpsc::sync_channel(1);
-        self.volume
-            .tx
-            .send(make(reply))
-            .map_err(|_| io::Error::other("the volume is stopping"))?;
+        if !self.volume.with_core(|id| {
+            let (input, r) = make(id, reply);
+            Some((input, Some(r)))
+        }) {
+            return Err(io::Error::other("the volume is stopping"));
+        }
         match rx.recv() {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(io::Error::other(e.to_string())),
@@ -781,7 +816,7 @@ impl BlockDevice for ReplicatedDevice {
             return self.volume.read_file.read_exact_at(buf, offset);
         }
         let len = u32::try_from(buf.len()).map_err(io::Error::other)?;
-        let data = self.call(|reply| Cmd::Read { offset, len, reply })?;
+        let data = self.call(|id, reply| (Input::Read { id, offset, len }, Reply::Read(reply)))?;
         if data.len() != buf.len() {
             return Err(io::Error::other("short read from the peer"));
         }
@@ -791,15 +826,24 @@ impl BlockDevice for ReplicatedDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         let data = buf.to_vec();
-        self.call(|reply| Cmd::Write {
-            offset,
-            data,
-            fua,
-            reply,
-        })
+        self.call(|id, reply| (Input::Write { id, offset, data, fua }, Reply::Write(reply)))
+    }
+
+    fn quick_io_limit(&self) -> usize {
+        // Reads of Primary data on this node are page-cache copies, like a local file's.
+        if self.volume.reads_local.load(Ordering::SeqCst) {
+            64 << 10
+        } else {
+            0
+        }
+    }
+
+    fn quick_write_limit(&self) -> usize {
+        // A write waits for the peer: never on the connection's own task.
+        0
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.call(|reply| Cmd::Flush { reply })
+        self.call(|id, reply| (Input::Flush { id }, Reply::Write(reply)))
     }
 }

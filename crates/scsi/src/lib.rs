@@ -53,4 +53,9 @@ pub trait BlockDevice: Send + Sync {
     fn quick_io_limit(&self) -> usize {
         0
     }
+    /// The same for writes (without FUA); by default [`quick_io_limit`](Self::quick_io_limit). A device whose
+    /// writes wait for something slower than memory (a replication peer) answers 0.
+    fn quick_write_limit(&self) -> usize {
+        self.quick_io_limit()
+    }
 }

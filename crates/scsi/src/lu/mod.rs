@@ -235,9 +235,12 @@ impl LogicalUnit {
     /// blocking pool; either way the outcome is the same.
     pub fn is_quick(&self, cdb: &[u8]) -> bool {
         let limit = self.dev.quick_io_limit() as u64;
+        let write_limit = self.dev.quick_write_limit() as u64;
         match Command::decode(cdb) {
             Ok(Command::Read(t)) => u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
-            Ok(Command::Write(t)) => !t.fua && u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
+            Ok(Command::Write(t)) => {
+                !t.fua && u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= write_limit
+            }
             Ok(
                 Command::SynchronizeCache { .. }
                 | Command::Verify { .. }
