@@ -179,6 +179,8 @@ pub struct LinkConfig {
 
 enum Reply {
     Write(SyncSender<Result<(), IoFailure>>),
+    /// A submitted write: called with the result.
+    Submitted(twinsan_scsi::WriteDone),
     Read(SyncSender<Result<Vec<u8>, IoFailure>>),
     Admin(SyncSender<Result<Option<String>, String>>),
 }
@@ -445,11 +447,13 @@ impl Volume {
                         let _ = open.queue.send(ToSender::Close);
                     }
                 }
-                Output::WriteDone { id, result } | Output::FlushDone { id, result } => {
-                    if let Some(Reply::Write(r)) = replies.remove(&id) {
+                Output::WriteDone { id, result } | Output::FlushDone { id, result } => match replies.remove(&id) {
+                    Some(Reply::Write(r)) => {
                         let _ = r.send(result);
                     }
-                }
+                    Some(Reply::Submitted(done)) => done(result.map_err(|e| io::Error::other(e.to_string()))),
+                    _ => {}
+                },
                 Output::ReadDone { id, result } => {
                     if let Some(Reply::Read(r)) = replies.remove(&id) {
                         let _ = r.send(result);
@@ -841,6 +845,21 @@ impl BlockDevice for ReplicatedDevice {
     fn quick_write_limit(&self) -> usize {
         // A write waits for the peer: never on the connection's own task.
         0
+    }
+
+    fn submits_writes(&self) -> bool {
+        true
+    }
+
+    fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: twinsan_scsi::WriteDone) {
+        let mut done = Some(done);
+        let running = self.volume.with_core(|id| {
+            let reply = done.take().map(Reply::Submitted);
+            Some((Input::Write { id, offset, data: buf, fua }, reply))
+        });
+        if let (false, Some(done)) = (running, done) {
+            done(Err(io::Error::other("the volume is stopping")));
+        }
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -37,6 +37,9 @@ pub use sense::{FieldPointer, Sense, SenseKey};
 
 use std::io;
 
+/// Called once with the result of a [`BlockDevice::submit_write`].
+pub type WriteDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
 /// Storage under a logical unit. Calls block; the engine runs them off the async reactor.
 pub trait BlockDevice: Send + Sync {
     /// Capacity in bytes (a multiple of the block size).
@@ -57,5 +60,15 @@ pub trait BlockDevice: Send + Sync {
     /// writes wait for something slower than memory (a replication peer) answers 0.
     fn quick_write_limit(&self) -> usize {
         self.quick_io_limit()
+    }
+    /// True if [`submit_write`](Self::submit_write) returns at once and completes later (a replicated volume,
+    /// whose writes wait for the peer): the engine then needs no thread to wait on the write.
+    fn submits_writes(&self) -> bool {
+        false
+    }
+    /// Starts a write of `buf` at `offset` and calls `done` with its result, from whatever thread completes
+    /// it (perhaps this one, before returning). The default writes with [`write_at`](Self::write_at), blocking.
+    fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: WriteDone) {
+        done(self.write_at(&buf, offset, fua));
     }
 }

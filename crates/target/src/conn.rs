@@ -897,6 +897,24 @@ impl Conn {
             self.on_completion(Completion { itt, outcome });
             return;
         }
+        if let Some(lu) = t.lu.clone().filter(|lu| lu.submits(&t.cdb)) {
+            // A write the device completes by itself (a replicated volume waits for its peer): no thread waits.
+            let tx = self.done_tx.clone();
+            let (cdb, data) = (t.cdb.clone(), std::mem::take(&mut t.data));
+            let req = Request {
+                nexus: &self.nexus,
+                cdb: &cdb,
+                data_out: &data,
+                luns: &self.luns,
+            };
+            lu.submit(
+                &req,
+                Box::new(move |outcome| {
+                    let _ = tx.send(Completion { itt, outcome });
+                }),
+            );
+            return;
+        }
         let cdb = t.cdb.clone();
         let data = std::mem::take(&mut t.data);
         let lu = t.lu.clone();

@@ -194,6 +194,43 @@ impl LogicalUnit {
         }
     }
 
+    /// True if [`submit`](Self::submit) runs this CDB without blocking: a WRITE to a device that
+    /// [submits writes](BlockDevice::submits_writes).
+    pub fn submits(&self, cdb: &[u8]) -> bool {
+        self.dev.submits_writes() && matches!(Command::decode(cdb), Ok(Command::Write(_)))
+    }
+
+    /// Runs a command [`submits`](Self::submits) accepted, without waiting for the device: `done` receives the
+    /// outcome, now or from the thread that completes the write. Anything else is run by
+    /// [`execute`](Self::execute) and its outcome passed on.
+    pub fn submit(&self, req: &Request<'_>, done: Box<dyn FnOnce(Outcome) + Send>) {
+        let t = match Command::decode(req.cdb) {
+            Ok(Command::Write(t)) if self.dev.submits_writes() => t,
+            _ => return done(self.execute(req)),
+        };
+        if let Some(ua) = self.take_unit_attention(req.nexus) {
+            return done(Outcome::check_condition(ua));
+        }
+        if let Err(sense) = self.check_transfer(&t, true) {
+            return done(Outcome::check_condition(sense));
+        }
+        let data = write_data(&t, req.data_out);
+        if data.is_empty() {
+            return done(Outcome::good(Vec::new()));
+        }
+        self.dev.submit_write(
+            data.to_vec(),
+            byte_offset(t.lba),
+            t.fua,
+            Box::new(move |result| {
+                done(match result {
+                    Ok(()) => Outcome::good(Vec::new()),
+                    Err(_) => Outcome::check_condition(Sense::write_error()),
+                })
+            }),
+        );
+    }
+
     /// Bytes of Data-Out the CDB asks for (0 for commands that send none), so the engine knows how much to
     /// solicit. `Err` for an unknown opcode, a bad field or a transfer above [`MAX_TRANSFER_BLOCKS`]: the engine
     /// should then take no Data-Out and call [`execute`](Self::execute) with an empty `data_out`, which
