@@ -215,3 +215,55 @@ fn protocols_a_and_b_complete_earlier_than_c() {
         assert_eq!(p.data(0), p.data(1), "{protocol:?}");
     }
 }
+
+#[test]
+fn invalidate_resyncs_everything_from_the_peer() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    let id = p.submit_write(0, 0, pattern(9, 8192), false);
+    p.settle(2);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    // node2's copy silently damaged (a bad disk, a stray dd): invalidate discards it all.
+    p.engine(1).storage_mut().disk.cache[..4096].fill(0xee);
+    assert_ne!(p.data(0), p.data(1));
+    let refused = p.admin(0, AdminCommand::Invalidate).expect_err("a Primary is never invalidated");
+    assert!(refused.contains("Primary"), "{refused}");
+    p.admin(1, AdminCommand::Invalidate).expect("invalidate node2");
+    p.settle(100);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(s.resync_sent_bytes, p.engine(0).data_size(), "a full resync");
+    assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
+    assert_eq!(p.data(0), p.data(1));
+}
+
+#[test]
+fn down_closes_the_activity_log_and_up_resyncs_only_what_changed() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    let refused = p.admin(0, AdminCommand::Down).expect_err("a Primary is not taken down");
+    assert!(refused.contains("secondary"), "{refused}");
+    p.admin(1, AdminCommand::Down).expect("down node2");
+    let s = p.engine(1).status();
+    assert_eq!((s.disk, s.connection), (DiskState::Diskless, ConnState::StandAlone));
+    for k in 0..4u64 {
+        let id = p.submit_write(0, k * (1 << 20), pattern(k, 4096), false);
+        p.settle(1);
+        assert_eq!(p.write_result(id), Some(Ok(())));
+    }
+    p.admin(1, AdminCommand::Up).expect("up node2");
+    p.settle(100);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(s.resync_sent_bytes, 4 * 4096, "only the four blocks written while node2 was down");
+    assert!(
+        !p.logs.iter().any(|l| l.starts_with("node2") && l.contains("did not close the activity log")),
+        "a clean down closes the activity log: {:?}",
+        p.logs
+    );
+    assert_eq!(p.data(0), p.data(1));
+}
