@@ -25,6 +25,8 @@
 //! after_sb_0pri = "disconnect"
 //! after_sb_1pri = "disconnect"
 //! after_sb_2pri = "disconnect"
+//! handler_split_brain = "logger -t twinsan split brain on $TWINSAN_VOLUME"   # optional, like DRBD's handlers
+//! handler_pri_lost_after_sb = "..."                                          # optional
 //! disk = { node1 = { path = "node1/vol0.img" }, node2 = { path = "node2/vol0.img", meta = "node2/vol0.md" } }
 //!
 //! [[target]]
@@ -180,6 +182,13 @@ pub struct VolumeConfig {
     /// Highest resync rate, KiB/s (DRBD c-max-rate).
     #[serde(default)]
     pub resync_max_kib_s: Option<u64>,
+    /// Shell command run when a split brain is detected (DRBD's `split-brain` handler), e.g. to notify.
+    #[serde(default)]
+    pub handler_split_brain: Option<String>,
+    /// Shell command run on a Primary that lost a split brain it cannot discard under it (DRBD's
+    /// `pri-lost-after-sb` handler, for the `call-pri-lost-after-sb` policies).
+    #[serde(default)]
+    pub handler_pri_lost_after_sb: Option<String>,
     /// The backing disk on each node, by node name.
     pub disk: BTreeMap<String, DiskConfig>,
 }

@@ -22,7 +22,7 @@ use twinsan_target::{Server, ServerConfig, TargetConfig};
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
 use crate::config::{ClusterConfig, NodeConfig};
-use crate::volume::{DiskPaths, LinkConfig, ReplicatedDevice, Volume};
+use crate::volume::{DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
 
 /// An error that stops the daemon from starting; the text tells the admin what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,11 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             peer: SocketAddr::new(peer.address, v.port),
             dial: me.id < peer.id,
         };
-        let volume = Volume::start(&v.name, &peer.name, engine_config, &paths, link, events.clone())
+        let handlers = Handlers {
+            split_brain: v.handler_split_brain.clone(),
+            pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
+        };
+        let volume = Volume::start(&v.name, &peer.name, engine_config, &paths, link, handlers, events.clone())
             .map_err(|source| DaemonError::Volume {
                 volume: v.name.clone(),
                 source,

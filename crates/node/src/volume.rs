@@ -166,6 +166,15 @@ pub fn open_disk(paths: &DiskPaths) -> Result<(FileStorage, Layout, metadata::Su
     Ok((FileStorage { data, meta }, layout, chosen.superblock))
 }
 
+/// Shell commands run on volume events (DRBD's handlers).
+#[derive(Clone, Debug, Default)]
+pub struct Handlers {
+    /// On a split brain found on connect.
+    pub split_brain: Option<String>,
+    /// On a Primary that lost a split brain.
+    pub pri_lost_after_sb: Option<String>,
+}
+
 /// Where the peer is and who connects to whom.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -234,6 +243,7 @@ pub struct Volume {
     links: Mutex<LinkSlot>,
     next_link: AtomicU64,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    handlers: Handlers,
 }
 
 impl Volume {
@@ -245,6 +255,7 @@ impl Volume {
         engine_config: EngineConfig,
         paths: &DiskPaths,
         link: LinkConfig,
+        handlers: Handlers,
         events: tokio::sync::broadcast::Sender<api::EventLine>,
     ) -> Result<Arc<Volume>, VolumeError> {
         let (storage, layout, sb) = open_disk(paths)?;
@@ -294,6 +305,7 @@ impl Volume {
             links: Mutex::new(LinkSlot::default()),
             next_link: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
+            handlers,
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -411,6 +423,33 @@ impl Volume {
         }
     }
 
+    /// Runs a handler command with `sh -c`, in the background; its exit status is logged. The environment tells
+    /// it what happened: `TWINSAN_VOLUME`, `TWINSAN_PEER`, `TWINSAN_HANDLER`.
+    fn run_handler(&self, which: &'static str, command: Option<&str>) {
+        let Some(command) = command else { return };
+        let spawned = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env("TWINSAN_VOLUME", &self.name)
+            .env("TWINSAN_PEER", &self.peer_name)
+            .env("TWINSAN_HANDLER", which)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        let volume = self.name.clone();
+        match spawned {
+            Ok(mut child) => {
+                let _ = thread::Builder::new().name(format!("{volume}-handler")).spawn(move || {
+                    match child.wait() {
+                        Ok(status) if status.success() => info!(%volume, "{which} handler finished"),
+                        Ok(status) => warn!(%volume, "{which} handler failed: {status}"),
+                        Err(e) => warn!(%volume, "{which} handler: {e}"),
+                    }
+                });
+            }
+            Err(e) => warn!(%volume, "cannot run the {which} handler: {e}"),
+        }
+    }
+
     fn timer_loop(self: Arc<Self>) {
         while !self.stop.load(Ordering::SeqCst) {
             thread::sleep(TICK);
@@ -471,6 +510,10 @@ impl Volume {
                         kind: "split-brain".into(),
                         status,
                     });
+                    self.run_handler("split-brain", self.handlers.split_brain.as_deref());
+                }
+                Output::PriLostAfterSplitBrain => {
+                    self.run_handler("pri-lost-after-sb", self.handlers.pri_lost_after_sb.as_deref());
                 }
                 Output::FencePeer { .. } => {
                     // Resource-only fencing goes through the cluster manager, which this build does not have yet:

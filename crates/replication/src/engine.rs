@@ -282,8 +282,11 @@ pub enum Output {
     },
     /// The status changed (for `volume events`).
     Changed,
-    /// A split brain was found on connect.
+    /// A split brain was found on connect: report it (event, `split-brain` handler).
     SplitBrain,
+    /// This Primary lost a split brain it cannot resolve by itself: run the `pri-lost-after-sb` handler (DRBD's
+    /// `call-pri-lost-after-sb` policies).
+    PriLostAfterSplitBrain,
     /// Resource-only fencing: ask the cluster to mark the peer Outdated (answer with [`Input::FenceResult`]).
     /// Writes stay suspended until then.
     FencePeer {
@@ -2079,10 +2082,17 @@ impl<S: Storage> Engine<S> {
                 );
                 self.out.push(Output::SplitBrain);
             }
-            Action::PriLostAfterSplitBrain => self.log(
-                true,
-                format!("{}: this Primary lost the split brain; demote it and reconnect", self.cfg.volume),
-            ),
+            Action::PriLostAfterSplitBrain => {
+                self.log(
+                    true,
+                    format!(
+                        "{}: this Primary lost the split brain and cannot discard the data it serves; running the \
+                         pri-lost-after-sb handler (demote it, then reconnect)",
+                        self.cfg.volume
+                    ),
+                );
+                self.out.push(Output::PriLostAfterSplitBrain);
+            }
         }
     }
 

@@ -267,6 +267,16 @@ fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
         1,
     );
     assert!(text.contains("discard-zero-changes"), "init's config has no after_sb_0pri line:\n{text}");
+    // The split-brain handler runs on detection, told what happened through its environment.
+    let handler_log = c.folder().join("handler.log");
+    let text = text.replacen(
+        "after_sb_1pri",
+        &format!(
+            "handler_split_brain = \"echo \\\"$TWINSAN_HANDLER $TWINSAN_VOLUME $TWINSAN_PEER\\\" >> {}\"\nafter_sb_1pri",
+            handler_log.display()
+        ),
+        1,
+    );
     std::fs::write(&c.config, text).expect("write config");
     c.start(1);
     c.start(2);
@@ -285,6 +295,12 @@ fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
     c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
     c.cli(2, &["volume", "primary", "vol0"]);
     qemu::verify(&c.url(2), &qemu::plan(0x61, 256 * MIB, CHUNK, 8), CHUNK);
+    let ran = std::fs::read_to_string(&handler_log).unwrap_or_default();
+    assert!(
+        ran.contains("split-brain vol0 node2") || ran.contains("split-brain vol0 node1"),
+        "the split-brain handler did not run (log: {ran:?}):\n{}",
+        c.logs()
+    );
 }
 
 #[test]
