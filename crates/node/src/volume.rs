@@ -33,7 +33,7 @@ use twinsan_replication::engine::{
 };
 use twinsan_replication::generation::Role;
 use twinsan_replication::metadata::{self, Layout, Placement, SUPERBLOCK_SIZE};
-use twinsan_replication::wire::{self, FrameDecoder, Message};
+use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
 
 use crate::api;
@@ -385,6 +385,20 @@ impl Volume {
         true
     }
 
+    /// Hands the engine several inputs that wait for nothing, under one lock.
+    fn with_core_all(&self, inputs: Vec<Input>) -> bool {
+        let mut core = self.lock_core();
+        if core.stopped {
+            return false;
+        }
+        for input in inputs {
+            let now = core.epoch.elapsed();
+            core.engine.handle(input, now);
+        }
+        self.process(&mut core);
+        true
+    }
+
     /// Hands the engine an input that waits for nothing.
     fn input(&self, input: Input) {
         self.with_core(|_| Some((input, None)));
@@ -478,9 +492,19 @@ impl Volume {
         // reconciliation after a promotion) sees the state the answer reports.
         let outputs = engine.take_outputs();
         self.publish(engine);
+        // Frames for one connection leave in one send, in order; a Close goes after what preceded it.
+        let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
         for output in outputs {
+            if !matches!(output, Output::Send { .. }) {
+                for (link, bytes) in frames.drain(..) {
+                    self.send_bytes(link, bytes);
+                }
+            }
             match output {
-                Output::Send { link, message } => self.send_frame(link, &message),
+                Output::Send { link, message } => match frames.last_mut() {
+                    Some((last, bytes)) if *last == link => wire::encode_into(&message, bytes),
+                    _ => frames.push((link, wire::encode(&message))),
+                },
                 Output::Close { link } => {
                     if let Some(open) = self.lock_links().open.remove(&link) {
                         let _ = open.queue.send(ToSender::Close);
@@ -525,6 +549,9 @@ impl Volume {
                 Output::Log { warn: false, text } => info!("{text}"),
             }
         }
+        for (link, bytes) in frames {
+            self.send_bytes(link, bytes);
+        }
         self.publish(engine);
         fed_back
     }
@@ -554,10 +581,11 @@ impl Volume {
         }
     }
 
-    fn send_frame(&self, link: u64, message: &Message) {
+    /// Sends encoded frames on connection `link`: straight to the socket while it takes them, the rest queued
+    /// for the connection's sender thread (and everything after, until it has caught up).
+    fn send_bytes(&self, link: u64, frame: Vec<u8>) {
         let mut slot = self.lock_links();
         let Some(open) = slot.open.get(&link) else { return };
-        let frame = wire::encode(message);
         let mut sent = 0;
         if open.backlog.load(Ordering::SeqCst) == 0 {
             use std::os::fd::AsRawFd;
@@ -577,7 +605,7 @@ impl Volume {
             }
         }
         if sent < frame.len() {
-            let rest = frame[sent..].to_vec();
+            let rest = if sent == 0 { frame } else { frame[sent..].to_vec() };
             open.backlog.fetch_add(rest.len(), Ordering::SeqCst);
             if open.queue.send(ToSender::Frame(rest)).is_err() {
                 slot.open.remove(&link);
@@ -682,20 +710,29 @@ impl Volume {
                 Ok(n) => n,
                 Err(e) => break 'read format!("read: {e}"),
             };
+            // Every frame of one read is handed to the engine under one lock, so what it answers (acks) leaves
+            // in one send.
             let mut fed = 0;
-            while fed < n {
+            let mut batch = Vec::new();
+            let mut failed = None;
+            while fed < n && failed.is_none() {
                 fed += decoder.push(&buf[fed..n]);
                 loop {
                     match decoder.next_frame() {
-                        Ok(Some(message)) => {
-                            if !self.with_core(|_| Some((Input::Received { link, message }, None))) {
-                                break 'read "stopping".to_string();
-                            }
-                        }
+                        Ok(Some(message)) => batch.push(Input::Received { link, message }),
                         Ok(None) => break,
-                        Err(e) => break 'read format!("the peer sent a bad frame: {e}"),
+                        Err(e) => {
+                            failed = Some(format!("the peer sent a bad frame: {e}"));
+                            break;
+                        }
                     }
                 }
+            }
+            if !batch.is_empty() && !self.with_core_all(batch) {
+                break 'read "stopping".to_string();
+            }
+            if let Some(reason) = failed {
+                break 'read reason;
             }
         };
         let _ = stream.shutdown(Shutdown::Both);
