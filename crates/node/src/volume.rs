@@ -247,7 +247,7 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Starts the volume: the engine thread and the link threads. The disk is attached and the volume starts
+    /// Starts the volume: its timer and link threads. The disk is attached and the volume starts
     /// connecting to its peer.
     pub fn start(
         name: &str,
