@@ -271,20 +271,7 @@ pub fn read_md(data: &Path, meta: Option<&Path>) -> Result<(Layout, Chosen), MdE
     Ok((layout, chosen))
 }
 
-/// A size as exact bytes plus a binary unit: "67108864 bytes (64.00 MiB)".
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} bytes");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{bytes} bytes ({value:.2} {})", UNITS[unit])
-}
+pub use twinsan_replication::metadata::human_size;
 
 /// The layout for `data` with internal metadata, or external metadata on `meta`; a device too small is named.
 fn compute_layout(data: &Device, meta: Option<&Device>) -> Result<Layout, MdError> {

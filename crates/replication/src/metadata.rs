@@ -191,7 +191,7 @@ pub enum MetadataError {
         why: String,
     },
     /// A device cannot hold the metadata plus the minimum data size.
-    #[error("{device} is too small: it has {}, twinsan needs at least {} ({needed_for})", human(*size_bytes), human(*needed_bytes))]
+    #[error("{device} is too small: it has {}, twinsan needs at least {} ({needed_for})", human_size(*size_bytes), human_size(*needed_bytes))]
     TooSmall {
         /// Which device: "backing device" or "external metadata device".
         device: &'static str,
@@ -354,7 +354,7 @@ impl Layout {
                         device: "external metadata device",
                         size_bytes: device_size,
                         needed_bytes: needed,
-                        needed_for: format!("metadata for {} of data", human(data_size)),
+                        needed_for: format!("metadata for {} of data", human_size(data_size)),
                     });
                 }
                 let activity_log = SUPERBLOCK_COPIES as u64 * superblock;
@@ -747,8 +747,8 @@ impl Superblock {
                 "data_size",
                 format!(
                     "is {}, more than the {} this backing device can hold",
-                    human(self.data_size),
-                    human(layout.data_size)
+                    human_size(self.data_size),
+                    human_size(layout.data_size)
                 ),
             );
         }
@@ -1035,7 +1035,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A size as exact bytes plus a binary unit, e.g. "1318912 bytes (1.26 MiB)".
-fn human(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if bytes < 1024 {
         return format!("{bytes} bytes");
@@ -1803,9 +1803,9 @@ mod tests {
 
     #[test]
     fn messages_name_sizes_readably() {
-        assert_eq!(human(512), "512 bytes");
-        assert_eq!(human(1_318_912), "1318912 bytes (1.26 MiB)");
-        assert_eq!(human(GIB), "1073741824 bytes (1.00 GiB)");
+        assert_eq!(human_size(512), "512 bytes");
+        assert_eq!(human_size(1_318_912), "1318912 bytes (1.26 MiB)");
+        assert_eq!(human_size(GIB), "1073741824 bytes (1.00 GiB)");
     }
 
     // ---- properties ----
