@@ -133,6 +133,9 @@ pub fn plan_volume(
         ),
     };
 
+    let chosen = target;
+    let target = chosen.map(|(i, _)| i);
+
     let primaries: Vec<&str> = facts
         .iter()
         .filter(|f| f.online && f.volume.role == Role::Primary)
@@ -182,11 +185,21 @@ pub fn plan_volume(
             }
             continue;
         }
-        // The target: keep what runs healthy on top of kept members; restart the rest.
+        // The target: keep what runs healthy on top of kept members; restart the rest. A Primary without a disk
+        // is not restarted: once demoted it could not be promoted again.
+        let diskless = matches!(chosen, Some((_, Data::DisklessServedByPeer)));
+        if diskless && node.members[VOLUME].failed {
+            notes.push(format!(
+                "{v}: {v} failed on {}, which has no disk of its own: it is not restarted (once demoted it could not \
+                 be promoted again)",
+                node.name
+            ));
+        }
         let mut keep = vec![false; node.members.len()];
         for (m, member) in node.members.iter().enumerate() {
             let parent_kept = stack.parent(m).is_none_or(|p| keep[p]);
-            keep[m] = member.active && !member.failed && member.runnable && parent_kept;
+            let healthy = !member.failed || (m == VOLUME && diskless);
+            keep[m] = member.active && healthy && member.runnable && parent_kept;
             if member.present(m) && !keep[m] {
                 stops.push(Change {
                     member: m,
@@ -434,20 +447,22 @@ fn choose(
     config: &VolumeStack,
     stickiness: u32,
     notes: &mut Vec<String>,
-) -> Option<usize> {
+) -> Option<(usize, Data)> {
     let v = stack.volume();
     let mut with_data = Vec::new();
     let mut diskless = Vec::new();
     for (i, _) in facts.iter().enumerate().filter(|(_, f)| f.online) {
         match eligibility(facts, i, config) {
-            Eligibility::Promotable(Data::UpToDate | Data::ConsistentAlone) => with_data.push(i),
-            Eligibility::Promotable(Data::DisklessServedByPeer) => diskless.push(i),
+            Eligibility::Promotable(data @ (Data::UpToDate | Data::ConsistentAlone)) => {
+                with_data.push((i, data))
+            }
+            Eligibility::Promotable(data @ Data::DisklessServedByPeer) => diskless.push((i, data)),
             Eligibility::Not(Some(why)) => notes.push(format!("{v}: {why}")),
             Eligibility::Not(None) => {}
         }
     }
     let candidates = if with_data.is_empty() {
-        for &i in &diskless {
+        for &(i, _) in &diskless {
             notes.push(format!(
                 "{v}: {} is Primary without a disk (Diskless) and keeps serving from its peer's UpToDate copy: no \
                  node with a copy of its own may be promoted",
@@ -456,7 +471,7 @@ fn choose(
         }
         diskless
     } else {
-        for &i in &diskless {
+        for &(i, _) in &diskless {
             notes.push(format!(
                 "{v}: {} is Primary without a disk (Diskless, served by its peer's copy): the volume moves to a node \
                  with an UpToDate copy",
@@ -466,10 +481,10 @@ fn choose(
         with_data
     };
 
-    let Some(best) = candidates
+    let Some((best, data)) = candidates
         .iter()
         .copied()
-        .max_by_key(|&i| rank(&facts[i], stickiness))
+        .max_by_key(|&(i, _)| rank(&facts[i], stickiness))
     else {
         notes.push(format!(
             "{v}: no node may be promoted, so its stack does not run"
@@ -478,7 +493,7 @@ fn choose(
     };
     let runner_up = candidates
         .iter()
-        .copied()
+        .map(|&(i, _)| i)
         .filter(|&i| i != best)
         .max_by_key(|&i| rank(&facts[i], stickiness));
 
@@ -500,22 +515,13 @@ fn choose(
         Some(r) => compare(chosen, &facts[r], stack, stickiness),
     };
     notes.push(format!("{v}: {verb}: {why}"));
-    if eligibility_data(facts, best, config) == Some(Data::ConsistentAlone)
-        && chosen.volume.role != Role::Primary
-    {
+    if data == Data::ConsistentAlone && chosen.volume.role != Role::Primary {
         notes.push(format!(
             "{v}: {t} is Consistent and alone: the volume outdates its peer through the cluster (resource-only \
              fencing) before it becomes Primary"
         ));
     }
-    Some(best)
-}
-
-fn eligibility_data(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Option<Data> {
-    match eligibility(facts, i, config) {
-        Eligibility::Promotable(data) => Some(data),
-        Eligibility::Not(_) => None,
-    }
+    Some((best, data))
 }
 
 /// Says why `chosen` wins over `other`, by the first criterion of [`rank`] that tells them apart.

@@ -27,12 +27,13 @@ pub enum QuorumVerdict {
 pub fn assess(input: &ClusterInput, notes: &mut Vec<String>) -> QuorumVerdict {
     let state = &input.state;
     let options = &input.config.options;
-    let online: Vec<&str> = state
+    let mut online: Vec<&str> = state
         .nodes
         .iter()
         .filter(|n| n.online)
         .map(|n| n.name.as_str())
         .collect();
+    online.sort_unstable();
     let vote_here = options.witness
         && state
             .witness_vote
