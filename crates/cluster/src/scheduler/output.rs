@@ -118,6 +118,8 @@ impl fmt::Display for Action {
 pub struct Schedule {
     /// What to do, in order. Empty when nothing needs to change.
     pub actions: Vec<Action>,
-    /// Why, in sentences an admin reads, each starting with what it is about (`vol0: ...`, `quorum: ...`).
+    /// Why, in sentences an admin reads, each starting with what it is about: a volume (`vol0: ...`),
+    /// `quorum:`, `input:` (the input was refused; nothing is scheduled) or `internal:` (a safety check caught a
+    /// bug in the scheduler; nothing is scheduled).
     pub notes: Vec<String>,
 }

@@ -5,7 +5,8 @@
 use std::cmp::Reverse;
 
 use super::input::{
-    ClusterInput, DiskState, Fencing, LocationKind, ResourceStatus, Role, RunStatus, VolumeStack,
+    ClusterInput, DiskState, Fencing, LocationKind, NodeStatus, ResourceStatus, Role, RunStatus,
+    VolumeStack,
 };
 use super::output::Action;
 use super::quorum::QuorumVerdict;
@@ -226,8 +227,6 @@ fn gather<'a>(
     notes: &mut Vec<String>,
 ) -> Vec<NodeFacts<'a>> {
     let v = stack.volume();
-    let options = &input.config.options;
-    let now = input.state.now_s;
     let mut nodes: Vec<_> = input.state.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -254,66 +253,10 @@ fn gather<'a>(
                     },
                 );
             let mut members: Vec<MemberFacts> = Vec::with_capacity(stack.members().len());
-            for (m, member) in stack.members().iter().enumerate() {
-                let entry = input
-                    .state
-                    .resources
-                    .iter()
-                    .find(|e| e.resource == member.name && e.node == node.name);
-                let status = entry.map_or(RunStatus::Stopped, |e| e.status);
-                let raw_count = entry.map_or(0, |e| e.fail_count);
-                let expired = entry.is_some_and(|e| fail_count_expired(e, options.failure_timeout_s, now));
-                let fail_count = if expired { 0 } else { raw_count };
-                if let (true, true, Some(e)) = (expired, node.online, entry) {
-                    notes.push(format!(
-                        "{v}: the fail count of {} on {} ({raw_count}) has expired (last failure at {} s, \
-                         failure-timeout {} s, now {now} s): it no longer counts",
-                        member.name,
-                        node.name,
-                        e.last_failure_s.unwrap_or_default(),
-                        options.failure_timeout_s.unwrap_or_default(),
-                    ));
-                }
-                let location_ban = input.config.locations.iter().any(|l| {
-                    l.kind == LocationKind::Ban && l.resource == member.name && l.node == node.name
-                });
-                let threshold = options.migration_threshold;
-                let ban = if location_ban {
-                    Some(Ban::Location)
-                } else if threshold > 0 && fail_count >= threshold {
-                    Some(Ban::FailCount {
-                        count: fail_count,
-                        threshold,
-                    })
-                } else {
-                    None
-                };
-                if node.online {
-                    match ban {
-                        Some(Ban::Location) => notes.push(format!(
-                            "{v}: {} is banned from {} (resource ban or move; resource clear lifts it)",
-                            member.name, node.name
-                        )),
-                        Some(Ban::FailCount { count, threshold }) => notes.push(format!(
-                            "{v}: {} may not run on {}: its fail count {count} reached migration-threshold \
-                             {threshold} (resource cleanup resets it)",
-                            member.name, node.name
-                        )),
-                        None => {}
-                    }
-                }
+            for m in 0..stack.members().len() {
                 let parent_runnable = stack.parent(m).is_none_or(|p| members[p].runnable);
-                members.push(MemberFacts {
-                    active: if m == VOLUME {
-                        volume.role == Role::Primary
-                    } else {
-                        status == RunStatus::Started
-                    },
-                    failed: status == RunStatus::Failed,
-                    fail_count,
-                    ban,
-                    runnable: ban.is_none() && parent_runnable,
-                });
+                let facts = member_facts(input, stack, m, node, &volume, parent_runnable, notes);
+                members.push(facts);
             }
             let prefers = input
                 .config
@@ -335,6 +278,81 @@ fn gather<'a>(
             }
         })
         .collect()
+}
+
+/// Reads one member of the stack on one node; notes an expired fail count or a ban on an online node.
+fn member_facts(
+    input: &ClusterInput,
+    stack: &Stack<'_>,
+    m: usize,
+    node: &NodeStatus,
+    volume: &VolumeFacts,
+    parent_runnable: bool,
+    notes: &mut Vec<String>,
+) -> MemberFacts {
+    let v = stack.volume();
+    let options = &input.config.options;
+    let now = input.state.now_s;
+    let name = stack.members()[m].name;
+    let entry = input
+        .state
+        .resources
+        .iter()
+        .find(|e| e.resource == name && e.node == node.name);
+    let status = entry.map_or(RunStatus::Stopped, |e| e.status);
+    let raw_count = entry.map_or(0, |e| e.fail_count);
+    let expired = entry.is_some_and(|e| fail_count_expired(e, options.failure_timeout_s, now));
+    let fail_count = if expired { 0 } else { raw_count };
+    if let (true, true, Some(e)) = (expired, node.online, entry) {
+        notes.push(format!(
+            "{v}: the fail count of {name} on {} ({raw_count}) has expired (last failure at {} s, failure-timeout \
+             {} s, now {now} s): it no longer counts",
+            node.name,
+            e.last_failure_s.unwrap_or_default(),
+            options.failure_timeout_s.unwrap_or_default(),
+        ));
+    }
+    let location_ban = input
+        .config
+        .locations
+        .iter()
+        .any(|l| l.kind == LocationKind::Ban && l.resource == name && l.node == node.name);
+    let threshold = options.migration_threshold;
+    let ban = if location_ban {
+        Some(Ban::Location)
+    } else if threshold > 0 && fail_count >= threshold {
+        Some(Ban::FailCount {
+            count: fail_count,
+            threshold,
+        })
+    } else {
+        None
+    };
+    if node.online {
+        match ban {
+            Some(Ban::Location) => notes.push(format!(
+                "{v}: {name} is banned from {} (resource ban or move; resource clear lifts it)",
+                node.name
+            )),
+            Some(Ban::FailCount { count, threshold }) => notes.push(format!(
+                "{v}: {name} may not run on {}: its fail count {count} reached migration-threshold {threshold} \
+                 (resource cleanup resets it)",
+                node.name
+            )),
+            None => {}
+        }
+    }
+    MemberFacts {
+        active: if m == VOLUME {
+            volume.role == Role::Primary
+        } else {
+            status == RunStatus::Started
+        },
+        failed: status == RunStatus::Failed,
+        fail_count,
+        ban,
+        runnable: ban.is_none() && parent_runnable,
+    }
 }
 
 /// A fail count expires `failure_timeout_s` after its last failure (0 or `None`: never).
