@@ -1,0 +1,15 @@
+//! The cluster manager of twinsan, as a core with no I/O (Pacemaker semantics for one job: a two-node cluster
+//! whose resources are, per replicated volume, the volume, its virtual IP, its iSCSI target and its LUNs).
+//!
+//! - [`scheduler`]: the pure function that turns the configuration and the cluster state into the ordered
+//!   actions of one transition, with notes that explain each decision; tested with golden cases kept as data
+//!   files under `tests/scheduler/`, like Pacemaker's scheduler regression tests.
+//!
+//! Membership, the resource agents and the executor that runs the actions are drivers around this core; they
+//! pass the time in and carry the actions out.
+
+pub mod error;
+pub mod scheduler;
+
+pub use error::InputError;
+pub use scheduler::{schedule, ClusterInput, Schedule};
