@@ -928,7 +928,16 @@ impl<S: Storage> Engine<S> {
 
     fn app_flush(&mut self, id: u64) {
         if self.attached && self.state.disk().is_attached() && self.storage.flush().is_err() {
+            self.log(true, format!("{}: I/O error flushing the local disk; detaching it", self.cfg.volume));
             self.event(Event::DiskFailed);
+        }
+        if self.state.read_from().is_none() && self.state.role() == Role::Primary {
+            // Neither the local disk nor a connected UpToDate peer holds the data: nothing is durable.
+            let e = IoFailure::Medium(format!(
+                "{}: cannot flush: no UpToDate copy is reachable",
+                self.cfg.volume
+            ));
+            return self.out.push(Output::FlushDone { id, result: Err(e) });
         }
         if self.connected_link().is_some() && self.state.peer().disk.is_attached() {
             let epoch = self.epoch;
@@ -1388,11 +1397,6 @@ impl<S: Storage> Engine<S> {
             peer_role,
             peer_disk,
         });
-        // Flags that hold only until a connection is established.
-        if self.connected_link().is_some() && self.sb.flags.crashed_primary && self.resync.is_none() {
-            self.sb.flags.crashed_primary = false;
-            self.write_superblock();
-        }
         self.out.push(Output::Changed);
     }
 
