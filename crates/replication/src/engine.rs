@@ -394,6 +394,16 @@ struct PendingWrite {
     al: bool,
 }
 
+/// A write sent under protocol A or B, kept until the barrier of its epoch is acknowledged (the peer has it
+/// on its disk): DRBD's transfer log. If the link breaks first, its blocks are marked out of sync.
+struct TlEntry {
+    epoch: u64,
+    offset: u64,
+    len: u64,
+    /// It holds a reference in the activity log until then.
+    al: bool,
+}
+
 /// A flush waiting for its barrier acknowledgement.
 struct PendingFlush {
     id: u64,
@@ -441,6 +451,7 @@ pub struct Engine<S: Storage> {
     epoch: u64,
     writes_in_epoch: u32,
     pending: HashMap<u64, PendingWrite>,
+    transfer_log: VecDeque<TlEntry>,
     flushes: Vec<PendingFlush>,
     peer_reads: HashMap<u64, u64>,
     suspended_queue: VecDeque<Input>,
@@ -512,6 +523,7 @@ impl<S: Storage> Engine<S> {
             epoch: 1,
             writes_in_epoch: 0,
             pending: HashMap::new(),
+            transfer_log: VecDeque::new(),
             flushes: Vec::new(),
             peer_reads: HashMap::new(),
             suspended_queue: VecDeque::new(),
@@ -850,19 +862,41 @@ impl<S: Storage> Engine<S> {
                 data,
             });
             self.writes_in_epoch += 1;
-            if protocol == ReplicationProtocol::A {
-                self.finish_write(None, offset, len, al);
-                self.out.push(Output::WriteDone { id, result: Ok(()) });
-            } else {
-                self.pending.insert(
-                    seq,
-                    PendingWrite {
-                        id: Some(id),
+            match protocol {
+                ReplicationProtocol::C => {
+                    self.pending.insert(
+                        seq,
+                        PendingWrite {
+                            id: Some(id),
+                            offset,
+                            len,
+                            al,
+                        },
+                    );
+                }
+                ReplicationProtocol::A | ReplicationProtocol::B => {
+                    // Acknowledged before the peer's disk has it: kept in the transfer log until the barrier of
+                    // its epoch comes back.
+                    self.transfer_log.push_back(TlEntry {
+                        epoch: self.epoch,
                         offset,
                         len,
                         al,
-                    },
-                );
+                    });
+                    if protocol == ReplicationProtocol::A {
+                        self.out.push(Output::WriteDone { id, result: Ok(()) });
+                    } else {
+                        self.pending.insert(
+                            seq,
+                            PendingWrite {
+                                id: Some(id),
+                                offset,
+                                len,
+                                al: false,
+                            },
+                        );
+                    }
+                }
             }
         } else {
             // Nobody else has these blocks now.
@@ -1224,6 +1258,10 @@ impl<S: Storage> Engine<S> {
         for w in &pending {
             let _ = self.bitmap.set_range(w.offset, w.len);
         }
+        let unconfirmed: Vec<TlEntry> = self.transfer_log.drain(..).collect();
+        for e in &unconfirmed {
+            let _ = self.bitmap.set_range(e.offset, e.len);
+        }
         if matches!(
             self.state.peer().conn,
             ConnState::Connected | ConnState::Disconnecting
@@ -1232,6 +1270,9 @@ impl<S: Storage> Engine<S> {
         }
         self.peer_gen = None;
         // The new generation (if any) is on disk: now the writes may complete.
+        for e in unconfirmed {
+            self.finish_write(None, e.offset, e.len, e.al);
+        }
         for w in pending {
             self.finish_write(w.id, w.offset, w.len, w.al);
             if let Some(id) = w.id {
@@ -1436,6 +1477,11 @@ impl<S: Storage> Engine<S> {
                 self.send(Message::BarrierAck { epoch, writes: 0 });
             }
             Message::BarrierAck { epoch, .. } => {
+                while self.transfer_log.front().is_some_and(|e| e.epoch <= epoch) {
+                    if let Some(e) = self.transfer_log.pop_front() {
+                        self.finish_write(None, e.offset, e.len, e.al);
+                    }
+                }
                 let (done, left): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut self.flushes).into_iter().partition(|f| f.epoch <= epoch);
                 self.flushes = left;
@@ -1905,6 +1951,13 @@ impl<S: Storage> Engine<S> {
             self.after_link_lost("ping timeout");
         } else if let Some(seq) = ping {
             self.send(Message::Ping { seq });
+        }
+        // Protocols A and B: close the epoch now and then, so the transfer log empties as the peer confirms.
+        if self.cfg.protocol != ReplicationProtocol::C && self.writes_in_epoch > 0 && self.connected_link().is_some() {
+            let epoch = self.epoch;
+            self.send(Message::Barrier { epoch });
+            self.epoch += 1;
+            self.writes_in_epoch = 0;
         }
         self.pump_resync();
         self.pump_verify();
