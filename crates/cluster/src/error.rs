@@ -68,3 +68,103 @@ pub enum InputError {
         field: String,
     },
 }
+
+/// A heartbeat the membership refuses, or a membership configuration it cannot run with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// The datagram is not the size of a heartbeat.
+    #[error("heartbeat: {len} bytes, a heartbeat is {expected}")]
+    WrongLength {
+        /// The datagram's length.
+        len: usize,
+        /// The length of a heartbeat.
+        expected: usize,
+    },
+    /// The datagram does not start with the heartbeat magic: not a twinsan heartbeat.
+    #[error("heartbeat: bad magic, not a twinsan heartbeat")]
+    BadMagic,
+    /// The heartbeat's format version is not one this node speaks.
+    #[error("heartbeat: format version {version} is not supported (this node speaks {supported})")]
+    UnsupportedVersion {
+        /// The version in the heartbeat.
+        version: u8,
+        /// The version this node speaks.
+        supported: u8,
+    },
+    /// The reserved byte is not zero.
+    #[error("heartbeat: reserved byte is {value}, not 0")]
+    ReservedNotZero {
+        /// Its value.
+        value: u8,
+    },
+    /// The heartbeat belongs to another cluster (two clusters sharing a network, or a misconfigured cluster id).
+    #[error("heartbeat from cluster {cluster_id}, this node is in cluster {expected}")]
+    WrongCluster {
+        /// The cluster id in the heartbeat.
+        cluster_id: u64,
+        /// This node's cluster id.
+        expected: u64,
+    },
+    /// The heartbeat comes from a node id that is not a configured peer.
+    #[error("heartbeat from node {node}, which is not a configured peer")]
+    UnknownNode {
+        /// The node id in the heartbeat.
+        node: u8,
+    },
+    /// The heartbeat carries this node's own id: a loop in the network, or two nodes configured with one id.
+    #[error("heartbeat carries this node's own id {node}: a network loop, or two nodes configured with the same id")]
+    OwnNodeId {
+        /// The id.
+        node: u8,
+    },
+    /// The driver passed a link number that is not configured.
+    #[error("heartbeat on link {link}, but only links 0 to {last} are configured")]
+    UnknownLink {
+        /// The link it arrived on.
+        link: u8,
+        /// The last configured link.
+        last: u8,
+    },
+    /// The heartbeat was sent on one link and arrived on another: the links are crossed.
+    #[error(
+        "heartbeat sent on link {sent_on} arrived on link {link}: the cluster links are crossed"
+    )]
+    CrossedLinks {
+        /// The link it arrived on.
+        link: u8,
+        /// The link the peer sent it on.
+        sent_on: u8,
+    },
+    /// The number of links is not 1 to 4.
+    #[error("membership.links: {links}, expected 1 to 4")]
+    LinkCount {
+        /// The configured number.
+        links: u8,
+    },
+    /// No peer is configured.
+    #[error("membership.peers: no peer is configured")]
+    NoPeers,
+    /// A peer is listed twice.
+    #[error("membership.peers: node {node} is listed twice")]
+    DuplicatePeer {
+        /// The repeated id.
+        node: u8,
+    },
+    /// A peer has this node's own id.
+    #[error("membership.peers: node {node} is this node")]
+    PeerIsSelf {
+        /// The id.
+        node: u8,
+    },
+    /// The heartbeat interval is zero.
+    #[error("membership.heartbeat_interval: must be more than zero")]
+    ZeroInterval,
+    /// The detection timeout is not longer than the heartbeat interval, so every peer would flap.
+    #[error("membership.detection_timeout: {timeout_ms} ms must be longer than the heartbeat interval ({interval_ms} ms)")]
+    TimeoutTooShort {
+        /// The detection timeout.
+        timeout_ms: u128,
+        /// The heartbeat interval.
+        interval_ms: u128,
+    },
+}

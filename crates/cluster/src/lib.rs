@@ -4,12 +4,15 @@
 //! - [`scheduler`]: the pure function that turns the configuration and the cluster state into the ordered
 //!   actions of one transition, with notes that explain each decision; tested with golden cases kept as data
 //!   files under `tests/scheduler/`, like Pacemaker's scheduler regression tests.
+//! - [`membership`]: which nodes are Online, from heartbeats on one or more cluster links (redundant links, like
+//!   corosync's), with the time and the datagrams passed in.
 //!
-//! Membership, the resource agents and the executor that runs the actions are drivers around this core; they
-//! pass the time in and carry the actions out.
+//! The sockets and clock of membership, the resource agents and the executor that runs the actions are drivers
+//! around this core; they pass the time and the datagrams in and carry the actions out.
 
 pub mod error;
+pub mod membership;
 pub mod scheduler;
 
-pub use error::InputError;
+pub use error::{InputError, MembershipError};
 pub use scheduler::{schedule, ClusterInput, Schedule};
