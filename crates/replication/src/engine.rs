@@ -862,41 +862,30 @@ impl<S: Storage> Engine<S> {
                 data,
             });
             self.writes_in_epoch += 1;
-            match protocol {
-                ReplicationProtocol::C => {
-                    self.pending.insert(
-                        seq,
-                        PendingWrite {
-                            id: Some(id),
-                            offset,
-                            len,
-                            al,
-                        },
-                    );
-                }
-                ReplicationProtocol::A | ReplicationProtocol::B => {
-                    // Acknowledged before the peer's disk has it: kept in the transfer log until the barrier of
-                    // its epoch comes back.
-                    self.transfer_log.push_back(TlEntry {
-                        epoch: self.epoch,
+            if protocol != ReplicationProtocol::C {
+                // Acknowledged before the peer's disk has it: kept in the transfer log (with its activity-log
+                // reference) until the barrier of its epoch comes back.
+                self.transfer_log.push_back(TlEntry {
+                    epoch: self.epoch,
+                    offset,
+                    len,
+                    al,
+                });
+            }
+            if protocol == ReplicationProtocol::A {
+                self.out.push(Output::WriteDone { id, result: Ok(()) });
+            } else {
+                // C: until WriteAck; B: until RecvAck.
+                let al = al && protocol == ReplicationProtocol::C;
+                self.pending.insert(
+                    seq,
+                    PendingWrite {
+                        id: Some(id),
                         offset,
                         len,
                         al,
-                    });
-                    if protocol == ReplicationProtocol::A {
-                        self.out.push(Output::WriteDone { id, result: Ok(()) });
-                    } else {
-                        self.pending.insert(
-                            seq,
-                            PendingWrite {
-                                id: Some(id),
-                                offset,
-                                len,
-                                al: false,
-                            },
-                        );
-                    }
-                }
+                    },
+                );
             }
         } else {
             // Nobody else has these blocks now.
