@@ -20,7 +20,10 @@ pub enum Request {
     /// `volume secondary`.
     Secondary { volume: String },
     /// `volume connect [--discard-my-data]`.
-    Connect { volume: String, discard_my_data: bool },
+    Connect {
+        volume: String,
+        discard_my_data: bool,
+    },
     /// `volume disconnect`.
     Disconnect { volume: String },
     /// `volume verify`.

@@ -469,7 +469,8 @@ impl ClusterConfig {
                     ),
                 ));
             }
-            if parse_fencing(&v.fencing) == Some(FencingPolicy::ResourceOnly) && self.cluster.manual {
+            if parse_fencing(&v.fencing) == Some(FencingPolicy::ResourceOnly) && self.cluster.manual
+            {
                 return Err(self.invalid(
                     field("fencing"),
                     "resource-only fencing marks the peer Outdated through the cluster manager, and with \

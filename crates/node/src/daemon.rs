@@ -68,15 +68,19 @@ struct Targets {
 
 /// Runs node `node_name` of `config` until SIGINT or SIGTERM.
 pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
-    let me = config
-        .node(node_name)
-        .cloned()
-        .ok_or_else(|| DaemonError::Config(format!("no [[node]] is named {node_name} in {}", config.source.display())))?;
+    let me = config.node(node_name).cloned().ok_or_else(|| {
+        DaemonError::Config(format!(
+            "no [[node]] is named {node_name} in {}",
+            config.source.display()
+        ))
+    })?;
     let peer = config
         .peer_of(node_name)
         .cloned()
         .ok_or_else(|| DaemonError::Config("the config has no peer node".into()))?;
-    let secret = config.secret().map_err(|e| DaemonError::Config(e.to_string()))?;
+    let secret = config
+        .secret()
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("twinsan")
@@ -85,7 +89,9 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
     let (events, _) = broadcast::channel(1024);
     let mut volumes = BTreeMap::new();
     for v in &config.volumes {
-        let Some(disk) = v.disk.get(&me.name) else { continue };
+        let Some(disk) = v.disk.get(&me.name) else {
+            continue;
+        };
         let paths = DiskPaths {
             data: config.resolve(&disk.path),
             meta: disk.meta.as_ref().map(|m| config.resolve(m)),
@@ -131,11 +137,19 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             split_brain: v.handler_split_brain.clone(),
             pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
         };
-        let volume = Volume::start(&v.name, &peer.name, engine_config, &paths, link, handlers, events.clone())
-            .map_err(|source| DaemonError::Volume {
-                volume: v.name.clone(),
-                source,
-            })?;
+        let volume = Volume::start(
+            &v.name,
+            &peer.name,
+            engine_config,
+            &paths,
+            link,
+            handlers,
+            events.clone(),
+        )
+        .map_err(|source| DaemonError::Volume {
+            volume: v.name.clone(),
+            source,
+        })?;
         info!(volume = %v.name, "volume started: {}", volume.api_status().disk);
         volumes.insert(v.name.clone(), volume);
     }
@@ -149,7 +163,10 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
                     1,
                 );
                 let dev = Arc::new(ReplicatedDevice::new(volume.clone()));
-                luns.insert(l.volume.clone(), Arc::new(LogicalUnit::new(dev, identity, false)));
+                luns.insert(
+                    l.volume.clone(),
+                    Arc::new(LogicalUnit::new(dev, identity, false)),
+                );
             }
         }
     }
@@ -176,8 +193,14 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if admin_task.is_finished() {
             return match admin_task.await {
-                Ok(Err(e)) => Err(DaemonError::Io(format!("admin socket {}: {e}", socket.display()))),
-                _ => Err(DaemonError::Io(format!("admin socket {} stopped", socket.display()))),
+                Ok(Err(e)) => Err(DaemonError::Io(format!(
+                    "admin socket {}: {e}",
+                    socket.display()
+                ))),
+                _ => Err(DaemonError::Io(format!(
+                    "admin socket {} stopped",
+                    socket.display()
+                ))),
             };
         }
         info!(node = %me.name, socket = %socket.display(), "node running");
@@ -245,7 +268,8 @@ impl Node {
             .filter(|t| {
                 !t.lun.is_empty()
                     && t.lun.iter().all(|l| {
-                        !held.contains(&l.volume) && self.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
+                        !held.contains(&l.volume)
+                            && self.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
                     })
             })
             .map(|t| t.iqn.clone())
@@ -265,7 +289,12 @@ impl Node {
         }
         let mut targets = Vec::new();
         let mut port = 3260;
-        for t in self.config.targets.iter().filter(|t| desired.contains(&t.iqn)) {
+        for t in self
+            .config
+            .targets
+            .iter()
+            .filter(|t| desired.contains(&t.iqn))
+        {
             let mut luns = BTreeMap::new();
             for l in &t.lun {
                 if let Some(lu) = self.luns.get(&l.volume) {
@@ -360,7 +389,9 @@ impl AdminService for Node {
             }
             Request::Up { volume } => self.command(&volume, AdminCommand::Up),
             Request::Down { volume } => self.command(&volume, AdminCommand::Down),
-            Request::Primary { volume, force } => self.command(&volume, AdminCommand::Primary { force }),
+            Request::Primary { volume, force } => {
+                self.command(&volume, AdminCommand::Primary { force })
+            }
             Request::Secondary { volume } => self.command(&volume, AdminCommand::Secondary),
             Request::Connect {
                 volume,
@@ -397,4 +428,3 @@ impl AdminService for Node {
         Ok((lines, rx))
     }
 }
-

@@ -122,7 +122,13 @@ pub fn device_size(file: &File, path: &Path) -> Result<u64, VolumeError> {
     // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
     const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
     // SAFETY: the ioctl writes one u64 into `size`, which lives for the call.
-    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(file), BLKGETSIZE64, &mut size) };
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            BLKGETSIZE64,
+            &mut size,
+        )
+    };
     if rc != 0 {
         return Err(io(io::Error::last_os_error()));
     }
@@ -130,11 +136,17 @@ pub fn device_size(file: &File, path: &Path) -> Result<u64, VolumeError> {
 }
 
 /// Opens the volume's files and reads its superblock: the layout, the chosen superblock and the storage.
-pub fn open_disk(paths: &DiskPaths) -> Result<(FileStorage, Layout, metadata::Superblock), VolumeError> {
+pub fn open_disk(
+    paths: &DiskPaths,
+) -> Result<(FileStorage, Layout, metadata::Superblock), VolumeError> {
     let data = open_rw(&paths.data, 0)?;
     let backing = device_size(&data, &paths.data)?;
     let (meta, placement, meta_path) = match &paths.meta {
-        None => (open_rw(&paths.data, libc::O_DSYNC)?, Placement::Internal, paths.data.clone()),
+        None => (
+            open_rw(&paths.data, libc::O_DSYNC)?,
+            Placement::Internal,
+            paths.data.clone(),
+        ),
         Some(p) => {
             let f = open_rw(p, libc::O_DSYNC)?;
             let size = device_size(&f, p)?;
@@ -268,11 +280,18 @@ impl Volume {
             path: paths.data.clone(),
             source: io::Error::other(e.to_string()),
         })?;
-        let mut engine = Engine::open(engine_config, storage, layout, sb, u64::from_le_bytes(seed), Duration::ZERO)
-            .map_err(|e| VolumeError::Metadata {
-                path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
-                why: e.to_string(),
-            })?;
+        let mut engine = Engine::open(
+            engine_config,
+            storage,
+            layout,
+            sb,
+            u64::from_le_bytes(seed),
+            Duration::ZERO,
+        )
+        .map_err(|e| VolumeError::Metadata {
+            path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
+            why: e.to_string(),
+        })?;
         // Bring it up: connect.
         engine.handle(
             Input::Admin {
@@ -348,7 +367,10 @@ impl Volume {
 
     /// The status now.
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// True if this node is Primary for the volume.
@@ -407,12 +429,17 @@ impl Volume {
     /// Runs an admin command and waits for its result.
     pub fn admin(&self, command: AdminCommand) -> Result<Option<String>, String> {
         let (reply, rx) = mpsc::sync_channel(1);
-        let running = self.with_core(|id| Some((Input::Admin { id, command }, Some(Reply::Admin(reply)))));
+        let running =
+            self.with_core(|id| Some((Input::Admin { id, command }, Some(Reply::Admin(reply)))));
         if !running {
             return Err(format!("{}: the volume is stopping", self.name));
         }
-        rx.recv_timeout(Duration::from_secs(60))
-            .map_err(|_| format!("{}: no answer from the volume engine within 60 s", self.name))?
+        rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
+            format!(
+                "{}: no answer from the volume engine within 60 s",
+                self.name
+            )
+        })?
     }
 
     /// Stops the engine cleanly (the activity log closed, the bitmap written) and the link threads.
@@ -452,13 +479,15 @@ impl Volume {
         let volume = self.name.clone();
         match spawned {
             Ok(mut child) => {
-                let _ = thread::Builder::new().name(format!("{volume}-handler")).spawn(move || {
-                    match child.wait() {
-                        Ok(status) if status.success() => info!(%volume, "{which} handler finished"),
+                let _ = thread::Builder::new()
+                    .name(format!("{volume}-handler"))
+                    .spawn(move || match child.wait() {
+                        Ok(status) if status.success() => {
+                            info!(%volume, "{which} handler finished")
+                        }
                         Ok(status) => warn!(%volume, "{which} handler failed: {status}"),
                         Err(e) => warn!(%volume, "{which} handler: {e}"),
-                    }
-                });
+                    });
             }
             Err(e) => warn!(%volume, "cannot run the {which} handler: {e}"),
         }
@@ -486,7 +515,9 @@ impl Volume {
 
     /// Carries out the engine's outputs; returns inputs they feed back.
     fn process_once(&self, core: &mut Core) -> Vec<Input> {
-        let Core { engine, replies, .. } = core;
+        let Core {
+            engine, replies, ..
+        } = core;
         let mut fed_back = Vec::new();
         // The status is published before any caller is answered: whoever acts on an answer (the target
         // reconciliation after a promotion) sees the state the answer reports.
@@ -510,13 +541,17 @@ impl Volume {
                         let _ = open.queue.send(ToSender::Close);
                     }
                 }
-                Output::WriteDone { id, result } | Output::FlushDone { id, result } => match replies.remove(&id) {
-                    Some(Reply::Write(r)) => {
-                        let _ = r.send(result);
+                Output::WriteDone { id, result } | Output::FlushDone { id, result } => {
+                    match replies.remove(&id) {
+                        Some(Reply::Write(r)) => {
+                            let _ = r.send(result);
+                        }
+                        Some(Reply::Submitted(done)) => {
+                            done(result.map_err(|e| io::Error::other(e.to_string())))
+                        }
+                        _ => {}
                     }
-                    Some(Reply::Submitted(done)) => done(result.map_err(|e| io::Error::other(e.to_string()))),
-                    _ => {}
-                },
+                }
                 Output::ReadDone { id, result } => {
                     if let Some(Reply::Read(r)) = replies.remove(&id) {
                         let _ = r.send(result);
@@ -537,7 +572,10 @@ impl Volume {
                     self.run_handler("split-brain", self.handlers.split_brain.as_deref());
                 }
                 Output::PriLostAfterSplitBrain => {
-                    self.run_handler("pri-lost-after-sb", self.handlers.pri_lost_after_sb.as_deref());
+                    self.run_handler(
+                        "pri-lost-after-sb",
+                        self.handlers.pri_lost_after_sb.as_deref(),
+                    );
                 }
                 Output::FencePeer { .. } => {
                     // Resource-only fencing goes through the cluster manager, which this build does not have yet:
@@ -559,7 +597,8 @@ impl Volume {
     /// Publishes the status (and a change event when it changed).
     fn publish(&self, engine: &mut Engine<FileStorage>) {
         let status = engine.status();
-        self.reads_local.store(engine.reads_local(), Ordering::SeqCst);
+        self.reads_local
+            .store(engine.reads_local(), Ordering::SeqCst);
         self.wants_link.store(engine.wants_link(), Ordering::SeqCst);
         let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if *current != status {
@@ -585,7 +624,9 @@ impl Volume {
     /// for the connection's sender thread (and everything after, until it has caught up).
     fn send_bytes(&self, link: u64, frame: Vec<u8>) {
         let mut slot = self.lock_links();
-        let Some(open) = slot.open.get(&link) else { return };
+        let Some(open) = slot.open.get(&link) else {
+            return;
+        };
         let mut sent = 0;
         if open.backlog.load(Ordering::SeqCst) == 0 {
             use std::os::fd::AsRawFd;
@@ -595,7 +636,12 @@ impl Volume {
                 // SAFETY: send(2) reads `rest.len()` bytes from a live slice; the socket stays open while `open`
                 // is in the table.
                 let n = unsafe {
-                    libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                    libc::send(
+                        fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
                 };
                 if n <= 0 {
                     // Full (EAGAIN) or broken: the sender thread takes the rest (and finds out which).
@@ -605,7 +651,11 @@ impl Volume {
             }
         }
         if sent < frame.len() {
-            let rest = if sent == 0 { frame } else { frame[sent..].to_vec() };
+            let rest = if sent == 0 {
+                frame
+            } else {
+                frame[sent..].to_vec()
+            };
             open.backlog.fetch_add(rest.len(), Ordering::SeqCst);
             if open.queue.send(ToSender::Frame(rest)).is_err() {
                 slot.open.remove(&link);
@@ -649,14 +699,18 @@ impl Volume {
                         let _ = stream.set_nonblocking(false);
                         self.setup_link(stream);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(50)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(50))
+                    }
                     Err(e) => {
                         warn!(volume = %self.name, "accept: {e}");
                         thread::sleep(Duration::from_millis(200));
                     }
                 },
                 None => {
-                    if self.wants_link.load(Ordering::SeqCst) && self.links_open.load(Ordering::SeqCst) == 0 {
+                    if self.wants_link.load(Ordering::SeqCst)
+                        && self.links_open.load(Ordering::SeqCst) == 0
+                    {
                         match connect_from(config.local, config.peer) {
                             Ok(stream) => self.setup_link(stream),
                             Err(_) => thread::sleep(Duration::from_millis(300)),
@@ -671,14 +725,18 @@ impl Volume {
 
     fn setup_link(self: &Arc<Self>, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let Ok(reader) = stream.try_clone() else { return };
+        let Ok(reader) = stream.try_clone() else {
+            return;
+        };
         let link = self.next_link.fetch_add(1, Ordering::SeqCst);
         let mut nonce = [0u8; wire::NONCE_LEN];
         if getrandom::fill(&mut nonce).is_err() {
             error!(volume = %self.name, "no randomness for the link challenge");
             return;
         }
-        let Ok(for_sends) = stream.try_clone() else { return };
+        let Ok(for_sends) = stream.try_clone() else {
+            return;
+        };
         let (tx, rx) = mpsc::channel();
         let backlog = Arc::new(AtomicUsize::new(0));
         self.lock_links().open.insert(
@@ -702,7 +760,9 @@ impl Volume {
     }
 
     fn receiver_loop(self: Arc<Self>, mut stream: TcpStream, link: u64) {
-        let mut decoder = FrameDecoder::new(wire::max_payload_for(twinsan_replication::engine::MAX_REQUEST));
+        let mut decoder = FrameDecoder::new(wire::max_payload_for(
+            twinsan_replication::engine::MAX_REQUEST,
+        ));
         let mut buf = vec![0u8; 256 << 10];
         let reason = 'read: loop {
             let n = match stream.read(&mut buf) {
@@ -747,7 +807,11 @@ impl Volume {
 /// Connects to `peer` from this node's own address, so the peer sees where the connection comes from.
 fn connect_from(local: SocketAddr, peer: SocketAddr) -> io::Result<TcpStream> {
     use std::os::fd::FromRawFd;
-    let domain = if peer.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if peer.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket(2); the descriptor is owned by the TcpStream built from it below.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -784,19 +848,27 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            (storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            (
+                storage,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            (
+                storage,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
         }
     }
 }
@@ -874,7 +946,10 @@ impl ReplicatedDevice {
         ReplicatedDevice { volume }
     }
 
-    fn call<T>(&self, make: impl FnOnce(u64, SyncSender<Result<T, IoFailure>>) -> (Input, Reply)) -> io::Result<T> {
+    fn call<T>(
+        &self,
+        make: impl FnOnce(u64, SyncSender<Result<T, IoFailure>>) -> (Input, Reply),
+    ) -> io::Result<T> {
         let (reply, rx) = mpsc::sync_channel(1);
         if !self.volume.with_core(|id| {
             let (input, r) = make(id, reply);
@@ -910,7 +985,17 @@ impl BlockDevice for ReplicatedDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
         let data = buf.to_vec();
-        self.call(|id, reply| (Input::Write { id, offset, data, fua }, Reply::Write(reply)))
+        self.call(|id, reply| {
+            (
+                Input::Write {
+                    id,
+                    offset,
+                    data,
+                    fua,
+                },
+                Reply::Write(reply),
+            )
+        })
     }
 
     fn quick_io_limit(&self) -> usize {
@@ -935,7 +1020,15 @@ impl BlockDevice for ReplicatedDevice {
         let mut done = Some(done);
         let running = self.volume.with_core(|id| {
             let reply = done.take().map(Reply::Submitted);
-            Some((Input::Write { id, offset, data: buf, fua }, reply))
+            Some((
+                Input::Write {
+                    id,
+                    offset,
+                    data: buf,
+                    fua,
+                },
+                reply,
+            ))
         });
         if let (false, Some(done)) = (running, done) {
             done(Err(io::Error::other("the volume is stopping")));

@@ -505,10 +505,11 @@ impl<S: Storage> Engine<S> {
             history: sb.history_uuids,
         };
         let data_size = sb.data_size;
-        let al = ActivityLog::new(AL_EXTENTS, ACTIVITY_LOG_SLOTS).map_err(|e| OpenError::Corrupt {
-            volume: cfg.volume.clone(),
-            why: e.to_string(),
-        })?;
+        let al =
+            ActivityLog::new(AL_EXTENTS, ACTIVITY_LOG_SLOTS).map_err(|e| OpenError::Corrupt {
+                volume: cfg.volume.clone(),
+                why: e.to_string(),
+            })?;
         let mut engine = Engine {
             scfg,
             storage,
@@ -554,16 +555,20 @@ impl<S: Storage> Engine<S> {
         self.storage
             .read_meta(self.layout.bitmap.offset, &mut bytes)
             .map_err(io_err(&volume))?;
-        self.bitmap = DirtyBitmap::from_pages(data_size, &bytes).map_err(|e| OpenError::Corrupt {
-            volume: volume.clone(),
-            why: format!("bitmap: {e}"),
-        })?;
+        self.bitmap =
+            DirtyBitmap::from_pages(data_size, &bytes).map_err(|e| OpenError::Corrupt {
+                volume: volume.clone(),
+                why: format!("bitmap: {e}"),
+            })?;
         let mut slots = vec![[0u8; TRANSACTION_BYTES]; ACTIVITY_LOG_SLOTS as usize];
         for (i, slot) in slots.iter_mut().enumerate() {
-            let region = self.layout.activity_log_slot(i as u32).ok_or_else(|| OpenError::Corrupt {
-                volume: volume.clone(),
-                why: "activity log layout".into(),
-            })?;
+            let region =
+                self.layout
+                    .activity_log_slot(i as u32)
+                    .ok_or_else(|| OpenError::Corrupt {
+                        volume: volume.clone(),
+                        why: "activity log layout".into(),
+                    })?;
             self.storage
                 .read_meta(region.offset, slot)
                 .map_err(io_err(&volume))?;
@@ -590,9 +595,9 @@ impl<S: Storage> Engine<S> {
         }
         self.al = ActivityLog::resume(AL_EXTENTS, ACTIVITY_LOG_SLOTS, recovered.next_transaction)
             .map_err(|e| OpenError::Corrupt {
-                volume: volume.clone(),
-                why: format!("activity log: {e}"),
-            })?;
+            volume: volume.clone(),
+            why: format!("activity log: {e}"),
+        })?;
         self.flush_bitmap_all().map_err(io_err(&volume))?;
         let flags = self.sb.flags;
         self.log(
@@ -688,7 +693,9 @@ impl<S: Storage> Engine<S> {
             }
             Some(Resync::Target { total }) => {
                 let left = self.bitmap.dirty_bytes();
-                done = Some(crate::resync::PercentDone::of(total.saturating_sub(left), *total).hundredths());
+                done = Some(
+                    crate::resync::PercentDone::of(total.saturating_sub(left), *total).hundredths(),
+                );
             }
             Some(Resync::AwaitBitmap { .. }) => done = Some(0),
             None => {
@@ -783,7 +790,11 @@ impl<S: Storage> Engine<S> {
     // ----- application I/O -----
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), IoFailure> {
-        if len > u64::from(MAX_REQUEST) || offset.checked_add(len).is_none_or(|end| end > self.sb.data_size) {
+        if len > u64::from(MAX_REQUEST)
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.sb.data_size)
+        {
             return Err(IoFailure::OutOfRange(format!(
                 "{}: {len} bytes at {offset} are outside the volume of {} bytes or larger than {MAX_REQUEST}",
                 self.cfg.volume, self.sb.data_size
@@ -805,7 +816,12 @@ impl<S: Storage> Engine<S> {
             return self.out.push(Output::WriteDone { id, result: Err(e) });
         }
         if self.state.io_suspended() {
-            self.suspended_queue.push_back(Input::Write { id, offset, data, fua });
+            self.suspended_queue.push_back(Input::Write {
+                id,
+                offset,
+                data,
+                fua,
+            });
             return;
         }
         if !self.state.may_write() {
@@ -819,13 +835,23 @@ impl<S: Storage> Engine<S> {
                 Ok(AlDecision::Proceed) => al = true,
                 Ok(AlDecision::CommitFirst(tx)) => {
                     if !self.commit_al(&tx) {
-                        return self.fail_local_then_retry(Input::Write { id, offset, data, fua });
+                        return self.fail_local_then_retry(Input::Write {
+                            id,
+                            offset,
+                            data,
+                            fua,
+                        });
                     }
                     al = true;
                 }
                 Ok(AlDecision::AfterCommit(_)) => al = true,
                 Ok(AlDecision::Wait) => {
-                    self.al_waiting.push_back(Input::Write { id, offset, data, fua });
+                    self.al_waiting.push_back(Input::Write {
+                        id,
+                        offset,
+                        data,
+                        fua,
+                    });
                     return;
                 }
                 Err(e) => {
@@ -841,7 +867,12 @@ impl<S: Storage> Engine<S> {
             }
             if !ok {
                 let _ = self.al.end_write(offset, len);
-                return self.fail_local_then_retry(Input::Write { id, offset, data, fua });
+                return self.fail_local_then_retry(Input::Write {
+                    id,
+                    offset,
+                    data,
+                    fua,
+                });
             }
             if let Some(Resync::Source { plan, .. }) = &mut self.resync {
                 let _ = plan.app_write(offset, len);
@@ -900,7 +931,10 @@ impl<S: Storage> Engine<S> {
     fn fail_local_then_retry(&mut self, input: Input) {
         self.log(
             true,
-            format!("{}: I/O error on the local disk; detaching it", self.cfg.volume),
+            format!(
+                "{}: I/O error on the local disk; detaching it",
+                self.cfg.volume
+            ),
         );
         self.event(Event::DiskFailed);
         let now = self.now;
@@ -911,8 +945,14 @@ impl<S: Storage> Engine<S> {
                     self.cfg.volume
                 ));
                 match input {
-                    Input::Write { .. } => self.out.push(Output::WriteDone { id: *id, result: Err(e) }),
-                    _ => self.out.push(Output::ReadDone { id: *id, result: Err(e) }),
+                    Input::Write { .. } => self.out.push(Output::WriteDone {
+                        id: *id,
+                        result: Err(e),
+                    }),
+                    _ => self.out.push(Output::ReadDone {
+                        id: *id,
+                        result: Err(e),
+                    }),
                 }
                 return;
             }
@@ -939,7 +979,11 @@ impl<S: Storage> Engine<S> {
         let Some(region) = self.layout.activity_log_slot(tx.ring_slot() as u32) else {
             return false;
         };
-        if self.storage.write_meta(region.offset, &tx.encode()).is_err() {
+        if self
+            .storage
+            .write_meta(region.offset, &tx.encode())
+            .is_err()
+        {
             return false;
         }
         match self.al.committed(tx.number()) {
@@ -951,7 +995,13 @@ impl<S: Storage> Engine<S> {
 
     fn app_flush(&mut self, id: u64) {
         if self.attached && self.state.disk().is_attached() && self.storage.flush().is_err() {
-            self.log(true, format!("{}: I/O error flushing the local disk; detaching it", self.cfg.volume));
+            self.log(
+                true,
+                format!(
+                    "{}: I/O error flushing the local disk; detaching it",
+                    self.cfg.volume
+                ),
+            );
             self.event(Event::DiskFailed);
         }
         if self.state.read_from().is_none() && self.state.role() == Role::Primary {
@@ -981,7 +1031,10 @@ impl<S: Storage> Engine<S> {
             Some(Direction::Local) => {
                 let mut buf = vec![0u8; len as usize];
                 if self.storage.read(offset, &mut buf).is_ok() {
-                    self.out.push(Output::ReadDone { id, result: Ok(buf) });
+                    self.out.push(Output::ReadDone {
+                        id,
+                        result: Ok(buf),
+                    });
                 } else {
                     self.fail_local_then_retry(Input::Read { id, offset, len });
                 }
@@ -1048,7 +1101,11 @@ impl<S: Storage> Engine<S> {
             }
             AdminCommand::Connect { discard_my_data } => {
                 if self.state.peer().conn != ConnState::StandAlone {
-                    Ok(Some(format!("{} is already {}", self.cfg.volume, self.state.peer().conn)))
+                    Ok(Some(format!(
+                        "{} is already {}",
+                        self.cfg.volume,
+                        self.state.peer().conn
+                    )))
                 } else {
                     self.try_event(Event::Connect { discard_my_data })
                 }
@@ -1065,13 +1122,18 @@ impl<S: Storage> Engine<S> {
             AdminCommand::NewCurrentUuid { clear_bitmap } => {
                 if clear_bitmap {
                     self.try_event(Event::ClearBitmap)
-                } else if self.state.role() == Role::Primary || self.state.disk() == DiskState::UpToDate {
+                } else if self.state.role() == Role::Primary
+                    || self.state.disk() == DiskState::UpToDate
+                {
                     let fresh = self.random();
                     self.gen.new_current_uuid(fresh);
                     self.write_superblock();
                     Ok(None)
                 } else {
-                    Err(format!("{}: new-current-uuid needs UpToDate data", self.cfg.volume))
+                    Err(format!(
+                        "{}: new-current-uuid needs UpToDate data",
+                        self.cfg.volume
+                    ))
                 }
             }
         };
@@ -1122,7 +1184,10 @@ impl<S: Storage> Engine<S> {
 
     fn admin_down(&mut self) -> Result<Option<String>, String> {
         if self.state.role() == Role::Primary {
-            return Err(format!("{} is Primary; demote it first (volume secondary)", self.cfg.volume));
+            return Err(format!(
+                "{} is Primary; demote it first (volume secondary)",
+                self.cfg.volume
+            ));
         }
         if self.state.peer().conn != ConnState::StandAlone {
             self.try_event(Event::Disconnect)?;
@@ -1157,9 +1222,12 @@ impl<S: Storage> Engine<S> {
     /// writes in flight: the driver stops the target first).
     pub fn shutdown(&mut self) {
         if let Some(link) = self.link.take() {
-            self.send_on(link.id, Message::Disconnect {
-                reason: wire::DisconnectReason::Shutdown,
-            });
+            self.send_on(
+                link.id,
+                Message::Disconnect {
+                    reason: wire::DisconnectReason::Shutdown,
+                },
+            );
             self.out.push(Output::Close { link: link.id });
         }
         let _ = self.flush_bitmap_all();
@@ -1215,14 +1283,26 @@ impl<S: Storage> Engine<S> {
             self.send_on(id, Message::Disconnect { reason });
             self.out.push(Output::Close { link: id });
         }
-        self.log(true, format!("{}: closing the link to {}: {why}", self.cfg.volume, self.cfg.peer_name));
+        self.log(
+            true,
+            format!(
+                "{}: closing the link to {}: {why}",
+                self.cfg.volume, self.cfg.peer_name
+            ),
+        );
     }
 
     fn link_down(&mut self, reason: &str) {
         let was_up = self.connected_link().is_some();
         self.link = None;
         if was_up {
-            self.log(true, format!("{}: lost the link to {}: {reason}", self.cfg.volume, self.cfg.peer_name));
+            self.log(
+                true,
+                format!(
+                    "{}: lost the link to {}: {reason}",
+                    self.cfg.volume, self.cfg.peer_name
+                ),
+            );
         } else {
             self.log(
                 true,
@@ -1269,7 +1349,10 @@ impl<S: Storage> Engine<S> {
             }
         }
         for f in std::mem::take(&mut self.flushes) {
-            self.out.push(Output::FlushDone { id: f.id, result: Ok(()) });
+            self.out.push(Output::FlushDone {
+                id: f.id,
+                result: Ok(()),
+            });
         }
         for (_, id) in std::mem::take(&mut self.peer_reads) {
             let e = self.not_available();
@@ -1279,7 +1362,9 @@ impl<S: Storage> Engine<S> {
     }
 
     fn received(&mut self, message: Message) {
-        let Some(link) = self.link.as_mut() else { return };
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
         match &mut link.phase {
             Phase::Handshake(hs) => {
                 let Some(h) = hs.take() else { return };
@@ -1292,7 +1377,10 @@ impl<S: Storage> Engine<S> {
                     }
                     Ok(HandshakeStep::Done(_)) => {
                         link.phase = Phase::Exchange(PeerInfo::default());
-                        self.log(false, format!("{}: {} authenticated", self.cfg.volume, self.cfg.peer_name));
+                        self.log(
+                            false,
+                            format!("{}: {} authenticated", self.cfg.volume, self.cfg.peer_name),
+                        );
                         self.send_uuids(false);
                         self.send(Message::Sizes {
                             data_size: self.sb.data_size,
@@ -1319,7 +1407,8 @@ impl<S: Storage> Engine<S> {
                     Message::Sizes { data_size, .. } => info.size = Some(data_size),
                     Message::State { role, disk, .. } => info.state = Some((role, map_disk(disk))),
                     Message::Disconnect { reason } => {
-                        return self.close_link(reason, format!("the peer disconnected ({reason})"));
+                        return self
+                            .close_link(reason, format!("the peer disconnected ({reason})"));
                     }
                     Message::Ping { seq } => return self.send(Message::PingAck { seq }),
                     Message::PingAck { .. } => return,
@@ -1471,11 +1560,15 @@ impl<S: Storage> Engine<S> {
                         self.finish_write(None, e.offset, e.len, e.al);
                     }
                 }
-                let (done, left): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut self.flushes).into_iter().partition(|f| f.epoch <= epoch);
+                let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+                    .into_iter()
+                    .partition(|f| f.epoch <= epoch);
                 self.flushes = left;
                 for f in done {
-                    self.out.push(Output::FlushDone { id: f.id, result: Ok(()) });
+                    self.out.push(Output::FlushDone {
+                        id: f.id,
+                        result: Ok(()),
+                    });
                 }
             }
             Message::ReadRequest { seq, offset, len } => {
@@ -1491,7 +1584,10 @@ impl<S: Storage> Engine<S> {
             }
             Message::ReadReply { seq, data } => {
                 if let Some(id) = self.peer_reads.remove(&seq) {
-                    self.out.push(Output::ReadDone { id, result: Ok(data) });
+                    self.out.push(Output::ReadDone {
+                        id,
+                        result: Ok(data),
+                    });
                 }
             }
             Message::ReadFailed { seq } => {
@@ -1505,7 +1601,11 @@ impl<S: Storage> Engine<S> {
                     });
                 }
             }
-            Message::State { role, disk, replication } => self.peer_state(role, map_disk(disk), replication),
+            Message::State {
+                role,
+                disk,
+                replication,
+            } => self.peer_state(role, map_disk(disk), replication),
             Message::Uuids {
                 ids,
                 skip_initial_sync,
@@ -1535,13 +1635,19 @@ impl<S: Storage> Engine<S> {
                 last,
             } => self.bitmap_chunk(first_word, &words, last),
             Message::ResyncData { offset, data } => self.resync_data(offset, data),
-            Message::ChecksumResyncRequest { offset, len, digest } => {
+            Message::ChecksumResyncRequest {
+                offset,
+                len,
+                digest,
+            } => {
                 let mut data = vec![0u8; len as usize];
                 let readable = self.state.disk().is_attached()
                     && self.check_range(offset, u64::from(len)).is_ok()
                     && self.storage.read(offset, &mut data).is_ok();
                 if readable && block_digest(&data) == digest {
-                    let _ = self.bitmap.clear_blocks(offset / 4096, u64::from(len).div_ceil(4096));
+                    let _ = self
+                        .bitmap
+                        .clear_blocks(offset / 4096, u64::from(len).div_ceil(4096));
                     self.send(Message::InSync { offset, len });
                 } else {
                     self.send(Message::ResyncRequest { offset, len });
@@ -1556,12 +1662,23 @@ impl<S: Storage> Engine<S> {
                     && self.storage.read(offset, &mut data).is_ok()
                 {
                     let digest = block_digest(&data);
-                    self.send(Message::VerifyReply { offset, len, digest });
+                    self.send(Message::VerifyReply {
+                        offset,
+                        len,
+                        digest,
+                    });
                 } else {
-                    self.close_link(wire::DisconnectReason::ProtocolError, "cannot answer a verify request".into());
+                    self.close_link(
+                        wire::DisconnectReason::ProtocolError,
+                        "cannot answer a verify request".into(),
+                    );
                 }
             }
-            Message::VerifyReply { offset, len, digest } => self.verify_reply(offset, len, digest),
+            Message::VerifyReply {
+                offset,
+                len,
+                digest,
+            } => self.verify_reply(offset, len, digest),
             Message::ResyncAck { offset, len } => self.resync_ack(offset, len, true),
             Message::ResyncFailed { offset, len } => self.resync_ack(offset, len, false),
             Message::Ping { seq } => self.send(Message::PingAck { seq }),
@@ -1571,7 +1688,10 @@ impl<S: Storage> Engine<S> {
                 if let Some(id) = link {
                     self.out.push(Output::Close { link: id });
                 }
-                self.log(false, format!("{}: the peer disconnected ({reason})", self.cfg.volume));
+                self.log(
+                    false,
+                    format!("{}: the peer disconnected ({reason})", self.cfg.volume),
+                );
             }
             other => self.close_link(
                 wire::DisconnectReason::ProtocolError,
@@ -1580,7 +1700,14 @@ impl<S: Storage> Engine<S> {
         }
     }
 
-    fn peer_write(&mut self, seq: u64, offset: u64, fua: bool, protocol: ReplicationProtocol, data: Vec<u8>) {
+    fn peer_write(
+        &mut self,
+        seq: u64,
+        offset: u64,
+        fua: bool,
+        protocol: ReplicationProtocol,
+        data: Vec<u8>,
+    ) {
         if protocol == ReplicationProtocol::B {
             self.send(Message::RecvAck { seq });
         }
@@ -1596,11 +1723,18 @@ impl<S: Storage> Engine<S> {
                 Ok(AlDecision::Wait) | Err(_) => false,
             };
             if ok {
-                ok = self.storage.write(offset, &data).is_ok() && (!fua || self.storage.flush().is_ok());
+                ok = self.storage.write(offset, &data).is_ok()
+                    && (!fua || self.storage.flush().is_ok());
                 let _ = self.al.end_write(offset, len);
             }
             if !ok {
-                self.log(true, format!("{}: I/O error writing the peer's data; detaching", self.cfg.volume));
+                self.log(
+                    true,
+                    format!(
+                        "{}: I/O error writing the peer's data; detaching",
+                        self.cfg.volume
+                    ),
+                );
                 self.event(Event::DiskFailed);
             }
         }
@@ -1654,7 +1788,10 @@ impl<S: Storage> Engine<S> {
                 let result = if self.state.role() == Role::Primary {
                     Ok(None)
                 } else {
-                    Err(format!("{}: promotion refused by the peer", self.cfg.volume))
+                    Err(format!(
+                        "{}: promotion refused by the peer",
+                        self.cfg.volume
+                    ))
                 };
                 self.out.push(Output::AdminDone { id, result });
             }
@@ -1703,14 +1840,22 @@ impl<S: Storage> Engine<S> {
         let mut bytes = incoming.to_bytes();
         let start = first_word as usize * 8;
         if start + words.len() * 8 > bytes.len() {
-            return self.close_link(wire::DisconnectReason::ProtocolError, "bitmap chunk beyond the volume".into());
+            return self.close_link(
+                wire::DisconnectReason::ProtocolError,
+                "bitmap chunk beyond the volume".into(),
+            );
         }
         for (i, w) in words.iter().enumerate() {
             bytes[start + i * 8..start + i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         match DirtyBitmap::from_pages(size, &bytes) {
             Ok(b) => *incoming = b,
-            Err(e) => return self.close_link(wire::DisconnectReason::ProtocolError, format!("bitmap: {e}")),
+            Err(e) => {
+                return self.close_link(
+                    wire::DisconnectReason::ProtocolError,
+                    format!("bitmap: {e}"),
+                )
+            }
         }
         if last && matches!(self.resync, Some(Resync::AwaitBitmap { .. })) {
             if let Some(b) = self.bitmap_in.take() {
@@ -1767,11 +1912,21 @@ impl<S: Storage> Engine<S> {
         }
         loop {
             let now = self.now;
-            let Some(Resync::Source { plan, .. }) = &mut self.resync else { return };
-            let Some(request) = plan.next_request(now) else { break };
+            let Some(Resync::Source { plan, .. }) = &mut self.resync else {
+                return;
+            };
+            let Some(request) = plan.next_request(now) else {
+                break;
+            };
             let mut data = vec![0u8; request.len as usize];
             if self.storage.read(request.offset, &mut data).is_err() {
-                self.log(true, format!("{}: I/O error reading resync data; detaching", self.cfg.volume));
+                self.log(
+                    true,
+                    format!(
+                        "{}: I/O error reading resync data; detaching",
+                        self.cfg.volume
+                    ),
+                );
                 self.event(Event::DiskFailed);
                 return;
             }
@@ -1793,13 +1948,22 @@ impl<S: Storage> Engine<S> {
                 });
             }
         }
-        let finished = matches!(&self.resync, Some(Resync::Source { plan, .. }) if plan.is_finished());
+        let finished =
+            matches!(&self.resync, Some(Resync::Source { plan, .. }) if plan.is_finished());
         if finished {
             if let Some(Resync::Source { plan, .. }) = self.resync.take() {
                 self.bitmap = plan.into_bitmap();
             }
             let _ = self.flush_bitmap_all();
-            self.log(false, format!("{}: resync to {} finished; sent {} KiB", self.cfg.volume, self.cfg.peer_name, self.resync_sent / 1024));
+            self.log(
+                false,
+                format!(
+                    "{}: resync to {} finished; sent {} KiB",
+                    self.cfg.volume,
+                    self.cfg.peer_name,
+                    self.resync_sent / 1024
+                ),
+            );
             self.event(Event::ResyncFinished);
             self.send_state();
             self.out.push(Output::Changed);
@@ -1810,7 +1974,10 @@ impl<S: Storage> Engine<S> {
     fn resend_resync_data(&mut self, offset: u64, len: u32) {
         let known = matches!(&self.resync, Some(Resync::Source { requests, .. }) if requests.get(&offset).is_some_and(|r| r.len == u64::from(len)));
         if !known {
-            return self.close_link(wire::DisconnectReason::ProtocolError, "resync request for a range not offered".into());
+            return self.close_link(
+                wire::DisconnectReason::ProtocolError,
+                "resync request for a range not offered".into(),
+            );
         }
         let mut data = vec![0u8; len as usize];
         if self.storage.read(offset, &mut data).is_err() {
@@ -1830,7 +1997,13 @@ impl<S: Storage> Engine<S> {
         let ok = self.storage.write(offset, &data).is_ok();
         if !ok {
             // Detach: the new state stops the source's resync (it would only resend into a failing disk).
-            self.log(true, format!("{}: I/O error writing resync data; detaching", self.cfg.volume));
+            self.log(
+                true,
+                format!(
+                    "{}: I/O error writing resync data; detaching",
+                    self.cfg.volume
+                ),
+            );
             self.event(Event::DiskFailed);
         }
         if ok {
@@ -1845,7 +2018,10 @@ impl<S: Storage> Engine<S> {
         if let Some(Resync::Source { plan, requests }) = &mut self.resync {
             if let Some(request) = requests.remove(&offset) {
                 if plan.completed(&request, ok).is_err() {
-                    return self.close_link(wire::DisconnectReason::ProtocolError, "resync ack for a request not in flight".into());
+                    return self.close_link(
+                        wire::DisconnectReason::ProtocolError,
+                        "resync ack for a request not in flight".into(),
+                    );
                 }
             }
         }
@@ -1864,15 +2040,23 @@ impl<S: Storage> Engine<S> {
         loop {
             let now = self.now;
             let Some(v) = &mut self.verifying else { return };
-            let Some(request) = v.verify.next_request(now) else { break };
+            let Some(request) = v.verify.next_request(now) else {
+                break;
+            };
             v.requests.insert(request.offset, request);
             self.send(Message::VerifyRequest {
                 offset: request.offset,
                 len: request.len as u32,
             });
         }
-        if self.verifying.as_ref().is_some_and(|v| v.verify.is_finished()) {
-            let Some(v) = self.verifying.take() else { return };
+        if self
+            .verifying
+            .as_ref()
+            .is_some_and(|v| v.verify.is_finished())
+        {
+            let Some(v) = self.verifying.take() else {
+                return;
+            };
             self.verify_out_of_sync = v.verify.out_of_sync_blocks() * 4096;
             let _ = self.flush_bitmap();
             self.log(
@@ -1890,11 +2074,21 @@ impl<S: Storage> Engine<S> {
     }
 
     fn verify_reply(&mut self, offset: u64, len: u32, peer_digest: [u8; 32]) {
-        let Some(request) = self.verifying.as_mut().and_then(|v| v.requests.remove(&offset)) else {
-            return self.close_link(wire::DisconnectReason::ProtocolError, "verify reply for a range not asked for".into());
+        let Some(request) = self
+            .verifying
+            .as_mut()
+            .and_then(|v| v.requests.remove(&offset))
+        else {
+            return self.close_link(
+                wire::DisconnectReason::ProtocolError,
+                "verify reply for a range not asked for".into(),
+            );
         };
         if u64::from(len) != request.len {
-            return self.close_link(wire::DisconnectReason::ProtocolError, "verify reply of the wrong length".into());
+            return self.close_link(
+                wire::DisconnectReason::ProtocolError,
+                "verify reply of the wrong length".into(),
+            );
         }
         let mut data = vec![0u8; request.len as usize];
         if self.storage.read(offset, &mut data).is_err() {
@@ -1912,9 +2106,17 @@ impl<S: Storage> Engine<S> {
             other[0] ^= 1;
             vec![other; blocks]
         };
-        let Some(v) = self.verifying.as_mut() else { return };
-        if v.verify.compare(&request, &local, &peer, &mut self.bitmap).is_err() {
-            return self.close_link(wire::DisconnectReason::ProtocolError, "verify reply out of order".into());
+        let Some(v) = self.verifying.as_mut() else {
+            return;
+        };
+        if v.verify
+            .compare(&request, &local, &peer, &mut self.bitmap)
+            .is_err()
+        {
+            return self.close_link(
+                wire::DisconnectReason::ProtocolError,
+                "verify reply out of order".into(),
+            );
         }
         self.pump_verify();
     }
@@ -1934,7 +2136,13 @@ impl<S: Storage> Engine<S> {
             }
         }
         if let Some(id) = dead {
-            self.log(true, format!("{}: the peer {} did not answer for {:?}", self.cfg.volume, self.cfg.peer_name, PEER_TIMEOUT));
+            self.log(
+                true,
+                format!(
+                    "{}: the peer {} did not answer for {:?}",
+                    self.cfg.volume, self.cfg.peer_name, PEER_TIMEOUT
+                ),
+            );
             self.out.push(Output::Close { link: id });
             self.link = None;
             self.after_link_lost("ping timeout");
@@ -1942,7 +2150,10 @@ impl<S: Storage> Engine<S> {
             self.send(Message::Ping { seq });
         }
         // Protocols A and B: close the epoch now and then, so the transfer log empties as the peer confirms.
-        if self.cfg.protocol != ReplicationProtocol::C && self.writes_in_epoch > 0 && self.connected_link().is_some() {
+        if self.cfg.protocol != ReplicationProtocol::C
+            && self.writes_in_epoch > 0
+            && self.connected_link().is_some()
+        {
             let epoch = self.epoch;
             self.send(Message::Barrier { epoch });
             self.epoch += 1;
@@ -1981,7 +2192,10 @@ impl<S: Storage> Engine<S> {
         let repl = self.state.peer().repl;
         let resyncing = matches!(
             repl,
-            ReplState::SyncSource | ReplState::SyncTarget | ReplState::PausedSyncS | ReplState::PausedSyncT
+            ReplState::SyncSource
+                | ReplState::SyncTarget
+                | ReplState::PausedSyncS
+                | ReplState::PausedSyncT
         );
         if !resyncing {
             if let Some(Resync::Source { plan, .. }) = self.resync.take() {
@@ -2054,16 +2268,31 @@ impl<S: Storage> Engine<S> {
             Action::Disconnect { reason } => {
                 let wire_reason = match reason {
                     crate::state::DisconnectReason::Admin => wire::DisconnectReason::Operator,
-                    crate::state::DisconnectReason::SplitBrain => wire::DisconnectReason::SplitBrain,
-                    crate::state::DisconnectReason::UnrelatedData => wire::DisconnectReason::UnrelatedData,
+                    crate::state::DisconnectReason::SplitBrain => {
+                        wire::DisconnectReason::SplitBrain
+                    }
+                    crate::state::DisconnectReason::UnrelatedData => {
+                        wire::DisconnectReason::UnrelatedData
+                    }
                     _ => wire::DisconnectReason::Incompatible,
                 };
                 if let Some(link) = self.link.as_ref() {
                     let id = link.id;
-                    self.send_on(id, Message::Disconnect { reason: wire_reason });
+                    self.send_on(
+                        id,
+                        Message::Disconnect {
+                            reason: wire_reason,
+                        },
+                    );
                     self.out.push(Output::Close { link: id });
                 }
-                self.log(true, format!("{}: disconnecting from {}: {reason}", self.cfg.volume, self.cfg.peer_name));
+                self.log(
+                    true,
+                    format!(
+                        "{}: disconnecting from {}: {reason}",
+                        self.cfg.volume, self.cfg.peer_name
+                    ),
+                );
             }
             Action::StartResync { source, full } => {
                 if let Some(Resync::Source { plan, .. }) = self.resync.take() {
@@ -2112,7 +2341,9 @@ impl<S: Storage> Engine<S> {
                         self.cfg.volume, self.cfg.peer_name
                     ),
                 );
-                self.out.push(Output::FencePeer { generations: self.gen });
+                self.out.push(Output::FencePeer {
+                    generations: self.gen,
+                });
             }
             Action::Detach => {
                 self.attached = false;
@@ -2162,7 +2393,10 @@ impl<S: Storage> Engine<S> {
         let region = self.layout.superblocks[slot];
         let bytes = self.sb.encode();
         if self.storage.write_meta(region.offset, &bytes).is_err() {
-            self.log(true, format!("{}: I/O error writing the superblock", self.cfg.volume));
+            self.log(
+                true,
+                format!("{}: I/O error writing the superblock", self.cfg.volume),
+            );
             if self.attached {
                 self.event(Event::DiskFailed);
             }

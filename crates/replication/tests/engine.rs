@@ -11,7 +11,9 @@ use twinsan_replication::wire::ReplicationProtocol;
 const BACKING: u64 = 16 << 20;
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seed as usize * 31 + i * 7) as u8).collect()
+    (0..len)
+        .map(|i| (seed as usize * 31 + i * 7) as u8)
+        .collect()
 }
 
 #[test]
@@ -25,11 +27,22 @@ fn initial_sync_after_force_then_writes_replicate() {
     }
     // Something on node1's disk that must reach node2.
     let size = p.engine(0).data_size();
-    assert!(p.admin(0, AdminCommand::Primary { force: true }).is_ok(), "{:?}", p.logs);
+    assert!(
+        p.admin(0, AdminCommand::Primary { force: true }).is_ok(),
+        "{:?}",
+        p.logs
+    );
     p.settle(200);
     for i in 0..2 {
         let s = p.engine(i).status();
-        assert_eq!(s.disk, DiskState::UpToDate, "node{} {:?} {:?}", i + 1, s, p.logs);
+        assert_eq!(
+            s.disk,
+            DiskState::UpToDate,
+            "node{} {:?} {:?}",
+            i + 1,
+            s,
+            p.logs
+        );
         assert_eq!(s.peer_disk, DiskState::UpToDate);
         assert_eq!(s.replication, ReplState::Established);
     }
@@ -45,12 +58,23 @@ fn initial_sync_after_force_then_writes_replicate() {
 fn protocol_c_write_waits_for_the_peer() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
     p.settle(20);
-    assert_eq!(p.engine(1).status().disk, DiskState::UpToDate, "{:?}", p.logs);
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    assert_eq!(
+        p.engine(1).status().disk,
+        DiskState::UpToDate,
+        "{:?}",
+        p.logs
+    );
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     let id = p.submit_write(0, 0, pattern(2, 4096), false);
-    assert_eq!(p.write_result(id), None, "completed before the peer acknowledged");
+    assert_eq!(
+        p.write_result(id),
+        None,
+        "completed before the peer acknowledged"
+    );
     p.step(1);
     p.step(1);
     p.settle(2);
@@ -61,8 +85,10 @@ fn protocol_c_write_waits_for_the_peer() {
 fn failover_keeps_every_acknowledged_write() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     let mut acked = Vec::new();
     for k in 0..50u64 {
         let id = p.submit_write(0, (k * 37 % 1000) * 4096, pattern(k, 4096), false);
@@ -75,13 +101,17 @@ fn failover_keeps_every_acknowledged_write() {
     p.kill(0, true);
     p.settle(2);
     assert_eq!(p.engine(1).status().connection, ConnState::Connecting);
-    p.admin(1, AdminCommand::Primary { force: false }).expect("promote node2");
+    p.admin(1, AdminCommand::Primary { force: false })
+        .expect("promote node2");
     let mut expect = std::collections::HashMap::new();
     for &k in &acked {
         expect.insert(k * 37 % 1000, k);
     }
     for (block, k) in expect {
-        assert_eq!(p.read(1, block * 4096, 4096).expect("read"), pattern(k, 4096));
+        assert_eq!(
+            p.read(1, block * 4096, 4096).expect("read"),
+            pattern(k, 4096)
+        );
     }
 }
 
@@ -89,8 +119,10 @@ fn failover_keeps_every_acknowledged_write() {
 fn secondary_away_resyncs_only_what_changed() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     p.kill(1, false);
     let mut written = 0;
     for k in 0..64u64 {
@@ -118,12 +150,15 @@ fn secondary_away_resyncs_only_what_changed() {
 fn split_brain_is_reported_and_discard_my_data_resolves_it_by_bitmap() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
     p.settle(5);
     p.cut();
     p.settle(2);
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote 1");
-    p.admin(1, AdminCommand::Primary { force: false }).expect("promote 2");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote 1");
+    p.admin(1, AdminCommand::Primary { force: false })
+        .expect("promote 2");
     for i in 0..2 {
         let id = p.submit_write(i, (i as u64) << 20, pattern(i as u64, 8192), false);
         p.settle(1);
@@ -137,13 +172,28 @@ fn split_brain_is_reported_and_discard_my_data_resolves_it_by_bitmap() {
         assert_eq!(s.connection, ConnState::StandAlone);
     }
     p.admin(1, AdminCommand::Secondary).expect("demote 2");
-    p.admin(1, AdminCommand::Connect { discard_my_data: true }).expect("connect victim");
-    p.admin(0, AdminCommand::Connect { discard_my_data: false }).expect("connect");
+    p.admin(
+        1,
+        AdminCommand::Connect {
+            discard_my_data: true,
+        },
+    )
+    .expect("connect victim");
+    p.admin(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .expect("connect");
     p.settle(100);
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
     assert!(!s.split_brain);
-    assert_eq!(s.resync_sent_bytes, 16384, "a bitmap resync of both sides' changes");
+    assert_eq!(
+        s.resync_sent_bytes, 16384,
+        "a bitmap resync of both sides' changes"
+    );
     assert_eq!(p.engine(1).status().role, Role::Secondary);
     assert_eq!(p.data(0), p.data(1));
 }
@@ -157,8 +207,10 @@ fn checksum_resync_sends_only_blocks_that_differ() {
         p.start(i);
     }
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     p.kill(1, false);
     // 8 blocks written while node2 is away; the same data also lands on node2's disk by other means for 6 of
     // them (as after a full sync of mostly identical disks): only 2 blocks differ.
@@ -175,7 +227,11 @@ fn checksum_resync_sends_only_blocks_that_differ() {
     p.settle(100);
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
-    assert_eq!(s.resync_sent_bytes, 2 * 4096, "only the blocks whose digest differs travel");
+    assert_eq!(
+        s.resync_sent_bytes,
+        2 * 4096,
+        "only the blocks whose digest differs travel"
+    );
     assert_eq!(p.data(0), p.data(1));
 }
 
@@ -183,8 +239,10 @@ fn checksum_resync_sends_only_blocks_that_differ() {
 fn a_failing_disk_is_detached_and_the_primary_serves_from_the_peer() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     let id = p.submit_write(0, 0, pattern(7, 4096), false);
     p.settle(2);
     assert_eq!(p.write_result(id), Some(Ok(())));
@@ -196,18 +254,33 @@ fn a_failing_disk_is_detached_and_the_primary_serves_from_the_peer() {
     assert_eq!(s.role, Role::Primary);
     assert_eq!(s.disk, DiskState::Diskless, "{:?}", p.logs);
     assert!(!p.engine(0).reads_local());
-    assert_eq!(p.read(0, 0, 4096).expect("read from the peer"), pattern(7, 4096));
-    assert_eq!(p.read(0, 8192, 4096).expect("read from the peer"), pattern(8, 4096));
-    assert!(p.logs.iter().any(|l| l.contains("I/O error")), "{:?}", p.logs);
+    assert_eq!(
+        p.read(0, 0, 4096).expect("read from the peer"),
+        pattern(7, 4096)
+    );
+    assert_eq!(
+        p.read(0, 8192, 4096).expect("read from the peer"),
+        pattern(8, 4096)
+    );
+    assert!(
+        p.logs.iter().any(|l| l.contains("I/O error")),
+        "{:?}",
+        p.logs
+    );
 }
 
 #[test]
 fn protocols_a_and_b_complete_earlier_than_c() {
-    for (protocol, after_send) in [(ReplicationProtocol::A, true), (ReplicationProtocol::B, false)] {
+    for (protocol, after_send) in [
+        (ReplicationProtocol::A, true),
+        (ReplicationProtocol::B, false),
+    ] {
         let mut p = Pair::new(BACKING, protocol);
         p.settle(20);
-        p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-        p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+        p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+            .expect("clear bitmap");
+        p.admin(0, AdminCommand::Primary { force: false })
+            .expect("promote");
         let id = p.submit_write(0, 0, pattern(3, 4096), false);
         assert_eq!(p.write_result(id).is_some(), after_send, "{protocol:?}");
         p.settle(2);
@@ -220,21 +293,30 @@ fn protocols_a_and_b_complete_earlier_than_c() {
 fn invalidate_resyncs_everything_from_the_peer() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     let id = p.submit_write(0, 0, pattern(9, 8192), false);
     p.settle(2);
     assert_eq!(p.write_result(id), Some(Ok(())));
     // node2's copy silently damaged (a bad disk, a stray dd): invalidate discards it all.
     p.engine(1).storage_mut().disk.cache[..4096].fill(0xee);
     assert_ne!(p.data(0), p.data(1));
-    let refused = p.admin(0, AdminCommand::Invalidate).expect_err("a Primary is never invalidated");
+    let refused = p
+        .admin(0, AdminCommand::Invalidate)
+        .expect_err("a Primary is never invalidated");
     assert!(refused.contains("Primary"), "{refused}");
-    p.admin(1, AdminCommand::Invalidate).expect("invalidate node2");
+    p.admin(1, AdminCommand::Invalidate)
+        .expect("invalidate node2");
     p.settle(100);
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
-    assert_eq!(s.resync_sent_bytes, p.engine(0).data_size(), "a full resync");
+    assert_eq!(
+        s.resync_sent_bytes,
+        p.engine(0).data_size(),
+        "a full resync"
+    );
     assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
     assert_eq!(p.data(0), p.data(1));
 }
@@ -243,13 +325,20 @@ fn invalidate_resyncs_everything_from_the_peer() {
 fn down_closes_the_activity_log_and_up_resyncs_only_what_changed() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
-    let refused = p.admin(0, AdminCommand::Down).expect_err("a Primary is not taken down");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    let refused = p
+        .admin(0, AdminCommand::Down)
+        .expect_err("a Primary is not taken down");
     assert!(refused.contains("secondary"), "{refused}");
     p.admin(1, AdminCommand::Down).expect("down node2");
     let s = p.engine(1).status();
-    assert_eq!((s.disk, s.connection), (DiskState::Diskless, ConnState::StandAlone));
+    assert_eq!(
+        (s.disk, s.connection),
+        (DiskState::Diskless, ConnState::StandAlone)
+    );
     for k in 0..4u64 {
         let id = p.submit_write(0, k * (1 << 20), pattern(k, 4096), false);
         p.settle(1);
@@ -259,9 +348,15 @@ fn down_closes_the_activity_log_and_up_resyncs_only_what_changed() {
     p.settle(100);
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
-    assert_eq!(s.resync_sent_bytes, 4 * 4096, "only the four blocks written while node2 was down");
+    assert_eq!(
+        s.resync_sent_bytes,
+        4 * 4096,
+        "only the four blocks written while node2 was down"
+    );
     assert!(
-        !p.logs.iter().any(|l| l.starts_with("node2") && l.contains("did not close the activity log")),
+        !p.logs
+            .iter()
+            .any(|l| l.starts_with("node2") && l.contains("did not close the activity log")),
         "a clean down closes the activity log: {:?}",
         p.logs
     );
@@ -272,16 +367,27 @@ fn down_closes_the_activity_log_and_up_resyncs_only_what_changed() {
 fn protocol_a_writes_lost_with_the_link_are_resynced() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::A);
     p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true }).expect("clear bitmap");
-    p.admin(0, AdminCommand::Primary { force: false }).expect("promote");
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
     // Completed at once (protocol A), then the link breaks before the frame reaches node2.
     let id = p.submit_write(0, 4096 * 5, pattern(5, 4096), false);
     assert_eq!(p.write_result(id), Some(Ok(())));
     p.cut();
-    assert_eq!(p.engine(0).status().out_of_sync_bytes, 4096, "the unconfirmed write is out of sync");
+    assert_eq!(
+        p.engine(0).status().out_of_sync_bytes,
+        4096,
+        "the unconfirmed write is out of sync"
+    );
     p.heal();
     p.settle(100);
-    assert_eq!(p.engine(0).status().replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(
+        p.engine(0).status().replication,
+        ReplState::Established,
+        "{:?}",
+        p.logs
+    );
     assert_eq!(p.engine(0).status().out_of_sync_bytes, 0);
     assert_eq!(p.data(0), p.data(1));
     // Writes the peer confirmed by a barrier leave the transfer log: nothing to resync after a later cut.

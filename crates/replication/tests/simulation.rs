@@ -64,7 +64,9 @@ impl Oracle {
         self.blocks.entry(block).or_default().also.push(value);
     }
     fn answered(&mut self, id: u64, result: &Result<(), IoFailure>) {
-        let Some((block, value, fua)) = self.in_flight.remove(&id) else { return };
+        let Some((block, value, fua)) = self.in_flight.remove(&id) else {
+            return;
+        };
         if result.is_err() {
             return;
         }
@@ -102,7 +104,9 @@ impl Oracle {
         self.flushes.insert(id, snapshot);
     }
     fn flush_answered(&mut self, id: u64, result: &Result<(), IoFailure>) {
-        let Some(snapshot) = self.flushes.remove(&id) else { return };
+        let Some(snapshot) = self.flushes.remove(&id) else {
+            return;
+        };
         if result.is_err() {
             return;
         }
@@ -165,7 +169,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
         for (node, out) in done {
             match out {
                 Output::WriteDone { id, result } if node == primary => oracle.answered(id, &result),
-                Output::FlushDone { id, result } if node == primary => oracle.flush_answered(id, &result),
+                Output::FlushDone { id, result } if node == primary => {
+                    oracle.flush_answered(id, &result)
+                }
                 Output::AdminDone { .. } | Output::WriteDone { .. } | Output::FlushDone { .. } => {}
                 other => p.done.push((node, other)),
             }
@@ -173,12 +179,16 @@ fn run_seed(seed: u64) -> Result<(), String> {
         check_two_primaries(&mut p)?;
         match rng.below(100) {
             0..=44 => {
-                if p.nodes[primary].as_ref().is_some_and(|e| e.state().may_write()) {
+                if p.nodes[primary]
+                    .as_ref()
+                    .is_some_and(|e| e.state().may_write())
+                {
                     let block = rng.below(blocks);
                     let value = next_value;
                     next_value = next_value.wrapping_add(1).max(1);
                     let fua = rng.chance(10);
-                    let id = p.submit_write(primary, block * BLOCK, vec![value; BLOCK as usize], fua);
+                    let id =
+                        p.submit_write(primary, block * BLOCK, vec![value; BLOCK as usize], fua);
                     oracle.issued(id, block, value, fua);
                 }
             }
@@ -188,7 +198,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
             }
             75..=80 => p.settle(1),
             81..=84 => {
-                if p.nodes[primary].as_ref().is_some_and(|e| e.state().may_write()) {
+                if p.nodes[primary]
+                    .as_ref()
+                    .is_some_and(|e| e.state().may_write())
+                {
                     let id = p.submit_flush(primary);
                     oracle.flush_issued(id);
                 }
@@ -229,7 +242,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
                         } else if let Err(e) = result {
                             let s = p.engine(other).status();
                             let tail = p.logs[p.logs.len().saturating_sub(12)..].join("\n");
-                            return Err(format!("failover to node{}: {e}; {s:?}\n{tail}", other + 1));
+                            return Err(format!(
+                                "failover to node{}: {e}; {s:?}\n{tail}",
+                                other + 1
+                            ));
                         }
                     }
                 }
@@ -295,7 +311,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
     for (node, out) in done {
         match out {
             Output::WriteDone { id, result } if node == primary => oracle.answered(id, &result),
-            Output::FlushDone { id, result } if node == primary => oracle.flush_answered(id, &result),
+            Output::FlushDone { id, result } if node == primary => {
+                oracle.flush_answered(id, &result)
+            }
             _ => {}
         }
     }
@@ -303,7 +321,11 @@ fn run_seed(seed: u64) -> Result<(), String> {
     for i in 0..2 {
         let s = p.engine(i).status();
         if s.role == Role::Primary && i != primary {
-            return Err(format!("node{} is Primary, node{} was expected", i + 1, primary + 1));
+            return Err(format!(
+                "node{} is Primary, node{} was expected",
+                i + 1,
+                primary + 1
+            ));
         }
         if !(s.disk == DiskState::UpToDate && s.replication == ReplState::Established) {
             let other = p.engine(1 - i).status();
@@ -318,7 +340,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let (a, b) = (p.data(0), p.data(1));
     if a != b {
         let differ: Vec<u64> = (0..blocks)
-            .filter(|&k| a[(k * BLOCK) as usize..((k + 1) * BLOCK) as usize] != b[(k * BLOCK) as usize..((k + 1) * BLOCK) as usize])
+            .filter(|&k| {
+                a[(k * BLOCK) as usize..((k + 1) * BLOCK) as usize]
+                    != b[(k * BLOCK) as usize..((k + 1) * BLOCK) as usize]
+            })
             .take(8)
             .collect();
         return Err(format!(
@@ -333,7 +358,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let data = p.data(primary);
     for block in 0..blocks {
         let got = data[(block * BLOCK) as usize];
-        oracle.check(block, got).map_err(|e| format!("{e} (invariant 1)"))?;
+        oracle
+            .check(block, got)
+            .map_err(|e| format!("{e} (invariant 1)"))?;
     }
     Ok(())
 }
@@ -341,7 +368,9 @@ fn run_seed(seed: u64) -> Result<(), String> {
 /// Replaces failed disks' faults and attaches them again (`volume up`).
 fn repair_disks(p: &mut Pair) {
     for i in 0..2 {
-        let failing = p.nodes[i].as_ref().is_some_and(|e| e.storage().disk.failing);
+        let failing = p.nodes[i]
+            .as_ref()
+            .is_some_and(|e| e.storage().disk.failing);
         if failing {
             p.engine(i).storage_mut().disk.failing = false;
             if let Err(e) = p.admin(i, AdminCommand::Up) {
@@ -353,8 +382,18 @@ fn repair_disks(p: &mut Pair) {
 
 /// Invariant 2: never two Primaries while connected.
 fn check_two_primaries(p: &mut Pair) -> Result<(), String> {
-    let both = p.nodes.iter().flatten().filter(|e| e.state().role() == Role::Primary).count() == 2;
-    let connected = p.nodes.iter().flatten().any(|e| e.status().connection == ConnState::Connected);
+    let both = p
+        .nodes
+        .iter()
+        .flatten()
+        .filter(|e| e.state().role() == Role::Primary)
+        .count()
+        == 2;
+    let connected = p
+        .nodes
+        .iter()
+        .flatten()
+        .any(|e| e.status().connection == ConnState::Connected);
     if both && connected {
         return Err("two Primaries while connected (invariant 2)".into());
     }

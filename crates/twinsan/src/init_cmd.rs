@@ -307,7 +307,10 @@ fn print_summary(
     println!("  twinsan --config {cfg} --node node1 volume primary --force {VOLUME}");
     if args.manual {
         // Without the cluster manager nothing holds the virtual IP: the primary serves at its node address.
-        println!("and point an initiator at iscsi://{}:{ISCSI_PORT}/{IQN}/{LUN}", NODES[0].2);
+        println!(
+            "and point an initiator at iscsi://{}:{ISCSI_PORT}/{IQN}/{LUN}",
+            NODES[0].2
+        );
     } else {
         println!("and point an initiator at iscsi://{VIP}:{ISCSI_PORT}/{IQN}/{LUN}");
     }

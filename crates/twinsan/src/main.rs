@@ -25,7 +25,12 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
     /// The cluster config file.
-    #[arg(long, global = true, value_name = "FILE", default_value = "/etc/twinsan/twinsan.toml")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "/etc/twinsan/twinsan.toml"
+    )]
     pub config: PathBuf,
     /// This node's name in the config (default: the node whose address is on this machine, if only one is).
     #[arg(long, global = true, value_name = "NAME")]

@@ -25,9 +25,13 @@ struct EventStream {
 impl EventStream {
     fn start(c: &Cluster, node: usize, json: bool) -> EventStream {
         let mut cmd = Command::new(twinsan_bin());
-        cmd.arg("--config")
-            .arg(&c.config)
-            .args(["--node", &format!("node{node}"), "volume", "events", "vol0"]);
+        cmd.arg("--config").arg(&c.config).args([
+            "--node",
+            &format!("node{node}"),
+            "volume",
+            "events",
+            "vol0",
+        ]);
         if json {
             cmd.arg("--json");
         }
@@ -64,7 +68,9 @@ fn ready_pair(tag: &str) -> Cluster {
     let mut c = Cluster::init(tag, true, "256M");
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
     c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
     c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
     c.wait_status(2, Duration::from_secs(20), "both UpToDate", in_sync);
@@ -77,8 +83,13 @@ fn cluster_initial_sync_after_primary_force() {
     let mut c = Cluster::init("initial-sync", true, "256M");
     c.start(1);
     c.start(2);
-    let s = c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
-    assert_eq!(s["disk"], "Inconsistent", "a new volume is Inconsistent: {s}");
+    let s = c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
+    assert_eq!(
+        s["disk"], "Inconsistent",
+        "a new volume is Inconsistent: {s}"
+    );
     assert_eq!(peer(&s, "peer_disk"), "Inconsistent");
     // Promoting Inconsistent data without --force is refused, with the reason.
     let refused = c.cli_fails(1, &["volume", "primary", "vol0"]);
@@ -101,8 +112,14 @@ fn cluster_initial_sync_after_primary_force() {
     c.wait_status(2, Duration::from_secs(20), "UpToDate on node2", in_sync);
     let text = c.cli(1, &["volume", "status", "vol0"]);
     assert!(text.contains("disk:UpToDate"), "{text}");
-    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
-    assert_eq!(sent, 256 * 1024, "the initial sync sends the whole volume once");
+    let sent = peer(&s, "resync_sent_kib")
+        .as_u64()
+        .expect("resync_sent_kib");
+    assert_eq!(
+        sent,
+        256 * 1024,
+        "the initial sync sends the whole volume once"
+    );
 
     let lines = events.stop();
     let progress: Vec<&String> = lines
@@ -114,8 +131,16 @@ fn cluster_initial_sync_after_primary_force() {
         "no sync progress was visible in events or status; events:\n{}",
         lines.join("\n")
     );
-    assert!(lines.iter().any(|l| l.starts_with("exists")), "{}", lines.join("\n"));
-    assert!(lines.iter().any(|l| l.starts_with("change")), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.starts_with("exists")),
+        "{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("change")),
+        "{}",
+        lines.join("\n")
+    );
 
     // The two copies are byte-identical.
     assert!(c.stop(1), "node1 did not stop cleanly:\n{}", c.logs());
@@ -129,7 +154,9 @@ fn cluster_kill_primary_and_promote_the_peer() {
     let plan = qemu::plan(0x5eed_0001, 256 * MIB, CHUNK, 256);
     qemu::write(&c.url(1), &plan, CHUNK);
     c.kill(1);
-    c.wait_status(2, Duration::from_secs(20), "the peer gone", |s| peer(s, "connection") != "Connected");
+    c.wait_status(2, Duration::from_secs(20), "the peer gone", |s| {
+        peer(s, "connection") != "Connected"
+    });
     c.cli(2, &["volume", "primary", "vol0"]);
     let s = c.status(2);
     assert_eq!(s["role"], "Primary", "{s}");
@@ -144,11 +171,15 @@ fn cluster_resync_sends_only_what_changed_and_verify_agrees() {
     let plan = qemu::plan(0x5eed_0002, 256 * MIB, CHUNK, 64);
     qemu::write(&c.url(1), &plan, CHUNK);
     let s = c.status(1);
-    let dirty = peer(&s, "out_of_sync_kib").as_u64().expect("out_of_sync_kib");
+    let dirty = peer(&s, "out_of_sync_kib")
+        .as_u64()
+        .expect("out_of_sync_kib");
     assert_eq!(dirty, 16 * 1024, "16 MiB written while node2 was away: {s}");
     c.start(2);
     let s = c.wait_status(1, Duration::from_secs(60), "resync done", in_sync);
-    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
+    let sent = peer(&s, "resync_sent_kib")
+        .as_u64()
+        .expect("resync_sent_kib");
     assert!(
         sent >= dirty && sent * 100 <= dirty * 105,
         "resync sent {sent} KiB for {dirty} KiB of dirty data"
@@ -160,7 +191,12 @@ fn cluster_resync_sends_only_what_changed_and_verify_agrees() {
     });
     assert_eq!(peer(&s, "verify_out_of_sync_kib"), 0, "{s}");
     assert_eq!(peer(&s, "out_of_sync_kib"), 0, "{s}");
-    assert!(c.log(1).contains("online verify finished: 0 KiB out of sync"), "{}", c.logs());
+    assert!(
+        c.log(1)
+            .contains("online verify finished: 0 KiB out of sync"),
+        "{}",
+        c.logs()
+    );
     qemu::verify(&c.url(1), &plan, CHUNK);
 }
 
@@ -190,7 +226,10 @@ impl LinkCut {
             .expect("stdin")
             .write_all(rules.as_bytes())
             .expect("write rules");
-        assert!(child.wait().expect("nft").success(), "nft refused the rules:\n{rules}");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft refused the rules:\n{rules}"
+        );
         LinkCut { table }
     }
 }
@@ -208,7 +247,9 @@ impl Drop for LinkCut {
 fn split(c: &Cluster, writers: &[(usize, u64)], promote: &[usize], demote: &[usize]) {
     let cut = LinkCut::new();
     for n in [1, 2] {
-        c.wait_status(n, Duration::from_secs(20), "link lost", |s| peer(s, "connection") != "Connected");
+        c.wait_status(n, Duration::from_secs(20), "link lost", |s| {
+            peer(s, "connection") != "Connected"
+        });
     }
     for &n in promote {
         c.cli(n, &["volume", "primary", "vol0"]);
@@ -230,16 +271,23 @@ fn cluster_split_brain_is_reported_and_resolved_by_discard_my_data() {
     // node1 is Primary: it goes on; node2 is promoted too once the link is down.
     split(&c, &[(1, 0x51), (2, 0x52)], &[2], &[]);
     for n in [1, 2] {
-        let s = c.wait_status(n, Duration::from_secs(30), "split brain", |s| s["split_brain"] == true);
+        let s = c.wait_status(n, Duration::from_secs(30), "split brain", |s| {
+            s["split_brain"] == true
+        });
         assert_eq!(peer(&s, "connection"), "StandAlone", "{s}");
     }
-    assert!(c.log(1).contains("split brain") && c.log(2).contains("split brain"), "{}", c.logs());
+    assert!(
+        c.log(1).contains("split brain") && c.log(2).contains("split brain"),
+        "{}",
+        c.logs()
+    );
     let lines = events.stop();
     let event = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|e| e["kind"] == "split-brain");
-    let event = event.unwrap_or_else(|| panic!("no split-brain event on node1:\n{}", lines.join("\n")));
+    let event =
+        event.unwrap_or_else(|| panic!("no split-brain event on node1:\n{}", lines.join("\n")));
     assert_eq!(event["status"]["split_brain"], true, "{event}");
     // The victim: node2 discards its changes.
     c.cli(2, &["volume", "secondary", "vol0"]);
@@ -247,9 +295,14 @@ fn cluster_split_brain_is_reported_and_resolved_by_discard_my_data() {
     c.cli(1, &["volume", "connect", "vol0"]);
     let s = c.wait_status(1, Duration::from_secs(60), "resolved and in sync", in_sync);
     assert_eq!(s["split_brain"], false, "{s}");
-    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
+    let sent = peer(&s, "resync_sent_kib")
+        .as_u64()
+        .expect("resync_sent_kib");
     // Both sides wrote 8 × 256 KiB: the union of the two bitmaps, never the whole 256 MiB.
-    assert!((2 * 1024..=4 * 1024).contains(&sent), "a bitmap resync sends the changed blocks only, sent {sent} KiB");
+    assert!(
+        (2 * 1024..=4 * 1024).contains(&sent),
+        "a bitmap resync sends the changed blocks only, sent {sent} KiB"
+    );
     let s2 = c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
     assert_eq!(s2["role"], "Secondary");
     // node1's writes are what both hold now.
@@ -266,7 +319,10 @@ fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
         "after_sb_0pri = \"discard-zero-changes\"",
         1,
     );
-    assert!(text.contains("discard-zero-changes"), "init's config has no after_sb_0pri line:\n{text}");
+    assert!(
+        text.contains("discard-zero-changes"),
+        "init's config has no after_sb_0pri line:\n{text}"
+    );
     // The split-brain handler runs on detection, told what happened through its environment.
     let handler_log = c.folder().join("handler.log");
     let text = text.replacen(
@@ -280,7 +336,9 @@ fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
     std::fs::write(&c.config, text).expect("write config");
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
     c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
     c.wait_status(2, Duration::from_secs(20), "both UpToDate", in_sync);
     // Both become Primary while cut off, only node1 writes, both step down before the link heals.
@@ -327,9 +385,19 @@ fn cluster_corrupt_superblock_is_refused_and_left_alone() {
         Duration::from_secs(30),
     );
     let text = common::text(&out);
-    assert!(!out.status.success(), "a node with a corrupt superblock started:\n{text}");
-    assert!(text.contains("vol0.img") && text.contains("superblock"), "the error must name the file and the superblock:\n{text}");
-    assert_eq!(std::fs::read(&path).expect("read disk"), bytes, "the corrupt metadata was modified");
+    assert!(
+        !out.status.success(),
+        "a node with a corrupt superblock started:\n{text}"
+    );
+    assert!(
+        text.contains("vol0.img") && text.contains("superblock"),
+        "the error must name the file and the superblock:\n{text}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read disk"),
+        bytes,
+        "the corrupt metadata was modified"
+    );
 }
 
 #[test]
@@ -342,7 +410,11 @@ fn cluster_peer_with_the_wrong_secret_is_refused() {
         .expect("init writes an inline secret")
         .to_owned();
     let other = c.folder().join("node2.toml");
-    std::fs::write(&other, text.replace(&line, "secret = \"a different secret of enough length\"")).expect("write");
+    std::fs::write(
+        &other,
+        text.replace(&line, "secret = \"a different secret of enough length\""),
+    )
+    .expect("write");
     c.start(1);
     let good = c.config.clone();
     c.config = other;
@@ -361,7 +433,11 @@ fn cluster_peer_with_the_wrong_secret_is_refused() {
 /// Sets `resync_max_kib_s` on vol0, so a resync lasts long enough to be interrupted.
 fn slow_resync(c: &Cluster, kib_s: u64) {
     let text = std::fs::read_to_string(&c.config).expect("config");
-    let text = text.replacen("protocol = \"C\"", &format!("protocol = \"C\"\nresync_max_kib_s = {kib_s}"), 1);
+    let text = text.replacen(
+        "protocol = \"C\"",
+        &format!("protocol = \"C\"\nresync_max_kib_s = {kib_s}"),
+        1,
+    );
     std::fs::write(&c.config, text).expect("write config");
 }
 
@@ -371,7 +447,9 @@ fn cluster_primary_killed_mid_resync_resumes_without_a_full_sync() {
     slow_resync(&c, 16 * 1024);
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
     c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
     c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
     c.cli(1, &["volume", "primary", "vol0"]);
@@ -385,8 +463,15 @@ fn cluster_primary_killed_mid_resync_resumes_without_a_full_sync() {
     });
     c.kill(1);
     c.start(1);
-    let s = c.wait_status(1, Duration::from_secs(60), "resync done after the restart", in_sync);
-    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
+    let s = c.wait_status(
+        1,
+        Duration::from_secs(60),
+        "resync done after the restart",
+        in_sync,
+    );
+    let sent = peer(&s, "resync_sent_kib")
+        .as_u64()
+        .expect("resync_sent_kib");
     assert!(
         sent <= 64 * 1024,
         "after the restart the resync sent {sent} KiB: more than the 64 MiB the activity log covers"
@@ -395,7 +480,11 @@ fn cluster_primary_killed_mid_resync_resumes_without_a_full_sync() {
     c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
     c.cli(1, &["volume", "primary", "vol0"]);
     qemu::verify(&c.url(1), &plan, CHUNK);
-    assert!(c.stop(1) && c.stop(2), "the nodes did not stop cleanly:\n{}", c.logs());
+    assert!(
+        c.stop(1) && c.stop(2),
+        "the nodes did not stop cleanly:\n{}",
+        c.logs()
+    );
     assert_eq!(first_difference(&c.disk(1), &c.disk(2), 256 * MIB), None);
 }
 
@@ -421,7 +510,8 @@ fn cluster_both_killed_under_write_load_lose_nothing_acknowledged() {
                 let mut cmd = Command::new(common::require_tool("qemu-io"));
                 cmd.args(["-f", "raw"]);
                 for (off, p) in chunk {
-                    cmd.arg("-c").arg(format!("write -P {p:#04x} {off} {SMALL}"));
+                    cmd.arg("-c")
+                        .arg(format!("write -P {p:#04x} {off} {SMALL}"));
                 }
                 cmd.arg(&url).stdout(Stdio::null()).stderr(Stdio::null());
                 let Ok(mut child) = cmd.spawn() else { break };
@@ -429,7 +519,10 @@ fn cluster_both_killed_under_write_load_lose_nothing_acknowledged() {
                 let ok = child.wait().is_ok_and(|s| s.success());
                 *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if ok {
-                    done_rounds.lock().unwrap_or_else(|p| p.into_inner()).push(round);
+                    done_rounds
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(round);
                 } else {
                     break;
                 }
@@ -438,7 +531,11 @@ fn cluster_both_killed_under_write_load_lose_nothing_acknowledged() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while done_rounds.lock().unwrap_or_else(|p| p.into_inner()).len() < 8 {
-        assert!(std::time::Instant::now() < deadline, "writes do not complete:\n{}", c.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes do not complete:\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     c.kill(1);
@@ -460,13 +557,22 @@ fn cluster_both_killed_under_write_load_lose_nothing_acknowledged() {
     c.start(1);
     c.start(2);
     let s = c.wait_status(1, Duration::from_secs(60), "back in sync", in_sync);
-    let sent = peer(&s, "resync_sent_kib").as_u64().expect("resync_sent_kib");
-    assert!(sent <= 40 * 1024, "the resync after the crash sent {sent} KiB: a full sync is 262144 KiB");
+    let sent = peer(&s, "resync_sent_kib")
+        .as_u64()
+        .expect("resync_sent_kib");
+    assert!(
+        sent <= 40 * 1024,
+        "the resync after the crash sent {sent} KiB: a full sync is 262144 KiB"
+    );
     eprintln!("both killed: {} writes acknowledged before the kill; resync after the restart sent {sent} KiB", acked.len());
     c.wait_status(2, Duration::from_secs(20), "node2 in sync", in_sync);
     c.cli(1, &["volume", "primary", "vol0"]);
     qemu::verify(&c.url(1), &acked, SMALL);
-    assert!(c.stop(1) && c.stop(2), "the nodes did not stop cleanly:\n{}", c.logs());
+    assert!(
+        c.stop(1) && c.stop(2),
+        "the nodes did not stop cleanly:\n{}",
+        c.logs()
+    );
     assert_eq!(first_difference(&c.disk(1), &c.disk(2), 256 * MIB), None);
 }
 
@@ -494,10 +600,20 @@ fn speak_to_node2(bytes: &[u8]) -> Vec<u8> {
     let peer = addr([127, 0, 0, 12], 7789);
     // SAFETY: valid sockaddr_in values of `len` bytes, alive for the calls.
     unsafe {
-        assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, len), 0, "bind");
-        assert_eq!(libc::connect(fd, &peer as *const _ as *const libc::sockaddr, len), 0, "connect");
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind"
+        );
+        assert_eq!(
+            libc::connect(fd, &peer as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect"
+        );
     }
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let _ = stream.write_all(bytes);
     let mut back = Vec::new();
     let _ = stream.read_to_end(&mut back);
@@ -514,11 +630,17 @@ fn cluster_peer_speaking_garbage_is_disconnected_and_never_displaces_the_link() 
     speak_to_node2(&garbage);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !c.log(2).contains("bad frame") {
-        assert!(std::time::Instant::now() < deadline, "the garbage was not refused with a log line:\n{}", c.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the garbage was not refused with a log line:\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     c.start(1);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| peer(s, "connection") == "Connected");
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
     c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
     c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
     c.cli(1, &["volume", "primary", "vol0"]);
@@ -528,5 +650,9 @@ fn cluster_peer_speaking_garbage_is_disconnected_and_never_displaces_the_link() 
     qemu::write(&c.url(1), &plan, CHUNK);
     let s = c.status(1);
     assert!(in_sync(&s), "{s}\n{}", c.logs());
-    assert_eq!(peer(&s, "out_of_sync_kib"), 0, "every write reached node2: {s}");
+    assert_eq!(
+        peer(&s, "out_of_sync_kib"),
+        0,
+        "every write reached node2: {s}"
+    );
 }

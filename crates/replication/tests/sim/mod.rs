@@ -106,10 +106,12 @@ pub const VOLUME_UUID: u128 = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
 /// Formats a disk of `backing` bytes for node `node` (1 or 2): `create-md`.
 pub fn format(backing: u64, node: u8) -> (MemDisk, Layout) {
     let layout = Layout::compute(backing, Placement::Internal).expect("layout");
-    let sb = Superblock::create(&layout, VOLUME_UUID, node, 3 - node, UUID_JUST_CREATED).expect("sb");
+    let sb =
+        Superblock::create(&layout, VOLUME_UUID, node, 3 - node, UUID_JUST_CREATED).expect("sb");
     let mut disk = MemDisk::new(backing as usize);
     let mut st = MemStorage { disk };
-    st.write_meta(layout.superblocks[0].offset, &sb.encode()).expect("write");
+    st.write_meta(layout.superblocks[0].offset, &sb.encode())
+        .expect("write");
     disk = st.disk;
     (disk, layout)
 }
@@ -135,12 +137,22 @@ pub fn config(node: u8, protocol: ReplicationProtocol) -> EngineConfig {
 }
 
 /// Opens an engine on `disk` (reading the superblock as the driver does).
-pub fn open(node: u8, disk: MemDisk, layout: Layout, protocol: ReplicationProtocol, seed: u64, now: Duration, csums: bool) -> Engine<MemStorage> {
+pub fn open(
+    node: u8,
+    disk: MemDisk,
+    layout: Layout,
+    protocol: ReplicationProtocol,
+    seed: u64,
+    now: Duration,
+    csums: bool,
+) -> Engine<MemStorage> {
     let mut st = MemStorage { disk };
     let mut s0 = vec![0u8; 4096];
     let mut s1 = vec![0u8; 4096];
-    st.read_meta(layout.superblocks[0].offset, &mut s0).expect("read");
-    st.read_meta(layout.superblocks[1].offset, &mut s1).expect("read");
+    st.read_meta(layout.superblocks[0].offset, &mut s0)
+        .expect("read");
+    st.read_meta(layout.superblocks[1].offset, &mut s1)
+        .expect("read");
     let chosen = twinsan_replication::metadata::choose(&s0, &s1).expect("superblock");
     let mut cfg = config(node, protocol);
     cfg.checksum_resync = csums;
@@ -195,9 +207,26 @@ impl Pair {
 
     pub fn start(&mut self, i: usize) {
         let disk = self.disks[i].clone();
-        self.uuid_seed = self.uuid_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut e = open(i as u8 + 1, disk, self.layout, self.protocol, self.uuid_seed, self.now, self.csums);
-        e.handle(Input::Admin { id: 0, command: AdminCommand::Up }, self.now);
+        self.uuid_seed = self
+            .uuid_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut e = open(
+            i as u8 + 1,
+            disk,
+            self.layout,
+            self.protocol,
+            self.uuid_seed,
+            self.now,
+            self.csums,
+        );
+        e.handle(
+            Input::Admin {
+                id: 0,
+                command: AdminCommand::Up,
+            },
+            self.now,
+        );
         self.nodes[i] = Some(e);
         self.collect(i);
     }
@@ -226,7 +255,13 @@ impl Pair {
             self.wire = [VecDeque::new(), VecDeque::new()];
             for i in 0..2 {
                 if let Some(e) = self.nodes[i].as_mut() {
-                    e.handle(Input::LinkDown { link, reason: why.into() }, self.now);
+                    e.handle(
+                        Input::LinkDown {
+                            link,
+                            reason: why.into(),
+                        },
+                        self.now,
+                    );
                     self.collect(i);
                 }
             }
@@ -234,7 +269,9 @@ impl Pair {
     }
 
     fn collect(&mut self, i: usize) {
-        let Some(e) = self.nodes[i].as_mut() else { return };
+        let Some(e) = self.nodes[i].as_mut() else {
+            return;
+        };
         let outputs = e.take_outputs();
         if e.storage().disk.dead {
             // The process died during this step: nothing it said afterwards left it.
@@ -275,7 +312,10 @@ impl Pair {
         if self.link.is_some() || self.cut {
             return;
         }
-        let want = self.nodes.iter().all(|n| n.as_ref().is_some_and(|e| e.wants_link()));
+        let want = self
+            .nodes
+            .iter()
+            .all(|n| n.as_ref().is_some_and(|e| e.wants_link()));
         if !want {
             return;
         }
@@ -368,7 +408,15 @@ impl Pair {
         let id = self.next_id;
         self.next_id += 1;
         let now = self.now;
-        self.engine(i).handle(Input::Write { id, offset, data, fua }, now);
+        self.engine(i).handle(
+            Input::Write {
+                id,
+                offset,
+                data,
+                fua,
+            },
+            now,
+        );
         self.collect(i);
         id
     }

@@ -107,7 +107,11 @@ impl Cluster {
                     panic!("node{n} exited ({status}):\n{}", self.log(n));
                 }
             }
-            assert!(Instant::now() < deadline, "node{n} did not answer on its admin socket:\n{}", self.log(n));
+            assert!(
+                Instant::now() < deadline,
+                "node{n} did not answer on its admin socket:\n{}",
+                self.log(n)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -138,7 +142,9 @@ impl Cluster {
 
     /// SIGTERM to node `n`; returns whether it exited with status 0.
     pub fn stop(&mut self, n: usize) -> bool {
-        let Some(p) = self.nodes[n - 1].as_mut() else { return true };
+        let Some(p) = self.nodes[n - 1].as_mut() else {
+            return true;
+        };
         // SAFETY: kill(2) on the pid of our own child.
         unsafe {
             libc::kill(p.child.id() as i32, libc::SIGTERM);
@@ -157,7 +163,9 @@ impl Cluster {
 
     fn cli_raw(&self, n: usize, args: &[&str]) -> (bool, String) {
         let mut cmd = Command::new(twinsan_bin());
-        cmd.arg("--config").arg(&self.config).args(["--node", &format!("node{n}")]);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--node", &format!("node{n}")]);
         cmd.args(args);
         let out = run(&mut cmd, Duration::from_secs(120));
         (out.status.success(), text(&out))
@@ -166,14 +174,21 @@ impl Cluster {
     /// `twinsan --config C --node nodeN ARGS`, which must succeed; its output.
     pub fn cli(&self, n: usize, args: &[&str]) -> String {
         let (ok, out) = self.cli_raw(n, args);
-        assert!(ok, "twinsan {args:?} on node{n} failed:\n{out}\n{}", self.logs());
+        assert!(
+            ok,
+            "twinsan {args:?} on node{n} failed:\n{out}\n{}",
+            self.logs()
+        );
         out
     }
 
     /// The same, expected to fail; its output.
     pub fn cli_fails(&self, n: usize, args: &[&str]) -> String {
         let (ok, out) = self.cli_raw(n, args);
-        assert!(!ok, "twinsan {args:?} on node{n} should have failed:\n{out}");
+        assert!(
+            !ok,
+            "twinsan {args:?} on node{n} should have failed:\n{out}"
+        );
         out
     }
 
@@ -197,7 +212,11 @@ impl Cluster {
             if pred(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "node{n}: {what} not reached within {limit:?}; last status {s}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "node{n}: {what} not reached within {limit:?}; last status {s}\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -35,7 +35,11 @@ pub fn qemu_io(url: &str, cmds: &[String]) -> String {
     cmd.arg(url);
     let out = run(&mut cmd, Duration::from_secs(300));
     let t = text(&out);
-    assert!(out.status.success(), "qemu-io failed ({}):\n{t}", out.status);
+    assert!(
+        out.status.success(),
+        "qemu-io failed ({}):\n{t}",
+        out.status
+    );
     assert!(
         !t.contains("failed") && !t.contains("rror"),
         "qemu-io reported an error:\n{t}"
@@ -68,5 +72,9 @@ pub fn verify(url: &str, plan: &[(u64, u8)], chunk: u64) {
         .lines()
         .filter(|l| l.starts_with(&format!("read {chunk}/{chunk} bytes")))
         .count();
-    assert_eq!(reads, plan.len(), "not every read completed and verified:\n{out}");
+    assert_eq!(
+        reads,
+        plan.len(),
+        "not every read completed and verified:\n{out}"
+    );
 }
