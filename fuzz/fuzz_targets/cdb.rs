@@ -14,13 +14,19 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| run(data));
 /// Byte 0 steers the run (bit 0: read-only LU, bit 1: a unit attention is pending, bits 7..4: CDB length - 1);
 /// the CDB follows, and whatever is left is the Data-Out.
 fn run(data: &[u8]) {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let cdb_len = (usize::from(flags >> 4) + 1).min(rest.len());
     let (cdb, data_out) = rest.split_at(cdb_len);
 
     let decoded = Command::decode(cdb);
 
-    let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(64 * BLOCK_SIZE as usize)), identity(), flags & 1 != 0);
+    let lu = LogicalUnit::new(
+        Arc::new(MemoryDevice::new(64 * BLOCK_SIZE as usize)),
+        identity(),
+        flags & 1 != 0,
+    );
     let me = nexus(1);
     let other = nexus(2);
     if flags & 2 != 0 {
@@ -28,13 +34,20 @@ fn run(data: &[u8]) {
         lu.reset(&other);
     }
     let luns = [0u64, 1, 300];
-    let req = Request { nexus: &me, cdb, data_out, luns: &luns };
+    let req = Request {
+        nexus: &me,
+        cdb,
+        data_out,
+        luns: &luns,
+    };
     let out = lu.execute(&req);
     match out.status {
         TaskStatus::Good => {
             assert!(out.sense.is_none());
             assert!(decoded.is_ok(), "a command that succeeded decodes");
-            let asked = lu.data_in_len(cdb).expect("a command that succeeded has a Data-In length");
+            let asked = lu
+                .data_in_len(cdb)
+                .expect("a command that succeeded has a Data-In length");
             assert!(out.data_in.len() as u64 <= u64::from(asked));
         }
         TaskStatus::CheckCondition => {
@@ -48,7 +61,10 @@ fn run(data: &[u8]) {
         assert!(len <= MAX_TRANSFER_BLOCKS * BLOCK_SIZE);
     }
     let no_lun = execute_no_lun(&req);
-    assert_eq!(no_lun.status == TaskStatus::CheckCondition, no_lun.sense.is_some());
+    assert_eq!(
+        no_lun.status == TaskStatus::CheckCondition,
+        no_lun.sense.is_some()
+    );
 }
 
 fn identity() -> LunIdentity {
@@ -65,5 +81,10 @@ fn identity() -> LunIdentity {
 }
 
 fn nexus(id: u64) -> Nexus {
-    Nexus { id, initiator_name: format!("iqn.2024-01.org.twinsan:initiator{id}"), isid: [0; 6], target_portal_group: 1 }
+    Nexus {
+        id,
+        initiator_name: format!("iqn.2024-01.org.twinsan:initiator{id}"),
+        isid: [0; 6],
+        target_portal_group: 1,
+    }
 }

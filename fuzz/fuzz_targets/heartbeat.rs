@@ -10,7 +10,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| run(data));
 
 fn run(data: &[u8]) {
     if let Ok(hb) = Heartbeat::decode(data) {
-        assert_eq!(&hb.encode()[..], data, "a decoded heartbeat re-encodes to its bytes");
+        assert_eq!(
+            &hb.encode()[..],
+            data,
+            "a decoded heartbeat re-encodes to its bytes"
+        );
     }
     let Some((&link, rest)) = data.split_first() else {
         return;

@@ -10,7 +10,11 @@ use twinsan_iscsi::text::TextPairs;
 struct Env;
 impl LoginEnv for Env {
     fn normal_access(&self, target: &str, _: &str) -> Result<Option<ChapPolicy>, LoginStatus> {
-        if target.len() % 2 == 0 { Ok(None) } else { Err(LoginStatus::NotFound) }
+        if target.len() % 2 == 0 {
+            Ok(None)
+        } else {
+            Err(LoginStatus::NotFound)
+        }
     }
     fn discovery_access(&self, _: &str) -> Result<Option<ChapPolicy>, LoginStatus> {
         Ok(None)

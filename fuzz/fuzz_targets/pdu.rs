@@ -7,8 +7,14 @@ use twinsan_iscsi::frame::{self, FrameLimits};
 use twinsan_iscsi::pdu::Pdu;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
-    let limits = FrameLimits { header_digest: flags & 1 != 0, data_digest: flags & 2 != 0, max_data_len: 8192 };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = FrameLimits {
+        header_digest: flags & 1 != 0,
+        data_digest: flags & 2 != 0,
+        max_data_len: 8192,
+    };
     let mut buf = BytesMut::from(rest);
     while let Ok(Some(raw)) = frame::decode(&mut buf, &limits) {
         if let Ok(pdu) = Pdu::decode(&raw.bhs) {
