@@ -13,6 +13,7 @@
 pub mod error;
 pub mod membership;
 pub mod scheduler;
+pub mod witness;
 
 pub use error::{InputError, MembershipError};
 pub use scheduler::{schedule, ClusterInput, Schedule};

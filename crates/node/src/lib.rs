@@ -5,4 +5,6 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod md;
+pub mod vip;
 pub mod volume;
+pub mod witness;

@@ -1,0 +1,1 @@
+//! The witness protocol core (placeholder: being written).

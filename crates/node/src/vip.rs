@@ -1,0 +1,1 @@
+//! The virtual IP agent (placeholder: being written).

@@ -1,0 +1,1 @@
+//! The witness client driver (placeholder: being written).
