@@ -35,6 +35,21 @@ pub enum Request {
     /// Stream events: first one `exists` line per volume, then a `change` line for every change, until the
     /// client goes away.
     Events { volume: Option<String> },
+    /// The cluster as this node sees it (`twinsan status`).
+    ClusterStatus,
+    /// `cluster stop [NODE]` (`stop: true`) or `cluster start [NODE]`; `None`: this node.
+    ClusterRun { node: Option<String>, stop: bool },
+    /// `node standby NODE` (`standby: true`) or `node unstandby NODE`.
+    Standby { node: String, standby: bool },
+    /// `resource move RESOURCE [NODE]`: prefer NODE, or without one ban the node it runs on now.
+    Move {
+        resource: String,
+        node: Option<String>,
+    },
+    /// `resource clear RESOURCE`: remove what `move` left.
+    Clear { resource: String },
+    /// `resource cleanup [RESOURCE]`: forget failures (of every resource without one).
+    Cleanup { resource: Option<String> },
 }
 
 /// The answer to a request other than `Events`.
@@ -47,6 +62,82 @@ pub enum Response {
     Status { volumes: Vec<VolumeStatus> },
     /// Refused or failed; `message` says why, in words an admin can act on.
     Error { message: String },
+    /// The cluster view.
+    Cluster { status: Box<ClusterStatus> },
+}
+
+/// The cluster as one node sees it: what `twinsan status --json` prints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The node that answered.
+    pub node: String,
+    /// False in `manual` mode: no cluster manager runs, roles change by hand.
+    pub managed: bool,
+    /// Quorum as this node sees it, in words.
+    pub quorum: String,
+    /// The witness, when one is configured.
+    pub witness: Option<WitnessStatus>,
+    /// Every configured node.
+    pub nodes: Vec<NodeStatus>,
+    /// Every resource: per volume the volume, its VIP, its target and its LUNs.
+    pub resources: Vec<ResourceStatus>,
+    /// Failures recorded and not yet cleaned up, as `pcs status` lists them.
+    pub failed_actions: Vec<String>,
+    /// `resource move` preferences and bans in force.
+    pub constraints: Vec<String>,
+    /// Why the cluster did what it last did (the scheduler's notes).
+    pub notes: Vec<String>,
+    /// This node's volumes (replication state).
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// The witness as a node sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    /// Its address.
+    pub address: String,
+    /// Answering.
+    pub reachable: bool,
+    /// The node that holds its vote, if known.
+    pub vote: Option<String>,
+}
+
+/// One node in the cluster view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its name.
+    pub name: String,
+    /// In the membership.
+    pub online: bool,
+    /// `node standby`.
+    pub standby: bool,
+    /// `cluster stop`: runs nothing and has left the membership.
+    pub stopped: bool,
+}
+
+/// One resource in the cluster view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// Its name (`vol0`, `vol0-vip`, `vol0-target`, `vol0-lun1`).
+    pub name: String,
+    /// `volume`, `vip`, `target` or `lun`.
+    pub kind: String,
+    /// The agent, as `pcs status` shows it (`twinsan:vip`).
+    pub agent: String,
+    /// The volume whose stack it belongs to.
+    pub volume: String,
+    /// What it is: the address, the IQN and portal, the LUN number.
+    pub detail: String,
+    /// Nodes it runs on (for a volume: where it is up).
+    pub started: Vec<String>,
+    /// Nodes where it failed.
+    pub failed: Vec<String>,
+    /// For a volume: where it is Primary.
+    pub promoted: Vec<String>,
+    /// For a volume: where it is up and Secondary.
+    pub unpromoted: Vec<String>,
 }
 
 /// One volume on one node, as `volume status --json` prints it.

@@ -123,6 +123,33 @@ pub struct ClusterSection {
     /// The replication link's shared secret, from a file (first line).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// The UDP port of the cluster links (heartbeats and cluster messages), on each node's addresses.
+    #[serde(default = "default_cluster_port")]
+    pub port: u16,
+    /// How often a heartbeat goes out on each cluster link, ms.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How long every cluster link to a node may stay silent before the node is OFFLINE, ms.
+    #[serde(default = "default_detection_timeout_ms")]
+    pub detection_timeout_ms: u64,
+    /// How often the resources running on a node are checked (monitors), ms.
+    #[serde(default = "default_monitor_interval_ms")]
+    pub monitor_interval_ms: u64,
+    /// Pacemaker's resource-stickiness: what a running stack adds to staying where it is (the seed's 100).
+    #[serde(default = "default_resource_stickiness")]
+    pub resource_stickiness: u32,
+    /// Failures of a resource on a node after which it may no longer run there (0: never banned).
+    #[serde(default = "default_migration_threshold")]
+    pub migration_threshold: u32,
+    /// Seconds after the last failure at which a fail count expires (0: never).
+    #[serde(default)]
+    pub failure_timeout_s: u64,
+    /// `ignore` (the seed's two-node mode: a lone node runs its resources) or `stop`.
+    #[serde(default = "default_no_quorum_policy")]
+    pub no_quorum_policy: String,
+    /// A `twinsan witness` (ADDRESS:PORT): the third vote; only the side that holds it may promote.
+    #[serde(default)]
+    pub witness: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for ClusterSection {
@@ -132,6 +159,15 @@ impl std::fmt::Debug for ClusterSection {
             .field("manual", &self.manual)
             .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
             .field("secret_file", &self.secret_file)
+            .field("port", &self.port)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("detection_timeout_ms", &self.detection_timeout_ms)
+            .field("monitor_interval_ms", &self.monitor_interval_ms)
+            .field("resource_stickiness", &self.resource_stickiness)
+            .field("migration_threshold", &self.migration_threshold)
+            .field("failure_timeout_s", &self.failure_timeout_s)
+            .field("no_quorum_policy", &self.no_quorum_policy)
+            .field("witness", &self.witness)
             .finish()
     }
 }
@@ -149,6 +185,14 @@ pub struct NodeConfig {
     /// The admin socket; default `/run/twinsan/NAME.sock`.
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,
+    /// Addresses of further cluster links (redundant heartbeat paths, as corosync's knet links), in link order;
+    /// `address` is link 0. Both nodes list the same number.
+    #[serde(default)]
+    pub links: Vec<IpAddr>,
+    /// Where the node keeps the cluster's settings (standby, moves, `cluster stop`); default
+    /// `/var/lib/twinsan/NAME`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[[volume]]`.
@@ -215,6 +259,12 @@ pub struct TargetSection {
     /// The iSCSI port.
     #[serde(default = "default_iscsi_port")]
     pub port: u16,
+    /// The prefix length the virtual IP is added with (default 24 for IPv4, 64 for IPv6).
+    #[serde(default)]
+    pub vip_prefix: Option<u8>,
+    /// The interface the virtual IP goes on; default: the one with an address in the VIP's subnet.
+    #[serde(default)]
+    pub vip_interface: Option<String>,
     /// Initiators allowed; empty: any.
     #[serde(default)]
     pub allow: Vec<String>,
@@ -244,6 +294,27 @@ fn default_disconnect() -> String {
 }
 fn default_iscsi_port() -> u16 {
     3260
+}
+fn default_cluster_port() -> u16 {
+    5405
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    200
+}
+fn default_detection_timeout_ms() -> u64 {
+    1000
+}
+fn default_monitor_interval_ms() -> u64 {
+    2000
+}
+fn default_resource_stickiness() -> u32 {
+    100
+}
+fn default_migration_threshold() -> u32 {
+    1_000_000
+}
+fn default_no_quorum_policy() -> String {
+    "ignore".into()
 }
 
 /// The highest LUN number: what single-level flat space addressing (SAM) can carry.
@@ -303,6 +374,7 @@ impl ClusterConfig {
         if cluster.name.trim().is_empty() {
             return Err(self.invalid("cluster.name", "is empty: give the cluster a name"));
         }
+        self.validate_cluster_options()?;
         match (&cluster.secret, &cluster.secret_file) {
             (Some(_), Some(_)) => Err(self.invalid(
                 "cluster.secret",
@@ -325,6 +397,76 @@ impl ClusterConfig {
             )),
             (None, Some(_)) => Ok(()),
         }
+    }
+
+    fn validate_cluster_options(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.port == 0 {
+            return Err(self.invalid(
+                "cluster.port",
+                "is 0: give the UDP port of the cluster links (5405 is usual), or leave it out",
+            ));
+        }
+        if !(10..=10_000).contains(&c.heartbeat_interval_ms) {
+            return Err(self.invalid(
+                "cluster.heartbeat_interval_ms",
+                format!(
+                    "is {}: give 10..=10000 ms (default 200)",
+                    c.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if c.detection_timeout_ms < 2 * c.heartbeat_interval_ms || c.detection_timeout_ms > 120_000
+        {
+            return Err(self.invalid(
+                "cluster.detection_timeout_ms",
+                format!(
+                    "is {}: it must be at least two heartbeat intervals ({} ms) and at most 120000 ms, or one                      late heartbeat would make a node look dead",
+                    c.detection_timeout_ms,
+                    2 * c.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&c.monitor_interval_ms) {
+            return Err(self.invalid(
+                "cluster.monitor_interval_ms",
+                format!(
+                    "is {}: give 100..=600000 ms (default 2000)",
+                    c.monitor_interval_ms
+                ),
+            ));
+        }
+        if parse_no_quorum_policy(&c.no_quorum_policy).is_none() {
+            return Err(self.invalid(
+                "cluster.no_quorum_policy",
+                format!(
+                    "{:?} is not a no-quorum policy: use \"ignore\" (the seed's two-node mode) or \"stop\"",
+                    c.no_quorum_policy
+                ),
+            ));
+        }
+        if let Some(w) = c.witness {
+            if w.port() == 0 || w.ip().is_unspecified() || w.ip().is_multicast() {
+                return Err(self.invalid(
+                    "cluster.witness",
+                    format!("{w} is not a witness address: give ADDRESS:PORT of `twinsan witness --listen`"),
+                ));
+            }
+            if let Some(n) = self
+                .nodes
+                .iter()
+                .find(|n| n.address == w.ip() || n.links.contains(&w.ip()))
+            {
+                return Err(self.invalid(
+                    "cluster.witness",
+                    format!(
+                        "{w} is on node {}: the witness must run on a third machine, or it cannot break a tie",
+                        n.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_nodes(&self) -> Result<(), ConfigError> {
@@ -364,7 +506,51 @@ impl ClusterConfig {
                     "is empty: give a path, or leave it out for /run/twinsan/NAME.sock",
                 ));
             }
+            if n.links.len() + 1 > usize::from(twinsan_cluster::membership::MAX_LINKS) {
+                return Err(self.invalid(
+                    field("links"),
+                    format!(
+                        "lists {} addresses: a node has at most {} cluster links, `address` and {} more",
+                        n.links.len(),
+                        twinsan_cluster::membership::MAX_LINKS,
+                        twinsan_cluster::membership::MAX_LINKS - 1
+                    ),
+                ));
+            }
+            for (j, a) in n.links.iter().enumerate() {
+                if a.is_unspecified()
+                    || a.is_multicast()
+                    || *a == n.address
+                    || n.links[..j].contains(a)
+                {
+                    return Err(self.invalid(
+                        field(&format!("links[{j}]")),
+                        format!("{a} cannot be a further cluster link: give another address of this node, once"),
+                    ));
+                }
+            }
+            if n.state_dir
+                .as_ref()
+                .is_some_and(|p| p.as_os_str().is_empty())
+            {
+                return Err(self.invalid(
+                    field("state_dir"),
+                    "is empty: give a folder, or leave it out for /var/lib/twinsan/NAME",
+                ));
+            }
             for m in &self.nodes[..i] {
+                if m.links.len() != n.links.len() {
+                    return Err(self.invalid(
+                        field("links"),
+                        format!(
+                            "node {} has {} further cluster links and this one {}: each link joins both nodes, \
+                             so both list the same number",
+                            m.name,
+                            m.links.len(),
+                            n.links.len()
+                        ),
+                    ));
+                }
                 if m.name == n.name {
                     return Err(
                         self.invalid(field("name"), "two nodes have this name: give each its own")
@@ -635,6 +821,38 @@ impl ClusterConfig {
                     ),
                 ));
             }
+            let max_prefix = if t.vip.is_ipv4() { 32 } else { 128 };
+            if t.vip_prefix.is_some_and(|p| p == 0 || p > max_prefix) {
+                return Err(self.invalid(
+                    field("vip_prefix"),
+                    format!(
+                        "is {}: give 1..={max_prefix}, the prefix length of the VIP's subnet",
+                        t.vip_prefix.unwrap_or(0)
+                    ),
+                ));
+            }
+            if t.vip_interface
+                .as_deref()
+                .is_some_and(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+            {
+                return Err(self.invalid(
+                    field("vip_interface"),
+                    "is not an interface name: give one like \"eth0\", or leave it out to use the interface in \
+                     the VIP's subnet",
+                ));
+            }
+            if !self.cluster.manual {
+                if let Some(other) = t.lun.iter().find(|l| l.volume != t.lun[0].volume) {
+                    return Err(self.invalid(
+                        field("lun"),
+                        format!(
+                            "holds volumes {} and {}: the cluster moves a target with its volume, so all LUNs of \
+                             a target are of one volume; give the other volume a target of its own",
+                            t.lun[0].volume, other.volume
+                        ),
+                    ));
+                }
+            }
             for (j, initiator) in t.allow.iter().enumerate() {
                 if let Some(why) = initiator_name_problem(initiator) {
                     return Err(self.invalid(field(&format!("allow[{j}]")), why));
@@ -749,6 +967,26 @@ impl ClusterConfig {
         }
     }
 
+    /// The addresses of `node`'s cluster links, link 0 first.
+    pub fn cluster_links(&self, node: &NodeConfig) -> Vec<IpAddr> {
+        std::iter::once(node.address)
+            .chain(node.links.iter().copied())
+            .collect()
+    }
+
+    /// Where `node` keeps the cluster settings.
+    pub fn state_dir(&self, node: &NodeConfig) -> PathBuf {
+        match &node.state_dir {
+            Some(p) => self.resolve(p),
+            None => PathBuf::from(format!("/var/lib/twinsan/{}", node.name)),
+        }
+    }
+
+    /// `no_quorum_policy = "stop"`.
+    pub fn no_quorum_stop(&self) -> bool {
+        parse_no_quorum_policy(&self.cluster.no_quorum_policy) == Some(true)
+    }
+
     /// The admin socket of `node`.
     pub fn admin_socket(&self, node: &NodeConfig) -> PathBuf {
         match &node.admin_socket {
@@ -820,6 +1058,15 @@ impl DiskConfig {
             Some(_) => PlacementKind::External,
             None => PlacementKind::Internal,
         }
+    }
+}
+
+/// `ignore` → false, `stop` → true.
+fn parse_no_quorum_policy(text: &str) -> Option<bool> {
+    match text {
+        "ignore" => Some(false),
+        "stop" => Some(true),
+        _ => None,
     }
 }
 

@@ -21,6 +21,7 @@ use twinsan_target::{Server, ServerConfig, TargetConfig};
 
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
+use crate::cluster::ClusterManager;
 use crate::config::{ClusterConfig, NodeConfig};
 use crate::volume::{DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
 
@@ -43,6 +44,9 @@ pub enum DaemonError {
     Io(String),
 }
 
+/// How long a stopping node waits for its resources to move to the peer before it stops what still runs.
+const DRAIN_AT_STOP: Duration = Duration::from_secs(30);
+
 /// The running node.
 struct Node {
     config: ClusterConfig,
@@ -54,6 +58,8 @@ struct Node {
     /// One reconciliation at a time (the periodic one and an admin command's).
     reconciling: tokio::sync::Mutex<()>,
     runtime: tokio::runtime::Handle,
+    /// The cluster manager; `None` in manual mode.
+    cluster: Option<Arc<ClusterManager>>,
 }
 
 /// The iSCSI server of this node and the targets it serves now.
@@ -170,7 +176,22 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             }
         }
     }
+    let cluster = if config.cluster.manual {
+        None
+    } else {
+        Some(
+            ClusterManager::start(
+                config.clone(),
+                me.clone(),
+                volumes.clone(),
+                luns.clone(),
+                runtime.handle().clone(),
+            )
+            .map_err(|e| DaemonError::Io(format!("cluster manager: {e}")))?,
+        )
+    };
     let node = Arc::new(Node {
+        cluster,
         me: me.clone(),
         volumes,
         luns,
@@ -204,7 +225,9 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             };
         }
         info!(node = %me.name, socket = %socket.display(), "node running");
-        let reconciler = {
+        // In manual mode the daemon serves the targets of the volumes that are Primary here, at its own address;
+        // with the cluster manager, the manager runs them on their virtual IPs.
+        let reconciler = node.cluster.is_none().then(|| {
             let node = node.clone();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
@@ -216,11 +239,18 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
                     }
                 }
             })
-        };
+        });
         wait_for_signal().await;
         info!("stopping");
+        if let Some(cluster) = &node.cluster {
+            // Hand the resources over while the admin socket still answers.
+            let cluster = cluster.clone();
+            let _ = tokio::task::spawn_blocking(move || cluster.shutdown(DRAIN_AT_STOP)).await;
+        }
         let _ = stop_tx.send(true);
-        let _ = reconciler.await;
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
+        }
         node.stop_targets().await;
         let _ = admin_task.await;
         Ok(())
@@ -349,6 +379,18 @@ impl Node {
             Ok(v) => v.clone(),
             Err(message) => return Response::Error { message },
         };
+        if self.cluster.is_some()
+            && matches!(
+                command,
+                AdminCommand::Primary { .. } | AdminCommand::Secondary | AdminCommand::Down
+            )
+        {
+            return Response::Error {
+                message: format!(
+                    "{name} is managed by the cluster manager, which decides where it is Primary: use `twinsan                      resource move {name} NODE`, `twinsan node standby NODE` or `twinsan cluster stop NODE` (or set                      cluster.manual = true to change roles by hand)"
+                ),
+            };
+        }
         let result = match command {
             AdminCommand::Secondary | AdminCommand::Down => {
                 // The target goes down first; its writes in flight finish.
@@ -370,6 +412,35 @@ impl Node {
         match result {
             Ok(message) => Response::Ok { message },
             Err(message) => Response::Error { message },
+        }
+    }
+}
+
+impl Node {
+    /// `twinsan status` in manual mode: the nodes as configured, the volumes as this node sees them.
+    fn manual_status(&self) -> api::ClusterStatus {
+        api::ClusterStatus {
+            cluster: self.config.cluster.name.clone(),
+            node: self.me.name.clone(),
+            managed: false,
+            quorum: "manual mode: no cluster manager".into(),
+            witness: None,
+            nodes: self
+                .config
+                .nodes
+                .iter()
+                .map(|n| api::NodeStatus {
+                    name: n.name.clone(),
+                    online: n.name == self.me.name,
+                    standby: false,
+                    stopped: false,
+                })
+                .collect(),
+            resources: Vec::new(),
+            failed_actions: Vec::new(),
+            constraints: Vec::new(),
+            notes: Vec::new(),
+            volumes: self.volumes.values().map(|v| v.api_status()).collect(),
         }
     }
 }
@@ -406,6 +477,23 @@ impl AdminService for Node {
             } => self.command(&volume, AdminCommand::NewCurrentUuid { clear_bitmap }),
             Request::Events { .. } => Response::Error {
                 message: "events are streamed, not answered".into(),
+            },
+            Request::ClusterStatus
+            | Request::ClusterRun { .. }
+            | Request::Standby { .. }
+            | Request::Move { .. }
+            | Request::Clear { .. }
+            | Request::Cleanup { .. } => match &self.cluster {
+                Some(cluster) => cluster.handle(request),
+                None if request == Request::ClusterStatus => Response::Cluster {
+                    status: Box::new(self.manual_status()),
+                },
+                None => Response::Error {
+                    message: format!(
+                        "no cluster manager runs: {} sets cluster.manual = true, so roles change only by `twinsan                          volume primary|secondary`",
+                        self.config.source.display()
+                    ),
+                },
             },
         }
     }

@@ -193,6 +193,42 @@ pub fn create_md(
     peer_node_id: u8,
     force: bool,
 ) -> Result<CreateReport, MdError> {
+    create(data, meta, volume_uuid, node_id, peer_node_id, force, None)
+}
+
+/// [`create_md`] for a pair whose data is already identical on both nodes — `twinsan init`'s fresh files, all
+/// zeroes — so no initial sync is needed (DRBD's `new-current-uuid --clear-bitmap` on a new pair, done at
+/// creation): the superblock says consistent and up to date, in generation `current_uuid`, which both nodes
+/// must be given. Each node attaches as Consistent, and the two become UpToDate as soon as they connect and see
+/// the same generation.
+pub fn create_md_in_sync(
+    data: &Path,
+    meta: Option<&Path>,
+    volume_uuid: u128,
+    node_id: u8,
+    peer_node_id: u8,
+    current_uuid: u64,
+) -> Result<CreateReport, MdError> {
+    create(
+        data,
+        meta,
+        volume_uuid,
+        node_id,
+        peer_node_id,
+        false,
+        Some(current_uuid),
+    )
+}
+
+fn create(
+    data: &Path,
+    meta: Option<&Path>,
+    volume_uuid: u128,
+    node_id: u8,
+    peer_node_id: u8,
+    force: bool,
+    in_sync: Option<u64>,
+) -> Result<CreateReport, MdError> {
     let data_device = Device::open(data, meta.is_none())?;
     let meta_device = meta.map(|path| Device::open(path, true)).transpose()?;
     let layout = compute_layout(&data_device, meta_device.as_ref())?;
@@ -202,12 +238,16 @@ pub fn create_md(
         volume_uuid,
         node_id,
         peer_node_id,
-        UUID_JUST_CREATED,
+        in_sync.unwrap_or(UUID_JUST_CREATED),
     )
     .map_err(|source| MdError::Refused {
         path: device.path.clone(),
         source,
     })?;
+    if in_sync.is_some() {
+        superblock.flags.consistent = true;
+        superblock.flags.was_up_to_date = true;
+    }
     let overwrote = device.existing(&layout)?;
     if let Some(found) = &overwrote {
         if !force {

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use twinsan_replication::engine::{
     AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
 };
-use twinsan_replication::generation::Role;
+use twinsan_replication::generation::{GenerationIds, Role};
 use twinsan_replication::metadata::{self, Layout, Placement, SUPERBLOCK_SIZE};
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
@@ -256,7 +256,13 @@ pub struct Volume {
     next_link: AtomicU64,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
     handlers: Handlers,
+    /// Where resource-only fencing requests go (the cluster manager); without one a fence fails.
+    fencer: Mutex<Option<Fencer>>,
 }
+
+/// Takes a fence request: the volume and this node's generation identifiers. It must not block (it runs under
+/// the volume's lock); the answer comes back through [`Volume::fence_result`].
+pub type Fencer = Arc<dyn Fn(&str, GenerationIds) + Send + Sync>;
 
 impl Volume {
     /// Starts the volume: its timer and link threads. The disk is attached and the volume starts
@@ -325,6 +331,7 @@ impl Volume {
             next_link: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
             handlers,
+            fencer: Mutex::new(None),
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -437,6 +444,45 @@ impl Volume {
         rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
             format!(
                 "{}: no answer from the volume engine within 60 s",
+                self.name
+            )
+        })?
+    }
+
+    /// Sends resource-only fencing requests to `fencer` from now on.
+    pub fn set_fencer(&self, fencer: Fencer) {
+        *self.fencer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fencer);
+    }
+
+    /// The answer to a fence request: whether the peer is marked Outdated (or known down).
+    pub fn fence_result(&self, outdated: bool) {
+        self.input(Input::FenceResult { outdated });
+    }
+
+    /// Fencing by the peer, carried by the cluster: mark this node's data Outdated if it is older than the
+    /// requester's (refused while Primary or connected).
+    pub fn outdate(
+        &self,
+        requester: GenerationIds,
+        requester_node_id: u8,
+    ) -> Result<Option<String>, String> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let running = self.with_core(|id| {
+            Some((
+                Input::OutdateRequest {
+                    id,
+                    requester,
+                    requester_node_id,
+                },
+                Some(Reply::Admin(reply)),
+            ))
+        });
+        if !running {
+            return Err(format!("{}: the volume is stopping", self.name));
+        }
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            format!(
+                "{}: no answer from the volume engine within 10 s",
                 self.name
             )
         })?
@@ -577,11 +623,21 @@ impl Volume {
                         self.handlers.pri_lost_after_sb.as_deref(),
                     );
                 }
-                Output::FencePeer { .. } => {
-                    // Resource-only fencing goes through the cluster manager, which this build does not have yet:
-                    // the fence fails and writes stay suspended (the config refuses resource-only in manual mode).
-                    warn!(volume = %self.name, "cannot fence the peer: no cluster manager runs on this node");
-                    fed_back.push(Input::FenceResult { outdated: false });
+                Output::FencePeer { generations } => {
+                    // Resource-only fencing goes through the cluster manager; without one (manual mode, which
+                    // the config refuses with resource-only fencing) the fence fails and writes stay suspended.
+                    let fencer = self
+                        .fencer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    match fencer {
+                        Some(fence) => fence(&self.name, generations),
+                        None => {
+                            warn!(volume = %self.name, "cannot fence the peer: no cluster manager runs on this node");
+                            fed_back.push(Input::FenceResult { outdated: false });
+                        }
+                    }
                 }
                 Output::Log { warn: true, text } => warn!("{text}"),
                 Output::Log { warn: false, text } => info!("{text}"),

@@ -85,6 +85,14 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             break uuid;
         }
     };
+    // The first data generation of a pair created in sync: random, bit 0 (the primary bit) clear, never one of
+    // the reserved values.
+    let generation = loop {
+        let g = u64::from_le_bytes(random_bytes()?) & !1;
+        if g > 4 {
+            break g;
+        }
+    };
     let secret: String = random_bytes::<32>()?
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -102,10 +110,15 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}: cannot make it {file_size} bytes", path.display()))?;
         drop(file);
         let peer = if id == 1 { 2 } else { 1 };
-        reports.push((
-            node,
-            md::create_md(&path, None, volume_uuid, id, peer, false)?,
-        ));
+        // Managed: both files are all zeroes, identical, so the pair starts in sync (no initial sync) and the
+        // cluster manager can promote one at once. Manual: both start Inconsistent, and the admin chooses the
+        // first primary with `volume primary --force`, which syncs the whole volume (the DRBD way).
+        let report = if args.manual {
+            md::create_md(&path, None, volume_uuid, id, peer, false)?
+        } else {
+            md::create_md_in_sync(&path, None, volume_uuid, id, peer, generation)?
+        };
+        reports.push((node, report));
     }
     // The config holds the replication secret: only its owner reads it.
     let mut file = created.file(&config_path, 0o600)?;
@@ -227,6 +240,7 @@ name = "{node}"
 id = {id}
 address = "{address}"        # replication, cluster link and the node's own portal
 admin_socket = "{node}.sock"   # where `twinsan --node {node} ...` talks to the daemon
+state_dir = "{node}"           # the node's copy of the cluster settings (standby, moves, cluster stop)
 "#
         );
     }
@@ -300,11 +314,12 @@ fn print_summary(
     }
     if args.manual {
         println!("then make node1's copy the original (the initial sync copies it to node2):");
+        println!("  twinsan --config {cfg} --node node1 volume primary --force {VOLUME}");
     } else {
-        println!("then promote node1 once by hand, since neither new copy is up to date yet (the initial sync copies");
-        println!("node1's to node2; from then on the cluster manager chooses the primary):");
+        println!("The two new copies are identical (all zeroes), so no initial sync is needed: once both nodes run,");
+        println!("the cluster manager promotes one and brings up the virtual IP and the target there. Watch it with");
+        println!("  twinsan --config {cfg} --node node1 status");
     }
-    println!("  twinsan --config {cfg} --node node1 volume primary --force {VOLUME}");
     if args.manual {
         // Without the cluster manager nothing holds the virtual IP: the primary serves at its node address.
         println!(

@@ -1,5 +1,6 @@
 //! `twinsan`: highly-available iSCSI storage in one binary.
 
+mod cluster_cmd;
 mod init_cmd;
 mod node_cmd;
 mod progress;
@@ -49,6 +50,17 @@ enum Command {
     /// Replicated volumes: metadata, roles, connection, resync, status.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
+    /// The cluster as this node sees it, in the layout of `pcs status`, and the volumes' replication state.
+    Status(cluster_cmd::StatusArgs),
+    /// Take a node out of the cluster (its resources move to the other) or bring it back.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
+    /// Move, pin, or clean up resources (a volume with its VIP, target and LUNs).
+    #[command(subcommand)]
+    Resource(cluster_cmd::ResourceCommand),
+    /// The iSCSI targets.
+    #[command(subcommand)]
+    Target(cluster_cmd::TargetCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +72,10 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => init_cmd::run(args),
         Command::Node(cmd) => node_cmd::run(&cli.global, cmd),
         Command::Volume(cmd) => volume_cmd::run(&cli.global, cmd),
+        Command::Status(args) => cluster_cmd::status(&cli.global, args),
+        Command::Cluster(cmd) => cluster_cmd::cluster(&cli.global, cmd),
+        Command::Resource(cmd) => cluster_cmd::resource(&cli.global, cmd),
+        Command::Target(cmd) => cluster_cmd::target(&cli.global, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,6 +10,16 @@ use crate::Global;
 pub enum NodeCommand {
     /// Run this node's daemon (what systemd starts): its volumes, and the iSCSI target of those it is Primary for.
     Run,
+    /// Put NODE in standby: its resources move to the other node, and it runs none until `unstandby`.
+    Standby {
+        /// The node.
+        node: String,
+    },
+    /// Let NODE run resources again.
+    Unstandby {
+        /// The node.
+        node: String,
+    },
 }
 
 pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
@@ -19,5 +29,7 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
             let node = config.this_node(global.node.as_deref())?.name.clone();
             twinsan_node::daemon::run(config, &node).with_context(|| format!("node {node}"))
         }
+        NodeCommand::Standby { node } => crate::cluster_cmd::standby(global, node, true),
+        NodeCommand::Unstandby { node } => crate::cluster_cmd::standby(global, node, false),
     }
 }

@@ -224,15 +224,16 @@ fn request_volume(request: &Request) -> &str {
         | Request::Invalidate { volume }
         | Request::NewCurrentUuid { volume, .. } => volume,
         Request::Status { volume } | Request::Events { volume } => volume.as_deref().unwrap_or(""),
+        _ => "",
     }
 }
 
 /// Sends a request that is answered `Ok` or `Error`; an `Error` becomes the command's error.
-fn send(socket: &Path, request: &Request) -> anyhow::Result<Option<String>> {
+pub fn send(socket: &Path, request: &Request) -> anyhow::Result<Option<String>> {
     match admin::request(socket, request)? {
         Response::Ok { message } => Ok(message),
         Response::Error { message } => Err(anyhow::anyhow!(message)),
-        Response::Status { .. } => {
+        Response::Status { .. } | Response::Cluster { .. } => {
             anyhow::bail!("the node daemon answered a status to {request:?}")
         }
     }
@@ -250,7 +251,7 @@ fn print_status(
     let mut volumes = match admin::request(socket, &request)? {
         Response::Status { volumes } => volumes,
         Response::Error { message } => anyhow::bail!(message),
-        Response::Ok { .. } => {
+        Response::Ok { .. } | Response::Cluster { .. } => {
             anyhow::bail!("the node daemon answered the status request without a status")
         }
     };

@@ -1,0 +1,1847 @@
+//! The cluster manager of one node: membership over the cluster links, the exchange of node reports, the
+//! scheduler run on what this node knows, and the executor that carries out this node's share of each
+//! transition (promote/demote the volume, add/remove the VIP, serve/stop the target and its LUNs), with monitors,
+//! fail counts, resource-level fencing through the cluster, `cluster stop|start`, standby and moves.
+//!
+//! # How the two nodes agree without a leader
+//! Each node runs the same pure scheduler on the same kind of input: its own state, read directly, and the
+//! peer's, from the peer's last report (sent every heartbeat interval on every link). Each node carries out only
+//! its own actions, and of each volume's ordered action list only the leading actions that are its own: an
+//! action of this node that comes after one of the peer's waits until the peer's report shows the peer's part
+//! done, at which point the schedule no longer contains it. So the old primary's stops and demotion always
+//! happen (and are reported) before the new primary promotes and adds the VIP. The replicated volume itself
+//! refuses a second Primary while the nodes are connected, whatever the schedulers think.
+//!
+//! # Threads
+//! - one receiver per cluster link socket, passing datagrams to
+//! - the **net** thread: membership (heartbeats), reports, fencing requests and answers, settings merges;
+//! - the **executor** thread: monitors, the scheduler, the actions (which may block for seconds: a promotion
+//!   waits for the peer's grant, a demotion for writes in flight) — never on the net thread, so heartbeats keep
+//!   going while an action runs.
+
+pub mod message;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use twinsan_cluster::membership::{Membership, MembershipConfig, Output as MemberOut};
+use twinsan_cluster::scheduler::{
+    self, Action, ClusterInput, ClusterOptions, ClusterState, DiskState, Fencing, LocationKind,
+    LocationPreference, NoQuorumPolicy, NodeStatus, ResourceKind, ResourceStatus, Role, RunStatus,
+    SchedulerConfig, VolumeStack, VolumeStatus,
+};
+use twinsan_replication::engine::AdminCommand;
+use twinsan_replication::generation::{GenerationIds, Role as VolumeRole, HISTORY_LEN};
+use twinsan_replication::state::{ConnState, DiskState as VolumeDisk, FencingPolicy};
+use twinsan_replication::wire;
+use twinsan_scsi::LogicalUnit;
+use twinsan_target::{Server, ServerConfig, TargetConfig};
+
+use crate::api;
+use crate::config::{ClusterConfig, NodeConfig, TargetSection};
+use crate::vip::{Vip, VipSpec};
+use crate::volume::Volume;
+use crate::witness::WitnessLink;
+use message::{Cleanup, Location, Message, Report, ResourceReport, Settings, VolumeReport};
+
+/// How often the executor looks at the cluster when nothing wakes it.
+const EXECUTOR_PERIOD: Duration = Duration::from_millis(100);
+/// The settings file in the node's state folder.
+const SETTINGS_FILE: &str = "cluster-settings.json";
+
+/// Why the cluster manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A socket or thread could not be set up.
+    #[error("{0}")]
+    Io(String),
+    /// The config cannot be run as a cluster.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The resources of one volume's stack as this node runs them.
+struct Stack {
+    volume: String,
+    vip_name: String,
+    target_name: String,
+    /// LUN resource name and number.
+    luns: Vec<(String, u64)>,
+    target: TargetSection,
+    vip: Vip,
+}
+
+/// One of this node's resources.
+#[derive(Clone, Debug)]
+struct LocalResource {
+    kind: ResourceKind,
+    volume: String,
+    status: RunStatus,
+    fail_count: u32,
+    last_failure: Option<Instant>,
+}
+
+/// A fence request of one of our volumes, waiting for the peer.
+struct PendingFence {
+    id: u64,
+    volume: String,
+    generations: GenerationIds,
+    last_sent: Option<Instant>,
+}
+
+/// What the net thread works on.
+enum NetEvent {
+    Datagram {
+        link: u8,
+        bytes: Vec<u8>,
+    },
+    Fence {
+        volume: String,
+        generations: GenerationIds,
+    },
+}
+
+/// Everything both threads share, under one lock.
+struct State {
+    membership: Membership,
+    settings: Settings,
+    /// The peer's last report, and the (incarnation, seq) of the last message accepted from it.
+    peer_report: Option<Report>,
+    peer_seen: Option<(u64, u64)>,
+    resources: BTreeMap<String, LocalResource>,
+    fences: Vec<PendingFence>,
+    next_fence_id: u64,
+    seq: u64,
+    notes: Vec<String>,
+    failed_actions: Vec<String>,
+    cleanup_applied: u64,
+    /// This node left the membership after `cluster stop` drained it.
+    left: bool,
+    /// The daemon is stopping: hand the resources over first.
+    leaving: bool,
+}
+
+struct Shared {
+    config: ClusterConfig,
+    me: NodeConfig,
+    peer: NodeConfig,
+    cluster_id: u64,
+    secret: Vec<u8>,
+    incarnation: u64,
+    volumes: BTreeMap<String, Arc<Volume>>,
+    luns: HashMap<String, Arc<LogicalUnit>>,
+    stacks: Vec<Stack>,
+    runtime: tokio::runtime::Handle,
+    sockets: Vec<UdpSocket>,
+    peer_addrs: Vec<SocketAddr>,
+    state: Mutex<State>,
+    wake: Condvar,
+    stop: AtomicBool,
+    witness: Option<Arc<WitnessLink>>,
+    settings_file: PathBuf,
+    epoch: Instant,
+    /// The iSCSI servers this node runs, by volume.
+    servers: Mutex<BTreeMap<String, RunningServer>>,
+}
+
+struct RunningServer {
+    luns: BTreeSet<u64>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running cluster manager of this node.
+pub struct ClusterManager {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl ClusterManager {
+    /// Starts the cluster manager of node `me`: binds the cluster links, starts the witness link if configured,
+    /// and from then on keeps the resources of `volumes` where the scheduler puts them.
+    pub fn start(
+        config: ClusterConfig,
+        me: NodeConfig,
+        volumes: BTreeMap<String, Arc<Volume>>,
+        luns: HashMap<String, Arc<LogicalUnit>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Arc<ClusterManager>, ClusterError> {
+        let peer = config
+            .peer_of(&me.name)
+            .cloned()
+            .ok_or_else(|| ClusterError::Config("the config has no peer node".into()))?;
+        let secret = config
+            .secret()
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let cluster_id = wire::cluster_id(&config.cluster.name);
+        // The incarnation only grows across restarts: the start time in milliseconds.
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let port = config.cluster.port;
+        let mine = config.cluster_links(&me);
+        let theirs = config.cluster_links(&peer);
+        let mut sockets = Vec::new();
+        for addr in &mine {
+            let at = SocketAddr::new(*addr, port);
+            let socket = UdpSocket::bind(at).map_err(|e| {
+                ClusterError::Io(format!(
+                    "cluster link {at}: cannot bind: {e} (is another twinsan node running here?)"
+                ))
+            })?;
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .map_err(|e| ClusterError::Io(format!("cluster link {at}: {e}")))?;
+            sockets.push(socket);
+        }
+        let peer_addrs = theirs.iter().map(|a| SocketAddr::new(*a, port)).collect();
+        let heartbeat = Duration::from_millis(config.cluster.heartbeat_interval_ms);
+        let membership = Membership::new(
+            MembershipConfig {
+                heartbeat_interval: heartbeat,
+                detection_timeout: Duration::from_millis(config.cluster.detection_timeout_ms),
+                ..MembershipConfig::two_node(
+                    cluster_id,
+                    me.id,
+                    peer.id,
+                    mine.len() as u8,
+                    incarnation,
+                )
+            },
+            Duration::ZERO,
+        )
+        .map_err(|e| ClusterError::Config(format!("cluster links: {e}")))?;
+        let stacks = stacks(&config)?;
+        let state_dir = config.state_dir(&me);
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            ClusterError::Io(format!(
+                "state folder {}: cannot create it: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let settings_file = state_dir.join(SETTINGS_FILE);
+        let settings = load_settings(&settings_file)?;
+        if settings.stopped.contains(&me.name) {
+            warn!(
+                "this node was stopped with `twinsan cluster stop`: it runs no resources until `twinsan cluster \
+                 start {}`",
+                me.name
+            );
+        }
+        let witness = match config.cluster.witness {
+            Some(addr) => Some(
+                WitnessLink::start(
+                    addr,
+                    Some(me.address),
+                    cluster_id,
+                    me.id,
+                    secret.clone(),
+                    incarnation,
+                )
+                .map_err(|e| ClusterError::Io(format!("witness {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut resources = BTreeMap::new();
+        for s in &stacks {
+            let mut add = |name: &str, kind| {
+                resources.insert(
+                    name.to_string(),
+                    LocalResource {
+                        kind,
+                        volume: s.volume.clone(),
+                        status: RunStatus::Stopped,
+                        fail_count: 0,
+                        last_failure: None,
+                    },
+                );
+            };
+            add(&s.volume, ResourceKind::Volume);
+            add(&s.vip_name, ResourceKind::Vip);
+            add(&s.target_name, ResourceKind::Target);
+            for (name, _) in &s.luns {
+                add(name, ResourceKind::Lun);
+            }
+            // A VIP left behind by an earlier run (killed before it could remove it) counts as running: the
+            // scheduler stops it unless the stack belongs here.
+            if s.vip.monitor().unwrap_or(false) && !s.vip.is_loopback() {
+                warn!(vip = %s.target.vip, "the virtual IP is present from an earlier run");
+                if let Some(r) = resources.get_mut(&s.vip_name) {
+                    r.status = RunStatus::Started;
+                }
+            }
+        }
+        let (net_tx, net_rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            me: me.clone(),
+            peer,
+            cluster_id,
+            secret,
+            incarnation,
+            volumes,
+            luns,
+            stacks,
+            runtime,
+            sockets,
+            peer_addrs,
+            state: Mutex::new(State {
+                membership,
+                settings,
+                peer_report: None,
+                peer_seen: None,
+                resources,
+                fences: Vec::new(),
+                next_fence_id: 1,
+                seq: 0,
+                notes: Vec::new(),
+                failed_actions: Vec::new(),
+                cleanup_applied: 0,
+                left: false,
+                leaving: false,
+            }),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            witness,
+            settings_file,
+            epoch: Instant::now(),
+            servers: Mutex::new(BTreeMap::new()),
+            config,
+        });
+        for volume in shared.volumes.values() {
+            let tx = Mutex::new(net_tx.clone());
+            volume.set_fencer(Arc::new(move |name: &str, generations| {
+                let _ = tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(NetEvent::Fence {
+                        volume: name.to_string(),
+                        generations,
+                    });
+            }));
+        }
+        let manager = Arc::new(ClusterManager {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        });
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn(f)
+                .map_err(|e| ClusterError::Io(format!("cannot start thread {name}: {e}")))
+        };
+        let mut threads = Vec::new();
+        for link in 0..shared.sockets.len() {
+            let s = shared.clone();
+            let tx = net_tx.clone();
+            threads.push(spawn(
+                format!("cluster-rx{link}"),
+                Box::new(move || s.receive_loop(link, tx)),
+            )?);
+        }
+        drop(net_tx);
+        let s = shared.clone();
+        threads.push(spawn(
+            "cluster-net".into(),
+            Box::new(move || s.net_loop(net_rx)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "cluster-exec".into(),
+            Box::new(move || s.executor_loop()),
+        )?);
+        *manager.threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
+        info!(
+            node = %me.name,
+            links = ?shared.config.cluster_links(&me),
+            port = shared.config.cluster.port,
+            "cluster manager running"
+        );
+        Ok(manager)
+    }
+
+    /// Hands this node's resources over to the peer (they stop here in order and the volume is demoted; the
+    /// peer, told that this node is leaving, takes them), waits up to `drain` for that, then stops the threads
+    /// and whatever still runs.
+    pub fn shutdown(&self, drain: Duration) {
+        self.shared.lock().leaving = true;
+        self.shared.wake.notify_all();
+        self.shared.send_report();
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline && !self.shared.idle() {
+            thread::sleep(Duration::from_millis(50));
+        }
+        // Let the peer see the final state before the link goes.
+        self.shared.send_report();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = t.join();
+        }
+        self.shared.stop_everything();
+        if let Some(w) = &self.shared.witness {
+            w.stop();
+        }
+    }
+
+    /// Answers a cluster request from the admin socket.
+    pub fn handle(&self, request: api::Request) -> api::Response {
+        self.shared.handle(request)
+    }
+
+    /// The cluster view for `twinsan status`.
+    pub fn status(&self) -> api::ClusterStatus {
+        self.shared.cluster_status()
+    }
+}
+
+/// The stacks of `config`: one per volume that a target serves.
+fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
+    let mut out = Vec::new();
+    for t in &config.targets {
+        let Some(first) = t.lun.first() else {
+            continue;
+        };
+        let volume = first.volume.clone();
+        let prefix = t
+            .vip_prefix
+            .unwrap_or(if t.vip.is_ipv4() { 24 } else { 64 });
+        let vip = Vip::new(VipSpec {
+            address: t.vip,
+            prefix_len: prefix,
+            interface: t.vip_interface.clone(),
+        })
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        out.push(Stack {
+            vip_name: format!("{volume}-vip"),
+            target_name: format!("{volume}-target"),
+            luns: t
+                .lun
+                .iter()
+                .map(|l| (format!("{volume}-lun{}", l.lun), l.lun))
+                .collect(),
+            volume,
+            target: t.clone(),
+            vip,
+        });
+    }
+    Ok(out)
+}
+
+fn load_settings(path: &PathBuf) -> Result<Settings, ClusterError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            ClusterError::Config(format!(
+                "{}: not cluster settings ({e}); move it away to start with none",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        Err(e) => Err(ClusterError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn disk_state(disk: VolumeDisk) -> DiskState {
+    match disk {
+        VolumeDisk::UpToDate => DiskState::UpToDate,
+        VolumeDisk::Outdated => DiskState::Outdated,
+        VolumeDisk::Inconsistent => DiskState::Inconsistent,
+        VolumeDisk::Consistent => DiskState::Consistent,
+        VolumeDisk::Diskless | VolumeDisk::Failed => DiskState::Diskless,
+        VolumeDisk::Attaching | VolumeDisk::DUnknown => DiskState::Unknown,
+    }
+}
+
+fn disk_by_name(name: &str) -> DiskState {
+    match name {
+        "UpToDate" => DiskState::UpToDate,
+        "Outdated" => DiskState::Outdated,
+        "Inconsistent" => DiskState::Inconsistent,
+        "Consistent" => DiskState::Consistent,
+        "Diskless" | "Failed" => DiskState::Diskless,
+        _ => DiskState::Unknown,
+    }
+}
+
+fn run_status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Started => "started",
+        RunStatus::Stopped => "stopped",
+        RunStatus::Failed => "failed",
+    }
+}
+
+fn run_status_by_name(name: &str) -> RunStatus {
+    match name {
+        "started" => RunStatus::Started,
+        "failed" => RunStatus::Failed,
+        _ => RunStatus::Stopped,
+    }
+}
+
+fn generations_to_vec(g: &GenerationIds) -> Vec<u64> {
+    let mut v = vec![g.current, g.bitmap];
+    v.extend_from_slice(&g.history);
+    v
+}
+
+fn generations_from_vec(v: &[u64]) -> Option<GenerationIds> {
+    if v.len() != 2 + HISTORY_LEN {
+        return None;
+    }
+    let mut history = [0u64; HISTORY_LEN];
+    history.copy_from_slice(&v[2..]);
+    Some(GenerationIds {
+        current: v[0],
+        bitmap: v[1],
+        history,
+    })
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Seconds on the scheduler's clock (offset so that "seconds ago" never goes below zero).
+    fn now_s(&self) -> u64 {
+        self.epoch.elapsed().as_secs() + 1_000_000
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    // ----- the net thread -----
+
+    fn receive_loop(&self, link: usize, tx: Sender<NetEvent>) {
+        let mut buf = vec![0u8; 65_536];
+        while !self.stopping() {
+            match self.sockets[link].recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    // Only the peer's addresses on this link are listened to.
+                    if from.ip() != self.peer_addrs[link].ip() {
+                        debug!(%from, link, "cluster datagram from a stranger, dropped");
+                        continue;
+                    }
+                    let event = NetEvent::Datagram {
+                        link: link as u8,
+                        bytes: buf[..n].to_vec(),
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    debug!(link, "cluster link receive: {e}");
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn net_loop(&self, rx: Receiver<NetEvent>) {
+        let heartbeat = Duration::from_millis(self.config.cluster.heartbeat_interval_ms);
+        let mut next_report = Instant::now();
+        while !self.stopping() {
+            let wait = {
+                let st = self.lock();
+                st.membership
+                    .next_tick()
+                    .saturating_sub(self.now())
+                    .min(heartbeat)
+                    .max(Duration::from_millis(5))
+            };
+            match rx.recv_timeout(wait) {
+                Ok(NetEvent::Datagram { link, bytes }) => self.on_datagram(link, &bytes),
+                Ok(NetEvent::Fence {
+                    volume,
+                    generations,
+                }) => {
+                    let mut st = self.lock();
+                    let id = st.next_fence_id;
+                    st.next_fence_id += 1;
+                    info!(volume = %volume, peer = %self.peer.name, "fencing the peer through the cluster");
+                    st.fences.retain(|f| f.volume != volume);
+                    st.fences.push(PendingFence {
+                        id,
+                        volume,
+                        generations,
+                        last_sent: None,
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.tick_membership();
+            self.drive_fences();
+            if Instant::now() >= next_report {
+                next_report = Instant::now() + heartbeat;
+                self.send_report();
+            }
+        }
+    }
+
+    fn tick_membership(&self) {
+        let outs = {
+            let mut st = self.lock();
+            let now = self.now();
+            let outs = st.membership.tick(now);
+            // A node that left the cluster sends no heartbeats: the peer sees it OFFLINE.
+            if st.left {
+                outs.into_iter()
+                    .filter(|o| !matches!(o, MemberOut::Send { .. }))
+                    .collect()
+            } else {
+                outs
+            }
+        };
+        self.membership_outputs(outs);
+    }
+
+    fn membership_outputs(&self, outs: Vec<MemberOut>) {
+        let mut changed = false;
+        for out in outs {
+            match out {
+                MemberOut::Send { link, bytes } => self.send_on(link, &bytes),
+                MemberOut::PeerOnline { .. } => {
+                    info!(node = %self.peer.name, "node {} is Online", self.peer.name);
+                    changed = true;
+                }
+                MemberOut::PeerOffline { .. } => {
+                    warn!(node = %self.peer.name, "node {} is OFFLINE: no heartbeat on any cluster link", self.peer.name);
+                    self.lock().peer_report = None;
+                    changed = true;
+                }
+                MemberOut::PeerRestarted { .. } => {
+                    info!(node = %self.peer.name, "node {} restarted", self.peer.name);
+                    changed = true;
+                }
+                MemberOut::LinkUp { link, .. } => {
+                    info!(link, peer = %self.peer_addrs[link as usize], "cluster link {link} up")
+                }
+                MemberOut::LinkDown { link, .. } => {
+                    warn!(link, peer = %self.peer_addrs[link as usize], "cluster link {link} down")
+                }
+                MemberOut::Refused { link, error } => {
+                    debug!(link, "heartbeat refused: {error}")
+                }
+            }
+        }
+        if changed {
+            self.wake.notify_all();
+        }
+    }
+
+    fn send_on(&self, link: u8, bytes: &[u8]) {
+        let link = usize::from(link);
+        if let (Some(socket), Some(to)) = (self.sockets.get(link), self.peer_addrs.get(link)) {
+            if let Err(e) = socket.send_to(bytes, to) {
+                debug!(link, "cluster link send to {to}: {e}");
+            }
+        }
+    }
+
+    /// Sends `message` on every link.
+    fn send_message(&self, message: &Message) {
+        let seq = {
+            let mut st = self.lock();
+            st.seq += 1;
+            st.seq
+        };
+        let Some(bytes) = message::encode(
+            &self.secret,
+            self.cluster_id,
+            self.me.id,
+            self.incarnation,
+            seq,
+            message,
+        ) else {
+            warn!("a cluster message is too large for one datagram; not sent");
+            return;
+        };
+        for link in 0..self.sockets.len() {
+            self.send_on(link as u8, &bytes);
+        }
+    }
+
+    fn on_datagram(&self, link: u8, bytes: &[u8]) {
+        if !message::is_message(bytes) {
+            let outs = self.lock().membership.received(link, bytes, self.now());
+            self.membership_outputs(outs);
+            return;
+        }
+        let envelope = match message::decode(&self.secret, self.cluster_id, bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(link, "cluster message refused: {e}");
+                return;
+            }
+        };
+        if envelope.node_id != self.peer.id {
+            warn!(
+                link,
+                node_id = envelope.node_id,
+                "cluster message from a node id that is not the peer's; dropped"
+            );
+            return;
+        }
+        {
+            let mut st = self.lock();
+            let fresh = match st.peer_seen {
+                None => true,
+                Some((inc, seq)) => {
+                    envelope.incarnation > inc
+                        || (envelope.incarnation == inc && envelope.seq > seq)
+                }
+            };
+            if !fresh {
+                return;
+            }
+            st.peer_seen = Some((envelope.incarnation, envelope.seq));
+        }
+        match envelope.message {
+            Message::Report(report) => {
+                let mut st = self.lock();
+                if st.settings.older_than(&report.settings) {
+                    let settings = report.settings.clone();
+                    self.adopt_settings(&mut st, settings);
+                }
+                let online = st
+                    .membership
+                    .view()
+                    .iter()
+                    .any(|m| m.node == self.peer.id && m.online);
+                if online {
+                    st.peer_report = Some(report);
+                }
+                drop(st);
+                self.wake.notify_all();
+            }
+            Message::Fence {
+                id,
+                volume,
+                generations,
+            } => self.on_fence_request(id, &volume, &generations),
+            Message::FenceReply {
+                id,
+                volume,
+                outcome,
+            } => {
+                let mut st = self.lock();
+                let Some(pos) = st.fences.iter().position(|f| f.id == id) else {
+                    return;
+                };
+                st.fences.remove(pos);
+                drop(st);
+                let Some(v) = self.volumes.get(&volume) else {
+                    return;
+                };
+                match outcome {
+                    Ok(()) => {
+                        info!(volume = %volume, peer = %self.peer.name, "the peer marked its copy Outdated: writes resume");
+                        v.fence_result(true);
+                    }
+                    Err(why) => {
+                        warn!(volume = %volume, peer = %self.peer.name, "the peer refused to be fenced: {why}; writes stay suspended");
+                        v.fence_result(false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer asks us to mark our copy Outdated.
+    fn on_fence_request(&self, id: u64, volume: &str, generations: &[u64]) {
+        let Some(v) = self.volumes.get(volume) else {
+            return;
+        };
+        let outcome = match generations_from_vec(generations) {
+            None => Err("malformed generation identifiers".to_string()),
+            Some(g) => {
+                let status = v.status();
+                if status.connection == ConnState::Connected {
+                    // Our side of the replication link has not noticed the break yet; the peer asks again.
+                    return;
+                }
+                match v.outdate(g, self.peer.id) {
+                    Ok(_) => {
+                        info!(volume = %volume, peer = %self.peer.name, "fenced by the peer: this copy is now Outdated");
+                        Ok(())
+                    }
+                    Err(why) => Err(why),
+                }
+            }
+        };
+        self.send_message(&Message::FenceReply {
+            id,
+            volume: volume.to_string(),
+            outcome,
+        });
+    }
+
+    /// Sends pending fence requests; answers them when the peer is out of reach (assumed down, as DRBD's
+    /// crm-fence-peer does) and records the fence in the settings, so the peer is not promoted before it
+    /// resyncs; drops them when the volume reconnected (the fence is moot).
+    fn drive_fences(&self) {
+        let heartbeat = Duration::from_millis(self.config.cluster.heartbeat_interval_ms);
+        let mut send = Vec::new();
+        let mut unreachable = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.fences.is_empty() {
+                return;
+            }
+            let peer_online = st
+                .membership
+                .view()
+                .iter()
+                .any(|m| m.node == self.peer.id && m.online);
+            let volumes = &self.volumes;
+            st.fences.retain(|f| {
+                volumes
+                    .get(&f.volume)
+                    .is_some_and(|v| v.status().connection != ConnState::Connected)
+            });
+            let now = Instant::now();
+            let mut keep = Vec::new();
+            for mut f in std::mem::take(&mut st.fences) {
+                if !peer_online {
+                    unreachable.push(f.volume.clone());
+                    continue;
+                }
+                if f.last_sent
+                    .is_none_or(|t| now.duration_since(t) >= heartbeat)
+                {
+                    f.last_sent = Some(now);
+                    send.push(Message::Fence {
+                        id: f.id,
+                        volume: f.volume.clone(),
+                        generations: generations_to_vec(&f.generations),
+                    });
+                }
+                keep.push(f);
+            }
+            st.fences = keep;
+            if !unreachable.is_empty() {
+                let mut settings = st.settings.clone();
+                for volume in &unreachable {
+                    settings
+                        .fenced
+                        .insert((volume.clone(), self.peer.name.clone()));
+                }
+                self.change_settings(&mut st, settings);
+            }
+        }
+        for m in &send {
+            self.send_message(m);
+        }
+        for volume in unreachable {
+            warn!(volume = %volume, peer = %self.peer.name,
+                "the peer is out of reach on every cluster link: assumed down and marked Outdated in the cluster \
+                 settings (it is not promoted before it resyncs); writes resume");
+            if let Some(v) = self.volumes.get(&volume) {
+                v.fence_result(true);
+            }
+        }
+    }
+
+    fn send_report(&self) {
+        let report = {
+            let st = self.lock();
+            Report {
+                stopped: st.left,
+                leaving: st.leaving,
+                volumes: self
+                    .volumes
+                    .iter()
+                    .map(|(name, v)| {
+                        let s = v.status();
+                        VolumeReport {
+                            volume: name.clone(),
+                            disk: s.disk.as_str().to_string(),
+                            role: match s.role {
+                                VolumeRole::Primary => "Primary".into(),
+                                VolumeRole::Secondary => "Secondary".into(),
+                            },
+                            connected: s.connection == ConnState::Connected,
+                        }
+                    })
+                    .collect(),
+                resources: st
+                    .resources
+                    .iter()
+                    .map(|(name, r)| ResourceReport {
+                        resource: name.clone(),
+                        status: run_status_name(r.status).into(),
+                        fail_count: r.fail_count,
+                        last_failure_ago_s: r.last_failure.map(|t| t.elapsed().as_secs()),
+                    })
+                    .collect(),
+                settings: st.settings.clone(),
+            }
+        };
+        self.send_message(&Message::Report(report));
+    }
+
+    // ----- settings -----
+
+    /// Makes `settings` this node's copy as a new change: a version above both copies, this node the origin.
+    fn change_settings(&self, st: &mut State, mut settings: Settings) {
+        settings.version = st.settings.version.max(settings.version) + 1;
+        settings.origin = self.me.id;
+        self.adopt_settings(st, settings);
+    }
+
+    /// Takes `settings` as this node's copy and stores it.
+    fn adopt_settings(&self, st: &mut State, settings: Settings) {
+        if settings.cleanup.generation > st.cleanup_applied {
+            st.cleanup_applied = settings.cleanup.generation;
+            for (name, r) in st.resources.iter_mut() {
+                if settings
+                    .cleanup
+                    .resource
+                    .as_ref()
+                    .is_none_or(|only| only == name)
+                {
+                    r.fail_count = 0;
+                    r.last_failure = None;
+                }
+            }
+            let only = settings.cleanup.resource.clone();
+            st.failed_actions.retain(|a| {
+                only.as_ref()
+                    .is_some_and(|r| !a.starts_with(&format!("{r}_")))
+            });
+        }
+        st.settings = settings;
+        let path = &self.settings_file;
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&st.settings)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            warn!(
+                "cannot store the cluster settings in {}: {e}",
+                path.display()
+            );
+        }
+        self.wake.notify_all();
+    }
+
+    // ----- the executor -----
+
+    fn executor_loop(&self) {
+        let monitor_every = Duration::from_millis(self.config.cluster.monitor_interval_ms);
+        let mut next_monitor = Instant::now() + monitor_every;
+        let mut last_notes: Vec<String> = Vec::new();
+        while !self.stopping() {
+            if Instant::now() >= next_monitor {
+                next_monitor = Instant::now() + monitor_every;
+                self.monitor();
+            }
+            self.clear_settled_fences();
+            let (input, me_left, me_stopped) = self.build_input();
+            let schedule = scheduler::schedule(&input);
+            if schedule.notes != last_notes {
+                for note in &schedule.notes {
+                    if !last_notes.contains(note) {
+                        info!("scheduler: {note}");
+                    }
+                }
+                last_notes = schedule.notes.clone();
+            }
+            self.lock().notes = schedule.notes.clone();
+            let mine = self.my_share(&schedule.actions);
+            if !mine.is_empty() && !me_left {
+                for a in &schedule.actions {
+                    debug!("transition: {a}");
+                }
+                self.execute(&mine);
+                continue;
+            }
+            // `cluster stop`: once nothing runs here, leave the membership; `cluster start`: come back.
+            {
+                let idle = self.idle();
+                let mut st = self.lock();
+                if me_stopped && !st.left && idle && mine.is_empty() {
+                    st.left = true;
+                    info!("cluster stop: nothing runs here any more; leaving the cluster (OFFLINE to the peer)");
+                } else if !me_stopped && st.left {
+                    st.left = false;
+                    info!("cluster start: joining the cluster");
+                }
+            }
+            let st = self.lock();
+            let _ = self
+                .wake
+                .wait_timeout(st, EXECUTOR_PERIOD)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Nothing runs here: no resource started, no volume Primary.
+    fn idle(&self) -> bool {
+        let st = self.lock();
+        !st.resources
+            .values()
+            .any(|r| r.status != RunStatus::Stopped && r.kind != ResourceKind::Volume)
+            && !self.volumes.values().any(|v| v.is_primary())
+    }
+
+    /// The leading actions of each volume's list that are this node's.
+    fn my_share(&self, actions: &[Action]) -> Vec<Action> {
+        let mut mine = Vec::new();
+        for s in &self.stacks {
+            for a in actions.iter().filter(|a| a.volume() == s.volume) {
+                if a.node() != self.me.name {
+                    break;
+                }
+                mine.push(a.clone());
+            }
+        }
+        mine
+    }
+
+    /// Builds the scheduler's input; also says whether this node has left (`cluster stop` done) and whether it
+    /// is stopped.
+    fn build_input(&self) -> (ClusterInput, bool, bool) {
+        let st = self.lock();
+        let settings = &st.settings;
+        let cfg = &self.config.cluster;
+        let peer_online = st
+            .membership
+            .view()
+            .iter()
+            .any(|m| m.node == self.peer.id && m.online)
+            && !st.peer_report.as_ref().is_some_and(|r| r.stopped);
+        let peer_leaving = st.peer_report.as_ref().is_some_and(|r| r.leaving);
+        let me_stopped = settings.stopped.contains(&self.me.name);
+        let options = ClusterOptions {
+            resource_stickiness: cfg.resource_stickiness,
+            migration_threshold: cfg.migration_threshold,
+            failure_timeout_s: (cfg.failure_timeout_s > 0).then_some(cfg.failure_timeout_s),
+            no_quorum_policy: if self.config.no_quorum_stop() {
+                NoQuorumPolicy::Stop
+            } else {
+                NoQuorumPolicy::Ignore
+            },
+            witness: self.witness.is_some(),
+        };
+        let volumes = self
+            .stacks
+            .iter()
+            .map(|s| VolumeStack {
+                name: s.volume.clone(),
+                vip: s.vip_name.clone(),
+                target: s.target_name.clone(),
+                luns: s.luns.iter().map(|(n, _)| n.clone()).collect(),
+                fencing: match self.config.volume(&s.volume).map(|v| v.fencing()) {
+                    Some(FencingPolicy::ResourceOnly) => Fencing::ResourceOnly,
+                    _ => Fencing::DontCare,
+                },
+            })
+            .collect();
+        let locations = settings
+            .locations
+            .iter()
+            .map(|l| LocationPreference {
+                resource: l.resource.clone(),
+                node: l.node.clone(),
+                kind: if l.prefer {
+                    LocationKind::Prefer
+                } else {
+                    LocationKind::Ban
+                },
+            })
+            .collect();
+        let now_s = self.now_s();
+        let nodes = vec![
+            NodeStatus {
+                name: self.me.name.clone(),
+                online: true,
+                standby: me_stopped || st.leaving || settings.standby.contains(&self.me.name),
+            },
+            NodeStatus {
+                name: self.peer.name.clone(),
+                online: peer_online && !st.left,
+                standby: peer_leaving
+                    || settings.standby.contains(&self.peer.name)
+                    || settings.stopped.contains(&self.peer.name),
+            },
+        ];
+        let witness_vote = self.witness.as_ref().and_then(|w| {
+            if w.holds_vote() {
+                Some(self.me.name.clone())
+            } else if w.holder() == Some(self.peer.id) {
+                Some(self.peer.name.clone())
+            } else {
+                None
+            }
+        });
+        let mut vols = Vec::new();
+        let mut resources = Vec::new();
+        for s in &self.stacks {
+            let Some(v) = self.volumes.get(&s.volume) else {
+                continue;
+            };
+            let status = v.status();
+            let connected = status.connection == ConnState::Connected;
+            vols.push(VolumeStatus {
+                volume: s.volume.clone(),
+                node: self.me.name.clone(),
+                disk: disk_state(status.disk),
+                role: match status.role {
+                    VolumeRole::Primary => Role::Primary,
+                    VolumeRole::Secondary => Role::Secondary,
+                },
+                connected,
+                fenced: settings
+                    .fenced
+                    .contains(&(s.volume.clone(), self.me.name.clone())),
+            });
+            let peer_fenced = settings
+                .fenced
+                .contains(&(s.volume.clone(), self.peer.name.clone()));
+            let from_report = st
+                .peer_report
+                .as_ref()
+                .filter(|_| peer_online)
+                .and_then(|r| {
+                    r.volumes.iter().find(|x| x.volume == s.volume).map(|x| {
+                        (
+                            disk_by_name(&x.disk),
+                            if x.role == "Primary" {
+                                Role::Primary
+                            } else {
+                                Role::Secondary
+                            },
+                            x.connected,
+                        )
+                    })
+                });
+            // While the replication link is up, it tells what the peer's copy is first hand (the report may be a
+            // heartbeat old); otherwise the report, if the peer is online.
+            let peer_entry = match from_report {
+                _ if connected => Some((
+                    disk_state(status.peer_disk),
+                    match status.peer_role {
+                        Some(VolumeRole::Primary) => Role::Primary,
+                        _ => Role::Secondary,
+                    },
+                    true,
+                )),
+                entry => entry,
+            };
+            if let Some((disk, role, connected)) = peer_entry {
+                vols.push(VolumeStatus {
+                    volume: s.volume.clone(),
+                    node: self.peer.name.clone(),
+                    disk,
+                    role,
+                    connected,
+                    fenced: peer_fenced,
+                });
+            }
+        }
+        for (name, r) in &st.resources {
+            resources.push(ResourceStatus {
+                resource: name.clone(),
+                node: self.me.name.clone(),
+                status: if r.kind == ResourceKind::Volume && r.status == RunStatus::Started {
+                    RunStatus::Stopped
+                } else {
+                    r.status
+                },
+                fail_count: r.fail_count,
+                last_failure_s: r
+                    .last_failure
+                    .map(|t| now_s.saturating_sub(t.elapsed().as_secs())),
+            });
+        }
+        if peer_online {
+            if let Some(report) = &st.peer_report {
+                for r in &report.resources {
+                    if !st.resources.contains_key(&r.resource) {
+                        continue;
+                    }
+                    let kind = st.resources.get(&r.resource).map(|x| x.kind);
+                    let status = run_status_by_name(&r.status);
+                    resources.push(ResourceStatus {
+                        resource: r.resource.clone(),
+                        node: self.peer.name.clone(),
+                        status: if kind == Some(ResourceKind::Volume)
+                            && status == RunStatus::Started
+                        {
+                            RunStatus::Stopped
+                        } else {
+                            status
+                        },
+                        fail_count: r.fail_count,
+                        last_failure_s: r.last_failure_ago_s.map(|ago| now_s.saturating_sub(ago)),
+                    });
+                }
+            }
+        }
+        let input = ClusterInput {
+            config: SchedulerConfig {
+                options,
+                volumes,
+                locations,
+            },
+            state: ClusterState {
+                now_s,
+                nodes,
+                witness_vote,
+                volumes: vols,
+                resources,
+            },
+        };
+        (input, st.left, me_stopped)
+    }
+
+    /// Runs this node's actions in order; stops at the first failure (recorded; the next schedule sees it).
+    fn execute(&self, actions: &[Action]) {
+        for (i, action) in actions.iter().enumerate() {
+            if self.stopping() {
+                return;
+            }
+            info!("action: {action}");
+            let next = actions.get(i + 1);
+            let result = self.run_action(action, next);
+            if let Err(why) = result {
+                // A promotion refused by a connected peer is the two nodes deciding at the same moment: the
+                // volume arbitrated, nothing failed; the next schedule sees the peer's role.
+                let raced = matches!(action, Action::Promote { .. })
+                    && self
+                        .volumes
+                        .get(action.volume())
+                        .is_some_and(|v| v.status().connection == ConnState::Connected);
+                if raced {
+                    info!("{action}: not now: {why}");
+                } else {
+                    warn!("action failed: {action}: {why}");
+                    self.record_failure(action.resource(), action_verb(action), &why);
+                }
+                let st = self.lock();
+                let _ = self
+                    .wake
+                    .wait_timeout(st, EXECUTOR_PERIOD)
+                    .unwrap_or_else(|p| p.into_inner());
+                return;
+            }
+        }
+    }
+
+    fn run_action(&self, action: &Action, next: Option<&Action>) -> Result<(), String> {
+        let volume_of = |name: &str| {
+            self.volumes
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no volume {name} on this node"))
+        };
+        let stack = self
+            .stacks
+            .iter()
+            .find(|s| s.volume == action.volume())
+            .ok_or_else(|| format!("no stack for volume {}", action.volume()))?;
+        match action {
+            Action::Promote { volume, .. } => {
+                volume_of(volume)?.admin(AdminCommand::Primary { force: false })?;
+            }
+            Action::Demote { volume, .. } => {
+                // Nothing of the stack may run above a Secondary.
+                self.stop_server(volume);
+                volume_of(volume)?.admin(AdminCommand::Secondary)?;
+            }
+            Action::Start { kind, resource, .. } | Action::Stop { kind, resource, .. } => {
+                let start = matches!(action, Action::Start { .. });
+                match kind {
+                    ResourceKind::Vip => {
+                        if start {
+                            stack.vip.start().map_err(|e| e.to_string())?;
+                        } else {
+                            self.stop_server(&stack.volume);
+                            stack.vip.stop().map_err(|e| e.to_string())?;
+                        }
+                        self.set_status(resource, start);
+                    }
+                    ResourceKind::Target | ResourceKind::Lun => {
+                        self.set_status(resource, start);
+                        // Start the target with its LUNs in one go, and stop it the same way: the server is
+                        // (re)built when the run of target and LUN actions ends.
+                        let more = next.is_some_and(|n| {
+                            n.volume() == stack.volume
+                                && matches!(
+                                    n,
+                                    Action::Start {
+                                        kind: ResourceKind::Target | ResourceKind::Lun,
+                                        ..
+                                    } | Action::Stop {
+                                        kind: ResourceKind::Target | ResourceKind::Lun,
+                                        ..
+                                    }
+                                )
+                        });
+                        if !more {
+                            if let Err(why) = self.apply_server(stack) {
+                                self.set_status(&stack.target_name, false);
+                                return Err(why);
+                            }
+                        }
+                    }
+                    ResourceKind::Volume => return Err("a volume is promoted, not started".into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_status(&self, resource: &str, started: bool) {
+        if let Some(r) = self.lock().resources.get_mut(resource) {
+            r.status = if started {
+                RunStatus::Started
+            } else {
+                RunStatus::Stopped
+            };
+        }
+    }
+
+    fn record_failure(&self, resource: &str, verb: &str, why: &str) {
+        let mut st = self.lock();
+        if let Some(r) = st.resources.get_mut(resource) {
+            r.fail_count = r.fail_count.saturating_add(1);
+            r.last_failure = Some(Instant::now());
+            if r.kind != ResourceKind::Volume {
+                r.status = RunStatus::Failed;
+            }
+        }
+        let line = format!("{resource}_{verb} on {} '{why}'", self.me.name);
+        st.failed_actions.retain(|a| a != &line);
+        st.failed_actions.push(line);
+        if st.failed_actions.len() > 32 {
+            st.failed_actions.remove(0);
+        }
+    }
+
+    /// Brings the iSCSI server of `stack` in line with its target and LUN resources.
+    fn apply_server(&self, stack: &Stack) -> Result<(), String> {
+        let (target_on, luns): (bool, BTreeSet<u64>) = {
+            let st = self.lock();
+            let on = |name: &str| {
+                st.resources
+                    .get(name)
+                    .is_some_and(|r| r.status == RunStatus::Started)
+            };
+            (
+                on(&stack.target_name),
+                stack
+                    .luns
+                    .iter()
+                    .filter(|(n, _)| on(n))
+                    .map(|(_, l)| *l)
+                    .collect(),
+            )
+        };
+        let same = self
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&stack.volume)
+            .map(|s| s.luns == luns && !s.task.is_finished());
+        if target_on && same == Some(true) {
+            return Ok(());
+        }
+        self.stop_server(&stack.volume);
+        if !target_on {
+            return Ok(());
+        }
+        let mut map = BTreeMap::new();
+        for l in &luns {
+            if let Some(lu) = self.luns.get(&stack.volume) {
+                map.insert(*l, lu.clone());
+            }
+        }
+        let addr = SocketAddr::new(stack.target.vip, stack.target.port);
+        let config = ServerConfig::new(vec![TargetConfig {
+            name: stack.target.iqn.clone(),
+            luns: map,
+            allowed_initiators: stack.target.allow.clone(),
+            chap: None,
+        }]);
+        let server = self
+            .runtime
+            .block_on(Server::bind(config, &[addr]))
+            .map_err(|e| format!("cannot serve {} at {addr}: {e}", stack.target.iqn))?;
+        let (tx, rx) = watch::channel(false);
+        let task = self.runtime.spawn(server.run(rx));
+        info!(portal = %addr, target = %stack.target.iqn, luns = ?luns, "serving iSCSI");
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                stack.volume.clone(),
+                RunningServer {
+                    luns,
+                    stop: tx,
+                    task,
+                },
+            );
+        Ok(())
+    }
+
+    fn stop_server(&self, volume: &str) {
+        let running = self
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(volume);
+        if let Some(server) = running {
+            let _ = server.stop.send(true);
+            let _ = self.runtime.block_on(server.task);
+            info!(volume, "stopped serving iSCSI");
+        }
+    }
+
+    /// Monitors: the VIP is on its interface, the target's server runs, a LUN's volume is Primary.
+    fn monitor(&self) {
+        let started: Vec<(String, ResourceKind, String)> = self
+            .lock()
+            .resources
+            .iter()
+            .filter(|(_, r)| r.status == RunStatus::Started)
+            .map(|(n, r)| (n.clone(), r.kind, r.volume.clone()))
+            .collect();
+        for (name, kind, volume) in started {
+            let Some(stack) = self.stacks.iter().find(|s| s.volume == volume) else {
+                continue;
+            };
+            let failure = match kind {
+                ResourceKind::Vip => match stack.vip.monitor() {
+                    Ok(true) => None,
+                    Ok(false) => Some("the address is gone from its interface".to_string()),
+                    Err(e) => Some(e.to_string()),
+                },
+                ResourceKind::Target => {
+                    let alive = self
+                        .servers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&volume)
+                        .is_some_and(|s| !s.task.is_finished());
+                    (!alive).then(|| "the iSCSI server is not running".to_string())
+                }
+                ResourceKind::Lun => {
+                    let primary = self.volumes.get(&volume).is_some_and(|v| v.is_primary());
+                    (!primary).then(|| format!("volume {volume} is not Primary here"))
+                }
+                ResourceKind::Volume => None,
+            };
+            if let Some(why) = failure {
+                warn!(resource = %name, "monitor failed: {why}");
+                let interval = self.config.cluster.monitor_interval_ms;
+                self.record_failure(&name, &format!("monitor_{interval}"), &why);
+            }
+        }
+    }
+
+    /// A copy fenced in the settings is released once it is back in sync (connected, both UpToDate).
+    fn clear_settled_fences(&self) {
+        let mut st = self.lock();
+        if st.settings.fenced.is_empty() {
+            return;
+        }
+        let settled: Vec<(String, String)> = st
+            .settings
+            .fenced
+            .iter()
+            .filter(|(volume, _)| {
+                self.volumes.get(volume).is_some_and(|v| {
+                    let s = v.status();
+                    s.connection == ConnState::Connected
+                        && s.disk == VolumeDisk::UpToDate
+                        && s.peer_disk == VolumeDisk::UpToDate
+                })
+            })
+            .cloned()
+            .collect();
+        if settled.is_empty() {
+            return;
+        }
+        let mut settings = st.settings.clone();
+        for f in &settled {
+            settings.fenced.remove(f);
+            info!(volume = %f.0, node = %f.1, "the fenced copy has resynced: it may be promoted again");
+        }
+        self.change_settings(&mut st, settings);
+    }
+
+    /// At daemon stop: the stacks stopped from the top, volumes demoted.
+    fn stop_everything(&self) {
+        for s in &self.stacks {
+            self.stop_server(&s.volume);
+            let vip_on = self
+                .lock()
+                .resources
+                .get(&s.vip_name)
+                .is_some_and(|r| r.status != RunStatus::Stopped);
+            if vip_on {
+                if let Err(e) = s.vip.stop() {
+                    warn!(vip = %s.target.vip, "removing the virtual IP at stop: {e}");
+                }
+            }
+        }
+    }
+
+    // ----- admin requests -----
+
+    fn handle(&self, request: api::Request) -> api::Response {
+        use api::Request as R;
+        let ok = |message: String| api::Response::Ok {
+            message: Some(message),
+        };
+        let result: Result<String, String> = match request {
+            R::ClusterStatus => {
+                return api::Response::Cluster {
+                    status: Box::new(self.cluster_status()),
+                }
+            }
+            R::ClusterRun { node, stop } => {
+                let node = node.unwrap_or_else(|| self.me.name.clone());
+                self.node_named(&node).map(|()| {
+                    self.edit_settings(|s| {
+                        if stop {
+                            s.stopped.insert(node.clone());
+                        } else {
+                            s.stopped.remove(&node);
+                        }
+                    });
+                    if stop {
+                        format!("stopping the cluster on {node}: its resources move away, then it leaves")
+                    } else {
+                        format!("starting the cluster on {node}")
+                    }
+                })
+            }
+            R::Standby { node, standby } => self.node_named(&node).map(|()| {
+                self.edit_settings(|s| {
+                    if standby {
+                        s.standby.insert(node.clone());
+                    } else {
+                        s.standby.remove(&node);
+                    }
+                });
+                if standby {
+                    format!("{node} is in standby: it runs no resources")
+                } else {
+                    format!("{node} may run resources again")
+                }
+            }),
+            R::Move { resource, node } => self.resource_named(&resource).and_then(|()| {
+                let target = match node {
+                    Some(n) => {
+                        self.node_named(&n)?;
+                        Some(n)
+                    }
+                    None => None,
+                };
+                let here = self.where_runs(&resource);
+                let (prefer, at) = match (target, here) {
+                    (Some(n), _) => (true, n),
+                    (None, Some(h)) => (false, h),
+                    (None, None) => {
+                        return Err(format!(
+                            "{resource} runs nowhere: give the node to move it to"
+                        ))
+                    }
+                };
+                let stack = self.stack_of(&resource).unwrap_or_else(|| resource.clone());
+                self.edit_settings(|s| {
+                    s.locations.retain(|l| l.resource != stack);
+                    s.locations.push(Location {
+                        resource: stack.clone(),
+                        node: at.clone(),
+                        prefer,
+                    });
+                });
+                Ok(if prefer {
+                    format!("moving {stack} (with its VIP, target and LUNs) to {at}; `twinsan resource clear {stack}` lets it stay wherever it is then")
+                } else {
+                    format!("moving {stack} away from {at} (banned there until `twinsan resource clear {stack}`)")
+                })
+            }),
+            R::Clear { resource } => self.resource_named(&resource).map(|()| {
+                let stack = self.stack_of(&resource).unwrap_or_else(|| resource.clone());
+                self.edit_settings(|s| s.locations.retain(|l| l.resource != stack));
+                format!("removed the move constraints of {stack}")
+            }),
+            R::Cleanup { resource } => {
+                let checked = match &resource {
+                    Some(r) => self.resource_named(r),
+                    None => Ok(()),
+                };
+                checked.map(|()| {
+                    self.edit_settings(|s| {
+                        s.cleanup = Cleanup {
+                            generation: s.cleanup.generation + 1,
+                            resource: resource.clone(),
+                        }
+                    });
+                    match &resource {
+                        Some(r) => format!("cleaned up {r}: failures forgotten on both nodes"),
+                        None => "cleaned up every resource: failures forgotten on both nodes".into(),
+                    }
+                })
+            }
+            _ => Err("not a cluster request".into()),
+        };
+        match result {
+            Ok(message) => ok(message),
+            Err(message) => api::Response::Error { message },
+        }
+    }
+
+    fn edit_settings(&self, edit: impl FnOnce(&mut Settings)) {
+        let mut st = self.lock();
+        let mut settings = st.settings.clone();
+        edit(&mut settings);
+        self.change_settings(&mut st, settings);
+        drop(st);
+        // The peer hears of it at once.
+        self.send_report();
+    }
+
+    fn node_named(&self, name: &str) -> Result<(), String> {
+        if name == self.me.name || name == self.peer.name {
+            Ok(())
+        } else {
+            Err(format!(
+                "no node is named {name} (the nodes are {} and {})",
+                self.me.name, self.peer.name
+            ))
+        }
+    }
+
+    fn all_resources(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.stacks {
+            out.push(s.volume.clone());
+            out.push(s.vip_name.clone());
+            out.push(s.target_name.clone());
+            out.extend(s.luns.iter().map(|(n, _)| n.clone()));
+        }
+        out
+    }
+
+    fn resource_named(&self, name: &str) -> Result<(), String> {
+        let all = self.all_resources();
+        if all.iter().any(|r| r == name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no resource is named {name} (the resources are: {})",
+                all.join(", ")
+            ))
+        }
+    }
+
+    /// The volume whose stack `resource` belongs to.
+    fn stack_of(&self, resource: &str) -> Option<String> {
+        self.stacks
+            .iter()
+            .find(|s| {
+                s.volume == resource
+                    || s.vip_name == resource
+                    || s.target_name == resource
+                    || s.luns.iter().any(|(n, _)| n == resource)
+            })
+            .map(|s| s.volume.clone())
+    }
+
+    /// The node where the stack of `resource` is promoted now.
+    fn where_runs(&self, resource: &str) -> Option<String> {
+        let volume = self.stack_of(resource)?;
+        let status = self.cluster_status();
+        status
+            .resources
+            .iter()
+            .find(|r| r.name == volume)
+            .and_then(|r| r.promoted.first().cloned())
+    }
+
+    fn cluster_status(&self) -> api::ClusterStatus {
+        let (input, _, _) = self.build_input();
+        let st = self.lock();
+        let settings = &st.settings;
+        let view_online = |name: &str| input.state.nodes.iter().any(|n| n.name == name && n.online);
+        let mut both = [&self.me, &self.peer];
+        both.sort_by(|a, b| a.name.cmp(&b.name));
+        let nodes = both
+            .iter()
+            .map(|n| api::NodeStatus {
+                name: n.name.clone(),
+                online: if n.name == self.me.name {
+                    !st.left
+                } else {
+                    view_online(&n.name)
+                },
+                standby: settings.standby.contains(&n.name),
+                stopped: settings.stopped.contains(&n.name),
+            })
+            .collect();
+        let mut resources = Vec::new();
+        for s in &self.stacks {
+            let mut vol = api::ResourceStatus {
+                name: s.volume.clone(),
+                kind: "volume".into(),
+                agent: "twinsan:volume".into(),
+                volume: s.volume.clone(),
+                detail: format!("replicated volume {}", s.volume),
+                started: vec![],
+                failed: vec![],
+                promoted: vec![],
+                unpromoted: vec![],
+            };
+            for e in input.state.volumes.iter().filter(|e| e.volume == s.volume) {
+                if !view_online(&e.node) {
+                    continue;
+                }
+                vol.started.push(e.node.clone());
+                match e.role {
+                    Role::Primary => vol.promoted.push(e.node.clone()),
+                    _ => vol.unpromoted.push(e.node.clone()),
+                }
+            }
+            let res_of = |name: &str, kind: &str, agent: &str, detail: String| {
+                let mut r = api::ResourceStatus {
+                    name: name.to_string(),
+                    kind: kind.into(),
+                    agent: agent.into(),
+                    volume: s.volume.clone(),
+                    detail,
+                    started: vec![],
+                    failed: vec![],
+                    promoted: vec![],
+                    unpromoted: vec![],
+                };
+                for e in input.state.resources.iter().filter(|e| e.resource == name) {
+                    match e.status {
+                        RunStatus::Started => r.started.push(e.node.clone()),
+                        RunStatus::Failed => r.failed.push(e.node.clone()),
+                        RunStatus::Stopped => {}
+                    }
+                }
+                r
+            };
+            let portal = SocketAddr::new(s.target.vip, s.target.port);
+            resources.push(vol);
+            resources.push(res_of(
+                &s.vip_name,
+                "vip",
+                "twinsan:vip",
+                format!(
+                    "{}/{}",
+                    s.target.vip,
+                    s.target
+                        .vip_prefix
+                        .unwrap_or(if s.target.vip.is_ipv4() { 24 } else { 64 })
+                ),
+            ));
+            resources.push(res_of(
+                &s.target_name,
+                "target",
+                "twinsan:target",
+                format!("{} {portal}", s.target.iqn),
+            ));
+            for (name, lun) in &s.luns {
+                resources.push(res_of(name, "lun", "twinsan:lun", format!("LUN {lun}")));
+            }
+        }
+        let quorum = {
+            let votes = 1
+                + usize::from(view_online(&self.peer.name))
+                + usize::from(
+                    input.state.witness_vote.as_deref() == Some(self.me.name.as_str())
+                        && !view_online(&self.peer.name),
+                );
+            let total = 2 + usize::from(self.witness.is_some());
+            if votes * 2 > total {
+                format!("partition with quorum ({votes} of {total} votes)")
+            } else if self.witness.is_some() || self.config.no_quorum_stop() {
+                format!("partition WITHOUT quorum ({votes} of {total} votes): nothing runs here")
+            } else {
+                format!(
+                    "partition without quorum ({votes} of {total} votes); no-quorum-policy ignore: runs alone"
+                )
+            }
+        };
+        api::ClusterStatus {
+            cluster: self.config.cluster.name.clone(),
+            node: self.me.name.clone(),
+            managed: true,
+            quorum,
+            witness: self.config.cluster.witness.map(|addr| {
+                let w = self.witness.as_ref();
+                api::WitnessStatus {
+                    address: addr.to_string(),
+                    reachable: w.is_some_and(|w| w.reachable()),
+                    vote: input.state.witness_vote.clone(),
+                }
+            }),
+            nodes,
+            resources,
+            failed_actions: st.failed_actions.clone(),
+            constraints: settings
+                .locations
+                .iter()
+                .map(|l| {
+                    if l.prefer {
+                        format!("{} prefers {} (resource move)", l.resource, l.node)
+                    } else {
+                        format!("{} banned from {} (resource move)", l.resource, l.node)
+                    }
+                })
+                .chain(
+                    settings
+                        .fenced
+                        .iter()
+                        .map(|(v, n)| format!("{v} on {n}: fenced (Outdated) until it resyncs")),
+                )
+                .collect(),
+            notes: st.notes.clone(),
+            volumes: self.volumes.values().map(|v| v.api_status()).collect(),
+        }
+    }
+}
+
+fn action_verb(action: &Action) -> &'static str {
+    match action {
+        Action::Promote { .. } => "promote",
+        Action::Demote { .. } => "demote",
+        Action::Start { .. } => "start",
+        Action::Stop { .. } => "stop",
+    }
+}

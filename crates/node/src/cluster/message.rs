@@ -1,0 +1,384 @@
+//! What nodes tell each other over the cluster links besides heartbeats: each node's report (its volumes, its
+//! resources, the cluster settings it holds) and the resource-level fencing exchange.
+//!
+//! Layout of a datagram (big-endian): magic `TSCM` (4), version (1), sender node id (1), reserved 0 (2),
+//! cluster id (8), sender incarnation (8), sequence (8), body length (4), the body (JSON), then HMAC-SHA256 (32)
+//! over everything before it, keyed with the cluster's shared secret. A receiver accepts from each sender only
+//! sequence numbers above the last it accepted within an incarnation (and any newer incarnation), so a recorded
+//! datagram cannot be replayed.
+
+use std::collections::BTreeSet;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The magic of a cluster message.
+pub const MAGIC: [u8; 4] = *b"TSCM";
+/// The format version.
+pub const VERSION: u8 = 1;
+/// The header before the body.
+const HEADER_LEN: usize = 36;
+/// The authentication tag after the body.
+const TAG_LEN: usize = 32;
+/// The largest datagram: what one UDP datagram carries without fragmentation trouble on any link we support.
+pub const MAX_DATAGRAM: usize = 60_000;
+
+/// Why a datagram was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MessageError {
+    /// Too short or too long for its header's length.
+    #[error("cluster message of {len} bytes: the length does not match its header")]
+    Length {
+        /// The datagram's size.
+        len: usize,
+    },
+    /// Not a cluster message.
+    #[error("not a cluster message (bad magic)")]
+    Magic,
+    /// A version this node does not speak.
+    #[error("cluster message version {0}: this node speaks version {VERSION}")]
+    Version(u8),
+    /// Another cluster's message.
+    #[error("cluster message from another cluster (id {0:#x})")]
+    OtherCluster(u64),
+    /// The tag does not match: a wrong secret or a forged or damaged datagram.
+    #[error("cluster message from node {0} failed authentication (wrong shared secret?)")]
+    BadTag(u8),
+    /// The body is not a message.
+    #[error("cluster message from node {node}: bad body: {why}")]
+    Body {
+        /// The sender.
+        node: u8,
+        /// What the parser said.
+        why: String,
+    },
+}
+
+/// A datagram's envelope, after authentication.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    /// The sender's node id.
+    pub node_id: u8,
+    /// The sender's incarnation.
+    pub incarnation: u64,
+    /// The sender's sequence number within the incarnation.
+    pub seq: u64,
+    /// What it says.
+    pub message: Message,
+}
+
+/// What one node tells another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Message {
+    /// The sender's state, sent every heartbeat interval.
+    Report(Report),
+    /// Resource-level fencing: mark your copy of `volume` Outdated (the sender's data is newer).
+    Fence {
+        /// The request's id, echoed in the reply.
+        id: u64,
+        /// The volume.
+        volume: String,
+        /// The sender's generation identifiers: current, bitmap, history.
+        generations: Vec<u64>,
+    },
+    /// The answer to [`Message::Fence`].
+    FenceReply {
+        /// The request's id.
+        id: u64,
+        /// The volume.
+        volume: String,
+        /// Outdated, or why not.
+        outcome: Result<(), String>,
+    },
+}
+
+/// A node's report of itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The node left the cluster (`cluster stop`): it runs nothing and counts as OFFLINE.
+    pub stopped: bool,
+    /// The node is shutting down: it hands its resources over (counts as standby) before it goes.
+    #[serde(default)]
+    pub leaving: bool,
+    /// Its copy of each volume.
+    pub volumes: Vec<VolumeReport>,
+    /// Its resources: running, failed, fail counts.
+    pub resources: Vec<ResourceReport>,
+    /// The cluster settings it holds (the newer copy wins on the receiver).
+    pub settings: Settings,
+}
+
+/// One volume on the reporting node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    /// The volume.
+    pub volume: String,
+    /// Its disk state (DRBD's name).
+    pub disk: String,
+    /// `Primary` or `Secondary`.
+    pub role: String,
+    /// Its replication link is connected.
+    pub connected: bool,
+}
+
+/// One resource on the reporting node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceReport {
+    /// The resource.
+    pub resource: String,
+    /// `started`, `stopped` or `failed`.
+    pub status: String,
+    /// Failures since the last cleanup.
+    pub fail_count: u32,
+    /// Seconds since the last failure.
+    pub last_failure_ago_s: Option<u64>,
+}
+
+/// The cluster's settings: what admins set (standby, `cluster stop`, moves) and what fencing recorded. Each node
+/// holds a copy; a change raises `version` (and names its `origin`), and the copy with the higher
+/// `(version, origin)` wins wherever the two meet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Raised by every change.
+    pub version: u64,
+    /// The id of the node that made the change.
+    pub origin: u8,
+    /// Nodes in standby.
+    pub standby: BTreeSet<String>,
+    /// Nodes stopped by `cluster stop`.
+    pub stopped: BTreeSet<String>,
+    /// `resource move` preferences and bans.
+    pub locations: Vec<Location>,
+    /// `(volume, node)`: copies marked Outdated by resource-level fencing while their node was out of reach;
+    /// never promoted until they have resynced.
+    pub fenced: BTreeSet<(String, String)>,
+    /// The last `resource cleanup`.
+    pub cleanup: Cleanup,
+}
+
+/// A location preference left by `resource move`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// The resource.
+    pub resource: String,
+    /// The node.
+    pub node: String,
+    /// Prefer (true) or ban (false).
+    pub prefer: bool,
+}
+
+/// A `resource cleanup`: every node forgets the failures of `resource` (all, without one) once it sees a
+/// generation above the last it applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleanup {
+    /// Raised by each cleanup.
+    pub generation: u64,
+    /// The resource, or all.
+    pub resource: Option<String>,
+}
+
+impl Settings {
+    /// Whether `other` is newer than this copy.
+    pub fn older_than(&self, other: &Settings) -> bool {
+        (other.version, other.origin) > (self.version, self.origin)
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn tag(secret: &[u8], bytes: &[u8]) -> HmacSha256 {
+    // HMAC takes a key of any length; the error case cannot happen.
+    let mut mac = match HmacSha256::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    };
+    mac.update(b"twinsan cluster message v1");
+    mac.update(bytes);
+    mac
+}
+
+/// Encodes `message` for sending; `None` if it does not fit in one datagram.
+pub fn encode(
+    secret: &[u8],
+    cluster_id: u64,
+    node_id: u8,
+    incarnation: u64,
+    seq: u64,
+    message: &Message,
+) -> Option<Vec<u8>> {
+    let body = serde_json::to_vec(message).ok()?;
+    if HEADER_LEN + body.len() + TAG_LEN > MAX_DATAGRAM {
+        return None;
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(node_id);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&cluster_id.to_be_bytes());
+    out.extend_from_slice(&incarnation.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    let t = tag(secret, &out).finalize().into_bytes();
+    out.extend_from_slice(&t);
+    Some(out)
+}
+
+/// Whether `bytes` looks like a cluster message (rather than a heartbeat).
+pub fn is_message(bytes: &[u8]) -> bool {
+    bytes.starts_with(&MAGIC)
+}
+
+/// Checks and decodes a datagram of cluster `cluster_id`.
+pub fn decode(secret: &[u8], cluster_id: u64, bytes: &[u8]) -> Result<Envelope, MessageError> {
+    let length = MessageError::Length { len: bytes.len() };
+    if bytes.len() < HEADER_LEN + TAG_LEN {
+        return Err(length);
+    }
+    if bytes[0..4] != MAGIC {
+        return Err(MessageError::Magic);
+    }
+    if bytes[4] != VERSION {
+        return Err(MessageError::Version(bytes[4]));
+    }
+    let node_id = bytes[5];
+    let u64_at = |at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_be_bytes(word)
+    };
+    let their_cluster = u64_at(8);
+    if their_cluster != cluster_id {
+        return Err(MessageError::OtherCluster(their_cluster));
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&bytes[32..36]);
+    let body_len = u32::from_be_bytes(len) as usize;
+    if bytes.len() != HEADER_LEN + body_len + TAG_LEN || bytes[6..8] != [0, 0] {
+        return Err(length);
+    }
+    let (signed, their_tag) = bytes.split_at(HEADER_LEN + body_len);
+    tag(secret, signed)
+        .verify_slice(their_tag)
+        .map_err(|_| MessageError::BadTag(node_id))?;
+    let message =
+        serde_json::from_slice(&signed[HEADER_LEN..]).map_err(|e| MessageError::Body {
+            node: node_id,
+            why: e.to_string(),
+        })?;
+    Ok(Envelope {
+        node_id,
+        incarnation: u64_at(16),
+        seq: u64_at(24),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn sample() -> Message {
+        let mut settings = Settings {
+            version: 7,
+            origin: 2,
+            ..Settings::default()
+        };
+        settings.standby.insert("node1".into());
+        settings.fenced.insert(("vol0".into(), "node2".into()));
+        settings.locations.push(Location {
+            resource: "vol0".into(),
+            node: "node2".into(),
+            prefer: true,
+        });
+        Message::Report(Report {
+            stopped: false,
+            leaving: false,
+            volumes: vec![VolumeReport {
+                volume: "vol0".into(),
+                disk: "UpToDate".into(),
+                role: "Primary".into(),
+                connected: true,
+            }],
+            resources: vec![ResourceReport {
+                resource: "vol0-vip".into(),
+                status: "started".into(),
+                fail_count: 1,
+                last_failure_ago_s: Some(3),
+            }],
+            settings,
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(SECRET, 9, 1, 100, 5, &sample()).expect("fits");
+        let env = decode(SECRET, 9, &bytes).expect("decodes");
+        assert_eq!(
+            env,
+            Envelope {
+                node_id: 1,
+                incarnation: 100,
+                seq: 5,
+                message: sample()
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_secret_and_other_cluster_are_refused() {
+        let bytes = encode(SECRET, 9, 1, 100, 5, &sample()).expect("fits");
+        assert_eq!(
+            decode(b"another secret, just as long....", 9, &bytes),
+            Err(MessageError::BadTag(1))
+        );
+        assert_eq!(
+            decode(SECRET, 8, &bytes),
+            Err(MessageError::OtherCluster(9))
+        );
+    }
+
+    #[test]
+    fn a_too_large_message_is_not_encoded() {
+        let message = Message::Fence {
+            id: 1,
+            volume: "x".repeat(MAX_DATAGRAM),
+            generations: vec![],
+        };
+        assert!(encode(SECRET, 9, 1, 1, 1, &message).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_changed_byte_is_refused(at in 0usize..400, xor in 1u8..=255) {
+            let bytes = encode(SECRET, 9, 1, 100, 5, &sample()).expect("fits");
+            let mut bad = bytes.clone();
+            let at = at % bad.len();
+            bad[at] ^= xor;
+            prop_assert!(decode(SECRET, 9, &bad).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(SECRET, 9, &bytes);
+        }
+
+        #[test]
+        fn fence_messages_round_trip(id in any::<u64>(), gens in proptest::collection::vec(any::<u64>(), 0..6),
+                                     refused in proptest::option::of("[a-z ]{0,40}")) {
+            for message in [
+                Message::Fence { id, volume: "vol0".into(), generations: gens.clone() },
+                Message::FenceReply { id, volume: "vol0".into(), outcome: refused.clone().map_or(Ok(()), Err) },
+            ] {
+                let bytes = encode(SECRET, 3, 2, 1, id, &message).expect("fits");
+                prop_assert_eq!(decode(SECRET, 3, &bytes).expect("decodes").message, message);
+            }
+        }
+    }
+}

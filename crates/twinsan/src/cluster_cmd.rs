@@ -1,0 +1,461 @@
+//! The cluster commands: `twinsan status`, `cluster start|stop`, `node standby|unstandby`,
+//! `resource move|clear|cleanup` and `target ls`, all through the local node's admin socket.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use twinsan_node::admin;
+use twinsan_node::api::{ClusterStatus, Request, ResourceStatus, Response};
+use twinsan_node::config::ClusterConfig;
+
+use crate::volume_cmd::format_status;
+use crate::Global;
+
+/// `twinsan status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print the view as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `twinsan cluster ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Let NODE (default: this node) run resources again and rejoin the cluster.
+    Start {
+        /// The node.
+        node: Option<String>,
+    },
+    /// Move every resource off NODE (default: this node), then take it out of the cluster (OFFLINE).
+    Stop {
+        /// The node.
+        node: Option<String>,
+    },
+}
+
+/// `twinsan resource ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ResourceCommand {
+    /// Move the stack RESOURCE belongs to (volume, VIP, target, LUNs) to NODE; without NODE, away from where it
+    /// runs now. Stays in force until `resource clear`.
+    Move {
+        /// A volume, VIP, target or LUN resource (as `twinsan status` lists them).
+        resource: String,
+        /// The node to move it to.
+        node: Option<String>,
+    },
+    /// Remove what `resource move` left; the stack then stays where it is (stickiness).
+    Clear {
+        /// The resource.
+        resource: String,
+    },
+    /// Forget the failures of RESOURCE (of every resource without one) on both nodes.
+    Cleanup {
+        /// The resource.
+        resource: Option<String>,
+    },
+}
+
+/// `twinsan target ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum TargetCommand {
+    /// The targets, their LUNs and portals as a tree, like `targetcli ls /`.
+    Ls,
+}
+
+fn socket(global: &Global) -> anyhow::Result<(ClusterConfig, PathBuf)> {
+    let config = ClusterConfig::load(&global.config)?;
+    let node = config.this_node(global.node.as_deref())?;
+    let socket = config.admin_socket(node);
+    Ok((config, socket))
+}
+
+fn ask(socket: &std::path::Path, request: Request) -> anyhow::Result<()> {
+    if let Some(message) = crate::volume_cmd::send(socket, &request)? {
+        println!("{message}");
+    }
+    Ok(())
+}
+
+fn cluster_status(socket: &std::path::Path) -> anyhow::Result<ClusterStatus> {
+    match admin::request(socket, &Request::ClusterStatus)? {
+        Response::Cluster { status } => Ok(*status),
+        Response::Error { message } => anyhow::bail!(message),
+        _ => anyhow::bail!("the node daemon answered the status request without a cluster view"),
+    }
+}
+
+/// `twinsan status [--json]`.
+pub fn status(global: &Global, args: StatusArgs) -> anyhow::Result<()> {
+    let (_, socket) = socket(global)?;
+    let status = cluster_status(&socket)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&status).context("formatting the status")? + "\n"
+    } else {
+        format_cluster(&status)
+    };
+    let mut out = std::io::stdout();
+    match out.write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// `twinsan cluster start|stop`.
+pub fn cluster(global: &Global, cmd: ClusterCommand) -> anyhow::Result<()> {
+    let (_, socket) = socket(global)?;
+    let request = match cmd {
+        ClusterCommand::Start { node } => Request::ClusterRun { node, stop: false },
+        ClusterCommand::Stop { node } => Request::ClusterRun { node, stop: true },
+    };
+    ask(&socket, request)
+}
+
+/// `twinsan node standby|unstandby`.
+pub fn standby(global: &Global, node: String, standby: bool) -> anyhow::Result<()> {
+    let (_, socket) = socket(global)?;
+    ask(&socket, Request::Standby { node, standby })
+}
+
+/// `twinsan resource ...`.
+pub fn resource(global: &Global, cmd: ResourceCommand) -> anyhow::Result<()> {
+    let (_, socket) = socket(global)?;
+    let request = match cmd {
+        ResourceCommand::Move { resource, node } => Request::Move { resource, node },
+        ResourceCommand::Clear { resource } => Request::Clear { resource },
+        ResourceCommand::Cleanup { resource } => Request::Cleanup { resource },
+    };
+    ask(&socket, request)
+}
+
+/// `twinsan target ls`.
+pub fn target(global: &Global, cmd: TargetCommand) -> anyhow::Result<()> {
+    match cmd {
+        TargetCommand::Ls => {
+            let (config, socket) = socket(global)?;
+            let status = cluster_status(&socket)?;
+            print!("{}", format_target_tree(&config, &status));
+            Ok(())
+        }
+    }
+}
+
+fn bracket(nodes: &[String]) -> String {
+    if nodes.is_empty() {
+        "[ ]".into()
+    } else {
+        format!("[ {} ]", nodes.join(" "))
+    }
+}
+
+/// Where a resource runs, as `pcs status` says it: `Started node1`, `FAILED node2`, `Stopped`.
+fn placement(r: &ResourceStatus) -> String {
+    let mut parts: Vec<String> = r.started.iter().map(|n| format!("Started {n}")).collect();
+    parts.extend(r.failed.iter().map(|n| format!("FAILED {n}")));
+    if parts.is_empty() {
+        "Stopped".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The cluster view in the layout of `pcs status`, then each volume as `twinsan volume status` shows it.
+pub fn format_cluster(s: &ClusterStatus) -> String {
+    let mut out = format!("Cluster name: {}\n", s.cluster);
+    out += "Cluster Summary:\n";
+    out += &format!("  * Stack: twinsan (as seen from {})\n", s.node);
+    out += &format!("  * Quorum: {}\n", s.quorum);
+    if let Some(w) = &s.witness {
+        let vote = w.vote.as_deref().unwrap_or("nobody");
+        let reach = if w.reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        };
+        out += &format!(
+            "  * Witness: {} ({reach}), vote held by {vote}\n",
+            w.address
+        );
+    }
+    out += &format!("  * {} nodes configured\n", s.nodes.len());
+    out += &format!(
+        "  * {} resource instances configured\n",
+        s.resources
+            .iter()
+            .map(|r| if r.kind == "volume" { 2 } else { 1 })
+            .sum::<usize>()
+    );
+    if !s.managed {
+        out += "  * manual mode: no cluster manager runs; roles change by `twinsan volume primary|secondary`\n";
+    }
+    out += "\nNode List:\n";
+    let online: Vec<String> = s
+        .nodes
+        .iter()
+        .filter(|n| n.online && !n.standby)
+        .map(|n| n.name.clone())
+        .collect();
+    let offline: Vec<String> = s
+        .nodes
+        .iter()
+        .filter(|n| !n.online)
+        .map(|n| n.name.clone())
+        .collect();
+    for n in s.nodes.iter().filter(|n| n.standby) {
+        if n.online {
+            out += &format!("  * Node {}: standby\n", n.name);
+        }
+    }
+    if !online.is_empty() {
+        out += &format!("  * Online: {}\n", bracket(&online));
+    }
+    if !offline.is_empty() {
+        out += &format!("  * OFFLINE: {}\n", bracket(&offline));
+    }
+    for n in s.nodes.iter().filter(|n| n.stopped) {
+        out += &format!(
+            "  * Node {}: stopped by `twinsan cluster stop` (`twinsan cluster start {}` brings it back)\n",
+            n.name, n.name
+        );
+    }
+    out += "\nFull List of Resources:\n";
+    for r in &s.resources {
+        if r.kind == "volume" {
+            out += &format!("  * Clone Set: {0}-clone [{0}] (promotable):\n", r.name);
+            if !r.promoted.is_empty() {
+                out += &format!("    * Promoted: {}\n", bracket(&r.promoted));
+            }
+            if !r.unpromoted.is_empty() {
+                out += &format!("    * Unpromoted: {}\n", bracket(&r.unpromoted));
+            }
+            let stopped: Vec<String> = s
+                .nodes
+                .iter()
+                .filter(|n| !r.started.contains(&n.name))
+                .map(|n| n.name.clone())
+                .collect();
+            if !stopped.is_empty() {
+                out += &format!("    * Stopped: {}\n", bracket(&stopped));
+            }
+        } else {
+            out += &format!("  * {}\t({}):\t {}\n", r.name, r.agent, placement(r));
+        }
+    }
+    if !s.failed_actions.is_empty() {
+        out += "\nFailed Resource Actions:\n";
+        for a in &s.failed_actions {
+            out += &format!("  * {a}\n");
+        }
+    }
+    if !s.constraints.is_empty() {
+        out += "\nConstraints:\n";
+        for c in &s.constraints {
+            out += &format!("  * {c}\n");
+        }
+    }
+    if !s.volumes.is_empty() {
+        out += &format!("\nVolumes (on {}):\n", s.node);
+        for v in &s.volumes {
+            out += &format_status(v);
+        }
+    }
+    out
+}
+
+/// One line of the tree: `prefix o- name ....... [info]`, dotted out to a fixed width as targetcli does.
+fn tree_line(last_stack: &[bool], name: &str, info: &str) -> String {
+    let mut prefix = String::new();
+    for (i, &more) in last_stack.iter().enumerate() {
+        if i + 1 == last_stack.len() {
+            break;
+        }
+        prefix += if more { "| " } else { "  " };
+    }
+    let head = format!("{prefix}o- {name} ");
+    let tail = format!(" [{info}]");
+    let width: usize = 78;
+    let dots = width.saturating_sub(head.len() + tail.len()).max(3);
+    format!("{head}{}{tail}\n", ".".repeat(dots))
+}
+
+/// The targets as a tree like `targetcli ls /`: each target with its portal group, ACLs, LUNs (with the volume
+/// behind each and where it is Primary) and portal (with where it is served).
+pub fn format_target_tree(config: &ClusterConfig, s: &ClusterStatus) -> String {
+    let mut out = tree_line(&[false], "/", "...");
+    out += &tree_line(
+        &[false, false],
+        "iscsi",
+        &format!("Targets: {}", config.targets.len()),
+    );
+    for (ti, t) in config.targets.iter().enumerate() {
+        let more_targets = ti + 1 < config.targets.len();
+        let volume = t.lun.first().map(|l| l.volume.as_str()).unwrap_or("");
+        let find = |name: String| s.resources.iter().find(|r| r.name == name);
+        let primary = find(volume.to_string())
+            .and_then(|r| r.promoted.first().cloned())
+            .unwrap_or_else(|| "nowhere".into());
+        out += &tree_line(&[false, false, more_targets], &t.iqn, "TPGs: 1");
+        let auth = if t.allow.is_empty() {
+            "gen-acls, no-auth"
+        } else {
+            "no-gen-acls, no-auth"
+        };
+        out += &tree_line(&[false, false, more_targets, false], "tpg1", auth);
+        out += &tree_line(
+            &[false, false, more_targets, false, true],
+            "acls",
+            &format!("ACLs: {}", t.allow.len()),
+        );
+        for (ai, a) in t.allow.iter().enumerate() {
+            out += &tree_line(
+                &[
+                    false,
+                    false,
+                    more_targets,
+                    false,
+                    true,
+                    ai + 1 < t.allow.len(),
+                ],
+                a,
+                "Mapped LUNs: all",
+            );
+        }
+        out += &tree_line(
+            &[false, false, more_targets, false, true],
+            "luns",
+            &format!("LUNs: {}", t.lun.len()),
+        );
+        for (li, l) in t.lun.iter().enumerate() {
+            let lun_res = find(format!("{}-lun{}", l.volume, l.lun));
+            let served = lun_res
+                .map(placement)
+                .unwrap_or_else(|| "not managed".into());
+            out += &tree_line(
+                &[
+                    false,
+                    false,
+                    more_targets,
+                    false,
+                    true,
+                    li + 1 < t.lun.len(),
+                ],
+                &format!("lun{}", l.lun),
+                &format!("{} (replicated) Primary on {primary}, {served}", l.volume),
+            );
+        }
+        let portal = std::net::SocketAddr::new(t.vip, t.port);
+        let served = find(format!("{volume}-target"))
+            .map(placement)
+            .unwrap_or_else(|| "not managed".into());
+        out += &tree_line(
+            &[false, false, more_targets, false, false],
+            "portals",
+            "Portals: 1",
+        );
+        out += &tree_line(
+            &[false, false, more_targets, false, false, false],
+            &portal.to_string(),
+            &format!("virtual IP, {served}"),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twinsan_node::api::NodeStatus;
+
+    fn res(name: &str, kind: &str, started: &[&str]) -> ResourceStatus {
+        ResourceStatus {
+            name: name.into(),
+            kind: kind.into(),
+            agent: format!("twinsan:{kind}"),
+            volume: "vol0".into(),
+            detail: String::new(),
+            started: started.iter().map(|s| s.to_string()).collect(),
+            failed: vec![],
+            promoted: if kind == "volume" {
+                vec!["node1".into()]
+            } else {
+                vec![]
+            },
+            unpromoted: if kind == "volume" {
+                vec!["node2".into()]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn sample(online2: bool) -> ClusterStatus {
+        ClusterStatus {
+            cluster: "demo".into(),
+            node: "node1".into(),
+            managed: true,
+            quorum: "partition with quorum (2 of 2 votes)".into(),
+            witness: None,
+            nodes: vec![
+                NodeStatus {
+                    name: "node1".into(),
+                    online: true,
+                    standby: false,
+                    stopped: false,
+                },
+                NodeStatus {
+                    name: "node2".into(),
+                    online: online2,
+                    standby: false,
+                    stopped: false,
+                },
+            ],
+            resources: vec![
+                res("vol0", "volume", &["node1", "node2"]),
+                res("vol0-vip", "vip", &["node1"]),
+                res("vol0-target", "target", &["node1"]),
+                res("vol0-lun1", "lun", &["node1"]),
+            ],
+            failed_actions: vec![],
+            constraints: vec![],
+            notes: vec![],
+            volumes: vec![],
+        }
+    }
+
+    #[test]
+    fn status_in_the_layout_of_pcs_status() {
+        let text = format_cluster(&sample(true));
+        assert!(text.starts_with("Cluster name: demo\n"), "{text}");
+        assert!(
+            text.contains("Node List:\n  * Online: [ node1 node2 ]\n"),
+            "{text}"
+        );
+        assert!(!text.contains("OFFLINE"), "{text}");
+        assert!(text.contains("Full List of Resources:\n"), "{text}");
+        assert!(
+            text.contains(
+                "  * Clone Set: vol0-clone [vol0] (promotable):\n    * Promoted: [ node1 ]\n    * Unpromoted: [ node2 ]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  * vol0-vip\t(twinsan:vip):\t Started node1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  * vol0-lun1\t(twinsan:lun):\t Started node1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_offline_node_is_listed_as_offline() {
+        let text = format_cluster(&sample(false));
+        assert!(
+            text.contains("  * Online: [ node1 ]\n  * OFFLINE: [ node2 ]\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! The cluster manager on this machine: both nodes of a managed `twinsan init` config (127.0.0.11 and
+//! 127.0.0.12), the target at the virtual IP 127.0.0.10:3260, QEMU's iSCSI driver as the initiator.
+//!
+//! Run one at a time with the other two-daemon tests (nextest test group `cluster`): they share init's addresses.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{in_sync, Cluster, IQN};
+use common::{qemu, require_tool};
+
+const VIP_URL: &str = "iscsi://127.0.0.10:3260/iqn.2025-08.local.twinsan:vol0/1";
+
+/// `twinsan status --json` on node `n`.
+fn cluster_status(c: &Cluster, n: usize) -> serde_json::Value {
+    let out = c.cli(n, &["status", "--json"]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON ({e}):\n{out}"))
+}
+
+fn resource<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    s["resources"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == name))
+        .unwrap_or_else(|| panic!("no resource {name} in {s}"))
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The node where the whole stack runs, if it does: vol0 promoted there (only there) and VIP, target and LUN
+/// started there (only there).
+fn stack_on(s: &serde_json::Value) -> Option<String> {
+    let promoted = names(&resource(s, "vol0")["promoted"]);
+    let [node] = promoted.as_slice() else {
+        return None;
+    };
+    for r in ["vol0-vip", "vol0-target", "vol0-lun1"] {
+        if names(&resource(s, r)["started"]) != [node.clone()] {
+            return None;
+        }
+    }
+    Some(node.clone())
+}
+
+fn online(s: &serde_json::Value) -> Vec<String> {
+    s["nodes"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .filter(|n| n["online"] == true)
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `status --json` on node `n` until `pred` holds (at most `limit`).
+fn wait_cluster(
+    c: &Cluster,
+    n: usize,
+    limit: Duration,
+    what: &str,
+    mut pred: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = cluster_status(c, n);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node{n}: {what} not reached within {limit:?}; last status {s:#}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn other(n: usize) -> usize {
+    3 - n
+}
+
+/// Starts both nodes and waits until the stack runs on one of them; returns it.
+fn start_both(c: &mut Cluster) -> usize {
+    c.start(1);
+    c.start(2);
+    let s = wait_cluster(
+        c,
+        1,
+        Duration::from_secs(30),
+        "the stack up on one node",
+        |s| stack_on(s).is_some() && online(s).len() == 2,
+    );
+    let node = stack_on(&s).unwrap_or_default();
+    node.trim_start_matches("node").parse().unwrap_or(1)
+}
+
+#[test]
+fn managed_cluster_promotes_one_node_and_serves_at_the_vip() {
+    require_tool("qemu-io");
+    let mut c = Cluster::init("failover-up", false, "64M");
+    let p = start_both(&mut c);
+    // Both nodes agree, and the text is laid out as `pcs status` lays it out.
+    for n in [1, 2] {
+        let s = wait_cluster(&c, n, Duration::from_secs(10), "the same view", |s| {
+            stack_on(s) == Some(format!("node{p}")) && online(s).len() == 2
+        });
+        assert_eq!(
+            names(&resource(&s, "vol0")["unpromoted"]),
+            [format!("node{}", other(p))]
+        );
+        let text = c.cli(n, &["status"]);
+        for line in [
+            "Node List:".to_string(),
+            "  * Online: [ node1 node2 ]".to_string(),
+            "Full List of Resources:".to_string(),
+            "  * Clone Set: vol0-clone [vol0] (promotable):".to_string(),
+            format!("    * Promoted: [ node{p} ]"),
+            format!("    * Unpromoted: [ node{} ]", other(p)),
+            format!("  * vol0-vip\t(twinsan:vip):\t Started node{p}"),
+            format!("  * vol0-target\t(twinsan:target):\t Started node{p}"),
+            format!("  * vol0-lun1\t(twinsan:lun):\t Started node{p}"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "`twinsan status` on node{n} lacks the line {line:?}:\n{text}"
+            );
+        }
+        assert!(!text.contains("OFFLINE"), "{text}");
+        assert!(text.starts_with("Cluster name: c\n"), "{text}");
+    }
+    // The LUN answers at the virtual IP.
+    let plan = qemu::plan(7, 64 << 20, 256 << 10, 16);
+    qemu::write(VIP_URL, &plan, 256 << 10);
+    qemu::verify(VIP_URL, &plan, 256 << 10);
+    // targetcli-like tree.
+    let tree = c.cli(1, &["target", "ls"]);
+    for needle in [IQN, "tpg1", "luns", "lun1", "127.0.0.10:3260", "portals"] {
+        assert!(tree.contains(needle), "target ls lacks {needle}:\n{tree}");
+    }
+    assert!(
+        tree.lines().next().is_some_and(|l| l.starts_with("o- / ")),
+        "{tree}"
+    );
+    // A managed volume's role is the cluster's business.
+    let refused = c.cli_fails(other(p), &["volume", "primary", "vol0"]);
+    assert!(
+        refused.contains("managed by the cluster manager"),
+        "{refused}"
+    );
+    for n in [1, 2] {
+        assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
+    }
+}
+
+/// Runs qemu-io with `cmds` against the VIP while the caller does something; returns every op's duration
+/// (qemu-io prints one timing line per command) and how many ops completed.
+fn qemu_io_streaming(cmds: &[String], during: impl FnOnce(usize)) -> (Vec<Duration>, String) {
+    let mut cmd = Command::new(require_tool("qemu-io"));
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.arg("-c").arg(c);
+    }
+    let mut child = cmd
+        .arg(VIP_URL)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qemu-io");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    during(child.id() as usize);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("qemu-io did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let out = reader.join().unwrap_or_default();
+    assert!(status.success(), "qemu-io failed ({status}):\n{out}\n{err}");
+    let durations = out
+        .lines()
+        .filter_map(|l| l.split("ops; ").nth(1))
+        .map(|t| {
+            let t = t.split(' ').next().unwrap_or("");
+            // `00.01` (seconds) or `0:00:02.81` (h:mm:ss.ss).
+            let secs: f64 = t.split(':').fold(0.0, |acc, part| {
+                acc * 60.0 + part.parse::<f64>().unwrap_or(f64::NAN)
+            });
+            Duration::from_secs_f64(if secs.is_finite() { secs } else { 1e6 })
+        })
+        .collect();
+    (durations, out + &err)
+}
+
+#[test]
+fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
+    require_tool("qemu-io");
+    let mut c = Cluster::init("failover-kill", false, "128M");
+    let p = start_both(&mut c);
+    let q = other(p);
+    // 600 writes of 64 KiB, each at its own slot with its own pattern, through the VIP; node p is killed -9 once
+    // the writes are under way.
+    let chunk = 64u64 << 10;
+    let plan = qemu::plan(11, 128 << 20, chunk, 600);
+    let cmds: Vec<String> = plan
+        .iter()
+        .map(|(off, pat)| format!("write -P {pat:#04x} {off} {chunk}"))
+        .collect();
+    let pid = c.nodes[p - 1].as_ref().map(|n| n.pid()).unwrap_or(0);
+    let (durations, out) = qemu_io_streaming(&cmds, |_| {
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill(2) on the pid of the node daemon this test started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    });
+    c.kill(p);
+    let acked = out
+        .lines()
+        .filter(|l| l.starts_with(&format!("wrote {chunk}/{chunk} bytes")))
+        .count();
+    assert_eq!(
+        acked,
+        plan.len(),
+        "every write must complete (the initiator retries across the failover):\n{out}"
+    );
+    let pause = durations.iter().copied().max().unwrap_or_default();
+    println!("failover: the longest write took {pause:?} (the I/O pause at the initiator)");
+    assert!(
+        pause < Duration::from_secs(5),
+        "I/O at the VIP did not resume within 5 s of the kill: the longest write took {pause:?}\n{}",
+        c.logs()
+    );
+    // The survivor runs the stack, and every acknowledged write reads back through the VIP.
+    let s = wait_cluster(
+        &c,
+        q,
+        Duration::from_secs(10),
+        "the stack on the survivor",
+        |s| stack_on(s) == Some(format!("node{q}")),
+    );
+    assert_eq!(online(&s), [format!("node{q}")], "{s:#}");
+    let text = c.cli(q, &["status"]);
+    assert!(
+        text.contains(&format!("  * OFFLINE: [ node{p} ]")),
+        "{text}"
+    );
+    qemu::verify(VIP_URL, &plan, chunk);
+    // The killed node comes back as Secondary, resyncs, and the stack stays where it is (stickiness).
+    c.start(p);
+    c.wait_status(p, Duration::from_secs(60), "back in sync", in_sync);
+    let s = wait_cluster(&c, p, Duration::from_secs(10), "both online", |s| {
+        online(s).len() == 2
+    });
+    assert_eq!(
+        stack_on(&s),
+        Some(format!("node{q}")),
+        "the stack moved back: {s:#}"
+    );
+    assert_eq!(
+        names(&resource(&s, "vol0")["unpromoted"]),
+        [format!("node{p}")]
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let s = cluster_status(&c, q);
+    assert_eq!(
+        stack_on(&s),
+        Some(format!("node{q}")),
+        "the stack moved back later: {s:#}"
+    );
+    qemu::verify(VIP_URL, &plan, chunk);
+    for n in [1, 2] {
+        assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
+    }
+    // Both copies are identical.
+    assert_eq!(
+        common::cluster::first_difference(&c.disk(1), &c.disk(2), 128 << 20),
+        None,
+        "the copies differ"
+    );
+}
+
+#[test]
+fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
+    require_tool("qemu-io");
+    let mut c = Cluster::init("failover-stop", false, "64M");
+    let p = start_both(&mut c);
+    let q = other(p);
+    let chunk = 256u64 << 10;
+    // Distinct slots: the first 16 written before the stop, the next 16 after it.
+    let slots = qemu::plan(3, 64 << 20, chunk, 32);
+    let (before, after) = slots.split_at(16);
+    qemu::write(VIP_URL, before, chunk);
+    // 1. The leading node is the one on the vol0-vip line. 2. Stop it, from the other node.
+    let out = c.cli(q, &["cluster", "stop", &format!("node{p}")]);
+    assert!(out.contains("stopping the cluster"), "{out}");
+    // 3. On the other: node p OFFLINE, the resources Started there.
+    let s = wait_cluster(&c, q, Duration::from_secs(30), "the stop done", |s| {
+        stack_on(s) == Some(format!("node{q}")) && online(s) == [format!("node{q}")]
+    });
+    assert!(s["nodes"].as_array().is_some_and(|ns| ns
+        .iter()
+        .any(|n| n["name"] == format!("node{p}") && n["stopped"] == true)));
+    let text = c.cli(q, &["status"]);
+    assert!(
+        text.contains(&format!(
+            "  * Online: [ node{q} ]\n  * OFFLINE: [ node{p} ]"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  * vol0-vip\t(twinsan:vip):\t Started node{q}")),
+        "{text}"
+    );
+    // 4. The storage is reachable at the VIP, with what was written before.
+    qemu::verify(VIP_URL, before, chunk);
+    qemu::write(VIP_URL, after, chunk);
+    // The stopped node's daemon still runs and keeps its copy in sync as Secondary.
+    c.wait_status(p, Duration::from_secs(30), "in sync while stopped", in_sync);
+    // 5. Start it again: both Online; the resources stay (stickiness).
+    c.cli(q, &["cluster", "start", &format!("node{p}")]);
+    let s = wait_cluster(&c, q, Duration::from_secs(30), "both online", |s| {
+        online(s).len() == 2
+    });
+    let text = c.cli(q, &["status"]);
+    assert!(text.contains("  * Online: [ node1 node2 ]"), "{text}");
+    assert_eq!(stack_on(&s), Some(format!("node{q}")), "{s:#}");
+    // Standby, move and clear.
+    c.cli(p, &["node", "standby", &format!("node{q}")]);
+    wait_cluster(
+        &c,
+        p,
+        Duration::from_secs(30),
+        "the stack off the standby node",
+        |s| stack_on(s) == Some(format!("node{p}")),
+    );
+    c.cli(p, &["node", "unstandby", &format!("node{q}")]);
+    c.cli(p, &["resource", "move", "vol0-vip", &format!("node{q}")]);
+    let s = wait_cluster(&c, q, Duration::from_secs(30), "the moved stack", |s| {
+        stack_on(s) == Some(format!("node{q}"))
+    });
+    assert!(
+        names(&s["constraints"])
+            .iter()
+            .any(|x| x.contains(&format!("vol0 prefers node{q}"))),
+        "{s:#}"
+    );
+    c.cli(q, &["resource", "clear", "vol0"]);
+    let s = wait_cluster(&c, p, Duration::from_secs(10), "the constraint gone", |s| {
+        names(&s["constraints"]).is_empty()
+    });
+    assert_eq!(
+        stack_on(&s),
+        Some(format!("node{q}")),
+        "clear moved the stack: {s:#}"
+    );
+    qemu::verify(VIP_URL, before, chunk);
+    qemu::verify(VIP_URL, after, chunk);
+    for n in [1, 2] {
+        assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
+    }
+}
