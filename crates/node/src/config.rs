@@ -841,18 +841,6 @@ impl ClusterConfig {
                      the VIP's subnet",
                 ));
             }
-            if !self.cluster.manual {
-                if let Some(other) = t.lun.iter().find(|l| l.volume != t.lun[0].volume) {
-                    return Err(self.invalid(
-                        field("lun"),
-                        format!(
-                            "holds volumes {} and {}: the cluster moves a target with its volume, so all LUNs of \
-                             a target are of one volume; give the other volume a target of its own",
-                            t.lun[0].volume, other.volume
-                        ),
-                    ));
-                }
-            }
             for (j, initiator) in t.allow.iter().enumerate() {
                 if let Some(why) = initiator_name_problem(initiator) {
                     return Err(self.invalid(field(&format!("allow[{j}]")), why));
@@ -893,6 +881,18 @@ impl ClusterConfig {
                         format!(
                             "volume {} is already LUN {lun} of target {iqn}: a volume is behind one LUN only",
                             l.volume
+                        ),
+                    ));
+                }
+            }
+            if !self.cluster.manual {
+                if let Some(other) = t.lun.iter().find(|l| l.volume != t.lun[0].volume) {
+                    return Err(self.invalid(
+                        field("lun"),
+                        format!(
+                            "holds volumes {} and {}: the cluster moves a target with its volume, so all LUNs of \
+                             a target are of one volume; give the other volume a target of its own",
+                            t.lun[0].volume, other.volume
                         ),
                     ));
                 }
@@ -1572,6 +1572,61 @@ lun = [ { lun = 0, volume = "vol1" } ]
 
     #[test]
     fn cluster_refusals() {
+        const SECRET: &str = "secret = \"5f3c9a1e7b2d4068a9e1c3b5d7f90246\"";
+        let with = |extra: &str| format!("{SECRET}\n{extra}");
+        for (extra, field, why) in [
+            ("port = 0", "cluster.port", "is 0"),
+            (
+                "heartbeat_interval_ms = 5",
+                "cluster.heartbeat_interval_ms",
+                "10..=10000",
+            ),
+            (
+                "heartbeat_interval_ms = 600\ndetection_timeout_ms = 1000",
+                "cluster.detection_timeout_ms",
+                "at least two heartbeat intervals (1200 ms)",
+            ),
+            (
+                "monitor_interval_ms = 10",
+                "cluster.monitor_interval_ms",
+                "100..=600000",
+            ),
+            (
+                "no_quorum_policy = \"freeze\"",
+                "cluster.no_quorum_policy",
+                "\"ignore\"",
+            ),
+            (
+                "witness = \"127.0.0.11:5406\"",
+                "cluster.witness",
+                "on node node1",
+            ),
+            (
+                "witness = \"0.0.0.0:5406\"",
+                "cluster.witness",
+                "not a witness address",
+            ),
+        ] {
+            assert_refused(&edited(SECRET, &with(extra)), field, why);
+        }
+        let options = parse(&edited(
+            SECRET,
+            &with("witness = \"127.0.0.13:5406\"\nresource_stickiness = 0\nno_quorum_policy = \"stop\""),
+        ))
+        .expect("valid options");
+        assert_eq!(options.cluster.resource_stickiness, 0);
+        assert!(options.no_quorum_stop());
+        let defaults = parse(VALID).expect("valid");
+        assert_eq!(
+            (
+                defaults.cluster.port,
+                defaults.cluster.heartbeat_interval_ms,
+                defaults.cluster.detection_timeout_ms,
+                defaults.cluster.resource_stickiness
+            ),
+            (5405, 200, 1000, 100)
+        );
+        assert!(!defaults.no_quorum_stop());
         assert_cases(&[
             (
                 "name = \"test\"",
@@ -1665,6 +1720,35 @@ lun = [ { lun = 0, volume = "vol1" } ]
 
     #[test]
     fn node_refusals() {
+        let links = |n1: &str, n2: &str| {
+            edited(
+                "address = \"127.0.0.11\"",
+                &format!("address = \"127.0.0.11\"\nlinks = [{n1}]"),
+            )
+            .replacen(
+                "address = \"127.0.0.12\"",
+                &format!("address = \"127.0.0.12\"\nlinks = [{n2}]"),
+                1,
+            )
+        };
+        let ok = parse(&links("\"127.0.1.11\"", "\"127.0.1.12\"")).expect("two links");
+        assert_eq!(
+            ok.cluster_links(&ok.nodes[1]),
+            [
+                "127.0.0.12".parse::<IpAddr>().unwrap(),
+                "127.0.1.12".parse().unwrap()
+            ]
+        );
+        assert_refused(
+            &links("\"127.0.1.11\"", ""),
+            "node[node2].links",
+            "both list the same number",
+        );
+        assert_refused(
+            &links("\"127.0.0.11\"", "\"127.0.1.12\""),
+            "node[node1].links[0]",
+            "cannot be a further cluster link",
+        );
         let third =
             format!("{NODE2}\n\n[[node]]\nname = \"node3\"\nid = 3\naddress = \"127.0.0.13\"");
         assert_refused(
@@ -1905,6 +1989,29 @@ lun = [ { lun = 0, volume = "vol1" } ]
     #[test]
     fn target_refusals() {
         const T0: &str = "target[iqn.2025-08.local.twinsan:vol0]";
+        let two_volumes = edited(
+            "lun = [ { lun = 0, volume = \"vol1\" } ]",
+            "lun = [ { lun = 0, volume = \"vol1\" } ]\nvip_prefix = 33",
+        );
+        assert_refused(
+            &two_volumes,
+            "target[eui.0123456789ABCDEF].vip_prefix",
+            "give 1..=32",
+        );
+        let mixed = edited(
+            "lun = [ { lun = 1, volume = \"vol0\" } ]",
+            "lun = [ { lun = 1, volume = \"vol0\" }, { lun = 2, volume = \"vol1\" } ]",
+        );
+        assert_refused(
+            &mixed,
+            &format!("{T0}.lun"),
+            "holds volumes vol0 and vol1: the cluster moves a target with its volume",
+        );
+        let manual = mixed
+            .replacen("name = \"test\"", "name = \"test\"\nmanual = true", 1)
+            .replacen("fencing = \"resource-only\"", "", 1);
+        let refused = parse(&manual).expect_err("vol1 behind two LUNs");
+        assert!(refused.to_string().contains("already LUN 2"), "{refused}");
         assert_cases(&[
             (
                 "\"iqn.2025-08.local.twinsan:vol0\"",
