@@ -127,6 +127,8 @@ struct State {
     left: bool,
     /// The daemon is stopping: hand the resources over first.
     leaving: bool,
+    /// The peer has been Online since this node started.
+    peer_seen_once: bool,
 }
 
 struct Shared {
@@ -307,6 +309,7 @@ impl ClusterManager {
                 cleanup_applied: 0,
                 left: false,
                 leaving: false,
+                peer_seen_once: false,
             }),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -628,6 +631,7 @@ impl Shared {
                 MemberOut::Send { link, bytes } => self.send_on(link, &bytes),
                 MemberOut::PeerOnline { .. } => {
                     info!(node = %self.peer.name, "node {} is Online", self.peer.name);
+                    self.lock().peer_seen_once = true;
                     changed = true;
                 }
                 MemberOut::PeerOffline { .. } => {
@@ -637,6 +641,7 @@ impl Shared {
                 }
                 MemberOut::PeerRestarted { .. } => {
                     info!(node = %self.peer.name, "node {} restarted", self.peer.name);
+                    self.lock().peer_report = None;
                     changed = true;
                 }
                 MemberOut::LinkUp { link, .. } => {
@@ -729,12 +734,7 @@ impl Shared {
                     let settings = report.settings.clone();
                     self.adopt_settings(&mut st, settings);
                 }
-                let online = st
-                    .membership
-                    .view()
-                    .iter()
-                    .any(|m| m.node == self.peer.id && m.online);
-                if online {
+                if self.peer_online(&st) {
                     st.peer_report = Some(report);
                 }
                 drop(st);
@@ -814,11 +814,7 @@ impl Shared {
             if st.fences.is_empty() {
                 return;
             }
-            let peer_online = st
-                .membership
-                .view()
-                .iter()
-                .any(|m| m.node == self.peer.id && m.online);
+            let peer_online = self.peer_online(&st);
             let volumes = &self.volumes;
             st.fences.retain(|f| {
                 volumes
@@ -958,6 +954,7 @@ impl Shared {
         let monitor_every = Duration::from_millis(self.config.cluster.monitor_interval_ms);
         let mut next_monitor = Instant::now() + monitor_every;
         let mut last_notes: Vec<String> = Vec::new();
+        let mut waited_logged = false;
         while !self.stopping() {
             if Instant::now() >= next_monitor {
                 next_monitor = Instant::now() + monitor_every;
@@ -976,7 +973,24 @@ impl Shared {
             }
             self.lock().notes = schedule.notes.clone();
             let mine = self.my_share(&schedule.actions);
-            if !mine.is_empty() && !me_left {
+            // A peer that is Online but has not reported yet (it just came up, or came back) is not known to run
+            // nothing: act once its report is in.
+            // A node that has just started waits a while for its peer before it runs anything alone (DRBD's
+            // wait-for-connection at boot): the peer may hold the newer data.
+            let peer_unknown = {
+                let st = self.lock();
+                (st.peer_report.is_none() && self.peer_online(&st))
+                    || (!st.peer_seen_once && self.epoch.elapsed() < self.startup_wait())
+            };
+            if peer_unknown && !mine.is_empty() && !waited_logged {
+                waited_logged = true;
+                info!(
+                    "waiting up to {:?} for node {} before running resources alone",
+                    self.startup_wait(),
+                    self.peer.name
+                );
+            }
+            if !mine.is_empty() && !me_left && !peer_unknown {
                 for a in &schedule.actions {
                     debug!("transition: {a}");
                 }
@@ -1001,6 +1015,19 @@ impl Shared {
                 .wait_timeout(st, EXECUTOR_PERIOD)
                 .unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// How long a starting node waits for its peer before it acts alone: five detection timeouts.
+    fn startup_wait(&self) -> Duration {
+        Duration::from_millis(self.config.cluster.detection_timeout_ms) * 5
+    }
+
+    /// The peer is in this node's membership.
+    fn peer_online(&self, st: &State) -> bool {
+        st.membership
+            .view()
+            .iter()
+            .any(|m| m.node == self.peer.id && m.online)
     }
 
     /// Nothing runs here: no resource started, no volume Primary.
@@ -1032,12 +1059,8 @@ impl Shared {
         let st = self.lock();
         let settings = &st.settings;
         let cfg = &self.config.cluster;
-        let peer_online = st
-            .membership
-            .view()
-            .iter()
-            .any(|m| m.node == self.peer.id && m.online)
-            && !st.peer_report.as_ref().is_some_and(|r| r.stopped);
+        let peer_online =
+            self.peer_online(&st) && !st.peer_report.as_ref().is_some_and(|r| r.stopped);
         let peer_leaving = st.peer_report.as_ref().is_some_and(|r| r.leaving);
         let me_stopped = settings.stopped.contains(&self.me.name);
         let options = ClusterOptions {

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{in_sync, Cluster, IQN};
+use common::cluster::{in_sync, Cluster, LinkCut, IQN};
 use common::{qemu, require_tool};
 
 const VIP_URL: &str = "iscsi://127.0.0.10:3260/iqn.2025-08.local.twinsan:vol0/1";
@@ -386,6 +386,63 @@ fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
     );
     qemu::verify(VIP_URL, before, chunk);
     qemu::verify(VIP_URL, after, chunk);
+    for n in [1, 2] {
+        assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
+    }
+}
+
+#[test]
+fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
+    require_tool("qemu-io");
+    let mut c = Cluster::init("failover-fence", false, "64M");
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    assert!(text.contains("fencing = \"dont-care\""), "{text}");
+    std::fs::write(
+        &c.config,
+        text.replace("fencing = \"dont-care\"", "fencing = \"resource-only\""),
+    )
+    .expect("config");
+    let p = start_both(&mut c);
+    let q = other(p);
+    let chunk = 256u64 << 10;
+    let plan = qemu::plan(5, 64 << 20, chunk, 8);
+    // The replication link breaks; the cluster link (UDP) still works. Writes through the VIP go on once the
+    // primary has marked the peer Outdated through the cluster.
+    let cut = LinkCut::new();
+    qemu::write(VIP_URL, &plan, chunk);
+    c.wait_status(q, Duration::from_secs(20), "fenced: Outdated", |s| {
+        s["disk"] == "Outdated"
+    });
+    assert!(
+        c.log(p).contains("the peer marked its copy Outdated"),
+        "{}",
+        c.logs()
+    );
+    assert!(c.log(q).contains("fenced by the peer"), "{}", c.logs());
+    // The primary dies: the Outdated copy is never promoted.
+    c.kill(p);
+    wait_cluster(&c, q, Duration::from_secs(10), "node p OFFLINE", |s| {
+        online(s) == [format!("node{q}")]
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let s = cluster_status(&c, q);
+    assert!(
+        names(&resource(&s, "vol0")["promoted"]).is_empty(),
+        "an Outdated copy was promoted: {s:#}\n{}",
+        c.logs()
+    );
+    assert!(
+        names(&s["notes"]).iter().any(|n| n.contains("Outdated")),
+        "the notes do not say why nothing runs: {s:#}"
+    );
+    // The link heals and the old primary returns: the Outdated copy resyncs, the stack runs at p again.
+    drop(cut);
+    c.start(p);
+    c.wait_status(q, Duration::from_secs(60), "resynced", in_sync);
+    wait_cluster(&c, q, Duration::from_secs(30), "the stack back on p", |s| {
+        stack_on(s) == Some(format!("node{p}"))
+    });
+    qemu::verify(VIP_URL, &plan, chunk);
     for n in [1, 2] {
         assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
     }

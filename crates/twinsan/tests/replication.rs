@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::cluster::{first_difference, in_sync, peer, Cluster};
+use common::cluster::{first_difference, in_sync, peer, Cluster, LinkCut};
 use common::qemu;
 use common::twinsan_bin;
 
@@ -198,49 +198,6 @@ fn cluster_resync_sends_only_what_changed_and_verify_agrees() {
         c.logs()
     );
     qemu::verify(&c.url(1), &plan, CHUNK);
-}
-
-/// A table of our own in nftables that drops the replication traffic between the two nodes; removed on drop.
-struct LinkCut {
-    table: String,
-}
-
-impl LinkCut {
-    fn new() -> LinkCut {
-        let table = format!("twinsan_test_{}", std::process::id());
-        let rules = format!(
-            "table inet {table} {{\n  chain input {{ type filter hook input priority -10; \
-             ip saddr {{ 127.0.0.11, 127.0.0.12 }} ip daddr {{ 127.0.0.11, 127.0.0.12 }} tcp dport 7789 drop; \
-             ip saddr {{ 127.0.0.11, 127.0.0.12 }} ip daddr {{ 127.0.0.11, 127.0.0.12 }} tcp sport 7789 drop; }}\n}}\n"
-        );
-        let nft = common::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
-        let mut child = Command::new(&nft)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn nft");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(rules.as_bytes())
-            .expect("write rules");
-        assert!(
-            child.wait().expect("nft").success(),
-            "nft refused the rules:\n{rules}"
-        );
-        LinkCut { table }
-    }
-}
-
-impl Drop for LinkCut {
-    fn drop(&mut self) {
-        let nft = common::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
-        let _ = Command::new(nft)
-            .args(["delete", "table", "inet", &self.table])
-            .status();
-    }
 }
 
 /// Cuts the link, promotes and writes on the sides given, demotes those in `demote`, and heals.

@@ -258,3 +258,46 @@ pub fn first_difference(a: &Path, b: &Path, len: u64) -> Option<u64> {
     }
     None
 }
+
+/// A table of our own in nftables that drops the replication traffic between the two nodes; removed on drop.
+pub struct LinkCut {
+    table: String,
+}
+
+impl LinkCut {
+    pub fn new() -> LinkCut {
+        let table = format!("twinsan_test_{}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n  chain input {{ type filter hook input priority -10; \
+             ip saddr {{ 127.0.0.11, 127.0.0.12 }} ip daddr {{ 127.0.0.11, 127.0.0.12 }} tcp dport 7789 drop; \
+             ip saddr {{ 127.0.0.11, 127.0.0.12 }} ip daddr {{ 127.0.0.11, 127.0.0.12 }} tcp sport 7789 drop; }}\n}}\n"
+        );
+        let nft = super::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
+        let mut child = Command::new(&nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft refused the rules:\n{rules}"
+        );
+        LinkCut { table }
+    }
+}
+
+impl Drop for LinkCut {
+    fn drop(&mut self) {
+        let nft = super::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
+        let _ = Command::new(nft)
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
