@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod initiator;
+pub mod netns;
 pub mod qemu;
 
 use std::io::{BufRead, BufReader};
