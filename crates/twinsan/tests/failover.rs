@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{in_sync, Cluster, LinkCut, IQN};
@@ -164,64 +162,6 @@ fn managed_cluster_promotes_one_node_and_serves_at_the_vip() {
     }
 }
 
-/// Runs qemu-io with `cmds` against the VIP while the caller does something; returns every op's duration
-/// (qemu-io prints one timing line per command) and how many ops completed.
-fn qemu_io_streaming(cmds: &[String], during: impl FnOnce(usize)) -> (Vec<Duration>, String) {
-    let mut cmd = Command::new(require_tool("qemu-io"));
-    cmd.args(["-f", "raw"]);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    let mut child = cmd
-        .arg(VIP_URL)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn qemu-io");
-    let stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    during(child.id() as usize);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("qemu-io did not finish within 240 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
-    let out = reader.join().unwrap_or_default();
-    assert!(status.success(), "qemu-io failed ({status}):\n{out}\n{err}");
-    let durations = out
-        .lines()
-        .filter_map(|l| l.split("ops; ").nth(1))
-        .map(|t| {
-            let t = t.split(' ').next().unwrap_or("");
-            // `00.01` (seconds) or `0:00:02.81` (h:mm:ss.ss).
-            let secs: f64 = t.split(':').fold(0.0, |acc, part| {
-                acc * 60.0 + part.parse::<f64>().unwrap_or(f64::NAN)
-            });
-            Duration::from_secs_f64(if secs.is_finite() { secs } else { 1e6 })
-        })
-        .collect();
-    (durations, out + &err)
-}
-
 #[test]
 fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
     require_tool("qemu-io");
@@ -232,12 +172,9 @@ fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
     // the writes are under way.
     let chunk = 64u64 << 10;
     let plan = qemu::plan(11, 128 << 20, chunk, 600);
-    let cmds: Vec<String> = plan
-        .iter()
-        .map(|(off, pat)| format!("write -P {pat:#04x} {off} {chunk}"))
-        .collect();
+    let cmds = qemu::write_cmds(&plan, chunk);
     let pid = c.nodes[p - 1].as_ref().map(|n| n.pid()).unwrap_or(0);
-    let (durations, out) = qemu_io_streaming(&cmds, |_| {
+    let (durations, out) = qemu::stream_via(qemu::local(), VIP_URL, &cmds, || {
         std::thread::sleep(Duration::from_millis(700));
         // SAFETY: kill(2) on the pid of the node daemon this test started.
         unsafe {

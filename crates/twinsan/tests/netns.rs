@@ -378,24 +378,7 @@ const CHUNK: u64 = 64 << 10;
 
 /// qemu-io in the client namespace; fails the test on any error. Its output.
 fn qemu_io(lab: &Lab, url: &str, cmds: &[String]) -> String {
-    let mut cmd = lab.command(CLIENT, require_tool("qemu-io"));
-    cmd.args(["-f", "raw"]);
-    for c in cmds {
-        cmd.arg("-c").arg(c);
-    }
-    cmd.arg(url);
-    let out = run(&mut cmd, Duration::from_secs(120));
-    let t = text(&out);
-    assert!(
-        out.status.success(),
-        "qemu-io failed ({}):\n{t}",
-        out.status
-    );
-    assert!(
-        !t.contains("failed") && !t.contains("rror"),
-        "qemu-io reported an error:\n{t}"
-    );
-    t
+    qemu::qemu_io_via(lab.command(CLIENT, require_tool("qemu-io")), url, cmds)
 }
 
 #[test]

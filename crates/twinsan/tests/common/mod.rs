@@ -1,7 +1,7 @@
 //! Shared harness of the acceptance tests: run `twinsan serve` and real initiators (libiscsi's tools, QEMU).
 //!
 //! Every process a test starts is stopped by its pid when the guard drops; every file lives in a temporary
-//! folder removed at the end. Only loopback addresses are used.
+//! folder removed at the end. Addresses: loopback, or 198.18.0.0/15 inside the namespaces of `netns::Lab`.
 
 #![allow(dead_code)]
 

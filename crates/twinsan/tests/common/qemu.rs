@@ -25,9 +25,18 @@ pub fn plan(seed: u64, disk: u64, chunk: u64, count: usize) -> Vec<(u64, u8)> {
         .collect()
 }
 
+/// `qemu-io` run here; namespace tests pass `lab.command(CLIENT, ...)` instead to the `_via` functions.
+pub fn local() -> Command {
+    Command::new(require_tool("qemu-io"))
+}
+
 /// Runs qemu-io with `cmds` on `url`; fails the test on any error. Its output.
 pub fn qemu_io(url: &str, cmds: &[String]) -> String {
-    let mut cmd = Command::new(require_tool("qemu-io"));
+    qemu_io_via(local(), url, cmds)
+}
+
+/// [`qemu_io`], started as `base` (a `qemu-io` command, possibly wrapped, e.g. in `ip netns exec`).
+pub fn qemu_io_via(mut cmd: Command, url: &str, cmds: &[String]) -> String {
     cmd.args(["-f", "raw"]);
     for c in cmds {
         cmd.arg("-c").arg(c);
@@ -49,11 +58,12 @@ pub fn qemu_io(url: &str, cmds: &[String]) -> String {
 
 /// Writes every chunk of `plan` with its pattern; asserts each write completed.
 pub fn write(url: &str, plan: &[(u64, u8)], chunk: u64) {
-    let cmds: Vec<String> = plan
-        .iter()
-        .map(|(off, p)| format!("write -P {p:#04x} {off} {chunk}"))
-        .collect();
-    let out = qemu_io(url, &cmds);
+    write_via(local(), url, plan, chunk)
+}
+
+/// [`write`] with qemu-io started as `base`.
+pub fn write_via(base: Command, url: &str, plan: &[(u64, u8)], chunk: u64) {
+    let out = qemu_io_via(base, url, &write_cmds(plan, chunk));
     let wrote = out
         .lines()
         .filter(|l| l.starts_with(&format!("wrote {chunk}/{chunk} bytes")))
@@ -61,13 +71,25 @@ pub fn write(url: &str, plan: &[(u64, u8)], chunk: u64) {
     assert_eq!(wrote, plan.len(), "not every write completed:\n{out}");
 }
 
+/// The qemu-io commands that write `plan`.
+pub fn write_cmds(plan: &[(u64, u8)], chunk: u64) -> Vec<String> {
+    plan.iter()
+        .map(|(off, p)| format!("write -P {p:#04x} {off} {chunk}"))
+        .collect()
+}
+
 /// Reads every chunk of `plan` back and checks its pattern.
 pub fn verify(url: &str, plan: &[(u64, u8)], chunk: u64) {
+    verify_via(local(), url, plan, chunk)
+}
+
+/// [`verify`] with qemu-io started as `base`.
+pub fn verify_via(base: Command, url: &str, plan: &[(u64, u8)], chunk: u64) {
     let cmds: Vec<String> = plan
         .iter()
         .map(|(off, p)| format!("read -P {p:#04x} {off} {chunk}"))
         .collect();
-    let out = qemu_io(url, &cmds);
+    let out = qemu_io_via(base, url, &cmds);
     let reads = out
         .lines()
         .filter(|l| l.starts_with(&format!("read {chunk}/{chunk} bytes")))
@@ -77,4 +99,70 @@ pub fn verify(url: &str, plan: &[(u64, u8)], chunk: u64) {
         plan.len(),
         "not every read completed and verified:\n{out}"
     );
+}
+
+/// Runs qemu-io (started as `base`) with `cmds` on `url` while `during` runs; returns every command's duration
+/// (qemu-io prints one timing line per command, so the longest is the I/O pause an initiator saw) and the output.
+/// Fails the test if qemu-io fails or runs longer than 240 s.
+pub fn stream_via(
+    mut cmd: Command,
+    url: &str,
+    cmds: &[String],
+    during: impl FnOnce(),
+) -> (Vec<Duration>, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::time::Instant;
+    cmd.args(["-f", "raw"]);
+    for c in cmds {
+        cmd.arg("-c").arg(c);
+    }
+    let mut child = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qemu-io");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    during();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("qemu-io did not finish within 240 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let out = reader.join().unwrap_or_default();
+    assert!(status.success(), "qemu-io failed ({status}):\n{out}\n{err}");
+    let durations = out
+        .lines()
+        .filter_map(|l| l.split("ops; ").nth(1))
+        .map(|t| {
+            let t = t.split(' ').next().unwrap_or("");
+            // `00.01` (seconds) or `0:00:02.81` (h:mm:ss.ss); anything else counts as a very long pause.
+            let secs: f64 = t.split(':').fold(0.0, |acc, part| {
+                acc * 60.0 + part.parse::<f64>().unwrap_or(f64::NAN)
+            });
+            Duration::from_secs_f64(if secs.is_finite() { secs } else { 1e6 })
+        })
+        .collect();
+    (durations, out + &err)
 }
