@@ -129,6 +129,8 @@ struct State {
     leaving: bool,
     /// The peer has been Online since this node started.
     peer_seen_once: bool,
+    /// When the peer last went OFFLINE (while it is).
+    peer_offline_at: Option<Instant>,
 }
 
 struct Shared {
@@ -310,6 +312,7 @@ impl ClusterManager {
                 left: false,
                 leaving: false,
                 peer_seen_once: false,
+                peer_offline_at: None,
             }),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -631,12 +634,16 @@ impl Shared {
                 MemberOut::Send { link, bytes } => self.send_on(link, &bytes),
                 MemberOut::PeerOnline { .. } => {
                     info!(node = %self.peer.name, "node {} is Online", self.peer.name);
-                    self.lock().peer_seen_once = true;
+                    let mut st = self.lock();
+                    st.peer_seen_once = true;
+                    st.peer_offline_at = None;
                     changed = true;
                 }
                 MemberOut::PeerOffline { .. } => {
                     warn!(node = %self.peer.name, "node {} is OFFLINE: no heartbeat on any cluster link", self.peer.name);
-                    self.lock().peer_report = None;
+                    let mut st = self.lock();
+                    st.peer_report = None;
+                    st.peer_offline_at = Some(Instant::now());
                     changed = true;
                 }
                 MemberOut::PeerRestarted { .. } => {
@@ -972,7 +979,18 @@ impl Shared {
                 last_notes = schedule.notes.clone();
             }
             self.lock().notes = schedule.notes.clone();
-            let mine = self.my_share(&schedule.actions);
+            let mut mine = self.my_share(&schedule.actions);
+            // With a witness, a node that takes over waits one more detection timeout after the peer went
+            // OFFLINE: the peer, cut off on its side at about the same moment, has lost quorum by then and
+            // stopped — so the two are never Primary at once. Stops are never held back.
+            if self.witness.is_some() {
+                let settling = self.lock().peer_offline_at.is_some_and(|t| {
+                    t.elapsed() < Duration::from_millis(self.config.cluster.detection_timeout_ms)
+                });
+                if settling {
+                    mine = self.without_starts(mine);
+                }
+            }
             // A peer that is Online but has not reported yet (it just came up, or came back) is not known to run
             // nothing: act once its report is in.
             // A node that has just started waits a while for its peer before it runs anything alone (DRBD's
@@ -1037,6 +1055,24 @@ impl Shared {
             .values()
             .any(|r| r.status != RunStatus::Stopped && r.kind != ResourceKind::Volume)
             && !self.volumes.values().any(|v| v.is_primary())
+    }
+
+    /// `actions` cut, per volume, before its first promotion or start.
+    fn without_starts(&self, actions: Vec<Action>) -> Vec<Action> {
+        let mut held: BTreeSet<String> = BTreeSet::new();
+        actions
+            .into_iter()
+            .filter(|a| {
+                if held.contains(a.volume()) {
+                    return false;
+                }
+                if matches!(a, Action::Promote { .. } | Action::Start { .. }) {
+                    held.insert(a.volume().to_string());
+                    return false;
+                }
+                true
+            })
+            .collect()
     }
 
     /// The leading actions of each volume's list that are this node's.

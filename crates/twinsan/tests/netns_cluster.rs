@@ -1,0 +1,422 @@
+//! The managed cluster across network namespaces (SPEC 4): node1 and node2 each in a namespace of their own,
+//! joined by two links (198.18.0.0/24 for the cluster, replication and clients; 198.18.1.0/24 a second cluster
+//! link), a client namespace running QEMU's iSCSI driver, and a real virtual IP, 198.18.0.10, that the cluster
+//! manager adds with netlink and announces with gratuitous ARP. Optionally a witness in a namespace of its own.
+//!
+//! Needs root (namespaces); CI runs as root. One test at a time (nextest group `netns`).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::cluster::in_sync;
+use common::netns::{require_root, Lab, LabOptions, Proc, CLIENT, NODE1, NODE2, WITNESS};
+use common::{qemu, require_tool, run, text, twinsan_bin, TempDir};
+
+const VIP: &str = "198.18.0.10";
+const URL: &str = "iscsi://198.18.0.10:3260/iqn.2025-08.local.twinsan:vol0/1";
+const WITNESS_ADDR: &str = "198.18.0.13:5406";
+const CHUNK: u64 = 64 << 10;
+
+/// A managed cluster in the lab. Fields drop in order: the daemons, then the lab, then the folder.
+struct NsCluster {
+    nodes: [Option<Proc>; 2],
+    witness: Option<Proc>,
+    lab: Lab,
+    config: PathBuf,
+    _dir: TempDir,
+}
+
+fn host(n: usize) -> &'static str {
+    if n == 1 {
+        NODE1
+    } else {
+        NODE2
+    }
+}
+
+impl NsCluster {
+    /// `twinsan init` (managed), then the config moved onto the lab's addresses: node addresses on link 0, a
+    /// second cluster link, the VIP on eth0; with `witness`, the witness address.
+    fn new(tag: &str, witness: bool) -> NsCluster {
+        require_root();
+        require_tool("qemu-io");
+        let dir = TempDir::new(tag);
+        let folder = dir.path().join("c");
+        let out = run(
+            std::process::Command::new(twinsan_bin())
+                .arg("init")
+                .arg(&folder)
+                .args(["--size", "64M"]),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "twinsan init:\n{}", text(&out));
+        let config = folder.join("twinsan.toml");
+        let mut cfg = std::fs::read_to_string(&config).expect("config");
+        for (from, to) in [
+            (
+                "address = \"127.0.0.11\"",
+                "address = \"198.18.0.11\"\nlinks = [\"198.18.1.11\"]",
+            ),
+            (
+                "address = \"127.0.0.12\"",
+                "address = \"198.18.0.12\"\nlinks = [\"198.18.1.12\"]",
+            ),
+            (
+                "vip = \"127.0.0.10\"",
+                "vip = \"198.18.0.10\"\nvip_prefix = 24\nvip_interface = \"eth0\"",
+            ),
+        ] {
+            assert!(cfg.contains(from), "init's config lacks {from}:\n{cfg}");
+            cfg = cfg.replacen(from, to, 1);
+        }
+        if witness {
+            cfg = cfg.replacen(
+                "manual = false",
+                &format!("manual = false\nwitness = \"{WITNESS_ADDR}\""),
+                1,
+            );
+        }
+        std::fs::write(&config, cfg).expect("write config");
+        let lab = Lab::new(LabOptions {
+            second_link: true,
+            witness,
+            ..LabOptions::new(tag)
+        });
+        NsCluster {
+            nodes: [None, None],
+            witness: None,
+            lab,
+            config,
+            _dir: dir,
+        }
+    }
+
+    fn start_witness(&mut self) {
+        let mut cmd = self.lab.command(WITNESS, twinsan_bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["witness", "--listen", WITNESS_ADDR])
+            .env("TWINSAN_LOG", "info");
+        self.witness = Some(Proc::spawn("twinsan witness", &mut cmd));
+    }
+
+    /// Starts node `n` in its namespace and waits for its admin socket.
+    fn start(&mut self, n: usize) {
+        let mut cmd = self.lab.command(host(n), twinsan_bin());
+        cmd.args(["node", "run", "--config"])
+            .arg(&self.config)
+            .args(["--node", host(n)])
+            .env("TWINSAN_LOG", "info");
+        self.nodes[n - 1] = Some(Proc::spawn(&format!("node{n}"), &mut cmd));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.cli_raw(n, &["volume", "status", "--json", "vol0"]).0 {
+            if let Some(p) = self.nodes[n - 1].as_mut() {
+                if let Some(status) = p.exited() {
+                    panic!("node{n} exited ({status}):\n{}", p.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{n} did not come up:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self, n: usize) -> String {
+        self.nodes[n - 1]
+            .as_ref()
+            .map(|p| p.log())
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let w = self.witness.as_ref().map(|p| p.log()).unwrap_or_default();
+        format!(
+            "--- node1:\n{}\n--- node2:\n{}\n--- witness:\n{w}",
+            self.log(1),
+            self.log(2)
+        )
+    }
+
+    /// The admin socket is a Unix socket in the folder: the CLI reaches it from outside the namespaces.
+    fn cli_raw(&self, n: usize, args: &[&str]) -> (bool, String) {
+        let mut cmd = std::process::Command::new(twinsan_bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--node", host(n)])
+            .args(args);
+        let out = run(&mut cmd, Duration::from_secs(60));
+        (out.status.success(), text(&out))
+    }
+
+    fn cli(&self, n: usize, args: &[&str]) -> String {
+        let (ok, out) = self.cli_raw(n, args);
+        assert!(ok, "twinsan {args:?} on node{n}:\n{out}\n{}", self.logs());
+        out
+    }
+
+    fn json(&self, n: usize, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(n, args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("JSON ({e}):\n{out}"))
+    }
+
+    fn volume(&self, n: usize) -> serde_json::Value {
+        self.json(n, &["volume", "status", "--json", "vol0"])
+    }
+
+    fn cluster(&self, n: usize) -> serde_json::Value {
+        self.json(n, &["status", "--json"])
+    }
+
+    fn wait<T>(&self, limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = probe() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Where the whole stack runs in node `n`'s view.
+    fn stack_on(&self, n: usize) -> Option<usize> {
+        let s = self.cluster(n);
+        let res = |name: &str| -> serde_json::Value {
+            s["resources"]
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r["name"] == name).cloned())
+                .unwrap_or_default()
+        };
+        let promoted = res("vol0")["promoted"].clone();
+        let node = promoted.as_array().filter(|a| a.len() == 1)?[0]
+            .as_str()?
+            .to_string();
+        for r in ["vol0-vip", "vol0-target", "vol0-lun1"] {
+            if res(r)["started"] != serde_json::json!([node.clone()]) {
+                return None;
+            }
+        }
+        node.trim_start_matches("node").parse().ok()
+    }
+
+    fn client(&self) -> std::process::Command {
+        self.lab.command(CLIENT, require_tool("qemu-io"))
+    }
+
+    fn has_vip(&self, n: usize) -> bool {
+        self.lab
+            .addrs(host(n), "eth0")
+            .iter()
+            .any(|a| a.starts_with(&format!("{VIP}/")))
+    }
+
+    fn stop(&mut self, n: usize) {
+        if let Some(mut p) = self.nodes[n - 1].take() {
+            let status = p.terminate(Duration::from_secs(40));
+            assert!(
+                status.success(),
+                "node{n} stopped with {status}:\n{}",
+                p.log()
+            );
+        }
+    }
+}
+
+fn other(n: usize) -> usize {
+    3 - n
+}
+
+/// Both nodes up and the stack on one; returns it.
+fn up(c: &mut NsCluster) -> usize {
+    c.start(1);
+    c.start(2);
+    c.wait(Duration::from_secs(30), "the stack up on one node", || {
+        c.stack_on(1).filter(|&p| c.stack_on(2) == Some(p))
+    })
+}
+
+#[test]
+fn vip_moves_to_the_survivor_and_the_client_follows_at_once() {
+    let mut c = NsCluster::new("vip", false);
+    let p = up(&mut c);
+    let q = other(p);
+    assert!(
+        c.has_vip(p),
+        "the VIP is not on node{p}'s eth0: {:?}",
+        c.lab.addrs(host(p), "eth0")
+    );
+    assert!(!c.has_vip(q), "the VIP is on node{q} too");
+    let plan = qemu::plan(21, 64 << 20, CHUNK, 400);
+    qemu::write_via(c.client(), URL, &plan[..16], CHUNK);
+    let mac_p = c.lab.mac(host(p), "eth0");
+    let mac_q = c.lab.mac(host(q), "eth0");
+    assert_eq!(
+        c.lab.neigh(CLIENT, VIP),
+        Some(mac_p.clone()),
+        "the client reached the VIP at node{p}"
+    );
+    // The primary's machine dies: the daemon is killed and its links go silent at once.
+    let cmds = qemu::write_cmds(&plan[16..], CHUNK);
+    let (durations, out) = qemu::stream_via(c.client(), URL, &cmds, || {
+        std::thread::sleep(Duration::from_millis(600));
+        if let Some(proc) = c.nodes[p - 1].as_mut() {
+            proc.kill();
+        }
+        c.lab.isolate(host(p));
+    });
+    let acked = out
+        .lines()
+        .filter(|l| l.starts_with(&format!("wrote {CHUNK}/{CHUNK} bytes")))
+        .count();
+    assert_eq!(
+        acked,
+        plan.len() - 16,
+        "every write completes across the failover:\n{out}"
+    );
+    let pause = durations.iter().copied().max().unwrap_or_default();
+    println!("failover in namespaces: the longest write took {pause:?}");
+    assert!(
+        pause < Duration::from_secs(5),
+        "I/O at the VIP did not resume within 5 s: the longest write took {pause:?}\n{}",
+        c.logs()
+    );
+    // The client's neighbour entry for the VIP points at the survivor: the gratuitous ARP updated it (an entry
+    // left to expire would still name the dead node's MAC for tens of seconds).
+    assert_eq!(
+        c.lab.neigh(CLIENT, VIP),
+        Some(mac_q),
+        "the client's ARP entry for the VIP"
+    );
+    assert!(c.has_vip(q), "the VIP is not on node{q}");
+    qemu::verify_via(c.client(), URL, &plan, CHUNK);
+    // The old primary's machine comes back: its daemon removes the VIP left on its interface, it resyncs as
+    // Secondary, and the stack stays on the survivor.
+    c.lab.heal_node(host(p));
+    c.start(p);
+    c.wait(
+        Duration::from_secs(20),
+        "the stale VIP removed from the returning node",
+        || (!c.has_vip(p)).then_some(()),
+    );
+    c.wait(Duration::from_secs(60), "back in sync", || {
+        in_sync(&c.volume(q)).then_some(())
+    });
+    assert_eq!(c.stack_on(p), Some(q), "{:#}", c.cluster(p));
+    qemu::verify_via(c.client(), URL, &plan, CHUNK);
+    c.stop(p);
+    c.stop(q);
+    assert!(!c.has_vip(q), "a stopped node left its VIP behind");
+}
+
+#[test]
+fn split_brain_without_witness_is_reported_on_heal() {
+    let mut c = NsCluster::new("sb", false);
+    let p = up(&mut c);
+    let q = other(p);
+    qemu::write_via(c.client(), URL, &qemu::plan(5, 64 << 20, CHUNK, 8), CHUNK);
+    // Every link between the nodes is cut; the client still reaches both. The seed's two-node mode: each side
+    // decides alone, so the other node promotes too.
+    c.lab.cut_between_nodes();
+    c.wait(Duration::from_secs(20), "both sides Primary", || {
+        (c.volume(p)["role"] == "Primary" && c.volume(q)["role"] == "Primary").then_some(())
+    });
+    assert_eq!(c.stack_on(q), Some(q), "{:#}", c.cluster(q));
+    c.lab.heal_between_nodes();
+    // On heal the split brain is detected and reported on both sides, and the cluster keeps one Primary.
+    for n in [p, q] {
+        c.wait(Duration::from_secs(20), "the split brain reported", || {
+            let v = c.volume(n);
+            (v["split_brain"] == true && v["peers"][0]["connection"] == "StandAlone").then_some(())
+        });
+        assert!(
+            c.log(n).contains("split brain"),
+            "node{n} did not log it:\n{}",
+            c.log(n)
+        );
+    }
+    let keeper = c.wait(Duration::from_secs(20), "one Primary again", || {
+        let roles = [c.volume(1)["role"].clone(), c.volume(2)["role"].clone()];
+        match roles {
+            [a, b] if a == "Primary" && b == "Secondary" => Some(1),
+            [a, b] if a == "Secondary" && b == "Primary" => Some(2),
+            _ => None,
+        }
+    });
+    let text = c.cli(keeper, &["status"]);
+    assert!(text.contains("split-brain:yes"), "{text}");
+    // The documented recovery: the other node discards its changes.
+    let loser = other(keeper);
+    c.cli(loser, &["volume", "connect", "--discard-my-data", "vol0"]);
+    c.cli(keeper, &["volume", "connect", "vol0"]);
+    c.wait(Duration::from_secs(60), "resolved and in sync", || {
+        let v = c.volume(keeper);
+        (in_sync(&v) && v["split_brain"] == false).then_some(())
+    });
+    c.stop(1);
+    c.stop(2);
+}
+
+#[test]
+fn witness_keeps_a_single_primary_through_the_cut() {
+    let mut c = NsCluster::new("wit", true);
+    c.start_witness();
+    let p = up(&mut c);
+    let q = other(p);
+    let holder = c.wait(Duration::from_secs(10), "the witness vote held", || {
+        c.cluster(p)["witness"]["vote"].as_str().map(str::to_string)
+    });
+    let plan = qemu::plan(9, 64 << 20, CHUNK, 8);
+    qemu::write_via(c.client(), URL, &plan, CHUNK);
+    c.lab.cut_between_nodes();
+    // Checked continuously for 8 s: never two Primaries.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut samples = 0;
+    let mut last = (String::new(), String::new());
+    while Instant::now() < deadline {
+        let a = c.volume(1)["role"].as_str().unwrap_or("").to_string();
+        let b = c.volume(2)["role"].as_str().unwrap_or("").to_string();
+        assert!(
+            !(a == "Primary" && b == "Primary"),
+            "two Primaries during the cut (sample {samples}; the vote was at {holder})\n{}",
+            c.logs()
+        );
+        samples += 1;
+        last = (a, b);
+    }
+    println!("witness: {samples} samples during the cut, last roles {last:?}, vote at {holder}");
+    // The side with the vote runs the stack; the other runs nothing.
+    let winner: usize = c.wait(
+        Duration::from_secs(10),
+        "the stack on the side with the vote",
+        || [1, 2].into_iter().find(|&n| c.stack_on(n) == Some(n)),
+    );
+    let v = c.cluster(winner);
+    assert_eq!(v["witness"]["vote"], format!("node{winner}"), "{v:#}");
+    assert_eq!(c.volume(other(winner))["role"], "Secondary");
+    qemu::verify_via(c.client(), URL, &plan, CHUNK);
+    // Healed: no split brain, back in sync.
+    c.lab.heal_between_nodes();
+    c.wait(Duration::from_secs(60), "in sync after the cut", || {
+        let v = c.volume(winner);
+        (in_sync(&v) && v["split_brain"] == false).then_some(())
+    });
+    assert_eq!(c.volume(q)["split_brain"], false);
+    c.stop(1);
+    c.stop(2);
+    if let Some(mut w) = c.witness.take() {
+        assert!(
+            w.terminate(Duration::from_secs(10)).success(),
+            "{}",
+            w.log()
+        );
+    }
+}
