@@ -6,6 +6,7 @@ mod progress;
 mod serve;
 mod size;
 mod volume_cmd;
+mod witness_cmd;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,8 @@ enum Command {
     /// Replicated volumes: metadata, roles, connection, resync, status.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
+    /// Be the third-site tie-breaker of a cluster: lend one vote to one node at a time (UDP, default port 5406).
+    Witness(witness_cmd::WitnessArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => init_cmd::run(args),
         Command::Node(cmd) => node_cmd::run(&cli.global, cmd),
         Command::Volume(cmd) => volume_cmd::run(&cli.global, cmd),
+        Command::Witness(args) => witness_cmd::run(&cli.global, args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
