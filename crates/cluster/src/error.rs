@@ -168,3 +168,130 @@ pub enum MembershipError {
         interval_ms: u128,
     },
 }
+
+/// A witness datagram that is refused or ignored, or a witness configuration that cannot run. No reply is sent
+/// for a refused datagram.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WitnessError {
+    /// The datagram is not the size of the message expected.
+    #[error("witness: {len} bytes, expected {expected}")]
+    WrongLength {
+        /// The datagram's length.
+        len: usize,
+        /// The length of the message expected.
+        expected: usize,
+    },
+    /// The datagram does not start with the witness magic: not a twinsan witness message.
+    #[error("witness: bad magic, not a twinsan witness message")]
+    BadMagic,
+    /// The message's format version is not one this program speaks.
+    #[error(
+        "witness: format version {version} is not supported (this program speaks {supported})"
+    )]
+    UnsupportedVersion {
+        /// The version in the message.
+        version: u8,
+        /// The version this program speaks.
+        supported: u8,
+    },
+    /// A reply where a request was expected, or the other way round (a reflected datagram).
+    #[error("witness: message kind {kind}, expected {expected} (1 request, 2 reply)")]
+    WrongKind {
+        /// The kind in the message.
+        kind: u8,
+        /// The kind expected here.
+        expected: u8,
+    },
+    /// The MAC does not verify: the sender does not know the cluster's secret, or the datagram was damaged.
+    #[error("witness: bad MAC: the sender does not have this cluster's secret, or the datagram was damaged")]
+    BadMac,
+    /// An authenticated message with a field no correct peer sends.
+    #[error("witness: field {field} has the invalid value {value}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The message belongs to another cluster that shares the secret (a misconfigured cluster name).
+    #[error("witness: message of cluster {cluster_id}, this is cluster {expected}")]
+    WrongCluster {
+        /// The cluster id in the message.
+        cluster_id: u64,
+        /// This side's cluster id.
+        expected: u64,
+    },
+    /// A request from an older incarnation of a node than one already answered: a datagram from before the
+    /// node's restart, or the node's incarnation went backwards.
+    #[error("witness: node {node} incarnation {incarnation} is older than incarnation {known} already answered")]
+    StaleIncarnation {
+        /// The node.
+        node: u8,
+        /// The incarnation in the request.
+        incarnation: u64,
+        /// The newest incarnation answered.
+        known: u64,
+    },
+    /// A request not newer than the last one answered for its node: a duplicate, reordered or replayed datagram.
+    #[error(
+        "witness: node {node} request seq {seq} is not newer than seq {last} already answered"
+    )]
+    NotNewer {
+        /// The node.
+        node: u8,
+        /// The seq in the request.
+        seq: u64,
+        /// The last seq answered.
+        last: u64,
+    },
+    /// A reply meant for another node (two nodes configured with one address, or a misrouted datagram).
+    #[error("witness: reply for node {node}, this is node {expected}")]
+    WrongNode {
+        /// The node id in the reply.
+        node: u8,
+        /// This node's id.
+        expected: u8,
+    },
+    /// A reply to a previous incarnation of this node.
+    #[error("witness: reply for incarnation {incarnation}, this node runs incarnation {expected}")]
+    WrongIncarnation {
+        /// The incarnation in the reply.
+        incarnation: u64,
+        /// This node's incarnation.
+        expected: u64,
+    },
+    /// A reply to no request waiting for one: a duplicate, a reply to a request too old to remember, or to one
+    /// never sent.
+    #[error("witness: reply to request seq {seq}, which is not waiting for a reply")]
+    NotOutstanding {
+        /// The seq in the reply.
+        seq: u64,
+    },
+    /// The lease is zero, not whole milliseconds, or more than `u32::MAX` ms.
+    #[error(
+        "witness.lease: {lease_ns} ns; expected whole milliseconds, from 1 ms to 4294967295 ms"
+    )]
+    BadLease {
+        /// The configured lease.
+        lease_ns: u128,
+    },
+    /// Node id 0 is not a node.
+    #[error("witness.node_id: 0 is not a node id")]
+    NodeIdZero,
+    /// The request interval is zero.
+    #[error("witness.interval: must be more than zero")]
+    ZeroInterval,
+    /// The lease margin is zero, so a node's belief could outlive the witness's lease.
+    #[error("witness.lease_margin: must be more than zero")]
+    ZeroMargin,
+    /// The freshness is not longer than the interval, so the witness would look unreachable between answers.
+    #[error(
+        "witness.fresh_for: {fresh_ms} ms must be longer than the interval ({interval_ms} ms)"
+    )]
+    FreshTooShort {
+        /// The configured freshness.
+        fresh_ms: u128,
+        /// The interval.
+        interval_ms: u128,
+    },
+}

@@ -7,6 +7,7 @@ mod progress;
 mod serve;
 mod size;
 mod volume_cmd;
+mod witness_cmd;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,8 @@ enum Command {
     /// The iSCSI targets.
     #[command(subcommand)]
     Target(cluster_cmd::TargetCommand),
+    /// Be the third-site tie-breaker of a cluster: lend one vote to one node at a time (UDP, default port 5406).
+    Witness(witness_cmd::WitnessArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(cmd) => cluster_cmd::cluster(&cli.global, cmd),
         Command::Resource(cmd) => cluster_cmd::resource(&cli.global, cmd),
         Command::Target(cmd) => cluster_cmd::target(&cli.global, cmd),
+        Command::Witness(args) => witness_cmd::run(&cli.global, args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
