@@ -968,7 +968,7 @@ impl Shared {
                 self.monitor();
             }
             self.clear_settled_fences();
-            let (input, me_left, me_stopped) = self.build_input();
+            let (input, me_left, me_stopped, peer_unknown) = self.build_input();
             let schedule = scheduler::schedule(&input);
             if schedule.notes != last_notes {
                 for note in &schedule.notes {
@@ -995,11 +995,7 @@ impl Shared {
             // nothing: act once its report is in.
             // A node that has just started waits a while for its peer before it runs anything alone (DRBD's
             // wait-for-connection at boot): the peer may hold the newer data.
-            let peer_unknown = {
-                let st = self.lock();
-                (st.peer_report.is_none() && self.peer_online(&st))
-                    || (!st.peer_seen_once && self.epoch.elapsed() < self.startup_wait())
-            };
+            // Both judged on the snapshot the schedule was made from.
             if peer_unknown && !mine.is_empty() && !waited_logged {
                 waited_logged = true;
                 info!(
@@ -1089,10 +1085,13 @@ impl Shared {
         mine
     }
 
-    /// Builds the scheduler's input; also says whether this node has left (`cluster stop` done) and whether it
-    /// is stopped.
-    fn build_input(&self) -> (ClusterInput, bool, bool) {
+    /// Builds the scheduler's input, under one lock; also says whether this node has left (`cluster stop` done),
+    /// whether it is stopped, and whether the peer's state is unknown (Online without a report yet, or not seen
+    /// since this node started and the start-up wait not over) — then nothing may be acted on.
+    fn build_input(&self) -> (ClusterInput, bool, bool, bool) {
         let st = self.lock();
+        let peer_unknown = (st.peer_report.is_none() && self.peer_online(&st))
+            || (!st.peer_seen_once && self.epoch.elapsed() < self.startup_wait());
         let settings = &st.settings;
         let cfg = &self.config.cluster;
         let peer_online =
@@ -1279,7 +1278,7 @@ impl Shared {
                 resources,
             },
         };
-        (input, st.left, me_stopped)
+        (input, st.left, me_stopped, peer_unknown)
     }
 
     /// Runs this node's actions in order; stops at the first failure (recorded; the next schedule sees it).
@@ -1752,7 +1751,7 @@ impl Shared {
     }
 
     fn cluster_status(&self) -> api::ClusterStatus {
-        let (input, _, _) = self.build_input();
+        let (input, ..) = self.build_input();
         let st = self.lock();
         let settings = &st.settings;
         let view_online = |name: &str| input.state.nodes.iter().any(|n| n.name == name && n.online);

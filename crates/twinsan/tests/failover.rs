@@ -7,6 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use std::process::Command;
+
 use common::cluster::{in_sync, Cluster, LinkCut, IQN};
 use common::{qemu, require_tool};
 
@@ -174,25 +176,37 @@ fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
     let plan = qemu::plan(11, 128 << 20, chunk, 600);
     let cmds = qemu::write_cmds(&plan, chunk);
     let pid = c.nodes[p - 1].as_ref().map(|n| n.pid()).unwrap_or(0);
-    let (durations, out) = qemu::stream_via(qemu::local(), VIP_URL, &cmds, || {
-        std::thread::sleep(Duration::from_millis(700));
-        // SAFETY: kill(2) on the pid of the node daemon this test started.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    });
+    let mut killed_at = Instant::now();
+    let stream = qemu::stream_via(
+        qemu::line_buffered(|program| Command::new(program)),
+        VIP_URL,
+        &cmds,
+        |progress| {
+            progress.wait_acked(100);
+            killed_at = Instant::now();
+            // SAFETY: kill(2) on the pid of the node daemon this test started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        },
+    );
     c.kill(p);
-    let acked = out
-        .lines()
-        .filter(|l| l.starts_with(&format!("wrote {chunk}/{chunk} bytes")))
-        .count();
+    let acked = stream.acked_after(Instant::now() - Duration::from_secs(3600));
     assert_eq!(
         acked,
         plan.len(),
-        "every write must complete (the initiator retries across the failover):\n{out}"
+        "every write must complete (the initiator retries across the failover):\n{}",
+        stream.output
     );
-    let pause = durations.iter().copied().max().unwrap_or_default();
-    println!("failover: the longest write took {pause:?} (the I/O pause at the initiator)");
+    assert!(
+        stream.acked_after(killed_at) > 0,
+        "no write was acknowledged after the kill: the failover was not under I/O"
+    );
+    let pause = stream.longest();
+    println!(
+        "failover: the longest write took {pause:?} (the I/O pause at the initiator); {} writes after the kill",
+        stream.acked_after(killed_at)
+    );
     assert!(
         pause < Duration::from_secs(5),
         "I/O at the VIP did not resume within 5 s of the kill: the longest write took {pause:?}\n{}",

@@ -266,24 +266,37 @@ fn vip_moves_to_the_survivor_and_the_client_follows_at_once() {
     );
     // The primary's machine dies: the daemon is killed and its links go silent at once.
     let cmds = qemu::write_cmds(&plan[16..], CHUNK);
-    let (durations, out) = qemu::stream_via(c.client(), URL, &cmds, || {
-        std::thread::sleep(Duration::from_millis(600));
-        if let Some(proc) = c.nodes[p - 1].as_mut() {
-            proc.kill();
-        }
-        c.lab.isolate(host(p));
-    });
-    let acked = out
-        .lines()
-        .filter(|l| l.starts_with(&format!("wrote {CHUNK}/{CHUNK} bytes")))
-        .count();
-    assert_eq!(
-        acked,
-        plan.len() - 16,
-        "every write completes across the failover:\n{out}"
+    let mut killed_at = Instant::now();
+    let lab = &c.lab;
+    let node = &mut c.nodes[p - 1];
+    let stream = qemu::stream_via(
+        qemu::line_buffered(|program| lab.command(CLIENT, program)),
+        URL,
+        &cmds,
+        |progress| {
+            progress.wait_acked(64);
+            killed_at = Instant::now();
+            if let Some(proc) = node.as_mut() {
+                proc.kill();
+            }
+            lab.isolate(host(p));
+        },
     );
-    let pause = durations.iter().copied().max().unwrap_or_default();
-    println!("failover in namespaces: the longest write took {pause:?}");
+    assert_eq!(
+        stream.acked_after(killed_at - Duration::from_secs(3600)),
+        plan.len() - 16,
+        "every write completes across the failover:\n{}",
+        stream.output
+    );
+    assert!(
+        stream.acked_after(killed_at) > 0,
+        "no write was acknowledged after the kill: the failover was not under I/O"
+    );
+    let pause = stream.longest();
+    println!(
+        "failover in namespaces: the longest write took {pause:?}; {} writes after the kill",
+        stream.acked_after(killed_at)
+    );
     assert!(
         pause < Duration::from_secs(5),
         "I/O at the VIP did not resume within 5 s: the longest write took {pause:?}\n{}",
@@ -403,10 +416,16 @@ fn witness_keeps_a_single_primary_through_the_cut() {
     assert_eq!(v["witness"]["vote"], format!("node{winner}"), "{v:#}");
     assert_eq!(c.volume(other(winner))["role"], "Secondary");
     qemu::verify_via(c.client(), URL, &plan, CHUNK);
-    // Healed: no split brain, back in sync.
+    // Healed: no split brain, back in sync — and still never two Primaries while the nodes meet again.
     c.lab.heal_between_nodes();
     c.wait(Duration::from_secs(60), "in sync after the cut", || {
         let v = c.volume(winner);
+        let loser = c.volume(other(winner));
+        assert!(
+            !(v["role"] == "Primary" && loser["role"] == "Primary"),
+            "two Primaries after the heal\n{}",
+            c.logs()
+        );
         (in_sync(&v) && v["split_brain"] == false).then_some(())
     });
     assert_eq!(c.volume(q)["split_brain"], false);

@@ -101,17 +101,81 @@ pub fn verify_via(base: Command, url: &str, plan: &[(u64, u8)], chunk: u64) {
     );
 }
 
-/// Runs qemu-io (started as `base`) with `cmds` on `url` while `during` runs; returns every command's duration
-/// (qemu-io prints one timing line per command, so the longest is the I/O pause an initiator saw) and the output.
-/// Fails the test if qemu-io fails or runs longer than 240 s.
+/// `qemu-io` with its output line-buffered (`stdbuf -oL`), so each command's result arrives as it completes:
+/// what [`stream_via`] needs. `wrap` puts a prefix in front (`ip netns exec NS`), or none.
+pub fn line_buffered(wrap: impl FnOnce(&str) -> Command) -> Command {
+    let qemu_io = require_tool("qemu-io");
+    let mut cmd = wrap("stdbuf");
+    cmd.arg("-oL").arg(qemu_io);
+    cmd
+}
+
+/// What a running [`stream_via`] has seen so far.
+pub struct Progress {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+}
+
+impl Progress {
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.starts_with("wrote "))
+            .count()
+    }
+
+    /// Waits until `n` writes are acknowledged (at most 60 s).
+    pub fn wait_acked(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.acked() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "qemu-io acknowledged only {} writes in 60 s",
+                self.acked()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// What [`stream_via`] saw.
+pub struct Stream {
+    /// Each command's duration, as qemu-io timed it: the longest is the I/O pause the initiator saw.
+    pub durations: Vec<Duration>,
+    /// When each line of output arrived.
+    pub lines: Vec<(std::time::Instant, String)>,
+    /// All output.
+    pub output: String,
+}
+
+impl Stream {
+    /// Writes acknowledged (in all, and after `t`).
+    pub fn acked_after(&self, t: std::time::Instant) -> usize {
+        self.lines
+            .iter()
+            .filter(|(at, l)| *at > t && l.starts_with("wrote "))
+            .count()
+    }
+
+    /// The longest command.
+    pub fn longest(&self) -> Duration {
+        self.durations.iter().copied().max().unwrap_or_default()
+    }
+}
+
+/// Runs qemu-io (`cmd`, from [`line_buffered`]) with `cmds` on `url` while `during` runs with a view of its
+/// progress. Fails the test if qemu-io fails or runs longer than 240 s.
 pub fn stream_via(
     mut cmd: Command,
     url: &str,
     cmds: &[String],
-    during: impl FnOnce(),
-) -> (Vec<Duration>, String) {
+    during: impl FnOnce(&Progress),
+) -> Stream {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
     use std::time::Instant;
     cmd.args(["-f", "raw"]);
     for c in cmds {
@@ -125,15 +189,18 @@ pub fn stream_via(
         .spawn()
         .expect("spawn qemu-io");
     let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
     let reader = std::thread::spawn(move || {
-        let mut all = String::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            all.push_str(&line);
-            all.push('\n');
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((Instant::now(), line));
         }
-        all
     });
-    during();
+    during(&Progress {
+        lines: lines.clone(),
+    });
     let deadline = Instant::now() + Duration::from_secs(240);
     let status = loop {
         if let Ok(Some(s)) = child.try_wait() {
@@ -150,11 +217,14 @@ pub fn stream_via(
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let out = reader.join().unwrap_or_default();
-    assert!(status.success(), "qemu-io failed ({status}):\n{out}\n{err}");
-    let durations = out
-        .lines()
-        .filter_map(|l| l.split("ops; ").nth(1))
+    let _ = reader.join();
+    let lines = std::mem::take(&mut *lines.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut output: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    output += &err;
+    assert!(status.success(), "qemu-io failed ({status}):\n{output}");
+    let durations = lines
+        .iter()
+        .filter_map(|(_, l)| l.split("ops; ").nth(1))
         .map(|t| {
             let t = t.split(' ').next().unwrap_or("");
             // `00.01` (seconds) or `0:00:02.81` (h:mm:ss.ss); anything else counts as a very long pause.
@@ -164,5 +234,9 @@ pub fn stream_via(
             Duration::from_secs_f64(if secs.is_finite() { secs } else { 1e6 })
         })
         .collect();
-    (durations, out + &err)
+    Stream {
+        durations,
+        lines,
+        output,
+    }
 }
