@@ -904,6 +904,7 @@ impl Shared {
                     })
                     .collect(),
                 settings: st.settings.clone(),
+                failed_actions: st.failed_actions.clone(),
             }
         };
         self.send_message(&Message::Report(report));
@@ -1871,7 +1872,13 @@ impl Shared {
             }),
             nodes,
             resources,
-            failed_actions: st.failed_actions.clone(),
+            failed_actions: {
+                let mut all = st.failed_actions.clone();
+                if let Some(r) = st.peer_report.as_ref() {
+                    all.extend(r.failed_actions.iter().take(32).cloned());
+                }
+                all
+            },
             constraints: settings
                 .locations
                 .iter()

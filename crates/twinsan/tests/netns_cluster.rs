@@ -40,6 +40,11 @@ impl NsCluster {
     /// `twinsan init` (managed), then the config moved onto the lab's addresses: node addresses on link 0, a
     /// second cluster link, the VIP on eth0; with `witness`, the witness address.
     fn new(tag: &str, witness: bool) -> NsCluster {
+        Self::with_options(tag, witness, "")
+    }
+
+    /// [`NsCluster::new`] with more `[cluster]` options.
+    fn with_options(tag: &str, witness: bool, options: &str) -> NsCluster {
         require_root();
         require_tool("qemu-io");
         let dir = TempDir::new(tag);
@@ -71,6 +76,7 @@ impl NsCluster {
             assert!(cfg.contains(from), "init's config lacks {from}:\n{cfg}");
             cfg = cfg.replacen(from, to, 1);
         }
+        cfg = cfg.replacen("manual = false", &format!("manual = false\n{options}"), 1);
         if witness {
             cfg = cfg.replacen(
                 "manual = false",
@@ -438,4 +444,80 @@ fn witness_keeps_a_single_primary_through_the_cut() {
             w.log()
         );
     }
+}
+
+#[test]
+fn monitor_failures_restart_in_place_then_move_at_the_threshold() {
+    let mut c = NsCluster::with_options(
+        "mon",
+        false,
+        "migration_threshold = 2\nmonitor_interval_ms = 500",
+    );
+    let p = up(&mut c);
+    let q = other(p);
+    let plan = qemu::plan(13, 64 << 20, CHUNK, 8);
+    qemu::write_via(c.client(), URL, &plan, CHUNK);
+    let failed = |n: usize| -> Vec<String> {
+        c.cluster(n)["failed_actions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Someone removes the VIP by hand: the monitor notices, the VIP (and what depends on it) restarts in place.
+    c.lab.ip(
+        host(p),
+        &["addr", "del", &format!("{VIP}/24"), "dev", "eth0"],
+    );
+    c.wait(
+        Duration::from_secs(20),
+        "the failure recorded and the VIP back on the same node",
+        || {
+            let f = failed(p);
+            (f.iter()
+                .any(|a| a.starts_with("vol0-vip_monitor_500 on node"))
+                && c.has_vip(p)
+                && c.stack_on(p) == Some(p))
+            .then_some(())
+        },
+    );
+    let text = c.cli(p, &["status"]);
+    assert!(text.contains("Failed Resource Actions:"), "{text}");
+    qemu::verify_via(c.client(), URL, &plan, CHUNK);
+    // A second failure reaches migration-threshold 2: the stack moves to the other node.
+    c.lab.ip(
+        host(p),
+        &["addr", "del", &format!("{VIP}/24"), "dev", "eth0"],
+    );
+    c.wait(
+        Duration::from_secs(30),
+        "the stack moved at the threshold",
+        || (c.stack_on(p) == Some(q) && c.stack_on(q) == Some(q)).then_some(()),
+    );
+    assert!(c.has_vip(q) && !c.has_vip(p));
+    // Either node lists the failures (as `pcs status` does, cluster-wide).
+    c.wait(
+        Duration::from_secs(5),
+        "the failures listed on the other node",
+        || {
+            failed(q)
+                .iter()
+                .any(|a| a.contains(&format!("on node{p}")))
+                .then_some(())
+        },
+    );
+    qemu::verify_via(c.client(), URL, &plan, CHUNK);
+    // `resource cleanup` forgets the failures on both nodes; the stack stays where it is (stickiness).
+    let out = c.cli(q, &["resource", "cleanup", "vol0-vip"]);
+    assert!(out.contains("cleaned up vol0-vip"), "{out}");
+    c.wait(Duration::from_secs(10), "failures forgotten", || {
+        (failed(p).is_empty() && failed(q).is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.stack_on(q), Some(q));
+    c.stop(1);
+    c.stop(2);
 }

@@ -108,6 +108,9 @@ pub struct Report {
     pub resources: Vec<ResourceReport>,
     /// The cluster settings it holds (the newer copy wins on the receiver).
     pub settings: Settings,
+    /// Its failed actions, as `twinsan status` lists them.
+    #[serde(default)]
+    pub failed_actions: Vec<String>,
 }
 
 /// One volume on the reporting node.
@@ -313,6 +316,7 @@ mod tests {
                 last_failure_ago_s: Some(3),
             }],
             settings,
+            failed_actions: vec!["vol0-vip_monitor_2000 on node1 'gone'".into()],
         })
     }
 
