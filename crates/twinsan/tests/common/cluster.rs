@@ -206,15 +206,27 @@ impl Cluster {
         what: &str,
         mut pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.wait_for(limit, &format!("node{n}: {what}"), || {
+            let s = self.status(n);
+            pred(&s).then_some(s)
+        })
+    }
+
+    /// Polls `probe` every 200 ms until it gives a value, at most `limit`; fails the test with both logs.
+    pub fn wait_for<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + limit;
         loop {
-            let s = self.status(n);
-            if pred(&s) {
-                return s;
+            if let Some(v) = probe() {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "node{n}: {what} not reached within {limit:?}; last status {s}\n{}",
+                "{what}: not reached within {limit:?}\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(200));

@@ -163,6 +163,41 @@ impl Stream {
     pub fn longest(&self) -> Duration {
         self.durations.iter().copied().max().unwrap_or_default()
     }
+
+    /// Checks a failover under this stream of writes: all `expected` acknowledged, some of them after
+    /// `killed_at` (the fault came under I/O), and the longest write — the pause the initiator saw — shorter than
+    /// `limit`. Prints and returns that pause; `logs` goes into a failure message.
+    pub fn check_failover(
+        &self,
+        killed_at: std::time::Instant,
+        expected: usize,
+        limit: Duration,
+        logs: impl Fn() -> String,
+    ) -> Duration {
+        let acked = self
+            .lines
+            .iter()
+            .filter(|(_, l)| l.starts_with("wrote "))
+            .count();
+        assert_eq!(
+            acked, expected,
+            "every write must complete (the initiator retries across the failover):\n{}",
+            self.output
+        );
+        let after = self.acked_after(killed_at);
+        assert!(
+            after > 0,
+            "no write was acknowledged after the fault: the failover was not under I/O"
+        );
+        let pause = self.longest();
+        println!("failover: the longest write took {pause:?} (the I/O pause at the initiator); {after} writes after the fault");
+        assert!(
+            pause < limit,
+            "I/O did not resume within {limit:?} of the fault: the longest write took {pause:?}\n{}",
+            logs()
+        );
+        pause
+    }
 }
 
 /// Runs qemu-io (`cmd`, from [`line_buffered`]) with `cmds` on `url` while `during` runs with a view of its
