@@ -341,8 +341,16 @@ pub fn request(path: &Path, request: &api::Request) -> Result<api::Response, Cli
         .set_read_timeout(Some(REQUEST_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(REQUEST_TIMEOUT)))
         .map_err(|source| io_error(path, source))?;
-    send_request(path, &stream, request)?;
+    // A daemon that refuses the caller answers at once and closes: the request may then fail to go out (broken
+    // pipe) while the refusal waits to be read, so a failed send is reported only if no answer follows.
+    let sent = send_request(path, &stream, request);
     let mut reader = BufReader::new(stream).take(MAX_RESPONSE_BYTES);
+    if let Err(e) = sent {
+        return match read_line(path, &mut reader) {
+            Ok(Some(line)) => serde_json::from_str(&line).map_err(|_| e),
+            _ => Err(e),
+        };
+    }
     match read_line(path, &mut reader)? {
         None => Err(ClientError::Closed { path: path.into() }),
         Some(line) => serde_json::from_str(&line).map_err(|e| ClientError::Protocol {
