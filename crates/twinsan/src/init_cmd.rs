@@ -47,6 +47,11 @@ const ISCSI_PORT: u16 = 3260;
 
 /// Writes DIR/twinsan.toml and one disk per node with its metadata; nothing is left behind if it fails.
 pub fn run(args: InitArgs) -> anyhow::Result<()> {
+    create(args, true).map(|_| ())
+}
+
+/// [`run`], printing the summary only with `print`; returns the config file's path.
+pub fn create(args: InitArgs, print: bool) -> anyhow::Result<PathBuf> {
     let size = parse_size(&args.size)
         .map_err(anyhow::Error::msg)
         .context("--size")?;
@@ -132,8 +137,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
         .context("the config twinsan init wrote does not load (a bug in twinsan init)")?;
     created.keep();
 
-    print_summary(&args, &config_path, &config, size, &reports);
-    Ok(())
+    if print {
+        print_summary(&args, &config_path, &config, size, &reports);
+    }
+    Ok(config_path)
 }
 
 /// `twinsan volume create-md VOLUME [--force]`: creates the metadata of `volume` on this node's disk, from the

@@ -1,6 +1,7 @@
 //! `twinsan`: highly-available iSCSI storage in one binary.
 
 mod cluster_cmd;
+mod demo_cmd;
 mod init_cmd;
 mod node_cmd;
 mod progress;
@@ -41,6 +42,9 @@ pub struct Global {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// A complete two-node cluster on this machine, no root and no config needed: prints the iSCSI URL
+    /// (127.0.0.10:3260), a live status view and how to try a failover. Ctrl-C stops it.
+    Demo(demo_cmd::DemoArgs),
     /// Serve files or block devices as LUNs of one iSCSI target, on this node only (no replication).
     Serve(serve::ServeArgs),
     /// Write a ready two-node cluster on this machine (nodes 127.0.0.11 and 127.0.0.12) into DIR.
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
     init_logging();
     raise_open_file_limit();
     let result = match cli.command {
+        Command::Demo(args) => demo_cmd::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Init(args) => init_cmd::run(args),
         Command::Node(cmd) => node_cmd::run(&cli.global, cmd),

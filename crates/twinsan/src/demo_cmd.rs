@@ -1,0 +1,319 @@
+//! `twinsan demo [--dir DIR]`: the whole system on this machine in one command, without root or a config — the
+//! `twinsan init` layout written to DIR (a fresh temporary folder by default), both nodes started as child
+//! processes (node1 on 127.0.0.11, node2 on 127.0.0.12, the primary binding the "virtual IP" 127.0.0.10), the
+//! iSCSI URL, a live status view and the commands to try a failover. Ctrl-C or SIGTERM stops both nodes cleanly.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use twinsan_node::admin;
+use twinsan_node::api::{ClusterStatus, Request, Response};
+use twinsan_node::config::ClusterConfig;
+
+use crate::init_cmd::{self, InitArgs};
+
+/// `twinsan demo` arguments.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// The folder for the config, the disks and the nodes' logs. Default: a fresh temporary folder, removed when
+    /// the demo stops. A folder from an earlier demo is reused as it is.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Size of the volume (K, M, G suffixes), for a new folder.
+    #[arg(long, default_value = "256M")]
+    pub size: String,
+}
+
+/// The target and LUN `twinsan init` configures.
+const URL: &str = "iscsi://127.0.0.10:3260/iqn.2025-08.local.twinsan:vol0/1";
+/// How long the cluster may take to come up.
+const START_LIMIT: Duration = Duration::from_secs(60);
+/// How long each node may take to hand over and stop.
+const STOP_LIMIT: Duration = Duration::from_secs(40);
+
+/// Set by SIGINT or SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn watch_signals() {
+    // SAFETY: installs a handler that only stores to an atomic; sigaction's struct is fully initialised.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// A node process of the demo; stopped (SIGTERM, then SIGKILL) when dropped.
+struct NodeChild {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeChild {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_LIMIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    watch_signals();
+    let (dir, temporary) = match &args.dir {
+        Some(dir) => (dir.clone(), false),
+        None => (temp_dir()?, true),
+    };
+    let result = demo(&dir, &args);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn temp_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for i in 0..100u32 {
+        let dir = base.join(format!("twinsan-demo-{}-{i}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    bail!("cannot make a temporary folder in {}", base.display())
+}
+
+fn demo(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
+    let config_path = dir.join("twinsan.toml");
+    if !config_path.exists() {
+        init_cmd::create(
+            InitArgs {
+                dir: dir.to_path_buf(),
+                manual: false,
+                size: args.size.clone(),
+            },
+            false,
+        )?;
+    }
+    let config = ClusterConfig::load(&config_path)?;
+    if config.cluster.manual {
+        bail!(
+            "{} is a manual cluster (cluster.manual = true): the demo runs a managed one; use another --dir",
+            config_path.display()
+        );
+    }
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut nodes = Vec::new();
+    for node in &config.nodes {
+        let log = dir.join(format!("{}.log", node.name));
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&exe)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--node", &node.name, "node", "run"])
+            .env("TWINSAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting node {}", node.name))?;
+        nodes.push(NodeChild {
+            name: node.name.clone(),
+            child,
+            log,
+        });
+    }
+    let sockets: Vec<(String, PathBuf)> = config
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), config.admin_socket(n)))
+        .collect();
+    let cfg = config_path.display().to_string();
+    println!("twinsan demo: a two-node cluster in {}", dir.display());
+    println!(
+        "  node1 127.0.0.11 and node2 127.0.0.12 (logs: {}/node1.log, node2.log)",
+        dir.display()
+    );
+    let started = Instant::now();
+    let first = loop {
+        if STOP.load(Ordering::SeqCst) {
+            return stop(nodes);
+        }
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                let tail = log_tail(&n.log);
+                bail!("node {} stopped ({status}) while starting:\n{tail}", n.name);
+            }
+        }
+        if let Some(s) = statuses(&sockets).into_iter().flatten().next() {
+            if let Some(p) = stack_on(&s) {
+                break p;
+            }
+        }
+        if started.elapsed() > START_LIMIT {
+            bail!(
+                "the cluster did not come up within {START_LIMIT:?}; see the logs in {}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("  {first} is primary; the LUN is served at");
+    println!();
+    println!("    {URL}");
+    println!();
+    println!("Try it (in another terminal):");
+    println!("  iscsi-ls -s iscsi://127.0.0.10:3260");
+    println!("  qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' {URL}");
+    println!("  twinsan --config {cfg} --node node2 status");
+    println!("  twinsan --config {cfg} --node node2 cluster stop {first}    # fail over");
+    println!("  twinsan --config {cfg} --node node2 cluster start {first}   # bring it back");
+    println!("  twinsan --config {cfg} --node node1 target ls");
+    println!("Ctrl-C stops the demo.");
+    println!();
+    let terminal = std::io::stdout().is_terminal();
+    let mut last = String::new();
+    let mut drawn = 0usize;
+    while !STOP.load(Ordering::SeqCst) {
+        for n in nodes.iter_mut() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                println!("node {} exited ({status}); see {}", n.name, n.log.display());
+            }
+        }
+        let view = status_view(&statuses(&sockets));
+        if view != last {
+            let mut out = std::io::stdout();
+            if terminal && drawn > 0 {
+                // Redraw the view in place.
+                let _ = write!(out, "\x1b[{drawn}A\x1b[J");
+            }
+            let _ = write!(out, "{view}");
+            let _ = out.flush();
+            drawn = view.lines().count();
+            last = view;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop(nodes)
+}
+
+fn stop(mut nodes: Vec<NodeChild>) -> anyhow::Result<()> {
+    println!("stopping both nodes");
+    let mut failed = Vec::new();
+    for n in nodes.iter_mut() {
+        match n.stop() {
+            Some(status) if status.success() => {}
+            other => failed.push(format!("{} ({other:?})", n.name)),
+        }
+    }
+    if failed.is_empty() {
+        println!("stopped");
+        Ok(())
+    } else {
+        bail!("nodes that did not stop cleanly: {}", failed.join(", "))
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Each node's cluster view, if its daemon answers.
+fn statuses(sockets: &[(String, PathBuf)]) -> Vec<Option<ClusterStatus>> {
+    sockets
+        .iter()
+        .map(
+            |(_, socket)| match admin::request(socket, &Request::ClusterStatus) {
+                Ok(Response::Cluster { status }) => Some(*status),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// The node where the whole stack of vol0 runs, in one node's view.
+fn stack_on(s: &ClusterStatus) -> Option<String> {
+    let find = |name: &str| s.resources.iter().find(|r| r.name == name);
+    let node = find("vol0")?.promoted.first()?.clone();
+    ["vol0-vip", "vol0-target", "vol0-lun1"]
+        .iter()
+        .all(|r| find(r).is_some_and(|r| r.started == [node.clone()]))
+        .then_some(node)
+}
+
+/// A few lines: each node as it sees itself, where the stack runs, the replication state.
+fn status_view(views: &[Option<ClusterStatus>]) -> String {
+    let mut out = String::new();
+    for (i, v) in views.iter().enumerate() {
+        let name = format!("node{}", i + 1);
+        let Some(v) = v else {
+            out += &format!("{name}: daemon not answering\n");
+            continue;
+        };
+        let me = v.nodes.iter().find(|n| n.name == v.node);
+        let state = match me {
+            Some(n) if n.stopped => "stopped (cluster stop)",
+            Some(n) if n.standby => "standby",
+            Some(n) if n.online => "Online",
+            _ => "OFFLINE",
+        };
+        let volume = v
+            .volumes
+            .first()
+            .map(|vol| {
+                let peer = vol.peers.first();
+                format!(
+                    "vol0 {} {} / peer {} {}{}",
+                    vol.role,
+                    vol.disk,
+                    peer.map(|p| p.connection.as_str()).unwrap_or("?"),
+                    peer.map(|p| p.peer_disk.as_str()).unwrap_or("?"),
+                    peer.and_then(|p| p.done)
+                        .map(|d| format!(" sync {d:.1}%"))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let stack = stack_on(v)
+            .map(|n| format!("stack on {n}"))
+            .unwrap_or_else(|| "stack not running".into());
+        out += &format!("{name}: {state}, {stack}, {volume}\n");
+    }
+    out
+}
