@@ -87,6 +87,9 @@ pub struct ClusterStatus {
     pub failed_actions: Vec<String>,
     /// `resource move` preferences and bans in force.
     pub constraints: Vec<String>,
+    /// The cluster's properties, as `pcs property` names them (`resource-stickiness`, `no-quorum-policy`, ...).
+    #[serde(default)]
+    pub properties: Vec<(String, String)>,
     /// Why the cluster did what it last did (the scheduler's notes).
     pub notes: Vec<String>,
     /// This node's volumes (replication state).

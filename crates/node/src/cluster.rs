@@ -1898,7 +1898,40 @@ impl Shared {
                 .collect(),
             notes: st.notes.clone(),
             volumes: self.volumes.values().map(|v| v.api_status()).collect(),
+            properties: self.properties(),
         }
+    }
+}
+
+impl Shared {
+    /// The cluster's properties under Pacemaker's names.
+    fn properties(&self) -> Vec<(String, String)> {
+        let c = &self.config.cluster;
+        let mut p = vec![
+            ("cluster-name", c.name.clone()),
+            ("stonith-enabled", "false".to_string()),
+            ("no-quorum-policy", c.no_quorum_policy.clone()),
+            ("resource-stickiness", c.resource_stickiness.to_string()),
+            ("migration-threshold", c.migration_threshold.to_string()),
+            (
+                "failure-timeout",
+                if c.failure_timeout_s == 0 {
+                    "0 (never)".to_string()
+                } else {
+                    format!("{}s", c.failure_timeout_s)
+                },
+            ),
+            (
+                "heartbeat-interval",
+                format!("{}ms", c.heartbeat_interval_ms),
+            ),
+            ("detection-timeout", format!("{}ms", c.detection_timeout_ms)),
+            ("monitor-interval", format!("{}ms", c.monitor_interval_ms)),
+        ];
+        if let Some(w) = c.witness {
+            p.push(("witness", w.to_string()));
+        }
+        p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 }
 

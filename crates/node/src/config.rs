@@ -421,7 +421,8 @@ impl ClusterConfig {
             return Err(self.invalid(
                 "cluster.detection_timeout_ms",
                 format!(
-                    "is {}: it must be at least two heartbeat intervals ({} ms) and at most 120000 ms, or one                      late heartbeat would make a node look dead",
+                    "is {}: it must be at least two heartbeat intervals ({} ms) and at most 120000 ms, or one \
+                     late heartbeat would make a node look dead",
                     c.detection_timeout_ms,
                     2 * c.heartbeat_interval_ms
                 ),

@@ -379,15 +379,22 @@ impl Node {
             Ok(v) => v.clone(),
             Err(message) => return Response::Error { message },
         };
+        // `primary --force` stays the admin's: the first primary of a new pair (the initial sync) or a copy forced
+        // up after a disaster; the cluster then keeps the stack where the only newest copy is.
         if self.cluster.is_some()
             && matches!(
                 command,
-                AdminCommand::Primary { .. } | AdminCommand::Secondary | AdminCommand::Down
+                AdminCommand::Primary { force: false }
+                    | AdminCommand::Secondary
+                    | AdminCommand::Down
             )
         {
             return Response::Error {
                 message: format!(
-                    "{name} is managed by the cluster manager, which decides where it is Primary: use `twinsan                      resource move {name} NODE`, `twinsan node standby NODE` or `twinsan cluster stop NODE` (or set                      cluster.manual = true to change roles by hand)"
+                    "{name} is managed by the cluster manager, which decides where it is Primary: use `twinsan \
+                     resource move {name} NODE`, `twinsan node standby NODE` or `twinsan cluster stop NODE` (only \
+                     `volume primary --force`, for a first sync or after a disaster, is left to the admin; or set \
+                     cluster.manual = true to change roles by hand)"
                 ),
             };
         }
@@ -441,6 +448,7 @@ impl Node {
             constraints: Vec::new(),
             notes: Vec::new(),
             volumes: self.volumes.values().map(|v| v.api_status()).collect(),
+            properties: vec![("cluster-name".into(), self.config.cluster.name.clone())],
         }
     }
 }
@@ -490,7 +498,8 @@ impl AdminService for Node {
                 },
                 None => Response::Error {
                     message: format!(
-                        "no cluster manager runs: {} sets cluster.manual = true, so roles change only by `twinsan                          volume primary|secondary`",
+                        "no cluster manager runs: {} sets cluster.manual = true, so roles change only by `twinsan \
+                         volume primary|secondary`",
                         self.config.source.display()
                     ),
                 },

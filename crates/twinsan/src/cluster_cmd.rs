@@ -255,6 +255,12 @@ pub fn format_cluster(s: &ClusterStatus) -> String {
             out += &format!("  * {c}\n");
         }
     }
+    if !s.properties.is_empty() {
+        out += "\nCluster Properties:\n";
+        for (k, v) in &s.properties {
+            out += &format!("  {k}: {v}\n");
+        }
+    }
     if !s.volumes.is_empty() {
         out += &format!("\nVolumes (on {}):\n", s.node);
         for v in &s.volumes {
@@ -421,6 +427,7 @@ mod tests {
             constraints: vec![],
             notes: vec![],
             volumes: vec![],
+            properties: vec![("resource-stickiness".into(), "100".into())],
         }
     }
 
@@ -446,6 +453,10 @@ mod tests {
         );
         assert!(
             text.contains("  * vol0-lun1\t(twinsan:lun):\t Started node1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Cluster Properties:\n  resource-stickiness: 100\n"),
             "{text}"
         );
     }

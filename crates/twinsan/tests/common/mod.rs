@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod initiator;
 pub mod netns;
+pub mod nscluster;
 pub mod qemu;
 
 use std::io::{BufRead, BufReader};
