@@ -2220,6 +2220,16 @@ impl<S: Storage> Engine<S> {
                     self.gen.new_current_uuid(fresh);
                 }
                 self.write_superblock();
+                // A connected peer learns the new generation at once (DRBD sends its UUIDs again): it is what a
+                // resync target takes as its own when the resync ends, and what the next handshake compares.
+                if self
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| matches!(l.phase, Phase::Up))
+                    && !clear_bitmap
+                {
+                    self.send_uuids(false);
+                }
             }
             Action::SetRoleMarker(role) => {
                 self.gen.set_role(role);
