@@ -969,6 +969,22 @@ impl Shared {
                 self.monitor();
             }
             self.clear_settled_fences();
+            // The peer is OFFLINE on every cluster link: a replication link silent as long is dead too (a hung or
+            // cut-off peer sends no RST), so the survivor need not wait for the volume's own ping timeout.
+            let silent_peer = {
+                let st = self.lock();
+                !self.peer_online(&st) && st.peer_seen_once
+            };
+            if silent_peer {
+                // At least four ping intervals: a live replication link is heard from more often than that.
+                let silence = Duration::from_millis(self.config.cluster.detection_timeout_ms)
+                    .max(twinsan_replication::engine::PING_INTERVAL * 4);
+                for v in self.volumes.values() {
+                    if v.status().connection == ConnState::Connected {
+                        v.peer_silent(silence);
+                    }
+                }
+            }
             let (input, me_left, me_stopped, peer_unknown) = self.build_input();
             let schedule = scheduler::schedule(&input);
             if schedule.notes != last_notes {

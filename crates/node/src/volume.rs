@@ -449,6 +449,12 @@ impl Volume {
         })?
     }
 
+    /// The cluster lost the peer on every cluster link: drop the replication link if it has been silent for
+    /// `silence` too.
+    pub fn peer_silent(&self, silence: Duration) {
+        self.input(Input::PeerSilent { silence });
+    }
+
     /// Sends resource-only fencing requests to `fencer` from now on.
     pub fn set_fencer(&self, fencer: Fencer) {
         *self.fencer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fencer);

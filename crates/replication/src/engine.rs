@@ -67,9 +67,11 @@ use crate::wire::{
 
 /// The activity log's table: extents of 4 MiB that may be hot at once (1 GiB).
 pub const AL_EXTENTS: u32 = 257;
-/// A link that says nothing for this long is dead (a ping goes out every second while idle).
+/// A link that says nothing for this long is dead (a ping goes out every quarter second while idle, so a live
+/// link is heard from several times a second and [`Input::PeerSilent`] can tell a silent one quickly).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
-const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle link is pinged.
+pub const PING_INTERVAL: Duration = Duration::from_millis(250);
 /// Changed bitmap pages are written at least this often.
 const BITMAP_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest application write or read the engine takes (the SCSI layer's maximum transfer).
@@ -171,6 +173,13 @@ pub enum Input {
         link: u64,
         /// Why, for the log.
         reason: String,
+    },
+    /// The cluster has heard nothing from the peer on any cluster link for a while: if the replication link has
+    /// been silent for at least `silence` too, the peer is gone and the link is dropped now rather than at
+    /// [`PEER_TIMEOUT`]. A link that still hears from the peer is kept — the nodes can reach each other.
+    PeerSilent {
+        /// How long the replication link must have heard nothing.
+        silence: Duration,
     },
     /// Time passes; the engine runs timers (pings, resync pacing, bitmap flushes).
     Tick,
@@ -754,6 +763,22 @@ impl<S: Storage> Engine<S> {
                 }
             }
             Input::Tick => self.tick(),
+            Input::PeerSilent { silence } => {
+                let now = self.now;
+                let silent = self
+                    .link
+                    .as_ref()
+                    .filter(|l| now.saturating_sub(l.heard) >= silence)
+                    .map(|l| l.id);
+                if let Some(id) = silent {
+                    let text = format!(
+                        "{}: the peer {} is silent on every cluster link and on the replication link for {:?}: \
+                         it is gone",
+                        self.cfg.volume, self.cfg.peer_name, silence
+                    );
+                    self.drop_dead_link(id, text);
+                }
+            }
             Input::FenceResult { outdated } => {
                 self.event(if outdated {
                     Event::PeerOutdatedAck
@@ -2123,6 +2148,14 @@ impl<S: Storage> Engine<S> {
 
     // ----- timers -----
 
+    /// The link `id` is dead: closed, and the volume goes on without the peer.
+    fn drop_dead_link(&mut self, id: u64, text: String) {
+        self.log(true, text);
+        self.out.push(Output::Close { link: id });
+        self.link = None;
+        self.after_link_lost("ping timeout");
+    }
+
     fn tick(&mut self) {
         let now = self.now;
         let mut ping = None;
@@ -2136,16 +2169,11 @@ impl<S: Storage> Engine<S> {
             }
         }
         if let Some(id) = dead {
-            self.log(
-                true,
-                format!(
-                    "{}: the peer {} did not answer for {:?}",
-                    self.cfg.volume, self.cfg.peer_name, PEER_TIMEOUT
-                ),
+            let text = format!(
+                "{}: the peer {} did not answer for {:?}",
+                self.cfg.volume, self.cfg.peer_name, PEER_TIMEOUT
             );
-            self.out.push(Output::Close { link: id });
-            self.link = None;
-            self.after_link_lost("ping timeout");
+            self.drop_dead_link(id, text);
         } else if let Some(seq) = ping {
             self.send(Message::Ping { seq });
         }

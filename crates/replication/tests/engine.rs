@@ -3,7 +3,9 @@
 mod sim;
 
 use sim::Pair;
-use twinsan_replication::engine::AdminCommand;
+use std::time::Duration;
+
+use twinsan_replication::engine::{AdminCommand, Input};
 use twinsan_replication::generation::Role;
 use twinsan_replication::state::{ConnState, DiskState, ReplState};
 use twinsan_replication::wire::ReplicationProtocol;
@@ -93,6 +95,59 @@ fn after_the_initial_sync_both_share_a_generation_and_a_later_split_brain_is_res
             p.logs
         );
     }
+}
+
+/// Advances the clock by `ticks` × 100 ms, ticking both engines; frames are delivered only with `deliver`.
+fn idle(p: &mut Pair, ticks: u32, deliver: bool) {
+    for _ in 0..ticks {
+        p.now += Duration::from_millis(100);
+        for i in 0..2 {
+            let now = p.now;
+            p.engine(i).handle(Input::Tick, now);
+            p.collect(i);
+        }
+        if deliver {
+            while p.step(10_000) > 0 {}
+        }
+    }
+}
+
+#[test]
+fn a_replication_link_silent_while_the_cluster_lost_the_peer_is_dropped_early() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("in sync");
+    p.settle(5);
+    // An idle live link is heard from several times a second: the cluster's word alone does not drop it.
+    idle(&mut p, 30, true);
+    let now = p.now;
+    p.engine(0).handle(
+        Input::PeerSilent {
+            silence: Duration::from_secs(1),
+        },
+        now,
+    );
+    p.collect(0);
+    assert_eq!(p.engine(0).status().connection, ConnState::Connected);
+    // The peer hangs: nothing arrives. After 1.2 s of silence the link is dropped at once, long before the
+    // volume's own PEER_TIMEOUT.
+    idle(&mut p, 12, false);
+    assert_eq!(p.engine(0).status().connection, ConnState::Connected);
+    let now = p.now;
+    p.engine(0).handle(
+        Input::PeerSilent {
+            silence: Duration::from_secs(1),
+        },
+        now,
+    );
+    p.collect(0);
+    assert_ne!(p.engine(0).status().connection, ConnState::Connected);
+    assert!(
+        p.logs.iter().any(|l| l.contains("it is gone")),
+        "{:?}",
+        p.logs
+    );
 }
 
 #[test]

@@ -268,7 +268,7 @@ impl Pair {
         }
     }
 
-    fn collect(&mut self, i: usize) {
+    pub fn collect(&mut self, i: usize) {
         let Some(e) = self.nodes[i].as_mut() else {
             return;
         };
