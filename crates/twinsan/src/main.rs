@@ -4,6 +4,7 @@ mod cluster_cmd;
 mod demo_cmd;
 mod init_cmd;
 mod node_cmd;
+mod ops_cmd;
 mod progress;
 mod serve;
 mod size;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 /// Highly-available iSCSI storage: two nodes, every write on both, failover in seconds.
 #[derive(Parser, Debug)]
-#[command(name = "twinsan", version, about, propagate_version = true)]
+#[command(name = "twinsan", version, about, propagate_version = true, after_help = ops_cmd::AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -68,6 +69,12 @@ enum Command {
     Target(cluster_cmd::TargetCommand),
     /// Be the third-site tie-breaker of a cluster: lend one vote to one node at a time (UDP, default port 5406).
     Witness(witness_cmd::WitnessArgs),
+    /// Print a shell completion script (for packaging; listed in the help's footer).
+    #[command(hide = true)]
+    Completions(ops_cmd::CompletionsArgs),
+    /// Print the man page, or write one per command into a folder (for packaging; listed in the help's footer).
+    #[command(hide = true)]
+    Man(ops_cmd::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -85,12 +92,14 @@ fn main() -> std::process::ExitCode {
         Command::Resource(cmd) => cluster_cmd::resource(&cli.global, cmd),
         Command::Target(cmd) => cluster_cmd::target(&cli.global, cmd),
         Command::Witness(args) => witness_cmd::run(&cli.global, args),
+        Command::Completions(args) => ops_cmd::completions(args),
+        Command::Man(args) => ops_cmd::man(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("twinsan: error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ops_cmd::ExitStatus::of(&e).into()
         }
     }
 }

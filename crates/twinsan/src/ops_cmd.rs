@@ -1,0 +1,163 @@
+//! What packaging and operations need from the binary: shell completions and man pages generated from the CLI
+//! definition (`twinsan completions SHELL`, `twinsan man [--out DIR]`), and exit statuses that say what went wrong.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::CommandFactory;
+use twinsan_node::admin::ClientError;
+use twinsan_node::config::ConfigError;
+
+/// The text after `twinsan --help` (and in the man page): the exit statuses and the packaging commands.
+pub const AFTER_HELP: &str = "\
+Exit status:
+  0  success
+  1  the operation failed; the message says why
+  2  usage error: an unknown command, flag or value
+  3  the node daemon could not be reached (no admin socket, or nothing accepts on it): start `twinsan node run`
+  4  the config file is unreadable or invalid, or names no node for this machine; the message names the file
+
+Packaging:
+  twinsan completions bash|zsh|fish   a completion script, on stdout
+  twinsan man [--out DIR]             the man page on stdout, or one page per command into DIR";
+
+/// `twinsan`'s exit status, so that a script or a unit can tell what happened without parsing the message (the
+/// list is [`AFTER_HELP`]). Usage errors exit 2 from clap before any command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The operation failed; the message says why.
+    Failed = 1,
+    /// The node daemon could not be reached: its admin socket is absent or nothing accepts on it.
+    DaemonUnreachable = 3,
+    /// The config file is unreadable or invalid, or does not tell which node this machine is.
+    BadConfig = 4,
+}
+
+impl ExitStatus {
+    /// The status for `error`, from the first cause in its chain that says more than "failed".
+    pub fn of(error: &anyhow::Error) -> ExitStatus {
+        error
+            .chain()
+            .find_map(|cause| {
+                if cause.downcast_ref::<ConfigError>().is_some() {
+                    Some(ExitStatus::BadConfig)
+                } else if let Some(ClientError::Connect { .. }) = cause.downcast_ref() {
+                    Some(ExitStatus::DaemonUnreachable)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(ExitStatus::Failed)
+    }
+}
+
+impl From<ExitStatus> for std::process::ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        std::process::ExitCode::from(status as u8)
+    }
+}
+
+/// `twinsan completions SHELL`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `twinsan man`.
+#[derive(clap::Args, Debug)]
+pub struct ManArgs {
+    /// Write one page per command (twinsan.1, twinsan-volume-create-md.1, ...) into DIR instead of printing the
+    /// top-level page.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Prints the completion script for `args.shell`.
+pub fn completions(args: CompletionsArgs) -> anyhow::Result<()> {
+    let mut command = crate::Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "twinsan", &mut out);
+    print(&out)
+}
+
+/// Prints the top-level man page, or writes every command's page into `--out`.
+pub fn man(args: ManArgs) -> anyhow::Result<()> {
+    // No page for `help`: it is `--help` again, and generate_to writes none.
+    let command = crate::Cli::command().disable_help_subcommand(true);
+    match args.out {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(command, &dir))
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut out)
+                .context("rendering the man page")?;
+            print(&out)
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a closed pipe (`| head`) is not an error.
+fn print(bytes: &[u8]) -> anyhow::Result<()> {
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing to stdout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn config_errors_and_an_absent_daemon_have_their_own_status() {
+        let config = ConfigError::Parse {
+            path: "/etc/twinsan/twinsan.toml".into(),
+            message: "expected `=`".into(),
+        };
+        let wrapped = anyhow::Error::new(config).context("node node1");
+        assert_eq!(ExitStatus::of(&wrapped), ExitStatus::BadConfig);
+
+        let absent = ClientError::Connect {
+            path: Path::new("/run/twinsan/node1.sock").into(),
+            reason: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(
+            ExitStatus::of(&absent.into()),
+            ExitStatus::DaemonUnreachable
+        );
+
+        // The daemon answered, or is there but will not talk to this user: not "start the daemon".
+        let timeout = ClientError::Timeout {
+            path: Path::new("/run/twinsan/node1.sock").into(),
+        };
+        assert_eq!(ExitStatus::of(&timeout.into()), ExitStatus::Failed);
+        let other = anyhow::anyhow!("volume vol0 is not up");
+        assert_eq!(ExitStatus::of(&other), ExitStatus::Failed);
+    }
+
+    #[test]
+    fn the_help_lists_every_status_and_clap_uses_2_for_usage_errors() {
+        let usage = <crate::Cli as clap::Parser>::try_parse_from(["twinsan", "--no-such-flag"]);
+        assert_eq!(usage.map(|_| ()).map_err(|e| e.exit_code()), Err(2));
+        assert!(AFTER_HELP.contains("\n  0  success\n"));
+        assert!(AFTER_HELP.contains("\n  2  usage error"));
+        for status in [
+            ExitStatus::Failed,
+            ExitStatus::DaemonUnreachable,
+            ExitStatus::BadConfig,
+        ] {
+            let line = format!("\n  {}  ", status as u8);
+            assert!(AFTER_HELP.contains(&line), "{status:?} not in the help");
+        }
+    }
+}
