@@ -50,12 +50,12 @@ use twinsan_replication::wire::ReplicationProtocol;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The config file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (not a `source`: the message already says it, and error chains would say it twice).
+        error: std::io::Error,
     },
     /// Not TOML, or a key of the wrong type, a missing or unknown key.
     #[error("{path}: {message}")]
@@ -329,9 +329,9 @@ const MAX_ISCSI_NAME_LEN: usize = 223;
 impl ClusterConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.into(),
-            source,
+            error,
         })?;
         let base = path
             .parent()
@@ -1003,9 +1003,9 @@ impl ClusterConfig {
             (Some(s), None) => Ok(s.as_bytes().to_vec()),
             (None, Some(f)) => {
                 let path = self.resolve(f);
-                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 let secret = text.lines().next().unwrap_or("").trim();
                 if let Some(why) = secret_weakness(secret) {
