@@ -797,7 +797,11 @@ impl ClusterConfig {
                     ),
                 ));
             }
-            if let Some(n) = self.nodes.iter().find(|n| n.address == t.vip) {
+            if let Some(n) = self
+                .nodes
+                .iter()
+                .find(|n| n.address == t.vip || n.links.contains(&t.vip))
+            {
                 return Err(self.invalid(
                     field("vip"),
                     format!(

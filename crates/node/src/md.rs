@@ -117,6 +117,8 @@ pub struct CreateReport {
     pub peer_node_id: u8,
     /// What `--force` overwrote, if anything was there.
     pub overwrote: Option<String>,
+    /// Created in sync with the peer ([`create_md_in_sync`]): no first sync is needed.
+    pub in_sync: bool,
 }
 
 impl fmt::Display for CreateReport {
@@ -171,11 +173,18 @@ impl fmt::Display for CreateReport {
         if let Some(found) = &self.overwrote {
             writeln!(f, "  overwrote:     {found} (--force)")?;
         }
-        write!(
-            f,
-            "  state:         Inconsistent until the first sync (`volume primary --force` on the node whose data is \
-             the original starts it)"
-        )
+        if self.in_sync {
+            write!(
+                f,
+                "  state:         in sync with the peer's copy (both new and identical): no first sync needed"
+            )
+        } else {
+            write!(
+                f,
+                "  state:         Inconsistent until the first sync (`volume primary --force` on the node whose data \
+                 is the original starts it)"
+            )
+        }
     }
 }
 
@@ -273,6 +282,7 @@ fn create(
         node_id,
         peer_node_id,
         overwrote,
+        in_sync: in_sync.is_some(),
     })
 }
 

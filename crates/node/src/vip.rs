@@ -68,7 +68,7 @@ pub enum VipError {
         interface: String,
     },
     /// No interface is configured and none has an address in the VIP's subnet.
-    #[error("vip {vip}: no interface has an address in {subnet}; set interface = \"<name>\" for this VIP")]
+    #[error("vip {vip}: no interface has an address in {subnet}; set vip_interface = \"<name>\" in the [[target]] of this VIP")]
     NoInterfaceInSubnet {
         /// The VIP as `address/prefix_len`.
         vip: String,
@@ -76,7 +76,7 @@ pub enum VipError {
         subnet: String,
     },
     /// No interface is configured and several have an address in the VIP's subnet.
-    #[error("vip {vip}: interfaces {interfaces} all have an address in {subnet}; set interface = \"<name>\" for this VIP")]
+    #[error("vip {vip}: interfaces {interfaces} all have an address in {subnet}; set vip_interface = \"<name>\" in the [[target]] of this VIP")]
     AmbiguousInterface {
         /// The VIP as `address/prefix_len`.
         vip: String,
@@ -1132,7 +1132,7 @@ mod tests {
             assert_eq!(
                 error.to_string(),
                 "vip 198.18.1.10/24: no interface has an address in 198.18.1.0/24; \
-                 set interface = \"<name>\" for this VIP"
+                 set vip_interface = \"<name>\" in the [[target]] of this VIP"
             );
             assert!(!vip.monitor().expect("monitor"));
             vip.stop().expect("stop of an absent VIP");
@@ -1169,7 +1169,7 @@ mod tests {
             assert_eq!(
                 error.to_string(),
                 "vip 198.18.0.10/24: interfaces veth-a, dup0 all have an address in 198.18.0.0/24; \
-                 set interface = \"<name>\" for this VIP"
+                 set vip_interface = \"<name>\" in the [[target]] of this VIP"
             );
             let vip = Vip::new(spec("198.18.0.20", 24, Some("veth-a"))).expect("valid spec");
             let error = vip.start().expect_err("conflict");

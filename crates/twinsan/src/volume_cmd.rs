@@ -7,10 +7,9 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use twinsan_node::admin;
 use twinsan_node::api::{EventLine, PeerStatus, Request, Response, VolumeStatus};
-use twinsan_node::config::{ClusterConfig, NodeConfig};
+use twinsan_node::config::ClusterConfig;
 
 use crate::Global;
 
@@ -139,30 +138,8 @@ pub fn run(global: &Global, cmd: VolumeCommand) -> anyhow::Result<()> {
 /// The admin socket of the node `--node` names in `--config`.
 fn admin_socket(global: &Global) -> anyhow::Result<PathBuf> {
     let config = ClusterConfig::load(&global.config)?;
-    let node = this_node(&config, global.node.as_deref())?;
+    let node = config.this_node(global.node.as_deref())?;
     Ok(config.admin_socket(node))
-}
-
-/// The node `name` selects. (To be replaced by `ClusterConfig::this_node`, which also finds the node by address.)
-fn this_node<'a>(config: &'a ClusterConfig, name: Option<&str>) -> anyhow::Result<&'a NodeConfig> {
-    let names = || {
-        config
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match name {
-        None => anyhow::bail!("pass --node NAME (one of {})", names()),
-        Some(name) => config.node(name).with_context(|| {
-            format!(
-                "{}: no node is named {name} (one of {})",
-                config.source.display(),
-                names()
-            )
-        }),
-    }
 }
 
 /// Everything after the config: talk to `socket`, print to `out`; `interactive` allows a progress bar.
@@ -876,16 +853,12 @@ address = "127.0.0.12"
     fn the_node_is_picked_by_name() {
         let path = Path::new("/etc/twinsan/twinsan.toml");
         let config = ClusterConfig::parse(CONFIG, path, Path::new("/srv/t")).expect("valid");
-        let n1 = this_node(&config, Some("node1")).expect("node1");
+        let n1 = config.this_node(Some("node1")).expect("node1");
         assert_eq!(config.admin_socket(n1), Path::new("/srv/t/n1.sock"));
-        let err = this_node(&config, None).expect_err("no --node").to_string();
-        assert_eq!(err, "pass --node NAME (one of node1, node2)");
-        let err = this_node(&config, Some("node3"))
+        let err = config
+            .this_node(Some("node3"))
             .expect_err("unknown")
             .to_string();
-        assert!(
-            err.contains("no node is named node3 (one of node1, node2)"),
-            "{err}"
-        );
+        assert!(err.contains("no [[node]] is named node3"), "{err}");
     }
 }

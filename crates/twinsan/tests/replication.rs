@@ -358,6 +358,44 @@ fn cluster_corrupt_superblock_is_refused_and_left_alone() {
 }
 
 #[test]
+fn cluster_a_disk_of_another_volume_is_refused() {
+    let c = Cluster::init("wrong-uuid", true, "64M");
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("uuid = "))
+        .expect("a uuid line")
+        .to_string();
+    std::fs::write(
+        &c.config,
+        text.replacen(&line, "uuid = \"0123456789abcdef0123456789abcdef\"", 1),
+    )
+    .expect("config");
+    let before = std::fs::read(c.disk(1)).expect("read disk");
+    let out = common::run(
+        Command::new(twinsan_bin())
+            .args(["node", "run", "--config"])
+            .arg(&c.config)
+            .args(["--node", "node1"]),
+        Duration::from_secs(30),
+    );
+    let text = common::text(&out);
+    assert!(
+        !out.status.success(),
+        "a node started on another volume's disk:\n{text}"
+    );
+    assert!(
+        text.contains("belongs to volume uuid")
+            && text.contains("0123456789abcdef0123456789abcdef"),
+        "the error must say which uuids disagree:\n{text}"
+    );
+    assert!(
+        std::fs::read(c.disk(1)).expect("read disk") == before,
+        "the disk was modified"
+    );
+}
+
+#[test]
 fn cluster_peer_with_the_wrong_secret_is_refused() {
     let mut c = Cluster::init("secret", true, "64M");
     let text = std::fs::read_to_string(&c.config).expect("config");
