@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -434,3 +435,131 @@ def run_main(prog, bench):
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
         bench.cleanup()
+
+
+# ---- for bench/failover: line-stamped child output, qemu-io timing lines, who listens where ---------------
+
+QEMU_IO_TIMING_RE = re.compile(r"ops; ([0-9:.]+)[ (]")
+
+
+def qemu_io_secs(line):
+    """The duration of a qemu-io timing line, in seconds ("64 KiB, 1 ops; 00.01 sec (...)" below a second,
+    "64 KiB, 1 ops; 0:00:02.84 (...)" from one); None for any other line."""
+    m = QEMU_IO_TIMING_RE.search(line)
+    if not m:
+        return None
+    secs = 0.0
+    try:
+        for part in m.group(1).split(":"):
+            secs = secs * 60 + float(part)
+    except ValueError:
+        return None
+    return secs
+
+
+class LineStream:
+    """A child process whose stdout and stderr lines are recorded, each with the time.monotonic() of its
+    arrival, by two reader threads. With `stdbuf -oL` in front of qemu-io, each command's result line arrives as
+    the command completes. The child runs in its own session (a Ctrl-C in the terminal reaches only the script);
+    its pid is in pids until reap()."""
+
+    def __init__(self, argv, pids, env=None):
+        self.pids = pids
+        self.argv = argv
+        self.lock = threading.Lock()
+        self.out = []
+        self.err = []
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env, start_new_session=True)
+        pids.add(self.proc.pid)
+        self.threads = [threading.Thread(target=self._read, args=(f, sink), daemon=True)
+                        for f, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, f, sink):
+        for raw in iter(f.readline, b""):
+            t = time.monotonic()
+            with self.lock:
+                sink.append((t, raw.decode("utf-8", "replace").rstrip("\n")))
+
+    def lines(self):
+        """[(arrival, line)] of stdout so far."""
+        with self.lock:
+            return list(self.out)
+
+    def err_lines(self):
+        with self.lock:
+            return list(self.err)
+
+    def count(self, prefix):
+        """Lines of stdout so far that start with prefix."""
+        with self.lock:
+            return sum(1 for _, l in self.out if l.startswith(prefix))
+
+    def wait_count(self, prefix, n, timeout):
+        """Until n lines of stdout start with prefix (True), the child exits or timeout seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count(prefix) >= n:
+                return True
+            if self.proc.poll() is not None:
+                return self.count(prefix) >= n
+            time.sleep(0.005)
+        return False
+
+    def wait(self, timeout):
+        """Its exit status, or None if it still runs after timeout seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.reap()
+
+    def reap(self):
+        """Wait for the (exited or killed) child and for its output to be read; forget its pid."""
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self.threads:
+            t.join(5)
+        self.pids.discard(self.proc.pid)
+
+
+def socket_owners(hosts):
+    """Sockets bound on any of the IPv4 hosts (TCP listening and UDP), from `ss -Hltnup`: a list of
+    (protocol, local address, [pids]); [] for sockets ss shows without a process. None without ss."""
+    if not shutil.which("ss"):
+        return None
+    out = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True, timeout=30).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        local = parts[4]
+        if local.rpartition(":")[0] in hosts:
+            found.append((parts[0], local, [int(p) for p in re.findall(r"pid=(\d+)", line)]))
+    return found
+
+
+def tcp_listening(host, port):
+    """True when some socket listens on the IPv4 host:port, from /proc/net/tcp (cheap enough to poll often)."""
+    want = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 3 and fields[1] == want and fields[3] == "0A":
+                    return True
+    except OSError:
+        pass
+    return False
