@@ -24,6 +24,9 @@
 //!    several reports only [`Output::LinkDown`].
 //! 7. **Changes are reported once**, when they happen, in this order: links down, peer offline; restart, link up,
 //!    peer online. This node is always Online in its own [`Membership::view`].
+//! 8. **Early loss.** With other evidence that a peer is gone (the driver saw its replication connection reset),
+//!    [`Membership::peer_gone`] makes it Offline once every link has been silent for a shorter time than the
+//!    detection timeout; a later heartbeat makes it Online again as usual.
 //!
 //! Heartbeats are **not authenticated**: anyone who can send datagrams on a cluster link can make a peer look
 //! alive. The cluster links are assumed to be private networks; authentication is left out for now.
@@ -343,6 +346,33 @@ impl Membership {
             .filter_map(|link| link.last_heard)
             .map(|heard| heard + self.config.detection_timeout)
             .fold(self.next_send, Duration::min)
+    }
+
+    /// Early loss: the driver has other evidence that `node` is gone (its replication connection was reset or
+    /// closed by the peer's side). If no link has heard from it for `min_silence` either, it is Offline now rather
+    /// than at the detection timeout; a heartbeat that still arrives brings it back as usual.
+    pub fn peer_gone(&mut self, node: u8, min_silence: Duration, now: Duration) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.expire(now, &mut out);
+        let Some(peer) = self.peers.iter_mut().find(|p| p.node == node) else {
+            return out;
+        };
+        let silent = peer.links.iter().all(|l| {
+            l.last_heard
+                .is_none_or(|heard| now.saturating_sub(heard) >= min_silence)
+        });
+        if !peer.online || !silent {
+            return out;
+        }
+        for (index, link) in (0u8..).zip(peer.links.iter_mut()) {
+            if link.up {
+                link.up = false;
+                out.push(Output::LinkDown { node, link: index });
+            }
+        }
+        peer.online = false;
+        out.push(Output::PeerOffline { node });
+        out
     }
 
     /// Every node, this one first (always Online), then the peers in configuration order.

@@ -969,6 +969,10 @@ impl Shared {
                 self.monitor();
             }
             self.clear_settled_fences();
+            // The peer's end of a replication link closed or reset just now (its process or host died): with
+            // every cluster link silent for two heartbeat intervals too, it is OFFLINE now, not at the detection
+            // timeout — a dead primary is replaced within about half a second.
+            self.early_loss();
             // The peer is OFFLINE on every cluster link: a replication link silent as long is dead too (a hung or
             // cut-off peer sends no RST), so the survivor need not wait for the volume's own ping timeout.
             let silent_peer = {
@@ -1068,6 +1072,37 @@ impl Shared {
             .values()
             .any(|r| r.status != RunStatus::Stopped && r.kind != ResourceKind::Volume)
             && !self.volumes.values().any(|v| v.is_primary())
+    }
+
+    /// Early loss detection (membership rule 8) on a replication link closed by the peer's side.
+    fn early_loss(&self) {
+        let recent = self
+            .volumes
+            .values()
+            .filter_map(|v| v.peer_closed_ago())
+            .any(|ago| ago < Duration::from_secs(5));
+        if !recent {
+            return;
+        }
+        let silence = Duration::from_millis(self.config.cluster.heartbeat_interval_ms) * 2;
+        let outs = {
+            let mut st = self.lock();
+            if !self.peer_online(&st) {
+                return;
+            }
+            let now = self.now();
+            st.membership.peer_gone(self.peer.id, silence, now)
+        };
+        if outs
+            .iter()
+            .any(|o| matches!(o, MemberOut::PeerOffline { .. }))
+        {
+            info!(
+                peer = %self.peer.name,
+                "the peer closed its replication link and sent no heartbeat for {silence:?}: it is gone"
+            );
+        }
+        self.membership_outputs(outs);
     }
 
     /// `actions` cut, per volume, before its first promotion or start.

@@ -258,6 +258,9 @@ pub struct Volume {
     handlers: Handlers,
     /// Where resource-only fencing requests go (the cluster manager); without one a fence fails.
     fencer: Mutex<Option<Fencer>>,
+    /// When the established replication link was last closed or reset from the peer's side (its process or
+    /// host went away, or it disconnected): evidence for the cluster's early loss detection.
+    peer_closed_at: Mutex<Option<Instant>>,
 }
 
 /// Takes a fence request: the volume and this node's generation identifiers. It must not block (it runs under
@@ -332,6 +335,7 @@ impl Volume {
             threads: Mutex::new(Vec::new()),
             handlers,
             fencer: Mutex::new(None),
+            peer_closed_at: Mutex::new(None),
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -826,11 +830,18 @@ impl Volume {
             twinsan_replication::engine::MAX_REQUEST,
         ));
         let mut buf = vec![0u8; 256 << 10];
+        let mut by_peer = false;
         let reason = 'read: loop {
             let n = match stream.read(&mut buf) {
-                Ok(0) => break 'read "the peer closed the connection".to_string(),
+                Ok(0) => {
+                    by_peer = true;
+                    break 'read "the peer closed the connection".to_string();
+                }
                 Ok(n) => n,
-                Err(e) => break 'read format!("read: {e}"),
+                Err(e) => {
+                    by_peer = e.kind() == io::ErrorKind::ConnectionReset;
+                    break 'read format!("read: {e}");
+                }
             };
             // Every frame of one read is handed to the engine under one lock, so what it answers (acks) leaves
             // in one send.
@@ -862,7 +873,27 @@ impl Volume {
             let _ = open.queue.send(ToSender::Close);
         }
         self.links_open.fetch_sub(1, Ordering::SeqCst);
+        let was_connected =
+            self.status().connection == twinsan_replication::state::ConnState::Connected;
         self.input(Input::LinkDown { link, reason });
+        // Only the established link's end counts (a stray connection closing leaves the state as it was).
+        if by_peer
+            && was_connected
+            && self.status().connection != twinsan_replication::state::ConnState::Connected
+        {
+            *self
+                .peer_closed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+    }
+
+    /// How long ago the established replication link was closed or reset from the peer's side, if it was.
+    pub fn peer_closed_ago(&self) -> Option<Duration> {
+        self.peer_closed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
     }
 }
 

@@ -191,6 +191,48 @@ fn all_links_silent_gives_offline_at_the_timeout_not_before() {
 }
 
 #[test]
+fn early_loss_needs_silence_on_every_link_and_a_heartbeat_undoes_it() {
+    let mut m = node(1, 2, 2, 1);
+    hear_round(&mut m, 1, 0, &[0, 1], ms(0));
+    hear_round(&mut m, 1, 1, &[1], ms(300));
+    // Link 1 heard from the peer 100 ms ago: not gone, whatever the driver suspects.
+    assert_eq!(state_changes(&m.peer_gone(2, ms(400), ms(400))), vec![]);
+    assert!(peer_online(&m));
+    // 400 ms of silence on both links: Offline now, long before the 1 s detection timeout.
+    assert_eq!(
+        state_changes(&m.peer_gone(2, ms(400), ms(700))),
+        vec![
+            Output::LinkDown { node: 2, link: 0 },
+            Output::LinkDown { node: 2, link: 1 },
+            Output::PeerOffline { node: 2 },
+        ]
+    );
+    assert!(!peer_online(&m));
+    assert_eq!(
+        state_changes(&m.peer_gone(2, ms(400), ms(800))),
+        vec![],
+        "reported once"
+    );
+    assert_eq!(
+        state_changes(&m.tick(ms(1500))),
+        vec![],
+        "and not again at the timeout"
+    );
+    // An unknown node changes nothing; a heartbeat brings the peer back.
+    assert_eq!(state_changes(&m.peer_gone(9, ms(0), ms(1600))), vec![]);
+    assert_eq!(
+        hear_round(&mut m, 1, 2, &[0], ms(1700)),
+        vec![
+            Output::LinkUp { node: 2, link: 0 },
+            Output::PeerOnline {
+                node: 2,
+                incarnation: 1
+            }
+        ]
+    );
+}
+
+#[test]
 fn a_restarted_peer_is_reported_and_rejoins() {
     let mut m = node(1, 2, 1, 1);
     hear_round(&mut m, 5, 40, &[0], ms(0));
