@@ -318,6 +318,20 @@ fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
     );
 }
 
+/// Runs `node run` for node `n`, which must fail (`why` says what it would mean if it did not); its output.
+fn node_run_fails(c: &Cluster, n: usize, why: &str) -> String {
+    let out = common::run(
+        Command::new(twinsan_bin())
+            .args(["node", "run", "--config"])
+            .arg(&c.config)
+            .args(["--node", &format!("node{n}")]),
+        Duration::from_secs(30),
+    );
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{why}:\n{text}");
+    text
+}
+
 #[test]
 fn cluster_corrupt_superblock_is_refused_and_left_alone() {
     let c = Cluster::init("corrupt-sb", true, "64M");
@@ -334,18 +348,7 @@ fn cluster_corrupt_superblock_is_refused_and_left_alone() {
         bytes[i + 16] ^= 0x5a;
     }
     std::fs::write(&path, &bytes).expect("write disk");
-    let out = common::run(
-        Command::new(twinsan_bin())
-            .args(["node", "run", "--config"])
-            .arg(&c.config)
-            .args(["--node", "node1"]),
-        Duration::from_secs(30),
-    );
-    let text = common::text(&out);
-    assert!(
-        !out.status.success(),
-        "a node with a corrupt superblock started:\n{text}"
-    );
+    let text = node_run_fails(&c, 1, "a node with a corrupt superblock started");
     assert!(
         text.contains("vol0.img") && text.contains("superblock"),
         "the error must name the file and the superblock:\n{text}"
@@ -372,18 +375,7 @@ fn cluster_a_disk_of_another_volume_is_refused() {
     )
     .expect("config");
     let before = std::fs::read(c.disk(1)).expect("read disk");
-    let out = common::run(
-        Command::new(twinsan_bin())
-            .args(["node", "run", "--config"])
-            .arg(&c.config)
-            .args(["--node", "node1"]),
-        Duration::from_secs(30),
-    );
-    let text = common::text(&out);
-    assert!(
-        !out.status.success(),
-        "a node started on another volume's disk:\n{text}"
-    );
+    let text = node_run_fails(&c, 1, "a node started on another volume's disk");
     assert!(
         text.contains("belongs to volume uuid")
             && text.contains("0123456789abcdef0123456789abcdef"),

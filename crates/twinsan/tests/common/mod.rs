@@ -228,21 +228,33 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
         let _ = std::io::Read::read_to_end(&mut err, &mut v);
         v
     });
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_or_kill(&mut child, deadline, Duration::from_millis(20)) else {
+        panic!("{cmd:?} did not finish within {limit:?}");
     };
     Output {
         status,
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Waits for `child` to exit, polling every `poll`, until `deadline`; past it, kills and reaps the child and
+/// returns `None`.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    deadline: Instant,
+    poll: Duration,
+) -> Option<std::process::ExitStatus> {
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(poll);
     }
 }
 

@@ -949,16 +949,8 @@ fn exec(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
         v
     });
     let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{cmd:?} did not finish within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    let Some(status) = super::wait_or_kill(&mut child, deadline, Duration::from_millis(2)) else {
+        return Err(format!("{cmd:?} did not finish within {limit:?}"));
     };
     Ok(Output {
         status,

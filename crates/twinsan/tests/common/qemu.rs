@@ -237,16 +237,8 @@ pub fn stream_via(
         lines: lines.clone(),
     });
     let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("qemu-io did not finish within 240 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let Some(status) = super::wait_or_kill(&mut child, deadline, Duration::from_millis(50)) else {
+        panic!("qemu-io did not finish within 240 s");
     };
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
