@@ -36,26 +36,6 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 /// How long each node may take to hand over and stop.
 const STOP_LIMIT: Duration = Duration::from_secs(40);
 
-/// Set by SIGINT or SIGTERM.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn watch_signals() {
-    // SAFETY: installs a handler that only stores to an atomic; sigaction's struct is fully initialised.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_signal as *const () as usize;
-        libc::sigemptyset(&mut action.sa_mask);
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
-}
-
 /// A node process of the demo; stopped (SIGTERM, then SIGKILL) when dropped.
 struct NodeChild {
     name: String,
@@ -92,12 +72,12 @@ impl Drop for NodeChild {
 
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    watch_signals();
+    let stop = crate::signals::stop_on_signal()?;
     let (dir, temporary) = match &args.dir {
         Some(dir) => (dir.clone(), false),
         None => (temp_dir()?, true),
     };
-    let result = demo(&dir, &args);
+    let result = demo(&dir, &args, &stop);
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -117,7 +97,7 @@ fn temp_dir() -> anyhow::Result<PathBuf> {
     bail!("cannot make a temporary folder in {}", base.display())
 }
 
-fn demo(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
+fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<()> {
     let config_path = dir.join("twinsan.toml");
     if !config_path.exists() {
         init_cmd::create(
@@ -170,7 +150,7 @@ fn demo(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let first = loop {
-        if STOP.load(Ordering::SeqCst) {
+        if stop_flag.load(Ordering::SeqCst) {
             return stop(nodes);
         }
         for n in nodes.iter_mut() {
@@ -208,7 +188,7 @@ fn demo(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let terminal = std::io::stdout().is_terminal();
     let mut last = String::new();
     let mut drawn = 0usize;
-    while !STOP.load(Ordering::SeqCst) {
+    while !stop_flag.load(Ordering::SeqCst) {
         for n in nodes.iter_mut() {
             if let Ok(Some(status)) = n.child.try_wait() {
                 println!("node {} exited ({status}); see {}", n.name, n.log.display());

@@ -7,6 +7,7 @@ mod node_cmd;
 mod ops_cmd;
 mod progress;
 mod serve;
+mod signals;
 mod size;
 mod volume_cmd;
 mod witness_cmd;

@@ -3,8 +3,7 @@
 //! cluster's secret. It needs only the config file's `[cluster]` name and secret, and no root.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -47,7 +46,7 @@ pub fn run(global: &Global, args: WitnessArgs) -> anyhow::Result<()> {
     let config = ClusterConfig::load(&global.config)?;
     let secret = config.secret()?;
     let cluster_id = twinsan_replication::wire::cluster_id(&config.cluster.name);
-    let stop = stop_on_signal()?;
+    let stop = crate::signals::stop_on_signal()?;
     let socket = UdpSocket::bind(args.listen)
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     socket
@@ -155,38 +154,6 @@ impl WitnessLog {
             warn!(%from, "{why} (and {suppressed} more since the last warning)");
         }
     }
-}
-
-/// A flag raised by SIGTERM or SIGINT, watched by a thread of its own; the handlers are in place on return.
-fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal watcher")?;
-    let (mut term, mut int) = {
-        let _context = runtime.enter();
-        (
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        )
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let raised = stop.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            runtime.block_on(async {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            });
-            info!("witness: shutting down");
-            raised.store(true, Ordering::SeqCst);
-        })
-        .context("starting the signal watcher")?;
-    Ok(stop)
 }
 
 #[cfg(test)]
