@@ -65,7 +65,8 @@ pub enum TargetCommand {
     Ls,
 }
 
-fn socket(global: &Global) -> anyhow::Result<(ClusterConfig, PathBuf)> {
+/// The config and the admin socket of the node `--node` names (or whose address is on this machine).
+pub fn socket(global: &Global) -> anyhow::Result<(ClusterConfig, PathBuf)> {
     let config = ClusterConfig::load(&global.config)?;
     let node = config.this_node(global.node.as_deref())?;
     let socket = config.admin_socket(node);

@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use twinsan_node::admin;
 use twinsan_node::api::{EventLine, PeerStatus, Request, Response, VolumeStatus};
-use twinsan_node::config::ClusterConfig;
 
 use crate::Global;
 
@@ -130,16 +129,9 @@ pub fn run(global: &Global, cmd: VolumeCommand) -> anyhow::Result<()> {
     if let VolumeCommand::CreateMd { volume, force } = &cmd {
         return crate::init_cmd::create_md(global, volume, *force);
     }
-    let socket = admin_socket(global)?;
+    let (_, socket) = crate::cluster_cmd::socket(global)?;
     let interactive = std::io::stdout().is_terminal();
     execute(&socket, cmd, &mut std::io::stdout(), interactive)
-}
-
-/// The admin socket of the node `--node` names in `--config`.
-fn admin_socket(global: &Global) -> anyhow::Result<PathBuf> {
-    let config = ClusterConfig::load(&global.config)?;
-    let node = config.this_node(global.node.as_deref())?;
-    Ok(config.admin_socket(node))
 }
 
 /// Everything after the config: talk to `socket`, print to `out`; `interactive` allows a progress bar.
@@ -412,6 +404,8 @@ fn object_lines(v: &VolumeStatus) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::path::PathBuf;
+    use twinsan_node::config::ClusterConfig;
 
     fn peer(connection: &str, replication: &str) -> PeerStatus {
         PeerStatus {
