@@ -101,6 +101,7 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
         let paths = DiskPaths {
             data: config.resolve(&disk.path),
             meta: disk.meta.as_ref().map(|m| config.resolve(m)),
+            volume_uuid: v.uuid_value(),
         };
         // The controller re-requests what completed once per 100 ms step, so the fill target bounds the rate to
         // fill / step; DRBD's defaults (fill of a few MiB, 2 s to close a gap) are sized for WAN links and keep a
@@ -143,21 +144,6 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             split_brain: v.handler_split_brain.clone(),
             pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
         };
-        // The disk must be this volume's: checked before anything is written to it. (A metadata read error is
-        // left for Volume::start, which reports it with the file and the superblock.)
-        if let Ok((_, chosen)) = crate::md::read_md(&paths.data, paths.meta.as_deref()) {
-            let on_disk = chosen.superblock.volume_uuid;
-            if on_disk != v.uuid_value() {
-                return Err(DaemonError::Config(format!(
-                    "volume {}: the disk {} belongs to volume uuid {on_disk:032x}, but {} gives uuid {}: a wrong \
-                     disk or a wrong config; nothing was changed",
-                    v.name,
-                    paths.data.display(),
-                    config.source.display(),
-                    v.uuid
-                )));
-            }
-        }
         let volume = Volume::start(
             &v.name,
             &peer.name,

@@ -48,6 +48,8 @@ pub struct DiskPaths {
     pub data: PathBuf,
     /// External metadata, or `None` for internal.
     pub meta: Option<PathBuf>,
+    /// The volume uuid the config gives: the metadata must carry it.
+    pub volume_uuid: u128,
 }
 
 /// Why a volume could not be started.
@@ -68,6 +70,19 @@ pub enum VolumeError {
         path: PathBuf,
         /// What is wrong.
         why: String,
+    },
+    /// The metadata belongs to another volume.
+    #[error(
+        "the disk {path} belongs to volume uuid {on_disk:032x}, but the config gives uuid {expected:032x}: a wrong \
+         disk or a wrong config; nothing was changed"
+    )]
+    WrongVolume {
+        /// The data file or device.
+        path: PathBuf,
+        /// The uuid in its metadata.
+        on_disk: u128,
+        /// The uuid the config gives.
+        expected: u128,
     },
 }
 
@@ -175,6 +190,14 @@ pub fn open_disk(
         .superblock
         .check_fits(&layout)
         .map_err(|e| bad(e.to_string()))?;
+    // Checked before anything is written to the disk.
+    if chosen.superblock.volume_uuid != paths.volume_uuid {
+        return Err(VolumeError::WrongVolume {
+            path: paths.data.clone(),
+            on_disk: chosen.superblock.volume_uuid,
+            expected: paths.volume_uuid,
+        });
+    }
     Ok((FileStorage { data, meta }, layout, chosen.superblock))
 }
 
