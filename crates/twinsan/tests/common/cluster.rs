@@ -213,24 +213,8 @@ impl Cluster {
     }
 
     /// Polls `probe` every 200 ms until it gives a value, at most `limit`; fails the test with both logs.
-    pub fn wait_for<T>(
-        &self,
-        limit: Duration,
-        what: &str,
-        mut probe: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = probe() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not reached within {limit:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn wait_for<T>(&self, limit: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        super::poll_until(limit, what, || self.logs(), probe)
     }
 
     /// The iSCSI URL of LUN 1 at node `n`'s address.

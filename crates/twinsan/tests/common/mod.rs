@@ -238,6 +238,28 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// Polls `probe` every 200 ms until it gives a value, at most `limit`; on timeout fails the test saying `what`
+/// and adding `context()` (the daemons' logs).
+pub fn poll_until<T>(
+    limit: Duration,
+    what: &str,
+    context: impl Fn() -> String,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {limit:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits for `child` to exit, polling every `poll`, until `deadline`; past it, kills and reaps the child and
 /// returns `None`.
 pub fn wait_or_kill(

@@ -172,19 +172,8 @@ impl NsCluster {
         self.json(n, &["status", "--json"])
     }
 
-    pub fn wait<T>(&self, limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = probe() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    pub fn wait<T>(&self, limit: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+        super::poll_until(limit, what, || self.logs(), probe)
     }
 
     /// Where the whole stack runs in node `n`'s view.
