@@ -271,15 +271,9 @@ pub fn format_cluster(s: &ClusterStatus) -> String {
     out
 }
 
-/// One line of the tree: `prefix o- name ....... [info]`, dotted out to a fixed width as targetcli does.
-fn tree_line(last_stack: &[bool], name: &str, info: &str) -> String {
-    let mut prefix = String::new();
-    for (i, &more) in last_stack.iter().enumerate() {
-        if i + 1 == last_stack.len() {
-            break;
-        }
-        prefix += if more { "| " } else { "  " };
-    }
+/// One line of the tree: `PREFIX o- name ....... [info]`, dotted out to a fixed width as targetcli does. The
+/// prefix holds, per ancestor, `| ` when siblings follow it and two spaces when not.
+fn tree_line(prefix: &str, name: &str, info: &str) -> String {
     let head = format!("{prefix}o- {name} ");
     let tail = format!(" [{info}]");
     let width: usize = 78;
@@ -290,81 +284,60 @@ fn tree_line(last_stack: &[bool], name: &str, info: &str) -> String {
 /// The targets as a tree like `targetcli ls /`: each target with its portal group, ACLs, LUNs (with the volume
 /// behind each and where it is Primary) and portal (with where it is served).
 pub fn format_target_tree(config: &ClusterConfig, s: &ClusterStatus) -> String {
-    let mut out = tree_line(&[false], "/", "...");
-    out += &tree_line(
-        &[false, false],
-        "iscsi",
-        &format!("Targets: {}", config.targets.len()),
-    );
+    let mut out = tree_line("", "/", "...");
+    out += &tree_line("  ", "iscsi", &format!("Targets: {}", config.targets.len()));
+    let find = |name: &str| s.resources.iter().find(|r| r.name == name);
+    let served = |name: &str| {
+        find(name)
+            .map(placement)
+            .unwrap_or_else(|| "not managed".into())
+    };
     for (ti, t) in config.targets.iter().enumerate() {
-        let more_targets = ti + 1 < config.targets.len();
         let volume = t.lun.first().map(|l| l.volume.as_str()).unwrap_or("");
-        let find = |name: String| s.resources.iter().find(|r| r.name == name);
-        let primary = find(volume.to_string())
+        let primary = find(volume)
             .and_then(|r| r.promoted.first().cloned())
             .unwrap_or_else(|| "nowhere".into());
-        out += &tree_line(&[false, false, more_targets], &t.iqn, "TPGs: 1");
+        // Prefixes of the target, its portal group, the groups in it (acls, luns, portals) and their entries.
+        let target = "    ";
+        let tpg = format!(
+            "{target}{}",
+            if ti + 1 < config.targets.len() {
+                "| "
+            } else {
+                "  "
+            }
+        );
+        let group = format!("{tpg}  ");
+        let listed = format!("{group}| ");
+        let last = format!("{group}  ");
+        out += &tree_line(target, &t.iqn, "TPGs: 1");
         let auth = if t.allow.is_empty() {
             "gen-acls, no-auth"
         } else {
             "no-gen-acls, no-auth"
         };
-        out += &tree_line(&[false, false, more_targets, false], "tpg1", auth);
-        out += &tree_line(
-            &[false, false, more_targets, false, true],
-            "acls",
-            &format!("ACLs: {}", t.allow.len()),
-        );
-        for (ai, a) in t.allow.iter().enumerate() {
-            out += &tree_line(
-                &[
-                    false,
-                    false,
-                    more_targets,
-                    false,
-                    true,
-                    ai + 1 < t.allow.len(),
-                ],
-                a,
-                "Mapped LUNs: all",
-            );
+        out += &tree_line(&tpg, "tpg1", auth);
+        out += &tree_line(&group, "acls", &format!("ACLs: {}", t.allow.len()));
+        for a in &t.allow {
+            out += &tree_line(&listed, a, "Mapped LUNs: all");
         }
-        out += &tree_line(
-            &[false, false, more_targets, false, true],
-            "luns",
-            &format!("LUNs: {}", t.lun.len()),
-        );
-        for (li, l) in t.lun.iter().enumerate() {
-            let lun_res = find(format!("{}-lun{}", l.volume, l.lun));
-            let served = lun_res
-                .map(placement)
-                .unwrap_or_else(|| "not managed".into());
+        out += &tree_line(&group, "luns", &format!("LUNs: {}", t.lun.len()));
+        for l in &t.lun {
             out += &tree_line(
-                &[
-                    false,
-                    false,
-                    more_targets,
-                    false,
-                    true,
-                    li + 1 < t.lun.len(),
-                ],
+                &listed,
                 &format!("lun{}", l.lun),
-                &format!("{} (replicated) Primary on {primary}, {served}", l.volume),
+                &format!(
+                    "{} (replicated) Primary on {primary}, {}",
+                    l.volume,
+                    served(&format!("{}-lun{}", l.volume, l.lun))
+                ),
             );
         }
-        let portal = std::net::SocketAddr::new(t.vip, t.port);
-        let served = find(format!("{volume}-target"))
-            .map(placement)
-            .unwrap_or_else(|| "not managed".into());
+        out += &tree_line(&group, "portals", "Portals: 1");
         out += &tree_line(
-            &[false, false, more_targets, false, false],
-            "portals",
-            "Portals: 1",
-        );
-        out += &tree_line(
-            &[false, false, more_targets, false, false, false],
-            &portal.to_string(),
-            &format!("virtual IP, {served}"),
+            &last,
+            &std::net::SocketAddr::new(t.vip, t.port).to_string(),
+            &format!("virtual IP, {}", served(&format!("{volume}-target"))),
         );
     }
     out
