@@ -522,6 +522,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_servers(&self) -> MutexGuard<'_, BTreeMap<String, RunningServer>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
@@ -1281,11 +1285,7 @@ impl Shared {
             resources.push(ResourceStatus {
                 resource: name.clone(),
                 node: self.me.name.clone(),
-                status: if r.kind == ResourceKind::Volume && r.status == RunStatus::Started {
-                    RunStatus::Stopped
-                } else {
-                    r.status
-                },
+                status: r.status,
                 fail_count: r.fail_count,
                 last_failure_s: r
                     .last_failure
@@ -1295,21 +1295,21 @@ impl Shared {
         if peer_online {
             if let Some(report) = &st.peer_report {
                 for r in &report.resources {
-                    if !st.resources.contains_key(&r.resource) {
+                    // Only resources this node knows too; a volume is never "started" (its role says it), whatever
+                    // the report claims.
+                    let Some(known) = st.resources.get(&r.resource) else {
                         continue;
-                    }
-                    let kind = st.resources.get(&r.resource).map(|x| x.kind);
-                    let status = run_status_by_name(&r.status);
+                    };
+                    let status = match run_status_by_name(&r.status) {
+                        RunStatus::Started if known.kind == ResourceKind::Volume => {
+                            RunStatus::Stopped
+                        }
+                        status => status,
+                    };
                     resources.push(ResourceStatus {
                         resource: r.resource.clone(),
                         node: self.peer.name.clone(),
-                        status: if kind == Some(ResourceKind::Volume)
-                            && status == RunStatus::Started
-                        {
-                            RunStatus::Stopped
-                        } else {
-                            status
-                        },
+                        status,
                         fail_count: r.fail_count,
                         last_failure_s: r.last_failure_ago_s.map(|ago| now_s.saturating_sub(ago)),
                     });
@@ -1477,9 +1477,7 @@ impl Shared {
             )
         };
         let same = self
-            .servers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_servers()
             .get(&stack.volume)
             .map(|s| s.luns == luns && !s.task.is_finished());
         if target_on && same == Some(true) {
@@ -1489,12 +1487,11 @@ impl Shared {
         if !target_on {
             return Ok(());
         }
-        let mut map = BTreeMap::new();
-        for l in &luns {
-            if let Some(lu) = self.luns.get(&stack.volume) {
-                map.insert(*l, lu.clone());
-            }
-        }
+        // The stack's volume is behind each of its LUN numbers (config validation allows one).
+        let map = match self.luns.get(&stack.volume) {
+            Some(lu) => luns.iter().map(|l| (*l, lu.clone())).collect(),
+            None => BTreeMap::new(),
+        };
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
         let config = ServerConfig::new(vec![TargetConfig {
             name: stack.target.iqn.clone(),
@@ -1509,26 +1506,19 @@ impl Shared {
         let (tx, rx) = watch::channel(false);
         let task = self.runtime.spawn(server.run(rx));
         info!(portal = %addr, target = %stack.target.iqn, luns = ?luns, "serving iSCSI");
-        self.servers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                stack.volume.clone(),
-                RunningServer {
-                    luns,
-                    stop: tx,
-                    task,
-                },
-            );
+        self.lock_servers().insert(
+            stack.volume.clone(),
+            RunningServer {
+                luns,
+                stop: tx,
+                task,
+            },
+        );
         Ok(())
     }
 
     fn stop_server(&self, volume: &str) {
-        let running = self
-            .servers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(volume);
+        let running = self.lock_servers().remove(volume);
         if let Some(server) = running {
             let _ = server.stop.send(true);
             let _ = self.runtime.block_on(server.task);
@@ -1557,9 +1547,7 @@ impl Shared {
                 },
                 ResourceKind::Target => {
                     let alive = self
-                        .servers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .lock_servers()
                         .get(&volume)
                         .is_some_and(|s| !s.task.is_finished());
                     (!alive).then(|| "the iSCSI server is not running".to_string())
@@ -1794,12 +1782,14 @@ impl Shared {
     /// The node where the stack of `resource` is promoted now.
     fn where_runs(&self, resource: &str) -> Option<String> {
         let volume = self.stack_of(resource)?;
-        let status = self.cluster_status();
-        status
-            .resources
+        let (input, ..) = self.build_input();
+        let state = &input.state;
+        state
+            .volumes
             .iter()
-            .find(|r| r.name == volume)
-            .and_then(|r| r.promoted.first().cloned())
+            .filter(|e| e.volume == volume && e.role == Role::Primary)
+            .find(|e| state.nodes.iter().any(|n| n.name == e.node && n.online))
+            .map(|e| e.node.clone())
     }
 
     fn cluster_status(&self) -> api::ClusterStatus {
