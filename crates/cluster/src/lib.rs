@@ -15,5 +15,8 @@ pub mod membership;
 pub mod scheduler;
 pub mod witness;
 
+#[cfg(test)]
+mod test_rng;
+
 pub use error::{InputError, MembershipError};
 pub use scheduler::{schedule, ClusterInput, Schedule};

@@ -1369,25 +1369,7 @@ mod tests {
 
     // ---- simulation ----
 
-    /// A small deterministic generator (xorshift64*), so a failing run is reproduced by its seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.below(100) < percent
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// One party's clock: its own origin and rate (`ppm` parts per million fast or slow).
     #[derive(Clone, Copy)]

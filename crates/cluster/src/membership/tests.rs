@@ -499,21 +499,7 @@ proptest! {
     }
 }
 
-/// A small deterministic generator (xorshift64*), so a failing run is reproduced by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
+use crate::test_rng::Rng;
 
 /// Two nodes exchanging encoded heartbeats over two links on a 10 ms step: 20% loss, 5% duplicates, 0–30 ms of
 /// delay (so reordering), then a cut of link 1, a full partition, a heal, a crash of node B and its restart with
