@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,13 +33,7 @@ fn demo_without_root_serves_the_lun_at_the_vip_and_stops_cleanly() {
     let out = Arc::new(Mutex::new(String::new()));
     let sink = out.clone();
     let stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let mut o = sink.lock().unwrap_or_else(|p| p.into_inner());
-            o.push_str(&line);
-            o.push('\n');
-        }
-    });
+    let reader = common::collect_lines(stdout, sink);
     let seen = |needle: &str| {
         out.lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -96,15 +89,9 @@ fn demo_without_root_serves_the_lun_at_the_vip_and_stops_cleanly() {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("twinsan demo did not stop within 90 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = common::wait_or_kill(&mut child, deadline, Duration::from_millis(100))
+    else {
+        panic!("twinsan demo did not stop within 90 s of SIGTERM");
     };
     let _ = reader.join();
     let mut err = String::new();

@@ -5,7 +5,7 @@
 //! use it share the fixed addresses of `twinsan init`, so nextest runs them one at a time (test group
 //! `cluster`).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -88,13 +88,7 @@ impl Cluster {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        super::collect_lines(stderr, sink);
         self.nodes[n - 1] = Some(NodeProc { child, log });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -11,7 +11,6 @@ pub mod netns;
 pub mod nscluster;
 pub mod qemu;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -115,13 +114,7 @@ impl Serve {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        collect_lines(stderr, sink);
         let mut serve = Serve {
             child: Some(child),
             addr,
@@ -258,6 +251,24 @@ pub fn poll_until<T>(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Appends each line `stream` gives to `log` (with its newline) on a thread of its own, until the stream ends.
+pub fn collect_lines(
+    stream: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+            l.push_str(&line);
+            l.push('\n');
+        }
+    })
 }
 
 /// Waits for `child` to exit, polling every `poll`, until `deadline`; past it, kills and reaps the child and

@@ -51,7 +51,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -837,8 +837,8 @@ impl Proc {
         let log = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
-        collect(out, log.clone());
-        collect(err, log.clone());
+        super::collect_lines(out, log.clone());
+        super::collect_lines(err, log.clone());
         Proc {
             child,
             what: what.to_owned(),
@@ -918,16 +918,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-fn collect(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
 }
 
 /// Runs a command with a time limit; its output, or why it could not run. Never panics (Drop uses it).
