@@ -30,7 +30,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use twinsan_cluster::membership::{Membership, MembershipConfig, Output as MemberOut};
 use twinsan_cluster::scheduler::{
@@ -43,7 +42,7 @@ use twinsan_replication::generation::{GenerationIds, Role as VolumeRole, HISTORY
 use twinsan_replication::state::{ConnState, DiskState as VolumeDisk, FencingPolicy};
 use twinsan_replication::wire;
 use twinsan_scsi::LogicalUnit;
-use twinsan_target::{Server, ServerConfig, TargetConfig};
+use twinsan_target::{Running, Server, ServerConfig, TargetConfig};
 
 use crate::api;
 use crate::config::{ClusterConfig, NodeConfig, TargetSection};
@@ -158,8 +157,7 @@ struct Shared {
 
 struct RunningServer {
     luns: BTreeSet<u64>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    server: Running,
 }
 
 /// The running cluster manager of this node.
@@ -1479,7 +1477,7 @@ impl Shared {
         let same = self
             .lock_servers()
             .get(&stack.volume)
-            .map(|s| s.luns == luns && !s.task.is_finished());
+            .map(|s| s.luns == luns && !s.server.is_finished());
         if target_on && same == Some(true) {
             return Ok(());
         }
@@ -1503,15 +1501,16 @@ impl Shared {
             .runtime
             .block_on(Server::bind(config, &[addr]))
             .map_err(|e| format!("cannot serve {} at {addr}: {e}", stack.target.iqn))?;
-        let (tx, rx) = watch::channel(false);
-        let task = self.runtime.spawn(server.run(rx));
+        let running = {
+            let _runtime = self.runtime.enter();
+            server.spawn()
+        };
         info!(portal = %addr, target = %stack.target.iqn, luns = ?luns, "serving iSCSI");
         self.lock_servers().insert(
             stack.volume.clone(),
             RunningServer {
                 luns,
-                stop: tx,
-                task,
+                server: running,
             },
         );
         Ok(())
@@ -1519,9 +1518,8 @@ impl Shared {
 
     fn stop_server(&self, volume: &str) {
         let running = self.lock_servers().remove(volume);
-        if let Some(server) = running {
-            let _ = server.stop.send(true);
-            let _ = self.runtime.block_on(server.task);
+        if let Some(running) = running {
+            self.runtime.block_on(running.server.stop());
             info!(volume, "stopped serving iSCSI");
         }
     }
@@ -1549,7 +1547,7 @@ impl Shared {
                     let alive = self
                         .lock_servers()
                         .get(&volume)
-                        .is_some_and(|s| !s.task.is_finished());
+                        .is_some_and(|s| !s.server.is_finished());
                     (!alive).then(|| "the iSCSI server is not running".to_string())
                 }
                 ResourceKind::Lun => {

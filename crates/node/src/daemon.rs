@@ -17,7 +17,7 @@ use twinsan_replication::engine::{AdminCommand, EngineConfig};
 use twinsan_replication::resync::{RateConfig, ResyncConfig};
 use twinsan_replication::wire::{self, SharedSecret};
 use twinsan_scsi::LogicalUnit;
-use twinsan_target::{Server, ServerConfig, TargetConfig};
+use twinsan_target::{Running, Server, ServerConfig, TargetConfig};
 
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
@@ -66,8 +66,7 @@ struct Node {
 #[derive(Default)]
 struct Targets {
     serving: BTreeSet<String>,
-    stop: Option<watch::Sender<bool>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: Option<Running>,
     /// Volumes being demoted: their targets stay down.
     held: HashSet<String>,
 }
@@ -343,28 +342,23 @@ impl Node {
         let addr = SocketAddr::new(self.me.address, port);
         match Server::bind(ServerConfig::new(targets), &[addr]).await {
             Ok(server) => {
-                let (tx, rx) = watch::channel(false);
-                let task = tokio::spawn(server.run(rx));
+                let running = server.spawn();
                 info!(portal = %addr, targets = ?desired, "serving iSCSI");
                 let mut t = self.lock_targets();
                 t.serving = desired;
-                t.stop = Some(tx);
-                t.task = Some(task);
+                t.server = Some(running);
             }
             Err(e) => warn!(portal = %addr, "cannot serve iSCSI: {e}; retrying"),
         }
     }
 
     async fn stop_targets(&self) {
-        let (stop, task, was) = {
+        let (server, was) = {
             let mut t = self.lock_targets();
-            (t.stop.take(), t.task.take(), std::mem::take(&mut t.serving))
+            (t.server.take(), std::mem::take(&mut t.serving))
         };
-        if let Some(stop) = stop {
-            let _ = stop.send(true);
-        }
-        if let Some(task) = task {
-            let _ = task.await;
+        if let Some(server) = server {
+            server.stop().await;
             info!(targets = ?was, "stopped serving iSCSI");
         }
     }

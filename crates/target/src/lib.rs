@@ -16,4 +16,4 @@ mod server;
 pub use backend::FileDevice;
 pub use config::{ServerConfig, TargetConfig};
 pub use error::TargetError;
-pub use server::Server;
+pub use server::{Running, Server};

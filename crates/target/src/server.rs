@@ -124,6 +124,25 @@ impl Shared {
     }
 }
 
+/// A server serving on a task of its own ([`Server::spawn`]).
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Whether it has stopped (by itself: its task ended).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Ends it: no new connections, every session ended, and waits until that is done.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 /// A running iSCSI target server.
 pub struct Server {
     shared: Arc<Shared>,
@@ -156,6 +175,15 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// Serves on a task of the current runtime until [`Running::stop`].
+    pub fn spawn(self) -> Running {
+        let (stop, shutdown) = watch::channel(false);
+        Running {
+            stop,
+            task: tokio::spawn(self.run(shutdown)),
+        }
     }
 
     /// Serves until `shutdown` becomes true, then ends every session and returns.

@@ -178,12 +178,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         for a in server.local_addrs() {
             info!(portal = %a, target = %args.iqn, "serving");
         }
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let run = tokio::spawn(server.run(rx));
+        let running = server.spawn();
         wait_for_signal().await?;
         info!("shutting down");
-        let _ = tx.send(true);
-        let _ = run.await;
+        running.stop().await;
         anyhow::Ok(())
     })
 }
