@@ -42,7 +42,7 @@ use twinsan_replication::generation::{GenerationIds, Role as VolumeRole, HISTORY
 use twinsan_replication::state::{ConnState, DiskState as VolumeDisk, FencingPolicy};
 use twinsan_replication::wire;
 use twinsan_scsi::LogicalUnit;
-use twinsan_target::{Running, Server, ServerConfig, TargetConfig};
+use twinsan_target::{Running, Server, ServerConfig};
 
 use crate::api;
 use crate::config::{ClusterConfig, NodeConfig, TargetSection};
@@ -1491,12 +1491,7 @@ impl Shared {
             None => BTreeMap::new(),
         };
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
-        let config = ServerConfig::new(vec![TargetConfig {
-            name: stack.target.iqn.clone(),
-            luns: map,
-            allowed_initiators: stack.target.allow.clone(),
-            chap: None,
-        }]);
+        let config = ServerConfig::new(vec![stack.target.target_config(map)]);
         let server = self
             .runtime
             .block_on(Server::bind(config, &[addr]))

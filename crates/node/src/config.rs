@@ -1056,6 +1056,21 @@ impl VolumeConfig {
     }
 }
 
+impl TargetSection {
+    /// The target as the iSCSI server takes it, with `luns`.
+    pub fn target_config(
+        &self,
+        luns: BTreeMap<u64, std::sync::Arc<twinsan_scsi::LogicalUnit>>,
+    ) -> twinsan_target::TargetConfig {
+        twinsan_target::TargetConfig {
+            name: self.iqn.clone(),
+            luns,
+            allowed_initiators: self.allow.clone(),
+            chap: None,
+        }
+    }
+}
+
 impl DiskConfig {
     /// Internal metadata (at the end of `path`) or external (on `meta`).
     pub fn placement(&self) -> PlacementKind {

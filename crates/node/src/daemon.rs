@@ -17,7 +17,7 @@ use twinsan_replication::engine::{AdminCommand, EngineConfig};
 use twinsan_replication::resync::{RateConfig, ResyncConfig};
 use twinsan_replication::wire::{self, SharedSecret};
 use twinsan_scsi::LogicalUnit;
-use twinsan_target::{Running, Server, ServerConfig, TargetConfig};
+use twinsan_target::{Running, Server, ServerConfig};
 
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
@@ -332,12 +332,7 @@ impl Node {
                 }
             }
             port = t.port;
-            targets.push(TargetConfig {
-                name: t.iqn.clone(),
-                luns,
-                allowed_initiators: t.allow.clone(),
-                chap: None,
-            });
+            targets.push(t.target_config(luns));
         }
         let addr = SocketAddr::new(self.me.address, port);
         match Server::bind(ServerConfig::new(targets), &[addr]).await {
