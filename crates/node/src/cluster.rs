@@ -168,10 +168,12 @@ pub struct ClusterManager {
 
 impl ClusterManager {
     /// Starts the cluster manager of node `me`: binds the cluster links, starts the witness link if configured,
-    /// and from then on keeps the resources of `volumes` where the scheduler puts them.
+    /// and from then on keeps the resources of `volumes` where the scheduler puts them. `secret` is the cluster's
+    /// shared secret (`ClusterConfig::secret`, read once by the caller).
     pub fn start(
         config: ClusterConfig,
         me: NodeConfig,
+        secret: Vec<u8>,
         volumes: BTreeMap<String, Arc<Volume>>,
         luns: HashMap<String, Arc<LogicalUnit>>,
         runtime: tokio::runtime::Handle,
@@ -180,9 +182,6 @@ impl ClusterManager {
             .peer_of(&me.name)
             .cloned()
             .ok_or_else(|| ClusterError::Config("the config has no peer node".into()))?;
-        let secret = config
-            .secret()
-            .map_err(|e| ClusterError::Config(e.to_string()))?;
         let cluster_id = wire::cluster_id(&config.cluster.name);
         // The incarnation only grows across restarts: the start time in milliseconds.
         let incarnation = SystemTime::now()

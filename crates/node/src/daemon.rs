@@ -183,6 +183,7 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
             ClusterManager::start(
                 config.clone(),
                 me.clone(),
+                secret,
                 volumes.clone(),
                 luns.clone(),
                 runtime.handle().clone(),
