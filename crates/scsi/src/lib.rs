@@ -71,4 +71,25 @@ pub trait BlockDevice: Send + Sync {
     fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: WriteDone) {
         done(self.write_at(&buf, offset, fua));
     }
+    /// Bytes of persistent reservation state the device keeps with its data, durably (for a replicated
+    /// volume: in its metadata, on both nodes). 0, the default: the device keeps none, and the logical unit
+    /// holds reservations in memory only (lost when the process stops; APTPL is then not offered).
+    fn reservation_capacity(&self) -> usize {
+        0
+    }
+    /// The reservation state last given to [`store_reservations`](Self::store_reservations) (empty if none
+    /// ever was). The bytes are the logical unit's own encoding; the device does not interpret them.
+    fn load_reservations(&self) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+    /// Stores `state` (at most [`reservation_capacity`](Self::reservation_capacity) bytes) durably before
+    /// returning; a replicated volume returns once the peer has it too (or is known to be gone, in which case it
+    /// gets the state when it resyncs). The logical unit reports a PERSISTENT RESERVE OUT as done only after this.
+    fn store_reservations(&self, state: &[u8]) -> io::Result<()> {
+        let _ = state;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this device keeps no reservation state",
+        ))
+    }
 }
