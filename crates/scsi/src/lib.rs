@@ -71,6 +71,23 @@ pub trait BlockDevice: Send + Sync {
     fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: WriteDone) {
         done(self.write_at(&buf, offset, fua));
     }
+    /// True if [`unmap`](Self::unmap) deallocates storage (a thin provisioned device: a sparse file on a
+    /// filesystem that punches holes, a block device that discards). The logical unit then reports logical block
+    /// provisioning (LBPME, LBPRZ, UNMAP and WRITE SAME with UNMAP); otherwise it is fully provisioned.
+    fn supports_unmap(&self) -> bool {
+        false
+    }
+    /// Deallocates `len` bytes at `offset` (inside the device). Afterwards the range reads as zeros, whatever the
+    /// device. The default writes zeros through [`write_at`](Self::write_at) in bounded chunks.
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
+        write_zeroes(self, offset, len)
+    }
+    /// Whether the bytes from `offset` (inside the device) are mapped (backed by storage) and how many bytes from
+    /// there, at most `len` and at least one, share that state. The default: everything is mapped.
+    fn mapped_extent(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+        let _ = offset;
+        Ok((true, len))
+    }
     /// Bytes of persistent reservation state the device keeps with its data, durably (for a replicated
     /// volume: in its metadata, on both nodes). 0, the default: the device keeps none, and the logical unit
     /// holds reservations in memory only (lost when the process stops; APTPL is then not offered).
@@ -92,4 +109,20 @@ pub trait BlockDevice: Send + Sync {
             "this device keeps no reservation state",
         ))
     }
+}
+
+/// Zeros written per [`write_zeroes`] call to [`BlockDevice::write_at`].
+const ZERO_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Writes `len` zero bytes at `offset` through [`BlockDevice::write_at`], at most 1 MiB at a time (no FUA): the
+/// default [`BlockDevice::unmap`], and the fallback of devices whose deallocation can fail for a range.
+pub fn write_zeroes<D: BlockDevice + ?Sized>(dev: &D, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; len.min(ZERO_CHUNK_BYTES) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(ZERO_CHUNK_BYTES);
+        dev.write_at(&zeros[..n as usize], offset + done, false)?;
+        done += n;
+    }
+    Ok(())
 }

@@ -1,8 +1,14 @@
 //! Block devices the target serves: regular files and block special files.
+//!
+//! Thin provisioning: a regular file on a filesystem that punches holes, or a block device that can zero a range
+//! by deallocating it, is offered to the logical unit as thin provisioned ([`BlockDevice::supports_unmap`]). UNMAP
+//! punches holes (`fallocate(PUNCH_HOLE | KEEP_SIZE)`, after which the range reads zeros), and GET LBA STATUS asks
+//! the filesystem where the holes are (`lseek(SEEK_DATA / SEEK_HOLE)`; a block device reports everything mapped).
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use twinsan_scsi::BlockDevice;
@@ -22,6 +28,10 @@ pub struct FileDevice {
     file: File,
     size: u64,
     direct: bool,
+    /// A block special file (else a regular file).
+    block: bool,
+    /// Unmap deallocates (probed at open).
+    thin: bool,
 }
 
 impl FileDevice {
@@ -40,6 +50,7 @@ impl FileDevice {
             path: path.into(),
             source: e,
         })?;
+        let block = meta.file_type().is_block_device();
         let size = if meta.file_type().is_file() {
             meta.len()
         } else {
@@ -54,11 +65,21 @@ impl FileDevice {
                 size,
             });
         }
+        let thin = !read_only
+            && if block {
+                block_device_zeroes_by_deallocating(meta.rdev())
+            } else {
+                // Punching a hole past the end of the file (KEEP_SIZE) touches no data; it fails only where the
+                // filesystem can not punch holes at all.
+                punch_hole(&file, meta.len().next_multiple_of(4096), 4096).is_ok()
+            };
         // Only whole 512-byte blocks are exposed.
         Ok(FileDevice {
             file,
             size: size & !511,
             direct,
+            block,
+            thin,
         })
     }
 
@@ -113,8 +134,55 @@ impl FileDevice {
     }
 }
 
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: deallocates the range; it reads zeros afterwards.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open for the life of `file`.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `lseek(fd, offset, whence)`; `None` for ENXIO (no data, or no hole, at or after `offset`).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: lseek only reads its integer arguments. pread/pwrite do not use the file offset it moves.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(r as u64))
+}
+
+/// Whether the block device `rdev` zeros ranges by deallocating them (a non-zero `write_zeroes_max_bytes` in
+/// sysfs, which is what `fallocate(PUNCH_HOLE)` on a block device needs).
+fn block_device_zeroes_by_deallocating(rdev: u64) -> bool {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let dir = format!("/sys/dev/block/{major}:{minor}");
+    // A partition has no queue directory of its own: its disk's is one level up.
+    [format!("{dir}/queue"), format!("{dir}/../queue")]
+        .iter()
+        .filter_map(|q| std::fs::read_to_string(format!("{q}/write_zeroes_max_bytes")).ok())
+        .any(|v| v.trim().parse::<u64>().is_ok_and(|n| n > 0))
+}
+
 fn block_device_size(file: &File) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
     let mut size: u64 = 0;
     // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
     const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -183,5 +251,129 @@ impl BlockDevice for FileDevice {
         } else {
             QUICK_IO_BYTES
         }
+    }
+
+    fn supports_unmap(&self) -> bool {
+        self.thin
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if self.thin {
+            match punch_hole(&self.file, offset, len) {
+                Ok(()) => return Ok(()),
+                // A block device may refuse a range that is not aligned to its own block size, and a device may
+                // stop deallocating: zeros written are just as correct.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        twinsan_scsi::write_zeroes(self, offset, len)
+    }
+
+    fn mapped_extent(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+        if self.block || !self.thin || len == 0 {
+            return Ok((true, len));
+        }
+        let end = offset.saturating_add(len);
+        match seek(&self.file, offset, libc::SEEK_DATA) {
+            // Data from `offset` on: it lasts until the next hole (the end of the file at the latest).
+            Ok(Some(data)) if data <= offset => {
+                let hole = seek(&self.file, offset, libc::SEEK_HOLE)?.unwrap_or(end);
+                Ok((true, hole.clamp(offset + 1, end) - offset))
+            }
+            // A hole until the next data, or to the end of the file.
+            Ok(Some(data)) => Ok((false, data.min(end) - offset)),
+            Ok(None) => Ok((false, len)),
+            // A filesystem without SEEK_DATA: report what is certain, that the bytes may be mapped.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((true, len)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory under the system temporary directory, removed when dropped.
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("twinsan-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn punch_hole_reads_zeros_and_seek_data_finds_the_hole() {
+        let dir = TempDir::new("punch");
+        let path = dir.0.join("lun.img");
+        FileDevice::create(&path, 4 * MIB).unwrap();
+        let dev = FileDevice::open(&path, false, false).unwrap();
+        // The filesystem of the temporary directory (ext4, xfs, tmpfs, btrfs) punches holes.
+        assert!(dev.supports_unmap());
+        dev.write_at(&vec![0xA5u8; 4 * MIB as usize], 0, false)
+            .unwrap();
+        dev.flush().unwrap();
+        assert_eq!(dev.mapped_extent(0, 4 * MIB).unwrap(), (true, 4 * MIB));
+
+        dev.unmap(MIB, MIB).unwrap();
+        let mut buf = vec![1u8; 2 * MIB as usize];
+        dev.read_at(&mut buf, MIB / 2).unwrap();
+        assert!(buf[..MIB as usize / 2].iter().all(|&b| b == 0xA5));
+        assert!(buf[MIB as usize / 2..3 * MIB as usize / 2]
+            .iter()
+            .all(|&b| b == 0));
+        assert!(buf[3 * MIB as usize / 2..].iter().all(|&b| b == 0xA5));
+
+        assert_eq!(dev.mapped_extent(0, 4 * MIB).unwrap(), (true, MIB));
+        assert_eq!(dev.mapped_extent(MIB, 3 * MIB).unwrap(), (false, MIB));
+        assert_eq!(dev.mapped_extent(MIB + 512, 512).unwrap(), (false, 512));
+        assert_eq!(
+            dev.mapped_extent(2 * MIB, 2 * MIB).unwrap(),
+            (true, 2 * MIB)
+        );
+        // The size does not change.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * MIB);
+
+        // Writing into the hole maps it again.
+        dev.write_at(&[7u8; 4096], MIB, false).unwrap();
+        assert_eq!(dev.mapped_extent(MIB, 3 * MIB).unwrap(), (true, 4096));
+        assert_eq!(
+            dev.mapped_extent(MIB + 4096, 3 * MIB - 4096).unwrap(),
+            (false, MIB - 4096)
+        );
+
+        // An unaligned unmap zeros exactly its bytes.
+        dev.unmap(3 * MIB + 100, 1000).unwrap();
+        let mut b = vec![1u8; 1200];
+        dev.read_at(&mut b, 3 * MIB).unwrap();
+        assert!(b[..100].iter().all(|&x| x == 0xA5));
+        assert!(b[100..1100].iter().all(|&x| x == 0));
+        assert!(b[1100..].iter().all(|&x| x == 0xA5));
+    }
+
+    #[test]
+    fn a_read_only_device_is_fully_provisioned() {
+        let dir = TempDir::new("ro");
+        let path = dir.0.join("lun.img");
+        FileDevice::create(&path, MIB).unwrap();
+        let dev = FileDevice::open(&path, true, false).unwrap();
+        assert!(!dev.supports_unmap());
+        assert_eq!(dev.mapped_extent(0, MIB).unwrap(), (true, MIB));
     }
 }
