@@ -23,8 +23,14 @@ pub mod opcode {
     pub const WRITE_6: u8 = 0x0A;
     /// INQUIRY.
     pub const INQUIRY: u8 = 0x12;
+    /// MODE SELECT (6).
+    pub const MODE_SELECT_6: u8 = 0x15;
     /// MODE SENSE (6).
     pub const MODE_SENSE_6: u8 = 0x1A;
+    /// START STOP UNIT.
+    pub const START_STOP_UNIT: u8 = 0x1B;
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
     /// READ CAPACITY (10).
     pub const READ_CAPACITY_10: u8 = 0x25;
     /// READ (10).
@@ -35,8 +41,16 @@ pub mod opcode {
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
     /// VERIFY (10).
     pub const VERIFY_10: u8 = 0x2F;
+    /// PRE-FETCH (10).
+    pub const PRE_FETCH_10: u8 = 0x34;
     /// SYNCHRONIZE CACHE (10).
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// WRITE SAME (10).
+    pub const WRITE_SAME_10: u8 = 0x41;
+    /// UNMAP.
+    pub const UNMAP: u8 = 0x42;
+    /// MODE SELECT (10).
+    pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE (10).
     pub const MODE_SENSE_10: u8 = 0x5A;
     /// PERSISTENT RESERVE IN; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS are its
@@ -44,15 +58,23 @@ pub mod opcode {
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     /// READ (16).
     pub const READ_16: u8 = 0x88;
+    /// COMPARE AND WRITE.
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
     /// WRITE (16).
     pub const WRITE_16: u8 = 0x8A;
+    /// ORWRITE (16).
+    pub const ORWRITE_16: u8 = 0x8B;
     /// WRITE AND VERIFY (16).
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
     /// VERIFY (16).
     pub const VERIFY_16: u8 = 0x8F;
+    /// PRE-FETCH (16).
+    pub const PRE_FETCH_16: u8 = 0x90;
     /// SYNCHRONIZE CACHE (16).
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
-    /// SERVICE ACTION IN (16); READ CAPACITY (16) is its service action 10h.
+    /// WRITE SAME (16).
+    pub const WRITE_SAME_16: u8 = 0x93;
+    /// SERVICE ACTION IN (16); READ CAPACITY (16) and GET LBA STATUS are its service actions 10h and 12h.
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     /// REPORT LUNS.
     pub const REPORT_LUNS: u8 = 0xA0;
@@ -72,6 +94,8 @@ pub mod opcode {
 pub mod service_action {
     /// READ CAPACITY (16), under SERVICE ACTION IN (16).
     pub const READ_CAPACITY_16: u16 = 0x10;
+    /// GET LBA STATUS, under SERVICE ACTION IN (16).
+    pub const GET_LBA_STATUS: u16 = 0x12;
     /// REPORT SUPPORTED OPERATION CODES, under MAINTENANCE IN.
     pub const REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
     /// READ KEYS, under PERSISTENT RESERVE IN.
@@ -143,6 +167,9 @@ pub enum ByteCheck {
     MediumOnly,
     /// 01b: compare the Data-Out buffer with the medium byte by byte.
     Compare,
+    /// 11b: compare every block of the range with the one block of the Data-Out buffer (WRITE AND VERIFY: write
+    /// that block to every LBA of the range first).
+    SingleBlock,
 }
 
 /// PC field of MODE SENSE.
@@ -245,6 +272,83 @@ pub enum Command {
         /// IMMED: GOOD may be returned before the flush ends (we flush anyway).
         immed: bool,
     },
+    /// WRITE SAME (10/16): one block written to (or, with UNMAP, deallocated from) a range.
+    WriteSame {
+        /// CDB form (fixes the field pointer of NUMBER OF LOGICAL BLOCKS).
+        size: CdbSize,
+        /// First logical block.
+        lba: u64,
+        /// Number of blocks; 0 means to the end of the medium.
+        blocks: u32,
+        /// UNMAP: deallocate the blocks rather than write them.
+        unmap: bool,
+        /// NDOB (16 only): no Data-Out, the block is all zeros.
+        ndob: bool,
+    },
+    /// UNMAP: deallocate the ranges of the parameter list.
+    Unmap {
+        /// PARAMETER LIST LENGTH.
+        param_len: u16,
+    },
+    /// GET LBA STATUS (SERVICE ACTION IN (16) 12h).
+    GetLbaStatus {
+        /// STARTING LOGICAL BLOCK ADDRESS.
+        lba: u64,
+        /// Allocation length.
+        alloc_len: u32,
+    },
+    /// COMPARE AND WRITE: compare `blocks` blocks with the first half of the Data-Out, write the second half if
+    /// they are equal.
+    CompareAndWrite {
+        /// First logical block.
+        lba: u64,
+        /// NUMBER OF LOGICAL BLOCKS (byte 13).
+        blocks: u8,
+        /// DPO (accepted, ignored).
+        dpo: bool,
+        /// FUA for the write.
+        fua: bool,
+    },
+    /// ORWRITE (16): OR the Data-Out into the blocks.
+    OrWrite(BlockTransfer),
+    /// PRE-FETCH (10/16).
+    PreFetch {
+        /// CDB form.
+        size: CdbSize,
+        /// First logical block.
+        lba: u64,
+        /// Number of blocks (0: none).
+        blocks: u32,
+        /// IMMED.
+        immed: bool,
+    },
+    /// MODE SELECT (6) or (10).
+    ModeSelect {
+        /// [`CdbSize::Six`] or [`CdbSize::Ten`]: the parameter header differs.
+        size: CdbSize,
+        /// PF: the parameters are SPC mode pages.
+        pf: bool,
+        /// SP: save the pages.
+        sp: bool,
+        /// PARAMETER LIST LENGTH.
+        param_len: u16,
+    },
+    /// START STOP UNIT with POWER CONDITION 0 (START_VALID).
+    StartStopUnit {
+        /// IMMED.
+        immed: bool,
+        /// NO_FLUSH: stopping need not write cached data first.
+        no_flush: bool,
+        /// LOEJ: load (START) or eject (not START) the medium.
+        loej: bool,
+        /// START.
+        start: bool,
+    },
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    PreventAllowMediumRemoval {
+        /// PREVENT 01b (else 00b).
+        prevent: bool,
+    },
     /// PERSISTENT RESERVE IN.
     PersistentReserveIn {
         /// SERVICE ACTION.
@@ -342,6 +446,16 @@ impl Command {
                         alloc_len: be32(&c[10..14]),
                     }
                 }
+                service_action::GET_LBA_STATUS => {
+                    // REPORT TYPE (SBC-4): only 00b, every status.
+                    if c[14] & 0x03 != 0 {
+                        return Err(Sense::invalid_field_in_cdb(14, 1));
+                    }
+                    Command::GetLbaStatus {
+                        lba: be64(&c[2..10]),
+                        alloc_len: be32(&c[10..14]),
+                    }
+                }
                 // An unknown service action is reported like an unknown opcode: initiators (and libiscsi's
                 // test suite) then treat the command as not implemented.
                 _ => return Err(Sense::invalid_opcode()),
@@ -381,6 +495,71 @@ impl Command {
                     byte_check: byte_check(c)?,
                 }
             }
+            WRITE_SAME_10 | WRITE_SAME_16 => write_same(c, size)?,
+            UNMAP => {
+                // ANCHOR: ANC_SUP is 0, no LBA can be anchored.
+                if c[1] & 0x01 != 0 {
+                    return Err(Sense::invalid_field_in_cdb(1, 0));
+                }
+                Command::Unmap {
+                    param_len: be16(&c[7..9]),
+                }
+            }
+            COMPARE_AND_WRITE => {
+                if c[1] & 0xE0 != 0 {
+                    return Err(Sense::invalid_field_in_cdb(1, 7));
+                }
+                Command::CompareAndWrite {
+                    lba: be64(&c[2..10]),
+                    blocks: c[13],
+                    dpo: c[1] & 0x10 != 0,
+                    fua: c[1] & 0x08 != 0,
+                }
+            }
+            ORWRITE_16 => Command::OrWrite(rw_transfer(c, size)?),
+            PRE_FETCH_10 => Command::PreFetch {
+                size,
+                lba: u64::from(be32(&c[2..6])),
+                blocks: u32::from(be16(&c[7..9])),
+                immed: c[1] & 0x02 != 0,
+            },
+            PRE_FETCH_16 => Command::PreFetch {
+                size,
+                lba: be64(&c[2..10]),
+                blocks: be32(&c[10..14]),
+                immed: c[1] & 0x02 != 0,
+            },
+            MODE_SELECT_6 | MODE_SELECT_10 => Command::ModeSelect {
+                size,
+                pf: c[1] & 0x10 != 0,
+                sp: c[1] & 0x01 != 0,
+                param_len: if op == MODE_SELECT_6 {
+                    u16::from(c[4])
+                } else {
+                    be16(&c[7..9])
+                },
+            },
+            START_STOP_UNIT => {
+                // POWER CONDITION and its MODIFIER: no power conditions (no Power Condition mode page).
+                if c[4] & 0xF0 != 0 {
+                    return Err(Sense::invalid_field_in_cdb(4, 7));
+                }
+                if c[3] & 0x0F != 0 {
+                    return Err(Sense::invalid_field_in_cdb(3, 3));
+                }
+                Command::StartStopUnit {
+                    immed: c[1] & 0x01 != 0,
+                    no_flush: c[4] & 0x04 != 0,
+                    loej: c[4] & 0x02 != 0,
+                    start: c[4] & 0x01 != 0,
+                }
+            }
+            PREVENT_ALLOW_MEDIUM_REMOVAL => match c[4] & 0x03 {
+                0 => Command::PreventAllowMediumRemoval { prevent: false },
+                1 => Command::PreventAllowMediumRemoval { prevent: true },
+                // 10b and 11b are for medium changers.
+                _ => return Err(Sense::invalid_field_in_cdb(4, 1)),
+            },
             SYNCHRONIZE_CACHE_10 => Command::SynchronizeCache {
                 size,
                 lba: u64::from(be32(&c[2..6])),
@@ -441,10 +620,10 @@ impl Command {
         Ok(cmd)
     }
 
-    /// The block range of a READ / WRITE / VERIFY / WRITE AND VERIFY.
+    /// The block range of a READ / WRITE / VERIFY / WRITE AND VERIFY / ORWRITE.
     pub fn block_transfer(&self) -> Option<&BlockTransfer> {
         match self {
-            Command::Read(t) | Command::Write(t) => Some(t),
+            Command::Read(t) | Command::Write(t) | Command::OrWrite(t) => Some(t),
             Command::Verify { transfer, .. } | Command::WriteAndVerify { transfer, .. } => {
                 Some(transfer)
             }
@@ -454,20 +633,34 @@ impl Command {
 }
 
 /// The CDB form of a known opcode; `None` for opcodes we do not implement.
-fn cdb_size(op: u8) -> Option<CdbSize> {
+pub fn cdb_size(op: u8) -> Option<CdbSize> {
     use opcode::*;
     Some(match op {
-        TEST_UNIT_READY | REQUEST_SENSE | READ_6 | WRITE_6 | INQUIRY | MODE_SENSE_6 => CdbSize::Six,
+        TEST_UNIT_READY
+        | REQUEST_SENSE
+        | READ_6
+        | WRITE_6
+        | INQUIRY
+        | MODE_SELECT_6
+        | MODE_SENSE_6
+        | START_STOP_UNIT
+        | PREVENT_ALLOW_MEDIUM_REMOVAL => CdbSize::Six,
         READ_CAPACITY_10
         | READ_10
         | WRITE_10
         | WRITE_AND_VERIFY_10
         | VERIFY_10
+        | PRE_FETCH_10
         | SYNCHRONIZE_CACHE_10
+        | WRITE_SAME_10
+        | UNMAP
+        | MODE_SELECT_10
         | MODE_SENSE_10
         | PERSISTENT_RESERVE_IN => CdbSize::Ten,
-        READ_16 | WRITE_16 | WRITE_AND_VERIFY_16 | VERIFY_16 | SYNCHRONIZE_CACHE_16
-        | SERVICE_ACTION_IN_16 => CdbSize::Sixteen,
+        READ_16 | COMPARE_AND_WRITE | WRITE_16 | ORWRITE_16 | WRITE_AND_VERIFY_16 | VERIFY_16
+        | PRE_FETCH_16 | SYNCHRONIZE_CACHE_16 | WRITE_SAME_16 | SERVICE_ACTION_IN_16 => {
+            CdbSize::Sixteen
+        }
         REPORT_LUNS | MAINTENANCE_IN | READ_12 | WRITE_12 | WRITE_AND_VERIFY_12 | VERIFY_12 => {
             CdbSize::Twelve
         }
@@ -508,189 +701,43 @@ fn rw_transfer(c: &[u8], size: CdbSize) -> Result<BlockTransfer, Sense> {
     })
 }
 
-/// BYTCHK (bits 2:1 of byte 1): 00b and 01b are supported.
+/// BYTCHK (bits 2:1 of byte 1): 00b, 01b and 11b; 10b is reserved.
 fn byte_check(c: &[u8]) -> Result<ByteCheck, Sense> {
     match (c[1] >> 1) & 0x03 {
         0 => Ok(ByteCheck::MediumOnly),
         1 => Ok(ByteCheck::Compare),
+        3 => Ok(ByteCheck::SingleBlock),
         _ => Err(Sense::invalid_field_in_cdb(1, 2)),
     }
 }
 
-/// One command this crate implements, as REPORT SUPPORTED OPERATION CODES describes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SupportedCommand {
-    /// Operation code.
-    pub opcode: u8,
-    /// Service action, for opcodes that have them.
-    pub service_action: Option<u16>,
-    /// CDB USAGE DATA: byte 0 is the opcode, then a mask of the bits the device server evaluates.
-    pub usage: &'static [u8],
-}
-
-/// Every command [`Command::decode`] accepts, sorted by opcode and service action.
-pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
-    use opcode::*;
-    const fn op(opcode: u8, usage: &'static [u8]) -> SupportedCommand {
-        SupportedCommand {
-            opcode,
-            service_action: None,
-            usage,
+/// WRITE SAME (10) or (16).
+fn write_same(c: &[u8], size: CdbSize) -> Result<Command, Sense> {
+    // WRPROTECT: no protection information.
+    if c[1] & 0xE0 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, 7));
+    }
+    // ANCHOR: ANC_SUP is 0 (and ANCHOR without UNMAP is invalid anyway).
+    if c[1] & 0x10 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, 4));
+    }
+    // PBDATA / LBDATA (obsolete): the block is written as it came.
+    for bit in [2u8, 1] {
+        if c[1] & (1 << bit) != 0 {
+            return Err(Sense::invalid_field_in_cdb(1, bit));
         }
     }
-    const fn sa(opcode: u8, service_action: u16, usage: &'static [u8]) -> SupportedCommand {
-        SupportedCommand {
-            opcode,
-            service_action: Some(service_action),
-            usage,
-        }
-    }
-    const F: u8 = 0xFF;
-    &[
-        op(TEST_UNIT_READY, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
-        op(REQUEST_SENSE, &[REQUEST_SENSE, 0x01, 0, 0, F, 0]),
-        op(READ_6, &[READ_6, 0x1F, F, F, F, 0]),
-        op(WRITE_6, &[WRITE_6, 0x1F, F, F, F, 0]),
-        op(INQUIRY, &[INQUIRY, 0x01, F, F, F, 0]),
-        op(MODE_SENSE_6, &[MODE_SENSE_6, 0x08, F, F, F, 0]),
-        op(
-            READ_CAPACITY_10,
-            &[READ_CAPACITY_10, 0, F, F, F, F, 0, 0, 0x01, 0],
-        ),
-        op(READ_10, &[READ_10, 0x18, F, F, F, F, 0, F, F, 0]),
-        op(WRITE_10, &[WRITE_10, 0x18, F, F, F, F, 0, F, F, 0]),
-        op(
-            WRITE_AND_VERIFY_10,
-            &[WRITE_AND_VERIFY_10, 0x12, F, F, F, F, 0, F, F, 0],
-        ),
-        op(VERIFY_10, &[VERIFY_10, 0x12, F, F, F, F, 0, F, F, 0]),
-        op(
-            SYNCHRONIZE_CACHE_10,
-            &[SYNCHRONIZE_CACHE_10, 0x02, F, F, F, F, 0, F, F, 0],
-        ),
-        op(
-            MODE_SENSE_10,
-            &[MODE_SENSE_10, 0x18, F, F, 0, 0, 0, F, F, 0],
-        ),
-        sa(
-            PERSISTENT_RESERVE_IN,
-            service_action::PR_IN_READ_KEYS,
-            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
-        ),
-        sa(
-            PERSISTENT_RESERVE_IN,
-            service_action::PR_IN_READ_RESERVATION,
-            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
-        ),
-        sa(
-            PERSISTENT_RESERVE_IN,
-            service_action::PR_IN_REPORT_CAPABILITIES,
-            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
-        ),
-        sa(
-            PERSISTENT_RESERVE_IN,
-            service_action::PR_IN_READ_FULL_STATUS,
-            &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
-        ),
-        op(
-            READ_16,
-            &[READ_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
-        ),
-        op(
-            WRITE_16,
-            &[WRITE_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
-        ),
-        op(
-            WRITE_AND_VERIFY_16,
-            &[
-                WRITE_AND_VERIFY_16,
-                0x12,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                0,
-                0,
-            ],
-        ),
-        op(
-            VERIFY_16,
-            &[VERIFY_16, 0x12, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
-        ),
-        op(
-            SYNCHRONIZE_CACHE_16,
-            &[
-                SYNCHRONIZE_CACHE_16,
-                0x02,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                0,
-                0,
-            ],
-        ),
-        sa(
-            SERVICE_ACTION_IN_16,
-            service_action::READ_CAPACITY_16,
-            &[
-                SERVICE_ACTION_IN_16,
-                0x1F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                F,
-                0x01,
-                0,
-            ],
-        ),
-        op(REPORT_LUNS, &[REPORT_LUNS, 0, F, 0, 0, 0, F, F, F, F, 0, 0]),
-        sa(
-            MAINTENANCE_IN,
-            service_action::REPORT_SUPPORTED_OPCODES,
-            &[MAINTENANCE_IN, 0x1F, 0x87, F, F, F, F, F, F, F, 0, 0],
-        ),
-        op(READ_12, &[READ_12, 0x18, F, F, F, F, F, F, F, F, 0, 0]),
-        op(WRITE_12, &[WRITE_12, 0x18, F, F, F, F, F, F, F, F, 0, 0]),
-        op(
-            WRITE_AND_VERIFY_12,
-            &[WRITE_AND_VERIFY_12, 0x12, F, F, F, F, F, F, F, F, 0, 0],
-        ),
-        op(VERIFY_12, &[VERIFY_12, 0x12, F, F, F, F, F, F, F, F, 0, 0]),
-    ]
-};
-
-/// Whether `op` is an opcode that multiplexes service actions (PERSISTENT RESERVE IN, SERVICE ACTION IN (16),
-/// MAINTENANCE IN).
-pub fn has_service_actions(op: u8) -> bool {
-    matches!(
-        op,
-        opcode::PERSISTENT_RESERVE_IN | opcode::SERVICE_ACTION_IN_16 | opcode::MAINTENANCE_IN
-    )
+    let (lba, blocks, ndob) = match size {
+        CdbSize::Ten => (u64::from(be32(&c[2..6])), u32::from(be16(&c[7..9])), false),
+        _ => (be64(&c[2..10]), be32(&c[10..14]), c[1] & 0x01 != 0),
+    };
+    Ok(Command::WriteSame {
+        size,
+        lba,
+        blocks,
+        unmap: c[1] & 0x08 != 0,
+        ndob,
+    })
 }
 
 fn be16(b: &[u8]) -> u16 {
@@ -729,7 +776,7 @@ mod tests {
     #[test]
     fn empty_and_unknown_opcodes_are_invalid_opcode() {
         assert_eq!(Command::decode(&[]), Err(Sense::invalid_opcode()));
-        for op in [0x04u8, 0x15, 0x41, 0x42, 0x7F, 0x89, 0xA4, 0xC0, 0xFF] {
+        for op in [0x04u8, 0x16, 0x17, 0x56, 0x57, 0x5F, 0x7F, 0xA4, 0xC0, 0xFF] {
             assert_eq!(
                 Command::decode(&[op; 16]),
                 Err(Sense::invalid_opcode()),
@@ -870,7 +917,7 @@ mod tests {
     fn unknown_service_actions_are_invalid_opcode() {
         let mut sai = [0u8; 16];
         sai[0] = 0x9E;
-        sai[1] = 0x12; // GET LBA STATUS
+        sai[1] = 0x13;
         assert_eq!(Command::decode(&sai), Err(Sense::invalid_opcode()));
         let mut mi = [0u8; 12];
         mi[0] = 0xA3;
@@ -945,10 +992,16 @@ mod tests {
         assert_eq!(byte_check, ByteCheck::Compare);
         assert!(transfer.dpo);
         assert_eq!(transfer.blocks, 4);
-        for bytchk in [2u8, 3] {
-            v[1] = bytchk << 1;
-            assert_eq!(invalid_field(Command::decode(&v).unwrap_err()), (1, 2));
-        }
+        v[1] = 2 << 1;
+        assert_eq!(invalid_field(Command::decode(&v).unwrap_err()), (1, 2));
+        v[1] = 3 << 1;
+        assert!(matches!(
+            Command::decode(&v),
+            Ok(Command::Verify {
+                byte_check: ByteCheck::SingleBlock,
+                ..
+            })
+        ));
         v[0] = 0x2E;
         v[1] = 0x08; // bit 3 is reserved in WRITE AND VERIFY: ignored, never a FUA
         let c = Command::decode(&v).unwrap();
@@ -1061,39 +1114,200 @@ mod tests {
         let mut out = [0u8; 10];
         out[0] = 0x5F;
         assert_eq!(Command::decode(&out), Err(Sense::invalid_opcode()));
-        assert!(has_service_actions(opcode::PERSISTENT_RESERVE_IN));
     }
 
     #[test]
-    fn supported_commands_table_matches_decoder() {
-        let mut prev = (0u8, 0u16);
-        for (i, sc) in SUPPORTED_COMMANDS.iter().enumerate() {
-            assert_eq!(sc.usage[0], sc.opcode);
-            assert_eq!(
-                Some(sc.usage.len()),
-                cdb_size(sc.opcode).map(CdbSize::bytes),
-                "{sc:?}"
-            );
-            assert_eq!(sc.service_action.is_some(), has_service_actions(sc.opcode));
-            let key = (sc.opcode, sc.service_action.unwrap_or(0));
-            assert!(i == 0 || key > prev, "table sorted and unique");
-            prev = key;
-            // A CDB of just the opcode (and service action) decodes, except where a zero field is invalid.
-            let mut cdb = [0u8; 16];
-            cdb[0] = sc.opcode;
-            if let Some(sa) = sc.service_action {
-                cdb[1] = sa as u8;
-            }
-            if sc.opcode == opcode::REPORT_LUNS {
-                cdb[9] = 16;
-            }
-            assert!(Command::decode(&cdb).is_ok(), "{sc:?}");
+    fn write_same_fields() {
+        let mut w = [0u8; 10];
+        w[0] = opcode::WRITE_SAME_10;
+        w[1] = 0x08;
+        w[2..6].copy_from_slice(&7u32.to_be_bytes());
+        w[7..9].copy_from_slice(&300u16.to_be_bytes());
+        assert_eq!(
+            Command::decode(&w),
+            Ok(Command::WriteSame {
+                size: CdbSize::Ten,
+                lba: 7,
+                blocks: 300,
+                unmap: true,
+                ndob: false
+            })
+        );
+        // Bit 0 of WRITE SAME (10) is not NDOB.
+        w[1] = 0x01;
+        assert!(matches!(
+            Command::decode(&w),
+            Ok(Command::WriteSame {
+                ndob: false,
+                unmap: false,
+                ..
+            })
+        ));
+        for (flags, byte, bit) in [
+            (0x20u8, 1u16, 7u8),
+            (0x10, 1, 4),
+            (0x04, 1, 2),
+            (0x02, 1, 1),
+        ] {
+            w[1] = flags;
+            assert_eq!(invalid_field(Command::decode(&w).unwrap_err()), (byte, bit));
         }
-        // Every opcode the decoder knows is in the table.
-        for op in 0..=255u8 {
-            if cdb_size(op).is_some() {
-                assert!(SUPPORTED_COMMANDS.iter().any(|s| s.opcode == op), "{op:#x}");
-            }
+        let mut w16 = [0u8; 16];
+        w16[0] = opcode::WRITE_SAME_16;
+        w16[1] = 0x09;
+        w16[2..10].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        w16[10..14].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        assert_eq!(
+            Command::decode(&w16),
+            Ok(Command::WriteSame {
+                size: CdbSize::Sixteen,
+                lba: 1 << 40,
+                blocks: 0x0102_0304,
+                unmap: true,
+                ndob: true
+            })
+        );
+        w16[1] = 0x18;
+        assert_eq!(invalid_field(Command::decode(&w16).unwrap_err()), (1, 4));
+    }
+
+    #[test]
+    fn unmap_and_get_lba_status_fields() {
+        let mut u = [0u8; 10];
+        u[0] = opcode::UNMAP;
+        u[6] = 0x1F; // group: ignored
+        u[7] = 1;
+        u[8] = 8;
+        assert_eq!(Command::decode(&u), Ok(Command::Unmap { param_len: 264 }));
+        u[1] = 0x01;
+        assert_eq!(invalid_field(Command::decode(&u).unwrap_err()), (1, 0));
+
+        let mut g = [0u8; 16];
+        g[0] = opcode::SERVICE_ACTION_IN_16;
+        g[1] = 0x12;
+        g[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        g[10..14].copy_from_slice(&24u32.to_be_bytes());
+        assert_eq!(
+            Command::decode(&g),
+            Ok(Command::GetLbaStatus {
+                lba: u64::MAX,
+                alloc_len: 24
+            })
+        );
+        g[14] = 0x02;
+        assert_eq!(invalid_field(Command::decode(&g).unwrap_err()), (14, 1));
+    }
+
+    #[test]
+    fn compare_and_write_and_orwrite_fields() {
+        let mut c = [0u8; 16];
+        c[0] = opcode::COMPARE_AND_WRITE;
+        c[1] = 0x1A; // DPO, FUA, FUA_NV
+        c[2..10].copy_from_slice(&99u64.to_be_bytes());
+        c[13] = 4;
+        c[14] = 0x05;
+        assert_eq!(
+            Command::decode(&c),
+            Ok(Command::CompareAndWrite {
+                lba: 99,
+                blocks: 4,
+                dpo: true,
+                fua: true
+            })
+        );
+        c[1] = 0x40;
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 7));
+
+        let mut o = [0u8; 16];
+        o[0] = opcode::ORWRITE_16;
+        o[1] = 0x08;
+        o[9] = 5;
+        o[13] = 2;
+        let Ok(Command::OrWrite(t)) = Command::decode(&o) else {
+            panic!("{:?}", Command::decode(&o))
+        };
+        assert_eq!(
+            (t.lba, t.blocks, t.fua, t.size),
+            (5, 2, true, CdbSize::Sixteen)
+        );
+        o[1] = 0xE0;
+        assert_eq!(invalid_field(Command::decode(&o).unwrap_err()), (1, 7));
+    }
+
+    #[test]
+    fn pre_fetch_fields() {
+        let p10 = [opcode::PRE_FETCH_10, 0x02, 0, 0, 1, 0, 0x03, 0, 9, 0];
+        assert_eq!(
+            Command::decode(&p10),
+            Ok(Command::PreFetch {
+                size: CdbSize::Ten,
+                lba: 256,
+                blocks: 9,
+                immed: true
+            })
+        );
+        let mut p16 = [0u8; 16];
+        p16[0] = opcode::PRE_FETCH_16;
+        p16[2] = 0x80;
+        p16[13] = 1;
+        assert_eq!(
+            Command::decode(&p16),
+            Ok(Command::PreFetch {
+                size: CdbSize::Sixteen,
+                lba: 1 << 63,
+                blocks: 1,
+                immed: false
+            })
+        );
+    }
+
+    #[test]
+    fn mode_select_fields() {
+        assert_eq!(
+            Command::decode(&[opcode::MODE_SELECT_6, 0x11, 0, 0, 24, 0]),
+            Ok(Command::ModeSelect {
+                size: CdbSize::Six,
+                pf: true,
+                sp: true,
+                param_len: 24
+            })
+        );
+        assert_eq!(
+            Command::decode(&[opcode::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 1, 2, 0]),
+            Ok(Command::ModeSelect {
+                size: CdbSize::Ten,
+                pf: true,
+                sp: false,
+                param_len: 0x0102
+            })
+        );
+    }
+
+    #[test]
+    fn start_stop_unit_and_prevent_allow_fields() {
+        assert_eq!(
+            Command::decode(&[opcode::START_STOP_UNIT, 0x01, 0, 0, 0x07, 0]),
+            Ok(Command::StartStopUnit {
+                immed: true,
+                no_flush: true,
+                loej: true,
+                start: true
+            })
+        );
+        let e = Command::decode(&[opcode::START_STOP_UNIT, 0, 0, 0, 0x10, 0]).unwrap_err();
+        assert_eq!(invalid_field(e), (4, 7));
+        let e = Command::decode(&[opcode::START_STOP_UNIT, 0, 0, 0x01, 0x00, 0]).unwrap_err();
+        assert_eq!(invalid_field(e), (3, 3));
+        for (v, prevent) in [(0u8, false), (1, true)] {
+            assert_eq!(
+                Command::decode(&[opcode::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, v, 0]),
+                Ok(Command::PreventAllowMediumRemoval { prevent })
+            );
+        }
+        for v in [2u8, 3] {
+            let e = Command::decode(&[opcode::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, v, 0])
+                .unwrap_err();
+            assert_eq!(invalid_field(e), (4, 1));
         }
     }
 

@@ -182,6 +182,11 @@ impl Sense {
         Self::new(SenseKey::UnitAttention, 0x29, 0x03)
     }
 
+    /// UNIT ATTENTION / MODE PARAMETERS CHANGED (2Ah/01h): another I_T nexus changed them with MODE SELECT.
+    pub const fn mode_parameters_changed() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x2A, 0x01)
+    }
+
     /// UNIT ATTENTION / CAPACITY DATA HAS CHANGED (2Ah/09h).
     pub const fn capacity_changed() -> Self {
         Self::new(SenseKey::UnitAttention, 0x2A, 0x09)
@@ -355,6 +360,12 @@ mod tests {
                 SenseKey::UnitAttention,
                 0x2A,
                 0x09,
+            ),
+            (
+                Sense::mode_parameters_changed(),
+                SenseKey::UnitAttention,
+                0x2A,
+                0x01,
             ),
         ];
         for (s, key, asc, ascq) in cases {

@@ -897,6 +897,19 @@ impl Conn {
             self.on_completion(Completion { itt, outcome });
             return;
         }
+        // A command whose Data-Out has a fixed structure (WRITE SAME, COMPARE AND WRITE) can not be taken apart
+        // from a Data-Out of another length than the CDB implies.
+        let edtl = if t.read { 0 } else { t.edtl };
+        if let Some(Err(sense)) =
+            t.lu.as_ref()
+                .map(|lu| lu.check_expected_length(&t.cdb, edtl))
+        {
+            self.on_completion(Completion {
+                itt,
+                outcome: Outcome::check_condition(sense),
+            });
+            return;
+        }
         if let Some(lu) = t.lu.clone().filter(|lu| lu.submits(&t.cdb)) {
             // A write the device completes by itself (a replicated volume waits for its peer): no thread waits.
             let tx = self.done_tx.clone();

@@ -1,7 +1,9 @@
 //! INQUIRY data: the standard page (SPC-4 6.6.2) and the vital product data pages (SPC-4 7.8, SBC-3 6.5).
 
 use super::{
-    LunIdentity, MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
+    LunIdentity, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
+    OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
 };
 use crate::sense::Sense;
 
@@ -10,8 +12,8 @@ const PERIPHERAL_DISK: u8 = 0x00;
 /// Peripheral qualifier 011b, device type 1Fh: no logical unit at this LUN.
 pub(super) const PERIPHERAL_NONE: u8 = 0x7F;
 
-/// VPD pages we return, in the order SUPPORTED VPD PAGES lists them. No B2h: we do not report LBPME (no UNMAP).
-const SUPPORTED_VPD_PAGES: [u8; 5] = [0x00, 0x80, 0x83, 0xB0, 0xB1];
+/// VPD pages we return, in the order SUPPORTED VPD PAGES lists them.
+const SUPPORTED_VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
 
 /// Version descriptors: SAM-5, iSCSI, SPC-4, SBC-3 (libiscsi keys SBC-3 tests on 04C0h).
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
@@ -48,14 +50,16 @@ pub(super) fn standard_no_lun() -> Vec<u8> {
     b
 }
 
-/// A VPD page, or INVALID FIELD IN CDB for a page we do not have.
-pub(super) fn vpd(page: u8, identity: &LunIdentity) -> Result<Vec<u8>, Sense> {
+/// A VPD page of a logical unit that is (`thin`) or is not thin provisioned, or INVALID FIELD IN CDB for a page
+/// we do not have.
+pub(super) fn vpd(page: u8, identity: &LunIdentity, thin: bool) -> Result<Vec<u8>, Sense> {
     let body = match page {
         0x00 => SUPPORTED_VPD_PAGES.to_vec(),
         0x80 => unit_serial_number(&identity.serial),
         0x83 => device_identification(identity),
-        0xB0 => block_limits(),
+        0xB0 => block_limits(thin),
         0xB1 => block_device_characteristics(),
+        0xB2 => logical_block_provisioning(thin),
         _ => return Err(Sense::invalid_field_in_cdb(2, 7)),
     };
     Ok(page_with_header(PERIPHERAL_DISK, page, body))
@@ -143,21 +147,46 @@ fn scsi_name_string(name: &str) -> Vec<u8> {
     v
 }
 
-/// Block limits (B0h), SBC-3 length 3Ch. UNMAP, WRITE SAME and atomic fields stay zero: not supported.
-fn block_limits() -> Vec<u8> {
+/// Block limits (B0h), SBC-3 length 3Ch. The UNMAP fields are zero for a fully provisioned logical unit; the
+/// atomic write fields (SBC-4) stay zero: not supported.
+fn block_limits(thin: bool) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // Offsets below are from the start of the page; the body starts at byte 4.
+    // Byte 4: WSNZ=0, a WRITE SAME of 0 blocks (to the end of the medium) is accepted.
+    b[5 - 4] = MAX_COMPARE_AND_WRITE_BLOCKS;
     b[6 - 4..8 - 4].copy_from_slice(&OPTIMAL_TRANSFER_GRANULARITY_BLOCKS.to_be_bytes());
     b[8 - 4..12 - 4].copy_from_slice(&MAX_TRANSFER_BLOCKS.to_be_bytes());
     b[12 - 4..16 - 4].copy_from_slice(&OPTIMAL_TRANSFER_BLOCKS.to_be_bytes());
+    // 16..20 MAXIMUM PREFETCH LENGTH 0: no limit (PRE-FETCH reads nothing).
+    if thin {
+        b[20 - 4..24 - 4].copy_from_slice(&MAX_UNMAP_BLOCKS.to_be_bytes());
+        b[24 - 4..28 - 4].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        // OPTIMAL UNMAP GRANULARITY: the physical block (a filesystem deallocates whole 4 KiB blocks), aligned
+        // at LBA 0 (UGAVALID).
+        b[28 - 4..32 - 4]
+            .copy_from_slice(&u32::from(OPTIMAL_TRANSFER_GRANULARITY_BLOCKS).to_be_bytes());
+        b[32 - 4..36 - 4].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    }
+    b[36 - 4..44 - 4].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
     b
 }
 
-/// Block device characteristics (B1h): non-rotating medium.
+/// Block device characteristics (B1h): non-rotating medium; product type and nominal form factor not reported.
 fn block_device_characteristics() -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE 0001h: solid state
     b
+}
+
+/// Logical block provisioning (B2h), 4 bytes, no provisioning group descriptor. A thin provisioned logical unit
+/// supports UNMAP (LBPU) and WRITE SAME (16)/(10) with UNMAP (LBPWS, LBPWS10), and an unmapped block reads as zeros
+/// (LBPRZ); no anchoring (ANC_SUP=0), no thresholds. A fully provisioned one reports none of it (type 000b).
+fn logical_block_provisioning(thin: bool) -> Vec<u8> {
+    if thin {
+        vec![0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0]
+    } else {
+        vec![0; 4]
+    }
 }
 
 /// Copies `s` into `field` as printable ASCII, space padded (SPC-4 4.4.1).

@@ -3,7 +3,10 @@
 mod inquiry;
 mod mode;
 mod pr;
+mod provisioning;
+mod range;
 mod reports;
+mod rmw;
 #[cfg(test)]
 mod tests;
 
@@ -12,6 +15,7 @@ pub use reports::{decode_lun, encode_lun};
 use crate::cdb::{opcode, BlockTransfer, ByteCheck, Command};
 use crate::sense::Sense;
 use crate::BlockDevice;
+use range::{Access, RangeLocks};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,7 +29,17 @@ pub const OPTIMAL_TRANSFER_GRANULARITY_BLOCKS: u16 = 8;
 pub const OPTIMAL_TRANSFER_BLOCKS: u32 = (1 << 20) / BLOCK_SIZE;
 /// log2(logical blocks per physical block): 4 KiB physical blocks.
 const PHYSICAL_BLOCK_EXPONENT: u8 = 3;
-/// VERIFY reads the medium in pieces of this many bytes.
+/// Largest NUMBER OF LOGICAL BLOCKS of a COMPARE AND WRITE (VPD B0h); more is INVALID FIELD IN CDB.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+/// Largest WRITE SAME in blocks (VPD B0h MAXIMUM WRITE SAME LENGTH), the most a WRITE SAME (10) can carry; more is
+/// INVALID FIELD IN CDB. (libiscsi's WRITE SAME (16) test writes 65536 blocks with one WRITE (16) when the limit
+/// allows that many, beyond MAXIMUM TRANSFER LENGTH.)
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
+/// Largest number of blocks one UNMAP deallocates, all descriptors together (VPD B0h).
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
+/// Most block descriptors in one UNMAP parameter list (VPD B0h).
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 1024;
+/// VERIFY reads the medium (and WRITE SAME writes it) in pieces of this many bytes.
 const VERIFY_CHUNK_BYTES: usize = 1 << 20;
 /// Pending unit attentions kept per nexus; older ones are dropped beyond this.
 const MAX_PENDING_UNIT_ATTENTIONS: usize = 8;
@@ -134,13 +148,19 @@ struct NexusState {
     unit_attentions: VecDeque<Sense>,
 }
 
-/// A SCSI block device (SBC-3) over a [`BlockDevice`]. Commands from many threads may run at once: the only
-/// shared mutable state (per-nexus unit attentions) is behind a mutex that is never held across I/O.
+/// A SCSI block device (SBC-3) over a [`BlockDevice`]. Commands from many threads may run at once: the shared
+/// mutable state (per-nexus unit attentions, mode parameters) is behind mutexes that are never held across I/O,
+/// and the block ranges of writes in flight are tracked so that COMPARE AND WRITE, ORWRITE and WRITE AND VERIFY
+/// are atomic against every other write to their blocks (including writes the device completes asynchronously).
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
     identity: LunIdentity,
     read_only: bool,
+    /// The device deallocates on unmap: the logical unit is thin provisioned.
+    thin: bool,
     nexuses: Mutex<HashMap<u64, NexusState>>,
+    mode: Mutex<mode::ModeState>,
+    ranges: Arc<RangeLocks>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -148,6 +168,7 @@ impl std::fmt::Debug for LogicalUnit {
         f.debug_struct("LogicalUnit")
             .field("identity", &self.identity)
             .field("read_only", &self.read_only)
+            .field("thin", &self.thin)
             .finish_non_exhaustive()
     }
 }
@@ -156,11 +177,20 @@ impl LogicalUnit {
     /// A logical unit over `dev`; with `read_only` every write fails with DATA PROTECT.
     pub fn new(dev: Arc<dyn BlockDevice>, identity: LunIdentity, read_only: bool) -> Self {
         Self {
+            thin: dev.supports_unmap(),
             dev,
             identity,
             read_only,
             nexuses: Mutex::new(HashMap::new()),
+            mode: Mutex::new(mode::ModeState::default()),
+            ranges: Arc::new(RangeLocks::default()),
         }
+    }
+
+    /// Whether the logical unit is thin provisioned (READ CAPACITY (16) LBPME): UNMAP and WRITE SAME with UNMAP
+    /// deallocate, and deallocated blocks read as zeros.
+    pub fn is_thin(&self) -> bool {
+        self.thin
     }
 
     /// Logical block size in bytes (512).
@@ -218,11 +248,15 @@ impl LogicalUnit {
         if data.is_empty() {
             return done(Outcome::good(Vec::new()));
         }
+        // Held until the device completes the write: a COMPARE AND WRITE to these blocks waits for it (and this
+        // waits, briefly, only behind one of those).
+        let range = self.ranges.lock(t.lba, blocks_in(data), Access::Shared);
         self.dev.submit_write(
             data.to_vec(),
             byte_offset(t.lba),
-            t.fua,
+            t.fua || self.write_through(),
             Box::new(move |result| {
+                drop(range);
                 done(match result {
                     Ok(()) => Outcome::good(Vec::new()),
                     Err(_) => Outcome::check_condition(Sense::write_error()),
@@ -238,13 +272,55 @@ impl LogicalUnit {
     pub fn data_out_len(&self, cdb: &[u8]) -> Result<u32, Sense> {
         let cmd = Command::decode(cdb)?;
         Ok(match cmd {
-            Command::Write(t) | Command::WriteAndVerify { transfer: t, .. } => transfer_bytes(&t)?,
+            Command::Write(t) | Command::OrWrite(t) => transfer_bytes(&t)?,
+            Command::WriteAndVerify {
+                transfer,
+                byte_check,
+            } => compared_bytes(&transfer, byte_check, true)?,
             Command::Verify {
                 transfer,
-                byte_check: ByteCheck::Compare,
-            } => transfer_bytes(&transfer)?,
+                byte_check,
+            } => compared_bytes(&transfer, byte_check, false)?,
+            Command::WriteSame { ndob, .. } => {
+                if ndob {
+                    0
+                } else {
+                    BLOCK_SIZE
+                }
+            }
+            Command::CompareAndWrite { blocks, .. } => compare_and_write_bytes(blocks)?,
+            Command::Unmap { param_len } | Command::ModeSelect { param_len, .. } => {
+                u32::from(param_len)
+            }
             _ => 0,
         })
+    }
+
+    /// Checks the initiator's expected data transfer length (`expected`, iSCSI EDTL) against a command whose
+    /// Data-Out has a fixed structure, before [`execute`](Self::execute): a WRITE SAME carries exactly one block,
+    /// a COMPARE AND WRITE exactly its verify and write data, and anything else would be taken apart wrongly. Other
+    /// commands accept any length (the transport reports the residual). `Err` carries the sense to fail the
+    /// command with: INVALID FIELD IN COMMAND INFORMATION UNIT, or INVALID FIELD IN CDB for a COMPARE AND WRITE of 0
+    /// blocks with more Data-Out than any COMPARE AND WRITE can carry (the block count wrapped around its 8-bit
+    /// field).
+    pub fn check_expected_length(&self, cdb: &[u8], expected: u32) -> Result<(), Sense> {
+        match Command::decode(cdb) {
+            Ok(Command::WriteSame { ndob: false, .. }) if expected != BLOCK_SIZE => {
+                Err(Sense::invalid_field_in_information_unit())
+            }
+            Ok(Command::CompareAndWrite { blocks: 0, .. })
+                if u64::from(expected)
+                    > 2 * u64::from(MAX_COMPARE_AND_WRITE_BLOCKS) * u64::from(BLOCK_SIZE) =>
+            {
+                Err(Sense::invalid_field_in_cdb(13, 7))
+            }
+            Ok(Command::CompareAndWrite { blocks, .. })
+                if blocks > 0 && compare_and_write_bytes(blocks) != Ok(expected) =>
+            {
+                Err(Sense::invalid_field_in_information_unit())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Bytes of Data-In the CDB asks for (allocation length or transfer length), for residual computation.
@@ -260,6 +336,7 @@ impl LogicalUnit {
             Command::PersistentReserveIn { alloc_len, .. } => u32::from(alloc_len),
             Command::ReadCapacity10 => 8,
             Command::ReadCapacity16 { alloc_len }
+            | Command::GetLbaStatus { alloc_len, .. }
             | Command::ReportLuns { alloc_len, .. }
             | Command::ReportSupportedOpcodes { alloc_len, .. } => alloc_len,
             _ => 0,
@@ -267,7 +344,7 @@ impl LogicalUnit {
     }
 
     /// Whether [`execute`](Self::execute) of this CDB finishes in microseconds: commands that touch no
-    /// storage, and reads and writes without FUA within the device's
+    /// storage, and reads and writes without FUA (and with the write cache enabled) within the device's
     /// [`quick_io_limit`](BlockDevice::quick_io_limit). The engine runs those inline and the rest on a
     /// blocking pool; either way the outcome is the same.
     pub fn is_quick(&self, cdb: &[u8]) -> bool {
@@ -276,12 +353,22 @@ impl LogicalUnit {
         match Command::decode(cdb) {
             Ok(Command::Read(t)) => u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
             Ok(Command::Write(t)) => {
-                !t.fua && u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= write_limit
+                !t.fua
+                    && !self.write_through()
+                    && u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= write_limit
             }
             Ok(
                 Command::SynchronizeCache { .. }
                 | Command::Verify { .. }
-                | Command::WriteAndVerify { .. },
+                | Command::WriteAndVerify { .. }
+                | Command::WriteSame { .. }
+                | Command::Unmap { .. }
+                | Command::GetLbaStatus { .. }
+                | Command::CompareAndWrite { .. }
+                | Command::OrWrite(_)
+                // MODE SELECT may flush (write cache turned off), STOP UNIT flushes.
+                | Command::ModeSelect { .. }
+                | Command::StartStopUnit { .. },
             ) => false,
             // Everything else answers from memory, as do decoding errors.
             Ok(_) | Err(_) => true,
@@ -365,7 +452,7 @@ impl LogicalUnit {
                 alloc_len,
             } => {
                 let data = if evpd {
-                    inquiry::vpd(page_code, &self.identity)?
+                    inquiry::vpd(page_code, &self.identity, self.thin)?
                 } else {
                     inquiry::standard(&self.identity)
                 };
@@ -393,10 +480,26 @@ impl LogicalUnit {
                     block_size: BLOCK_SIZE,
                     read_only: self.read_only,
                 };
+                let state = self.mode_state();
                 Ok(truncated(
-                    mode::mode_sense(&req, &medium)?,
+                    mode::mode_sense(&req, &medium, &state)?,
                     alloc_len.into(),
                 ))
+            }
+            Command::ModeSelect {
+                size,
+                pf,
+                sp,
+                param_len,
+            } => {
+                let req_ms = mode::ModeSelectRequest {
+                    size,
+                    pf,
+                    sp,
+                    param_len: param_len.into(),
+                };
+                self.mode_select(&req_ms, req.data_out, req.nexus)
+                    .map(|()| Vec::new())
             }
             Command::ReadCapacity10 => {
                 let last = self.capacity_blocks().saturating_sub(1);
@@ -410,10 +513,49 @@ impl LogicalUnit {
                 let mut b = vec![0u8; 32];
                 b[0..8].copy_from_slice(&self.capacity_blocks().saturating_sub(1).to_be_bytes());
                 b[8..12].copy_from_slice(&BLOCK_SIZE.to_be_bytes());
-                // PROT_EN=0; LBPME=0 and LBPRZ=0 (no UNMAP); lowest aligned LBA 0.
+                // PROT_EN=0; lowest aligned LBA 0; thin provisioned: LBPME, and deallocated blocks read zeros
+                // (LBPRZ).
                 b[13] = PHYSICAL_BLOCK_EXPONENT;
+                if self.thin {
+                    b[14] = 0x80 | 0x40;
+                }
                 Ok(truncated(b, alloc_len))
             }
+            Command::GetLbaStatus { lba, alloc_len } => self.get_lba_status(lba, alloc_len),
+            Command::WriteSame {
+                size,
+                lba,
+                blocks,
+                unmap,
+                ndob,
+            } => self
+                .write_same(size, lba, blocks, unmap, ndob, req.data_out)
+                .map(|()| Vec::new()),
+            Command::Unmap { param_len } => self
+                .unmap(usize::from(param_len), req.data_out)
+                .map(|()| Vec::new()),
+            Command::CompareAndWrite {
+                lba, blocks, fua, ..
+            } => self
+                .compare_and_write(lba, blocks, fua, req.data_out)
+                .map(|()| Vec::new()),
+            Command::OrWrite(t) => self.or_write(&t, req.data_out).map(|()| Vec::new()),
+            Command::PreFetch { lba, blocks, .. } => {
+                // We keep no cache that PRE-FETCH could fill (the page cache is the host's), so the blocks are
+                // never all "in cache": GOOD, not CONDITION MET (SBC-3 5.9). IMMED changes nothing.
+                self.check_range(lba, u64::from(blocks))?;
+                Ok(Vec::new())
+            }
+            Command::StartStopUnit {
+                no_flush,
+                loej,
+                start,
+                ..
+            } => self
+                .start_stop_unit(no_flush, loej, start)
+                .map(|()| Vec::new()),
+            // Nothing can be removed from a disk that is not removable; preventing or allowing it changes nothing.
+            Command::PreventAllowMediumRemoval { .. } => Ok(Vec::new()),
             Command::Read(t) => self.read(&t),
             Command::Write(t) => self.write(&t, req.data_out).map(|()| Vec::new()),
             Command::Verify {
@@ -454,6 +596,7 @@ impl LogicalUnit {
                     reporting_options,
                     opcode,
                     service_action,
+                    self.thin,
                 )?;
                 Ok(truncated(data, alloc_len))
             }
@@ -493,8 +636,9 @@ impl LogicalUnit {
         self.check_transfer(t, true)?;
         let data = write_data(t, data_out);
         if !data.is_empty() {
+            let _range = self.ranges.lock(t.lba, blocks_in(data), Access::Shared);
             self.dev
-                .write_at(data, byte_offset(t.lba), t.fua)
+                .write_at(data, byte_offset(t.lba), t.fua || self.write_through())
                 .map_err(|_| Sense::write_error())?;
         }
         Ok(())
@@ -508,8 +652,10 @@ impl LogicalUnit {
     ) -> Result<(), Sense> {
         self.check_transfer(t, false)?;
         let expected = match byte_check {
-            ByteCheck::MediumOnly => None,
-            ByteCheck::Compare => Some(data_for(t, data_out)?),
+            ByteCheck::MediumOnly => Expected::Readable,
+            ByteCheck::Compare => Expected::Bytes(data_for(t, data_out)?),
+            ByteCheck::SingleBlock if t.blocks == 0 => Expected::Readable,
+            ByteCheck::SingleBlock => Expected::EveryBlock(one_block(data_out)?),
         };
         self.check_medium(t.lba, byte_len(t), expected)
     }
@@ -521,24 +667,37 @@ impl LogicalUnit {
         data_out: &[u8],
     ) -> Result<(), Sense> {
         self.check_transfer(t, true)?;
+        if byte_check == ByteCheck::SingleBlock {
+            if t.blocks == 0 {
+                return Ok(());
+            }
+            let block = one_block(data_out)?;
+            let _range = self
+                .ranges
+                .lock(t.lba, u64::from(t.blocks), Access::Exclusive);
+            // FUA: the verification is meant to be of the medium, so the data must have reached it.
+            self.write_repeated(t.lba, u64::from(t.blocks), block, true)?;
+            return self.check_medium(t.lba, byte_len(t), Expected::EveryBlock(block));
+        }
         let data = write_data(t, data_out);
         if data.is_empty() {
             return Ok(());
         }
-        // FUA: the verification is meant to be of the medium, so the data must have reached it.
+        // Exclusive: another write to these blocks between ours and the read-back would look like a miscompare.
+        let _range = self.ranges.lock(t.lba, blocks_in(data), Access::Exclusive);
         self.dev
             .write_at(data, byte_offset(t.lba), true)
             .map_err(|_| Sense::write_error())?;
         let expected = match byte_check {
-            ByteCheck::MediumOnly => None,
-            ByteCheck::Compare => Some(data),
+            ByteCheck::MediumOnly => Expected::Readable,
+            _ => Expected::Bytes(data),
         };
         self.check_medium(t.lba, data.len(), expected)
     }
 
-    /// Reads `len` bytes from `lba` in bounded pieces: every byte must be readable and, with `expected`,
-    /// equal to it (else MISCOMPARE with the offset of the first differing byte).
-    fn check_medium(&self, lba: u64, len: usize, expected: Option<&[u8]>) -> Result<(), Sense> {
+    /// Reads `len` bytes from `lba` in bounded pieces: every byte must be readable and equal to what `expected`
+    /// says (else MISCOMPARE with the offset of the first differing byte from the start of the range).
+    fn check_medium(&self, lba: u64, len: usize, expected: Expected<'_>) -> Result<(), Sense> {
         let mut buf = vec![0u8; len.min(VERIFY_CHUNK_BYTES)];
         let mut done = 0usize;
         while done < len {
@@ -547,13 +706,93 @@ impl LogicalUnit {
             self.dev
                 .read_at(chunk, byte_offset(lba) + done as u64)
                 .map_err(|_| Sense::medium_error_read())?;
-            if let Some(expected) = expected {
-                let want = &expected[done..done + n];
-                if let Some(i) = chunk.iter().zip(want).position(|(a, b)| a != b) {
-                    return Err(Sense::miscompare((done + i) as u64));
+            let differs = match expected {
+                Expected::Readable => None,
+                Expected::Bytes(want) => {
+                    let want = &want[done..done + n];
+                    chunk.iter().zip(want).position(|(a, b)| a != b)
                 }
+                // Chunks are whole blocks, so the block pattern restarts at each chunk.
+                Expected::EveryBlock(block) => chunk
+                    .iter()
+                    .zip(block.iter().cycle())
+                    .position(|(a, b)| a != b),
+            };
+            if let Some(i) = differs {
+                return Err(Sense::miscompare((done + i) as u64));
             }
             done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `block` to the `count` blocks from `lba`, a chunk of at most [`VERIFY_CHUNK_BYTES`] at a time.
+    fn write_repeated(&self, lba: u64, count: u64, block: &[u8], fua: bool) -> Result<(), Sense> {
+        let total = count * u64::from(BLOCK_SIZE);
+        let chunk_len = total.min(VERIFY_CHUNK_BYTES as u64) as usize;
+        let chunk: Vec<u8> = block.iter().copied().cycle().take(chunk_len).collect();
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(chunk_len as u64) as usize;
+            self.dev
+                .write_at(&chunk[..n], byte_offset(lba) + done, false)
+                .map_err(|_| Sense::write_error())?;
+            done += n as u64;
+        }
+        if fua {
+            self.dev.flush().map_err(|_| Sense::write_error())?;
+        }
+        Ok(())
+    }
+
+    /// The current mode parameters.
+    fn mode_state(&self) -> mode::ModeState {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// WCE is 0: every write must be durable before GOOD, as if it had FUA.
+    fn write_through(&self) -> bool {
+        !self.mode_state().wce
+    }
+
+    fn mode_select(
+        &self,
+        req: &mode::ModeSelectRequest,
+        data_out: &[u8],
+        nexus: &Nexus,
+    ) -> Result<(), Sense> {
+        let medium = mode::MediumFacts {
+            blocks: self.capacity_blocks(),
+            block_size: BLOCK_SIZE,
+            read_only: self.read_only,
+        };
+        let mut guard = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *guard;
+        let after = mode::mode_select(req, data_out, &medium, &before)?;
+        if after == before {
+            return Ok(());
+        }
+        *guard = after;
+        drop(guard);
+        if before.wce && !after.wce {
+            // From now on writes are written through; make the ones already completed durable too.
+            self.dev.flush().map_err(|_| Sense::write_error())?;
+        }
+        // SPC-4 6.9: every other I_T nexus learns that the parameters changed.
+        self.queue_unit_attention(Sense::mode_parameters_changed(), Some(nexus));
+        Ok(())
+    }
+
+    /// START STOP UNIT of a disk that is not removable and has no power conditions: the medium can not be
+    /// ejected; a stop makes cached data durable unless NO_FLUSH; otherwise nothing changes. The logical unit is
+    /// never actually stopped: it is shared by every I_T nexus, and one initiator stopping it (as hosts do at
+    /// shutdown) must not take it away from the others.
+    fn start_stop_unit(&self, no_flush: bool, loej: bool, start: bool) -> Result<(), Sense> {
+        if loej && !start {
+            return Err(Sense::invalid_field_in_cdb(4, 1));
+        }
+        if !start && !no_flush {
+            self.dev.flush().map_err(|_| Sense::write_error())?;
         }
         Ok(())
     }
@@ -622,6 +861,50 @@ fn transfer_bytes(t: &BlockTransfer) -> Result<u32, Sense> {
         ));
     }
     Ok(t.blocks * BLOCK_SIZE)
+}
+
+/// What [`LogicalUnit::check_medium`] compares the medium with.
+#[derive(Clone, Copy)]
+enum Expected<'a> {
+    /// Nothing: the medium only has to be readable.
+    Readable,
+    /// These bytes, from the start of the range.
+    Bytes(&'a [u8]),
+    /// This one block, in every block of the range.
+    EveryBlock(&'a [u8]),
+}
+
+/// Bytes of Data-Out a VERIFY (or, with `writes`, a WRITE AND VERIFY) takes for its BYTCHK.
+fn compared_bytes(t: &BlockTransfer, byte_check: ByteCheck, writes: bool) -> Result<u32, Sense> {
+    let all = transfer_bytes(t)?;
+    Ok(match byte_check {
+        ByteCheck::MediumOnly if writes => all,
+        ByteCheck::MediumOnly => 0,
+        ByteCheck::Compare => all,
+        ByteCheck::SingleBlock if t.blocks == 0 => 0,
+        ByteCheck::SingleBlock => BLOCK_SIZE,
+    })
+}
+
+/// Bytes of Data-Out of a COMPARE AND WRITE of `blocks` blocks (verify data, then write data), or INVALID FIELD IN
+/// CDB above [`MAX_COMPARE_AND_WRITE_BLOCKS`].
+fn compare_and_write_bytes(blocks: u8) -> Result<u32, Sense> {
+    if blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
+        return Err(Sense::invalid_field_in_cdb(13, 7));
+    }
+    Ok(2 * u32::from(blocks) * BLOCK_SIZE)
+}
+
+/// The one block of Data-Out of a BYTCHK 11b or WRITE SAME.
+fn one_block(data_out: &[u8]) -> Result<&[u8], Sense> {
+    data_out
+        .get(..BLOCK_SIZE as usize)
+        .ok_or_else(Sense::invalid_field_in_information_unit)
+}
+
+/// Whole blocks in `data` (a multiple of the block size).
+fn blocks_in(data: &[u8]) -> u64 {
+    (data.len() / BLOCK_SIZE as usize) as u64
 }
 
 /// Byte length of a transfer already checked against [`MAX_TRANSFER_BLOCKS`].

@@ -1,6 +1,11 @@
-//! MODE SENSE (6)/(10) parameter data (SPC-4 7.5, SBC-3 6.4): caching, control and informational exceptions
-//! pages. Nothing is changeable (there is no MODE SELECT yet), so the changeable mask is all zeros and the default
-//! values are the current ones.
+//! MODE SENSE (6)/(10) parameter data and MODE SELECT (6)/(10) (SPC-4 6.9-6.12, 7.5; SBC-3 6.4): the caching,
+//! control and informational exceptions pages.
+//!
+//! Changeable, and kept in the logical unit's memory ([`ModeState`]): WCE of the caching page (0: every write is
+//! written through, as with FUA), and DEXCPT, MRIE, INTERVAL TIMER and REPORT COUNT of the informational
+//! exceptions page (we never raise an informational exception, so any reporting method is honoured by reporting
+//! nothing). The control page is fixed. Nothing can be saved: PS is 0 in every page, MODE SENSE of saved values
+//! and MODE SELECT with SP are refused.
 
 use crate::cdb::{CdbSize, PageControl};
 use crate::sense::Sense;
@@ -11,6 +16,37 @@ const CONTROL: u8 = 0x0A;
 const INFORMATIONAL_EXCEPTIONS: u8 = 0x1C;
 const ALL_PAGES: u8 = 0x3F;
 const ALL_SUBPAGES: u8 = 0xFF;
+
+/// Highest MRIE value SPC-4 defines (6h: only report informational exception condition on request).
+const MAX_MRIE: u8 = 0x06;
+
+/// The mode parameters MODE SELECT can change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ModeState {
+    /// WCE: writes may complete from a volatile cache (SYNCHRONIZE CACHE / FUA make them durable). 0: every
+    /// write is durable before GOOD.
+    pub wce: bool,
+    /// DEXCPT: informational exception operations disabled.
+    pub dexcpt: bool,
+    /// MRIE: method of reporting informational exceptions.
+    pub mrie: u8,
+    /// INTERVAL TIMER.
+    pub interval_timer: u32,
+    /// REPORT COUNT.
+    pub report_count: u32,
+}
+
+impl Default for ModeState {
+    fn default() -> Self {
+        Self {
+            wce: true,
+            dexcpt: true,
+            mrie: 0,
+            interval_timer: 0,
+            report_count: 0,
+        }
+    }
+}
 
 /// The arguments of one MODE SENSE.
 pub(super) struct ModeSenseRequest {
@@ -30,7 +66,11 @@ pub(super) struct MediumFacts {
 }
 
 /// Builds the full mode parameter data (the caller truncates it to the allocation length).
-pub(super) fn mode_sense(req: &ModeSenseRequest, medium: &MediumFacts) -> Result<Vec<u8>, Sense> {
+pub(super) fn mode_sense(
+    req: &ModeSenseRequest,
+    medium: &MediumFacts,
+    state: &ModeState,
+) -> Result<Vec<u8>, Sense> {
     if req.page_control == PageControl::Saved {
         return Err(Sense::saving_parameters_not_supported());
     }
@@ -47,7 +87,12 @@ pub(super) fn mode_sense(req: &ModeSenseRequest, medium: &MediumFacts) -> Result
     }
     let mut body = Vec::new();
     for &code in pages {
-        body.extend_from_slice(&page(code, req.page_control));
+        let p = match req.page_control {
+            PageControl::Changeable => changeable(code),
+            PageControl::Default => page(code, &ModeState::default()),
+            _ => page(code, state),
+        };
+        body.extend_from_slice(&p);
     }
 
     let descriptor = if req.dbd {
@@ -98,35 +143,205 @@ fn block_descriptor(req: &ModeSenseRequest, medium: &MediumFacts) -> Vec<u8> {
     }
 }
 
-/// One page with its header; for the changeable mask only the header survives.
-fn page(code: u8, pc: PageControl) -> Vec<u8> {
-    let mut p = match code {
-        // WCE=1 (write cache on: SYNCHRONIZE CACHE / FUA are honoured), RCD=0.
-        CACHING => {
-            let mut p = vec![0u8; 20];
-            p[2] = 0x04;
-            p
-        }
+/// Length of a page including its 2-byte header.
+fn page_len(code: u8) -> usize {
+    match code {
+        CACHING => 20,
+        _ => 12,
+    }
+}
+
+/// The current (or default) values of one page, with its header. PS=0: nothing can be saved; SPF=0: page_0
+/// format.
+fn page(code: u8, st: &ModeState) -> Vec<u8> {
+    let mut p = vec![0u8; page_len(code)];
+    match code {
+        // WCE as set, RCD=0 (we have no read cache of our own to disable).
+        CACHING => p[2] = if st.wce { 0x04 } else { 0x00 },
         CONTROL => {
-            let mut p = vec![0u8; 12];
             // TST=0, D_SENSE=0 (fixed format sense), QUEUE ALGORITHM MODIFIER=1 (unrestricted reordering),
             // QERR=0, SWP=0, TAS=0; BUSY TIMEOUT PERIOD FFFFh: unlimited.
             p[3] = 0x10;
             p[8] = 0xFF;
             p[9] = 0xFF;
-            p
         }
         _ => {
-            // Informational exceptions: DEXCPT=1 (we raise none), MRIE=0.
-            let mut p = vec![0u8; 12];
-            p[2] = 0x08;
-            p
+            p[2] = if st.dexcpt { 0x08 } else { 0x00 };
+            p[3] = st.mrie;
+            p[4..8].copy_from_slice(&st.interval_timer.to_be_bytes());
+            p[8..12].copy_from_slice(&st.report_count.to_be_bytes());
         }
-    };
-    if pc == PageControl::Changeable {
-        p[2..].fill(0);
     }
-    p[0] = code; // PS=0: nothing can be saved; SPF=0: page_0 format
+    p[0] = code;
     p[1] = (p.len() - 2) as u8;
     p
+}
+
+/// The changeable-values mask of one page (its header as in the current values).
+fn changeable(code: u8) -> Vec<u8> {
+    let mut p = vec![0u8; page_len(code)];
+    match code {
+        CACHING => p[2] = 0x04,
+        CONTROL => {}
+        _ => {
+            p[2] = 0x08;
+            p[3] = 0x0F;
+            p[4..12].fill(0xFF);
+        }
+    }
+    p[0] = code;
+    p[1] = (p.len() - 2) as u8;
+    p
+}
+
+/// The arguments of one MODE SELECT.
+pub(super) struct ModeSelectRequest {
+    pub size: CdbSize,
+    pub pf: bool,
+    pub sp: bool,
+    pub param_len: usize,
+}
+
+/// Checks a MODE SELECT parameter list against what can change and returns the mode parameters it asks for. Nothing
+/// is applied unless the whole list is acceptable (the caller stores the result).
+pub(super) fn mode_select(
+    req: &ModeSelectRequest,
+    data_out: &[u8],
+    medium: &MediumFacts,
+    current: &ModeState,
+) -> Result<ModeState, Sense> {
+    if req.sp {
+        // SPC-4 6.9: SP set on a logical unit that implements no saved pages.
+        return Err(Sense::invalid_field_in_cdb(1, 0));
+    }
+    if req.param_len == 0 {
+        return Ok(*current);
+    }
+    // A list shorter than announced is truncated wherever it ends.
+    let list = data_out
+        .get(..req.param_len)
+        .ok_or_else(Sense::parameter_list_length_error)?;
+    let (header_len, descriptor_len, long_lba) = match req.size {
+        CdbSize::Six => {
+            let h = list
+                .get(..4)
+                .ok_or_else(Sense::parameter_list_length_error)?;
+            if h[1] != 0 {
+                return Err(Sense::invalid_field_in_parameter_list(1, 7));
+            }
+            (4, usize::from(h[3]), false)
+        }
+        _ => {
+            let h = list
+                .get(..8)
+                .ok_or_else(Sense::parameter_list_length_error)?;
+            if h[2] != 0 {
+                return Err(Sense::invalid_field_in_parameter_list(2, 7));
+            }
+            (
+                8,
+                usize::from(u16::from_be_bytes([h[6], h[7]])),
+                h[4] & 0x01 != 0,
+            )
+        }
+    };
+    // MODE DATA LENGTH is reserved in MODE SELECT, and WP / DPOFUA of the device-specific parameter are not
+    // changeable: both are ignored, so a header copied from MODE SENSE is accepted.
+    let one = if long_lba { 16 } else { 8 };
+    let bdl_field = if header_len == 4 { 3 } else { 6 };
+    if descriptor_len != 0 && descriptor_len != one {
+        return Err(Sense::invalid_field_in_parameter_list(bdl_field, 7));
+    }
+    let descriptor = list
+        .get(header_len..header_len + descriptor_len)
+        .ok_or_else(Sense::parameter_list_length_error)?;
+    if !descriptor.is_empty() {
+        check_block_descriptor(descriptor, long_lba, header_len as u16, medium)?;
+    }
+
+    let mut off = header_len + descriptor_len;
+    if off < list.len() && !req.pf {
+        // PF=0: vendor-specific parameters, of which we have none.
+        return Err(Sense::invalid_field_in_cdb(1, 4));
+    }
+    let mut next = *current;
+    while off < list.len() {
+        let head = list
+            .get(off..off + 2)
+            .ok_or_else(Sense::parameter_list_length_error)?;
+        let at = |i: usize| u16::try_from(off + i).unwrap_or(u16::MAX);
+        if head[0] & 0x40 != 0 {
+            // SPF: we have no subpages.
+            return Err(Sense::invalid_field_in_parameter_list(at(0), 6));
+        }
+        // PS is reserved in MODE SELECT: ignored.
+        let code = head[0] & 0x3F;
+        if !matches!(code, CACHING | CONTROL | INFORMATIONAL_EXCEPTIONS) {
+            return Err(Sense::invalid_field_in_parameter_list(at(0), 5));
+        }
+        let len = page_len(code);
+        if usize::from(head[1]) + 2 != len {
+            return Err(Sense::invalid_field_in_parameter_list(at(1), 7));
+        }
+        let sent = list
+            .get(off..off + len)
+            .ok_or_else(Sense::parameter_list_length_error)?;
+        let have = page(code, &next);
+        let mask = changeable(code);
+        for i in 2..len {
+            let fixed = (sent[i] ^ have[i]) & !mask[i];
+            if fixed != 0 {
+                let bit = 7 - fixed.leading_zeros() as u8;
+                return Err(Sense::invalid_field_in_parameter_list(at(i), bit));
+            }
+        }
+        match code {
+            CACHING => next.wce = sent[2] & 0x04 != 0,
+            INFORMATIONAL_EXCEPTIONS => {
+                if sent[3] & 0x0F > MAX_MRIE {
+                    return Err(Sense::invalid_field_in_parameter_list(at(3), 3));
+                }
+                next.dexcpt = sent[2] & 0x08 != 0;
+                next.mrie = sent[3] & 0x0F;
+                next.interval_timer = u32::from_be_bytes([sent[4], sent[5], sent[6], sent[7]]);
+                next.report_count = u32::from_be_bytes([sent[8], sent[9], sent[10], sent[11]]);
+            }
+            _ => {}
+        }
+        off += len;
+    }
+    Ok(next)
+}
+
+/// A block descriptor in MODE SELECT may restate the medium but not change it: NUMBER OF LOGICAL BLOCKS 0 (no
+/// change) or the capacity, BLOCK LENGTH our block size.
+fn check_block_descriptor(
+    d: &[u8],
+    long_lba: bool,
+    at: u16,
+    medium: &MediumFacts,
+) -> Result<(), Sense> {
+    let (blocks, block_len, len_at) = if long_lba {
+        (
+            u64::from_be_bytes(d[0..8].try_into().unwrap_or([0xFF; 8])),
+            u32::from_be_bytes([d[12], d[13], d[14], d[15]]),
+            at + 12,
+        )
+    } else {
+        let short = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let blocks = if short == u32::MAX {
+            // FFFFFFFFh stands for a capacity too large for the field.
+            medium.blocks.max(u64::from(u32::MAX))
+        } else {
+            u64::from(short)
+        };
+        (blocks, u32::from_be_bytes([0, d[5], d[6], d[7]]), at + 5)
+    };
+    if blocks != 0 && blocks != medium.blocks {
+        return Err(Sense::invalid_field_in_parameter_list(at, 7));
+    }
+    if block_len != medium.block_size {
+        return Err(Sense::invalid_field_in_parameter_list(len_at, 7));
+    }
+    Ok(())
 }

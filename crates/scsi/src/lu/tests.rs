@@ -209,21 +209,20 @@ fn test_unit_ready_is_good() {
 fn unknown_opcodes_and_service_actions_are_invalid_opcode() {
     let f = Fixture::new();
     assert_sense(&f.run(&[]), SenseKey::IllegalRequest, 0x20, 0x00);
-    // PRE-FETCH, START STOP UNIT, WRITE SAME, UNMAP, PERSISTENT RESERVE OUT, COMPARE AND WRITE: not yet.
-    for op in [0x34u8, 0x1B, 0x41, 0x42, 0x5F, 0x89, 0x93, 0x1E, 0x16] {
+    // PERSISTENT RESERVE OUT, RESERVE / RELEASE: not on this branch; ORWRITE (32), WRITE ATOMIC: not at all.
+    for op in [0x5Fu8, 0x16, 0x17, 0x56, 0x57, 0x7F, 0x9C, 0x07] {
         let mut cdb = [0u8; 16];
         cdb[0] = op;
         assert_sense(&f.run(&cdb), SenseKey::IllegalRequest, 0x20, 0x00);
     }
-    let mut get_lba_status = [0u8; 16];
-    get_lba_status[0] = SERVICE_ACTION_IN_16;
-    get_lba_status[1] = 0x12;
-    assert_sense(
-        &f.run(&get_lba_status),
-        SenseKey::IllegalRequest,
-        0x20,
-        0x00,
-    );
+    let mut sai = [0u8; 16];
+    sai[0] = SERVICE_ACTION_IN_16;
+    sai[1] = 0x13;
+    assert_sense(&f.run(&sai), SenseKey::IllegalRequest, 0x20, 0x00);
+    // UNMAP only exists on a thin provisioned logical unit.
+    let mut unmap = [0u8; 10];
+    unmap[0] = UNMAP;
+    assert_sense(&f.run(&unmap), SenseKey::IllegalRequest, 0x20, 0x00);
 }
 
 #[test]
@@ -309,8 +308,8 @@ fn inquiry_cmddt_is_invalid() {
 fn supported_vpd_pages_are_all_readable() {
     let f = Fixture::new();
     let d = f.good(&inquiry(true, 0x00, 255));
-    assert_eq!(&d[..4], &[0x00, 0x00, 0x00, 5]);
-    assert_eq!(&d[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1]);
+    assert_eq!(&d[..4], &[0x00, 0x00, 0x00, 6]);
+    assert_eq!(&d[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
     for &page in &d[4..] {
         let p = f.good(&inquiry(true, page, 255));
         assert_eq!(p[1], page);
@@ -325,7 +324,7 @@ fn supported_vpd_pages_are_all_readable() {
 #[test]
 fn unknown_vpd_pages_are_invalid() {
     let f = Fixture::new();
-    for page in [0x01u8, 0x86, 0xB2, 0xB3, 0xFF] {
+    for page in [0x01u8, 0x86, 0xB3, 0xFF] {
         assert_invalid_field(&f.run(&inquiry(true, page, 255)), 2, 7);
     }
 }
@@ -444,8 +443,16 @@ fn vpd_block_limits() {
     assert_eq!(gran, 8);
     assert_eq!(max, 16384, "8 MiB of 512-byte blocks");
     assert!(opt <= max && opt % u32::from(gran) == 0);
-    // No UNMAP / WRITE SAME / atomic writes: all zero.
-    assert!(d[16..64].iter().all(|&b| b == 0));
+    assert_eq!(d[4] & 0x01, 0, "WSNZ: WRITE SAME of 0 blocks is accepted");
+    assert_eq!(d[5], MAX_COMPARE_AND_WRITE_BLOCKS);
+    // Fully provisioned: no UNMAP fields.
+    assert!(d[16..36].iter().all(|&b| b == 0));
+    assert_eq!(
+        u64::from_be_bytes(d[36..44].try_into().unwrap()),
+        MAX_WRITE_SAME_BLOCKS
+    );
+    // No atomic writes.
+    assert!(d[44..64].iter().all(|&b| b == 0));
 }
 
 #[test]
@@ -1099,10 +1106,9 @@ fn verify_spanning_several_chunks_finds_late_miscompare() {
 fn verify_bad_fields_and_ranges() {
     let f = Fixture::new();
     let block = vec![0u8; 512];
-    for bytchk in [2u8, 3] {
-        for cdb in all_sizes(VERIFIES, bytchk << 1, 0, 1) {
-            assert_invalid_field(&f.run_with(&cdb, &block), 1, 2);
-        }
+    // BYTCHK 10b is reserved.
+    for cdb in all_sizes(VERIFIES, 2 << 1, 0, 1) {
+        assert_invalid_field(&f.run_with(&cdb, &block), 1, 2);
     }
     for cdb in all_sizes(VERIFIES, 0x02, 0, 0) {
         assert_eq!(
@@ -1150,13 +1156,12 @@ fn write_and_verify_writes_durably_and_compares() {
     {
         assert_lba_oob(&f.run_with(&cdb, &[0; 512]));
     }
-    for bytchk in [2u8, 3] {
-        assert_invalid_field(
-            &f.run_with(&rw10(WRITE_AND_VERIFY_10, bytchk << 1, 0, 1), &[0; 512]),
-            1,
-            2,
-        );
-    }
+    // BYTCHK 10b is reserved.
+    assert_invalid_field(
+        &f.run_with(&rw10(WRITE_AND_VERIFY_10, 2 << 1, 0, 1), &[0; 512]),
+        1,
+        2,
+    );
 }
 
 /// A device whose reads return something other than what was written.
@@ -1324,9 +1329,15 @@ fn mode_sense_page_control() {
     );
     let changeable = f.good(&mode_sense6(true, 1, 0x3F, 0, 255));
     assert_eq!(changeable.len(), current.len());
-    for (_, page) in mode_pages(&changeable[4..]) {
-        assert!(page[2..].iter().all(|&b| b == 0), "nothing is changeable");
-    }
+    let masks: Vec<(u8, Vec<u8>)> = mode_pages(&changeable[4..]);
+    let codes: Vec<u8> = masks.iter().map(|m| m.0).collect();
+    assert_eq!(codes, vec![0x08, 0x0A, 0x1C]);
+    // Caching: WCE. Control: nothing. Informational exceptions: DEXCPT, MRIE, INTERVAL TIMER, REPORT COUNT.
+    assert_eq!(masks[0].1[2], 0x04);
+    assert!(masks[0].1[3..].iter().all(|&b| b == 0));
+    assert!(masks[1].1[2..].iter().all(|&b| b == 0));
+    assert_eq!(&masks[2].1[2..4], &[0x08, 0x0F]);
+    assert!(masks[2].1[4..12].iter().all(|&b| b == 0xFF));
     assert_sense(
         &f.run(&mode_sense6(true, 3, 0x3F, 0, 255)),
         SenseKey::IllegalRequest,
@@ -1460,10 +1471,12 @@ fn rsoc_all_commands() {
     for rctd in [false, true] {
         let d = f.good(&rsoc(rctd, 0, 0, 0, 65535));
         let descs = command_descriptors(&d);
-        assert_eq!(descs.len(), crate::cdb::SUPPORTED_COMMANDS.len());
+        // A fully provisioned logical unit lists every command but UNMAP.
+        assert_eq!(descs.len(), reports::SUPPORTED_COMMANDS.len() - 1);
+        assert!(descs.iter().all(|d| d.0 != UNMAP));
         for (op, sa, servactv, ctdp, cdb_len) in descs {
             assert_eq!(ctdp, rctd);
-            assert_eq!(servactv, crate::cdb::has_service_actions(op));
+            assert_eq!(servactv, reports::has_service_actions(op));
             assert!(servactv || sa == 0, "SERVACTV clear means service action 0");
             assert!([6, 10, 12, 16].contains(&cdb_len));
         }
@@ -1484,12 +1497,37 @@ fn rsoc_one_command() {
     let d = f.good(&rsoc(true, 1, WRITE_16, 0, 65535));
     assert_eq!(d[1], 0x83, "CTDP and supported");
     assert_eq!(d.len(), 4 + 16 + 12);
+    let d = f.good(&rsoc(false, 1, UNMAP, 0, 65535));
+    assert_eq!(
+        d,
+        vec![0, 1, 0, 0],
+        "UNMAP: not supported when fully provisioned"
+    );
     let d = f.good(&rsoc(false, 1, 0x41, 0, 65535));
-    assert_eq!(d, vec![0, 1, 0, 0], "WRITE SAME (10): not supported");
+    assert_eq!(
+        (d[1], d[5]),
+        (3, 0x00),
+        "WRITE SAME (10) without the UNMAP bit"
+    );
     let d = f.good(&rsoc(false, 2, SERVICE_ACTION_IN_16, 0x10, 65535));
     assert_eq!((d[1], d[4], d[5]), (3, SERVICE_ACTION_IN_16, 0x1F));
     let d = f.good(&rsoc(false, 2, SERVICE_ACTION_IN_16, 0x12, 65535));
-    assert_eq!(d[1], 1, "GET LBA STATUS: not supported");
+    assert_eq!(d[1], 3, "GET LBA STATUS");
+    let d = f.good(&rsoc(false, 2, SERVICE_ACTION_IN_16, 0x13, 65535));
+    assert_eq!(d[1], 1, "an unknown service action");
+    let d = f.good(&rsoc(false, 2, 0x5F, 0x07, 65535));
+    assert_eq!(
+        (d[1], d[4], d[5]),
+        (3, 0x5F, 0x1F),
+        "PERSISTENT RESERVE OUT"
+    );
+    let d = f.good(&rsoc(false, 2, 0x5F, 0x08, 65535));
+    assert_eq!(d[1], 1, "PERSISTENT RESERVE OUT: no service action 08h");
+    for op in [0x16u8, 0x17, 0x56, 0x57] {
+        assert_eq!(f.good(&rsoc(false, 1, op, 0, 65535))[1], 3, "{op:#x}");
+    }
+    let d = f.good(&rsoc(false, 1, COMPARE_AND_WRITE, 0, 65535));
+    assert_eq!((d[4], d[5], d[17]), (COMPARE_AND_WRITE, 0x18, 0xFF));
     assert_eq!(
         f.good(&rsoc(false, 3, READ_10, 0x55, 65535))[1],
         3,
@@ -1672,11 +1710,8 @@ fn prin_in_report_supported_operation_codes() {
         2,
         2,
     );
-    assert_eq!(
-        f.good(&rsoc(false, 1, 0x5F, 0, 65535)),
-        vec![0, 1, 0, 0],
-        "PERSISTENT RESERVE OUT: not supported"
-    );
+    // PERSISTENT RESERVE OUT is listed with its service actions.
+    assert_invalid_field(&f.run(&rsoc(false, 1, 0x5F, 0, 65535)), 2, 2);
 }
 
 #[test]
