@@ -23,6 +23,8 @@ const UNMAP_DESCRIPTOR: usize = 16;
 const LBA_STATUS_HEADER: usize = 8;
 const LBA_STATUS_DESCRIPTOR: usize = 16;
 const MAX_LBA_STATUS_BYTES: usize = 64 * 1024;
+/// Most [`mapped_extent`](crate::BlockDevice::mapped_extent) queries one GET LBA STATUS makes.
+const MAX_EXTENT_QUERIES: usize = 16 * 1024;
 /// PROVISIONING STATUS of an LBA status descriptor.
 const MAPPED: u8 = 0x0;
 const DEALLOCATED: u8 = 0x1;
@@ -132,7 +134,8 @@ impl LogicalUnit {
     }
 
     /// GET LBA STATUS from `lba`: LBA status descriptors (mapped or deallocated) from there on, as many as the
-    /// allocation length holds (at most 64 KiB of them) or up to the end of the medium.
+    /// allocation length holds (at most 64 KiB of them) or up to the end of the medium. A device that answers in
+    /// small pieces may get fewer descriptors (the initiator asks again from where they end).
     pub(super) fn get_lba_status(&self, lba: u64, alloc_len: u32) -> Result<Vec<u8>, Sense> {
         let capacity = self.capacity_blocks();
         if lba >= capacity {
@@ -146,11 +149,9 @@ impl LogicalUnit {
         // (first LBA, blocks, mapped)
         let mut descriptors: Vec<(u64, u32, bool)> = Vec::new();
         let mut next = lba;
-        // Each query ends at a change of state or is merged into the last descriptor; bound the queries anyway.
-        let mut queries = 0usize;
-        while next < capacity && queries < 4 * max_descriptors + 16 {
-            queries += 1;
-            let (mapped, blocks) = self.lba_extent(next, capacity - next)?;
+        let mut budget = MAX_EXTENT_QUERIES;
+        while next < capacity && budget > 0 {
+            let (mapped, blocks) = self.lba_extent(next, capacity - next, &mut budget)?;
             let full = descriptors.len() == max_descriptors;
             match descriptors.last_mut() {
                 Some(d) if d.2 == mapped && u64::from(d.1) + blocks <= u64::from(u32::MAX) => {
@@ -177,21 +178,66 @@ impl LogicalUnit {
 
     /// Whether the blocks from `lba` are mapped and how many (1 ..= min(`max_blocks`, u32::MAX)) share that state.
     /// A block partly mapped counts as mapped: only a block that is wholly deallocated reads as zeros for sure.
-    fn lba_extent(&self, lba: u64, max_blocks: u64) -> Result<(bool, u64), Sense> {
-        let max_blocks = max_blocks.min(u64::from(u32::MAX));
-        let len = max_blocks * u64::from(BLOCK_SIZE);
-        let (mapped, bytes) = self
+    /// Every [`mapped_extent`](crate::BlockDevice::mapped_extent) query spends one of `budget`; when it runs out
+    /// the extent ends early (an unknown block counts as mapped, which is never wrong).
+    fn lba_extent(
+        &self,
+        lba: u64,
+        max_blocks: u64,
+        budget: &mut usize,
+    ) -> Result<(bool, u64), Sense> {
+        let bs = u64::from(BLOCK_SIZE);
+        let start = byte_offset(lba);
+        let limit = start + max_blocks.min(u64::from(u32::MAX)) * bs;
+        let mapped = self.block_mapped(start, budget)?;
+        // Bytes from `start` to `end` (a block boundary) are known to share the state.
+        let mut end = start + bs;
+        while end < limit && *budget > 0 {
+            let (m, n) = self.extent(end, limit - end, budget)?;
+            if m == mapped && (mapped || n >= bs) {
+                // Mapped bytes map their whole block; deallocated ones count only as whole blocks.
+                end = if mapped {
+                    (end + n).next_multiple_of(bs).min(limit)
+                } else {
+                    end + n / bs * bs
+                };
+            } else if n >= bs || m {
+                // The state changes at a block boundary.
+                break;
+            } else if self.block_mapped(end, budget)? == mapped {
+                // A short deallocated piece after mapped blocks: its block may still be partly mapped.
+                end += bs;
+            } else {
+                break;
+            }
+        }
+        Ok((mapped, (end - start) / bs))
+    }
+
+    /// Whether any byte of the block at byte `offset` is mapped (true when `budget` runs out).
+    fn block_mapped(&self, offset: u64, budget: &mut usize) -> Result<bool, Sense> {
+        let end = offset + u64::from(BLOCK_SIZE);
+        let mut pos = offset;
+        while pos < end {
+            if *budget == 0 {
+                return Ok(true);
+            }
+            let (m, n) = self.extent(pos, end - pos, budget)?;
+            if m {
+                return Ok(true);
+            }
+            pos += n;
+        }
+        Ok(false)
+    }
+
+    /// One [`mapped_extent`](crate::BlockDevice::mapped_extent) query, its length clamped to 1 ..= `len`.
+    fn extent(&self, offset: u64, len: u64, budget: &mut usize) -> Result<(bool, u64), Sense> {
+        *budget = budget.saturating_sub(1);
+        let (m, n) = self
             .dev
-            .mapped_extent(byte_offset(lba), len)
+            .mapped_extent(offset, len)
             .map_err(|_| Sense::medium_error_read())?;
-        let bytes = bytes.clamp(1, len);
-        let block = u64::from(BLOCK_SIZE);
-        Ok(if mapped {
-            (true, bytes.div_ceil(block))
-        } else if bytes >= block {
-            (false, bytes / block)
-        } else {
-            (true, 1)
-        })
+        Ok((m, n.clamp(1, len)))
     }
 }

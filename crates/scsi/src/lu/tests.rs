@@ -1866,6 +1866,1168 @@ fn concurrent_commands_and_resets() {
     }
 }
 
+// ---- thin provisioning: WRITE SAME, UNMAP, GET LBA STATUS -------------------------------------------------------
+
+/// A thin provisioned fixture: 4 KiB allocation units (8 blocks), all deallocated.
+fn thin() -> Fixture {
+    let dev = Arc::new(MemoryDevice::thin(DEV_BYTES, 4096));
+    let lu = LogicalUnit::new(dev.clone(), identity(), false);
+    Fixture {
+        dev,
+        lu,
+        a: nexus(1),
+    }
+}
+
+fn ws10(flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
+    rw10(WRITE_SAME_10, flags, lba, blocks)
+}
+
+fn ws16(flags: u8, lba: u64, blocks: u32) -> Vec<u8> {
+    rw16(WRITE_SAME_16, flags, lba, blocks)
+}
+
+fn unmap_cdb(param_len: u16) -> Vec<u8> {
+    let [hi, lo] = param_len.to_be_bytes();
+    vec![UNMAP, 0, 0, 0, 0, 0, 0, hi, lo, 0]
+}
+
+/// An UNMAP parameter list with one descriptor per `(lba, blocks)`.
+fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let bd_len = (ranges.len() * 16) as u16;
+    let mut l = (bd_len + 6).to_be_bytes().to_vec();
+    l.extend_from_slice(&bd_len.to_be_bytes());
+    l.extend_from_slice(&[0; 4]);
+    for &(lba, n) in ranges {
+        l.extend_from_slice(&lba.to_be_bytes());
+        l.extend_from_slice(&n.to_be_bytes());
+        l.extend_from_slice(&[0; 4]);
+    }
+    l
+}
+
+fn get_lba_status(lba: u64, alloc: u32) -> Vec<u8> {
+    let mut c = vec![SERVICE_ACTION_IN_16, 0x12];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&alloc.to_be_bytes());
+    c.extend_from_slice(&[0, 0]);
+    c
+}
+
+/// The (LBA, blocks, provisioning status) descriptors of GET LBA STATUS parameter data.
+fn lba_status(d: &[u8]) -> Vec<(u64, u32, u8)> {
+    let len = u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize;
+    assert_eq!((len - 4) % 16, 0);
+    d[8..]
+        .chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_be_bytes(c[0..8].try_into().unwrap()),
+                u32::from_be_bytes(c[8..12].try_into().unwrap()),
+                c[12],
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn thin_unit_reports_provisioning() {
+    let f = thin();
+    assert!(f.lu.is_thin());
+    let rc = f.good(&read_capacity_16(32));
+    assert_eq!(rc[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
+    let b2 = f.good(&inquiry(true, 0xB2, 255));
+    assert_eq!(
+        b2,
+        vec![0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0],
+        "LBPU LBPWS LBPWS10 LBPRZ, thin"
+    );
+    let b0 = f.good(&inquiry(true, 0xB0, 64));
+    let be32 = |i: usize| u32::from_be_bytes(b0[i..i + 4].try_into().unwrap());
+    assert_eq!(be32(20), MAX_UNMAP_BLOCKS);
+    assert_eq!(be32(24), MAX_UNMAP_DESCRIPTORS);
+    assert_eq!(be32(28), 8, "optimal unmap granularity");
+    assert_eq!(be32(32), 0x8000_0000, "UGAVALID, alignment 0");
+    // UNMAP is listed, and WRITE SAME evaluates its UNMAP bit.
+    assert_eq!(f.good(&rsoc(false, 1, UNMAP, 0, 64))[1], 3);
+    assert_eq!(f.good(&rsoc(false, 1, WRITE_SAME_10, 0, 64))[5], 0x08);
+}
+
+#[test]
+fn fully_provisioned_unit_reports_none_of_it() {
+    let f = Fixture::new();
+    assert!(!f.lu.is_thin());
+    assert_eq!(f.good(&read_capacity_16(32))[14] & 0xC0, 0);
+    assert_eq!(
+        f.good(&inquiry(true, 0xB2, 255)),
+        vec![0, 0xB2, 0, 4, 0, 0, 0, 0]
+    );
+    assert_sense(
+        &f.run_with(&unmap_cdb(24), &unmap_list(&[(0, 1)])),
+        SenseKey::IllegalRequest,
+        0x20,
+        0x00,
+    );
+    let block = [0u8; 512];
+    assert_invalid_field(&f.run_with(&ws10(0x08, 0, 1), &block), 1, 3);
+    assert_invalid_field(&f.run_with(&ws16(0x08, 0, 1), &block), 1, 3);
+    // GET LBA STATUS: everything is mapped.
+    let d = f.good(&get_lba_status(5, 64));
+    assert_eq!(lba_status(&d), vec![(5, (DEV_BLOCKS - 5) as u32, 0)]);
+}
+
+#[test]
+fn write_same_writes_the_block_to_every_lba() {
+    let f = Fixture::new();
+    let block = pattern(512, 3);
+    f.good_write(&ws10(0, 10, 5), &block);
+    for i in 0..5 {
+        assert_eq!(f.dev.snapshot((10 + i) * 512, 512), block);
+    }
+    assert_eq!(f.dev.snapshot(9 * 512, 512), vec![0; 512]);
+    assert_eq!(f.dev.snapshot(15 * 512, 512), vec![0; 512]);
+    // WRITE SAME (16), and only the first block of a longer Data-Out is used.
+    let mut two = pattern(512, 9);
+    two.extend_from_slice(&[0xEE; 512]);
+    f.good_write(&ws16(0, 100, 3), &two);
+    assert_eq!(
+        f.dev.snapshot(100 * 512, 3 * 512),
+        [&two[..512]; 3].concat()
+    );
+    // NDOB: zeros, no Data-Out.
+    f.good_write(&ws16(0x01, 100, 2), &[]);
+    assert_eq!(f.dev.snapshot(100 * 512, 1024), vec![0; 1024]);
+    assert_eq!(f.dev.snapshot(102 * 512, 512), two[..512].to_vec());
+    // 0 blocks: to the end of the medium.
+    f.good_write(&ws10(0, (DEV_BLOCKS - 3) as u32, 0), &block);
+    assert_eq!(
+        f.dev.snapshot((DEV_BLOCKS as usize - 3) * 512, 3 * 512),
+        [&block[..]; 3].concat()
+    );
+    // A 0-block WRITE SAME at the very end writes nothing and succeeds.
+    f.good_write(&ws10(0, DEV_BLOCKS as u32, 0), &block);
+    assert_eq!(f.dev.fua_writes(), 0);
+    assert_eq!(f.dev.flushes(), 0);
+}
+
+#[test]
+fn write_same_checks_fields_ranges_and_data() {
+    let f = Fixture::new();
+    let block = [1u8; 512];
+    let end = DEV_BLOCKS as u32;
+    for cdb in [ws10(0, end, 1), ws10(0, end - 1, 2), ws10(0, end + 1, 0)] {
+        assert_lba_oob(&f.run_with(&cdb, &block));
+    }
+    for lba in [u64::MAX, 1 << 63] {
+        assert_lba_oob(&f.run_with(&ws16(0, lba, 1), &block));
+    }
+    // Longer than MAXIMUM WRITE SAME LENGTH, also as "0 = to the end": the NUMBER OF LOGICAL BLOCKS field.
+    let big = huge_lu(1 << 20);
+    let n = nexus(1);
+    let run = |cdb: &[u8]| {
+        big.execute(&Request {
+            nexus: &n,
+            cdb,
+            data_out: &block,
+            luns: &[0],
+        })
+    };
+    assert_invalid_field(&run(&ws16(0, 0, MAX_WRITE_SAME_BLOCKS as u32 + 1)), 10, 7);
+    assert_invalid_field(&run(&ws16(0, 0, 0)), 10, 7);
+    assert_invalid_field(&run(&ws10(0, 0, 0)), 7, 7);
+    assert_eq!(
+        run(&ws16(0, 0, MAX_WRITE_SAME_BLOCKS as u32)).status,
+        TaskStatus::Good
+    );
+    assert_eq!(
+        run(&ws10(0, (1 << 20) - MAX_WRITE_SAME_BLOCKS as u32, 0)).status,
+        TaskStatus::Good
+    );
+    // WRPROTECT, ANCHOR (with or without UNMAP), PBDATA, LBDATA.
+    for (flags, bit) in [(0x20u8, 7u8), (0x10, 4), (0x18, 4), (0x04, 2), (0x02, 1)] {
+        assert_invalid_field(&f.run_with(&ws10(flags, 0, 1), &block), 1, bit);
+    }
+    // Less than a block of Data-Out.
+    assert_sense(
+        &f.run_with(&ws10(0, 0, 1), &block[..256]),
+        SenseKey::IllegalRequest,
+        0x0E,
+        0x03,
+    );
+    let ro = Fixture::read_only();
+    assert_sense(
+        &ro.run_with(&ws10(0, 0, 1), &block),
+        SenseKey::DataProtect,
+        0x27,
+        0x00,
+    );
+}
+
+#[test]
+fn write_same_with_unmap_deallocates_whatever_the_block_holds() {
+    let f = thin();
+    f.good_write(&rw10(WRITE_10, 0, 0, 64), &[0xFF; 64 * 512]);
+    assert_eq!(
+        lba_status(&f.good(&get_lba_status(0, 64))),
+        vec![(0, 64, 0), (64, (DEV_BLOCKS - 64) as u32, 1)]
+    );
+    // SBC-4: UNMAP=1 deallocates; a deallocated block reads zeros (LBPRZ), even with 0xFF in the Data-Out.
+    f.good_write(&ws10(0x08, 8, 16), &[0xFF; 512]);
+    assert_eq!(f.dev.snapshot(8 * 512, 16 * 512), vec![0; 16 * 512]);
+    assert_eq!(f.dev.snapshot(7 * 512, 512), vec![0xFF; 512]);
+    assert_eq!(f.dev.snapshot(24 * 512, 512), vec![0xFF; 512]);
+    assert_eq!(
+        lba_status(&f.good(&get_lba_status(0, 1024)))[..3],
+        [(0, 8, 0), (8, 16, 1), (24, 40, 0)]
+    );
+    // NDOB + UNMAP on WRITE SAME (16), to the end of the medium.
+    f.good_write(&ws16(0x09, 24, 0), &[]);
+    assert_eq!(
+        lba_status(&f.good(&get_lba_status(0, 1024))),
+        vec![(0, 8, 0), (8, (DEV_BLOCKS - 8) as u32, 1)]
+    );
+    assert_eq!(f.dev.unmaps(), 2);
+    // An unaligned range: the blocks read zeros; the allocation units they share stay mapped.
+    f.good_write(&rw10(WRITE_10, 0, 0, 16), &[0xAB; 16 * 512]);
+    f.good_write(&ws10(0x08, 3, 2), &[0; 512]);
+    assert_eq!(f.dev.snapshot(3 * 512, 1024), vec![0; 1024]);
+    assert_eq!(f.dev.snapshot(2 * 512, 512), vec![0xAB; 512]);
+    assert_eq!(lba_status(&f.good(&get_lba_status(0, 24)))[0], (0, 16, 0));
+}
+
+#[test]
+fn unmap_deallocates_every_descriptor() {
+    let f = thin();
+    f.good_write(&rw10(WRITE_10, 0, 0, 256), &[b'a'; 256 * 512]);
+    let list = unmap_list(&[(0, 8), (64, 0), (128, 64), (16, 8)]);
+    f.good_write(&unmap_cdb(list.len() as u16), &list);
+    assert_eq!(f.dev.unmaps(), 3, "descriptors of 0 blocks unmap nothing");
+    assert_eq!(f.dev.snapshot(0, 8 * 512), vec![0; 8 * 512]);
+    assert_eq!(f.dev.snapshot(8 * 512, 8 * 512), vec![b'a'; 8 * 512]);
+    assert_eq!(f.dev.snapshot(128 * 512, 64 * 512), vec![0; 64 * 512]);
+    let d = lba_status(&f.good(&get_lba_status(0, 8 + 16 * 6)));
+    assert_eq!(
+        d,
+        vec![
+            (0, 8, 1),
+            (8, 8, 0),
+            (16, 8, 1),
+            (24, 104, 0),
+            (128, 64, 1),
+            (192, 64, 0)
+        ]
+    );
+    // No parameter list, an empty one, and descriptors at the end of the medium: nothing to do.
+    f.good_write(&unmap_cdb(0), &[]);
+    f.good_write(&unmap_cdb(8), &unmap_list(&[]));
+    f.good_write(&unmap_cdb(24), &unmap_list(&[(DEV_BLOCKS, 0)]));
+    // A descriptor length beyond the list, or a partial descriptor, is cut to what the list holds.
+    let mut l = unmap_list(&[(256, 8)]);
+    l[2..4].copy_from_slice(&40u16.to_be_bytes());
+    f.good_write(&unmap_cdb(20), &l);
+    assert_eq!(f.dev.unmaps(), 3);
+    f.good_write(&unmap_cdb(24), &l);
+    assert_eq!(f.dev.unmaps(), 4);
+}
+
+#[test]
+fn unmap_checks_the_parameter_list_before_deallocating() {
+    let f = thin();
+    f.good_write(&rw10(WRITE_10, 0, 0, 8), &[1; 8 * 512]);
+    for len in 1u16..8 {
+        assert_sense(
+            &f.run_with(&unmap_cdb(len), &[0; 8]),
+            SenseKey::IllegalRequest,
+            0x1A,
+            0x00,
+        );
+    }
+    // Every descriptor is checked first: a bad one later in the list leaves the first undone.
+    let end = DEV_BLOCKS;
+    for bad in [(end, 1u32), (end - 1, 2), (end + 1, 0), (u64::MAX, 1)] {
+        let l = unmap_list(&[(0, 8), bad]);
+        assert_lba_oob(&f.run_with(&unmap_cdb(l.len() as u16), &l));
+    }
+    assert_eq!(f.dev.unmaps(), 0);
+    // MAXIMUM UNMAP LBA COUNT, over all descriptors: the pointer is at the NUMBER OF LOGICAL BLOCKS that overflowed.
+    let big = huge_lu(1 << 24);
+    let n = nexus(1);
+    let l = unmap_list(&[
+        (0, MAX_UNMAP_BLOCKS / 2),
+        (1 << 22, MAX_UNMAP_BLOCKS / 2 + 1),
+    ]);
+    let o = big.execute(&Request {
+        nexus: &n,
+        cdb: &unmap_cdb(l.len() as u16),
+        data_out: &l,
+        luns: &[0],
+    });
+    // The huge device is fully provisioned: UNMAP does not exist there.
+    assert_sense(&o, SenseKey::IllegalRequest, 0x20, 0x00);
+    let l = unmap_list(&[(0, 1024), (0, MAX_UNMAP_BLOCKS)]);
+    let o = f.run_with(&unmap_cdb(l.len() as u16), &l);
+    assert_sense(&o, SenseKey::IllegalRequest, 0x26, 0x00);
+    assert_eq!(
+        o.sense.unwrap().field_pointer,
+        Some(crate::FieldPointer {
+            in_cdb: false,
+            byte: 8 + 16 + 8,
+            bit: 7
+        })
+    );
+    // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
+    let many: Vec<(u64, u32)> = (0..=u64::from(MAX_UNMAP_DESCRIPTORS))
+        .map(|i| (i, 0))
+        .collect();
+    let l = unmap_list(&many);
+    let o = f.run_with(&unmap_cdb(l.len() as u16), &l);
+    assert_sense(&o, SenseKey::IllegalRequest, 0x26, 0x00);
+    let ok = unmap_list(&many[1..]);
+    f.good_write(&unmap_cdb(ok.len() as u16), &ok);
+    // ANCHOR: nothing is anchored.
+    assert_invalid_field(
+        &f.run_with(&[UNMAP, 1, 0, 0, 0, 0, 0, 0, 24, 0], &unmap_list(&[(0, 1)])),
+        1,
+        0,
+    );
+    // Less Data-Out than the parameter list length.
+    assert_sense(
+        &f.run_with(&unmap_cdb(40), &unmap_list(&[(0, 1)])),
+        SenseKey::IllegalRequest,
+        0x0E,
+        0x03,
+    );
+    assert_eq!(f.dev.unmaps(), 0);
+    let ro = {
+        let dev = Arc::new(MemoryDevice::thin(DEV_BYTES, 4096));
+        LogicalUnit::new(dev, identity(), true)
+    };
+    let l = unmap_list(&[(0, 1)]);
+    let o = ro.execute(&Request {
+        nexus: &n,
+        cdb: &unmap_cdb(24),
+        data_out: &l,
+        luns: &[0],
+    });
+    assert_sense(&o, SenseKey::DataProtect, 0x27, 0x00);
+}
+
+#[test]
+fn get_lba_status_ranges_and_truncation() {
+    let f = thin();
+    // Beyond the end: LBA OUT OF RANGE (the last block is fine).
+    for lba in [DEV_BLOCKS, DEV_BLOCKS + 1, 1 << 63, u64::MAX] {
+        assert_lba_oob(&f.run(&get_lba_status(lba, 24)));
+    }
+    assert_eq!(
+        lba_status(&f.good(&get_lba_status(DEV_BLOCKS - 1, 24))),
+        vec![(DEV_BLOCKS - 1, 1, 1)]
+    );
+    f.good_write(&rw10(WRITE_10, 0, 16, 8), &[1; 8 * 512]);
+    f.good_write(&rw10(WRITE_10, 0, 40, 8), &[1; 8 * 512]);
+    // The first descriptor starts at the LBA asked for, even inside an allocation unit.
+    let d = f.good(&get_lba_status(19, 1000));
+    assert_eq!(
+        lba_status(&d),
+        vec![
+            (19, 5, 0),
+            (24, 16, 1),
+            (40, 8, 0),
+            (48, (DEV_BLOCKS - 48) as u32, 1)
+        ]
+    );
+    assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 4 + 4 * 16);
+    // As many descriptors as the allocation length holds (at least one), then truncation.
+    let d = f.good(&get_lba_status(19, 40));
+    assert_eq!(d.len(), 40);
+    assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 4 + 2 * 16);
+    let d = f.good(&get_lba_status(0, 12));
+    assert_eq!(d.len(), 12);
+    assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 4 + 16);
+    assert!(f.good(&get_lba_status(0, 0)).is_empty());
+    // REPORT TYPE (SBC-4) other than 0 is not supported.
+    let mut c = get_lba_status(0, 24);
+    c[14] = 0x01;
+    assert_invalid_field(&f.run(&c), 14, 1);
+}
+
+/// A device whose mapped extents are tiny and odd-sized, to check rounding to whole blocks.
+struct CrumblyDevice(MemoryDevice);
+
+impl BlockDevice for CrumblyDevice {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.0.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+    fn supports_unmap(&self) -> bool {
+        true
+    }
+    /// Bytes 0..700 mapped, 700..1100 deallocated (less than a block), 1100..2000 mapped, the rest deallocated;
+    /// never more than 300 bytes at a time.
+    fn mapped_extent(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+        let (state, end) = match offset {
+            0..700 => (true, 700),
+            700..1100 => (false, 1100),
+            1100..2000 => (true, 2000),
+            _ => (false, u64::MAX),
+        };
+        Ok((state, (end - offset).min(300).min(len)))
+    }
+}
+
+#[test]
+fn get_lba_status_rounds_partly_mapped_blocks_to_mapped() {
+    let lu = LogicalUnit::new(
+        Arc::new(CrumblyDevice(MemoryDevice::new(64 * 512))),
+        identity(),
+        false,
+    );
+    let n = nexus(1);
+    let o = lu.execute(&Request {
+        nexus: &n,
+        cdb: &get_lba_status(0, 1024),
+        data_out: &[],
+        luns: &[0],
+    });
+    assert_eq!(o.status, TaskStatus::Good);
+    // Blocks 0..4 hold mapped bytes; from byte 2048 on everything is deallocated.
+    assert_eq!(lba_status(&o.data_in), vec![(0, 4, 0), (4, 60, 1)]);
+}
+
+// ---- COMPARE AND WRITE, ORWRITE -----------------------------------------------------------------------------------
+
+fn caw(flags: u8, lba: u64, blocks: u8) -> Vec<u8> {
+    let mut c = vec![COMPARE_AND_WRITE, flags];
+    c.extend_from_slice(&lba.to_be_bytes());
+    c.extend_from_slice(&[0, 0, 0, blocks, 0, 0]);
+    c
+}
+
+#[test]
+fn compare_and_write_writes_only_on_a_match() {
+    let f = Fixture::new();
+    let old = pattern(2 * 512, 1);
+    let new = pattern(2 * 512, 2);
+    f.good_write(&rw10(WRITE_10, 0, 20, 2), &old);
+    f.good_write(&caw(0, 20, 2), &[old.clone(), new.clone()].concat());
+    assert_eq!(f.dev.snapshot(20 * 512, 1024), new);
+    // Now the medium holds `new`: comparing with `old` fails at the first differing byte, and nothing is written.
+    let mut almost = new.clone();
+    almost[700] ^= 0x55;
+    let o = f.run_with(&caw(0, 20, 2), &[almost, pattern(1024, 9)].concat());
+    assert_sense(&o, SenseKey::Miscompare, 0x1D, 0x00);
+    assert_eq!(o.sense.unwrap().information, Some(700));
+    assert_eq!(f.dev.snapshot(20 * 512, 1024), new);
+    // FUA reaches the device; DPO is accepted.
+    f.good_write(&caw(0x18, 20, 2), &[new.clone(), old.clone()].concat());
+    assert_eq!(f.dev.fua_writes(), 1);
+    assert_eq!(f.dev.snapshot(20 * 512, 1024), old);
+    // 0 blocks: nothing compared or written.
+    f.good_write(&caw(0, 0, 0), &[]);
+    f.good_write(&caw(0, DEV_BLOCKS, 0), &[]);
+}
+
+#[test]
+fn compare_and_write_fields_and_limits() {
+    let f = Fixture::new();
+    let end = DEV_BLOCKS;
+    for (lba, n) in [(end, 1u8), (end - 1, 2), (end + 1, 0), (u64::MAX, 1)] {
+        assert_lba_oob(&f.run_with(&caw(0, lba, n), &vec![0; usize::from(n) * 1024]));
+    }
+    assert_invalid_field(&f.run_with(&caw(0x20, 0, 1), &[0; 1024]), 1, 7);
+    assert_eq!(f.lu.data_out_len(&caw(0, 0, 3)), Ok(3 * 1024));
+    assert_eq!(
+        f.lu.data_out_len(&caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS)),
+        Ok(u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 1024)
+    );
+    // Data-Out shorter than both halves.
+    assert_sense(
+        &f.run_with(&caw(0, 0, 2), &[0; 1536]),
+        SenseKey::IllegalRequest,
+        0x0E,
+        0x03,
+    );
+    let ro = Fixture::read_only();
+    assert_sense(
+        &ro.run_with(&caw(0, 0, 1), &[0; 1024]),
+        SenseKey::DataProtect,
+        0x27,
+        0x00,
+    );
+}
+
+#[test]
+fn expected_length_must_fit_write_same_and_compare_and_write() {
+    let f = Fixture::new();
+    let lu = &f.lu;
+    assert_eq!(lu.check_expected_length(&ws10(0, 0, 1), 512), Ok(()));
+    for edtl in [0u32, 256, 1024] {
+        assert_eq!(
+            lu.check_expected_length(&ws10(0x08, 0, 1), edtl),
+            Err(Sense::invalid_field_in_information_unit())
+        );
+    }
+    assert_eq!(lu.check_expected_length(&ws16(0x01, 0, 1), 0), Ok(()));
+    assert_eq!(lu.check_expected_length(&caw(0, 0, 2), 2048), Ok(()));
+    for edtl in [1024u32, 1536, 4096] {
+        assert_eq!(
+            lu.check_expected_length(&caw(0, 0, 2), edtl),
+            Err(Sense::invalid_field_in_information_unit())
+        );
+    }
+    // 0 blocks: no data is taken, unless the Data-Out is larger than any COMPARE AND WRITE (the count wrapped).
+    assert_eq!(lu.check_expected_length(&caw(0, 0, 0), 512), Ok(()));
+    let most = 2 * u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 512;
+    assert_eq!(lu.check_expected_length(&caw(0, 0, 0), most), Ok(()));
+    assert_eq!(
+        lu.check_expected_length(&caw(0, 0, 0), 2 * 256 * 512),
+        Err(Sense::invalid_field_in_cdb(13, 7))
+    );
+    // Any other command takes any length (the residual is the transport's business).
+    assert_eq!(
+        lu.check_expected_length(&rw10(WRITE_10, 0, 0, 1), 4096),
+        Ok(())
+    );
+    assert_eq!(lu.check_expected_length(&[0xC0; 16], 7), Ok(()));
+}
+
+#[test]
+fn orwrite_ors_the_data_in() {
+    let f = Fixture::new();
+    f.good_write(&rw10(WRITE_10, 0, 7, 2), &[0x0F; 1024]);
+    f.good_write(&rw16(ORWRITE_16, 0, 7, 2), &[0xA0; 1024]);
+    assert_eq!(f.dev.snapshot(7 * 512, 1024), vec![0xAF; 1024]);
+    f.good_write(&rw16(ORWRITE_16, 0x08, 7, 1), &[0x50; 512]);
+    assert_eq!(f.dev.snapshot(7 * 512, 512), vec![0xFF; 512]);
+    assert_eq!(f.dev.snapshot(8 * 512, 512), vec![0xAF; 512]);
+    assert_eq!(f.dev.fua_writes(), 1);
+    f.good_write(&rw16(ORWRITE_16, 0, 0, 0), &[]);
+    assert_lba_oob(&f.run_with(&rw16(ORWRITE_16, 0, DEV_BLOCKS, 1), &[0; 512]));
+    assert_invalid_field(&f.run_with(&rw16(ORWRITE_16, 0x40, 0, 1), &[0; 512]), 1, 7);
+    let ro = Fixture::read_only();
+    assert_sense(
+        &ro.run_with(&rw16(ORWRITE_16, 0, 0, 1), &[0; 512]),
+        SenseKey::DataProtect,
+        0x27,
+        0x00,
+    );
+}
+
+/// A [`MemoryDevice`] whose reads can be held at a gate, and which logs every write's first byte.
+struct GatedDevice {
+    inner: MemoryDevice,
+    gate: Mutex<(bool, bool)>, // (armed, a read is waiting)
+    cv: std::sync::Condvar,
+    writes: Mutex<Vec<u8>>,
+}
+
+impl GatedDevice {
+    fn new() -> Self {
+        Self {
+            inner: MemoryDevice::new(DEV_BYTES),
+            gate: Mutex::new((false, false)),
+            cv: std::sync::Condvar::new(),
+            writes: Mutex::new(Vec::new()),
+        }
+    }
+    fn arm(&self) {
+        self.gate.lock().unwrap().0 = true;
+    }
+    fn wait_for_reader(&self) {
+        let mut g = self.gate.lock().unwrap();
+        while !g.1 {
+            g = self.cv.wait(g).unwrap();
+        }
+    }
+    fn open(&self) {
+        self.gate.lock().unwrap().0 = false;
+        self.cv.notify_all();
+    }
+}
+
+impl BlockDevice for GatedDevice {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut g = self.gate.lock().unwrap();
+        if g.0 {
+            g.1 = true;
+            self.cv.notify_all();
+            while g.0 {
+                g = self.cv.wait(g).unwrap();
+            }
+        }
+        drop(g);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.writes.lock().unwrap().push(buf[0]);
+        self.inner.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Waits (bounded, for the failure case) until `lu` tracks `n` write ranges, held or waiting.
+fn wait_for_ranges(lu: &LogicalUnit, n: usize) {
+    for _ in 0..100_000 {
+        if lu.ranges.entries() == n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("never saw {n} write ranges");
+}
+
+#[test]
+fn compare_and_write_is_atomic_against_a_concurrent_write() {
+    let dev = Arc::new(GatedDevice::new());
+    let lu = Arc::new(LogicalUnit::new(dev.clone(), identity(), false));
+    dev.arm();
+    // COMPARE AND WRITE of LBA 10 (zeros now) with 0xAA: it stops at its read.
+    let caw_thread = {
+        let lu = Arc::clone(&lu);
+        std::thread::spawn(move || {
+            let data = [vec![0u8; 512], vec![0xAA; 512]].concat();
+            lu.execute(&Request {
+                nexus: &nexus(1),
+                cdb: &caw(0, 10, 1),
+                data_out: &data,
+                luns: &[0],
+            })
+        })
+    };
+    dev.wait_for_reader();
+    // A WRITE to an overlapping range (LBA 9..11) must wait for the COMPARE AND WRITE to finish.
+    let write_thread = {
+        let lu = Arc::clone(&lu);
+        std::thread::spawn(move || {
+            lu.execute(&Request {
+                nexus: &nexus(2),
+                cdb: &rw10(WRITE_10, 0, 9, 2),
+                data_out: &[0xBB; 1024],
+                luns: &[0],
+            })
+        })
+    };
+    wait_for_ranges(&lu, 2);
+    assert!(dev.writes.lock().unwrap().is_empty(), "the WRITE waited");
+    dev.open();
+    assert_eq!(caw_thread.join().unwrap().status, TaskStatus::Good);
+    assert_eq!(write_thread.join().unwrap().status, TaskStatus::Good);
+    assert_eq!(*dev.writes.lock().unwrap(), vec![0xAA, 0xBB]);
+    assert_eq!(dev.inner.snapshot(10 * 512, 512), vec![0xBB; 512]);
+    // A write to other blocks never waits for it.
+    dev.arm();
+    let caw_thread = {
+        let lu = Arc::clone(&lu);
+        std::thread::spawn(move || {
+            let data = [vec![0xBB; 512], vec![0xCC; 512]].concat();
+            lu.execute(&Request {
+                nexus: &nexus(1),
+                cdb: &caw(0, 10, 1),
+                data_out: &data,
+                luns: &[0],
+            })
+        })
+    };
+    dev.wait_for_reader();
+    let o = lu.execute(&Request {
+        nexus: &nexus(2),
+        cdb: &rw10(WRITE_10, 0, 11, 1),
+        data_out: &[0xDD; 512],
+        luns: &[0],
+    });
+    assert_eq!(o.status, TaskStatus::Good);
+    dev.open();
+    assert_eq!(caw_thread.join().unwrap().status, TaskStatus::Good);
+    assert_eq!(
+        dev.inner.snapshot(10 * 512, 1024),
+        [vec![0xCC; 512], vec![0xDD; 512]].concat()
+    );
+    assert_eq!(lu.ranges.entries(), 0);
+}
+
+/// A [`MemoryDevice`] that submits writes and completes them only when the test says so.
+struct DeferredDevice {
+    inner: MemoryDevice,
+    pending: Mutex<Vec<(Vec<u8>, u64, crate::WriteDone)>>,
+}
+
+impl DeferredDevice {
+    /// Completes the oldest submitted write.
+    fn complete_one(&self) {
+        let (buf, offset, done) = self.pending.lock().unwrap().remove(0);
+        done(self.inner.write_at(&buf, offset, false));
+    }
+}
+
+impl BlockDevice for DeferredDevice {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.inner.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn submits_writes(&self) -> bool {
+        true
+    }
+    fn submit_write(&self, buf: Vec<u8>, offset: u64, _fua: bool, done: crate::WriteDone) {
+        self.pending.lock().unwrap().push((buf, offset, done));
+    }
+}
+
+#[test]
+fn compare_and_write_waits_for_a_submitted_write_to_complete() {
+    let dev = Arc::new(DeferredDevice {
+        inner: MemoryDevice::new(DEV_BYTES),
+        pending: Mutex::new(Vec::new()),
+    });
+    let lu = Arc::new(LogicalUnit::new(dev.clone(), identity(), false));
+    let write = rw10(WRITE_10, 0, 4, 4);
+    assert!(lu.submits(&write));
+    let (tx, rx) = std::sync::mpsc::channel();
+    lu.submit(
+        &Request {
+            nexus: &nexus(1),
+            cdb: &write,
+            data_out: &[0x11; 4 * 512],
+            luns: &[0],
+        },
+        Box::new(move |o| tx.send(o).unwrap()),
+    );
+    assert_eq!(
+        lu.ranges.entries(),
+        1,
+        "the submitted write holds its range"
+    );
+    // COMPARE AND WRITE expecting the submitted data: it must not read before the write completes.
+    let caw_thread = {
+        let lu = Arc::clone(&lu);
+        std::thread::spawn(move || {
+            let data = [vec![0x11; 512], vec![0x22; 512]].concat();
+            lu.execute(&Request {
+                nexus: &nexus(2),
+                cdb: &caw(0, 6, 1),
+                data_out: &data,
+                luns: &[0],
+            })
+        })
+    };
+    wait_for_ranges(&lu, 2);
+    assert!(rx.try_recv().is_err());
+    dev.complete_one();
+    assert_eq!(rx.recv().unwrap().status, TaskStatus::Good);
+    assert_eq!(caw_thread.join().unwrap().status, TaskStatus::Good);
+    assert_eq!(dev.inner.snapshot(6 * 512, 512), vec![0x22; 512]);
+    assert_eq!(lu.ranges.entries(), 0);
+}
+
+// ---- PRE-FETCH, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL ------------------------------------------------------
+
+#[test]
+fn pre_fetch_checks_the_range_and_returns_good() {
+    let f = Fixture::new();
+    let end = DEV_BLOCKS as u32;
+    for (lba, n) in [(0u32, 0u16), (0, 256), (end - 1, 1), (end, 0)] {
+        let mut c10 = rw10(PRE_FETCH_10, 0x02, lba, n);
+        c10[6] = 3; // group
+        assert!(f.good(&c10).is_empty());
+        assert!(f
+            .good(&rw16(PRE_FETCH_16, 0, lba.into(), n.into()))
+            .is_empty());
+    }
+    for (lba, n) in [(end, 1u16), (end + 1, 0), (u32::MAX, 1)] {
+        assert_lba_oob(&f.run(&rw10(PRE_FETCH_10, 0, lba, n)));
+    }
+    assert_lba_oob(&f.run(&rw16(PRE_FETCH_16, 0, 1 << 63, 0)));
+    assert!(f.lu.is_quick(&rw10(PRE_FETCH_10, 0, 0, 8)));
+    assert_eq!(f.dev.flushes(), 0);
+}
+
+#[test]
+fn start_stop_unit_on_a_fixed_disk() {
+    let f = Fixture::new();
+    // Start, load, stop without flush: nothing to do.
+    for b4 in [0x01u8, 0x03, 0x04] {
+        assert!(f.good(&[START_STOP_UNIT, 0x01, 0, 0, b4, 0]).is_empty());
+    }
+    assert_eq!(f.dev.flushes(), 0);
+    // A stop flushes the cache first.
+    f.good(&[START_STOP_UNIT, 0, 0, 0, 0x00, 0]);
+    assert_eq!(f.dev.flushes(), 1);
+    // The unit keeps working after a stop: it is shared by every nexus.
+    f.good(&rw10(READ_10, 0, 0, 1));
+    // Eject: not removable.
+    assert_invalid_field(&f.run(&[START_STOP_UNIT, 0, 0, 0, 0x02, 0]), 4, 1);
+    assert_invalid_field(&f.run(&[START_STOP_UNIT, 0, 0, 0, 0x30, 0]), 4, 7);
+    f.dev.set_fail_flush(true);
+    assert_sense(
+        &f.run(&[START_STOP_UNIT, 0, 0, 0, 0, 0]),
+        SenseKey::MediumError,
+        0x0C,
+        0x00,
+    );
+}
+
+#[test]
+fn prevent_allow_medium_removal_is_accepted() {
+    let f = Fixture::new();
+    assert!(f
+        .good(&[PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0])
+        .is_empty());
+    assert!(f
+        .good(&[PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0])
+        .is_empty());
+    assert_invalid_field(&f.run(&[PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 2, 0]), 4, 1);
+}
+
+// ---- VERIFY / WRITE AND VERIFY with BYTCHK 11b --------------------------------------------------------------------
+
+#[test]
+fn bytchk_11b_compares_every_block_with_one() {
+    let f = Fixture::new();
+    let block = pattern(512, 5);
+    f.good_write(&ws10(0, 30, 4), &block);
+    for cdb in all_sizes(VERIFIES, 0x06, 30, 4) {
+        assert_eq!(f.lu.data_out_len(&cdb), Ok(512));
+        f.good_write(&cdb, &block);
+    }
+    // The third block differs at byte 100: the offset counts from the start of the range.
+    f.good_write(&rw10(WRITE_10, 0, 32, 1), &pattern(512, 6));
+    let o = f.run_with(&rw10(VERIFY_10, 0x06, 30, 4), &block);
+    assert_sense(&o, SenseKey::Miscompare, 0x1D, 0x00);
+    let first = block
+        .iter()
+        .zip(pattern(512, 6))
+        .position(|(a, b)| *a != b)
+        .unwrap();
+    assert_eq!(o.sense.unwrap().information, Some((2 * 512 + first) as u64));
+    assert_eq!(f.lu.data_out_len(&rw10(VERIFY_10, 0x06, 30, 0)), Ok(0));
+    f.good(&rw10(VERIFY_10, 0x06, 30, 0));
+    assert_sense(
+        &f.run_with(&rw10(VERIFY_10, 0x06, 30, 1), &block[..100]),
+        SenseKey::IllegalRequest,
+        0x0E,
+        0x03,
+    );
+
+    // WRITE AND VERIFY: the one block is written to every LBA, durably, then compared.
+    let other = pattern(512, 8);
+    for cdb in all_sizes(WRITE_VERIFIES, 0x06, 50, 3) {
+        assert_eq!(f.lu.data_out_len(&cdb), Ok(512));
+        f.good_write(&cdb, &other);
+    }
+    assert_eq!(f.dev.snapshot(50 * 512, 3 * 512), [&other[..]; 3].concat());
+    assert_eq!(f.dev.flushes(), 3);
+}
+
+// ---- MODE SELECT ------------------------------------------------------------------------------------------------
+
+fn mode_select6(pf: bool, sp: bool, len: u8) -> Vec<u8> {
+    vec![
+        MODE_SELECT_6,
+        (u8::from(pf) << 4) | u8::from(sp),
+        0,
+        0,
+        len,
+        0,
+    ]
+}
+
+fn mode_select10(pf: bool, sp: bool, len: u16) -> Vec<u8> {
+    let [hi, lo] = len.to_be_bytes();
+    vec![
+        MODE_SELECT_10,
+        (u8::from(pf) << 4) | u8::from(sp),
+        0,
+        0,
+        0,
+        0,
+        0,
+        hi,
+        lo,
+        0,
+    ]
+}
+
+/// The current page `code` as MODE SENSE (6) returns it (no block descriptors).
+fn current_page(f: &Fixture, code: u8) -> Vec<u8> {
+    let d = f.good(&mode_sense6(true, 0, code, 0, 255));
+    d[4..].to_vec()
+}
+
+/// A MODE SELECT (6) parameter list: header, no block descriptor, then `pages`.
+fn select_list6(pages: &[Vec<u8>]) -> Vec<u8> {
+    let mut l = vec![0, 0, 0, 0];
+    for p in pages {
+        l.extend_from_slice(p);
+    }
+    l
+}
+
+/// A [`MemoryDevice`] whose small buffered I/O counts as quick, like a file's.
+struct QuickDevice(Arc<MemoryDevice>);
+
+impl BlockDevice for QuickDevice {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.0.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+    fn quick_io_limit(&self) -> usize {
+        64 * 1024
+    }
+}
+
+#[test]
+fn mode_select_changes_wce_and_other_nexuses_get_a_unit_attention() {
+    let dev = Arc::new(MemoryDevice::new(DEV_BYTES));
+    let f = Fixture {
+        lu: LogicalUnit::new(Arc::new(QuickDevice(dev.clone())), identity(), false),
+        dev,
+        a: nexus(1),
+    };
+    let w = rw10(WRITE_10, 0, 0, 1);
+    assert!(f.lu.is_quick(&w));
+    let b = nexus(2);
+    f.lu.nexus_joined(&b);
+    let mut caching = current_page(&f, 0x08);
+    assert_eq!(caching[2] & 0x04, 0x04, "WCE on by default");
+    caching[2] &= !0x04;
+    let list = select_list6(&[caching.clone()]);
+    f.good_write(&mode_select6(true, false, list.len() as u8), &list);
+    assert_eq!(f.dev.flushes(), 1, "turning the write cache off flushes it");
+    assert_eq!(current_page(&f, 0x08), caching, "round trip");
+    // Saved values are still not supported; defaults are unchanged.
+    assert_eq!(
+        f.good(&mode_sense6(true, 2, 0x08, 0, 255))[4 + 2] & 0x04,
+        0x04
+    );
+    // The other nexus is told once; this one is not.
+    assert_sense(
+        &f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]),
+        SenseKey::UnitAttention,
+        0x2A,
+        0x01,
+    );
+    assert_eq!(
+        f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status,
+        TaskStatus::Good
+    );
+    f.good(&[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
+
+    // WCE=0: every write is written through, and writes are no longer run inline.
+    assert!(!f.lu.is_quick(&w));
+    f.good_write(&w, &[1; 512]);
+    f.good_write(&ws10(0, 0, 4), &[2; 512]);
+    f.good_write(&rw16(ORWRITE_16, 0, 0, 1), &[4; 512]);
+    f.good_write(&caw(0, 0, 1), &[[6u8; 512], [7u8; 512]].concat());
+    assert_eq!(f.dev.fua_writes(), 3);
+    assert_eq!(f.dev.flushes(), 2, "WRITE SAME flushes once at the end");
+
+    // Setting the same values again changes nothing: no unit attention.
+    f.good_write(&mode_select6(true, false, list.len() as u8), &list);
+    assert_eq!(
+        f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]).status,
+        TaskStatus::Good
+    );
+    // Back on (MODE SELECT (10) this time).
+    caching[2] |= 0x04;
+    let mut list10 = vec![0u8; 8];
+    list10.extend_from_slice(&caching);
+    f.good_write(&mode_select10(true, false, list10.len() as u16), &list10);
+    assert!(f.lu.is_quick(&w));
+    assert_sense(
+        &f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]),
+        SenseKey::UnitAttention,
+        0x2A,
+        0x01,
+    );
+}
+
+#[test]
+fn mode_select_informational_exceptions_round_trip() {
+    let f = Fixture::new();
+    let mut ie = current_page(&f, 0x1C);
+    ie[2] = 0x00; // DEXCPT off
+    ie[3] = 0x06;
+    ie[4..8].copy_from_slice(&600u32.to_be_bytes());
+    ie[8..12].copy_from_slice(&1u32.to_be_bytes());
+    let control = current_page(&f, 0x0A);
+    let list = select_list6(&[control, ie.clone()]);
+    f.good_write(&mode_select6(true, false, list.len() as u8), &list);
+    assert_eq!(current_page(&f, 0x1C), ie);
+    // MRIE values SPC-4 does not define.
+    let mut bad = ie.clone();
+    bad[3] = 0x07;
+    let o = f.run_with(&mode_select6(true, false, 16), &select_list6(&[bad]));
+    assert_sense(&o, SenseKey::IllegalRequest, 0x26, 0x00);
+    assert_eq!(
+        o.sense.unwrap().field_pointer.map(|p| (p.byte, p.bit)),
+        Some((4 + 3, 3))
+    );
+    assert_eq!(current_page(&f, 0x1C), ie, "nothing applied");
+}
+
+#[test]
+fn mode_select_refuses_what_can_not_change() {
+    let f = Fixture::new();
+    let caching = current_page(&f, 0x08);
+    let control = current_page(&f, 0x0A);
+    let field = |o: &Outcome| {
+        assert_sense(o, SenseKey::IllegalRequest, 0x26, 0x00);
+        let p = o.sense.unwrap().field_pointer.unwrap();
+        assert!(!p.in_cdb);
+        (p.byte, p.bit)
+    };
+    // RCD (caching byte 2 bit 0) and D_SENSE (control byte 2 bit 2) are not changeable.
+    let mut c = caching.clone();
+    c[2] |= 0x01;
+    let l = select_list6(&[c]);
+    assert_eq!(
+        field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
+        (4 + 2, 0)
+    );
+    let mut k = control.clone();
+    k[2] |= 0x04;
+    let l = select_list6(&[caching.clone(), k]);
+    assert_eq!(
+        field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
+        (4 + 20 + 2, 2)
+    );
+    // Wrong page length, unknown page, subpage format.
+    let mut c = caching.clone();
+    c[1] = 0x0A;
+    let l = select_list6(&[c]);
+    assert_eq!(
+        field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
+        (5, 7)
+    );
+    let l = select_list6(&[vec![0x01, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]);
+    assert_eq!(
+        field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
+        (4, 5)
+    );
+    let mut c = caching.clone();
+    c[0] |= 0x40;
+    let l = select_list6(&[c]);
+    assert_eq!(
+        field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
+        (4, 6)
+    );
+    // Medium type, block descriptor with another block length or capacity; restating them is fine.
+    let mut l = select_list6(&[caching.clone()]);
+    l[1] = 1;
+    assert_eq!(
+        field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
+        (1, 7)
+    );
+    let descriptor = |blocks: u32, len: u32| {
+        let mut d = blocks.to_be_bytes().to_vec();
+        d.extend_from_slice(&len.to_be_bytes());
+        d[4] = 0;
+        d
+    };
+    for (blocks, len, want) in [
+        (DEV_BLOCKS as u32, 4096, Some((4 + 5, 7))),
+        (7, 512, Some((4, 7))),
+        (0, 512, None),
+        (DEV_BLOCKS as u32, 512, None),
+    ] {
+        let mut l = vec![0, 0, 0x10, 8];
+        l.extend_from_slice(&descriptor(blocks, len));
+        l.extend_from_slice(&caching);
+        let o = f.run_with(&mode_select6(true, false, l.len() as u8), &l);
+        match want {
+            Some(at) => assert_eq!(field(&o), at),
+            None => assert_eq!(o.status, TaskStatus::Good, "{o:?}"),
+        }
+    }
+    // Truncated page or header: PARAMETER LIST LENGTH ERROR.
+    let l = select_list6(&[caching.clone()]);
+    for len in [2u8, 10, 23] {
+        assert_sense(
+            &f.run_with(&mode_select6(true, false, len), &l),
+            SenseKey::IllegalRequest,
+            0x1A,
+            0x00,
+        );
+    }
+    assert_sense(
+        &f.run_with(&mode_select6(true, false, 24), &l[..20]),
+        SenseKey::IllegalRequest,
+        0x1A,
+        0x00,
+    );
+    // SP: nothing can be saved. PF=0 with pages: no vendor-specific format.
+    assert_invalid_field(&f.run_with(&mode_select6(true, true, 24), &l), 1, 0);
+    assert_invalid_field(&f.run_with(&mode_select6(false, false, 24), &l), 1, 4);
+    f.good_write(&mode_select6(false, false, 4), &l[..4]);
+    f.good_write(&mode_select6(true, false, 0), &[]);
+    assert_eq!(f.lu.data_out_len(&mode_select10(true, false, 300)), Ok(300));
+    assert_eq!(f.lu.data_out_len(&mode_select6(true, false, 24)), Ok(24));
+}
+
+// ---- lengths and classification of the new commands --------------------------------------------------------------
+
+#[test]
+fn new_commands_lengths_and_quickness() {
+    let f = thin();
+    let lu = &f.lu;
+    assert_eq!(lu.data_out_len(&ws10(0, 0, 100)), Ok(512));
+    assert_eq!(lu.data_out_len(&ws16(0x01, 0, 100)), Ok(0));
+    assert_eq!(lu.data_out_len(&unmap_cdb(40)), Ok(40));
+    assert_eq!(lu.data_out_len(&rw16(ORWRITE_16, 0, 0, 3)), Ok(1536));
+    assert_eq!(
+        lu.data_out_len(&rw16(ORWRITE_16, 0, 0, MAX_TRANSFER_BLOCKS + 1)),
+        Err(Sense::invalid_field_in_cdb(10, 7))
+    );
+    assert_eq!(lu.data_out_len(&get_lba_status(0, 24)), Ok(0));
+    assert_eq!(lu.data_in_len(&get_lba_status(0, 24)), Ok(24));
+    assert_eq!(lu.data_in_len(&caw(0, 0, 1)), Ok(0));
+    for cdb in [
+        ws10(0, 0, 1),
+        unmap_cdb(24),
+        get_lba_status(0, 24),
+        caw(0, 0, 1),
+        rw16(ORWRITE_16, 0, 0, 1),
+        mode_select6(true, false, 24),
+        vec![START_STOP_UNIT, 0, 0, 0, 1, 0],
+    ] {
+        assert!(!lu.is_quick(&cdb), "{cdb:02x?}");
+    }
+    for cdb in [
+        rw10(PRE_FETCH_10, 0, 0, 1),
+        vec![PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0],
+    ] {
+        assert!(lu.is_quick(&cdb), "{cdb:02x?}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -1877,10 +3039,12 @@ proptest! {
         opcode in prop::sample::select(vec![
             0x00u8, 0x03, 0x08, 0x0A, 0x12, 0x1A, 0x25, 0x28, 0x2A, 0x2E, 0x2F, 0x35, 0x5A, 0x5E,
             0x88, 0x8A, 0x8E, 0x8F, 0x91, 0x9E, 0xA0, 0xA3, 0xA8, 0xAA, 0xAE, 0xAF, 0x41,
+            0x15, 0x1B, 0x1E, 0x34, 0x42, 0x55, 0x89, 0x8B, 0x90, 0x93,
         ]),
         force_known in any::<bool>(),
         data_out in proptest::collection::vec(any::<u8>(), 0..2048),
         read_only in any::<bool>(),
+        thin in any::<bool>(),
     ) {
         let mut cdb = cdb;
         if force_known && !cdb.is_empty() {
@@ -1889,7 +3053,7 @@ proptest! {
             let last = cdb.len() - 1;
             cdb[last] &= !0x05;
         }
-        let dev = Arc::new(MemoryDevice::new(64 * 512));
+        let dev = Arc::new(if thin { MemoryDevice::thin(64 * 512, 4096) } else { MemoryDevice::new(64 * 512) });
         let lu = LogicalUnit::new(dev, identity(), read_only);
         let n = nexus(1);
         let o = lu.execute(&Request { nexus: &n, cdb: &cdb, data_out: &data_out, luns: &[0, 1] });
@@ -1907,6 +3071,8 @@ proptest! {
             other => prop_assert!(false, "unexpected status {:?}", other),
         }
         let _ = lu.data_out_len(&cdb);
+        let _ = lu.check_expected_length(&cdb, data_out.len() as u32);
+        let _ = lu.is_quick(&cdb);
         let _ = execute_no_lun(&Request { nexus: &n, cdb: &cdb, data_out: &data_out, luns: &[0] });
     }
 
