@@ -29,8 +29,9 @@ pub const OPTIMAL_TRANSFER_GRANULARITY_BLOCKS: u16 = 8;
 pub const OPTIMAL_TRANSFER_BLOCKS: u32 = (1 << 20) / BLOCK_SIZE;
 /// log2(logical blocks per physical block): 4 KiB physical blocks.
 const PHYSICAL_BLOCK_EXPONENT: u8 = 3;
-/// Largest NUMBER OF LOGICAL BLOCKS of a COMPARE AND WRITE (VPD B0h); more is INVALID FIELD IN CDB.
-pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+/// Largest NUMBER OF LOGICAL BLOCKS of a COMPARE AND WRITE (VPD B0h; 64 KiB compared, 64 KiB written, the blocks
+/// held exclusively meanwhile); more is INVALID FIELD IN CDB.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
 /// Largest WRITE SAME in blocks (VPD B0h MAXIMUM WRITE SAME LENGTH), the most a WRITE SAME (10) can carry; more is
 /// INVALID FIELD IN CDB. (libiscsi's WRITE SAME (16) test writes 65536 blocks with one WRITE (16) when the limit
 /// allows that many, beyond MAXIMUM TRANSFER LENGTH.)

@@ -2348,6 +2348,13 @@ fn compare_and_write_fields_and_limits() {
         f.lu.data_out_len(&caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS)),
         Ok(u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 1024)
     );
+    let over = caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS + 1);
+    assert_eq!(
+        f.lu.data_out_len(&over),
+        Err(Sense::invalid_field_in_cdb(13, 7))
+    );
+    let n = usize::from(MAX_COMPARE_AND_WRITE_BLOCKS + 1);
+    assert_invalid_field(&f.run_with(&over, &vec![0; n * 1024]), 13, 7);
     // Data-Out shorter than both halves.
     assert_sense(
         &f.run_with(&caw(0, 0, 2), &[0; 1536]),
@@ -2818,7 +2825,7 @@ fn mode_select_changes_wce_and_other_nexuses_get_a_unit_attention() {
     let mut caching = current_page(&f, 0x08);
     assert_eq!(caching[2] & 0x04, 0x04, "WCE on by default");
     caching[2] &= !0x04;
-    let list = select_list6(&[caching.clone()]);
+    let list = select_list6(std::slice::from_ref(&caching));
     f.good_write(&mode_select6(true, false, list.len() as u8), &list);
     assert_eq!(f.dev.flushes(), 1, "turning the write cache off flushes it");
     assert_eq!(current_page(&f, 0x08), caching, "round trip");
@@ -2940,7 +2947,7 @@ fn mode_select_refuses_what_can_not_change() {
         (4, 6)
     );
     // Medium type, block descriptor with another block length or capacity; restating them is fine.
-    let mut l = select_list6(&[caching.clone()]);
+    let mut l = select_list6(std::slice::from_ref(&caching));
     l[1] = 1;
     assert_eq!(
         field(&f.run_with(&mode_select6(true, false, l.len() as u8), &l)),
@@ -2968,7 +2975,7 @@ fn mode_select_refuses_what_can_not_change() {
         }
     }
     // Truncated page or header: PARAMETER LIST LENGTH ERROR.
-    let l = select_list6(&[caching.clone()]);
+    let l = select_list6(std::slice::from_ref(&caching));
     for len in [2u8, 10, 23] {
         assert_sense(
             &f.run_with(&mode_select6(true, false, len), &l),
