@@ -6,15 +6,19 @@
 //!
 //! # How the engine drives a command
 //! 1. [`LogicalUnit::data_out_len`] says how much Data-Out to solicit (0 for commands without any).
-//! 2. [`LogicalUnit::execute`] runs the command (blocking) and returns an [`Outcome`]: status, Data-In already
-//!    cut to the allocation length, and sense for a CHECK CONDITION.
+//! 2. [`LogicalUnit::check_expected_length`] refuses a command whose Data-Out can not be taken apart at the length
+//!    the initiator announced; [`LogicalUnit::execute`] runs the command (blocking) and returns an [`Outcome`]:
+//!    status, Data-In already cut to the allocation length, and sense for a CHECK CONDITION.
+//!    [`LogicalUnit::is_quick`] says whether it may run on the engine's own task.
 //! 3. [`LogicalUnit::data_in_len`] gives the length the CDB asked for, to compute residuals.
 //!
 //! A command for a LUN the target does not have goes to [`execute_no_lun`] instead.
 //!
 //! # Architecture invariants
 //! - Any byte string as a CDB gives an [`Outcome`]: no panics, and no allocation sized by a CDB field beyond
-//!   [`MAX_TRANSFER_BLOCKS`] blocks or the 64 KiB of an allocation length.
+//!   [`MAX_TRANSFER_BLOCKS`] blocks or the 64 KiB of an allocation length (WRITE SAME writes its block 1 MiB at a
+//!   time whatever its length; GET LBA STATUS builds at most 64 KiB; a parameter list is at most 64 KiB).
+//! - COMPARE AND WRITE, ORWRITE and WRITE AND VERIFY are atomic against every other write to their blocks.
 //! - An unimplemented opcode or service action answers ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE, which
 //!   initiators and conformance suites read as "not supported".
 //! - Data-Out shorter than the CDB's transfer length writes only the whole blocks that arrived (the transport
@@ -29,7 +33,8 @@ pub mod sense;
 
 pub use lu::{
     decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
-    TaskStatus, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
+    TaskStatus, BLOCK_SIZE, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
     OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
 };
 pub use memory::MemoryDevice;

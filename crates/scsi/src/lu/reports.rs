@@ -135,7 +135,7 @@ pub(super) const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         op(READ_6, &[READ_6, 0x1F, F, F, F, 0]),
         op(WRITE_6, &[WRITE_6, 0x1F, F, F, F, 0]),
         op(INQUIRY, &[INQUIRY, 0x01, F, F, F, 0]),
-        op(MODE_SELECT_6, &[MODE_SELECT_6, 0x11, 0, 0, F, 0]),
+        op(MODE_SELECT_6, &[MODE_SELECT_6, 0x10, 0, 0, F, 0]),
         op(RESERVE_6, &[RESERVE_6, 0, 0, 0, 0, 0]),
         op(RELEASE_6, &[RELEASE_6, 0, 0, 0, 0, 0]),
         op(MODE_SENSE_6, &[MODE_SENSE_6, 0x08, F, F, F, 0]),
