@@ -167,7 +167,7 @@ pub(super) const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         op(UNMAP, &[UNMAP, 0, 0, 0, 0, 0, 0, F, F, 0]),
         op(
             MODE_SELECT_10,
-            &[MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, F, F, 0],
+            &[MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, F, F, 0],
         ),
         op(RESERVE_10, &[RESERVE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
         op(RELEASE_10, &[RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
