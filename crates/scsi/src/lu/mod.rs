@@ -315,10 +315,12 @@ impl LogicalUnit {
             {
                 Err(Sense::invalid_field_in_cdb(13, 7))
             }
-            Ok(Command::CompareAndWrite { blocks, .. })
-                if blocks > 0 && compare_and_write_bytes(blocks) != Ok(expected) =>
-            {
-                Err(Sense::invalid_field_in_information_unit())
+            // A count above the maximum is the CDB's fault, whatever the length.
+            Ok(Command::CompareAndWrite { blocks, .. }) if blocks > 0 => {
+                match compare_and_write_bytes(blocks) {
+                    Ok(need) if need != expected => Err(Sense::invalid_field_in_information_unit()),
+                    other => other.map(|_| ()),
+                }
             }
             _ => Ok(()),
         }

@@ -2390,6 +2390,18 @@ fn expected_length_must_fit_write_same_and_compare_and_write() {
             Err(Sense::invalid_field_in_information_unit())
         );
     }
+    // Above the maximum: INVALID FIELD IN CDB, whatever the length.
+    let over = caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS + 1);
+    for edtl in [
+        0u32,
+        1024,
+        2 * (u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) + 1) * 512,
+    ] {
+        assert_eq!(
+            lu.check_expected_length(&over, edtl),
+            Err(Sense::invalid_field_in_cdb(13, 7))
+        );
+    }
     // 0 blocks: no data is taken, unless the Data-Out is larger than any COMPARE AND WRITE (the count wrapped).
     assert_eq!(lu.check_expected_length(&caw(0, 0, 0), 512), Ok(()));
     let most = 2 * u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 512;
