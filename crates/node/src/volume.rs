@@ -32,7 +32,9 @@ use twinsan_replication::engine::{
     AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
-use twinsan_replication::metadata::{self, Layout, Placement, SUPERBLOCK_SIZE};
+use twinsan_replication::metadata::{
+    self, Layout, Placement, RESERVATIONS_CAPACITY, SUPERBLOCK_SIZE,
+};
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
 
@@ -227,6 +229,7 @@ enum Reply {
     Submitted(twinsan_scsi::WriteDone),
     Read(SyncSender<Result<Vec<u8>, IoFailure>>),
     Admin(SyncSender<Result<Option<String>, String>>),
+    Reservations(SyncSender<Result<(), IoFailure>>),
 }
 
 enum ToSender {
@@ -633,6 +636,11 @@ impl Volume {
                 }
                 Output::ReadDone { id, result } => {
                     if let Some(Reply::Read(r)) = replies.remove(&id) {
+                        let _ = r.send(result);
+                    }
+                }
+                Output::ReservationsStored { id, result } => {
+                    if let Some(Reply::Reservations(r)) = replies.remove(&id) {
                         let _ = r.send(result);
                     }
                 }
@@ -1110,6 +1118,24 @@ impl BlockDevice for ReplicatedDevice {
                     fua,
                 },
                 Reply::Write(reply),
+            )
+        })
+    }
+
+    fn reservation_capacity(&self) -> usize {
+        RESERVATIONS_CAPACITY
+    }
+
+    fn load_reservations(&self) -> io::Result<Vec<u8>> {
+        Ok(self.volume.lock_core().engine.reservations().to_vec())
+    }
+
+    fn store_reservations(&self, state: &[u8]) -> io::Result<()> {
+        let data = state.to_vec();
+        self.call(|id, reply| {
+            (
+                Input::StoreReservations { id, data },
+                Reply::Reservations(reply),
             )
         })
     }

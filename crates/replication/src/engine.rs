@@ -54,7 +54,7 @@ use crate::generation::{
     connect_decision, resolve_split_brain, AfterSbPolicies, ChangedBlocks, ConnectDecision,
     Direction, Flags as GenFlags, GenerationIds, Role, Side,
 };
-use crate::metadata::{Flags, Layout, Superblock, ACTIVITY_LOG_SLOTS};
+use crate::metadata::{Flags, Layout, Superblock, ACTIVITY_LOG_SLOTS, RESERVATIONS_CAPACITY};
 use crate::resync::{block_digest, Request, ResyncConfig, ResyncPlan, Verify};
 use crate::state::{
     Action, Config as StateConfig, ConnState, DiskState, Event, FencingPolicy, ReplState,
@@ -188,6 +188,15 @@ pub enum Input {
         /// The peer is marked Outdated.
         outdated: bool,
     },
+    /// New SCSI persistent reservation state for the volume's logical unit (Primary only): kept in this node's
+    /// superblock, then sent to a connected peer; [`Output::ReservationsStored`] comes once the peer has it on
+    /// disk too (or is gone: it then gets the state again when it resyncs from this node).
+    StoreReservations {
+        /// The caller's id, returned in [`Output::ReservationsStored`].
+        id: u64,
+        /// The encoded state, at most [`RESERVATIONS_CAPACITY`] bytes.
+        data: Vec<u8>,
+    },
     /// Fencing by the peer: the cluster asks this node to mark its data Outdated. Answered with
     /// [`Output::AdminDone`]; refused if this node is Primary, connected, or its data is not older.
     OutdateRequest {
@@ -288,6 +297,13 @@ pub enum Output {
         id: u64,
         /// The result.
         result: Result<Option<String>, String>,
+    },
+    /// A [`Input::StoreReservations`] completed.
+    ReservationsStored {
+        /// Its id.
+        id: u64,
+        /// Its result.
+        result: Result<(), IoFailure>,
     },
     /// The status changed (for `volume events`).
     Changed,
@@ -472,6 +488,8 @@ pub struct Engine<S: Storage> {
     verify_out_of_sync: u64,
     bitmap_in: Option<DirtyBitmap>,
     pending_promotion: Option<u64>,
+    /// Reservation states sent to the peer and not yet acknowledged: sequence number → caller's id.
+    pending_reservations: BTreeMap<u64, u64>,
     attached: bool,
     now: Duration,
     last_bitmap_flush: Duration,
@@ -544,6 +562,7 @@ impl<S: Storage> Engine<S> {
             verify_out_of_sync: 0,
             bitmap_in: None,
             pending_promotion: None,
+            pending_reservations: BTreeMap::new(),
             attached: false,
             now,
             last_bitmap_flush: now,
@@ -654,6 +673,28 @@ impl<S: Storage> Engine<S> {
         self.sb.data_size
     }
 
+    /// The SCSI persistent reservation state kept with this copy (empty: none).
+    pub fn reservations(&self) -> &[u8] {
+        &self.sb.reservations
+    }
+
+    /// Sets the reservation state of this copy alone, without the peer: for the node daemon at start, which
+    /// drops the state a power loss ends (registrations made without APTPL) before any link is up.
+    pub fn set_local_reservations(&mut self, data: Vec<u8>) -> Result<(), IoFailure> {
+        if data.len() > RESERVATIONS_CAPACITY {
+            return Err(IoFailure::OutOfRange(format!(
+                "{}: {} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
+                self.cfg.volume,
+                data.len()
+            )));
+        }
+        if self.sb.reservations != data {
+            self.sb.reservations = data;
+            self.write_superblock();
+        }
+        Ok(())
+    }
+
     /// The volume's UUID.
     pub fn volume_uuid(&self) -> u128 {
         self.sb.volume_uuid
@@ -762,6 +803,7 @@ impl<S: Storage> Engine<S> {
                     self.link_down(&reason);
                 }
             }
+            Input::StoreReservations { id, data } => self.store_reservations(id, data),
             Input::Tick => self.tick(),
             Input::PeerSilent { silence } => {
                 let now = self.now;
@@ -1077,6 +1119,80 @@ impl<S: Storage> Engine<S> {
         }
     }
 
+    fn store_reservations(&mut self, id: u64, data: Vec<u8>) {
+        if data.len() > RESERVATIONS_CAPACITY {
+            let e = IoFailure::OutOfRange(format!(
+                "{}: {} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
+                self.cfg.volume,
+                data.len()
+            ));
+            return self
+                .out
+                .push(Output::ReservationsStored { id, result: Err(e) });
+        }
+        if self.state.io_suspended() {
+            self.suspended_queue
+                .push_back(Input::StoreReservations { id, data });
+            return;
+        }
+        // Only the node that serves the volume changes its reservations, as only it writes.
+        if self.state.role() != Role::Primary || !self.state.may_write() {
+            let e = self.not_available();
+            return self
+                .out
+                .push(Output::ReservationsStored { id, result: Err(e) });
+        }
+        if self.sb.reservations != data {
+            self.sb.reservations = data;
+            self.write_superblock();
+            if !self.attached {
+                let e = IoFailure::Medium(format!(
+                    "{}: the reservation state could not be written to the local disk",
+                    self.cfg.volume
+                ));
+                return self
+                    .out
+                    .push(Output::ReservationsStored { id, result: Err(e) });
+            }
+        }
+        match self.send_reservations() {
+            Some(seq) => {
+                self.pending_reservations.insert(seq, id);
+            }
+            None => self
+                .out
+                .push(Output::ReservationsStored { id, result: Ok(()) }),
+        }
+    }
+
+    /// Sends this node's reservation state to a connected peer with a disk; the sequence number to expect in
+    /// its acknowledgement, or `None` if there is no such peer.
+    fn send_reservations(&mut self) -> Option<u64> {
+        let up = self
+            .link
+            .as_ref()
+            .is_some_and(|l| matches!(l.phase, Phase::Up));
+        if !up || !self.state.peer().disk.is_attached() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let data = self.sb.reservations.clone();
+        self.send(Message::Reservations { seq, data });
+        Some(seq)
+    }
+
+    /// The peer's reservation state, from the node that serves the volume: kept in the superblock, then
+    /// acknowledged. A Primary never takes it (only one node serves; the pair is never Primary twice while
+    /// connected) but answers, so the sender is not left waiting.
+    fn peer_reservations(&mut self, seq: u64, data: Vec<u8>) {
+        if self.state.role() != Role::Primary && self.attached && self.sb.reservations != data {
+            self.sb.reservations = data;
+            self.write_superblock();
+        }
+        self.send(Message::ReservationsAck { seq });
+    }
+
     fn mark_out_of_sync(&mut self, offset: u64, len: u64) {
         match &mut self.resync {
             Some(Resync::Source { plan, .. }) => {
@@ -1379,6 +1495,11 @@ impl<S: Storage> Engine<S> {
                 result: Ok(()),
             });
         }
+        // Like the writes: the peer is behind now, and gets the state again when it resyncs from this node.
+        for (_, id) in std::mem::take(&mut self.pending_reservations) {
+            self.out
+                .push(Output::ReservationsStored { id, result: Ok(()) });
+        }
         for (_, id) in std::mem::take(&mut self.peer_reads) {
             let e = self.not_available();
             self.out.push(Output::ReadDone { id, result: Err(e) });
@@ -1541,6 +1662,10 @@ impl<S: Storage> Engine<S> {
             peer_role,
             peer_disk,
         });
+        // A Primary's reservation state is the volume's: a peer that joins without a resync gets it too.
+        if self.state.role() == Role::Primary {
+            self.send_reservations();
+        }
         self.out.push(Output::Changed);
     }
 
@@ -1708,6 +1833,13 @@ impl<S: Storage> Engine<S> {
             Message::ResyncFailed { offset, len } => self.resync_ack(offset, len, false),
             Message::Ping { seq } => self.send(Message::PingAck { seq }),
             Message::PingAck { .. } => {}
+            Message::Reservations { seq, data } => self.peer_reservations(seq, data),
+            Message::ReservationsAck { seq } => {
+                if let Some(id) = self.pending_reservations.remove(&seq) {
+                    self.out
+                        .push(Output::ReservationsStored { id, result: Ok(()) });
+                }
+            }
             Message::Disconnect { reason } => {
                 let link = self.link.as_ref().map(|l| l.id);
                 if let Some(id) = link {
@@ -1831,6 +1963,10 @@ impl<S: Storage> Engine<S> {
         }
         self.resync = Some(Resync::AwaitBitmap { source });
         self.resync_sent = 0;
+        // The sync target takes the source's data, and with it the reservations that go with that data.
+        if source == Direction::Local {
+            self.send_reservations();
+        }
         // Send ours; the peer sends its own.
         let words: Vec<u64> = self
             .bitmap

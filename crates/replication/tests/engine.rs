@@ -5,8 +5,9 @@ mod sim;
 use sim::Pair;
 use std::time::Duration;
 
-use twinsan_replication::engine::{AdminCommand, Input};
+use twinsan_replication::engine::{AdminCommand, Input, IoFailure};
 use twinsan_replication::generation::Role;
+use twinsan_replication::metadata::RESERVATIONS_CAPACITY;
 use twinsan_replication::state::{ConnState, DiskState, ReplState};
 use twinsan_replication::wire::ReplicationProtocol;
 
@@ -492,4 +493,77 @@ fn protocol_a_writes_lost_with_the_link_are_resynced() {
     p.settle(3);
     p.cut();
     assert_eq!(p.engine(0).status().out_of_sync_bytes, 0, "{:?}", p.logs);
+}
+
+#[test]
+fn reservations_reach_the_peer_before_they_complete_and_follow_the_data() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.settle(20);
+    // Only the Primary changes them.
+    let refused = p.submit_reservations(1, b"secondary".to_vec());
+    assert!(matches!(
+        p.reservations_result(refused),
+        Some(Err(IoFailure::NotAvailable(_)))
+    ));
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    let id = p.submit_reservations(0, b"state one".to_vec());
+    assert_eq!(
+        p.reservations_result(id),
+        None,
+        "completed before the peer had it"
+    );
+    p.settle(5);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    assert_eq!(p.engine(1).reservations(), b"state one");
+    // Too large for the superblock: refused, nothing changes.
+    let big = p.submit_reservations(0, vec![7; RESERVATIONS_CAPACITY + 1]);
+    assert!(matches!(
+        p.reservations_result(big),
+        Some(Err(IoFailure::OutOfRange(_)))
+    ));
+    assert_eq!(p.engine(0).reservations(), b"state one");
+
+    // The peer away: the change completes here alone, and the peer gets it when it comes back and resyncs.
+    p.kill(1, false);
+    p.settle(2);
+    let id = p.submit_reservations(0, b"state two".to_vec());
+    p.settle(1);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    p.start(1);
+    p.settle(100);
+    assert_eq!(
+        p.engine(1).status().disk,
+        DiskState::UpToDate,
+        "{:?}",
+        p.logs
+    );
+    assert_eq!(p.engine(1).reservations(), b"state two");
+
+    // Kept on disk: after a crash of both and a failover, the new Primary has the last acknowledged state.
+    let id = p.submit_reservations(0, b"state three".to_vec());
+    p.settle(5);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    p.kill(0, true);
+    p.kill(1, true);
+    p.start(1);
+    assert_eq!(p.engine(1).reservations(), b"state three");
+
+    // The link lost before the peer acknowledged: the change still completes (the peer is behind).
+    p.start(0);
+    p.settle(100);
+    p.admin(1, AdminCommand::Primary { force: false })
+        .expect("promote node2");
+    let id = p.submit_reservations(1, b"state four".to_vec());
+    p.cut();
+    p.settle(2);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    assert_eq!(p.engine(0).reservations(), b"state three");
+    p.heal();
+    p.settle(100);
+    let healed = p.engine(0).reservations().to_vec();
+    assert_eq!(healed, b"state four", "{:?}", p.logs);
 }

@@ -431,6 +431,29 @@ impl Pair {
         id
     }
 
+    /// Submits new reservation state at node `i`; returns its id.
+    pub fn submit_reservations(&mut self, i: usize, data: Vec<u8>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i)
+            .handle(Input::StoreReservations { id, data }, now);
+        self.collect(i);
+        id
+    }
+
+    /// The result of reservation store `id`, if it completed.
+    pub fn reservations_result(&mut self, id: u64) -> Option<Result<(), IoFailure>> {
+        let pos = self
+            .done
+            .iter()
+            .position(|(_, o)| matches!(o, Output::ReservationsStored { id: x, .. } if *x == id))?;
+        match self.done.remove(pos).1 {
+            Output::ReservationsStored { result, .. } => Some(result),
+            _ => None,
+        }
+    }
+
     /// The result of write `id`, if it completed.
     pub fn write_result(&mut self, id: u64) -> Option<Result<(), IoFailure>> {
         let pos = self
