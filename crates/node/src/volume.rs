@@ -105,11 +105,49 @@ impl Storage for FileStorage {
     fn flush(&mut self) -> io::Result<()> {
         self.data.sync_data()
     }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if punch_hole(&self.data, offset, len).is_ok() {
+            return Ok(());
+        }
+        // A filesystem or device that cannot deallocate still reads zeros after this.
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            self.data
+                .write_all_at(&zeros[..n as usize], offset + done)?;
+            done += n;
+        }
+        Ok(())
+    }
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.meta.read_exact_at(buf, offset)
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.meta.write_all_at(data, offset)
+    }
+}
+
+/// Deallocates `len` bytes at `offset` of a file or block device; they read as zeros afterwards (Linux
+/// guarantees that for FALLOC_FL_PUNCH_HOLE on both).
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate(2) on a descriptor this File owns; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

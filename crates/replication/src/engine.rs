@@ -85,6 +85,19 @@ pub trait Storage {
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes every data write that returned durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// Deallocates `len` bytes at `offset` so they read as zeros (a hole punched in a file, a discard that zeroes
+    /// on a block device); durable only after [`Storage::flush`]. The default writes zeros.
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; len.min(CHUNK) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            self.write(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
     /// Reads from the metadata device at `offset` (the offsets of [`Layout`]).
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes to the metadata device at `offset`, durably (the call returns once it is on stable storage).
@@ -131,6 +144,17 @@ pub enum Input {
         data: Vec<u8>,
         /// Force unit access: durable on both nodes before completion.
         fua: bool,
+    },
+    /// An application discard (UNMAP, WRITE SAME with UNMAP), Primary only: the range reads as zeros after it,
+    /// on both nodes, and its space is given back where the disk can. Completes like a write, with
+    /// [`Output::WriteDone`].
+    Discard {
+        /// The caller's id, returned in [`Output::WriteDone`].
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes, at most [`MAX_REQUEST`].
+        len: u64,
     },
     /// An application flush (SYNCHRONIZE CACHE): every completed write durable on both nodes.
     Flush {
@@ -427,6 +451,34 @@ struct TlEntry {
     len: u64,
     /// It holds a reference in the activity log until then.
     al: bool,
+}
+
+/// What an application write puts on the disk: data, or zeros by deallocation (a discard).
+enum Body {
+    Data(Vec<u8>),
+    Discard(u64),
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Data(data) => data.len() as u64,
+            Body::Discard(len) => *len,
+        }
+    }
+
+    /// The input that carries this write again (queued while writes are suspended or the activity log is full).
+    fn into_input(self, id: u64, offset: u64, fua: bool) -> Input {
+        match self {
+            Body::Data(data) => Input::Write {
+                id,
+                offset,
+                data,
+                fua,
+            },
+            Body::Discard(len) => Input::Discard { id, offset, len },
+        }
+    }
 }
 
 /// A flush waiting for its barrier acknowledgement.
@@ -785,7 +837,10 @@ impl<S: Storage> Engine<S> {
                 offset,
                 data,
                 fua,
-            } => self.app_write(id, offset, data, fua),
+            } => self.app_write(id, offset, Body::Data(data), fua),
+            Input::Discard { id, offset, len } => {
+                self.app_write(id, offset, Body::Discard(len), false)
+            }
             Input::Flush { id } => self.app_flush(id),
             Input::Read { id, offset, len } => self.app_read(id, offset, len),
             Input::Admin { id, command } => self.admin(id, command),
@@ -877,18 +932,14 @@ impl<S: Storage> Engine<S> {
         ))
     }
 
-    fn app_write(&mut self, id: u64, offset: u64, data: Vec<u8>, fua: bool) {
-        let len = data.len() as u64;
+    fn app_write(&mut self, id: u64, offset: u64, body: Body, fua: bool) {
+        let len = body.len();
         if let Err(e) = self.check_range(offset, len) {
             return self.out.push(Output::WriteDone { id, result: Err(e) });
         }
         if self.state.io_suspended() {
-            self.suspended_queue.push_back(Input::Write {
-                id,
-                offset,
-                data,
-                fua,
-            });
+            self.suspended_queue
+                .push_back(body.into_input(id, offset, fua));
             return;
         }
         if !self.state.may_write() {
@@ -902,23 +953,13 @@ impl<S: Storage> Engine<S> {
                 Ok(AlDecision::Proceed) => al = true,
                 Ok(AlDecision::CommitFirst(tx)) => {
                     if !self.commit_al(&tx) {
-                        return self.fail_local_then_retry(Input::Write {
-                            id,
-                            offset,
-                            data,
-                            fua,
-                        });
+                        return self.fail_local_then_retry(body.into_input(id, offset, fua));
                     }
                     al = true;
                 }
                 Ok(AlDecision::AfterCommit(_)) => al = true,
                 Ok(AlDecision::Wait) => {
-                    self.al_waiting.push_back(Input::Write {
-                        id,
-                        offset,
-                        data,
-                        fua,
-                    });
+                    self.al_waiting.push_back(body.into_input(id, offset, fua));
                     return;
                 }
                 Err(e) => {
@@ -928,18 +969,17 @@ impl<S: Storage> Engine<S> {
                     })
                 }
             }
-            let mut ok = self.storage.write(offset, &data).is_ok();
+            let mut ok = match &body {
+                Body::Data(data) => self.storage.write(offset, data),
+                Body::Discard(len) => self.storage.discard(offset, *len),
+            }
+            .is_ok();
             if ok && fua {
                 ok = self.storage.flush().is_ok();
             }
             if !ok {
                 let _ = self.al.end_write(offset, len);
-                return self.fail_local_then_retry(Input::Write {
-                    id,
-                    offset,
-                    data,
-                    fua,
-                });
+                return self.fail_local_then_retry(body.into_input(id, offset, fua));
             }
             if let Some(Resync::Source { plan, .. }) = &mut self.resync {
                 let _ = plan.app_write(offset, len);
@@ -950,14 +990,26 @@ impl<S: Storage> Engine<S> {
             let seq = self.next_seq;
             self.next_seq += 1;
             let protocol = self.cfg.protocol;
-            self.send(Message::Data {
-                seq,
-                offset,
-                epoch: self.epoch,
-                fua,
-                flush: false,
-                protocol,
-                data,
+            let epoch = self.epoch;
+            self.send(match body {
+                Body::Data(data) => Message::Data {
+                    seq,
+                    offset,
+                    epoch,
+                    fua,
+                    flush: false,
+                    protocol,
+                    data,
+                },
+                Body::Discard(len) => Message::WriteZeroes {
+                    seq,
+                    offset,
+                    // check_range kept it within MAX_REQUEST.
+                    len: len as u32,
+                    epoch,
+                    unmap: true,
+                    protocol,
+                },
             });
             self.writes_in_epoch += 1;
             if protocol != ReplicationProtocol::C {
@@ -1005,17 +1057,20 @@ impl<S: Storage> Engine<S> {
         );
         self.event(Event::DiskFailed);
         let now = self.now;
-        if let Input::Write { id, .. } | Input::Read { id, .. } = &input {
+        if let Input::Write { id, .. } | Input::Discard { id, .. } | Input::Read { id, .. } = &input
+        {
             if !self.state.may_write() && self.state.read_from().is_none() {
                 let e = IoFailure::Medium(format!(
                     "{}: the local disk failed and no connected peer has UpToDate data",
                     self.cfg.volume
                 ));
                 match input {
-                    Input::Write { .. } => self.out.push(Output::WriteDone {
-                        id: *id,
-                        result: Err(e),
-                    }),
+                    Input::Write { .. } | Input::Discard { .. } => {
+                        self.out.push(Output::WriteDone {
+                            id: *id,
+                            result: Err(e),
+                        })
+                    }
                     _ => self.out.push(Output::ReadDone {
                         id: *id,
                         result: Err(e),
@@ -1678,7 +1733,14 @@ impl<S: Storage> Engine<S> {
                 protocol,
                 data,
                 ..
-            } => self.peer_write(seq, offset, fua, protocol, data),
+            } => self.peer_write(seq, offset, fua, protocol, Body::Data(data)),
+            Message::WriteZeroes {
+                seq,
+                offset,
+                len,
+                protocol,
+                ..
+            } => self.peer_write(seq, offset, false, protocol, Body::Discard(u64::from(len))),
             Message::WriteAck { seq } | Message::RecvAck { seq } => {
                 if let Some(w) = self.pending.remove(&seq) {
                     self.finish_write(w.id, w.offset, w.len, w.al);
@@ -1863,12 +1925,12 @@ impl<S: Storage> Engine<S> {
         offset: u64,
         fua: bool,
         protocol: ReplicationProtocol,
-        data: Vec<u8>,
+        body: Body,
     ) {
         if protocol == ReplicationProtocol::B {
             self.send(Message::RecvAck { seq });
         }
-        let len = data.len() as u64;
+        let len = body.len();
         let disk = self.state.disk();
         let mut ok = self.check_range(offset, len).is_ok() && disk.is_attached();
         if ok {
@@ -1880,7 +1942,11 @@ impl<S: Storage> Engine<S> {
                 Ok(AlDecision::Wait) | Err(_) => false,
             };
             if ok {
-                ok = self.storage.write(offset, &data).is_ok()
+                ok = match &body {
+                    Body::Data(data) => self.storage.write(offset, data),
+                    Body::Discard(len) => self.storage.discard(offset, *len),
+                }
+                .is_ok()
                     && (!fua || self.storage.flush().is_ok());
                 let _ = self.al.end_write(offset, len);
             }

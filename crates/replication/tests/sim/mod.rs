@@ -421,6 +421,17 @@ impl Pair {
         id
     }
 
+    /// Submits a discard at node `i`; returns its id (the result comes as a write's).
+    pub fn submit_discard(&mut self, i: usize, offset: u64, len: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i)
+            .handle(Input::Discard { id, offset, len }, now);
+        self.collect(i);
+        id
+    }
+
     /// Submits a flush (SYNCHRONIZE CACHE) at node `i`; returns its id.
     pub fn submit_flush(&mut self, i: usize) -> u64 {
         let id = self.next_id;
