@@ -23,6 +23,10 @@ pub mod opcode {
     pub const WRITE_6: u8 = 0x0A;
     /// INQUIRY.
     pub const INQUIRY: u8 = 0x12;
+    /// RESERVE (6), SPC-2.
+    pub const RESERVE_6: u8 = 0x16;
+    /// RELEASE (6), SPC-2.
+    pub const RELEASE_6: u8 = 0x17;
     /// MODE SENSE (6).
     pub const MODE_SENSE_6: u8 = 0x1A;
     /// READ CAPACITY (10).
@@ -37,11 +41,17 @@ pub mod opcode {
     pub const VERIFY_10: u8 = 0x2F;
     /// SYNCHRONIZE CACHE (10).
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// RESERVE (10), SPC-2.
+    pub const RESERVE_10: u8 = 0x56;
+    /// RELEASE (10), SPC-2.
+    pub const RELEASE_10: u8 = 0x57;
     /// MODE SENSE (10).
     pub const MODE_SENSE_10: u8 = 0x5A;
     /// PERSISTENT RESERVE IN; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS are its
     /// service actions 00h..=03h.
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    /// PERSISTENT RESERVE OUT; its service actions 00h..=07h are [`PrOutAction`](super::PrOutAction).
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     /// READ (16).
     pub const READ_16: u8 = 0x88;
     /// WRITE (16).
@@ -82,6 +92,8 @@ pub mod service_action {
     pub const PR_IN_REPORT_CAPABILITIES: u16 = 0x02;
     /// READ FULL STATUS, under PERSISTENT RESERVE IN.
     pub const PR_IN_READ_FULL_STATUS: u16 = 0x03;
+    /// The highest PERSISTENT RESERVE OUT service action (REGISTER AND MOVE); 00h..=07h are all implemented.
+    pub const PR_OUT_LAST: u16 = 0x07;
 }
 
 /// Which CDB form of a command was used; it fixes where each field sits.
@@ -171,6 +183,49 @@ pub enum PrInAction {
     ReadFullStatus,
 }
 
+/// SERVICE ACTION of PERSISTENT RESERVE OUT (SPC-4 6.16), in code order 00h..=07h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PrOutAction {
+    /// 00h: register, change or remove this I_T nexus's reservation key.
+    Register,
+    /// 01h: create a persistent reservation.
+    Reserve,
+    /// 02h: release the persistent reservation.
+    Release,
+    /// 03h: remove every registration and the reservation.
+    Clear,
+    /// 04h: remove other registrations and perhaps take over the reservation.
+    Preempt,
+    /// 05h: PREEMPT, plus aborting the preempted nexuses' tasks.
+    PreemptAndAbort,
+    /// 06h: REGISTER without checking the current key.
+    RegisterAndIgnoreExistingKey,
+    /// 07h: register another I_T nexus and move the reservation to it.
+    RegisterAndMove,
+}
+
+impl PrOutAction {
+    /// The action with service action code `sa`, if it is one of 00h..=07h.
+    pub fn from_code(sa: u8) -> Option<Self> {
+        use PrOutAction::*;
+        [
+            Register,
+            Reserve,
+            Release,
+            Clear,
+            Preempt,
+            PreemptAndAbort,
+            RegisterAndIgnoreExistingKey,
+            RegisterAndMove,
+        ]
+        .get(usize::from(sa))
+        .copied()
+    }
+}
+
+/// Largest PERSISTENT RESERVE OUT parameter list accepted (a basic list with many TransportIDs fits).
+pub const MAX_PR_OUT_PARAMETER_LIST: u32 = 64 * 1024;
+
 /// One decoded command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
@@ -252,6 +307,21 @@ pub enum Command {
         /// Allocation length.
         alloc_len: u16,
     },
+    /// PERSISTENT RESERVE OUT.
+    PersistentReserveOut {
+        /// SERVICE ACTION.
+        action: PrOutAction,
+        /// SCOPE (byte 2, bits 7..4); only 0h (logical unit) is valid where it is used.
+        scope: u8,
+        /// TYPE (byte 2, bits 3..0); checked by the service actions that use it.
+        pr_type: u8,
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
+    },
+    /// RESERVE (6) or (10) of the whole logical unit (SPC-2).
+    Reserve(CdbSize),
+    /// RELEASE (6) or (10) of the whole logical unit (SPC-2).
+    Release(CdbSize),
     /// REPORT LUNS.
     ReportLuns {
         /// SELECT REPORT (00h, 01h or 02h).
@@ -405,6 +475,36 @@ impl Command {
                 },
                 alloc_len: be16(&c[7..9]),
             },
+            PERSISTENT_RESERVE_OUT => {
+                let action = PrOutAction::from_code(c[1] & 0x1F)
+                    .ok_or_else(|| Sense::invalid_field_in_cdb(1, 4))?;
+                let param_len = be32(&c[5..9]);
+                if param_len > MAX_PR_OUT_PARAMETER_LIST {
+                    return Err(Sense::invalid_field_in_cdb(5, 7));
+                }
+                Command::PersistentReserveOut {
+                    action,
+                    scope: c[2] >> 4,
+                    pr_type: c[2] & 0x0F,
+                    param_len,
+                }
+            }
+            RESERVE_6 | RELEASE_6 | RESERVE_10 | RELEASE_10 => {
+                // Only reservations of the whole logical unit: no third party (3RDPTY, bit 4), no extents (bit 0,
+                // obsolete), and in the 10-byte form no long third-party IDs (LONGID, bit 1).
+                let refused = if size == CdbSize::Six { 0x11 } else { 0x13 };
+                if let Some(bit) = [4u8, 1, 0]
+                    .into_iter()
+                    .find(|b| c[1] & refused & (1 << b) != 0)
+                {
+                    return Err(Sense::invalid_field_in_cdb(1, bit));
+                }
+                if op == RESERVE_6 || op == RESERVE_10 {
+                    Command::Reserve(size)
+                } else {
+                    Command::Release(size)
+                }
+            }
             REPORT_LUNS => {
                 let select_report = c[2];
                 if select_report > 0x02 {
@@ -458,6 +558,8 @@ fn cdb_size(op: u8) -> Option<CdbSize> {
     use opcode::*;
     Some(match op {
         TEST_UNIT_READY | REQUEST_SENSE | READ_6 | WRITE_6 | INQUIRY | MODE_SENSE_6 => CdbSize::Six,
+        RESERVE_6 | RELEASE_6 => CdbSize::Six,
+        RESERVE_10 | RELEASE_10 | PERSISTENT_RESERVE_OUT => CdbSize::Ten,
         READ_CAPACITY_10
         | READ_10
         | WRITE_10
@@ -546,12 +648,15 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         }
     }
     const F: u8 = 0xFF;
+    const PR_OUT_USAGE: &[u8] = &[PERSISTENT_RESERVE_OUT, 0x1F, F, 0, 0, F, F, F, F, 0];
     &[
         op(TEST_UNIT_READY, &[TEST_UNIT_READY, 0, 0, 0, 0, 0]),
         op(REQUEST_SENSE, &[REQUEST_SENSE, 0x01, 0, 0, F, 0]),
         op(READ_6, &[READ_6, 0x1F, F, F, F, 0]),
         op(WRITE_6, &[WRITE_6, 0x1F, F, F, F, 0]),
         op(INQUIRY, &[INQUIRY, 0x01, F, F, F, 0]),
+        op(RESERVE_6, &[RESERVE_6, 0x11, 0, 0, 0, 0]),
+        op(RELEASE_6, &[RELEASE_6, 0x11, 0, 0, 0, 0]),
         op(MODE_SENSE_6, &[MODE_SENSE_6, 0x08, F, F, F, 0]),
         op(
             READ_CAPACITY_10,
@@ -568,6 +673,8 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
             SYNCHRONIZE_CACHE_10,
             &[SYNCHRONIZE_CACHE_10, 0x02, F, F, F, F, 0, F, F, 0],
         ),
+        op(RESERVE_10, &[RESERVE_10, 0x13, 0, 0, 0, 0, 0, 0, 0, 0]),
+        op(RELEASE_10, &[RELEASE_10, 0x13, 0, 0, 0, 0, 0, 0, 0, 0]),
         op(
             MODE_SENSE_10,
             &[MODE_SENSE_10, 0x18, F, F, 0, 0, 0, F, F, 0],
@@ -591,6 +698,18 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
             PERSISTENT_RESERVE_IN,
             service_action::PR_IN_READ_FULL_STATUS,
             &[PERSISTENT_RESERVE_IN, 0x1F, 0, 0, 0, 0, 0, F, F, 0],
+        ),
+        sa(PERSISTENT_RESERVE_OUT, 0, PR_OUT_USAGE),
+        sa(PERSISTENT_RESERVE_OUT, 1, PR_OUT_USAGE),
+        sa(PERSISTENT_RESERVE_OUT, 2, PR_OUT_USAGE),
+        sa(PERSISTENT_RESERVE_OUT, 3, PR_OUT_USAGE),
+        sa(PERSISTENT_RESERVE_OUT, 4, PR_OUT_USAGE),
+        sa(PERSISTENT_RESERVE_OUT, 5, PR_OUT_USAGE),
+        sa(PERSISTENT_RESERVE_OUT, 6, PR_OUT_USAGE),
+        sa(
+            PERSISTENT_RESERVE_OUT,
+            service_action::PR_OUT_LAST,
+            PR_OUT_USAGE,
         ),
         op(
             READ_16,
@@ -689,7 +808,10 @@ pub const SUPPORTED_COMMANDS: &[SupportedCommand] = {
 pub fn has_service_actions(op: u8) -> bool {
     matches!(
         op,
-        opcode::PERSISTENT_RESERVE_IN | opcode::SERVICE_ACTION_IN_16 | opcode::MAINTENANCE_IN
+        opcode::PERSISTENT_RESERVE_IN
+            | opcode::PERSISTENT_RESERVE_OUT
+            | opcode::SERVICE_ACTION_IN_16
+            | opcode::MAINTENANCE_IN
     )
 }
 
@@ -1057,11 +1179,70 @@ mod tests {
         assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 2));
         c[9] = 0x01;
         assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 0));
-        // PERSISTENT RESERVE OUT stays unknown.
-        let mut out = [0u8; 10];
-        out[0] = 0x5F;
-        assert_eq!(Command::decode(&out), Err(Sense::invalid_opcode()));
         assert!(has_service_actions(opcode::PERSISTENT_RESERVE_IN));
+    }
+
+    #[test]
+    fn persistent_reserve_out_fields() {
+        let mut c = [0u8; 10];
+        c[0] = 0x5F;
+        c[2] = 0x13; // SCOPE 1, TYPE 3: decoded as they are, checked by the service actions
+        c[8] = 24;
+        for sa in 0u8..8 {
+            c[1] = 0xE0 | sa;
+            assert_eq!(
+                Command::decode(&c),
+                Ok(Command::PersistentReserveOut {
+                    action: PrOutAction::from_code(sa).unwrap(),
+                    scope: 1,
+                    pr_type: 3,
+                    param_len: 24,
+                })
+            );
+        }
+        for sa in 8u8..=0x1F {
+            c[1] = sa;
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 4));
+        }
+        c[1] = 0;
+        c[5..9].copy_from_slice(&(MAX_PR_OUT_PARAMETER_LIST + 1).to_be_bytes());
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (5, 7));
+        c[5..9].copy_from_slice(&MAX_PR_OUT_PARAMETER_LIST.to_be_bytes());
+        assert!(Command::decode(&c).is_ok());
+        c[9] = 0x04;
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 2));
+        assert!(has_service_actions(opcode::PERSISTENT_RESERVE_OUT));
+    }
+
+    #[test]
+    fn reserve_release_fields() {
+        for (op, size, reserve) in [
+            (0x16u8, CdbSize::Six, true),
+            (0x17, CdbSize::Six, false),
+            (0x56, CdbSize::Ten, true),
+            (0x57, CdbSize::Ten, false),
+        ] {
+            let mut c = [0u8; 10];
+            c[0] = op;
+            c[1] = 0xE0; // obsolete LUN field: ignored
+            c[2] = 0x55; // reservation identification / obsolete: ignored
+            let want = if reserve {
+                Command::Reserve(size)
+            } else {
+                Command::Release(size)
+            };
+            assert_eq!(Command::decode(&c[..size.bytes()]), Ok(want));
+            c[1] = 0x10; // 3RDPTY
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 4));
+            c[1] = 0x01; // EXTENT (obsolete)
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 0));
+            c[1] = 0x02; // LONGID in the 10-byte form; obsolete and ignored in the 6-byte form
+            if size == CdbSize::Ten {
+                assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 1));
+            } else {
+                assert_eq!(Command::decode(&c[..6]), Ok(want));
+            }
+        }
     }
 
     #[test]

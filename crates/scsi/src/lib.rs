@@ -27,6 +27,7 @@ mod lu;
 mod memory;
 pub mod sense;
 
+pub use lu::reservations_after_power_loss;
 pub use lu::{
     decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
     TaskStatus, BLOCK_SIZE, MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
