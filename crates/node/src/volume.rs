@@ -365,6 +365,18 @@ impl Volume {
             path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
             why: e.to_string(),
         })?;
+        // The process starting is this copy's power-on: SCSI registrations made without APTPL end here (SPC-4
+        // 5.13.5). A node that rejoins a peer still serving gets the live state back when it connects; a whole
+        // cluster restarted keeps only what asked to persist through power loss.
+        let at_power_on = twinsan_scsi::reservations_after_power_loss(engine.reservations());
+        if at_power_on != engine.reservations() {
+            engine
+                .set_local_reservations(at_power_on)
+                .map_err(|e| VolumeError::Metadata {
+                    path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
+                    why: e.to_string(),
+                })?;
+        }
         // Bring it up: connect.
         engine.handle(
             Input::Admin {

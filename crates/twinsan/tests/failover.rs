@@ -466,8 +466,13 @@ fn reservations_and_lun_identity_survive_failover() {
             && keys.len() == 2,
         "READ FULL STATUS before the failover: {before:?}"
     );
+    // SCOPE and TYPE mean something only in the holder's descriptor (SPC-4 6.16.5).
     assert!(
-        before.1.iter().all(|r| r.scope_type == scsi::TYPE_WE_RO),
+        before
+            .1
+            .iter()
+            .filter(|r| r.holder)
+            .all(|r| r.scope_type == scsi::TYPE_WE_RO),
         "{before:?}"
     );
     assert_eq!(
@@ -487,6 +492,7 @@ fn reservations_and_lun_identity_survive_failover() {
         |s| stack_on(s) == Some(format!("node{q}")),
     );
 
+    eprintln!("failed over from node{p} to node{q}");
     // The new primary enforces exactly the same registrations and reservation.
     let after = full_status(&c, VIP_URL, OUTSIDER);
     assert_eq!(
