@@ -12,6 +12,11 @@
 //!
 //! A command for a LUN the target does not have goes to [`execute_no_lun`] instead.
 //!
+//! # Reservations
+//! Persistent reservation state is kept with the device ([`BlockDevice::store_reservations`]); the node daemon
+//! calls [`LogicalUnit::reload_reservations`] when its node starts serving a volume, and
+//! [`reservations_after_power_loss`] on what was stored when it starts.
+//!
 //! # Architecture invariants
 //! - Any byte string as a CDB gives an [`Outcome`]: no panics, and no allocation sized by a CDB field beyond
 //!   [`MAX_TRANSFER_BLOCKS`] blocks or the 64 KiB of an allocation length.

@@ -20,7 +20,8 @@
 //!
 //! Locks: `change` serializes everything that changes or loads the persistent state and is held across the
 //! device I/O; `shared` is held only for memory operations, so the per-command access check never waits for a
-//! store (it may wait for the first load). Order: `change` before `shared` before the nexus map.
+//! store (it may wait for the first load), and while nothing is reserved it takes no lock at all (`open`).
+//! Order: `change` before `shared` before the nexus map.
 
 mod access;
 mod codec;
@@ -115,6 +116,9 @@ pub(super) struct Reservations {
     shared: Mutex<Shared>,
     /// `shared.persistent` is loaded: commands need no device I/O to be checked.
     loaded: AtomicBool,
+    /// Loaded, and neither a persistent nor an SPC-2 reservation exists: every command may run, which the
+    /// per-command check learns without taking a lock.
+    open: AtomicBool,
 }
 
 impl Reservations {
@@ -128,6 +132,7 @@ impl Reservations {
                 spc2: None,
             }),
             loaded: AtomicBool::new(memory_only),
+            open: AtomicBool::new(memory_only),
         }
     }
 
@@ -145,17 +150,32 @@ impl Reservations {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Changes the shared state (every change goes through here, so `loaded` and `open` follow it).
+    fn update<R>(&self, f: impl FnOnce(&mut Shared) -> R) -> R {
+        let mut s = self.lock_shared();
+        let r = f(&mut s);
+        let loaded = s.persistent.is_some();
+        let open = s.spc2.is_none()
+            && s.persistent
+                .as_ref()
+                .is_some_and(|p| p.reservation.is_none());
+        self.loaded.store(loaded, Ordering::Release);
+        self.open.store(open, Ordering::Release);
+        r
+    }
+
     /// An I_T nexus is gone: an SPC-2 reservation it held is released. (Persistent reservations stay.)
     pub(super) fn nexus_gone(&self, nexus: &Nexus) {
-        let mut s = self.lock_shared();
-        if s.spc2.as_ref().is_some_and(|h| h.is(nexus)) {
-            s.spc2 = None;
-        }
+        self.update(|s| {
+            if s.spc2.as_ref().is_some_and(|h| h.is(nexus)) {
+                s.spc2 = None;
+            }
+        });
     }
 
     /// A logical unit or target reset: the SPC-2 reservation is released. (Persistent reservations stay.)
     pub(super) fn reset(&self) {
-        self.lock_shared().spc2 = None;
+        self.update(|s| s.spc2 = None);
     }
 }
 
@@ -166,17 +186,21 @@ impl LogicalUnit {
     /// reservation state has nothing to reload; its in-memory state is kept.
     pub fn reload_reservations(&self) {
         let _change = self.reservations.lock_change();
-        let mut s = self.reservations.lock_shared();
-        s.spc2 = None;
-        if self.dev.reservation_capacity() > 0 {
-            s.persistent = None;
-            self.reservations.loaded.store(false, Ordering::Release);
-        }
+        let keeps_state = self.dev.reservation_capacity() > 0;
+        self.reservations.update(|s| {
+            s.spc2 = None;
+            if keeps_state {
+                s.persistent = None;
+            }
+        });
     }
 
     /// RESERVATION CONFLICT if a reservation keeps `req`'s I_T nexus from running its command (decoded
     /// already); a failure to load the state is a CHECK CONDITION.
     pub(super) fn check_reservations(&self, req: &Request<'_>) -> Result<(), Outcome> {
+        if self.reservations.open.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let class = access::classify(req.cdb);
         loop {
             let shared = self.reservations.lock_shared();
@@ -258,8 +282,8 @@ impl LogicalUnit {
                 .map_err(|_| Sense::internal_target_failure())?;
             codec::decode(&stored).map_err(|_| Sense::internal_target_failure())?
         };
-        self.reservations.lock_shared().persistent = Some(state.clone());
-        self.reservations.loaded.store(true, Ordering::Release);
+        let loaded = state.clone();
+        self.reservations.update(|s| s.persistent = Some(loaded));
         Ok(state)
     }
 
@@ -317,7 +341,8 @@ impl LogicalUnit {
                 .store_reservations(&stored)
                 .map_err(|_| Sense::internal_target_failure())?;
         }
-        self.reservations.lock_shared().persistent = Some(change.state);
+        self.reservations
+            .update(|s| s.persistent = Some(change.state));
         for notice in &change.notices {
             self.queue_reservation_attention(notice.sense, &notice.to, req.nexus);
         }
@@ -356,16 +381,17 @@ impl LogicalUnit {
         if !persistent.registrations.is_empty() {
             return Err(Outcome::reservation_conflict());
         }
-        let mut s = self.reservations.lock_shared();
-        let mine = s.spc2.as_ref().is_none_or(|h| h.is(nexus));
-        match (reserve, mine) {
-            // Reserving again is GOOD; another nexus's reservation conflicts.
-            (true, true) => s.spc2 = Some(Spc2Holder::of(nexus)),
-            (true, false) => return Err(Outcome::reservation_conflict()),
-            // Releasing is GOOD whoever asks; only the holder's release releases.
-            (false, true) => s.spc2 = None,
-            (false, false) => {}
-        }
-        Ok(Vec::new())
+        self.reservations.update(|s| {
+            let mine = s.spc2.as_ref().is_none_or(|h| h.is(nexus));
+            match (reserve, mine) {
+                // Reserving again is GOOD; another nexus's reservation conflicts.
+                (true, true) => s.spc2 = Some(Spc2Holder::of(nexus)),
+                (true, false) => return Err(Outcome::reservation_conflict()),
+                // Releasing is GOOD whoever asks; only the holder's release releases.
+                (false, true) => s.spc2 = None,
+                (false, false) => {}
+            }
+            Ok(Vec::new())
+        })
     }
 }

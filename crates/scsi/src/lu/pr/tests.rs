@@ -1843,3 +1843,9 @@ fn class_of_short_cdbs() {
     assert_eq!(classify(&[0x1E]), Class::Always);
     assert_eq!(classify(&[0x9E]), Class::Write);
 }
+
+#[test]
+fn crc32c_check_value() {
+    // The CRC-32C check value (RFC 3720 appendix B.4 uses the same polynomial).
+    assert_eq!(super::codec::crc32c(b"123456789"), 0xE306_9283);
+}
