@@ -55,6 +55,10 @@ fn run(data: &[u8]) {
             assert_eq!(sense.to_bytes().len(), 18);
             assert!(out.data_in.is_empty());
         }
+        // A PERSISTENT RESERVE OUT with a key this nexus has not registered, or RESERVE after another nexus's.
+        TaskStatus::ReservationConflict => {
+            assert!(out.sense.is_none() && out.data_in.is_empty());
+        }
         other => panic!("unexpected status {other:?}"),
     }
     if let Ok(len) = lu.data_out_len(cdb) {

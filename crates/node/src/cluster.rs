@@ -1486,7 +1486,12 @@ impl Shared {
         }
         // The stack's volume is behind each of its LUN numbers (config validation allows one).
         let map = match self.luns.get(&stack.volume) {
-            Some(lu) => luns.iter().map(|l| (*l, lu.clone())).collect(),
+            Some(lu) => {
+                // This node serves the volume from now on: the reservations the peer kept current through
+                // replication are the truth, not what this logical unit remembers from an earlier turn.
+                lu.reload_reservations();
+                luns.iter().map(|l| (*l, lu.clone())).collect()
+            }
             None => BTreeMap::new(),
         };
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);

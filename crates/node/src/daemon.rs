@@ -329,6 +329,8 @@ impl Node {
             let mut luns = BTreeMap::new();
             for l in &t.lun {
                 if let Some(lu) = self.luns.get(&l.volume) {
+                    // Serving starts here: the replicated reservation state is the truth (see the cluster's).
+                    lu.reload_reservations();
                     luns.insert(l.lun, lu.clone());
                 }
             }

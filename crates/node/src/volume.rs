@@ -32,7 +32,9 @@ use twinsan_replication::engine::{
     AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
-use twinsan_replication::metadata::{self, Layout, Placement, SUPERBLOCK_SIZE};
+use twinsan_replication::metadata::{
+    self, Layout, Placement, RESERVATIONS_CAPACITY, SUPERBLOCK_SIZE,
+};
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
 
@@ -103,11 +105,49 @@ impl Storage for FileStorage {
     fn flush(&mut self) -> io::Result<()> {
         self.data.sync_data()
     }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        if punch_hole(&self.data, offset, len).is_ok() {
+            return Ok(());
+        }
+        // A filesystem or device that cannot deallocate still reads zeros after this.
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            self.data
+                .write_all_at(&zeros[..n as usize], offset + done)?;
+            done += n;
+        }
+        Ok(())
+    }
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.meta.read_exact_at(buf, offset)
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.meta.write_all_at(data, offset)
+    }
+}
+
+/// Deallocates `len` bytes at `offset` of a file or block device; they read as zeros afterwards (Linux
+/// guarantees that for FALLOC_FL_PUNCH_HOLE on both).
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate(2) on a descriptor this File owns; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -227,6 +267,7 @@ enum Reply {
     Submitted(twinsan_scsi::WriteDone),
     Read(SyncSender<Result<Vec<u8>, IoFailure>>),
     Admin(SyncSender<Result<Option<String>, String>>),
+    Reservations(SyncSender<Result<(), IoFailure>>),
 }
 
 enum ToSender {
@@ -324,6 +365,18 @@ impl Volume {
             path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
             why: e.to_string(),
         })?;
+        // The process starting is this copy's power-on: SCSI registrations made without APTPL end here (SPC-4
+        // 5.13.5). A node that rejoins a peer still serving gets the live state back when it connects; a whole
+        // cluster restarted keeps only what asked to persist through power loss.
+        let at_power_on = twinsan_scsi::reservations_after_power_loss(engine.reservations());
+        if at_power_on != engine.reservations() {
+            engine
+                .set_local_reservations(at_power_on)
+                .map_err(|e| VolumeError::Metadata {
+                    path: paths.meta.clone().unwrap_or_else(|| paths.data.clone()),
+                    why: e.to_string(),
+                })?;
+        }
         // Bring it up: connect.
         engine.handle(
             Input::Admin {
@@ -633,6 +686,11 @@ impl Volume {
                 }
                 Output::ReadDone { id, result } => {
                     if let Some(Reply::Read(r)) = replies.remove(&id) {
+                        let _ = r.send(result);
+                    }
+                }
+                Output::ReservationsStored { id, result } => {
+                    if let Some(Reply::Reservations(r)) = replies.remove(&id) {
                         let _ = r.send(result);
                     }
                 }
@@ -1110,6 +1168,24 @@ impl BlockDevice for ReplicatedDevice {
                     fua,
                 },
                 Reply::Write(reply),
+            )
+        })
+    }
+
+    fn reservation_capacity(&self) -> usize {
+        RESERVATIONS_CAPACITY
+    }
+
+    fn load_reservations(&self) -> io::Result<Vec<u8>> {
+        Ok(self.volume.lock_core().engine.reservations().to_vec())
+    }
+
+    fn store_reservations(&self, state: &[u8]) -> io::Result<()> {
+        let data = state.to_vec();
+        self.call(|id, reply| {
+            (
+                Input::StoreReservations { id, data },
+                Reply::Reservations(reply),
             )
         })
     }

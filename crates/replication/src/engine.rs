@@ -54,7 +54,7 @@ use crate::generation::{
     connect_decision, resolve_split_brain, AfterSbPolicies, ChangedBlocks, ConnectDecision,
     Direction, Flags as GenFlags, GenerationIds, Role, Side,
 };
-use crate::metadata::{Flags, Layout, Superblock, ACTIVITY_LOG_SLOTS};
+use crate::metadata::{Flags, Layout, Superblock, ACTIVITY_LOG_SLOTS, RESERVATIONS_CAPACITY};
 use crate::resync::{block_digest, Request, ResyncConfig, ResyncPlan, Verify};
 use crate::state::{
     Action, Config as StateConfig, ConnState, DiskState, Event, FencingPolicy, ReplState,
@@ -85,6 +85,19 @@ pub trait Storage {
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes every data write that returned durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// Deallocates `len` bytes at `offset` so they read as zeros (a hole punched in a file, a discard that zeroes
+    /// on a block device); durable only after [`Storage::flush`]. The default writes zeros.
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; len.min(CHUNK) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            self.write(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
     /// Reads from the metadata device at `offset` (the offsets of [`Layout`]).
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes to the metadata device at `offset`, durably (the call returns once it is on stable storage).
@@ -131,6 +144,17 @@ pub enum Input {
         data: Vec<u8>,
         /// Force unit access: durable on both nodes before completion.
         fua: bool,
+    },
+    /// An application discard (UNMAP, WRITE SAME with UNMAP), Primary only: the range reads as zeros after it,
+    /// on both nodes, and its space is given back where the disk can. Completes like a write, with
+    /// [`Output::WriteDone`].
+    Discard {
+        /// The caller's id, returned in [`Output::WriteDone`].
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes, at most [`MAX_REQUEST`].
+        len: u64,
     },
     /// An application flush (SYNCHRONIZE CACHE): every completed write durable on both nodes.
     Flush {
@@ -187,6 +211,15 @@ pub enum Input {
     FenceResult {
         /// The peer is marked Outdated.
         outdated: bool,
+    },
+    /// New SCSI persistent reservation state for the volume's logical unit (Primary only): kept in this node's
+    /// superblock, then sent to a connected peer; [`Output::ReservationsStored`] comes once the peer has it on
+    /// disk too (or is gone: it then gets the state again when it resyncs from this node).
+    StoreReservations {
+        /// The caller's id, returned in [`Output::ReservationsStored`].
+        id: u64,
+        /// The encoded state, at most [`RESERVATIONS_CAPACITY`] bytes.
+        data: Vec<u8>,
     },
     /// Fencing by the peer: the cluster asks this node to mark its data Outdated. Answered with
     /// [`Output::AdminDone`]; refused if this node is Primary, connected, or its data is not older.
@@ -288,6 +321,13 @@ pub enum Output {
         id: u64,
         /// The result.
         result: Result<Option<String>, String>,
+    },
+    /// A [`Input::StoreReservations`] completed.
+    ReservationsStored {
+        /// Its id.
+        id: u64,
+        /// Its result.
+        result: Result<(), IoFailure>,
     },
     /// The status changed (for `volume events`).
     Changed,
@@ -413,6 +453,34 @@ struct TlEntry {
     al: bool,
 }
 
+/// What an application write puts on the disk: data, or zeros by deallocation (a discard).
+enum Body {
+    Data(Vec<u8>),
+    Discard(u64),
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Data(data) => data.len() as u64,
+            Body::Discard(len) => *len,
+        }
+    }
+
+    /// The input that carries this write again (queued while writes are suspended or the activity log is full).
+    fn into_input(self, id: u64, offset: u64, fua: bool) -> Input {
+        match self {
+            Body::Data(data) => Input::Write {
+                id,
+                offset,
+                data,
+                fua,
+            },
+            Body::Discard(len) => Input::Discard { id, offset, len },
+        }
+    }
+}
+
 /// A flush waiting for its barrier acknowledgement.
 struct PendingFlush {
     id: u64,
@@ -472,6 +540,8 @@ pub struct Engine<S: Storage> {
     verify_out_of_sync: u64,
     bitmap_in: Option<DirtyBitmap>,
     pending_promotion: Option<u64>,
+    /// Reservation states sent to the peer and not yet acknowledged: sequence number → caller's id.
+    pending_reservations: BTreeMap<u64, u64>,
     attached: bool,
     now: Duration,
     last_bitmap_flush: Duration,
@@ -544,6 +614,7 @@ impl<S: Storage> Engine<S> {
             verify_out_of_sync: 0,
             bitmap_in: None,
             pending_promotion: None,
+            pending_reservations: BTreeMap::new(),
             attached: false,
             now,
             last_bitmap_flush: now,
@@ -654,6 +725,28 @@ impl<S: Storage> Engine<S> {
         self.sb.data_size
     }
 
+    /// The SCSI persistent reservation state kept with this copy (empty: none).
+    pub fn reservations(&self) -> &[u8] {
+        &self.sb.reservations
+    }
+
+    /// Sets the reservation state of this copy alone, without the peer: for the node daemon at start, which
+    /// drops the state a power loss ends (registrations made without APTPL) before any link is up.
+    pub fn set_local_reservations(&mut self, data: Vec<u8>) -> Result<(), IoFailure> {
+        if data.len() > RESERVATIONS_CAPACITY {
+            return Err(IoFailure::OutOfRange(format!(
+                "{}: {} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
+                self.cfg.volume,
+                data.len()
+            )));
+        }
+        if self.sb.reservations != data {
+            self.sb.reservations = data;
+            self.write_superblock();
+        }
+        Ok(())
+    }
+
     /// The volume's UUID.
     pub fn volume_uuid(&self) -> u128 {
         self.sb.volume_uuid
@@ -744,7 +837,10 @@ impl<S: Storage> Engine<S> {
                 offset,
                 data,
                 fua,
-            } => self.app_write(id, offset, data, fua),
+            } => self.app_write(id, offset, Body::Data(data), fua),
+            Input::Discard { id, offset, len } => {
+                self.app_write(id, offset, Body::Discard(len), false)
+            }
             Input::Flush { id } => self.app_flush(id),
             Input::Read { id, offset, len } => self.app_read(id, offset, len),
             Input::Admin { id, command } => self.admin(id, command),
@@ -762,6 +858,7 @@ impl<S: Storage> Engine<S> {
                     self.link_down(&reason);
                 }
             }
+            Input::StoreReservations { id, data } => self.store_reservations(id, data),
             Input::Tick => self.tick(),
             Input::PeerSilent { silence } => {
                 let now = self.now;
@@ -835,18 +932,14 @@ impl<S: Storage> Engine<S> {
         ))
     }
 
-    fn app_write(&mut self, id: u64, offset: u64, data: Vec<u8>, fua: bool) {
-        let len = data.len() as u64;
+    fn app_write(&mut self, id: u64, offset: u64, body: Body, fua: bool) {
+        let len = body.len();
         if let Err(e) = self.check_range(offset, len) {
             return self.out.push(Output::WriteDone { id, result: Err(e) });
         }
         if self.state.io_suspended() {
-            self.suspended_queue.push_back(Input::Write {
-                id,
-                offset,
-                data,
-                fua,
-            });
+            self.suspended_queue
+                .push_back(body.into_input(id, offset, fua));
             return;
         }
         if !self.state.may_write() {
@@ -860,23 +953,13 @@ impl<S: Storage> Engine<S> {
                 Ok(AlDecision::Proceed) => al = true,
                 Ok(AlDecision::CommitFirst(tx)) => {
                     if !self.commit_al(&tx) {
-                        return self.fail_local_then_retry(Input::Write {
-                            id,
-                            offset,
-                            data,
-                            fua,
-                        });
+                        return self.fail_local_then_retry(body.into_input(id, offset, fua));
                     }
                     al = true;
                 }
                 Ok(AlDecision::AfterCommit(_)) => al = true,
                 Ok(AlDecision::Wait) => {
-                    self.al_waiting.push_back(Input::Write {
-                        id,
-                        offset,
-                        data,
-                        fua,
-                    });
+                    self.al_waiting.push_back(body.into_input(id, offset, fua));
                     return;
                 }
                 Err(e) => {
@@ -886,18 +969,17 @@ impl<S: Storage> Engine<S> {
                     })
                 }
             }
-            let mut ok = self.storage.write(offset, &data).is_ok();
+            let mut ok = match &body {
+                Body::Data(data) => self.storage.write(offset, data),
+                Body::Discard(len) => self.storage.discard(offset, *len),
+            }
+            .is_ok();
             if ok && fua {
                 ok = self.storage.flush().is_ok();
             }
             if !ok {
                 let _ = self.al.end_write(offset, len);
-                return self.fail_local_then_retry(Input::Write {
-                    id,
-                    offset,
-                    data,
-                    fua,
-                });
+                return self.fail_local_then_retry(body.into_input(id, offset, fua));
             }
             if let Some(Resync::Source { plan, .. }) = &mut self.resync {
                 let _ = plan.app_write(offset, len);
@@ -908,14 +990,26 @@ impl<S: Storage> Engine<S> {
             let seq = self.next_seq;
             self.next_seq += 1;
             let protocol = self.cfg.protocol;
-            self.send(Message::Data {
-                seq,
-                offset,
-                epoch: self.epoch,
-                fua,
-                flush: false,
-                protocol,
-                data,
+            let epoch = self.epoch;
+            self.send(match body {
+                Body::Data(data) => Message::Data {
+                    seq,
+                    offset,
+                    epoch,
+                    fua,
+                    flush: false,
+                    protocol,
+                    data,
+                },
+                Body::Discard(len) => Message::WriteZeroes {
+                    seq,
+                    offset,
+                    // check_range kept it within MAX_REQUEST.
+                    len: len as u32,
+                    epoch,
+                    unmap: true,
+                    protocol,
+                },
             });
             self.writes_in_epoch += 1;
             if protocol != ReplicationProtocol::C {
@@ -963,17 +1057,20 @@ impl<S: Storage> Engine<S> {
         );
         self.event(Event::DiskFailed);
         let now = self.now;
-        if let Input::Write { id, .. } | Input::Read { id, .. } = &input {
+        if let Input::Write { id, .. } | Input::Discard { id, .. } | Input::Read { id, .. } = &input
+        {
             if !self.state.may_write() && self.state.read_from().is_none() {
                 let e = IoFailure::Medium(format!(
                     "{}: the local disk failed and no connected peer has UpToDate data",
                     self.cfg.volume
                 ));
                 match input {
-                    Input::Write { .. } => self.out.push(Output::WriteDone {
-                        id: *id,
-                        result: Err(e),
-                    }),
+                    Input::Write { .. } | Input::Discard { .. } => {
+                        self.out.push(Output::WriteDone {
+                            id: *id,
+                            result: Err(e),
+                        })
+                    }
                     _ => self.out.push(Output::ReadDone {
                         id: *id,
                         result: Err(e),
@@ -1075,6 +1172,80 @@ impl<S: Storage> Engine<S> {
                 self.out.push(Output::ReadDone { id, result: Err(e) });
             }
         }
+    }
+
+    fn store_reservations(&mut self, id: u64, data: Vec<u8>) {
+        if data.len() > RESERVATIONS_CAPACITY {
+            let e = IoFailure::OutOfRange(format!(
+                "{}: {} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
+                self.cfg.volume,
+                data.len()
+            ));
+            return self
+                .out
+                .push(Output::ReservationsStored { id, result: Err(e) });
+        }
+        if self.state.io_suspended() {
+            self.suspended_queue
+                .push_back(Input::StoreReservations { id, data });
+            return;
+        }
+        // Only the node that serves the volume changes its reservations, as only it writes.
+        if self.state.role() != Role::Primary || !self.state.may_write() {
+            let e = self.not_available();
+            return self
+                .out
+                .push(Output::ReservationsStored { id, result: Err(e) });
+        }
+        if self.sb.reservations != data {
+            self.sb.reservations = data;
+            self.write_superblock();
+            if !self.attached {
+                let e = IoFailure::Medium(format!(
+                    "{}: the reservation state could not be written to the local disk",
+                    self.cfg.volume
+                ));
+                return self
+                    .out
+                    .push(Output::ReservationsStored { id, result: Err(e) });
+            }
+        }
+        match self.send_reservations() {
+            Some(seq) => {
+                self.pending_reservations.insert(seq, id);
+            }
+            None => self
+                .out
+                .push(Output::ReservationsStored { id, result: Ok(()) }),
+        }
+    }
+
+    /// Sends this node's reservation state to a connected peer with a disk; the sequence number to expect in
+    /// its acknowledgement, or `None` if there is no such peer.
+    fn send_reservations(&mut self) -> Option<u64> {
+        let up = self
+            .link
+            .as_ref()
+            .is_some_and(|l| matches!(l.phase, Phase::Up));
+        if !up || !self.state.peer().disk.is_attached() {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let data = self.sb.reservations.clone();
+        self.send(Message::Reservations { seq, data });
+        Some(seq)
+    }
+
+    /// The peer's reservation state, from the node that serves the volume: kept in the superblock, then
+    /// acknowledged. A Primary never takes it (only one node serves; the pair is never Primary twice while
+    /// connected) but answers, so the sender is not left waiting.
+    fn peer_reservations(&mut self, seq: u64, data: Vec<u8>) {
+        if self.state.role() != Role::Primary && self.attached && self.sb.reservations != data {
+            self.sb.reservations = data;
+            self.write_superblock();
+        }
+        self.send(Message::ReservationsAck { seq });
     }
 
     fn mark_out_of_sync(&mut self, offset: u64, len: u64) {
@@ -1379,6 +1550,11 @@ impl<S: Storage> Engine<S> {
                 result: Ok(()),
             });
         }
+        // Like the writes: the peer is behind now, and gets the state again when it resyncs from this node.
+        for (_, id) in std::mem::take(&mut self.pending_reservations) {
+            self.out
+                .push(Output::ReservationsStored { id, result: Ok(()) });
+        }
         for (_, id) in std::mem::take(&mut self.peer_reads) {
             let e = self.not_available();
             self.out.push(Output::ReadDone { id, result: Err(e) });
@@ -1541,6 +1717,10 @@ impl<S: Storage> Engine<S> {
             peer_role,
             peer_disk,
         });
+        // A Primary's reservation state is the volume's: a peer that joins without a resync gets it too.
+        if self.state.role() == Role::Primary {
+            self.send_reservations();
+        }
         self.out.push(Output::Changed);
     }
 
@@ -1553,7 +1733,14 @@ impl<S: Storage> Engine<S> {
                 protocol,
                 data,
                 ..
-            } => self.peer_write(seq, offset, fua, protocol, data),
+            } => self.peer_write(seq, offset, fua, protocol, Body::Data(data)),
+            Message::WriteZeroes {
+                seq,
+                offset,
+                len,
+                protocol,
+                ..
+            } => self.peer_write(seq, offset, false, protocol, Body::Discard(u64::from(len))),
             Message::WriteAck { seq } | Message::RecvAck { seq } => {
                 if let Some(w) = self.pending.remove(&seq) {
                     self.finish_write(w.id, w.offset, w.len, w.al);
@@ -1708,6 +1895,13 @@ impl<S: Storage> Engine<S> {
             Message::ResyncFailed { offset, len } => self.resync_ack(offset, len, false),
             Message::Ping { seq } => self.send(Message::PingAck { seq }),
             Message::PingAck { .. } => {}
+            Message::Reservations { seq, data } => self.peer_reservations(seq, data),
+            Message::ReservationsAck { seq } => {
+                if let Some(id) = self.pending_reservations.remove(&seq) {
+                    self.out
+                        .push(Output::ReservationsStored { id, result: Ok(()) });
+                }
+            }
             Message::Disconnect { reason } => {
                 let link = self.link.as_ref().map(|l| l.id);
                 if let Some(id) = link {
@@ -1731,12 +1925,12 @@ impl<S: Storage> Engine<S> {
         offset: u64,
         fua: bool,
         protocol: ReplicationProtocol,
-        data: Vec<u8>,
+        body: Body,
     ) {
         if protocol == ReplicationProtocol::B {
             self.send(Message::RecvAck { seq });
         }
-        let len = data.len() as u64;
+        let len = body.len();
         let disk = self.state.disk();
         let mut ok = self.check_range(offset, len).is_ok() && disk.is_attached();
         if ok {
@@ -1748,7 +1942,11 @@ impl<S: Storage> Engine<S> {
                 Ok(AlDecision::Wait) | Err(_) => false,
             };
             if ok {
-                ok = self.storage.write(offset, &data).is_ok()
+                ok = match &body {
+                    Body::Data(data) => self.storage.write(offset, data),
+                    Body::Discard(len) => self.storage.discard(offset, *len),
+                }
+                .is_ok()
                     && (!fua || self.storage.flush().is_ok());
                 let _ = self.al.end_write(offset, len);
             }
@@ -1831,6 +2029,10 @@ impl<S: Storage> Engine<S> {
         }
         self.resync = Some(Resync::AwaitBitmap { source });
         self.resync_sent = 0;
+        // The sync target takes the source's data, and with it the reservations that go with that data.
+        if source == Direction::Local {
+            self.send_reservations();
+        }
         // Send ours; the peer sends its own.
         let words: Vec<u64> = self
             .bitmap

@@ -61,7 +61,9 @@
 //! |     88 |    8 | bitmap generation UUID (the peer's)                                    |
 //! |     96 |    8 | history generation UUID 0                                              |
 //! |    104 |    8 | history generation UUID 1                                              |
-//! |    112 | 3984 | reserved, zero                                                         |
+//! |    112 |    4 | length L of the reservation state (at most [`RESERVATIONS_CAPACITY`])  |
+//! |    116 |    L | the SCSI persistent reservation state of the volume's logical unit     |
+//! |  116+L |      | reserved, zero                                                         |
 //!
 //! Decoding checks, in this order, so the message names the first thing wrong: the length, the
 //! magic, the version, the checksum, the reserved bytes, the fixed sizes, then the fields against
@@ -115,6 +117,10 @@ pub const MIN_DATA_SIZE: u64 = 1 << 20;
 pub const MAGIC: [u8; 8] = *b"\x89TWINSMD";
 /// The superblock format this code reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of SCSI persistent reservation state a superblock holds (the rest of the 4 KiB block after the fixed
+/// fields and the length). The state changes rarely and must survive a torn write like the generation
+/// identifiers do, so it lives in the superblock and shares its two alternating copies.
+pub const RESERVATIONS_CAPACITY: usize = SUPERBLOCK_SIZE - offset::RESERVATIONS;
 
 /// Bytes of the activity-log area.
 const ACTIVITY_LOG_SIZE: u64 = ACTIVITY_LOG_SLOTS as u64 * ACTIVITY_LOG_SLOT_SIZE;
@@ -143,7 +149,8 @@ mod offset {
     pub const CURRENT_UUID: usize = 80;
     pub const BITMAP_UUID: usize = 88;
     pub const HISTORY_UUIDS: usize = 96;
-    pub const RESERVED: usize = 112;
+    pub const RESERVATIONS_LEN: usize = 112;
+    pub const RESERVATIONS: usize = 116;
 }
 
 /// Why metadata was refused. The `Display` text is the message the admin sees.
@@ -522,6 +529,9 @@ pub struct Superblock {
     pub history_uuids: [u64; 2],
     /// Incremented on every write of the superblock; picks the newer copy and its slot.
     pub sequence: u64,
+    /// The SCSI persistent reservation state of the volume's logical unit, opaque here; at most
+    /// [`RESERVATIONS_CAPACITY`] bytes (empty: none).
+    pub reservations: Vec<u8>,
 }
 
 impl Superblock {
@@ -548,6 +558,7 @@ impl Superblock {
             current_uuid,
             bitmap_uuid: 0,
             history_uuids: [0; 2],
+            reservations: Vec::new(),
             sequence: 0,
         };
         superblock.check()?;
@@ -597,6 +608,13 @@ impl Superblock {
             offset::HISTORY_UUIDS + 8,
             &self.history_uuids[1].to_le_bytes(),
         );
+        // check() keeps the state within the block; a caller that broke that gets it cut, never a panic.
+        let reservations = &self.reservations[..self.reservations.len().min(RESERVATIONS_CAPACITY)];
+        put(
+            offset::RESERVATIONS_LEN,
+            &(reservations.len() as u32).to_le_bytes(),
+        );
+        put(offset::RESERVATIONS, reservations);
         let checksum = checksum(&block);
         block[offset::CHECKSUM..offset::CHECKSUM + 4].copy_from_slice(&checksum.to_le_bytes());
         block
@@ -622,9 +640,19 @@ impl Superblock {
         if stored != computed {
             return Err(MetadataError::ChecksumMismatch { stored, computed });
         }
+        let reservations_len = u32::from_le_bytes(field(block, offset::RESERVATIONS_LEN)) as usize;
+        if reservations_len > RESERVATIONS_CAPACITY {
+            return Err(MetadataError::Inconsistent {
+                field: "reservations",
+                why: format!(
+                    "length {reservations_len} is more than the {RESERVATIONS_CAPACITY} bytes a superblock holds"
+                ),
+            });
+        }
+        let reservations_end = offset::RESERVATIONS + reservations_len;
         // A valid checksum over non-zero reserved bytes means a writer this code does not know.
         let mut reserved =
-            std::iter::once(offset::RESERVED_BYTE).chain(offset::RESERVED..SUPERBLOCK_SIZE);
+            std::iter::once(offset::RESERVED_BYTE).chain(reservations_end..SUPERBLOCK_SIZE);
         if let Some(at) = reserved.find(|&at| block[at] != 0) {
             return Err(MetadataError::Inconsistent {
                 field: "reserved",
@@ -674,6 +702,7 @@ impl Superblock {
                 u64_at(offset::HISTORY_UUIDS + 8),
             ],
             sequence: u64_at(offset::SEQUENCE),
+            reservations: block[offset::RESERVATIONS..reservations_end].to_vec(),
         };
         superblock.check()?;
         Ok(superblock)
@@ -701,6 +730,15 @@ impl Superblock {
                 format!(
                     "is {} bytes, must be a multiple of {BLOCK_SIZE} and at least {MIN_DATA_SIZE}",
                     self.data_size
+                ),
+            );
+        }
+        if self.reservations.len() > RESERVATIONS_CAPACITY {
+            return inconsistent(
+                "reservations",
+                format!(
+                    "are {} bytes, more than the {RESERVATIONS_CAPACITY} a superblock holds",
+                    self.reservations.len()
                 ),
             );
         }
@@ -1802,6 +1840,44 @@ mod tests {
     }
 
     #[test]
+    fn reservation_state_is_kept_and_its_length_checked() {
+        let mut sb = sample(&internal_gib());
+        sb.reservations = b"registrations".to_vec();
+        let block = sb.encode();
+        assert_eq!(
+            Superblock::decode(&block).map(|d| d.reservations),
+            Ok(sb.reservations.clone())
+        );
+        // A length past the block is refused by name, even with a valid checksum.
+        let mut bad = block;
+        bad[offset::RESERVATIONS_LEN..offset::RESERVATIONS_LEN + 4]
+            .copy_from_slice(&(RESERVATIONS_CAPACITY as u32 + 1).to_le_bytes());
+        let sum = checksum(&bad);
+        bad[offset::CHECKSUM..offset::CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            Superblock::decode(&bad),
+            Err(MetadataError::Inconsistent {
+                field: "reservations",
+                ..
+            })
+        ));
+        // Bytes after the state are still reserved.
+        let mut bad = block;
+        bad[offset::RESERVATIONS + sb.reservations.len()] = 1;
+        let sum = checksum(&bad);
+        bad[offset::CHECKSUM..offset::CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            Superblock::decode(&bad),
+            Err(MetadataError::Inconsistent {
+                field: "reserved",
+                ..
+            })
+        ));
+        sb.reservations = vec![0; RESERVATIONS_CAPACITY + 1];
+        assert!(sb.check().is_err());
+    }
+
+    #[test]
     fn messages_name_sizes_readably() {
         assert_eq!(human_size(512), "512 bytes");
         assert_eq!(human_size(1_318_912), "1318912 bytes (1.26 MiB)");
@@ -1820,9 +1896,20 @@ mod tests {
             (MIN_DATA_SIZE / BLOCK_SIZE)..=(1u64 << 40),
             0..4u64,
             any::<(u64, u64, u64, u64, u64)>(),
+            proptest::collection::vec(any::<u8>(), 0..=RESERVATIONS_CAPACITY),
         )
             .prop_map(
-                |(volume_uuid, node_id, delta, external, flags, blocks, extra, uuids)| {
+                |(
+                    volume_uuid,
+                    node_id,
+                    delta,
+                    external,
+                    flags,
+                    blocks,
+                    extra,
+                    uuids,
+                    reservations,
+                )| {
                     let data_size = blocks * BLOCK_SIZE;
                     let (current_uuid, bitmap_uuid, h0, h1, sequence) = uuids;
                     Superblock {
@@ -1841,6 +1928,7 @@ mod tests {
                         bitmap_uuid,
                         history_uuids: [h0, h1],
                         sequence,
+                        reservations,
                     }
                 },
             )

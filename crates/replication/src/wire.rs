@@ -72,6 +72,8 @@
 //! | `0x0409` | [`VerifyResult`](Message::VerifyResult) |  | range                                          |
 //! | `0x0501` | [`BitmapChunk`](Message::BitmapChunk) |    | first word u64, then whole u64 words           |
 //! | `0x0502` | [`OutOfSync`](Message::OutOfSync)    |     | offset u64, len u64                            |
+//! | `0x0601` | [`Reservations`](Message::Reservations) | ✓ | state (at most [`RESERVATIONS_CAPACITY`] bytes) |
+//! | `0x0602` | [`ReservationsAck`](Message::ReservationsAck) | ✓ | —                                    |
 //!
 //! Flags: `Uuids` bit 0 consistent, 1 crashed primary, 2 discard my data, 3 skip initial sync;
 //! `Data` bit 0 FUA, 1 flush, 2–3 the ack asked for (0 protocol A, 1 B, 2 C; 3 is refused);
@@ -107,12 +109,13 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::generation::{Flags, GenerationIds, Role};
+use crate::metadata::RESERVATIONS_CAPACITY;
 
 /// First four bytes of every frame. The high bit of the first byte catches 7-bit channels, and
 /// the rest reads "TWR" (twinsan replication) in a packet dump.
 pub const MAGIC: [u8; 4] = *b"\x89TWR";
-/// The protocol version this build speaks; both nodes must speak the same.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks; both nodes must speak the same. 2: reservation state frames.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Bytes of the frame header.
 pub const HEADER_LEN: usize = 24;
 /// Bytes of the checksum after the payload.
@@ -699,6 +702,20 @@ pub enum Message {
         /// Bytes.
         len: u64,
     },
+    /// The SCSI persistent reservation state of the volume's logical unit, from the node that serves it (a
+    /// Primary, or the resync source): the receiver keeps it in its superblock and answers
+    /// [`Message::ReservationsAck`] once it is on disk. The bytes are the SCSI layer's own encoding.
+    Reservations {
+        /// Echoed in the acknowledgement.
+        seq: u64,
+        /// The encoded state, at most [`RESERVATIONS_CAPACITY`] bytes.
+        data: Vec<u8>,
+    },
+    /// The peer has the [`Message::Reservations`] with this `seq` on stable storage.
+    ReservationsAck {
+        /// The `seq` of the stored state.
+        seq: u64,
+    },
 }
 
 /// How a frame type's payload is shaped.
@@ -759,10 +776,12 @@ enum FrameType {
     VerifyResult = 0x0409,
     BitmapChunk = 0x0501,
     OutOfSync = 0x0502,
+    Reservations = 0x0601,
+    ReservationsAck = 0x0602,
 }
 
 impl FrameType {
-    const ALL: [FrameType; 34] = [
+    const ALL: [FrameType; 36] = [
         Self::Hello,
         Self::AuthChallenge,
         Self::AuthResponse,
@@ -797,6 +816,8 @@ impl FrameType {
         Self::VerifyResult,
         Self::BitmapChunk,
         Self::OutOfSync,
+        Self::Reservations,
+        Self::ReservationsAck,
     ];
 
     fn from_code(code: u16) -> Option<Self> {
@@ -863,6 +884,8 @@ impl FrameType {
             T::VerifyResult => ("VerifyResult", RANGE, B::None, FLAG_IN_SYNC, false),
             T::BitmapChunk => ("BitmapChunk", BITMAP_PREFIX_LEN, B::Words, FLAG_LAST, false),
             T::OutOfSync => ("OutOfSync", 16, B::None, 0, false),
+            T::Reservations => ("Reservations", 0, B::Bytes, 0, true),
+            T::ReservationsAck => ("ReservationsAck", 0, B::None, 0, true),
         };
         Spec {
             name,
@@ -885,7 +908,8 @@ impl Message {
         let bulk = match self {
             Message::Data { data, .. }
             | Message::ReadReply { data, .. }
-            | Message::ResyncData { data, .. } => data.len(),
+            | Message::ResyncData { data, .. }
+            | Message::Reservations { data, .. } => data.len(),
             Message::BitmapChunk { words, .. } => words.len() * 8,
             _ => 0,
         };
@@ -929,6 +953,8 @@ impl Message {
             Message::VerifyResult { .. } => T::VerifyResult,
             Message::BitmapChunk { .. } => T::BitmapChunk,
             Message::OutOfSync { .. } => T::OutOfSync,
+            Message::Reservations { .. } => T::Reservations,
+            Message::ReservationsAck { .. } => T::ReservationsAck,
         }
     }
 
@@ -973,7 +999,9 @@ impl Message {
             | Message::NegAck { seq }
             | Message::ReadRequest { seq, .. }
             | Message::ReadReply { seq, .. }
-            | Message::ReadFailed { seq } => (0, seq),
+            | Message::ReadFailed { seq }
+            | Message::Reservations { seq, .. }
+            | Message::ReservationsAck { seq } => (0, seq),
             _ => (0, 0),
         }
     }
@@ -1042,7 +1070,9 @@ impl Message {
             | Message::InSync { offset, len }
             | Message::VerifyRequest { offset, len }
             | Message::VerifyResult { offset, len, .. } => range(out, *offset, *len),
-            Message::ReadReply { data, .. } => out.extend_from_slice(data),
+            Message::ReadReply { data, .. } | Message::Reservations { data, .. } => {
+                out.extend_from_slice(data)
+            }
             Message::ResyncData { offset, data } => {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(data);
@@ -1081,7 +1111,8 @@ impl Message {
             | Message::RecvAck { .. }
             | Message::WriteAck { .. }
             | Message::NegAck { .. }
-            | Message::ReadFailed { .. } => {}
+            | Message::ReadFailed { .. }
+            | Message::ReservationsAck { .. } => {}
         }
     }
 }
@@ -1158,7 +1189,9 @@ impl fmt::Display for Message {
             | Message::RecvAck { seq }
             | Message::WriteAck { seq }
             | Message::NegAck { seq }
-            | Message::ReadFailed { seq } => write!(f, " seq={seq}"),
+            | Message::ReadFailed { seq }
+            | Message::ReservationsAck { seq } => write!(f, " seq={seq}"),
+            Message::Reservations { seq, data } => write!(f, " seq={seq} len={}", data.len()),
             Message::ReadRequest { seq, offset, len } => {
                 write!(f, " seq={seq} offset={offset} len={len}")
             }
@@ -1712,6 +1745,19 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
         }
         T::ReadReply => Message::ReadReply { seq, data: tail },
         T::ReadFailed => Message::ReadFailed { seq },
+        T::Reservations => {
+            if tail.len() > RESERVATIONS_CAPACITY {
+                return Err(malformed(
+                    name,
+                    format_args!(
+                        "{} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} a superblock holds",
+                        tail.len()
+                    ),
+                ));
+            }
+            Message::Reservations { seq, data: tail }
+        }
+        T::ReservationsAck => Message::ReservationsAck { seq },
         T::ResyncRequest => {
             let (offset, len) = r.range()?;
             Message::ResyncRequest { offset, len }
@@ -2377,6 +2423,11 @@ mod tests {
                 offset: 1 << 12,
                 len: 1 << 33,
             },
+            Message::Reservations {
+                seq: 12,
+                data: b"reservation state".to_vec(),
+            },
+            Message::ReservationsAck { seq: 12 },
         ]
     }
 
@@ -3011,8 +3062,8 @@ mod tests {
         let alpha = cluster_id("alpha");
         let cases = [
             (
-                hello(2, 1, VOLUME, alpha),
-                "replication peer 198.18.0.2 speaks protocol version 2, this node speaks 1: run \
+                hello(1, 1, VOLUME, alpha),
+                "replication peer 198.18.0.2 speaks protocol version 1, this node speaks 2: run \
                  the same twinsan release on both nodes",
             ),
             (
@@ -3294,6 +3345,12 @@ mod tests {
                 len
             }),
             (any::<u64>(), bytes()).prop_map(|(seq, data)| Message::ReadReply { seq, data }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..=RESERVATIONS_CAPACITY)
+            )
+                .prop_map(|(seq, data)| Message::Reservations { seq, data }),
+            any::<u64>().prop_map(|seq| Message::ReservationsAck { seq }),
             any::<u64>().prop_map(|seq| Message::ReadFailed { seq }),
             range().prop_map(|(offset, len)| Message::ResyncRequest { offset, len }),
             (any::<u64>(), bytes()).prop_map(|(offset, data)| Message::ResyncData {

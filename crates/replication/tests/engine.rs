@@ -5,8 +5,9 @@ mod sim;
 use sim::Pair;
 use std::time::Duration;
 
-use twinsan_replication::engine::{AdminCommand, Input};
+use twinsan_replication::engine::{AdminCommand, Input, IoFailure};
 use twinsan_replication::generation::Role;
+use twinsan_replication::metadata::RESERVATIONS_CAPACITY;
 use twinsan_replication::state::{ConnState, DiskState, ReplState};
 use twinsan_replication::wire::ReplicationProtocol;
 
@@ -492,4 +493,132 @@ fn protocol_a_writes_lost_with_the_link_are_resynced() {
     p.settle(3);
     p.cut();
     assert_eq!(p.engine(0).status().out_of_sync_bytes, 0, "{:?}", p.logs);
+}
+
+#[test]
+fn reservations_reach_the_peer_before_they_complete_and_follow_the_data() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.settle(20);
+    // Only the Primary changes them.
+    let refused = p.submit_reservations(1, b"secondary".to_vec());
+    assert!(matches!(
+        p.reservations_result(refused),
+        Some(Err(IoFailure::NotAvailable(_)))
+    ));
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    let id = p.submit_reservations(0, b"state one".to_vec());
+    assert_eq!(
+        p.reservations_result(id),
+        None,
+        "completed before the peer had it"
+    );
+    p.settle(5);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    assert_eq!(p.engine(1).reservations(), b"state one");
+    // Too large for the superblock: refused, nothing changes.
+    let big = p.submit_reservations(0, vec![7; RESERVATIONS_CAPACITY + 1]);
+    assert!(matches!(
+        p.reservations_result(big),
+        Some(Err(IoFailure::OutOfRange(_)))
+    ));
+    assert_eq!(p.engine(0).reservations(), b"state one");
+
+    // The peer away: the change completes here alone, and the peer gets it when it comes back and resyncs.
+    p.kill(1, false);
+    p.settle(2);
+    let id = p.submit_reservations(0, b"state two".to_vec());
+    p.settle(1);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    p.start(1);
+    p.settle(100);
+    assert_eq!(
+        p.engine(1).status().disk,
+        DiskState::UpToDate,
+        "{:?}",
+        p.logs
+    );
+    assert_eq!(p.engine(1).reservations(), b"state two");
+
+    // Kept on disk: after a crash of both and a failover, the new Primary has the last acknowledged state.
+    let id = p.submit_reservations(0, b"state three".to_vec());
+    p.settle(5);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    p.kill(0, true);
+    p.kill(1, true);
+    p.start(1);
+    assert_eq!(p.engine(1).reservations(), b"state three");
+
+    // The link lost before the peer acknowledged: the change still completes (the peer is behind).
+    p.start(0);
+    p.settle(100);
+    p.admin(1, AdminCommand::Primary { force: false })
+        .expect("promote node2");
+    let id = p.submit_reservations(1, b"state four".to_vec());
+    p.cut();
+    p.settle(2);
+    assert_eq!(p.reservations_result(id), Some(Ok(())));
+    assert_eq!(p.engine(0).reservations(), b"state three");
+    p.heal();
+    p.settle(100);
+    let healed = p.engine(0).reservations().to_vec();
+    assert_eq!(healed, b"state four", "{:?}", p.logs);
+}
+
+#[test]
+fn a_discard_zeroes_the_range_on_both_nodes_and_resyncs_like_a_write() {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    let id = p.submit_write(0, 0, pattern(5, 256 << 10), false);
+    p.settle(5);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    // Connected: the discard completes once the peer has done it too.
+    let id = p.submit_discard(0, 64 << 10, 64 << 10);
+    assert_eq!(p.write_result(id), None, "completed before the peer had it");
+    p.settle(5);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    let mut expect = pattern(5, 256 << 10);
+    expect[64 << 10..128 << 10].fill(0);
+    assert!(
+        p.data(1)[..256 << 10] == expect[..],
+        "the peer's copy differs"
+    );
+    assert_eq!(p.data(0), p.data(1));
+    // The peer away: the discarded range is out of sync and travels with the resync.
+    p.kill(1, false);
+    p.settle(2);
+    let id = p.submit_discard(0, 192 << 10, 32 << 10);
+    p.settle(1);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    assert_eq!(p.engine(0).status().out_of_sync_bytes, 32 << 10);
+    p.start(1);
+    p.settle(200);
+    assert_eq!(
+        p.engine(1).status().disk,
+        DiskState::UpToDate,
+        "{:?}",
+        p.logs
+    );
+    // The discarded range, and the activity-log extent the killed node had open (its cache may be lost).
+    let sent = p.engine(0).status().resync_sent_bytes;
+    assert!(
+        (32 << 10..=(4 << 20) + (32 << 10)).contains(&sent),
+        "resync sent {sent} bytes"
+    );
+    assert_eq!(p.data(0), p.data(1));
+    assert!(p.data(1)[192 << 10..224 << 10].iter().all(|&b| b == 0));
+    // Out of range: refused like a write.
+    let id = p.submit_discard(0, BACKING, 4096);
+    p.settle(1);
+    assert!(matches!(
+        p.write_result(id),
+        Some(Err(IoFailure::OutOfRange(_)))
+    ));
 }

@@ -25,6 +25,10 @@ pub mod opcode {
     pub const INQUIRY: u8 = 0x12;
     /// MODE SELECT (6).
     pub const MODE_SELECT_6: u8 = 0x15;
+    /// RESERVE (6), SPC-2.
+    pub const RESERVE_6: u8 = 0x16;
+    /// RELEASE (6), SPC-2.
+    pub const RELEASE_6: u8 = 0x17;
     /// MODE SENSE (6).
     pub const MODE_SENSE_6: u8 = 0x1A;
     /// START STOP UNIT.
@@ -51,11 +55,17 @@ pub mod opcode {
     pub const UNMAP: u8 = 0x42;
     /// MODE SELECT (10).
     pub const MODE_SELECT_10: u8 = 0x55;
+    /// RESERVE (10), SPC-2.
+    pub const RESERVE_10: u8 = 0x56;
+    /// RELEASE (10), SPC-2.
+    pub const RELEASE_10: u8 = 0x57;
     /// MODE SENSE (10).
     pub const MODE_SENSE_10: u8 = 0x5A;
     /// PERSISTENT RESERVE IN; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS are its
     /// service actions 00h..=03h.
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    /// PERSISTENT RESERVE OUT; its service actions 00h..=07h are [`PrOutAction`](super::PrOutAction).
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     /// READ (16).
     pub const READ_16: u8 = 0x88;
     /// COMPARE AND WRITE.
@@ -106,6 +116,8 @@ pub mod service_action {
     pub const PR_IN_REPORT_CAPABILITIES: u16 = 0x02;
     /// READ FULL STATUS, under PERSISTENT RESERVE IN.
     pub const PR_IN_READ_FULL_STATUS: u16 = 0x03;
+    /// The highest PERSISTENT RESERVE OUT service action (REGISTER AND MOVE); 00h..=07h are all implemented.
+    pub const PR_OUT_LAST: u16 = 0x07;
 }
 
 /// Which CDB form of a command was used; it fixes where each field sits.
@@ -197,6 +209,49 @@ pub enum PrInAction {
     /// 03h: every registration and reservation with its I_T nexus.
     ReadFullStatus,
 }
+
+/// SERVICE ACTION of PERSISTENT RESERVE OUT (SPC-4 6.16), in code order 00h..=07h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PrOutAction {
+    /// 00h: register, change or remove this I_T nexus's reservation key.
+    Register,
+    /// 01h: create a persistent reservation.
+    Reserve,
+    /// 02h: release the persistent reservation.
+    Release,
+    /// 03h: remove every registration and the reservation.
+    Clear,
+    /// 04h: remove other registrations and perhaps take over the reservation.
+    Preempt,
+    /// 05h: PREEMPT, plus aborting the preempted nexuses' tasks.
+    PreemptAndAbort,
+    /// 06h: REGISTER without checking the current key.
+    RegisterAndIgnoreExistingKey,
+    /// 07h: register another I_T nexus and move the reservation to it.
+    RegisterAndMove,
+}
+
+impl PrOutAction {
+    /// The action with service action code `sa`, if it is one of 00h..=07h.
+    pub fn from_code(sa: u8) -> Option<Self> {
+        use PrOutAction::*;
+        [
+            Register,
+            Reserve,
+            Release,
+            Clear,
+            Preempt,
+            PreemptAndAbort,
+            RegisterAndIgnoreExistingKey,
+            RegisterAndMove,
+        ]
+        .get(usize::from(sa))
+        .copied()
+    }
+}
+
+/// Largest PERSISTENT RESERVE OUT parameter list accepted (a basic list with many TransportIDs fits).
+pub const MAX_PR_OUT_PARAMETER_LIST: u32 = 64 * 1024;
 
 /// One decoded command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -356,6 +411,21 @@ pub enum Command {
         /// Allocation length.
         alloc_len: u16,
     },
+    /// PERSISTENT RESERVE OUT.
+    PersistentReserveOut {
+        /// SERVICE ACTION.
+        action: PrOutAction,
+        /// SCOPE (byte 2, bits 7..4); only 0h (logical unit) is valid where it is used.
+        scope: u8,
+        /// TYPE (byte 2, bits 3..0); checked by the service actions that use it.
+        pr_type: u8,
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
+    },
+    /// RESERVE (6) or (10) of the whole logical unit (SPC-2).
+    Reserve(CdbSize),
+    /// RELEASE (6) or (10) of the whole logical unit (SPC-2).
+    Release(CdbSize),
     /// REPORT LUNS.
     ReportLuns {
         /// SELECT REPORT (00h, 01h or 02h).
@@ -584,6 +654,36 @@ impl Command {
                 },
                 alloc_len: be16(&c[7..9]),
             },
+            PERSISTENT_RESERVE_OUT => {
+                let action = PrOutAction::from_code(c[1] & 0x1F)
+                    .ok_or_else(|| Sense::invalid_field_in_cdb(1, 4))?;
+                let param_len = be32(&c[5..9]);
+                if param_len > MAX_PR_OUT_PARAMETER_LIST {
+                    return Err(Sense::invalid_field_in_cdb(5, 7));
+                }
+                Command::PersistentReserveOut {
+                    action,
+                    scope: c[2] >> 4,
+                    pr_type: c[2] & 0x0F,
+                    param_len,
+                }
+            }
+            RESERVE_6 | RELEASE_6 | RESERVE_10 | RELEASE_10 => {
+                // Only reservations of the whole logical unit: no third party (3RDPTY, bit 4), no extents (bit 0,
+                // obsolete), and in the 10-byte form no long third-party IDs (LONGID, bit 1).
+                let refused = if size == CdbSize::Six { 0x11 } else { 0x13 };
+                if let Some(bit) = [4u8, 1, 0]
+                    .into_iter()
+                    .find(|b| c[1] & refused & (1 << b) != 0)
+                {
+                    return Err(Sense::invalid_field_in_cdb(1, bit));
+                }
+                if op == RESERVE_6 || op == RESERVE_10 {
+                    Command::Reserve(size)
+                } else {
+                    Command::Release(size)
+                }
+            }
             REPORT_LUNS => {
                 let select_report = c[2];
                 if select_report > 0x02 {
@@ -644,7 +744,10 @@ pub fn cdb_size(op: u8) -> Option<CdbSize> {
         | MODE_SELECT_6
         | MODE_SENSE_6
         | START_STOP_UNIT
-        | PREVENT_ALLOW_MEDIUM_REMOVAL => CdbSize::Six,
+        | PREVENT_ALLOW_MEDIUM_REMOVAL
+        | RESERVE_6
+        | RELEASE_6 => CdbSize::Six,
+        RESERVE_10 | RELEASE_10 | PERSISTENT_RESERVE_OUT => CdbSize::Ten,
         READ_CAPACITY_10
         | READ_10
         | WRITE_10
@@ -776,7 +879,7 @@ mod tests {
     #[test]
     fn empty_and_unknown_opcodes_are_invalid_opcode() {
         assert_eq!(Command::decode(&[]), Err(Sense::invalid_opcode()));
-        for op in [0x04u8, 0x16, 0x17, 0x56, 0x57, 0x5F, 0x7F, 0xA4, 0xC0, 0xFF] {
+        for op in [0x04u8, 0x7F, 0x9C, 0xA4, 0xC0, 0xFF] {
             assert_eq!(
                 Command::decode(&[op; 16]),
                 Err(Sense::invalid_opcode()),
@@ -1110,10 +1213,68 @@ mod tests {
         assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 2));
         c[9] = 0x01;
         assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 0));
-        // PERSISTENT RESERVE OUT stays unknown.
-        let mut out = [0u8; 10];
-        out[0] = 0x5F;
-        assert_eq!(Command::decode(&out), Err(Sense::invalid_opcode()));
+    }
+
+    #[test]
+    fn persistent_reserve_out_fields() {
+        let mut c = [0u8; 10];
+        c[0] = 0x5F;
+        c[2] = 0x13; // SCOPE 1, TYPE 3: decoded as they are, checked by the service actions
+        c[8] = 24;
+        for sa in 0u8..8 {
+            c[1] = 0xE0 | sa;
+            assert_eq!(
+                Command::decode(&c),
+                Ok(Command::PersistentReserveOut {
+                    action: PrOutAction::from_code(sa).unwrap(),
+                    scope: 1,
+                    pr_type: 3,
+                    param_len: 24,
+                })
+            );
+        }
+        for sa in 8u8..=0x1F {
+            c[1] = sa;
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 4));
+        }
+        c[1] = 0;
+        c[5..9].copy_from_slice(&(MAX_PR_OUT_PARAMETER_LIST + 1).to_be_bytes());
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (5, 7));
+        c[5..9].copy_from_slice(&MAX_PR_OUT_PARAMETER_LIST.to_be_bytes());
+        assert!(Command::decode(&c).is_ok());
+        c[9] = 0x04;
+        assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (9, 2));
+    }
+
+    #[test]
+    fn reserve_release_fields() {
+        for (op, size, reserve) in [
+            (0x16u8, CdbSize::Six, true),
+            (0x17, CdbSize::Six, false),
+            (0x56, CdbSize::Ten, true),
+            (0x57, CdbSize::Ten, false),
+        ] {
+            let mut c = [0u8; 10];
+            c[0] = op;
+            c[1] = 0xE0; // obsolete LUN field: ignored
+            c[2] = 0x55; // reservation identification / obsolete: ignored
+            let want = if reserve {
+                Command::Reserve(size)
+            } else {
+                Command::Release(size)
+            };
+            assert_eq!(Command::decode(&c[..size.bytes()]), Ok(want));
+            c[1] = 0x10; // 3RDPTY
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 4));
+            c[1] = 0x01; // EXTENT (obsolete)
+            assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 0));
+            c[1] = 0x02; // LONGID in the 10-byte form; obsolete and ignored in the 6-byte form
+            if size == CdbSize::Ten {
+                assert_eq!(invalid_field(Command::decode(&c).unwrap_err()), (1, 1));
+            } else {
+                assert_eq!(Command::decode(&c[..6]), Ok(want));
+            }
+        }
     }
 
     #[test]

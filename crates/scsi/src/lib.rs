@@ -14,6 +14,11 @@
 //!
 //! A command for a LUN the target does not have goes to [`execute_no_lun`] instead.
 //!
+//! # Reservations
+//! Persistent reservation state is kept with the device ([`BlockDevice::store_reservations`]); the node daemon
+//! calls [`LogicalUnit::reload_reservations`] when its node starts serving a volume, and
+//! [`reservations_after_power_loss`] on what was stored when it starts.
+//!
 //! # Architecture invariants
 //! - Any byte string as a CDB gives an [`Outcome`]: no panics, and no allocation sized by a CDB field beyond
 //!   [`MAX_TRANSFER_BLOCKS`] blocks or the 64 KiB of an allocation length (WRITE SAME writes its block 1 MiB at a
@@ -31,6 +36,7 @@ mod lu;
 mod memory;
 pub mod sense;
 
+pub use lu::reservations_after_power_loss;
 pub use lu::{
     decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
     TaskStatus, BLOCK_SIZE, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS,

@@ -192,6 +192,42 @@ impl Sense {
         Self::new(SenseKey::UnitAttention, 0x2A, 0x09)
     }
 
+    /// ILLEGAL REQUEST / INSUFFICIENT REGISTRATION RESOURCES (55h/04h): no room for another persistent
+    /// reservation registration.
+    pub const fn insufficient_registration_resources() -> Self {
+        Self::new(SenseKey::IllegalRequest, 0x55, 0x04)
+    }
+
+    /// ILLEGAL REQUEST / INVALID RELEASE OF PERSISTENT RESERVATION (26h/04h): RELEASE by the holder with a
+    /// scope or type other than the reservation's.
+    pub const fn invalid_release_of_persistent_reservation() -> Self {
+        Self::new(SenseKey::IllegalRequest, 0x26, 0x04)
+    }
+
+    /// HARDWARE ERROR / INTERNAL TARGET FAILURE (44h/00h): the target could not carry out the command (e.g. the
+    /// device did not load or store reservation state); nothing was changed.
+    pub const fn internal_target_failure() -> Self {
+        Self::new(SenseKey::HardwareError, 0x44, 0x00)
+    }
+
+    /// UNIT ATTENTION / RESERVATIONS PREEMPTED (2Ah/03h): a PERSISTENT RESERVE OUT CLEAR removed this I_T nexus's
+    /// registration and any reservation.
+    pub const fn reservations_preempted() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x2A, 0x03)
+    }
+
+    /// UNIT ATTENTION / RESERVATIONS RELEASED (2Ah/04h): a registrants-only or all-registrants reservation was
+    /// released, or a preemption changed the reservation's type.
+    pub const fn reservations_released() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x2A, 0x04)
+    }
+
+    /// UNIT ATTENTION / REGISTRATIONS PREEMPTED (2Ah/05h): another I_T nexus's PREEMPT removed this one's
+    /// registration.
+    pub const fn registrations_preempted() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x2A, 0x05)
+    }
+
     /// Fixed-format sense data (response code 70h, 18 bytes), as sent with a CHECK CONDITION.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; FIXED_SENSE_LEN];
@@ -366,6 +402,42 @@ mod tests {
                 SenseKey::UnitAttention,
                 0x2A,
                 0x01,
+            ),
+            (
+                Sense::insufficient_registration_resources(),
+                SenseKey::IllegalRequest,
+                0x55,
+                0x04,
+            ),
+            (
+                Sense::invalid_release_of_persistent_reservation(),
+                SenseKey::IllegalRequest,
+                0x26,
+                0x04,
+            ),
+            (
+                Sense::internal_target_failure(),
+                SenseKey::HardwareError,
+                0x44,
+                0x00,
+            ),
+            (
+                Sense::reservations_preempted(),
+                SenseKey::UnitAttention,
+                0x2A,
+                0x03,
+            ),
+            (
+                Sense::reservations_released(),
+                SenseKey::UnitAttention,
+                0x2A,
+                0x04,
+            ),
+            (
+                Sense::registrations_preempted(),
+                SenseKey::UnitAttention,
+                0x2A,
+                0x05,
             ),
         ];
         for (s, key, asc, ascq) in cases {

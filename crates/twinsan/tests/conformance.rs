@@ -1,12 +1,13 @@
-//! libiscsi's conformance suite, `iscsi-test-cu`, against `twinsan serve`: every test runs and none fails (but
-//! for the known libiscsi bugs listed below, each only by its own assertion), and the iSCSI protocol suites run
-//! without a single SKIPPED.
+//! libiscsi's conformance suite, `iscsi-test-cu`, against `twinsan serve` and, in the same run, tgt: every test
+//! runs, none fails (but for the known libiscsi bugs listed below, each only by its own assertion), the iSCSI
+//! protocol suites run without a single SKIPPED, and twinsan passes at least as many tests as tgt and skips fewer.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
+use common::tgt::Tgt;
 use common::{require_tool, run, text, Serve, TempDir};
 
 const INITIATOR_1: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
@@ -57,7 +58,6 @@ fn failed_tests(out: &str) -> Vec<String> {
     failed
 }
 
-/// SKIPPED lines inside the given suite's block of output.
 /// The numbered assertion lines CUnit prints under a failed test.
 fn failed_assertions(out: &str) -> Vec<String> {
     out.lines()
@@ -71,6 +71,7 @@ fn failed_assertions(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// SKIPPED lines inside the given suite's block of output.
 fn skipped_in_suite(out: &str, suite: &str) -> Vec<String> {
     let mut inside = false;
     let mut hits = Vec::new();
@@ -87,9 +88,51 @@ fn skipped_in_suite(out: &str, suite: &str) -> Vec<String> {
     hits
 }
 
-#[test]
-fn conformance_iscsi_test_cu_has_no_failures() {
+/// One iscsi-test-cu run: its output and the figures the issue tracker compares.
+struct SuiteRun {
+    text: String,
+    success: bool,
+    counts: [u64; 5],
+    failures: Vec<String>,
+    skipped: usize,
+}
+
+/// iscsi-test-cu as the conformance issue runs it: `-d`, both initiator names.
+fn run_suite(url: &str, report_name: &str, context: impl Fn() -> String) -> SuiteRun {
     let tool = require_tool("iscsi-test-cu");
+    let out = run(
+        Command::new(tool).args(["-d", "-i", INITIATOR_1, "-I", INITIATOR_2, url]),
+        Duration::from_secs(900),
+    );
+    let text = text(&out);
+    // Keep the full report where a developer can read it after a failure.
+    let report = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(report_name);
+    let _ = std::fs::write(&report, &text);
+    let counts = test_counts(&text).unwrap_or_else(|| {
+        panic!(
+            "no CUnit run summary from {url} (see {}):\n{text}\n{}",
+            report.display(),
+            context()
+        )
+    });
+    let [total, ran, passed, failed, _] = counts;
+    let skipped = text.lines().filter(|l| l.contains("SKIPPED")).count();
+    eprintln!(
+        "iscsi-test-cu at {url}: {total} tests, {ran} run, {passed} passed, {failed} failed, {skipped} SKIPPED lines \
+         (report: {})",
+        report.display()
+    );
+    SuiteRun {
+        failures: failed_tests(&text),
+        success: out.status.success(),
+        text,
+        counts,
+        skipped,
+    }
+}
+
+#[test]
+fn conformance_iscsi_test_cu_has_no_failures_and_beats_tgt() {
     let dir = TempDir::new("conformance");
     let img = dir.path().join("lun1.img");
     let lun = format!("1={}", img.display());
@@ -97,29 +140,10 @@ fn conformance_iscsi_test_cu_has_no_failures() {
         "iqn.2025-08.local.twinsan:conformance",
         &["--lun", &lun, "--create", "256M"],
     );
-
-    let out = run(
-        Command::new(tool).args(["-d", "-i", INITIATOR_1, "-I", INITIATOR_2, &serve.url(1)]),
-        Duration::from_secs(900),
-    );
-    let out_text = text(&out);
-    // Keep the full report where a developer can read it after a failure.
-    let report = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("iscsi-test-cu.txt");
-    let _ = std::fs::write(&report, &out_text);
-
-    let counts = test_counts(&out_text).unwrap_or_else(|| {
-        panic!(
-            "no CUnit run summary in the output (see {}):\n{out_text}",
-            report.display()
-        )
-    });
-    let [total, ran, passed, failed, _inactive] = counts;
-    let failures = failed_tests(&out_text);
-    eprintln!(
-        "iscsi-test-cu: {total} tests, {ran} run, {passed} passed, {failed} failed (report: {})",
-        report.display()
-    );
-    let unexpected: Vec<&String> = failures
+    let ours = run_suite(&serve.url(1), "iscsi-test-cu.txt", || serve.log());
+    let [total, ran, passed, failed, _inactive] = ours.counts;
+    let unexpected: Vec<&String> = ours
+        .failures
         .iter()
         .filter(|f| !LIBISCSI_BUGS.iter().any(|(t, _)| t == f))
         .collect();
@@ -128,7 +152,7 @@ fn conformance_iscsi_test_cu_has_no_failures() {
         "iscsi-test-cu failures: {unexpected:?} ({failed} failed)\nserver log:\n{}",
         serve.log()
     );
-    let assertions = failed_assertions(&out_text);
+    let assertions = failed_assertions(&ours.text);
     let other: Vec<&String> = assertions
         .iter()
         .filter(|a| !LIBISCSI_BUGS.iter().any(|(_, m)| a.contains(m)))
@@ -145,20 +169,41 @@ fn conformance_iscsi_test_cu_has_no_failures() {
         "libiscsi 1.19 registers 615 tests, saw {total}"
     );
     // iscsi-test-cu exits with 1 when any test failed, the known ones included.
-    assert_eq!(
-        out.status.success(),
-        failed == 0,
-        "iscsi-test-cu exited with {}",
-        out.status
-    );
+    assert_eq!(ours.success, failed == 0, "iscsi-test-cu exit status");
     for suite in PROTOCOL_SUITES {
         assert!(
-            out_text.contains(&format!("Suite: {suite}")),
+            ours.text.contains(&format!("Suite: {suite}")),
             "suite {suite} did not run"
         );
-        let skipped = skipped_in_suite(&out_text, suite);
+        let skipped = skipped_in_suite(&ours.text, suite);
         assert!(skipped.is_empty(), "suite {suite} skipped: {skipped:?}");
     }
+    drop(serve);
+
+    // The same suite against tgt, same size, same machine, same run: twinsan must pass at least as many and skip
+    // fewer (a SKIPPED test counts as passed in CUnit's summary, so both figures matter).
+    let tgt_img = dir.path().join("tgt.img");
+    std::fs::File::create(&tgt_img)
+        .and_then(|f| f.set_len(256 << 20))
+        .expect("create tgt's backing file");
+    let tgt = Tgt::start("iqn.2025-08.local.twinsan:conformance-tgt", &tgt_img);
+    let theirs = run_suite(&tgt.url(), "iscsi-test-cu-tgt.txt", String::new);
+    drop(tgt);
+    let [_, _, tgt_passed, tgt_failed, _] = theirs.counts;
+    eprintln!(
+        "twinsan: {passed} passed, {failed} failed, {} SKIPPED; tgt: {tgt_passed} passed, {tgt_failed} failed, {} SKIPPED",
+        ours.skipped, theirs.skipped
+    );
+    assert!(
+        passed >= tgt_passed,
+        "twinsan passed {passed}, tgt {tgt_passed}"
+    );
+    assert!(
+        ours.skipped < theirs.skipped,
+        "twinsan printed {} SKIPPED lines, tgt {}",
+        ours.skipped,
+        theirs.skipped
+    );
 }
 
 #[test]

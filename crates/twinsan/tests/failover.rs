@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use std::process::Command;
 
 use common::cluster::{in_sync, Cluster, LinkCut, IQN};
-use common::{qemu, require_tool};
+use common::{qemu, require_tool, scsi};
 
 const VIP_URL: &str = "iscsi://127.0.0.10:3260/iqn.2025-08.local.twinsan:vol0/1";
 
@@ -367,5 +367,170 @@ fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
     qemu::verify(VIP_URL, &plan, chunk);
     for n in [1, 2] {
         assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
+    }
+}
+
+/// VPD pages 80h (unit serial number) and 83h (device identification) read at `url`.
+fn lun_identity(url: &str, who: scsi::Initiator) -> (Vec<u8>, Vec<u8>) {
+    let a = scsi::run_cmds(
+        url,
+        who,
+        &[
+            scsi::test_unit_ready(),
+            scsi::inquiry_vpd(0x80),
+            scsi::inquiry_vpd(0x83),
+        ],
+    );
+    for (page, answer) in [(0x80, &a[1]), (0x83, &a[2])] {
+        assert_eq!(answer.status, scsi::GOOD, "VPD {page:#04x}: {answer:?}");
+        assert_eq!(
+            answer.data.get(1),
+            Some(&page),
+            "VPD {page:#04x}: {answer:?}"
+        );
+    }
+    (a[1].data.clone(), a[2].data.clone())
+}
+
+/// READ FULL STATUS at `url`, once the target answers there (it may be moving).
+fn full_status(c: &Cluster, url: &str, who: scsi::Initiator) -> (u32, Vec<scsi::Registration>) {
+    let answer = c.wait_for(
+        Duration::from_secs(30),
+        "the target answering at the VIP",
+        || {
+            scsi::try_run(
+                url,
+                who,
+                &[
+                    scsi::test_unit_ready(),
+                    scsi::pr_in(scsi::PR_READ_FULL_STATUS),
+                ],
+            )
+            .ok()
+            .map(|mut a| a.remove(1))
+        },
+    );
+    assert_eq!(answer.status, scsi::GOOD, "READ FULL STATUS: {answer:?}");
+    scsi::parse_full_status(&answer.data)
+}
+
+/// One write of a block from `who`; its SCSI status.
+fn write_status(url: &str, who: scsi::Initiator, lba: u64) -> u8 {
+    let a = scsi::run_cmds(
+        url,
+        who,
+        &[scsi::test_unit_ready(), scsi::write16(lba, 0x5a)],
+    );
+    a[1].status
+}
+
+#[test]
+fn reservations_and_lun_identity_survive_failover() {
+    scsi::tool();
+    const HOLDER: scsi::Initiator = scsi::Initiator {
+        name: "iqn.2025-08.local.test:holder",
+        isid: 0x1234,
+    };
+    const MEMBER: scsi::Initiator = scsi::Initiator {
+        name: "iqn.2025-08.local.test:member",
+        isid: 0x42,
+    };
+    const OUTSIDER: scsi::Initiator = scsi::Initiator {
+        name: "iqn.2025-08.local.test:outsider",
+        isid: 0x77,
+    };
+    const HOLDER_KEY: u64 = 0x1111_2222_3333_4444;
+    const MEMBER_KEY: u64 = 0x5555_6666_7777_8888;
+
+    let mut c = Cluster::init("failover-pr", false, "64M");
+    let p = start_both(&mut c);
+    let identity_before = lun_identity(VIP_URL, HOLDER);
+
+    // Two registrants, one of them holding Write Exclusive – Registrants Only.
+    for (who, cmd) in [
+        (HOLDER, scsi::pr_out(scsi::PR_REGISTER, 0, 0, HOLDER_KEY)),
+        (MEMBER, scsi::pr_out(scsi::PR_REGISTER, 0, 0, MEMBER_KEY)),
+        (
+            HOLDER,
+            scsi::pr_out(scsi::PR_RESERVE, scsi::TYPE_WE_RO, HOLDER_KEY, 0),
+        ),
+    ] {
+        let a = scsi::run_cmds(VIP_URL, who, &[scsi::test_unit_ready(), cmd]);
+        assert_eq!(a[1].status, scsi::GOOD, "{who:?}: {:?}\n{}", a[1], c.logs());
+    }
+    let before = full_status(&c, VIP_URL, OUTSIDER);
+    let keys: Vec<(u64, bool)> = before.1.iter().map(|r| (r.key, r.holder)).collect();
+    assert!(
+        keys.contains(&(HOLDER_KEY, true))
+            && keys.contains(&(MEMBER_KEY, false))
+            && keys.len() == 2,
+        "READ FULL STATUS before the failover: {before:?}"
+    );
+    // SCOPE and TYPE mean something only in the holder's descriptor (SPC-4 6.16.5).
+    assert!(
+        before
+            .1
+            .iter()
+            .filter(|r| r.holder)
+            .all(|r| r.scope_type == scsi::TYPE_WE_RO),
+        "{before:?}"
+    );
+    assert_eq!(
+        write_status(VIP_URL, OUTSIDER, 8),
+        scsi::RESERVATION_CONFLICT
+    );
+    assert_eq!(write_status(VIP_URL, MEMBER, 8), scsi::GOOD);
+
+    // The primary dies; the other node takes the stack.
+    c.kill(p);
+    let q = other(p);
+    wait_cluster(
+        &c,
+        q,
+        Duration::from_secs(30),
+        "the stack on the survivor",
+        |s| stack_on(s) == Some(format!("node{q}")),
+    );
+
+    eprintln!("failed over from node{p} to node{q}");
+    // The new primary enforces exactly the same registrations and reservation.
+    let after = full_status(&c, VIP_URL, OUTSIDER);
+    assert_eq!(
+        after, before,
+        "READ FULL STATUS at node{q} after the failover"
+    );
+    assert_eq!(
+        write_status(VIP_URL, OUTSIDER, 16),
+        scsi::RESERVATION_CONFLICT,
+        "an unregistered initiator's write at node{q}"
+    );
+    assert_eq!(
+        write_status(VIP_URL, HOLDER, 16),
+        scsi::GOOD,
+        "the holder's write at node{q}"
+    );
+    // The LUN is the same device to every initiator: same serial, same designators.
+    let identity_after = lun_identity(VIP_URL, HOLDER);
+    assert_eq!(
+        identity_after, identity_before,
+        "VPD 80h/83h changed with the failover"
+    );
+    assert!(c.stop(q), "node{q} did not stop cleanly:\n{}", c.logs());
+    drop(c);
+
+    // Another cluster made the same way (same names, same IQN): another volume, another identity.
+    let mut c2 = Cluster::init("failover-pr-2", false, "64M");
+    start_both(&mut c2);
+    let identity_other = lun_identity(VIP_URL, HOLDER);
+    assert_ne!(
+        identity_other.0, identity_before.0,
+        "two clusters share a serial"
+    );
+    assert_ne!(
+        identity_other.1, identity_before.1,
+        "two clusters share a device identifier"
+    );
+    for n in [1, 2] {
+        assert!(c2.stop(n), "node{n} did not stop cleanly:\n{}", c2.logs());
     }
 }

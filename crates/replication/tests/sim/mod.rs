@@ -421,6 +421,17 @@ impl Pair {
         id
     }
 
+    /// Submits a discard at node `i`; returns its id (the result comes as a write's).
+    pub fn submit_discard(&mut self, i: usize, offset: u64, len: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i)
+            .handle(Input::Discard { id, offset, len }, now);
+        self.collect(i);
+        id
+    }
+
     /// Submits a flush (SYNCHRONIZE CACHE) at node `i`; returns its id.
     pub fn submit_flush(&mut self, i: usize) -> u64 {
         let id = self.next_id;
@@ -429,6 +440,29 @@ impl Pair {
         self.engine(i).handle(Input::Flush { id }, now);
         self.collect(i);
         id
+    }
+
+    /// Submits new reservation state at node `i`; returns its id.
+    pub fn submit_reservations(&mut self, i: usize, data: Vec<u8>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        self.engine(i)
+            .handle(Input::StoreReservations { id, data }, now);
+        self.collect(i);
+        id
+    }
+
+    /// The result of reservation store `id`, if it completed.
+    pub fn reservations_result(&mut self, id: u64) -> Option<Result<(), IoFailure>> {
+        let pos = self
+            .done
+            .iter()
+            .position(|(_, o)| matches!(o, Output::ReservationsStored { id: x, .. } if *x == id))?;
+        match self.done.remove(pos).1 {
+            Output::ReservationsStored { result, .. } => Some(result),
+            _ => None,
+        }
     }
 
     /// The result of write `id`, if it completed.

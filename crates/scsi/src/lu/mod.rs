@@ -10,6 +10,7 @@ mod rmw;
 #[cfg(test)]
 mod tests;
 
+pub use pr::reservations_after_power_loss;
 pub use reports::{decode_lun, encode_lun};
 
 use crate::cdb::{opcode, BlockTransfer, ByteCheck, Command};
@@ -143,16 +144,45 @@ impl Outcome {
     }
 }
 
+impl From<Sense> for Outcome {
+    fn from(sense: Sense) -> Self {
+        Outcome::check_condition(sense)
+    }
+}
+
 /// What the logical unit remembers about one nexus.
 #[derive(Debug, Default)]
 struct NexusState {
     unit_attentions: VecDeque<Sense>,
+    /// The nexus itself, for unit attentions addressed by initiator and target port (reservations).
+    nexus: Option<Nexus>,
+}
+
+impl NexusState {
+    fn of(nexus: &Nexus) -> Self {
+        Self {
+            unit_attentions: VecDeque::new(),
+            nexus: Some(nexus.clone()),
+        }
+    }
+
+    /// Queues a unit attention unless the same one is pending; the oldest goes beyond the bound.
+    fn push_unit_attention(&mut self, sense: Sense) {
+        if self.unit_attentions.contains(&sense) {
+            return;
+        }
+        if self.unit_attentions.len() >= MAX_PENDING_UNIT_ATTENTIONS {
+            self.unit_attentions.pop_front();
+        }
+        self.unit_attentions.push_back(sense);
+    }
 }
 
 /// A SCSI block device (SBC-3) over a [`BlockDevice`]. Commands from many threads may run at once: the shared
-/// mutable state (per-nexus unit attentions, mode parameters) is behind mutexes that are never held across I/O,
-/// and the block ranges of writes in flight are tracked so that COMPARE AND WRITE, ORWRITE and WRITE AND VERIFY
-/// are atomic against every other write to their blocks (including writes the device completes asynchronously).
+/// mutable state (per-nexus unit attentions, reservations, mode parameters) is behind mutexes that are never held
+/// across I/O, except the one that serializes changes of the persistent reservation state while it is stored; the
+/// block ranges of writes in flight are tracked so that COMPARE AND WRITE, ORWRITE and WRITE AND VERIFY are atomic
+/// against every other write to their blocks (including writes the device completes asynchronously).
 pub struct LogicalUnit {
     dev: Arc<dyn BlockDevice>,
     identity: LunIdentity,
@@ -162,6 +192,7 @@ pub struct LogicalUnit {
     nexuses: Mutex<HashMap<u64, NexusState>>,
     mode: Mutex<mode::ModeState>,
     ranges: Arc<RangeLocks>,
+    reservations: pr::Reservations,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -179,6 +210,7 @@ impl LogicalUnit {
     pub fn new(dev: Arc<dyn BlockDevice>, identity: LunIdentity, read_only: bool) -> Self {
         Self {
             thin: dev.supports_unmap(),
+            reservations: pr::Reservations::new(dev.as_ref()),
             dev,
             identity,
             read_only,
@@ -217,18 +249,21 @@ impl LogicalUnit {
     /// Decodes and runs one command. Blocking: reads and writes go through the [`BlockDevice`].
     ///
     /// A pending unit attention for the nexus fails any command but INQUIRY, REPORT LUNS and REQUEST SENSE
-    /// (SPC-4 5.14) and is cleared by being reported.
+    /// (SPC-4 5.14) and is cleared by being reported. A reservation that does not let the nexus run the command
+    /// answers RESERVATION CONFLICT (SPC-4 5.13).
     pub fn execute(&self, req: &Request<'_>) -> Outcome {
-        match self.run(req) {
+        match self.dispatch(req) {
             Ok(data_in) => Outcome::good(data_in),
-            Err(sense) => Outcome::check_condition(sense),
+            Err(outcome) => outcome,
         }
     }
 
     /// True if [`submit`](Self::submit) runs this CDB without blocking: a WRITE to a device that
     /// [submits writes](BlockDevice::submits_writes).
     pub fn submits(&self, cdb: &[u8]) -> bool {
-        self.dev.submits_writes() && matches!(Command::decode(cdb), Ok(Command::Write(_)))
+        self.dev.submits_writes()
+            && self.reservations.is_loaded()
+            && matches!(Command::decode(cdb), Ok(Command::Write(_)))
     }
 
     /// Runs a command [`submits`](Self::submits) accepted, without waiting for the device: `done` receives the
@@ -241,6 +276,9 @@ impl LogicalUnit {
         };
         if let Some(ua) = self.take_unit_attention(req.nexus) {
             return done(Outcome::check_condition(ua));
+        }
+        if let Err(outcome) = self.check_reservations(req) {
+            return done(outcome);
         }
         if let Err(sense) = self.check_transfer(&t, true) {
             return done(Outcome::check_condition(sense));
@@ -293,6 +331,7 @@ impl LogicalUnit {
             Command::Unmap { param_len } | Command::ModeSelect { param_len, .. } => {
                 u32::from(param_len)
             }
+            Command::PersistentReserveOut { param_len, .. } => param_len,
             _ => 0,
         })
     }
@@ -353,6 +392,10 @@ impl LogicalUnit {
     pub fn is_quick(&self, cdb: &[u8]) -> bool {
         let limit = self.dev.quick_io_limit() as u64;
         let write_limit = self.dev.quick_write_limit() as u64;
+        if !self.reservations.is_loaded() {
+            // The first command loads the reservation state from the device.
+            return false;
+        }
         match Command::decode(cdb) {
             Ok(Command::Read(t)) => u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
             Ok(Command::Write(t)) => {
@@ -373,14 +416,19 @@ impl LogicalUnit {
                 | Command::ModeSelect { .. }
                 | Command::StartStopUnit { .. },
             ) => false,
+            // They may store the reservation state, and wait for any store in progress.
+            Ok(
+                Command::PersistentReserveOut { .. } | Command::Reserve(_) | Command::Release(_),
+            ) => false,
             // Everything else answers from memory, as do decoding errors.
             Ok(_) | Err(_) => true,
         }
     }
 
     /// A LOGICAL UNIT RESET or target reset done by `by`: every other known nexus gets a unit attention
-    /// (29h/03h BUS DEVICE RESET FUNCTION OCCURRED).
+    /// (29h/03h BUS DEVICE RESET FUNCTION OCCURRED), and an SPC-2 reservation is released.
     pub fn reset(&self, by: &Nexus) {
+        self.reservations.reset();
         self.queue_unit_attention(Sense::bus_device_reset(), Some(by));
     }
 
@@ -391,24 +439,22 @@ impl LogicalUnit {
             if except.is_some_and(|n| n.id == *id) {
                 continue;
             }
-            if state.unit_attentions.contains(&sense) {
-                continue;
-            }
-            if state.unit_attentions.len() >= MAX_PENDING_UNIT_ATTENTIONS {
-                state.unit_attentions.pop_front();
-            }
-            state.unit_attentions.push_back(sense);
+            state.push_unit_attention(sense);
         }
     }
 
     /// A nexus logged in: from now on it receives unit attentions, even before its first command here.
     /// (A nexus is also registered by its first command; no unit attention is queued for a new nexus.)
     pub fn nexus_joined(&self, nexus: &Nexus) {
-        self.lock().entry(nexus.id).or_default();
+        self.lock()
+            .entry(nexus.id)
+            .or_insert_with(|| NexusState::of(nexus));
     }
 
-    /// A nexus logged out or its session ended: forget its state.
+    /// A nexus logged out or its session ended (I_T nexus loss): forget its state and release an SPC-2
+    /// reservation it held.
     pub fn nexus_gone(&self, nexus: &Nexus) {
+        self.reservations.nexus_gone(nexus);
         self.lock().remove(&nexus.id);
     }
 
@@ -421,12 +467,14 @@ impl LogicalUnit {
     fn take_unit_attention(&self, nexus: &Nexus) -> Option<Sense> {
         self.lock()
             .entry(nexus.id)
-            .or_default()
+            .or_insert_with(|| NexusState::of(nexus))
             .unit_attentions
             .pop_front()
     }
 
-    fn run(&self, req: &Request<'_>) -> Result<Vec<u8>, Sense> {
+    /// What every command goes through, in SPC order: a pending unit attention, then the CDB's own errors, then
+    /// reservation conflicts. Reservation commands are run here, everything else by [`run`](Self::run).
+    fn dispatch(&self, req: &Request<'_>) -> Result<Vec<u8>, Outcome> {
         let op = req.cdb.first().copied();
         match op {
             Some(opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE) => {
@@ -434,11 +482,20 @@ impl LogicalUnit {
             }
             _ => {
                 if let Some(ua) = self.take_unit_attention(req.nexus) {
-                    return Err(ua);
+                    return Err(ua.into());
                 }
             }
         }
-        match Command::decode(req.cdb)? {
+        let cmd = Command::decode(req.cdb)?;
+        self.check_reservations(req)?;
+        if let Some(result) = self.run_reservation_command(req, &cmd) {
+            return result;
+        }
+        Ok(self.run(req, cmd)?)
+    }
+
+    fn run(&self, req: &Request<'_>, cmd: Command) -> Result<Vec<u8>, Sense> {
+        match cmd {
             Command::TestUnitReady => Ok(Vec::new()),
             Command::RequestSense {
                 descriptor_format,
@@ -576,10 +633,11 @@ impl LogicalUnit {
             Command::SynchronizeCache { lba, blocks, .. } => {
                 self.synchronize_cache(lba, blocks).map(|()| Vec::new())
             }
-            Command::PersistentReserveIn { action, alloc_len } => Ok(truncated(
-                pr::persistent_reserve_in(action),
-                alloc_len.into(),
-            )),
+            // Answered by dispatch.
+            Command::PersistentReserveIn { .. }
+            | Command::PersistentReserveOut { .. }
+            | Command::Reserve(_)
+            | Command::Release(_) => Err(Sense::invalid_opcode()),
             Command::ReportLuns {
                 select_report,
                 alloc_len,

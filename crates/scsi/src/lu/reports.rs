@@ -57,25 +57,9 @@ pub(super) struct SupportedCommand {
     pub usage: &'static [u8],
 }
 
-/// Operation codes of the reservation commands, implemented beside this module (`pr.rs`); listed here so that
-/// REPORT SUPPORTED OPERATION CODES has one table.
-pub(super) mod reservation {
-    /// RESERVE (6).
-    pub const RESERVE_6: u8 = 0x16;
-    /// RELEASE (6).
-    pub const RELEASE_6: u8 = 0x17;
-    /// RESERVE (10).
-    pub const RESERVE_10: u8 = 0x56;
-    /// RELEASE (10).
-    pub const RELEASE_10: u8 = 0x57;
-    /// PERSISTENT RESERVE OUT; its service actions are 00h..=07h (REGISTER .. REGISTER AND MOVE).
-    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
-}
-
 /// Every command the logical unit implements, sorted by opcode and service action. UNMAP is listed only for a
 /// thin provisioned logical unit (see [`listed`]).
 pub(super) const SUPPORTED_COMMANDS: &[SupportedCommand] = {
-    use reservation::*;
     const fn op(opcode: u8, usage: &'static [u8]) -> SupportedCommand {
         SupportedCommand {
             opcode,
@@ -136,8 +120,8 @@ pub(super) const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         op(WRITE_6, &[WRITE_6, 0x1F, F, F, F, 0]),
         op(INQUIRY, &[INQUIRY, 0x01, F, F, F, 0]),
         op(MODE_SELECT_6, &[MODE_SELECT_6, 0x10, 0, 0, F, 0]),
-        op(RESERVE_6, &[RESERVE_6, 0, 0, 0, 0, 0]),
-        op(RELEASE_6, &[RELEASE_6, 0, 0, 0, 0, 0]),
+        op(RESERVE_6, &[RESERVE_6, 0x11, 0, 0, 0, 0]),
+        op(RELEASE_6, &[RELEASE_6, 0x11, 0, 0, 0, 0]),
         op(MODE_SENSE_6, &[MODE_SENSE_6, 0x08, F, F, F, 0]),
         op(START_STOP_UNIT, &[START_STOP_UNIT, 0x01, 0, 0, 0x07, 0]),
         op(
@@ -169,8 +153,8 @@ pub(super) const SUPPORTED_COMMANDS: &[SupportedCommand] = {
             MODE_SELECT_10,
             &[MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, F, F, 0],
         ),
-        op(RESERVE_10, &[RESERVE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        op(RELEASE_10, &[RELEASE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        op(RESERVE_10, &[RESERVE_10, 0x13, 0, 0, 0, 0, 0, 0, 0, 0]),
+        op(RELEASE_10, &[RELEASE_10, 0x13, 0, 0, 0, 0, 0, 0, 0, 0]),
         op(
             MODE_SENSE_10,
             &[MODE_SENSE_10, 0x18, F, F, 0, 0, 0, F, F, 0],
@@ -198,7 +182,7 @@ pub(super) const SUPPORTED_COMMANDS: &[SupportedCommand] = {
         sa(PERSISTENT_RESERVE_OUT, 0x04, PROUT),
         sa(PERSISTENT_RESERVE_OUT, 0x05, PROUT),
         sa(PERSISTENT_RESERVE_OUT, 0x06, PROUT),
-        sa(PERSISTENT_RESERVE_OUT, 0x07, PROUT),
+        sa(PERSISTENT_RESERVE_OUT, service_action::PR_OUT_LAST, PROUT),
         op(
             READ_16,
             &[READ_16, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
@@ -417,15 +401,6 @@ mod tests {
     use super::*;
     use crate::cdb::{cdb_size, CdbSize, Command};
 
-    /// Commands of the reservation work, whose decoding lives on its own branch until it is merged.
-    fn reservation_pending(op: u8) -> bool {
-        use reservation::*;
-        matches!(
-            op,
-            RESERVE_6 | RELEASE_6 | RESERVE_10 | RELEASE_10 | PERSISTENT_RESERVE_OUT
-        )
-    }
-
     #[test]
     fn supported_commands_table_matches_decoder() {
         let mut prev = (0u8, 0u16);
@@ -434,9 +409,6 @@ mod tests {
             let key = (sc.opcode, sc.service_action.unwrap_or(0));
             assert!(i == 0 || key > prev, "table sorted and unique: {sc:?}");
             prev = key;
-            if reservation_pending(sc.opcode) {
-                continue;
-            }
             assert_eq!(
                 Some(sc.usage.len()),
                 cdb_size(sc.opcode).map(CdbSize::bytes),
@@ -458,14 +430,6 @@ mod tests {
             if cdb_size(op).is_some() {
                 assert!(SUPPORTED_COMMANDS.iter().any(|s| s.opcode == op), "{op:#x}");
             }
-        }
-        // The reservation commands have the CDB sizes their group codes give.
-        for sc in SUPPORTED_COMMANDS
-            .iter()
-            .filter(|c| reservation_pending(c.opcode))
-        {
-            let want = if sc.opcode < 0x20 { 6 } else { 10 };
-            assert_eq!(sc.usage.len(), want, "{sc:?}");
         }
     }
 

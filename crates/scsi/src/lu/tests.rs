@@ -209,8 +209,8 @@ fn test_unit_ready_is_good() {
 fn unknown_opcodes_and_service_actions_are_invalid_opcode() {
     let f = Fixture::new();
     assert_sense(&f.run(&[]), SenseKey::IllegalRequest, 0x20, 0x00);
-    // PERSISTENT RESERVE OUT, RESERVE / RELEASE: not on this branch; ORWRITE (32), WRITE ATOMIC: not at all.
-    for op in [0x5Fu8, 0x16, 0x17, 0x56, 0x57, 0x7F, 0x9C, 0x07] {
+    // ORWRITE (32), WRITE ATOMIC (16), READ DEFECT DATA: not implemented.
+    for op in [0x7Fu8, 0x9C, 0x07, 0x37] {
         let mut cdb = [0u8; 16];
         cdb[0] = op;
         assert_sense(&f.run(&cdb), SenseKey::IllegalRequest, 0x20, 0x00);
@@ -1601,19 +1601,6 @@ fn prin_read_full_status_reports_nothing() {
 }
 
 #[test]
-fn prin_report_capabilities_claims_no_feature() {
-    let f = Fixture::new();
-    let d = f.good(&prin(0x02, 16384));
-    assert_eq!(d.len(), 8);
-    assert_eq!(u16::from_be_bytes([d[0], d[1]]), 8, "LENGTH");
-    assert_eq!(d[2], 0, "RLR_C, CRH, SIP_C, ATP_C, PTPL_C clear");
-    assert_eq!(d[3] & 0x80, 0, "TMV clear: type mask not valid");
-    assert_eq!((d[3] >> 4) & 0x07, 0, "ALLOW COMMANDS 0");
-    assert_eq!(d[3] & 0x01, 0, "PTPL_A clear");
-    assert_eq!(&d[4..8], &[0, 0, 0, 0], "type mask and reserved bytes");
-}
-
-#[test]
 fn prin_the_same_on_every_nexus() {
     let f = Fixture::new();
     let b = nexus(2);
@@ -1712,6 +1699,10 @@ fn prin_in_report_supported_operation_codes() {
     );
     // PERSISTENT RESERVE OUT is listed with its service actions.
     assert_invalid_field(&f.run(&rsoc(false, 1, 0x5F, 0, 65535)), 2, 2);
+    for sa in 0..8u16 {
+        let d = f.good(&rsoc(false, 2, 0x5F, sa, 65535));
+        assert_eq!(d[1] & 0x07, 3, "PERSISTENT RESERVE OUT {sa}: supported");
+    }
 }
 
 #[test]

@@ -10,6 +10,8 @@ pub mod initiator;
 pub mod netns;
 pub mod nscluster;
 pub mod qemu;
+pub mod scsi;
+pub mod tgt;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
