@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 use twinsan_replication::engine::{
-    AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
+    AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage, MAX_REQUEST,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
 use twinsan_replication::metadata::{
@@ -106,7 +106,7 @@ impl Storage for FileStorage {
         self.data.sync_data()
     }
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        if punch_hole(&self.data, offset, len).is_ok() {
+        if twinsan_target::punch_hole(&self.data, offset, len).is_ok() {
             return Ok(());
         }
         // A filesystem or device that cannot deallocate still reads zeros after this.
@@ -125,29 +125,6 @@ impl Storage for FileStorage {
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.meta.write_all_at(data, offset)
-    }
-}
-
-/// Deallocates `len` bytes at `offset` of a file or block device; they read as zeros afterwards (Linux
-/// guarantees that for FALLOC_FL_PUNCH_HOLE on both).
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: fallocate(2) on a descriptor this File owns; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            n,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -1170,6 +1147,41 @@ impl BlockDevice for ReplicatedDevice {
                 Reply::Write(reply),
             )
         })
+    }
+
+    fn supports_unmap(&self) -> bool {
+        // A discard is replicated and zeroes the range on both nodes (a hole where the disk can, zeros written
+        // where it cannot), so LBPRZ holds whatever the disks are.
+        true
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(u64::from(MAX_REQUEST));
+            let at = offset + done;
+            self.call(|id, reply| {
+                (
+                    Input::Discard {
+                        id,
+                        offset: at,
+                        len: n,
+                    },
+                    Reply::Write(reply),
+                )
+            })?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn mapped_extent(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+        // The Primary's own copy answers; served from the peer, everything counts as mapped.
+        if self.volume.reads_local.load(Ordering::SeqCst) {
+            twinsan_target::file_mapped_extent(&self.volume.read_file, offset, len)
+        } else {
+            Ok((true, len))
+        }
     }
 
     fn reservation_capacity(&self) -> usize {

@@ -134,8 +134,9 @@ impl FileDevice {
     }
 }
 
-/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: deallocates the range; it reads zeros afterwards.
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)`: deallocates the range of a file or block device; it reads zeros
+/// afterwards. Also the replicated volume's discard.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
@@ -277,20 +278,30 @@ impl BlockDevice for FileDevice {
         if self.block || !self.thin || len == 0 {
             return Ok((true, len));
         }
-        let end = offset.saturating_add(len);
-        match seek(&self.file, offset, libc::SEEK_DATA) {
-            // Data from `offset` on: it lasts until the next hole (the end of the file at the latest).
-            Ok(Some(data)) if data <= offset => {
-                let hole = seek(&self.file, offset, libc::SEEK_HOLE)?.unwrap_or(end);
-                Ok((true, hole.clamp(offset + 1, end) - offset))
-            }
-            // A hole until the next data, or to the end of the file.
-            Ok(Some(data)) => Ok((false, data.min(end) - offset)),
-            Ok(None) => Ok((false, len)),
-            // A filesystem without SEEK_DATA: report what is certain, that the bytes may be mapped.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((true, len)),
-            Err(e) => Err(e),
+        file_mapped_extent(&self.file, offset, len)
+    }
+}
+
+/// [`BlockDevice::mapped_extent`] of a regular file, from `SEEK_DATA` / `SEEK_HOLE`: whether the bytes from
+/// `offset` are allocated, and how many (at most `len`, at least one) share that state. A filesystem without
+/// `SEEK_DATA` reports everything mapped.
+pub fn file_mapped_extent(file: &File, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+    if len == 0 {
+        return Ok((true, 0));
+    }
+    let end = offset.saturating_add(len);
+    match seek(file, offset, libc::SEEK_DATA) {
+        // Data from `offset` on: it lasts until the next hole (the end of the file at the latest).
+        Ok(Some(data)) if data <= offset => {
+            let hole = seek(file, offset, libc::SEEK_HOLE)?.unwrap_or(end);
+            Ok((true, hole.clamp(offset + 1, end) - offset))
         }
+        // A hole until the next data, or to the end of the file.
+        Ok(Some(data)) => Ok((false, data.min(end) - offset)),
+        Ok(None) => Ok((false, len)),
+        // A filesystem without SEEK_DATA: report what is certain, that the bytes may be mapped.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((true, len)),
+        Err(e) => Err(e),
     }
 }
 

@@ -13,7 +13,7 @@ pub mod identity;
 mod output;
 mod server;
 
-pub use backend::FileDevice;
+pub use backend::{file_mapped_extent, punch_hole, FileDevice};
 pub use config::{ServerConfig, TargetConfig};
 pub use error::TargetError;
 pub use server::{Running, Server};

@@ -534,3 +534,73 @@ fn reservations_and_lun_identity_survive_failover() {
         assert!(c2.stop(n), "node{n} did not stop cleanly:\n{}", c2.logs());
     }
 }
+
+/// Bytes from `offset` that are a hole in `path` (0 when `offset` is allocated), by SEEK_DATA.
+fn hole_length(path: &std::path::Path, offset: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open disk file");
+    // SAFETY: lseek on a descriptor this File owns; no memory is passed.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    if data < 0 {
+        // ENXIO: nothing but hole to the end.
+        return u64::MAX;
+    }
+    data as u64 - offset
+}
+
+#[test]
+fn unmap_at_the_vip_deallocates_the_range_on_both_nodes() {
+    require_tool("qemu-io");
+    const MIB: u64 = 1 << 20;
+    let mut c = Cluster::init("failover-unmap", false, "64M");
+    start_both(&mut c);
+    // QEMU passes discards on as UNMAP only with discard=unmap (qemu-io -d unmap), and only to a LUN that
+    // reports logical block provisioning: the replicated LUN does.
+    let mut cmd = qemu::local();
+    cmd.args(["-d", "unmap"]);
+    qemu::qemu_io_via(
+        cmd,
+        VIP_URL,
+        &[
+            "write -P 0xab 0 4M".to_string(),
+            "discard 1M 2M".to_string(),
+            "read -P 0 1M 2M".to_string(),
+            "read -P 0xab 0 1M".to_string(),
+            "read -P 0xab 3M 1M".to_string(),
+        ],
+    );
+    // Protocol C: the discard completed on both copies before GOOD.
+    for n in [1, 2] {
+        let disk = c.disk(n);
+        let bytes = std::fs::read(&disk).expect("read disk file");
+        assert!(
+            bytes[..MIB as usize].iter().all(|&b| b == 0xab),
+            "node{n}: data before the range"
+        );
+        assert!(
+            bytes[MIB as usize..3 * MIB as usize]
+                .iter()
+                .all(|&b| b == 0),
+            "node{n}: the discarded range does not read zeros"
+        );
+        assert!(
+            bytes[3 * MIB as usize..4 * MIB as usize]
+                .iter()
+                .all(|&b| b == 0xab),
+            "node{n}: data after the range"
+        );
+        assert!(
+            hole_length(&disk, MIB) >= 2 * MIB,
+            "node{n}: the discarded range is still allocated (hole of {} bytes at 1 MiB)",
+            hole_length(&disk, MIB)
+        );
+        assert_eq!(
+            hole_length(&disk, 0),
+            0,
+            "node{n}: the written data is a hole"
+        );
+    }
+    for n in [1, 2] {
+        assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
+    }
+}

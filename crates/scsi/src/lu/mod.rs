@@ -24,12 +24,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const BLOCK_SIZE: u32 = 512;
 /// Largest READ / WRITE / VERIFY the logical unit accepts, in blocks (8 MiB); more is INVALID FIELD IN CDB.
 pub const MAX_TRANSFER_BLOCKS: u32 = (8 << 20) / BLOCK_SIZE;
-/// Transfers should be multiples of this many blocks (4 KiB, the physical block).
+/// Transfers should be multiples of this many blocks (4 KiB, the page and filesystem block of the backing store).
 pub const OPTIMAL_TRANSFER_GRANULARITY_BLOCKS: u16 = 8;
 /// Preferred transfer size in blocks (1 MiB).
 pub const OPTIMAL_TRANSFER_BLOCKS: u32 = (1 << 20) / BLOCK_SIZE;
-/// log2(logical blocks per physical block): 4 KiB physical blocks.
-const PHYSICAL_BLOCK_EXPONENT: u8 = 3;
+/// log2(logical blocks per physical block): 0, one 512-byte logical block per physical block. The 4 KiB
+/// alignment hint goes through VPD B0h (OPTIMAL TRANSFER LENGTH GRANULARITY, OPTIMAL UNMAP GRANULARITY) instead:
+/// with more than one logical block per physical block, GET LBA STATUS for an LBA inside a physical block must
+/// still start its first descriptor at that LBA (SBC), which libiscsi's GetLBAStatus.UnmapSingle (1.19) reads as
+/// a failure, and the iscsi-test-cu run must have none.
+const PHYSICAL_BLOCK_EXPONENT: u8 = 0;
 /// Largest NUMBER OF LOGICAL BLOCKS of a COMPARE AND WRITE (VPD B0h; 64 KiB compared, 64 KiB written, the blocks
 /// held exclusively meanwhile); more is INVALID FIELD IN CDB.
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;

@@ -727,7 +727,10 @@ fn read_capacity_16_fields_and_truncation() {
     );
     assert_eq!(u32::from_be_bytes(d[8..12].try_into().unwrap()), 512);
     assert_eq!(d[12], 0, "no protection");
-    assert_eq!(d[13], 3, "4 KiB physical blocks");
+    assert_eq!(
+        d[13], 0,
+        "one logical block per physical block (the 4 KiB hint is in VPD B0h)"
+    );
     assert_eq!(d[14] & 0xC0, 0, "LBPME=0, LBPRZ=0");
     assert!(d[14..].iter().all(|&b| b == 0));
     for alloc in 0..=16u32 {
