@@ -83,7 +83,8 @@ impl FileDevice {
         })
     }
 
-    /// Creates (or extends) a regular file of `size` bytes, preallocated so writes cannot fail with ENOSPC.
+    /// Creates (or extends) a regular file of `size` bytes. The file is sparse (thin provisioned): blocks are
+    /// allocated as they are written, and UNMAP gives them back.
     pub fn create(path: &Path, size: u64) -> Result<(), TargetError> {
         let file = OpenOptions::new()
             .read(true)
