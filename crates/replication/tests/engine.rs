@@ -495,13 +495,19 @@ fn protocol_a_writes_lost_with_the_link_are_resynced() {
     assert_eq!(p.engine(0).status().out_of_sync_bytes, 0, "{:?}", p.logs);
 }
 
-#[test]
-fn reservations_reach_the_peer_before_they_complete_and_follow_the_data() {
+/// A protocol C pair of empty disks, connected and UpToDate on both sides (`--clear-bitmap`), both Secondary.
+fn new_pair_in_sync() -> Pair {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.settle(20);
     p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
         .expect("clear bitmap");
     p.settle(20);
+    p
+}
+
+#[test]
+fn reservations_reach_the_peer_before_they_complete_and_follow_the_data() {
+    let mut p = new_pair_in_sync();
     // Only the Primary changes them.
     let refused = p.submit_reservations(1, b"secondary".to_vec());
     assert!(matches!(
@@ -570,10 +576,7 @@ fn reservations_reach_the_peer_before_they_complete_and_follow_the_data() {
 
 #[test]
 fn a_discard_zeroes_the_range_on_both_nodes_and_resyncs_like_a_write() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
         .expect("promote");
     let id = p.submit_write(0, 0, pattern(5, 256 << 10), false);
