@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 use twinsan_replication::engine::{
-    AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage, MAX_REQUEST,
+    write_zeroes, AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
+    MAX_REQUEST,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
 use twinsan_replication::metadata::{
@@ -110,15 +111,7 @@ impl Storage for FileStorage {
             return Ok(());
         }
         // A filesystem or device that cannot deallocate still reads zeros after this.
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64);
-            self.data
-                .write_all_at(&zeros[..n as usize], offset + done)?;
-            done += n;
-        }
-        Ok(())
+        write_zeroes(self, offset, len)
     }
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.meta.read_exact_at(buf, offset)

@@ -88,20 +88,26 @@ pub trait Storage {
     /// Deallocates `len` bytes at `offset` so they read as zeros (a hole punched in a file, a discard that zeroes
     /// on a block device); durable only after [`Storage::flush`]. The default writes zeros.
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        const CHUNK: u64 = 1 << 20;
-        let zeros = vec![0u8; len.min(CHUNK) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CHUNK);
-            self.write(offset + done, &zeros[..n as usize])?;
-            done += n;
-        }
-        Ok(())
+        write_zeroes(self, offset, len)
     }
     /// Reads from the metadata device at `offset` (the offsets of [`Layout`]).
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes to the metadata device at `offset`, durably (the call returns once it is on stable storage).
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+}
+
+/// Writes `len` zero bytes at `offset` through [`Storage::write`], 1 MiB at a time: the default
+/// [`Storage::discard`], and the fallback of a storage whose deallocation fails.
+pub fn write_zeroes<S: Storage + ?Sized>(storage: &mut S, offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; len.min(CHUNK) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        storage.write(offset + done, &zeros[..n as usize])?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// What the engine needs to know besides the disk.
@@ -733,13 +739,7 @@ impl<S: Storage> Engine<S> {
     /// Sets the reservation state of this copy alone, without the peer: for the node daemon at start, which
     /// drops the state a power loss ends (registrations made without APTPL) before any link is up.
     pub fn set_local_reservations(&mut self, data: Vec<u8>) -> Result<(), IoFailure> {
-        if data.len() > RESERVATIONS_CAPACITY {
-            return Err(IoFailure::OutOfRange(format!(
-                "{}: {} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
-                self.cfg.volume,
-                data.len()
-            )));
-        }
+        self.check_reservations_len(data.len())?;
         if self.sb.reservations != data {
             self.sb.reservations = data;
             self.write_superblock();
@@ -1175,12 +1175,7 @@ impl<S: Storage> Engine<S> {
     }
 
     fn store_reservations(&mut self, id: u64, data: Vec<u8>) {
-        if data.len() > RESERVATIONS_CAPACITY {
-            let e = IoFailure::OutOfRange(format!(
-                "{}: {} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
-                self.cfg.volume,
-                data.len()
-            ));
+        if let Err(e) = self.check_reservations_len(data.len()) {
             return self
                 .out
                 .push(Output::ReservationsStored { id, result: Err(e) });
@@ -1218,6 +1213,17 @@ impl<S: Storage> Engine<S> {
                 .out
                 .push(Output::ReservationsStored { id, result: Ok(()) }),
         }
+    }
+
+    /// Reservation state must fit the superblock.
+    fn check_reservations_len(&self, len: usize) -> Result<(), IoFailure> {
+        if len > RESERVATIONS_CAPACITY {
+            return Err(IoFailure::OutOfRange(format!(
+                "{}: {len} bytes of reservation state, more than the {RESERVATIONS_CAPACITY} the metadata holds",
+                self.cfg.volume
+            )));
+        }
+        Ok(())
     }
 
     /// Sends this node's reservation state to a connected peer with a disk; the sequence number to expect in

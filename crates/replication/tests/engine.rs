@@ -19,6 +19,16 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A protocol C pair of empty disks, connected and UpToDate on both sides (`--clear-bitmap`), both Secondary.
+fn new_pair_in_sync() -> Pair {
+    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
+    p.settle(20);
+    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .expect("clear bitmap");
+    p.settle(20);
+    p
+}
+
 #[test]
 fn initial_sync_after_force_then_writes_replicate() {
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
@@ -153,11 +163,7 @@ fn a_replication_link_silent_while_the_cluster_lost_the_peer_is_dropped_early() 
 
 #[test]
 fn protocol_c_write_waits_for_the_peer() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
-    p.settle(20);
+    let mut p = new_pair_in_sync();
     assert_eq!(
         p.engine(1).status().disk,
         DiskState::UpToDate,
@@ -180,10 +186,7 @@ fn protocol_c_write_waits_for_the_peer() {
 
 #[test]
 fn failover_keeps_every_acknowledged_write() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
         .expect("promote");
     let mut acked = Vec::new();
@@ -214,10 +217,7 @@ fn failover_keeps_every_acknowledged_write() {
 
 #[test]
 fn secondary_away_resyncs_only_what_changed() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
         .expect("promote");
     p.kill(1, false);
@@ -245,10 +245,7 @@ fn secondary_away_resyncs_only_what_changed() {
 
 #[test]
 fn split_brain_is_reported_and_discard_my_data_resolves_it_by_bitmap() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.settle(5);
     p.cut();
     p.settle(2);
@@ -334,10 +331,7 @@ fn checksum_resync_sends_only_blocks_that_differ() {
 
 #[test]
 fn a_failing_disk_is_detached_and_the_primary_serves_from_the_peer() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
         .expect("promote");
     let id = p.submit_write(0, 0, pattern(7, 4096), false);
@@ -388,10 +382,7 @@ fn protocols_a_and_b_complete_earlier_than_c() {
 
 #[test]
 fn invalidate_resyncs_everything_from_the_peer() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
         .expect("promote");
     let id = p.submit_write(0, 0, pattern(9, 8192), false);
@@ -420,10 +411,7 @@ fn invalidate_resyncs_everything_from_the_peer() {
 
 #[test]
 fn down_closes_the_activity_log_and_up_resyncs_only_what_changed() {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
+    let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
         .expect("promote");
     let refused = p
@@ -493,16 +481,6 @@ fn protocol_a_writes_lost_with_the_link_are_resynced() {
     p.settle(3);
     p.cut();
     assert_eq!(p.engine(0).status().out_of_sync_bytes, 0, "{:?}", p.logs);
-}
-
-/// A protocol C pair of empty disks, connected and UpToDate on both sides (`--clear-bitmap`), both Secondary.
-fn new_pair_in_sync() -> Pair {
-    let mut p = Pair::new(BACKING, ReplicationProtocol::C);
-    p.settle(20);
-    p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
-        .expect("clear bitmap");
-    p.settle(20);
-    p
 }
 
 #[test]

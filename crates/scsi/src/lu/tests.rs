@@ -11,7 +11,7 @@ use std::io;
 const DEV_BYTES: usize = 1 << 20;
 const DEV_BLOCKS: u64 = (DEV_BYTES / 512) as u64;
 
-fn identity() -> LunIdentity {
+pub(super) fn identity() -> LunIdentity {
     LunIdentity {
         vendor: "TWINSAN".into(),
         product: "twinsan volume".into(),
@@ -26,7 +26,7 @@ fn identity() -> LunIdentity {
     }
 }
 
-fn nexus(id: u64) -> Nexus {
+pub(super) fn nexus(id: u64) -> Nexus {
     Nexus {
         id,
         initiator_name: format!("iqn.2024-01.org.test:init{id}"),

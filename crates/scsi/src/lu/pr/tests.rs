@@ -92,26 +92,20 @@ impl BlockDevice for PrDevice {
     }
 }
 
+/// The logical unit tests' identity, on target portal group 7.
 fn identity() -> LunIdentity {
     LunIdentity {
-        vendor: "TWINSAN".into(),
-        product: "twinsan volume".into(),
-        revision: "0.1".into(),
-        serial: "5f0c2a77e0b94c1e".into(),
-        naa: [0x60; 16],
-        target_name: "iqn.2024-01.org.twinsan:vol0".into(),
-        relative_port: 1,
         target_portal_group: 7,
+        ..crate::lu::tests::identity()
     }
 }
 
-/// Nexus `id`: initiator `init<id>`, ISID ending in `id`, target portal group 7 (the LU's).
+/// The logical unit tests' nexus `id` (initiator `init<id>`, ISID ending in `id`), on target portal group 7 (the
+/// LU's).
 fn nexus(id: u64) -> Nexus {
     Nexus {
-        id,
-        initiator_name: format!("iqn.2024-01.org.test:init{id}"),
-        isid: [0x40, 0, 0, 0, 0, id as u8],
         target_portal_group: 7,
+        ..crate::lu::tests::nexus(id)
     }
 }
 
