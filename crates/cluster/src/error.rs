@@ -167,6 +167,14 @@ pub enum MembershipError {
         /// The heartbeat interval.
         interval_ms: u128,
     },
+    /// A pause threshold not above the heartbeat interval would take every ordinary gap for a pause.
+    #[error("membership.pause_after: {pause_ms} ms must be longer than the heartbeat interval ({interval_ms} ms)")]
+    PauseTooShort {
+        /// The pause threshold.
+        pause_ms: u128,
+        /// The heartbeat interval.
+        interval_ms: u128,
+    },
 }
 
 /// A witness datagram that is refused or ignored, or a witness configuration that cannot run. No reply is sent

@@ -6,11 +6,14 @@
 //!   files under `tests/scheduler/`, like Pacemaker's scheduler regression tests.
 //! - [`membership`]: which nodes are Online, from heartbeats on one or more cluster links (redundant links, like
 //!   corosync's), with the time and the datagrams passed in.
+//! - [`lease`]: when a Primary may complete I/O without its peer, and when the survivor may take over, so a
+//!   frozen Primary never acknowledges a write the survivor does not have.
 //!
 //! The sockets and clock of membership, the resource agents and the executor that runs the actions are drivers
 //! around this core; they pass the time and the datagrams in and carry the actions out.
 
 pub mod error;
+pub mod lease;
 pub mod membership;
 pub mod scheduler;
 pub mod witness;

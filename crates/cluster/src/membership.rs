@@ -28,6 +28,12 @@
 //!    [`Membership::peer_gone`] makes it Offline once every link has been silent for a shorter time than the
 //!    detection timeout; a later heartbeat makes it Online again as usual.
 //!
+//! 9. **Own pauses are not the peer's silence.** With [`MembershipConfig::pause_after`] set, a gap longer than
+//!    that between two inputs means this node itself was not running (frozen, paused, stalled): the time it lost
+//!    is added to every link's last heard time, so a node that resumes judges its peer on what it hears from
+//!    then on (the heartbeats it buffered, and new ones) and declares it Offline only after a detection timeout
+//!    of its own running time — never on its first tick after the pause.
+//!
 //! Heartbeats are **not authenticated**: anyone who can send datagrams on a cluster link can make a peer look
 //! alive. The cluster links are assumed to be private networks; authentication is left out for now.
 
@@ -133,6 +139,9 @@ pub struct MembershipConfig {
     pub detection_timeout: Duration,
     /// This node's incarnation: the driver raises it at each start (from the boot time, or a stored counter).
     pub incarnation: u64,
+    /// A gap between two inputs longer than this is this node's own pause, not the peer's silence (rule 9);
+    /// `None`: every gap counts as silence.
+    pub pause_after: Option<Duration>,
 }
 
 impl MembershipConfig {
@@ -152,6 +161,7 @@ impl MembershipConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             detection_timeout: DEFAULT_DETECTION_TIMEOUT,
             incarnation,
+            pause_after: None,
         }
     }
 
@@ -178,6 +188,14 @@ impl MembershipConfig {
                 timeout_ms: self.detection_timeout.as_millis(),
                 interval_ms: self.heartbeat_interval.as_millis(),
             });
+        }
+        if let Some(pause) = self.pause_after {
+            if pause <= self.heartbeat_interval {
+                return Err(MembershipError::PauseTooShort {
+                    pause_ms: pause.as_millis(),
+                    interval_ms: self.heartbeat_interval.as_millis(),
+                });
+            }
         }
         Ok(())
     }
@@ -270,6 +288,10 @@ pub struct Membership {
     seq: u64,
     next_send: Duration,
     peers: Vec<PeerState>,
+    /// The time of the last input, for rule 9.
+    last_input: Option<Duration>,
+    /// When this node last resumed from a pause (rule 9).
+    resumed_at: Option<Duration>,
 }
 
 impl Membership {
@@ -291,6 +313,8 @@ impl Membership {
             seq: 0,
             next_send: now,
             peers,
+            last_input: None,
+            resumed_at: None,
         })
     }
 
@@ -400,6 +424,7 @@ impl Membership {
     }
 
     fn expire(&mut self, now: Duration, out: &mut Vec<Output>) {
+        self.skip_own_pause(now);
         let timeout = self.config.detection_timeout;
         for peer in &mut self.peers {
             for (index, link) in (0u8..).zip(peer.links.iter_mut()) {
@@ -419,6 +444,33 @@ impl Membership {
                 out.push(Output::PeerOffline { node: peer.node });
             }
         }
+    }
+
+    /// Rule 9: a gap longer than `pause_after` since the last input was this node's own pause.
+    fn skip_own_pause(&mut self, now: Duration) {
+        let last = self.last_input.replace(now.max(self.last_input.unwrap_or_default()));
+        let (Some(pause_after), Some(last)) = (self.config.pause_after, last) else {
+            return;
+        };
+        let gap = now.saturating_sub(last);
+        if gap <= pause_after {
+            return;
+        }
+        self.resumed_at = Some(now);
+        for link in self.peers.iter_mut().flat_map(|p| p.links.iter_mut()) {
+            if let Some(heard) = link.last_heard.as_mut() {
+                *heard += gap;
+            }
+        }
+    }
+
+    /// Whether this node has run for at least a detection timeout since its last pause (rule 9), so that a peer
+    /// it sees Offline has been silent while it listened. A node that resumes may still see a peer Offline from
+    /// before its pause; it must not act alone on that (take a volume over, or complete I/O alone) until this
+    /// holds.
+    pub fn settled(&self, now: Duration) -> bool {
+        self.resumed_at
+            .is_none_or(|t| now.saturating_sub(t) >= self.config.detection_timeout)
     }
 
     fn accept(

@@ -178,6 +178,8 @@ fn input() -> impl Strategy<Value = ClusterInput> {
                             role,
                             connected,
                             fenced,
+                            generations: Vec::new(),
+                            primary_since_s: None,
                         })
                     })
                     .collect();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 use twinsan_replication::engine::{
-    write_zeroes, AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Status, Storage,
+    write_zeroes, AdminCommand, Engine, EngineConfig, Input, IoFailure, Lease, Output, Status, Storage,
     MAX_REQUEST,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
@@ -269,6 +269,8 @@ struct Core {
     next_id: u64,
     epoch: Instant,
     stopped: bool,
+    /// The lease last given to the engine ([`Volume::lease_until_ns`]).
+    lease_fed: u64,
 }
 
 /// What the rest of the daemon sees of a running volume.
@@ -295,7 +297,16 @@ pub struct Volume {
     /// When the established replication link was last closed or reset from the peer's side (its process or
     /// host went away, or it disconnected): evidence for the cluster's early loss detection.
     peer_closed_at: Mutex<Option<Instant>>,
+    /// The engine's clock origin (the same as the core's).
+    epoch: Instant,
+    /// The cluster's lease for this volume, in nanoseconds of the engine's clock: [`LEASE_NOT_ENFORCED`] without
+    /// a cluster manager. Set by the cluster without taking the core lock (which disk I/O may hold); the engine
+    /// gets it with its next input. It only grows, so a late delivery is a shorter lease, never a longer one.
+    lease_until_ns: AtomicU64,
 }
+
+/// [`Volume::lease_until_ns`] when no cluster manager enforces leases (manual mode).
+const LEASE_NOT_ENFORCED: u64 = u64::MAX;
 
 /// Takes a fence request: the volume and this node's generation identifiers. It must not block (it runs under
 /// the volume's lock); the answer comes back through [`Volume::fence_result`].
@@ -357,6 +368,7 @@ impl Volume {
         );
         let status = engine.status();
         let (size, uuid) = (engine.data_size(), engine.volume_uuid());
+        let epoch = Instant::now();
         let volume = Arc::new(Volume {
             name: name.to_owned(),
             peer_name: peer_name.to_owned(),
@@ -364,8 +376,9 @@ impl Volume {
                 engine,
                 replies: HashMap::new(),
                 next_id: 1,
-                epoch: Instant::now(),
+                epoch,
                 stopped: false,
+                lease_fed: LEASE_NOT_ENFORCED,
             }),
             status: Mutex::new(status),
             events,
@@ -382,6 +395,8 @@ impl Volume {
             handlers,
             fencer: Mutex::new(None),
             peer_closed_at: Mutex::new(None),
+            epoch,
+            lease_until_ns: AtomicU64::new(LEASE_NOT_ENFORCED),
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -453,6 +468,7 @@ impl Volume {
         }
         let id = core.next_id;
         core.next_id += 1;
+        self.feed_lease(&mut core);
         if let Some((input, reply)) = make(id) {
             if let Some(reply) = reply {
                 core.replies.insert(id, reply);
@@ -464,12 +480,49 @@ impl Volume {
         true
     }
 
+    /// Gives the engine the cluster's newest lease, if it changed.
+    fn feed_lease(&self, core: &mut Core) {
+        let until = self.lease_until_ns.load(Ordering::SeqCst);
+        if until == core.lease_fed {
+            return;
+        }
+        core.lease_fed = until;
+        let lease = match until {
+            LEASE_NOT_ENFORCED => Lease::NotEnforced,
+            ns => Lease::Until(Duration::from_nanos(ns)),
+        };
+        let now = core.epoch.elapsed();
+        core.engine.handle(Input::Lease(lease), now);
+    }
+
+    /// The cluster's lease for this volume (SPEC invariant 8): this node may complete I/O without its peer until
+    /// `until` (a time in the past is no lease). Only a later time is taken: a lease never shrinks. Takes no lock
+    /// the disk I/O may hold; the engine gets it with its next input (the timer ticks every few milliseconds).
+    pub fn set_lease(&self, until: Instant) {
+        let ns = u64::try_from(until.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(LEASE_NOT_ENFORCED - 1)
+            .min(LEASE_NOT_ENFORCED - 1);
+        let current = self.lease_until_ns.load(Ordering::SeqCst);
+        if current == LEASE_NOT_ENFORCED || ns > current {
+            self.lease_until_ns.store(ns, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether this node's lease for the volume runs now (always without a cluster manager).
+    fn lease_runs(&self) -> bool {
+        match self.lease_until_ns.load(Ordering::SeqCst) {
+            LEASE_NOT_ENFORCED => true,
+            ns => self.epoch.elapsed() < Duration::from_nanos(ns),
+        }
+    }
+
     /// Hands the engine several inputs that wait for nothing, under one lock.
     fn with_core_all(&self, inputs: Vec<Input>) -> bool {
         let mut core = self.lock_core();
         if core.stopped {
             return false;
         }
+        self.feed_lease(&mut core);
         for input in inputs {
             let now = core.epoch.elapsed();
             core.engine.handle(input, now);
@@ -699,6 +752,13 @@ impl Volume {
                             fed_back.push(Input::FenceResult { outdated: false });
                         }
                     }
+                }
+                Output::LeaseLapsed => {
+                    let status = to_api(&self.name, &self.peer_name, &engine.status());
+                    let _ = self.events.send(api::EventLine {
+                        kind: "lease-lapsed".into(),
+                        status,
+                    });
                 }
                 Output::Log { warn: true, text } => warn!("{text}"),
                 Output::Log { warn: false, text } => info!("{text}"),
@@ -1115,7 +1175,9 @@ impl BlockDevice for ReplicatedDevice {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.volume.reads_local.load(Ordering::SeqCst) {
+        // The fast path reads the local disk directly, only while the lease runs: a node that was frozen reads
+        // through the engine, which holds the read until it knows whether the peer took over.
+        if self.volume.reads_local.load(Ordering::SeqCst) && self.volume.lease_runs() {
             return self.volume.read_file.read_exact_at(buf, offset);
         }
         let len = u32::try_from(buf.len()).map_err(io::Error::other)?;

@@ -96,6 +96,15 @@ impl WitnessLink {
         self.shared.client().holds_vote(now)
     }
 
+    /// When this node's belief that it holds the vote ends (in the past once it has), if it ever held it: the
+    /// alone lease of a node with a witness (see `twinsan_cluster::lease`).
+    pub fn vote_until(&self) -> Option<Instant> {
+        self.shared
+            .client()
+            .vote_until()
+            .map(|d| self.shared.origin + d)
+    }
+
     /// The node holding the vote as far as this node knows now (itself while [`holds_vote`](Self::holds_vote));
     /// `None` when nobody does or the witness's last answer is more than a second old.
     pub fn holder(&self) -> Option<u8> {

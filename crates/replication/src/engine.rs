@@ -213,6 +213,8 @@ pub enum Input {
     },
     /// Time passes; the engine runs timers (pings, resync pacing, bitmap flushes).
     Tick,
+    /// The lease the cluster grants this node now (SPEC invariant 8); see [`Lease`].
+    Lease(Lease),
     /// The answer to [`Output::FencePeer`]: whether the cluster marked the peer Outdated.
     FenceResult {
         /// The peer is marked Outdated.
@@ -237,6 +239,24 @@ pub enum Input {
         /// The requester's node id.
         requester_node_id: u8,
     },
+}
+
+/// The lease under which a Primary may complete I/O without its peer's acknowledgement (SPEC invariant 8).
+///
+/// A write the peer acknowledged is on both disks whatever happens next, so it needs no lease. Anything a
+/// Primary completes *alone* — a write or flush while the peer is unreachable, a write under protocol A, a write
+/// that was in flight when the link broke, and the new generation that makes this copy the newer one — is safe
+/// only if the peer cannot have taken over meanwhile. The cluster knows that (its peer granted the lease
+/// recently, or this node has been awake and alone long enough, or holds the witness vote) and says so with
+/// [`Input::Lease`]; the engine checks the deadline against the `now` of the request itself, so a node that was
+/// frozen finds its lease run out the moment it resumes, before it acknowledges anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// No cluster manager decides failover (manual mode, `twinsan volume primary` by hand): like DRBD, the
+    /// Primary completes I/O alone whenever its state allows.
+    NotEnforced,
+    /// Valid before this engine time (a time at or before `now` is no lease at all).
+    Until(Duration),
 }
 
 /// Admin commands (`twinsan volume ...`).
@@ -342,6 +362,9 @@ pub enum Output {
     /// This Primary lost a split brain it cannot resolve by itself: run the `pri-lost-after-sb` handler (DRBD's
     /// `call-pri-lost-after-sb` policies).
     PriLostAfterSplitBrain,
+    /// This Primary needed its lease and has none ([`Lease`]): I/O is held and nothing is acknowledged without
+    /// the peer until [`Input::Lease`] renews it or the node is demoted (held requests then fail).
+    LeaseLapsed,
     /// Resource-only fencing: ask the cluster to mark the peer Outdated (answer with [`Input::FenceResult`]).
     /// Writes stay suspended until then.
     FencePeer {
@@ -366,8 +389,10 @@ pub struct Status {
     pub disk: DiskState,
     /// An unresolved split brain.
     pub split_brain: bool,
-    /// Writes suspended (fencing).
+    /// Writes suspended (fencing, or no lease).
     pub suspended: bool,
+    /// I/O held because this Primary has no lease from the cluster.
+    pub lease_hold: bool,
     /// The link.
     pub connection: ConnState,
     /// The peer's role, if connected.
@@ -538,6 +563,11 @@ pub struct Engine<S: Storage> {
     flushes: Vec<PendingFlush>,
     peer_reads: HashMap<u64, u64>,
     suspended_queue: VecDeque<Input>,
+    /// The cluster's lease (SPEC invariant 8).
+    lease: Lease,
+    /// Completions of requests that finished while I/O is held for the lease: delivered once the lease is back,
+    /// failed if the node is demoted first.
+    held: Vec<Output>,
     al_waiting: VecDeque<Input>,
     resync: Option<Resync>,
     resync_sent: u64,
@@ -613,6 +643,8 @@ impl<S: Storage> Engine<S> {
             flushes: Vec::new(),
             peer_reads: HashMap::new(),
             suspended_queue: VecDeque::new(),
+            lease: Lease::NotEnforced,
+            held: Vec::new(),
             al_waiting: VecDeque::new(),
             resync: None,
             resync_sent: 0,
@@ -814,6 +846,7 @@ impl<S: Storage> Engine<S> {
             disk: self.state.disk(),
             split_brain: self.state.split_brain(),
             suspended: self.state.io_suspended(),
+            lease_hold: self.state.lease_hold(),
             connection: peer.conn,
             peer_role: peer.role,
             peer_disk: peer.disk,
@@ -860,6 +893,19 @@ impl<S: Storage> Engine<S> {
             }
             Input::StoreReservations { id, data } => self.store_reservations(id, data),
             Input::Tick => self.tick(),
+            Input::Lease(lease) => {
+                self.lease = lease;
+                if self.state.lease_hold() && self.lease_valid() {
+                    self.log(
+                        false,
+                        format!(
+                            "{}: the cluster renewed this Primary's lease: held I/O goes on",
+                            self.cfg.volume
+                        ),
+                    );
+                    self.event(Event::LeaseRenewed);
+                }
+            }
             Input::PeerSilent { silence } => {
                 let now = self.now;
                 let silent = self
@@ -936,6 +982,11 @@ impl<S: Storage> Engine<S> {
         let len = body.len();
         if let Err(e) = self.check_range(offset, len) {
             return self.out.push(Output::WriteDone { id, result: Err(e) });
+        }
+        // Completed without the peer's acknowledgement: only under the lease.
+        let alone = !self.peer_stores_writes() || self.cfg.protocol == ReplicationProtocol::A;
+        if alone {
+            self.alone_allowed();
         }
         if self.state.io_suspended() {
             self.suspended_queue
@@ -1116,6 +1167,13 @@ impl<S: Storage> Engine<S> {
     }
 
     fn app_flush(&mut self, id: u64) {
+        if !self.peer_stores_writes() {
+            self.alone_allowed();
+        }
+        if self.state.lease_hold() {
+            self.suspended_queue.push_back(Input::Flush { id });
+            return;
+        }
         if self.attached && self.state.disk().is_attached() && self.storage.flush().is_err() {
             self.log(
                 true,
@@ -1149,6 +1207,16 @@ impl<S: Storage> Engine<S> {
         if let Err(e) = self.check_range(offset, u64::from(len)) {
             return self.out.push(Output::ReadDone { id, result: Err(e) });
         }
+        // A Primary cut off from its peer answers reads only under its lease: after a takeover the peer's copy
+        // is the newer one.
+        if !self.peer_stores_writes() {
+            self.alone_allowed();
+        }
+        if self.state.lease_hold() {
+            self.suspended_queue
+                .push_back(Input::Read { id, offset, len });
+            return;
+        }
         match self.state.read_from() {
             Some(Direction::Local) => {
                 let mut buf = vec![0u8; len as usize];
@@ -1179,6 +1247,9 @@ impl<S: Storage> Engine<S> {
             return self
                 .out
                 .push(Output::ReservationsStored { id, result: Err(e) });
+        }
+        if !self.peer_stores_writes() {
+            self.alone_allowed();
         }
         if self.state.io_suspended() {
             self.suspended_queue
@@ -1274,6 +1345,12 @@ impl<S: Storage> Engine<S> {
             AdminCommand::Primary { force } => {
                 if self.state.role() == Role::Primary {
                     Ok(None)
+                } else if !self.lease_valid() {
+                    Err(format!(
+                        "{}: the cluster grants this node no lease now (it may have been frozen, or cannot reach \
+                         its peer or the witness): it is not promoted",
+                        self.cfg.volume
+                    ))
                 } else {
                     match self.state.handle(Event::Promote { force }, &self.scfg) {
                         Ok(actions) => {
@@ -1520,6 +1597,9 @@ impl<S: Storage> Engine<S> {
     /// The connection is gone (already removed from `self.link`): the state machine hears it, pending writes
     /// complete with their blocks out of sync, after the new generation is on disk.
     fn after_link_lost(&mut self, _reason: &str) {
+        // What was in flight now completes alone, after a new generation: both need the lease. Checked before
+        // the state machine hears of the loss, so a node without one starts no generation.
+        self.alone_allowed();
         self.bitmap_in = None;
         self.verifying = None;
         if let Some(Resync::Source { plan, .. }) = self.resync.take() {
@@ -1547,19 +1627,18 @@ impl<S: Storage> Engine<S> {
         for w in pending {
             self.finish_write(w.id, w.offset, w.len, w.al);
             if let Some(id) = w.id {
-                self.out.push(Output::WriteDone { id, result: Ok(()) });
+                self.complete_alone(Output::WriteDone { id, result: Ok(()) });
             }
         }
         for f in std::mem::take(&mut self.flushes) {
-            self.out.push(Output::FlushDone {
+            self.complete_alone(Output::FlushDone {
                 id: f.id,
                 result: Ok(()),
             });
         }
         // Like the writes: the peer is behind now, and gets the state again when it resyncs from this node.
         for (_, id) in std::mem::take(&mut self.pending_reservations) {
-            self.out
-                .push(Output::ReservationsStored { id, result: Ok(()) });
+            self.complete_alone(Output::ReservationsStored { id, result: Ok(()) });
         }
         for (_, id) in std::mem::take(&mut self.peer_reads) {
             let e = self.not_available();
@@ -2414,11 +2493,84 @@ impl<S: Storage> Engine<S> {
         }
     }
 
+    // ----- the lease (SPEC invariant 8) -----
+
+    fn lease_valid(&self) -> bool {
+        match self.lease {
+            Lease::NotEnforced => true,
+            Lease::Until(until) => self.now < until,
+        }
+    }
+
+    /// A connected peer with a disk receives (and acknowledges) this node's writes.
+    fn peer_stores_writes(&self) -> bool {
+        self.connected_link().is_some() && self.state.peer().disk.is_attached()
+    }
+
+    /// Whether this node may complete I/O without the peer now. A Primary without a lease holds I/O from here on
+    /// (the state machine's `LeaseLapsed`), and says so once.
+    fn alone_allowed(&mut self) -> bool {
+        if self.state.role() != Role::Primary || self.lease_valid() {
+            return true;
+        }
+        if !self.state.lease_hold() {
+            self.log(
+                true,
+                format!(
+                    "{}: this Primary's lease from the cluster has run out (the node was frozen or paused, or cut \
+                     off from its peer and the witness): I/O is held and nothing is acknowledged without the peer \
+                     until the cluster renews the lease or demotes this node",
+                    self.cfg.volume
+                ),
+            );
+            self.event(Event::LeaseLapsed);
+            self.out.push(Output::LeaseLapsed);
+        }
+        false
+    }
+
+    /// Delivers a completion that did not wait for the peer, or holds it while I/O is held for the lease.
+    fn complete_alone(&mut self, done: Output) {
+        if self.state.lease_hold() {
+            self.held.push(done);
+        } else {
+            self.out.push(done);
+        }
+    }
+
+    /// Held completions go out once the lease is back (the generation they need is on disk by then); a node
+    /// demoted meanwhile fails them: it never acknowledges them.
+    fn settle_held(&mut self) {
+        if self.held.is_empty() || self.state.lease_hold() {
+            return;
+        }
+        let primary = self.state.role() == Role::Primary;
+        for done in std::mem::take(&mut self.held) {
+            if primary {
+                self.out.push(done);
+                continue;
+            }
+            let e = IoFailure::NotAvailable(format!(
+                "{}: demoted while the request waited for the lease; it was not acknowledged",
+                self.cfg.volume
+            ));
+            self.out.push(match done {
+                Output::WriteDone { id, .. } => Output::WriteDone { id, result: Err(e) },
+                Output::FlushDone { id, .. } => Output::FlushDone { id, result: Err(e) },
+                Output::ReservationsStored { id, .. } => {
+                    Output::ReservationsStored { id, result: Err(e) }
+                }
+                other => other,
+            });
+        }
+    }
+
     fn run_actions(&mut self, actions: Vec<Action>) {
         for action in actions {
             self.run_action(action);
         }
         self.follow_replication_state();
+        self.settle_held();
         self.out.push(Output::Changed);
     }
 

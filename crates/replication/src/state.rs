@@ -36,6 +36,8 @@
 //! | `PeerLost` | link was up | Connected → Connecting, Disconnecting → StandAlone | Primary whose peer copy was kept: `NewCurrentUuid`; with resource-only fencing and a promotable peer: `SuspendIo` first and `FencePeer` |
 //! | `PeerOutdatedAck` | fencing pending | peer Outdated; writes resume, or the promotion completes | `PersistFlags`, `ResumeIo` / promotion actions |
 //! | `FenceFailed` | fencing pending | writes stay suspended; a waiting promotion fails | `PromoteFailed` |
+//! | `LeaseLapsed` | Primary | I/O held (`suspended:lease`); a new generation it owes waits | `SuspendIo` |
+//! | `LeaseRenewed` | I/O held for the lease | I/O resumes | `NewCurrentUuid` if owed, `ResumeIo` |
 //! | `OutdateRequest` | Secondary (or a disconnected diskless Primary), link down, data (or a detached disk's last data) not newer | UpToDate/Consistent → Outdated; a detached disk: at attach | `PersistFlags` |
 //! | `PeerChanged` | C | peer role and disk; peer copy lost → resync stops; peer re-attached → re-handshake | `NewCurrentUuid` if now the only copy under a Primary; `ExchangeGenerations` |
 //! | `PeerWriteFailed` | link up, peer disk attached | peer disk Failed, as `PeerChanged` | `NewCurrentUuid` if now the only copy under a Primary |
@@ -74,6 +76,8 @@
 //! - Never Primary on both sides while connected.
 //! - [`VolumeState::may_write`] only with UpToDate data to write to: the local disk, or the connected peer's.
 //! - Writes are suspended only on a Primary; a promotion waits only on a Secondary.
+//! - No new generation is started while I/O is held for the lease: a node that lost its lease (it was frozen,
+//!   or cut off) must not make its copy look newer than the survivor's.
 //! - No peer role, replication state or peer disk (other than a fenced Outdated) without a link.
 //! - SyncTarget ⇒ local disk Inconsistent; SyncSource and verify ⇒ local disk UpToDate.
 //!
@@ -449,6 +453,13 @@ pub enum Event {
     /// Fencing: the cluster could not mark the peer Outdated. The engine retries, with a backoff, while
     /// [`VolumeState::io_suspended`] holds.
     FenceFailed,
+    /// The Primary needs its lease (to complete I/O without the peer's acknowledgement, or to start a new
+    /// generation) and the cluster gives it none now: it may have been frozen or cut off while the peer took
+    /// over (SPEC invariant 8). I/O is held, and nothing makes this copy newer, until [`Event::LeaseRenewed`] or
+    /// [`Event::Demote`].
+    LeaseLapsed,
+    /// The cluster granted the lease again: held I/O goes on (and the new generation it owes is started first).
+    LeaseRenewed,
     /// Fencing by the peer: the cluster asks this node to mark itself Outdated.
     OutdateRequest {
         /// [`connect_decision`](crate::generation::connect_decision) of this node's tuple against the
@@ -507,6 +518,8 @@ impl Event {
             Event::PromotionRefused => "promotion-refused",
             Event::PeerOutdatedAck => "peer-outdated-ack",
             Event::FenceFailed => "fence-failed",
+            Event::LeaseLapsed => "lease-lapsed",
+            Event::LeaseRenewed => "lease-renewed",
             Event::OutdateRequest { .. } => "outdate-request",
             Event::ResyncStartedByPeer { .. } => "resync-started-by-peer",
             Event::ResyncFinished => "resync-finished",
@@ -849,6 +862,8 @@ pub struct VolumeState {
     split_brain: bool,
     /// Writes suspended until the peer is fenced or back.
     suspended: bool,
+    /// I/O held: this Primary has no lease from the cluster (SPEC invariant 8).
+    lease_hold: bool,
     promotion: Option<PendingPromotion>,
     /// We granted the peer's promotion and have not yet seen its new state.
     peer_promoting: bool,
@@ -894,6 +909,7 @@ impl VolumeState {
             peer: PeerState::unknown(ConnState::StandAlone),
             split_brain: false,
             suspended: false,
+            lease_hold: false,
             promotion: None,
             peer_promoting: false,
             handshake_pending: false,
@@ -933,9 +949,15 @@ impl VolumeState {
         self.split_brain
     }
 
-    /// True while writes are suspended until the peer is fenced (resource-only fencing).
+    /// True while writes are suspended: until the peer is fenced (resource-only fencing), or until the cluster
+    /// grants this Primary its lease again.
     pub const fn io_suspended(&self) -> bool {
-        self.suspended
+        self.suspended || self.lease_hold
+    }
+
+    /// True while I/O is held because this Primary has no lease ([`Event::LeaseLapsed`]).
+    pub const fn lease_hold(&self) -> bool {
+        self.lease_hold
     }
 
     /// The promotion waiting for the peer's grant or for the fence, if any.
@@ -956,7 +978,7 @@ impl VolumeState {
     /// True if application writes may be accepted: Primary, not suspended, and UpToDate data to write to — the
     /// local disk, or the connected peer's for a node without a disk.
     pub fn may_write(&self) -> bool {
-        self.role == Role::Primary && !self.suspended && self.read_from().is_some()
+        self.role == Role::Primary && !self.io_suspended() && self.read_from().is_some()
     }
 
     /// Where an application write accepted now goes; both false when [`may_write`](Self::may_write) does not
@@ -1038,7 +1060,7 @@ impl VolumeState {
         {
             return Some("never two primaries while connected");
         }
-        if self.suspended && self.role != Role::Primary {
+        if (self.suspended || self.lease_hold) && self.role != Role::Primary {
             return Some("writes are suspended only on a Primary");
         }
         match self.promotion {
@@ -1089,6 +1111,11 @@ impl VolumeState {
 
     /// True if this node holds the only up-to-date copy a Primary writes to: the condition under which a new
     /// generation must have started (see the module docs).
+    /// A new generation is due for this state: the sole copy under a Primary, unless I/O is held for the lease.
+    fn generation_owed(&self) -> bool {
+        self.sole_copy_under_primary() && !self.lease_hold
+    }
+
     fn sole_copy_under_primary(&self) -> bool {
         let link = self.link_up();
         let any_primary =
@@ -1116,10 +1143,11 @@ impl VolumeState {
     /// Puts the effects of the transition from `self` to `next` in the documented order, and takes `next`.
     fn commit(&mut self, mut next: VolumeState, fx: Effects) -> Vec<Action> {
         let mut out = Vec::new();
-        if next.suspended && !self.suspended {
+        if next.io_suspended() && !self.io_suspended() {
             out.push(Action::SuspendIo);
         }
-        let generation_due = next.sole_copy_under_primary() && !self.sole_copy_under_primary();
+        // Owed while held for the lease, started when the lease is back (and never if the node is demoted first).
+        let generation_due = next.generation_owed() && !self.generation_owed();
         match fx.new_uuid {
             Some(clear_bitmap) => out.push(Action::NewCurrentUuid { clear_bitmap }),
             None if generation_due => out.push(Action::NewCurrentUuid {
@@ -1159,7 +1187,7 @@ impl VolumeState {
             out.push(Action::SendState);
         }
         out.extend(fx.tail);
-        if self.suspended && !next.suspended {
+        if self.io_suspended() && !next.io_suspended() {
             out.push(Action::ResumeIo);
         }
         if let Some(error) = fx.promote_failed {
@@ -1261,6 +1289,7 @@ impl VolumeState {
                     self.role = Role::Secondary;
                     // Queued writes are released to fail: a Secondary accepts none.
                     self.suspended = false;
+                    self.lease_hold = false;
                 }
             }
             Event::Connect { discard_my_data } => match self.peer.conn {
@@ -1361,6 +1390,12 @@ impl VolumeState {
                 }
                 // A suspended Primary stays suspended: acknowledging writes now could lose them.
             }
+            Event::LeaseLapsed => {
+                if self.role == Role::Primary {
+                    self.lease_hold = true;
+                }
+            }
+            Event::LeaseRenewed => self.lease_hold = false,
             Event::OutdateRequest { outcome } => self.outdate(outcome, cfg, fx)?,
             Event::ResyncStartedByPeer { source } => {
                 if self.peer.conn != ConnState::Connected {
@@ -1962,6 +1997,9 @@ impl fmt::Display for VolumeState {
         write!(f, " peer-disk:{}", self.peer.disk)?;
         if self.suspended {
             f.write_str(" suspended:fencing")?;
+        }
+        if self.lease_hold {
+            f.write_str(" suspended:lease")?;
         }
         match self.promotion {
             Some(PendingPromotion::AwaitGrant { .. }) => f.write_str(" promotion:awaiting-peer")?,

@@ -188,6 +188,15 @@ pub struct VolumeStatus {
     /// `crm-fence-peer` constraint): it may not be promoted until it has resynced.
     #[serde(default)]
     pub fenced: bool,
+    /// The copy's generation identifiers, `[current, bitmap, history...]` (DRBD's UUIDs; bit 0 of each is the
+    /// primary flag), where known: between two Primaries, the one whose data descends from the other's is the
+    /// newer and is kept (SPEC invariant 8).
+    #[serde(default)]
+    pub generations: Vec<u64>,
+    /// When this copy's node last became Primary (scheduler seconds), where known: between two Primaries whose
+    /// data diverged, the one that took over last served most recently and is kept.
+    #[serde(default)]
+    pub primary_since_s: Option<u64>,
 }
 
 /// The state of a node's copy of a volume (DRBD's disk states, those the scheduler distinguishes).

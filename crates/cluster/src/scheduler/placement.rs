@@ -44,12 +44,14 @@ impl MemberFacts {
 }
 
 /// The volume on one node, as its replicated volume reports it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct VolumeFacts {
     disk: DiskState,
     role: Role,
     connected: bool,
     fenced: bool,
+    generations: Vec<u64>,
+    primary_since_s: Option<u64>,
 }
 
 /// Everything about one node that placing this stack needs.
@@ -62,7 +64,13 @@ struct NodeFacts<'a> {
     members: Vec<MemberFacts>,
     /// `resource move` preferences for any member of the stack naming this node.
     prefers: usize,
+    /// Set only while two online nodes are Primary at once: which of them served most recently.
+    recency: Recency,
 }
+
+/// Between two Primaries: the one whose data descends from the other's (it took over and wrote a new
+/// generation), then the one that became Primary last. Never the node name (SPEC invariant 8).
+type Recency = (bool, u64);
 
 impl NodeFacts<'_> {
     fn active_count(&self) -> usize {
@@ -230,7 +238,7 @@ fn gather<'a>(
     let mut nodes: Vec<_> = input.state.nodes.iter().collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
 
-    nodes
+    let mut facts = nodes
         .into_iter()
         .map(|node| {
             let volume = input
@@ -244,12 +252,16 @@ fn gather<'a>(
                         role: Role::Stopped,
                         connected: false,
                         fenced: false,
+                        generations: Vec::new(),
+                        primary_since_s: None,
                     },
                     |e| VolumeFacts {
                         disk: e.disk,
                         role: e.role,
                         connected: e.connected,
                         fenced: e.fenced,
+                        generations: e.generations.clone(),
+                        primary_since_s: e.primary_since_s,
                     },
                 );
             let mut members: Vec<MemberFacts> = Vec::with_capacity(stack.members().len());
@@ -275,9 +287,45 @@ fn gather<'a>(
                 volume,
                 members,
                 prefers,
+                recency: (false, 0),
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    fill_recency(&mut facts);
+    facts
+}
+
+/// Fills [`NodeFacts::recency`] when two online nodes are Primary at once.
+fn fill_recency(facts: &mut [NodeFacts<'_>]) {
+    let primaries: Vec<usize> = (0..facts.len())
+        .filter(|&i| facts[i].online && facts[i].volume.role == Role::Primary)
+        .collect();
+    if primaries.len() < 2 {
+        return;
+    }
+    for &i in &primaries {
+        let descends = primaries.iter().filter(|&&j| j != i).any(|&j| {
+            descends_from(&facts[i].volume.generations, &facts[j].volume.generations)
+        });
+        facts[i].recency = (descends, facts[i].volume.primary_since_s.unwrap_or(0));
+    }
+}
+
+/// Whether data with generations `a` was written after data with generations `b` (both `[current, bitmap,
+/// history...]`): `a` started a new generation from `b`'s current one (its bitmap or history holds it), and
+/// `b` did not do the same from `a`'s.
+fn descends_from(a: &[u64], b: &[u64]) -> bool {
+    let strip = |g: u64| g & !1;
+    let holds = |x: &[u64], y: &[u64]| {
+        let Some(&current) = y.first() else {
+            return false;
+        };
+        let current = strip(current);
+        current != 0
+            && x.first().is_some_and(|&c| strip(c) != current)
+            && x.iter().skip(1).any(|&g| strip(g) == current)
+    };
+    holds(a, b) && !holds(b, a)
 }
 
 /// Reads one member of the stack on one node; notes an expired fail count or a ban on an online node.
@@ -369,7 +417,7 @@ fn fail_count_expired(entry: &ResourceStatus, failure_timeout_s: Option<u64>, no
 fn eligibility(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Eligibility {
     let node = &facts[i];
     let n = node.name;
-    let vol = node.volume;
+    let vol = &node.volume;
     let others = || {
         facts
             .iter()
@@ -445,11 +493,12 @@ fn eligibility(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Eligi
 /// The order of preference between candidates: more of the stack runnable there, then `resource move`
 /// preferences, then stickiness (per active resource), then active resources (stickiness 0 still does not move a
 /// running stack for nothing), then the lower node name.
-type Rank<'a> = (usize, usize, u64, usize, Reverse<&'a str>);
+type Rank<'a> = (Recency, usize, usize, u64, usize, Reverse<&'a str>);
 
 fn rank<'a>(node: &NodeFacts<'a>, stickiness: u32) -> Rank<'a> {
     let active = node.active_count();
     (
+        node.recency,
         node.coverage(),
         node.prefers,
         u64::from(stickiness) * active as u64,
@@ -551,6 +600,22 @@ fn compare(
 ) -> String {
     let total = stack.members().len();
     let (c, o) = (rank(chosen, stickiness), rank(other, stickiness));
+    if c.0 != o.0 {
+        let why = if c.0 .0 != o.0 .0 {
+            "its data descends from the other's (it took over and wrote a newer generation)"
+        } else {
+            "it became Primary after the other (it served most recently)"
+        };
+        return format!(
+            "both it and {} are Primary, and {why}; {} is demoted and keeps its data for the split-brain \
+             resolution",
+            other.name, other.name
+        );
+    }
+    let (c, o) = (
+        (c.1, c.2, c.3, c.4, c.5),
+        (o.1, o.2, o.3, o.4, o.5),
+    );
     if c.0 != o.0 {
         let blocked: Vec<&str> = other
             .members
