@@ -31,6 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
+use twinsan_cluster::lease::{LeaseConfig, LeaseGrantor, LeaseHolder};
 use twinsan_cluster::membership::{Membership, MembershipConfig, Output as MemberOut};
 use twinsan_cluster::scheduler::{
     self, Action, ClusterInput, ClusterOptions, ClusterState, DiskState, Fencing, LocationKind,
@@ -49,7 +50,9 @@ use crate::config::{ClusterConfig, NodeConfig, TargetSection};
 use crate::vip::{Vip, VipSpec};
 use crate::volume::Volume;
 use crate::witness::WitnessLink;
-use message::{Cleanup, Location, Message, Report, ResourceReport, Settings, VolumeReport};
+use message::{
+    Cleanup, LeaseReport, Location, Message, Report, ResourceReport, Settings, VolumeReport,
+};
 
 /// How often the executor looks at the cluster when nothing wakes it.
 const EXECUTOR_PERIOD: Duration = Duration::from_millis(100);
@@ -130,6 +133,21 @@ struct State {
     peer_seen_once: bool,
     /// When the peer last went OFFLINE (while it is).
     peer_offline_at: Option<Instant>,
+    /// The leases the peer granted this node (SPEC invariant 8).
+    holder: LeaseHolder,
+    /// The leases this node granted the peer, for the takeover wait.
+    grantor: LeaseGrantor,
+    /// The newest lease stamp received from the peer, with the peer's incarnation (echoed when this node
+    /// grants).
+    peer_stamp: Option<(u64, u64)>,
+    /// The peer's reports carry no lease (a release before leases): it neither grants nor waits.
+    peer_without_leases: bool,
+    /// Volumes this node is promoting while their replication link is down: the peer gets no grant for them.
+    taking_over: BTreeSet<String>,
+    /// When each volume became Primary here.
+    primary_since: BTreeMap<String, Instant>,
+    /// The last time a takeover waited for the peer's lease, logged once per wait.
+    lease_wait_logged: BTreeSet<String>,
 }
 
 struct Shared {
@@ -142,6 +160,7 @@ struct Shared {
     volumes: BTreeMap<String, Arc<Volume>>,
     luns: HashMap<String, Arc<LogicalUnit>>,
     stacks: Vec<Stack>,
+    lease: LeaseConfig,
     runtime: tokio::runtime::Handle,
     sockets: Vec<UdpSocket>,
     peer_addrs: Vec<SocketAddr>,
@@ -206,10 +225,15 @@ impl ClusterManager {
         }
         let peer_addrs = theirs.iter().map(|a| SocketAddr::new(*a, port)).collect();
         let heartbeat = Duration::from_millis(config.cluster.heartbeat_interval_ms);
+        let detection = Duration::from_millis(config.cluster.detection_timeout_ms);
+        let lease = LeaseConfig::new(heartbeat, detection)
+            .map_err(|e| ClusterError::Config(format!("[cluster] timers: {e}")))?;
         let membership = Membership::new(
             MembershipConfig {
                 heartbeat_interval: heartbeat,
-                detection_timeout: Duration::from_millis(config.cluster.detection_timeout_ms),
+                detection_timeout: detection,
+                // A node that was frozen judges its peer on what it hears after it resumes.
+                pause_after: Some(heartbeat * 2),
                 ..MembershipConfig::two_node(
                     cluster_id,
                     me.id,
@@ -291,6 +315,7 @@ impl ClusterManager {
             volumes,
             luns,
             stacks,
+            lease,
             runtime,
             sockets,
             peer_addrs,
@@ -310,6 +335,13 @@ impl ClusterManager {
                 leaving: false,
                 peer_seen_once: false,
                 peer_offline_at: None,
+                holder: LeaseHolder::new(lease),
+                grantor: LeaseGrantor::new(lease),
+                peer_stamp: None,
+                peer_without_leases: false,
+                taking_over: BTreeSet::new(),
+                primary_since: BTreeMap::new(),
+                lease_wait_logged: BTreeSet::new(),
             }),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -320,6 +352,8 @@ impl ClusterManager {
             config,
         });
         for volume in shared.volumes.values() {
+            // Under the cluster manager a Primary completes I/O alone only under a lease; none yet.
+            volume.set_lease(shared.epoch);
             let tx = Mutex::new(net_tx.clone());
             volume.set_fencer(Arc::new(move |name: &str, generations| {
                 let _ = tx
@@ -603,6 +637,7 @@ impl Shared {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.tick_membership();
+            self.update_leases();
             self.drive_fences();
             if Instant::now() >= next_report {
                 next_report = Instant::now() + heartbeat;
@@ -626,6 +661,44 @@ impl Shared {
             }
         };
         self.membership_outputs(outs);
+    }
+
+    /// Gives each volume its lease: the peer's grant, or the alone lease while the peer is Offline on every
+    /// link — judged over time this node was running — until the witness vote's belief ends, or without a
+    /// witness until one lease after this tick (so it runs out while the node is frozen).
+    fn update_leases(&self) {
+        let now = self.now();
+        let st = self.lock();
+        let peer_online = self.peer_online(&st);
+        let alone = if peer_online || !st.membership.settled(now) {
+            None
+        } else {
+            match &self.witness {
+                Some(w) => w
+                    .vote_until()
+                    .map(|until| until.saturating_duration_since(self.epoch)),
+                None => Some(now + self.lease.lease),
+            }
+        };
+        for (name, v) in &self.volumes {
+            // A peer of the release before leases grants nothing and does not wait: run as that release did
+            // while it is Online and not Primary of the volume.
+            let legacy = st.peer_without_leases
+                && peer_online
+                && !st.peer_report.as_ref().is_some_and(|r| {
+                    r.volumes
+                        .iter()
+                        .any(|x| &x.volume == name && x.role == "Primary")
+                });
+            let until = if legacy {
+                Some(now + self.lease.lease)
+            } else {
+                st.holder.until(name, alone)
+            };
+            if let Some(until) = until {
+                v.set_lease(self.epoch + until);
+            }
+        }
     }
 
     fn membership_outputs(&self, outs: Vec<MemberOut>) {
@@ -738,6 +811,18 @@ impl Shared {
         match envelope.message {
             Message::Report(report) => {
                 let mut st = self.lock();
+                match &report.lease {
+                    Some(lease) => {
+                        st.peer_without_leases = false;
+                        st.peer_stamp = Some((envelope.incarnation, lease.stamp));
+                        if let (Some(echo), true) = (lease.echo, lease.echo_for == self.incarnation) {
+                            let now = self.now();
+                            st.holder
+                                .granted(echo, lease.volumes.iter().map(String::as_str), now);
+                        }
+                    }
+                    None => st.peer_without_leases = true,
+                }
                 if st.settings.older_than(&report.settings) {
                     let settings = report.settings.clone();
                     self.adopt_settings(&mut st, settings);
@@ -874,7 +959,29 @@ impl Shared {
 
     fn send_report(&self) {
         let report = {
-            let st = self.lock();
+            let mut st = self.lock();
+            let now = self.now();
+            // The peer may complete I/O alone on the volumes this node is not Primary of and not taking over,
+            // while this node sees it (see `twinsan_cluster::lease`).
+            let granted: Vec<String> = match st.peer_stamp {
+                Some(_) if self.peer_online(&st) => self
+                    .volumes
+                    .iter()
+                    .filter(|(name, v)| !v.is_primary() && !st.taking_over.contains(*name))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if !granted.is_empty() {
+                st.grantor
+                    .granting(granted.iter().map(String::as_str), now);
+            }
+            let lease = LeaseReport {
+                stamp: st.holder.stamp(now),
+                echo: st.peer_stamp.filter(|_| !granted.is_empty()).map(|p| p.1),
+                echo_for: st.peer_stamp.map_or(0, |p| p.0),
+                volumes: granted,
+            };
             Report {
                 stopped: st.left,
                 leaving: st.leaving,
@@ -891,6 +998,11 @@ impl Shared {
                                 VolumeRole::Secondary => "Secondary".into(),
                             },
                             connected: s.connection == ConnState::Connected,
+                            generations: generations_to_vec(&s.generations),
+                            primary_for_ms: st
+                                .primary_since
+                                .get(name)
+                                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
                         }
                     })
                     .collect(),
@@ -906,6 +1018,7 @@ impl Shared {
                     .collect(),
                 settings: st.settings.clone(),
                 failed_actions: st.failed_actions.clone(),
+                lease: Some(lease),
             }
         };
         self.send_message(&Message::Report(report));
@@ -964,11 +1077,15 @@ impl Shared {
         let mut next_monitor = Instant::now() + monitor_every;
         let mut last_notes: Vec<String> = Vec::new();
         let mut waited_logged = false;
+        let mut peer_vips: BTreeMap<String, bool> = BTreeMap::new();
+        let mut peer_was_online = false;
         while !self.stopping() {
             if Instant::now() >= next_monitor {
                 next_monitor = Instant::now() + monitor_every;
                 self.monitor();
             }
+            self.track_roles();
+            self.announce_vips(&mut peer_vips, &mut peer_was_online);
             self.clear_settled_fences();
             // The peer's end of a replication link closed or reset just now (its process or host died): with
             // every cluster link silent for two heartbeat intervals too, it is OFFLINE now, not at the detection
@@ -1013,6 +1130,7 @@ impl Shared {
                     mine = self.without_starts(mine);
                 }
             }
+            mine = self.hold_takeovers(mine);
             // A peer that is Online but has not reported yet (it just came up, or came back) is not known to run
             // nothing: act once its report is in.
             // A node that has just started waits a while for its peer before it runs anything alone (DRBD's
@@ -1104,6 +1222,129 @@ impl Shared {
             );
         }
         self.membership_outputs(outs);
+    }
+
+    /// A promotion while the volume's replication link is down takes the volume over from the peer: it waits
+    /// until the lease this node last granted the peer for that volume has run out
+    /// ([`LeaseGrantor::wait_left`]), and until this node has listened for a detection timeout since its own
+    /// last pause; from the moment it is scheduled, the peer gets no new grant for the volume. The actions of a
+    /// waiting volume are cut before the promotion.
+    fn hold_takeovers(&self, actions: Vec<Action>) -> Vec<Action> {
+        let now = self.now();
+        let mut held: BTreeSet<String> = BTreeSet::new();
+        let mut st = self.lock();
+        let mut taking_over = BTreeSet::new();
+        for a in &actions {
+            let Action::Promote { volume, .. } = a else {
+                continue;
+            };
+            let connected = self
+                .volumes
+                .get(volume)
+                .is_some_and(|v| v.status().connection == ConnState::Connected);
+            if connected {
+                continue;
+            }
+            taking_over.insert(volume.clone());
+            let wait = st.grantor.wait_left(volume, now);
+            let settled = st.membership.settled(now);
+            if wait.is_zero() && settled {
+                st.lease_wait_logged.remove(volume);
+                continue;
+            }
+            held.insert(volume.clone());
+            if st.lease_wait_logged.insert(volume.clone()) {
+                if settled {
+                    info!(volume = %volume, "taking {volume} over after the lease granted to {} runs out, in {wait:?}",
+                        self.peer.name);
+                } else {
+                    info!(volume = %volume, "this node was paused: it listens for {:?} before it takes {volume} over",
+                        Duration::from_millis(self.config.cluster.detection_timeout_ms));
+                }
+            }
+        }
+        st.taking_over = taking_over;
+        drop(st);
+        if held.is_empty() {
+            return actions;
+        }
+        let mut cut: BTreeSet<String> = BTreeSet::new();
+        actions
+            .into_iter()
+            .filter(|a| {
+                if cut.contains(a.volume()) {
+                    return false;
+                }
+                if matches!(a, Action::Promote { .. }) && held.contains(a.volume()) {
+                    cut.insert(a.volume().to_string());
+                    return false;
+                }
+                true
+            })
+            .collect()
+    }
+
+    /// Keeps when each volume became Primary here (reported, so two Primaries that meet keep the later one).
+    fn track_roles(&self) {
+        let primaries: BTreeSet<&String> = self
+            .volumes
+            .iter()
+            .filter(|(_, v)| v.is_primary())
+            .map(|(name, _)| name)
+            .collect();
+        let mut st = self.lock();
+        st.primary_since.retain(|name, _| primaries.contains(name));
+        for name in primaries {
+            st.primary_since
+                .entry(name.clone())
+                .or_insert_with(Instant::now);
+        }
+    }
+
+    /// Announces the VIPs this node holds again when the peer may have drawn initiators to itself: it came back
+    /// Online (it may have held an address while it was frozen or cut off), or it stopped a VIP of a stack this
+    /// node runs. Each node that takes or keeps a VIP announces it; nothing waits for ARP caches to expire.
+    fn announce_vips(&self, peer_vips: &mut BTreeMap<String, bool>, peer_was_online: &mut bool) {
+        let (online, ours, theirs) = {
+            let st = self.lock();
+            let online = self.peer_online(&st);
+            let ours: BTreeSet<String> = self
+                .stacks
+                .iter()
+                .filter(|s| {
+                    st.resources
+                        .get(&s.vip_name)
+                        .is_some_and(|r| r.status == RunStatus::Started)
+                })
+                .map(|s| s.vip_name.clone())
+                .collect();
+            let theirs: BTreeMap<String, bool> = self
+                .stacks
+                .iter()
+                .map(|s| {
+                    let running = st.peer_report.as_ref().is_some_and(|r| {
+                        r.resources
+                            .iter()
+                            .any(|x| x.resource == s.vip_name && x.status == "started")
+                    });
+                    (s.vip_name.clone(), running)
+                })
+                .collect();
+            (online, ours, theirs)
+        };
+        let came_back = online && !*peer_was_online;
+        *peer_was_online = online;
+        for s in &self.stacks {
+            let released = peer_vips.get(&s.vip_name).copied().unwrap_or(false)
+                && !theirs.get(&s.vip_name).copied().unwrap_or(false);
+            if ours.contains(&s.vip_name) && (came_back || released) && !s.vip.is_loopback() {
+                info!(vip = %s.target.vip, "announcing the virtual IP again: the peer came back or released it");
+                if let Err(e) = s.vip.start() {
+                    warn!(vip = %s.target.vip, "announcing the virtual IP again: {e}");
+                }
+            }
+        }
+        *peer_vips = theirs;
     }
 
     /// `actions` cut, per volume, before its first promotion or start.
@@ -1233,27 +1474,31 @@ impl Shared {
                 fenced: settings
                     .fenced
                     .contains(&(s.volume.clone(), self.me.name.clone())),
+                generations: generations_to_vec(&status.generations),
+                primary_since_s: st
+                    .primary_since
+                    .get(&s.volume)
+                    .map(|t| now_s.saturating_sub(t.elapsed().as_secs())),
             });
             let peer_fenced = settings
                 .fenced
                 .contains(&(s.volume.clone(), self.peer.name.clone()));
-            let from_report = st
+            let reported = st
                 .peer_report
                 .as_ref()
                 .filter(|_| peer_online)
-                .and_then(|r| {
-                    r.volumes.iter().find(|x| x.volume == s.volume).map(|x| {
-                        (
-                            disk_by_name(&x.disk),
-                            if x.role == "Primary" {
-                                Role::Primary
-                            } else {
-                                Role::Secondary
-                            },
-                            x.connected,
-                        )
-                    })
-                });
+                .and_then(|r| r.volumes.iter().find(|x| x.volume == s.volume));
+            let from_report = reported.map(|x| {
+                (
+                    disk_by_name(&x.disk),
+                    if x.role == "Primary" {
+                        Role::Primary
+                    } else {
+                        Role::Secondary
+                    },
+                    x.connected,
+                )
+            });
             // While the replication link is up, it tells what the peer's copy is first hand (the report may be a
             // heartbeat old); otherwise the report, if the peer is online.
             let peer_entry = match from_report {
@@ -1275,6 +1520,10 @@ impl Shared {
                     role,
                     connected,
                     fenced: peer_fenced,
+                    generations: reported.map(|x| x.generations.clone()).unwrap_or_default(),
+                    primary_since_s: reported
+                        .and_then(|x| x.primary_for_ms)
+                        .map(|ms| now_s.saturating_sub(ms / 1000)),
                 });
             }
         }

@@ -252,6 +252,13 @@ state_dir = "{node}"           # the node's copy of the cluster settings (standb
         );
     }
     let [(node1, ..), (node2, ..)] = NODES;
+    // The guide's choice for a managed pair: a copy that falls behind while the cluster link is up is marked
+    // Outdated through the cluster, never left claiming UpToDate. Manual mode has no cluster to carry the fence.
+    let fencing = if manual {
+        r#""dont-care"            # manual mode: no cluster manager to mark the peer Outdated"#
+    } else {
+        r#""resource-only"        # a peer cut off from replication is marked Outdated before writes go on"#
+    };
     text += &format!(
         r#"
 # One replicated volume of {size_text}: a full copy on each node, metadata at the end of each file.
@@ -260,7 +267,7 @@ name = "{VOLUME}"
 uuid = "{volume_uuid:032x}"
 port = {REPLICATION_PORT}                    # replication port, on each node's address
 protocol = "C"                 # a write completes once it is on both disks
-fencing = "dont-care"
+fencing = {fencing}
 after_sb_0pri = "disconnect"   # after a split brain: stop, and let the admin choose the data to keep
 after_sb_1pri = "disconnect"
 after_sb_2pri = "disconnect"

@@ -26,13 +26,10 @@ fn the_seed_guide_walked_through() {
     let mut c = NsCluster::new("seed", false);
     // The guide's replicated device: protocol C, `fencing resource-only` (crm-fence-peer: a lost peer may not be
     // promoted until it has resynced).
+    // `twinsan init` writes both for a managed pair.
     let cfg = std::fs::read_to_string(&c.config).expect("config");
     assert!(cfg.contains("protocol = \"C\""), "{cfg}");
-    std::fs::write(
-        &c.config,
-        cfg.replacen("fencing = \"dont-care\"", "fencing = \"resource-only\"", 1),
-    )
-    .expect("config");
+    assert!(cfg.contains("fencing = \"resource-only\""), "{cfg}");
 
     // --- Replicated device, step 1: create-md on each node ("initializing activity log, bitmap ... meta data
     // created"). Both copies start Inconsistent, as after `drbdadm create-md`.

@@ -111,6 +111,23 @@ pub struct Report {
     /// Its failed actions, as `twinsan status` lists them.
     #[serde(default)]
     pub failed_actions: Vec<String>,
+    /// The lease exchange (`twinsan_cluster::lease`); absent from a node of a release before leases.
+    #[serde(default)]
+    pub lease: Option<LeaseReport>,
+}
+
+/// The lease part of a report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseReport {
+    /// The sender's clock, in milliseconds: the receiver echoes it when it grants.
+    pub stamp: u64,
+    /// The newest stamp of the receiver's that the sender has, if it grants the receiver a lease.
+    pub echo: Option<u64>,
+    /// The receiver's incarnation that `echo` was stamped by: an echo for an earlier run of the receiver
+    /// (whose clock had another origin) is no grant.
+    pub echo_for: u64,
+    /// The volumes the grant covers.
+    pub volumes: Vec<String>,
 }
 
 /// One volume on the reporting node.
@@ -124,6 +141,12 @@ pub struct VolumeReport {
     pub role: String,
     /// Its replication link is connected.
     pub connected: bool,
+    /// Its generation identifiers, `[current, bitmap, history...]`.
+    #[serde(default)]
+    pub generations: Vec<u64>,
+    /// How long it has been Primary, in milliseconds, while it is.
+    #[serde(default)]
+    pub primary_for_ms: Option<u64>,
 }
 
 /// One resource on the reporting node.
@@ -308,6 +331,8 @@ mod tests {
                 disk: "UpToDate".into(),
                 role: "Primary".into(),
                 connected: true,
+                generations: vec![0x1001, 0, 0x0a00],
+                primary_for_ms: Some(1500),
             }],
             resources: vec![ResourceReport {
                 resource: "vol0-vip".into(),
@@ -317,7 +342,30 @@ mod tests {
             }],
             settings,
             failed_actions: vec!["vol0-vip_monitor_2000 on node1 'gone'".into()],
+            lease: Some(LeaseReport {
+                stamp: 12_345,
+                echo: Some(6_789),
+                echo_for: 99,
+                volumes: vec!["vol0".into()],
+            }),
         })
+    }
+
+    /// A report of the release before leases (no `lease`, no generations) still decodes: the mixed pair of a
+    /// rolling upgrade keeps talking.
+    #[test]
+    fn a_report_without_the_lease_fields_decodes() {
+        let mut old = serde_json::to_value(sample()).expect("json");
+        old.as_object_mut().expect("object").remove("lease");
+        let volume = &mut old["volumes"][0];
+        volume.as_object_mut().expect("object").remove("generations");
+        volume.as_object_mut().expect("object").remove("primary_for_ms");
+        let message: Message = serde_json::from_value(old).expect("old report");
+        let Message::Report(report) = message else {
+            panic!("not a report")
+        };
+        assert_eq!(report.lease, None);
+        assert!(report.volumes[0].generations.is_empty());
     }
 
     #[test]
