@@ -54,7 +54,9 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_millis(20);
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseConfigError {
     /// A lease must outlast a heartbeat interval, or it lapses between two renewals.
-    #[error("a lease of {lease_ms} ms does not outlast the heartbeat interval of {interval_ms} ms")]
+    #[error(
+        "a lease of {lease_ms} ms does not outlast the heartbeat interval of {interval_ms} ms"
+    )]
     TooShort {
         /// The lease.
         lease_ms: u128,
@@ -195,11 +197,9 @@ impl LeaseGrantor {
 
     /// How long this node must still wait before it takes `volume` over.
     pub fn wait_left(&self, volume: &str, now: Duration) -> Duration {
-        self.last_grant
-            .get(volume)
-            .map_or(Duration::ZERO, |&t| {
-                (t + self.config.takeover_wait()).saturating_sub(now)
-            })
+        self.last_grant.get(volume).map_or(Duration::ZERO, |&t| {
+            (t + self.config.takeover_wait()).saturating_sub(now)
+        })
     }
 }
 

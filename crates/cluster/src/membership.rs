@@ -448,7 +448,9 @@ impl Membership {
 
     /// Rule 9: a gap longer than `pause_after` since the last input was this node's own pause.
     fn skip_own_pause(&mut self, now: Duration) {
-        let last = self.last_input.replace(now.max(self.last_input.unwrap_or_default()));
+        let last = self
+            .last_input
+            .replace(now.max(self.last_input.unwrap_or_default()));
         let (Some(pause_after), Some(last)) = (self.config.pause_after, last) else {
             return;
         };

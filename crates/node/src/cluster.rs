@@ -815,7 +815,8 @@ impl Shared {
                     Some(lease) => {
                         st.peer_without_leases = false;
                         st.peer_stamp = Some((envelope.incarnation, lease.stamp));
-                        if let (Some(echo), true) = (lease.echo, lease.echo_for == self.incarnation) {
+                        if let (Some(echo), true) = (lease.echo, lease.echo_for == self.incarnation)
+                        {
                             let now = self.now();
                             st.holder
                                 .granted(echo, lease.volumes.iter().map(String::as_str), now);
@@ -973,8 +974,7 @@ impl Shared {
                 _ => Vec::new(),
             };
             if !granted.is_empty() {
-                st.grantor
-                    .granting(granted.iter().map(String::as_str), now);
+                st.grantor.granting(granted.iter().map(String::as_str), now);
             }
             let lease = LeaseReport {
                 stamp: st.holder.stamp(now),
@@ -999,10 +999,9 @@ impl Shared {
                             },
                             connected: s.connection == ConnState::Connected,
                             generations: generations_to_vec(&s.generations),
-                            primary_for_ms: st
-                                .primary_since
-                                .get(name)
-                                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                            primary_for_ms: st.primary_since.get(name).map(|t| {
+                                u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+                            }),
                         }
                     })
                     .collect(),

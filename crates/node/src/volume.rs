@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 use twinsan_replication::engine::{
-    write_zeroes, AdminCommand, Engine, EngineConfig, Input, IoFailure, Lease, Output, Status, Storage,
-    MAX_REQUEST,
+    write_zeroes, AdminCommand, Engine, EngineConfig, Input, IoFailure, Lease, Output, Status,
+    Storage, MAX_REQUEST,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
 use twinsan_replication::metadata::{

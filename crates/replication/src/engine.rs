@@ -791,10 +791,12 @@ impl<S: Storage> Engine<S> {
 
     /// True while the engine wants a connection to the peer.
     pub fn wants_link(&self) -> bool {
+        // A Primary holding I/O for its lease does not connect: its peer may have taken over, and two Primaries
+        // would only refuse each other. It connects once the cluster renews the lease or demotes it.
         matches!(
             self.state.peer().conn,
             ConnState::Connecting | ConnState::Connected
-        )
+        ) && !self.state.lease_hold()
     }
 
     /// The id of the current connection, if any.

@@ -603,3 +603,115 @@ fn a_discard_zeroes_the_range_on_both_nodes_and_resyncs_like_a_write() {
         Some(Err(IoFailure::OutOfRange(_)))
     ));
 }
+
+/// A Primary frozen with a write in flight, whose peer took over meanwhile: when it resumes, its lease has run
+/// out, so the write is held — not acknowledged — and no new generation is started; demoted, it fails the
+/// write, and its copy is the older one on reconnect: a bitmap resync from the survivor, no split brain.
+#[test]
+fn a_primary_without_a_lease_holds_its_writes_and_starts_no_generation() {
+    let mut p = new_pair_in_sync();
+    p.lease = Some(Duration::from_millis(600));
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    let before = p.engine(0).generations();
+    // Frozen with a write in flight.
+    let id = p.submit_write(0, 0, pattern(1, 4096), true);
+    p.freeze(0);
+    p.leases_to[0] = false;
+    p.advance(12);
+    p.drop_link_to_frozen();
+    p.admin(1, AdminCommand::Primary { force: false })
+        .expect("takeover");
+    p.thaw(0);
+    p.settle(3);
+    assert_eq!(p.write_result(id), None, "held, not answered: {:?}", p.logs);
+    let s = p.engine(0).status();
+    assert!(s.lease_hold && s.suspended, "{s:?}");
+    assert_eq!(s.role, Role::Primary);
+    assert_eq!(
+        s.connection,
+        ConnState::Connecting,
+        "it does not connect: {s:?}"
+    );
+    assert_eq!(p.engine(0).generations(), before, "no new generation");
+    // A read waits too: the survivor's copy may be newer.
+    let read_id = {
+        let id = p.next_id;
+        p.next_id += 1;
+        let now = p.now;
+        p.engine(0).handle(
+            Input::Read {
+                id,
+                offset: 0,
+                len: 4096,
+            },
+            now,
+        );
+        p.collect(0);
+        id
+    };
+    p.settle(2);
+    assert!(!p
+        .done
+        .iter()
+        .any(|(_, o)| matches!(o, twinsan_replication::engine::Output::ReadDone { id, .. } if *id == read_id)));
+    // The cluster demotes it: the held write fails, it connects and resyncs from the survivor.
+    p.admin(0, AdminCommand::Secondary).expect("demote");
+    assert!(
+        matches!(p.write_result(id), Some(Err(IoFailure::NotAvailable(_)))),
+        "{:?}",
+        p.logs
+    );
+    p.leases_to[0] = true;
+    p.settle(100);
+    let s = p.engine(0).status();
+    assert_eq!(s.connection, ConnState::Connected, "{:?}", p.logs);
+    assert!(!s.split_brain, "{:?}", p.logs);
+    assert_eq!(s.disk, DiskState::UpToDate, "{:?}", p.logs);
+    assert_eq!(p.data(0), p.data(1));
+}
+
+/// A short freeze that nobody acted on: the held write completes once the cluster renews the lease, after the
+/// new generation (the link was lost) is on disk.
+#[test]
+fn a_renewed_lease_releases_held_writes_after_the_new_generation() {
+    let mut p = new_pair_in_sync();
+    p.lease = Some(Duration::from_millis(600));
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    let before = p.engine(0).generations();
+    p.freeze(0);
+    p.advance(8);
+    p.thaw(0);
+    p.cut();
+    let id = p.submit_write(0, 4096, pattern(2, 4096), false);
+    assert_eq!(p.write_result(id), None, "no lease: held");
+    assert!(p.engine(0).status().lease_hold);
+    p.settle(1);
+    assert_eq!(p.write_result(id), Some(Ok(())), "{:?}", p.logs);
+    let after = p.engine(0).generations();
+    assert_ne!(
+        after.current, before.current,
+        "a new generation before the acknowledgement"
+    );
+    assert!(!p.engine(0).status().lease_hold);
+}
+
+/// Without a lease the cluster does not promote a node (the engine refuses too).
+#[test]
+fn no_promotion_without_a_lease() {
+    let mut p = new_pair_in_sync();
+    p.lease = Some(Duration::from_millis(600));
+    p.leases_to[1] = false;
+    p.settle(2);
+    p.cut();
+    let now = p.now;
+    p.engine(1).handle(
+        Input::Lease(twinsan_replication::engine::Lease::Until(now)),
+        now,
+    );
+    let e = p
+        .admin(1, AdminCommand::Primary { force: false })
+        .expect_err("refused");
+    assert!(e.contains("no lease"), "{e}");
+}

@@ -1,11 +1,19 @@
 //! Deterministic simulation of a two-node volume under faults: writes from a client, partial delivery, link
-//! cuts, crashes with and without losing the disk cache, torn metadata writes, failovers. A client oracle checks
-//! SPEC invariants 1–4 for every seed; a failure prints the seed (rerun one with `TWINSAN_SIM_SEED=N`, more with
-//! `TWINSAN_SIM_SEEDS=N`).
+//! cuts, crashes with and without losing the disk cache, torn metadata writes, failovers, and frozen nodes (a
+//! node that takes no step for a while — SIGSTOP, a paused VM — and resumes with its old state, processing the
+//! requests that waited for it). A client oracle checks SPEC invariants 1–4 for every seed, and invariant 8: no
+//! write is acknowledged by a Primary that was taken over while it was frozen, so no acknowledged write is ever
+//! lost and never do two nodes acknowledge writes in the same interval. A failure prints the seed (rerun one with
+//! `TWINSAN_SIM_SEED=N`, more with `TWINSAN_SIM_SEEDS=N`).
 
 mod sim;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Takeovers of a frozen Primary over all seeds: the fault must actually happen.
+static TAKEOVERS: AtomicU64 = AtomicU64::new(0);
 
 use sim::Pair;
 use twinsan_replication::engine::{AdminCommand, IoFailure, Output};
@@ -15,6 +23,8 @@ use twinsan_replication::wire::ReplicationProtocol;
 
 const BACKING: u64 = 12 << 20;
 const BLOCK: u64 = 4096;
+/// The cluster's lease, as the node driver sets it for the default timers.
+const LEASE: Duration = Duration::from_millis(600);
 
 /// xorshift64*: the simulation's only source of randomness.
 struct Rng(u64);
@@ -154,6 +164,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut p = Pair::new(BACKING, ReplicationProtocol::C);
     p.uuid_seed = seed;
+    p.lease = Some(LEASE);
     p.settle(20);
     p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
         .map_err(|e| format!("clear bitmap: {e}"))?;
@@ -163,11 +174,22 @@ fn run_seed(seed: u64) -> Result<(), String> {
     let mut oracle = Oracle::default();
     let mut primary = 0usize;
     let mut next_value: u8 = 1;
+    // A Primary taken over while it was frozen, until it is demoted: it must never acknowledge a write.
+    let mut deposed: Option<usize> = None;
     for _step in 0..150 {
         // Answers that came in.
         let done: Vec<_> = std::mem::take(&mut p.done);
         for (node, out) in done {
             match out {
+                Output::WriteDone { result: Ok(()), id } if Some(node) == deposed => {
+                    return Err(format!(
+                        "node{} acknowledged write {id} after node{} took the volume over while it was frozen \
+                         (invariant 8)\n{}",
+                        node + 1,
+                        2 - node,
+                        p.logs[p.logs.len().saturating_sub(20)..].join("\n")
+                    ));
+                }
                 Output::WriteDone { id, result } if node == primary => oracle.answered(id, &result),
                 Output::FlushDone { id, result } if node == primary => {
                     oracle.flush_answered(id, &result)
@@ -177,6 +199,17 @@ fn run_seed(seed: u64) -> Result<(), String> {
             }
         }
         check_two_primaries(&mut p)?;
+        if rng.chance(4) {
+            freeze_round(
+                &mut p,
+                &mut rng,
+                &mut oracle,
+                &mut primary,
+                &mut deposed,
+                &mut next_value,
+            )?;
+            continue;
+        }
         match rng.below(100) {
             0..=44 => {
                 if p.nodes[primary]
@@ -222,7 +255,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 let other = 1 - victim;
                 let peer_complete = p.nodes[other].as_ref().is_some_and(|e| {
                     let s = e.status();
-                    s.disk == DiskState::UpToDate
+                    // A disk about to fail is not a failover target: a diskless Primary keeps serving from its
+                    // peer and is never given a disk back while Primary (that is `volume attach`, later).
+                    !e.storage().disk.failing
+                        && s.disk == DiskState::UpToDate
                         && s.connection == ConnState::Connected
                         && s.replication == ReplState::Established
                 });
@@ -365,6 +401,148 @@ fn run_seed(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// One node freezes; the client keeps sending it requests, which wait in its socket buffer. A long freeze of a
+/// Primary whose peer was in sync ends in a takeover, as the cluster manager does it: the survivor drops the link
+/// and promotes only after the frozen node's lease has certainly run out, and grants it no new one. The frozen
+/// node resumes, hears that its link is gone, processes the requests that waited (none may be acknowledged
+/// then), and is demoted by the cluster (two Primaries meet: the one taken over goes), after which it resyncs.
+fn freeze_round(
+    p: &mut Pair,
+    rng: &mut Rng,
+    oracle: &mut Oracle,
+    primary: &mut usize,
+    deposed: &mut Option<usize>,
+    next_value: &mut u8,
+) -> Result<(), String> {
+    let victim = if rng.chance(60) {
+        *primary
+    } else {
+        1 - *primary
+    };
+    let other = 1 - victim;
+    if p.nodes[victim].is_none() || p.nodes[other].is_none() || p.cut {
+        return Ok(());
+    }
+    // Disk faults have their own rounds; a freeze is about time.
+    let healthy = |e: &twinsan_replication::engine::Engine<sim::MemStorage>| {
+        let disk = &e.storage().disk;
+        !disk.failing && disk.tear_after.is_none() && e.status().disk == DiskState::UpToDate
+    };
+    if !p.nodes.iter().flatten().all(healthy) {
+        return Ok(());
+    }
+    let peer_complete = p.nodes[other].as_ref().is_some_and(|e| {
+        let s = e.status();
+        s.disk == DiskState::UpToDate
+            && s.connection == ConnState::Connected
+            && s.replication == ReplState::Established
+            && p.nodes[victim]
+                .as_ref()
+                .is_some_and(|v| v.state().role() == Role::Primary)
+    });
+    let blocks = p.engine(victim).data_size() / BLOCK;
+    p.freeze(victim);
+    let long = rng.chance(60);
+    let ticks = if long {
+        12 + rng.below(30) as u32
+    } else {
+        1 + rng.below(4) as u32
+    };
+    // Requests that reach the frozen node wait in its socket buffer.
+    let mut waiting = Vec::new();
+    let take_over = victim == *primary && peer_complete && long;
+    for _ in 0..ticks {
+        if victim == *primary && rng.chance(50) {
+            let block = rng.below(blocks);
+            let value = *next_value;
+            *next_value = next_value.wrapping_add(1).max(1);
+            waiting.push((block, value, rng.chance(20)));
+        }
+        p.advance(1);
+    }
+    if take_over {
+        // The survivor waits out the lease it last granted (the frozen node's last renewal was at the freeze),
+        // closes the link and promotes; from now on the frozen node gets no lease.
+        p.leases_to[victim] = false;
+        p.advance(((LEASE.as_millis() / 100) + 1) as u32);
+        p.drop_link_to_frozen();
+        // What the frozen node had in flight may land or not.
+        oracle.orphan_all();
+        if let Err(e) = p.admin(other, AdminCommand::Primary { force: false }) {
+            let tail = p.logs[p.logs.len().saturating_sub(12)..].join("\n");
+            return Err(format!(
+                "takeover by node{}: {e}\n{tail}\n{:?}",
+                other + 1,
+                p.engine(other).status()
+            ));
+        }
+        *primary = other;
+        *deposed = Some(victim);
+        TAKEOVERS.fetch_add(1, Ordering::Relaxed);
+        // The survivor serves.
+        for _ in 0..rng.below(6) {
+            let block = rng.below(blocks);
+            let value = *next_value;
+            *next_value = next_value.wrapping_add(1).max(1);
+            let fua = rng.chance(20);
+            let id = p.submit_write(other, block * BLOCK, vec![value; BLOCK as usize], fua);
+            oracle.issued(id, block, value, fua);
+            p.settle(1);
+        }
+    }
+    // The frozen node resumes with its old state; the requests that waited reach it.
+    p.thaw(victim);
+    for (block, value, fua) in waiting {
+        if p.nodes[victim].is_none() {
+            break;
+        }
+        let id = p.submit_write(victim, block * BLOCK, vec![value; BLOCK as usize], fua);
+        if victim == *primary {
+            oracle.issued(id, block, value, fua);
+        } else {
+            // Sent to the old Primary: it must never be acknowledged (checked on every answer); its data may land
+            // on the old Primary's disk, which resyncs from the survivor.
+            oracle.blocks.entry(block).or_default();
+        }
+    }
+    p.settle(3);
+    if *deposed == Some(victim) {
+        // Two Primaries meet: the cluster demotes the one that was taken over; it grants and is granted again.
+        let done: Vec<_> = std::mem::take(&mut p.done);
+        for (node, out) in &done {
+            if let Output::WriteDone { result: Ok(()), id } = out {
+                if *node == victim {
+                    return Err(format!(
+                        "node{} acknowledged write {id} after it was taken over (invariant 8) {:?}\n{}",
+                        victim + 1, done,
+                        p.logs[p.logs.len().saturating_sub(20)..].join("\n")
+                    ));
+                }
+            }
+        }
+        p.done = done;
+        p.admin(victim, AdminCommand::Secondary)
+            .map_err(|e| format!("demoting the old primary node{}: {e}", victim + 1))?;
+        let done: Vec<_> = std::mem::take(&mut p.done);
+        for (node, out) in &done {
+            if let Output::WriteDone { result: Ok(()), id } = out {
+                if *node == victim {
+                    return Err(format!(
+                        "node{} acknowledged write {id} while it was demoted after a takeover (invariant 8)",
+                        victim + 1
+                    ));
+                }
+            }
+        }
+        p.done = done;
+        p.leases_to[victim] = true;
+        *deposed = None;
+    } else {
+        p.leases_to[victim] = true;
+    }
+    Ok(())
+}
+
 /// Replaces failed disks' faults and attaches them again (`volume up`).
 fn repair_disks(p: &mut Pair) {
     for i in 0..2 {
@@ -425,4 +603,12 @@ fn simulation_keeps_the_invariants_over_many_seeds() {
         seeds.len(),
         failures.join("\n")
     );
+    if seeds.len() >= 100 {
+        let takeovers = TAKEOVERS.load(Ordering::Relaxed);
+        assert!(
+            takeovers >= 20,
+            "only {takeovers} takeovers of a frozen Primary in {} seeds",
+            seeds.len()
+        );
+    }
 }

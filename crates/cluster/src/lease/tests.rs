@@ -65,7 +65,10 @@ fn a_stamp_from_the_future_is_no_grant() {
 fn the_grantor_takes_over_only_after_the_wait_from_its_last_grant() {
     let c = config();
     let mut g = LeaseGrantor::new(c);
-    assert!(g.may_take_over("vol0", ms(0)), "never granted: nothing to wait for");
+    assert!(
+        g.may_take_over("vol0", ms(0)),
+        "never granted: nothing to wait for"
+    );
     g.granting(["vol0"], ms(1000));
     assert!(!g.may_take_over("vol0", ms(1000) + c.takeover_wait() - ms(1)));
     assert_eq!(g.wait_left("vol0", ms(1100)), c.takeover_wait() - ms(100));

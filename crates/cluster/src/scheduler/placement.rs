@@ -304,9 +304,10 @@ fn fill_recency(facts: &mut [NodeFacts<'_>]) {
         return;
     }
     for &i in &primaries {
-        let descends = primaries.iter().filter(|&&j| j != i).any(|&j| {
-            descends_from(&facts[i].volume.generations, &facts[j].volume.generations)
-        });
+        let descends = primaries
+            .iter()
+            .filter(|&&j| j != i)
+            .any(|&j| descends_from(&facts[i].volume.generations, &facts[j].volume.generations));
         facts[i].recency = (descends, facts[i].volume.primary_since_s.unwrap_or(0));
     }
 }
@@ -612,10 +613,7 @@ fn compare(
             other.name, other.name
         );
     }
-    let (c, o) = (
-        (c.1, c.2, c.3, c.4, c.5),
-        (o.1, o.2, o.3, o.4, o.5),
-    );
+    let (c, o) = ((c.1, c.2, c.3, c.4, c.5), (o.1, o.2, o.3, o.4, o.5));
     if c.0 != o.0 {
         let blocked: Vec<&str> = other
             .members

@@ -358,8 +358,14 @@ mod tests {
         let mut old = serde_json::to_value(sample()).expect("json");
         old.as_object_mut().expect("object").remove("lease");
         let volume = &mut old["volumes"][0];
-        volume.as_object_mut().expect("object").remove("generations");
-        volume.as_object_mut().expect("object").remove("primary_for_ms");
+        volume
+            .as_object_mut()
+            .expect("object")
+            .remove("generations");
+        volume
+            .as_object_mut()
+            .expect("object")
+            .remove("primary_for_ms");
         let message: Message = serde_json::from_value(old).expect("old report");
         let Message::Report(report) = message else {
             panic!("not a report")

@@ -8,7 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use twinsan_replication::engine::{
-    AdminCommand, Engine, EngineConfig, Input, IoFailure, Output, Storage,
+    AdminCommand, Engine, EngineConfig, Input, IoFailure, Lease, Output, Storage,
 };
 use twinsan_replication::generation::{AfterSbPolicies, UUID_JUST_CREATED};
 use twinsan_replication::metadata::{Layout, Placement, Superblock};
@@ -178,6 +178,15 @@ pub struct Pair {
     pub uuid_seed: u64,
     /// Checksum-based resync.
     pub csums: bool,
+    /// Frozen nodes (SIGSTOP, a paused VM): they take no input and send nothing; what reaches them waits.
+    pub frozen: [bool; 2],
+    /// A link loss that happened while the node was frozen, delivered when it resumes.
+    pub pending_down: [Option<u64>; 2],
+    /// The cluster's lease (SPEC invariant 8): when set, every running node that `leases_to` allows gets
+    /// `now + lease` at each tick, as the cluster manager renews it.
+    pub lease: Option<Duration>,
+    /// Which nodes the cluster grants a lease now.
+    pub leases_to: [bool; 2],
 }
 
 impl Pair {
@@ -199,6 +208,10 @@ impl Pair {
             next_id: 1,
             uuid_seed: 1000,
             csums: false,
+            frozen: [false, false],
+            pending_down: [None, None],
+            lease: None,
+            leases_to: [true, true],
         };
         pair.start(0);
         pair.start(1);
@@ -254,6 +267,10 @@ impl Pair {
         if let Some(link) = self.link.take() {
             self.wire = [VecDeque::new(), VecDeque::new()];
             for i in 0..2 {
+                if self.frozen[i] {
+                    self.pending_down[i] = Some(link);
+                    continue;
+                }
                 if let Some(e) = self.nodes[i].as_mut() {
                     e.handle(
                         Input::LinkDown {
@@ -269,6 +286,9 @@ impl Pair {
     }
 
     pub fn collect(&mut self, i: usize) {
+        if self.frozen[i] {
+            return;
+        }
         let Some(e) = self.nodes[i].as_mut() else {
             return;
         };
@@ -286,8 +306,12 @@ impl Pair {
                 }
                 Output::Close { link } => {
                     if Some(link) == self.link {
-                        // A graceful close: what node i sent before reaches the peer first.
+                        // A graceful close: what node i sent before reaches the peer first — unless the peer is
+                        // frozen, which then finds the connection reset when it resumes.
                         let to = 1 - i;
+                        if self.frozen[to] {
+                            self.wire[i].clear();
+                        }
                         while let Some(m) = self.wire[i].pop_front() {
                             if self.link != Some(link) {
                                 break;
@@ -302,6 +326,11 @@ impl Pair {
                 }
                 Output::Log { text, .. } => self.logs.push(format!("node{}: {text}", i + 1)),
                 Output::Changed => {}
+                Output::WriteDone { id, ref result } => {
+                    self.logs
+                        .push(format!("node{}: write {id} done: {result:?}", i + 1));
+                    self.done.push((i, o));
+                }
                 other => self.done.push((i, other)),
             }
         }
@@ -309,7 +338,7 @@ impl Pair {
 
     /// Connects if both want to and the network allows.
     fn maybe_connect(&mut self) {
-        if self.link.is_some() || self.cut {
+        if self.link.is_some() || self.cut || self.frozen.iter().any(|&f| f) {
             return;
         }
         let want = self
@@ -341,6 +370,9 @@ impl Pair {
             let Some(link) = self.link else { break };
             let mut moved = false;
             for from in 0..2 {
+                if self.frozen[from] || self.frozen[1 - from] {
+                    continue;
+                }
                 if let Some(m) = self.wire[from].pop_front() {
                     let to = 1 - from;
                     if let Some(e) = self.nodes[to].as_mut() {
@@ -363,17 +395,36 @@ impl Pair {
 
     /// Runs until the network is quiet, ticking the clock by 100 ms whenever it is, at most `ticks` times.
     pub fn settle(&mut self, ticks: u32) {
+        self.run(ticks, true);
+    }
+
+    /// Lets exactly `ticks` ticks of 100 ms pass, quiet or not.
+    pub fn advance(&mut self, ticks: u32) {
+        self.run(ticks, false);
+    }
+
+    fn run(&mut self, ticks: u32, until_quiet: bool) {
         for _ in 0..ticks {
             while self.step(10_000) > 0 {}
             self.now += Duration::from_millis(100);
             for i in 0..2 {
+                if self.frozen[i] {
+                    continue;
+                }
+                let lease = self
+                    .lease
+                    .filter(|_| self.leases_to[i])
+                    .map(|l| Lease::Until(self.now + l));
                 if let Some(e) = self.nodes[i].as_mut() {
+                    if let Some(lease) = lease {
+                        e.handle(Input::Lease(lease), self.now);
+                    }
                     e.handle(Input::Tick, self.now);
                 }
                 self.collect(i);
             }
             self.maybe_connect();
-            if self.wire.iter().all(VecDeque::is_empty) && self.quiet() {
+            if until_quiet && self.wire.iter().all(VecDeque::is_empty) && self.quiet() {
                 break;
             }
         }
@@ -502,6 +553,35 @@ impl Pair {
             Some(e) => e.storage().disk.cache[..size].to_vec(),
             None => self.disks[i].cache[..size].to_vec(),
         }
+    }
+
+    /// Freezes node `i`: from now on it takes no step until [`Pair::thaw`].
+    pub fn freeze(&mut self, i: usize) {
+        self.logs.push(format!("node{}: frozen", i + 1));
+        self.frozen[i] = true;
+    }
+
+    /// Node `i` resumes with the state it had: it first hears of a link lost meanwhile, at the current time.
+    pub fn thaw(&mut self, i: usize) {
+        self.logs.push(format!("node{}: resumes", i + 1));
+        self.frozen[i] = false;
+        if let Some(link) = self.pending_down[i].take() {
+            if let Some(e) = self.nodes[i].as_mut() {
+                e.handle(
+                    Input::LinkDown {
+                        link,
+                        reason: "closed by the peer while this node was frozen".into(),
+                    },
+                    self.now,
+                );
+            }
+            self.collect(i);
+        }
+    }
+
+    /// The survivor closes the link to a frozen peer (the cluster found it silent on every link).
+    pub fn drop_link_to_frozen(&mut self) {
+        self.drop_link("the peer is silent on every cluster link");
     }
 
     pub fn cut(&mut self) {
