@@ -43,10 +43,10 @@ use twinsan_replication::generation::{GenerationIds, Role as VolumeRole, HISTORY
 use twinsan_replication::state::{ConnState, DiskState as VolumeDisk, FencingPolicy};
 use twinsan_replication::wire;
 use twinsan_scsi::LogicalUnit;
-use twinsan_target::{Running, Server, ServerConfig};
+use twinsan_target::{Running, Server};
 
 use crate::api;
-use crate::config::{ClusterConfig, NodeConfig, TargetSection};
+use crate::config::{ClusterConfig, NodeConfig, TargetChap, TargetSection};
 use crate::vip::{Vip, VipSpec};
 use crate::volume::Volume;
 use crate::witness::WitnessLink;
@@ -156,6 +156,8 @@ struct Shared {
     peer: NodeConfig,
     cluster_id: u64,
     secret: Vec<u8>,
+    /// The CHAP policies the targets are served with.
+    chap: TargetChap,
     incarnation: u64,
     volumes: BTreeMap<String, Arc<Volume>>,
     luns: HashMap<String, Arc<LogicalUnit>>,
@@ -188,11 +190,13 @@ pub struct ClusterManager {
 impl ClusterManager {
     /// Starts the cluster manager of node `me`: binds the cluster links, starts the witness link if configured,
     /// and from then on keeps the resources of `volumes` where the scheduler puts them. `secret` is the cluster's
-    /// shared secret (`ClusterConfig::secret`, read once by the caller).
+    /// shared secret (`ClusterConfig::secret`, read once by the caller), `chap` the targets' CHAP policies
+    /// (`ClusterConfig::load_chap`, likewise).
     pub fn start(
         config: ClusterConfig,
         me: NodeConfig,
         secret: Vec<u8>,
+        chap: TargetChap,
         volumes: BTreeMap<String, Arc<Volume>>,
         luns: HashMap<String, Arc<LogicalUnit>>,
         runtime: tokio::runtime::Handle,
@@ -311,6 +315,7 @@ impl ClusterManager {
             peer,
             cluster_id,
             secret,
+            chap,
             incarnation,
             volumes,
             luns,
@@ -1743,7 +1748,7 @@ impl Shared {
             None => BTreeMap::new(),
         };
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
-        let config = ServerConfig::new(vec![stack.target.target_config(map)]);
+        let config = stack.target.server_config(map, &self.chap);
         let server = self
             .runtime
             .block_on(Server::bind(config, &[addr]))

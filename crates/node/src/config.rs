@@ -34,6 +34,10 @@
 //! vip = "127.0.0.10"
 //! port = 3260
 //! lun = [ { lun = 1, volume = "vol0" } ]
+//! chap_user = "initiator1"                        # optional: CHAP, discovery sessions included
+//! chap_secret_file = "chap.secret"                # chmod 600; one line, at least 12 characters
+//! mutual_chap_user = "vol0"                       # optional: mutual CHAP, the target proves itself too
+//! mutual_chap_secret_file = "mutual-chap.secret"
 //! ```
 
 use std::collections::BTreeMap;
@@ -45,6 +49,10 @@ use twinsan_replication::generation::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, Aft
 use twinsan_replication::metadata::PlacementKind;
 use twinsan_replication::state::FencingPolicy;
 use twinsan_replication::wire::ReplicationProtocol;
+
+mod chap;
+
+pub use chap::{TargetChap, MAX_CHAP_LEN, MIN_CHAP_SECRET_LEN};
 
 /// A config that cannot be used. The text names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +276,18 @@ pub struct TargetSection {
     /// Initiators allowed; empty: any.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// CHAP: the user name initiators log in with, discovery sessions included; none: no CHAP.
+    #[serde(default)]
+    pub chap_user: Option<String>,
+    /// The file holding `chap_user`'s secret; `node run` reads it ([`ClusterConfig::load_chap`]).
+    #[serde(default)]
+    pub chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the user name the target answers the initiator's challenge with; needs `chap_user`.
+    #[serde(default)]
+    pub mutual_chap_user: Option<String>,
+    /// The file holding `mutual_chap_user`'s secret.
+    #[serde(default)]
+    pub mutual_chap_secret_file: Option<PathBuf>,
     /// LUNs.
     #[serde(default)]
     pub lun: Vec<LunConfig>,
@@ -851,6 +871,7 @@ impl ClusterConfig {
                     return Err(self.invalid(field(&format!("allow[{j}]")), why));
                 }
             }
+            self.validate_chap(t, &key)?;
             if t.lun.is_empty() {
                 return Err(self.invalid(
                     field("lun"),
@@ -1057,17 +1078,30 @@ impl VolumeConfig {
 }
 
 impl TargetSection {
-    /// The target as the iSCSI server takes it, with `luns`.
+    /// The target as the iSCSI server takes it, with `luns` and the CHAP policy `chap` loaded for it.
     pub fn target_config(
         &self,
         luns: BTreeMap<u64, std::sync::Arc<twinsan_scsi::LogicalUnit>>,
+        chap: &TargetChap,
     ) -> twinsan_target::TargetConfig {
         twinsan_target::TargetConfig {
             name: self.iqn.clone(),
             luns,
             allowed_initiators: self.allow.clone(),
-            chap: None,
+            chap: chap.policy(&self.iqn).cloned(),
         }
+    }
+
+    /// The iSCSI server of this target alone (on its virtual IP): discovery sessions require the target's CHAP,
+    /// as `twinsan serve` does.
+    pub fn server_config(
+        &self,
+        luns: BTreeMap<u64, std::sync::Arc<twinsan_scsi::LogicalUnit>>,
+        chap: &TargetChap,
+    ) -> twinsan_target::ServerConfig {
+        let mut server = twinsan_target::ServerConfig::new(vec![self.target_config(luns, chap)]);
+        server.discovery_chap = chap.policy(&self.iqn).cloned();
+        server
     }
 }
 
@@ -2247,10 +2281,10 @@ lun = [ { lun = 0, volume = "vol1" } ]
     }
 
     /// A temporary folder under the system's, removed on drop.
-    struct TempDir(PathBuf);
+    pub(super) struct TempDir(PathBuf);
 
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
+        pub(super) fn new(tag: &str) -> TempDir {
             use std::sync::atomic::{AtomicU32, Ordering};
             static N: AtomicU32 = AtomicU32::new(0);
             let path = std::env::temp_dir().join(format!(
@@ -2261,7 +2295,7 @@ lun = [ { lun = 0, volume = "vol1" } ]
             std::fs::create_dir_all(&path).expect("create temp dir");
             TempDir(path)
         }
-        fn path(&self) -> &Path {
+        pub(super) fn path(&self) -> &Path {
             &self.0
         }
     }

@@ -22,7 +22,7 @@ use twinsan_target::{Running, Server, ServerConfig};
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
 use crate::cluster::ClusterManager;
-use crate::config::{ClusterConfig, NodeConfig};
+use crate::config::{ClusterConfig, NodeConfig, TargetChap};
 use crate::volume::{DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
 
 /// An error that stops the daemon from starting; the text tells the admin what to fix.
@@ -50,6 +50,8 @@ const DRAIN_AT_STOP: Duration = Duration::from_secs(30);
 /// The running node.
 struct Node {
     config: ClusterConfig,
+    /// The CHAP policies the targets are served with.
+    chap: TargetChap,
     me: NodeConfig,
     volumes: BTreeMap<String, Arc<Volume>>,
     luns: HashMap<String, Arc<LogicalUnit>>,
@@ -71,8 +73,9 @@ struct Targets {
     held: HashSet<String>,
 }
 
-/// Runs node `node_name` of `config` until SIGINT or SIGTERM.
-pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
+/// Runs node `node_name` of `config` until SIGINT or SIGTERM, serving the targets with the CHAP policies `chap`
+/// (`ClusterConfig::load_chap`, read by the caller before anything starts).
+pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(), DaemonError> {
     let me = config.node(node_name).cloned().ok_or_else(|| {
         DaemonError::Config(format!(
             "no [[node]] is named {node_name} in {}",
@@ -184,6 +187,7 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
                 config.clone(),
                 me.clone(),
                 secret,
+                chap.clone(),
                 volumes.clone(),
                 luns.clone(),
                 runtime.handle().clone(),
@@ -201,6 +205,7 @@ pub fn run(config: ClusterConfig, node_name: &str) -> Result<(), DaemonError> {
         reconciling: tokio::sync::Mutex::new(()),
         runtime: runtime.handle().clone(),
         config,
+        chap,
     });
     let socket = node.config.admin_socket(&me);
     let result = runtime.block_on(async {
@@ -335,10 +340,13 @@ impl Node {
                 }
             }
             port = t.port;
-            targets.push(t.target_config(luns));
+            targets.push(t.target_config(luns, &self.chap));
         }
         let addr = SocketAddr::new(self.me.address, port);
-        match Server::bind(ServerConfig::new(targets), &[addr]).await {
+        let mut config = ServerConfig::new(targets);
+        // Discovery on this one portal lists every target; validation gives them all the same CHAP in manual mode.
+        config.discovery_chap = config.targets.first().and_then(|t| t.chap.clone());
+        match Server::bind(config, &[addr]).await {
             Ok(server) => {
                 let running = server.spawn();
                 info!(portal = %addr, targets = ?desired, "serving iSCSI");

@@ -311,12 +311,18 @@ pub fn format_target_tree(config: &ClusterConfig, s: &ClusterStatus) -> String {
         let listed = format!("{group}| ");
         let last = format!("{group}  ");
         out += &tree_line(target, &t.iqn, "TPGs: 1");
-        let auth = if t.allow.is_empty() {
-            "gen-acls, no-auth"
+        // targetcli's words: CHAP set on the portal group (one user for every initiator) is tpg-auth.
+        let acls = if t.allow.is_empty() {
+            "gen-acls"
         } else {
-            "no-gen-acls, no-auth"
+            "no-gen-acls"
         };
-        out += &tree_line(&tpg, "tpg1", auth);
+        let auth = match (&t.chap_user, &t.mutual_chap_user) {
+            (None, _) => "no-auth",
+            (Some(_), None) => "tpg-auth, 1-way auth",
+            (Some(_), Some(_)) => "tpg-auth, mutual auth",
+        };
+        out += &tree_line(&tpg, "tpg1", &format!("{acls}, {auth}"));
         out += &tree_line(&group, "acls", &format!("ACLs: {}", t.allow.len()));
         for a in &t.allow {
             out += &tree_line(&listed, a, "Mapped LUNs: all");

@@ -27,7 +27,9 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Run => {
             let config = ClusterConfig::load(&global.config)?;
             let node = config.this_node(global.node.as_deref())?.name.clone();
-            twinsan_node::daemon::run(config, &node).with_context(|| format!("node {node}"))
+            // The CHAP secret files are read once, here: a bad one stops the node before it touches a disk.
+            let chap = config.load_chap()?;
+            twinsan_node::daemon::run(config, chap, &node).with_context(|| format!("node {node}"))
         }
         NodeCommand::Standby { node } => crate::cluster_cmd::standby(global, node, true),
         NodeCommand::Unstandby { node } => crate::cluster_cmd::standby(global, node, false),
