@@ -28,30 +28,33 @@ pub const TYPE_WE_RO: u8 = 0x05;
 /// The iscsi-cdb program, compiled once per test binary.
 pub fn tool() -> &'static Path {
     static TOOL: OnceLock<PathBuf> = OnceLock::new();
-    TOOL.get_or_init(|| {
-        let cc = require_tool("cc");
-        assert!(
-            Path::new("/usr/include/iscsi/iscsi.h").is_file(),
-            "libiscsi's headers are not installed: run scripts/test (it installs libiscsi-dev)"
-        );
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/iscsi-cdb.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("iscsi-cdb-{}", std::process::id()));
-        let built = run(
-            Command::new(cc)
-                .args(["-Wall", "-O2", "-o"])
-                .arg(&out)
-                .arg(&source)
-                .arg("-liscsi"),
-            Duration::from_secs(120),
-        );
-        assert!(
-            built.status.success(),
-            "building iscsi-cdb failed:\n{}",
-            text(&built)
-        );
-        out
-    })
+    TOOL.get_or_init(|| libiscsi_tool("iscsi-cdb"))
+}
+
+/// Builds `tests/tools/NAME.c` against the installed libiscsi (libiscsi-dev) into the test binary's temporary
+/// folder, and returns the program.
+pub fn libiscsi_tool(name: &str) -> PathBuf {
+    let cc = require_tool("cc");
+    assert!(
+        Path::new("/usr/include/iscsi/iscsi.h").is_file(),
+        "libiscsi's headers are not installed: run scripts/test (it installs libiscsi-dev)"
+    );
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/tools/{name}.c"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let built = run(
+        Command::new(cc)
+            .args(["-Wall", "-O2", "-o"])
+            .arg(&out)
+            .arg(&source)
+            .arg("-liscsi"),
+        Duration::from_secs(120),
+    );
+    assert!(
+        built.status.success(),
+        "building {name} failed:\n{}",
+        text(&built)
+    );
+    out
 }
 
 /// One initiator port: an iSCSI name and the number in its ISID (the same pair is the same I_T nexus).
