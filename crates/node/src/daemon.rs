@@ -23,7 +23,7 @@ use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
 use crate::cluster::ClusterManager;
 use crate::config::{ClusterConfig, NodeConfig, TargetChap};
-use crate::volume::{DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
+use crate::volume::{ClaimedDisk, DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
 
 /// An error that stops the daemon from starting; the text tells the admin what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +89,10 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
     let secret = config
         .secret()
         .map_err(|e| DaemonError::Config(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("twinsan")
-        .build()
-        .map_err(|e| DaemonError::Io(format!("cannot start the runtime: {e}")))?;
-    let (events, _) = broadcast::channel(1024);
-    let mut volumes = BTreeMap::new();
+    // Every disk of this node is claimed before any is read and before any socket is bound: a second daemon for
+    // this node (or one whose disk another process holds) stops here, and the running one's disks stay as they
+    // are (SPEC 3, invariant 9).
+    let mut disks = Vec::new();
     for v in &config.volumes {
         let Some(disk) = v.disk.get(&me.name) else {
             continue;
@@ -105,6 +102,20 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             meta: disk.meta.as_ref().map(|m| config.resolve(m)),
             volume_uuid: v.uuid_value(),
         };
+        let claimed = ClaimedDisk::claim(paths).map_err(|source| DaemonError::Volume {
+            volume: v.name.clone(),
+            source,
+        })?;
+        disks.push((v, claimed));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("twinsan")
+        .build()
+        .map_err(|e| DaemonError::Io(format!("cannot start the runtime: {e}")))?;
+    let (events, _) = broadcast::channel(1024);
+    let mut volumes = BTreeMap::new();
+    for (v, disk) in disks {
         // The controller re-requests what completed once per 100 ms step, so the fill target bounds the rate to
         // fill / step; DRBD's defaults (fill of a few MiB, 2 s to close a gap) are sized for WAN links and keep a
         // local resync near 100 MiB/s. Here: up to 64 MiB in flight (so up to 640 MiB/s), a gap closed in 300 ms.
@@ -150,7 +161,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             &v.name,
             &peer.name,
             engine_config,
-            &paths,
+            disk,
             link,
             handlers,
             events.clone(),

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use twinsan_replication::generation::UUID_JUST_CREATED;
@@ -17,6 +17,7 @@ use twinsan_replication::metadata::{
     Region, Superblock, ACTIVITY_LOG_EXTENT_SIZE, ACTIVITY_LOG_SLOTS, ACTIVITY_LOG_SLOT_SIZE,
     BITMAP_GRANULARITY, BLOCK_SIZE, SIGNATURE_HEAD_SIZE, SIGNATURE_TAIL_SIZE, SUPERBLOCK_COPIES,
 };
+use twinsan_target::{BackingClaim, TargetError};
 
 /// Why metadata could not be created or read. The text names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +30,10 @@ pub enum MdError {
         /// Why.
         source: io::Error,
     },
-    /// A block device another program holds exclusively: mounted, or in use by a device mapper or a daemon.
-    #[error("{} is in use (mounted, or held by another program): nothing was written to it", path.display())]
-    Busy {
-        /// The block device.
-        path: PathBuf,
-    },
+    /// Another process holds the device: a running `twinsan node run` or `serve`, or, for a block device, a
+    /// mount or a device mapper. The message names the path and the holder's pid where it is known.
+    #[error("{0}")]
+    InUse(TargetError),
     /// Neither a regular file nor a block device.
     #[error("{} is {kind}, not a regular file or a block device", path.display())]
     NotStorage {
@@ -356,11 +355,14 @@ struct Device {
     path: PathBuf,
     file: File,
     size: u64,
+    /// Held while a device is open for writing: no other process has it (SPEC 3, invariant 9).
+    _claim: Option<BackingClaim>,
 }
 
 impl Device {
-    /// Opens `path`, for writing if `write`. A block device opened for writing is opened exclusively, which the
-    /// kernel refuses while it is mounted or held by another exclusive user.
+    /// Opens `path`, for writing if `write`. A device opened for writing is claimed for this process first
+    /// ([`BackingClaim`]: a lock on a file, `O_EXCL` on a block device), which is refused while a daemon runs on it
+    /// or, for a block device, while it is mounted or held by another exclusive user.
     fn open(path: &Path, write: bool) -> Result<Device, MdError> {
         let open_error = |source| MdError::Open {
             path: path.to_path_buf(),
@@ -374,20 +376,17 @@ impl Device {
                 kind: describe(kind),
             });
         }
-        let mut options = OpenOptions::new();
-        options.read(true).write(write);
-        if block && write {
-            options.custom_flags(libc::O_EXCL);
-        }
-        let file = options.open(path).map_err(|source| {
-            if source.raw_os_error() == Some(libc::EBUSY) {
-                MdError::Busy {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                open_error(source)
-            }
-        })?;
+        let claim = match write.then(|| BackingClaim::acquire(path)).transpose() {
+            Ok(claim) => claim,
+            Err(error @ TargetError::InUse { .. }) => return Err(MdError::InUse(error)),
+            Err(TargetError::Backing { source, .. }) => return Err(open_error(source)),
+            Err(other) => return Err(open_error(io::Error::other(other.to_string()))),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(open_error)?;
         let size = if block {
             block_device_size(&file)
         } else {
@@ -402,6 +401,7 @@ impl Device {
             path: path.to_path_buf(),
             file,
             size,
+            _claim: claim,
         })
     }
 
@@ -833,6 +833,35 @@ mod tests {
         );
         let error = read_md(&dir.0, None).expect_err("a directory");
         assert!(error.to_string().contains("is a directory"), "{error}");
+    }
+
+    #[test]
+    fn a_device_another_process_holds_is_refused_untouched() {
+        let dir = TempDir::new("claimed");
+        let data = dir.file("vol0.img", backing_for(8 * MIB));
+        create_md(&data, None, UUID, 1, 2, false).expect("created");
+        let before = std::fs::read(&data).expect("read");
+        // A running daemon's claim; a second open file description conflicts like another process would.
+        let held = BackingClaim::acquire(&data).expect("claimed");
+        let error = create_md(&data, None, UUID + 1, 1, 2, true).expect_err("in use");
+        assert!(matches!(error, MdError::InUse(_)), "{error:?}");
+        let shown = error.to_string();
+        for part in [
+            data.display().to_string(),
+            format!("process {}", std::process::id()),
+            "nothing was read or written".into(),
+        ] {
+            assert!(shown.contains(&part), "{part:?} missing from {shown}");
+        }
+        assert_eq!(
+            std::fs::read(&data).expect("read"),
+            before,
+            "nothing written"
+        );
+        // Reading takes no claim.
+        read_md(&data, None).expect("read while claimed");
+        drop(held);
+        create_md(&data, None, UUID + 1, 1, 2, true).expect("forced once released");
     }
 
     #[test]

@@ -38,6 +38,7 @@ use twinsan_replication::metadata::{
 };
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
+use twinsan_target::{BackingClaim, TargetError};
 
 use crate::api;
 
@@ -55,9 +56,44 @@ pub struct DiskPaths {
     pub volume_uuid: u128,
 }
 
+/// A volume's files claimed for this process (SPEC 3, invariant 9): the data and any external metadata, claimed
+/// before anything reads or writes them and held as long as the volume's storage is open.
+#[derive(Debug)]
+pub struct ClaimedDisk {
+    paths: DiskPaths,
+    _data: BackingClaim,
+    _meta: Option<BackingClaim>,
+}
+
+impl ClaimedDisk {
+    /// Claims the files of `paths`; [`VolumeError::InUse`] names the one another process holds, and its pid.
+    pub fn claim(paths: DiskPaths) -> Result<ClaimedDisk, VolumeError> {
+        let claim = |path: &Path| {
+            BackingClaim::acquire(path).map_err(|error| match error {
+                TargetError::Backing { path, source } => VolumeError::Io { path, source },
+                error => VolumeError::InUse(error),
+            })
+        };
+        Ok(ClaimedDisk {
+            _data: claim(&paths.data)?,
+            _meta: paths.meta.as_deref().map(claim).transpose()?,
+            paths,
+        })
+    }
+
+    /// The files claimed.
+    pub fn paths(&self) -> &DiskPaths {
+        &self.paths
+    }
+}
+
 /// Why a volume could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
+    /// Another process holds the data or metadata file: another `twinsan node run` for this node, a `twinsan
+    /// serve`, or a mount of the block device. Nothing was read or written.
+    #[error("{0}")]
+    InUse(TargetError),
     /// A file could not be opened or read.
     #[error("{path}: {source}")]
     Io {
@@ -94,6 +130,8 @@ pub enum VolumeError {
 pub struct FileStorage {
     data: File,
     meta: File,
+    /// No other process has these files while the storage is open.
+    _disk: ClaimedDisk,
 }
 
 impl Storage for FileStorage {
@@ -160,10 +198,12 @@ pub fn device_size(file: &File, path: &Path) -> Result<u64, VolumeError> {
     Ok(size)
 }
 
-/// Opens the volume's files and reads its superblock: the layout, the chosen superblock and the storage.
+/// Opens the volume's files, claimed for this process, and reads its superblock: the layout, the chosen
+/// superblock and the storage (which keeps the claim).
 pub fn open_disk(
-    paths: &DiskPaths,
+    disk: ClaimedDisk,
 ) -> Result<(FileStorage, Layout, metadata::Superblock), VolumeError> {
+    let paths = &disk.paths;
     let data = open_rw(&paths.data, 0)?;
     let backing = device_size(&data, &paths.data)?;
     let (meta, placement, meta_path) = match &paths.meta {
@@ -208,7 +248,15 @@ pub fn open_disk(
             expected: paths.volume_uuid,
         });
     }
-    Ok((FileStorage { data, meta }, layout, chosen.superblock))
+    Ok((
+        FileStorage {
+            data,
+            meta,
+            _disk: disk,
+        },
+        layout,
+        chosen.superblock,
+    ))
 }
 
 /// Shell commands run on volume events (DRBD's handlers).
@@ -313,18 +361,19 @@ const LEASE_NOT_ENFORCED: u64 = u64::MAX;
 pub type Fencer = Arc<dyn Fn(&str, GenerationIds) + Send + Sync>;
 
 impl Volume {
-    /// Starts the volume: its timer and link threads. The disk is attached and the volume starts
-    /// connecting to its peer.
+    /// Starts the volume: its timer and link threads. The disk, claimed for this process, is attached and the
+    /// volume starts connecting to its peer.
     pub fn start(
         name: &str,
         peer_name: &str,
         engine_config: EngineConfig,
-        paths: &DiskPaths,
+        disk: ClaimedDisk,
         link: LinkConfig,
         handlers: Handlers,
         events: tokio::sync::broadcast::Sender<api::EventLine>,
     ) -> Result<Arc<Volume>, VolumeError> {
-        let (storage, layout, sb) = open_disk(paths)?;
+        let paths = disk.paths().clone();
+        let (storage, layout, sb) = open_disk(disk)?;
         let read_file = File::open(&paths.data).map_err(|source| VolumeError::Io {
             path: paths.data.clone(),
             source,

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use twinsan_scsi::BlockDevice;
 
+use crate::claim::BackingClaim;
 use crate::error::TargetError;
 
 /// Buffered reads and writes up to this size are page-cache copies of a few microseconds: the engine runs them
@@ -22,10 +23,12 @@ const QUICK_IO_BYTES: usize = 64 * 1024;
 /// Alignment O_DIRECT needs for buffers, offsets and lengths on every device we support.
 const DIRECT_ALIGN: usize = 4096;
 
-/// A file or block device opened for the target.
+/// A file or block device opened for the target, claimed for this process alone while it is open.
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,
+    /// Keeps every other process off the store (SPEC 3, invariant 9).
+    _claim: BackingClaim,
     size: u64,
     direct: bool,
     /// A block special file (else a regular file).
@@ -35,8 +38,11 @@ pub struct FileDevice {
 }
 
 impl FileDevice {
-    /// Opens `path`. With `direct`, I/O bypasses the page cache (O_DIRECT) and every write is durable on return.
+    /// Claims and opens `path` ([`TargetError::InUse`] if another process holds it). With `direct`, I/O bypasses
+    /// the page cache (O_DIRECT) and every write is durable on return.
     pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self, TargetError> {
+        // Before anything reads the store: a refused claim leaves it as it is.
+        let claim = BackingClaim::acquire(path)?;
         let mut opts = OpenOptions::new();
         opts.read(true).write(!read_only);
         if direct {
@@ -76,6 +82,7 @@ impl FileDevice {
         // Only whole 512-byte blocks are exposed.
         Ok(FileDevice {
             file,
+            _claim: claim,
             size: size & !511,
             direct,
             block,
@@ -84,7 +91,8 @@ impl FileDevice {
     }
 
     /// Creates (or extends) a regular file of `size` bytes. The file is sparse (thin provisioned): blocks are
-    /// allocated as they are written, and UNMAP gives them back.
+    /// allocated as they are written, and UNMAP gives them back. A file another process holds is left alone
+    /// ([`TargetError::InUse`]).
     pub fn create(path: &Path, size: u64) -> Result<(), TargetError> {
         let file = OpenOptions::new()
             .read(true)
@@ -96,6 +104,8 @@ impl FileDevice {
                 path: path.into(),
                 source: e,
             })?;
+        // Creating an empty file changes no one's store; growing one in use would.
+        let _claim = BackingClaim::acquire(path)?;
         let cur = file
             .metadata()
             .map_err(|e| TargetError::Backing {

@@ -6,6 +6,7 @@
 //! `twinsan_scsi::BlockDevice`.
 
 mod backend;
+mod claim;
 pub mod config;
 mod conn;
 mod error;
@@ -14,6 +15,7 @@ mod output;
 mod server;
 
 pub use backend::{file_mapped_extent, punch_hole, FileDevice};
+pub use claim::BackingClaim;
 pub use config::{ServerConfig, TargetConfig};
 pub use error::TargetError;
 pub use server::{Running, Server};

@@ -120,6 +120,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(Vec::new());
     let tpgt = config.limits.portal_group_tag;
     let mut luns = BTreeMap::new();
+    // LUN by backing store: one store is one LUN (its claim would refuse a second open, naming this very process).
+    let mut stores = BTreeMap::new();
     for spec in &args.luns {
         let Some((n, path)) = spec.split_once('=') else {
             bail!("--lun {spec:?}: expected N=PATH, e.g. --lun 1=/var/lib/twinsan/disk1.img");
@@ -131,6 +133,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             bail!("--lun {spec:?}: LUN numbers go up to 16383");
         }
         let path = PathBuf::from(path);
+        if let Some(m) = std::fs::canonicalize(&path)
+            .ok()
+            .and_then(|c| stores.get(&c))
+        {
+            bail!(
+                "--lun {spec:?}: {} is LUN {m} already; a backing store is served as one LUN",
+                path.display()
+            );
+        }
         if let Some(size) = create {
             if !path.exists()
                 || std::fs::metadata(&path)
@@ -156,6 +167,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             tpgt,
         );
         info!(lun = n, path = %canonical.display(), serial = %id.serial, "logical unit");
+        stores.insert(canonical, n);
         luns.insert(
             n,
             Arc::new(LogicalUnit::new(Arc::new(dev), id, args.read_only)),

@@ -32,6 +32,11 @@ impl NodeProc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Whether the daemon is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for NodeProc {
