@@ -154,9 +154,12 @@ pub struct VolumeStatus {
     pub disk: String,
     /// True while a split brain found on connect is unresolved.
     pub split_brain: bool,
-    /// True while writes are suspended (fencing in progress).
+    /// True while writes are suspended (fencing in progress, or no lease).
     #[serde(default)]
     pub suspended: bool,
+    /// True while I/O is held because this Primary has no lease from the cluster (SPEC invariant 8).
+    #[serde(default)]
+    pub lease_hold: bool,
     /// The peer (one, in a two-node cluster).
     pub peers: Vec<PeerStatus>,
 }

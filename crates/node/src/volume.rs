@@ -1172,6 +1172,7 @@ pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
         disk: s.disk.to_string(),
         split_brain: s.split_brain,
         suspended: s.suspended,
+        lease_hold: s.lease_hold,
         peers: vec![api::PeerStatus {
             node: peer.to_owned(),
             connection: s.connection.to_string(),

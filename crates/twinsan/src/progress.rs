@@ -257,6 +257,7 @@ mod tests {
                 disk: "UpToDate".into(),
                 split_brain: false,
                 suspended: false,
+                lease_hold: false,
                 peers: vec![peer],
             },
         }

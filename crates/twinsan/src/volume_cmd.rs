@@ -279,7 +279,7 @@ fn print_events(
 pub fn format_status(v: &VolumeStatus) -> String {
     let mut s = format!("{} role:{}", v.name, v.role);
     if v.suspended {
-        s.push_str(" suspended:yes");
+        s.push_str(suspended_word(v));
     }
     if v.split_brain {
         s.push_str(" split-brain:yes");
@@ -377,7 +377,7 @@ impl EventLines {
 fn object_lines(v: &VolumeStatus) -> Vec<(String, String)> {
     let mut volume = format!("volume name:{} role:{} disk:{}", v.name, v.role, v.disk);
     if v.suspended {
-        volume.push_str(" suspended:yes");
+        volume.push_str(suspended_word(v));
     }
     if v.split_brain {
         volume.push_str(" split-brain:yes");
@@ -398,6 +398,16 @@ fn object_lines(v: &VolumeStatus) -> Vec<(String, String)> {
         objects.push((p.node.clone(), peer));
     }
     objects
+}
+
+/// Why writes wait: ` suspended:lease` (no lease from the cluster: the node may have been frozen) or
+/// ` suspended:yes` (fencing).
+fn suspended_word(v: &VolumeStatus) -> &'static str {
+    if v.lease_hold {
+        " suspended:lease"
+    } else {
+        " suspended:yes"
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +450,7 @@ mod tests {
             disk: "UpToDate".into(),
             split_brain: false,
             suspended: false,
+            lease_hold: false,
             peers: vec![peer],
         }
     }

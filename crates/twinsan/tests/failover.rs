@@ -337,6 +337,17 @@ fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
         c.logs()
     );
     assert!(c.log(q).contains("fenced by the peer"), "{}", c.logs());
+    // Healed while both run: the Outdated copy resyncs from the primary and is UpToDate again.
+    drop(cut);
+    c.wait_status(q, Duration::from_secs(60), "resynced after the heal", in_sync);
+    qemu::verify(VIP_URL, &plan, chunk);
+    // Cut again: fenced again once the primary writes.
+    let cut = LinkCut::new();
+    let plan = qemu::plan(6, 64 << 20, chunk, 8);
+    qemu::write(VIP_URL, &plan, chunk);
+    c.wait_status(q, Duration::from_secs(20), "fenced again", |s| {
+        s["disk"] == "Outdated"
+    });
     // The primary dies: the Outdated copy is never promoted.
     c.kill(p);
     wait_cluster(&c, q, Duration::from_secs(10), "node p OFFLINE", |s| {
