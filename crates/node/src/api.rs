@@ -189,6 +189,10 @@ pub struct PeerStatus {
     /// Blocks the last online verify found different, in KiB (marked out of sync, never repaired silently).
     #[serde(default)]
     pub verify_out_of_sync_kib: u64,
+    /// Why the link is not up: what refused or broke the last connection (the peer's size, secret or data, a
+    /// disconnect), or why this node cannot connect or listen; `None` while connected.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One line of `volume events`.

@@ -295,6 +295,8 @@ pub struct Volume {
     /// When the established replication link was last closed or reset from the peer's side (its process or
     /// host went away, or it disconnected): evidence for the cluster's early loss detection.
     peer_closed_at: Mutex<Option<Instant>>,
+    /// Why this node cannot connect to the peer or listen for it now (the engine knows why a connection failed).
+    link_error: Mutex<Option<String>>,
 }
 
 /// Takes a fence request: the volume and this node's generation identifiers. It must not block (it runs under
@@ -382,6 +384,7 @@ impl Volume {
             handlers,
             fencer: Mutex::new(None),
             peer_closed_at: Mutex::new(None),
+            link_error: Mutex::new(None),
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -437,7 +440,25 @@ impl Volume {
 
     /// The status as the admin socket reports it.
     pub fn api_status(&self) -> api::VolumeStatus {
-        to_api(&self.name, &self.peer_name, &self.status())
+        let mut status = to_api(&self.name, &self.peer_name, &self.status());
+        if let Some(why) = self.lock_link_error().clone() {
+            for p in &mut status.peers {
+                p.last_error = Some(why.clone());
+            }
+        }
+        status
+    }
+
+    fn lock_link_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.link_error.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records why connecting or listening fails now (`None`: it works); true when that is news.
+    fn set_link_error(&self, why: Option<String>) -> bool {
+        let mut current = self.lock_link_error();
+        let news = *current != why;
+        *current = why;
+        news
     }
 
     fn lock_core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -793,10 +814,14 @@ impl Volume {
                 match TcpListener::bind(config.local) {
                     Ok(l) => {
                         let _ = l.set_nonblocking(true);
+                        self.set_link_error(None);
                         break Some(l);
                     }
                     Err(e) => {
-                        warn!(volume = %self.name, addr = %config.local, "cannot listen for the peer: {e}; retrying");
+                        let why = format!("cannot listen for the peer at {}: {e}", config.local);
+                        if self.set_link_error(Some(why.clone())) {
+                            warn!(volume = %self.name, "{why}; retrying every second");
+                        }
                         thread::sleep(Duration::from_secs(1));
                     }
                 }
@@ -829,10 +854,22 @@ impl Volume {
                         && self.links_open.load(Ordering::SeqCst) == 0
                     {
                         match connect_from(config.local, config.peer) {
-                            Ok(stream) => self.setup_link(stream),
-                            Err(_) => thread::sleep(Duration::from_millis(300)),
+                            Ok(stream) => {
+                                self.set_link_error(None);
+                                self.setup_link(stream)
+                            }
+                            Err(e) => {
+                                self.set_link_error(Some(format!(
+                                    "cannot connect to {}: {e}",
+                                    config.peer
+                                )));
+                                thread::sleep(Duration::from_millis(300))
+                            }
                         }
                     } else {
+                        if !self.wants_link.load(Ordering::SeqCst) {
+                            self.set_link_error(None);
+                        }
                         thread::sleep(Duration::from_millis(50));
                     }
                 }
@@ -1075,6 +1112,7 @@ pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
             rate_kib_s: s.rate_kib_s,
             eta_s: s.eta_s,
             verify_out_of_sync_kib: s.verify_out_of_sync_bytes / 1024,
+            last_error: s.last_error.clone(),
         }],
     }
 }
