@@ -141,6 +141,10 @@ pub struct ResourceStatus {
     pub promoted: Vec<String>,
     /// For a volume: where it is up and Secondary.
     pub unpromoted: Vec<String>,
+    /// Why it failed: an action of the answering node that failed (kept until it succeeds or `resource cleanup`,
+    /// with its retry), else the last failed action of a node where it is FAILED; `None` when nothing failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One volume on one node, as `volume status --json` prints it.
