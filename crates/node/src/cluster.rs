@@ -19,7 +19,7 @@
 //!   waits for the peer's grant, a demotion for writes in flight) — never on the net thread, so heartbeats keep
 //!   going while an action runs.
 
-mod backoff;
+pub(crate) mod backoff;
 pub mod message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

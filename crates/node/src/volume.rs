@@ -40,6 +40,7 @@ use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
 
 use crate::api;
+use crate::cluster::backoff::RETRY;
 
 /// How often the engine's timers run.
 const TICK: Duration = Duration::from_millis(100);
@@ -297,6 +298,8 @@ pub struct Volume {
     peer_closed_at: Mutex<Option<Instant>>,
     /// Why this node cannot connect to the peer or listen for it now (the engine knows why a connection failed).
     link_error: Mutex<Option<String>>,
+    /// How many times the link got established: the dialler backs off from connections that never do.
+    established: AtomicU64,
 }
 
 /// Takes a fence request: the volume and this node's generation identifiers. It must not block (it runs under
@@ -385,6 +388,7 @@ impl Volume {
             fencer: Mutex::new(None),
             peer_closed_at: Mutex::new(None),
             link_error: Mutex::new(None),
+            established: AtomicU64::new(0),
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -740,6 +744,12 @@ impl Volume {
         self.wants_link.store(engine.wants_link(), Ordering::SeqCst);
         let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if *current != status {
+            use twinsan_replication::state::ConnState;
+            if status.connection == ConnState::Connected
+                && current.connection != ConnState::Connected
+            {
+                self.established.fetch_add(1, Ordering::SeqCst);
+            }
             let changed_shape = current.role != status.role
                 || current.disk != status.disk
                 || current.connection != status.connection
@@ -827,6 +837,11 @@ impl Volume {
                 }
             }
         };
+        // The dialler waits longer after each connection in a row the peer refused (wrong secret, other size): a
+        // refusal repeats itself, and each one logs on both nodes.
+        let mut refused = 0u32;
+        let mut next_dial = Instant::now();
+        let mut dialled: Option<u64> = None;
         while !self.stop.load(Ordering::SeqCst) {
             match &listener {
                 Some(l) => match l.accept() {
@@ -850,12 +865,31 @@ impl Volume {
                     }
                 },
                 None => {
-                    if self.wants_link.load(Ordering::SeqCst)
-                        && self.links_open.load(Ordering::SeqCst) == 0
-                    {
+                    let wants = self.wants_link.load(Ordering::SeqCst);
+                    let idle = self.links_open.load(Ordering::SeqCst) == 0;
+                    if let (true, Some(at)) = (idle, dialled) {
+                        // The last connection ended: established, or refused once more.
+                        dialled = None;
+                        if self.established.load(Ordering::SeqCst) == at {
+                            refused = refused.saturating_add(1);
+                            next_dial = Instant::now() + RETRY.delay(refused);
+                        } else {
+                            refused = 0;
+                        }
+                    }
+                    if !wants {
+                        // An admin's `connect` dials at once.
+                        refused = 0;
+                        next_dial = Instant::now();
+                        self.set_link_error(None);
+                    }
+                    if wants && idle && Instant::now() < next_dial {
+                        thread::sleep(Duration::from_millis(50));
+                    } else if wants && idle {
                         match connect_from(config.local, config.peer) {
                             Ok(stream) => {
                                 self.set_link_error(None);
+                                dialled = Some(self.established.load(Ordering::SeqCst));
                                 self.setup_link(stream)
                             }
                             Err(e) => {
@@ -867,9 +901,6 @@ impl Volume {
                             }
                         }
                     } else {
-                        if !self.wants_link.load(Ordering::SeqCst) {
-                            self.set_link_error(None);
-                        }
                         thread::sleep(Duration::from_millis(50));
                     }
                 }

@@ -4,6 +4,7 @@
 //! A busy port, a missing device or a refused promotion fail the same way every time; retrying each 100 ms only
 //! floods the log and flips the status. The first retry comes after [`Policy::initial`], each further one after
 //! twice the last, at most [`Policy::cap`]; a success of the same action, or `resource cleanup`, starts over.
+//! The volume driver paces its dialling with the same [`RETRY`] after connections the peer refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
