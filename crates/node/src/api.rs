@@ -141,6 +141,10 @@ pub struct ResourceStatus {
     pub promoted: Vec<String>,
     /// For a volume: where it is up and Secondary.
     pub unpromoted: Vec<String>,
+    /// Why it failed: an action of the answering node that failed (kept until it succeeds or `resource cleanup`,
+    /// with its retry), else the last failed action of a node where it is FAILED; `None` when nothing failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One volume on one node, as `volume status --json` prints it.
@@ -192,6 +196,10 @@ pub struct PeerStatus {
     /// Blocks the last online verify found different, in KiB (marked out of sync, never repaired silently).
     #[serde(default)]
     pub verify_out_of_sync_kib: u64,
+    /// Why the link is not up: what refused or broke the last connection (the peer's size, secret or data, a
+    /// disconnect), or why this node cannot connect or listen; `None` while connected.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One line of `volume events`.

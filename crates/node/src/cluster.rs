@@ -19,6 +19,7 @@
 //!   waits for the peer's grant, a demotion for writes in flight) — never on the net thread, so heartbeats keep
 //!   going while an action runs.
 
+pub(crate) mod backoff;
 pub mod message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -124,6 +125,8 @@ struct State {
     seq: u64,
     notes: Vec<String>,
     failed_actions: Vec<String>,
+    /// This node's failing actions and when each is tried again.
+    retries: backoff::Retries,
     cleanup_applied: u64,
     /// This node left the membership after `cluster stop` drained it.
     left: bool,
@@ -335,6 +338,7 @@ impl ClusterManager {
                 seq: 0,
                 notes: Vec::new(),
                 failed_actions: Vec::new(),
+                retries: backoff::Retries::default(),
                 cleanup_applied: 0,
                 left: false,
                 leaving: false,
@@ -1053,6 +1057,7 @@ impl Shared {
                 }
             }
             let only = settings.cleanup.resource.clone();
+            st.retries.clear(only.as_deref());
             st.failed_actions.retain(|a| {
                 only.as_ref()
                     .is_some_and(|r| !a.starts_with(&format!("{r}_")))
@@ -1148,11 +1153,13 @@ impl Shared {
                     self.peer.name
                 );
             }
-            if !mine.is_empty() && !me_left && !peer_unknown {
+            // A share that would retry a failed action before its time waits (the loop below still runs).
+            let due = self.due(&mine);
+            if !due.is_empty() && !me_left && !peer_unknown {
                 for a in &schedule.actions {
                     debug!("transition: {a}");
                 }
-                self.execute(&mine);
+                self.execute(&due);
                 continue;
             }
             // `cluster stop`: once nothing runs here, leave the membership; `cluster start`: come back.
@@ -1583,15 +1590,54 @@ impl Shared {
         (input, st.left, me_stopped, peer_unknown)
     }
 
-    /// Runs this node's actions in order; stops at the first failure (recorded; the next schedule sees it).
+    /// `actions` without the volumes whose share holds an action that failed and waits for its retry.
+    fn due(&self, actions: &[Action]) -> Vec<Action> {
+        let st = self.lock();
+        let now = self.now();
+        let waiting: BTreeSet<&str> = actions
+            .iter()
+            .filter(|a| st.retries.wait(a.resource(), action_verb(a), now).is_some())
+            .map(|a| a.volume())
+            .collect();
+        actions
+            .iter()
+            .filter(|a| !waiting.contains(a.volume()))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs this node's actions in order; stops at the first failure (recorded, and retried after a backoff; the
+    /// next schedule sees it).
     fn execute(&self, actions: &[Action]) {
+        // The share of a volume that retries a failed action is logged again only when something changes.
+        let retrying: BTreeSet<String> = {
+            let st = self.lock();
+            actions
+                .iter()
+                .filter(|a| {
+                    st.retries
+                        .of(a.resource())
+                        .any(|(verb, _)| verb == action_verb(a))
+                })
+                .map(|a| a.volume().to_string())
+                .collect()
+        };
         for (i, action) in actions.iter().enumerate() {
             if self.stopping() {
                 return;
             }
-            info!("action: {action}");
+            if retrying.contains(action.volume()) {
+                debug!("action (retry): {action}");
+            } else {
+                info!("action: {action}");
+            }
             let next = actions.get(i + 1);
             let result = self.run_action(action, next);
+            if result.is_ok() {
+                self.lock()
+                    .retries
+                    .succeeded(action.resource(), action_verb(action));
+            }
             if let Err(why) = result {
                 // A promotion refused by a connected peer is the two nodes deciding at the same moment: the
                 // volume arbitrated, nothing failed; the next schedule sees the peer's role.
@@ -1603,7 +1649,23 @@ impl Shared {
                 if raced {
                     info!("{action}: not now: {why}");
                 } else {
-                    warn!("action failed: {action}: {why}");
+                    let verdict = self.lock().retries.failed(
+                        action.resource(),
+                        action_verb(action),
+                        &why,
+                        self.now(),
+                    );
+                    if verdict.news {
+                        warn!(
+                            "action failed: {action}: {why}; next try in {:?}",
+                            verdict.delay
+                        );
+                    } else {
+                        debug!(
+                            "action failed again ({} in a row): {action}: {why}; next try in {:?}",
+                            verdict.failures, verdict.delay
+                        );
+                    }
                     self.record_failure(action.resource(), action_verb(action), &why);
                 }
                 let st = self.lock();
@@ -1699,9 +1761,10 @@ impl Shared {
                 r.status = RunStatus::Failed;
             }
         }
-        let line = format!("{resource}_{verb} on {} '{why}'", self.me.name);
-        st.failed_actions.retain(|a| a != &line);
-        st.failed_actions.push(line);
+        // One line per action and node, with its latest reason.
+        let head = format!("{resource}_{verb} on {} ", self.me.name);
+        st.failed_actions.retain(|a| !a.starts_with(&head));
+        st.failed_actions.push(format!("{head}'{why}'"));
         if st.failed_actions.len() > 32 {
             st.failed_actions.remove(0);
         }
@@ -2074,6 +2137,7 @@ impl Shared {
                 failed: vec![],
                 promoted: vec![],
                 unpromoted: vec![],
+                last_error: None,
             };
             for e in input.state.volumes.iter().filter(|e| e.volume == s.volume) {
                 if !view_online(&e.node) {
@@ -2096,6 +2160,7 @@ impl Shared {
                     failed: vec![],
                     promoted: vec![],
                     unpromoted: vec![],
+                    last_error: None,
                 };
                 for e in input.state.resources.iter().filter(|e| e.resource == name) {
                     match e.status {
@@ -2129,6 +2194,13 @@ impl Shared {
             for (name, lun) in &s.luns {
                 resources.push(res_of(name, "lun", "twinsan:lun", format!("LUN {lun}")));
             }
+        }
+        let peer_failed: &[String] = st
+            .peer_report
+            .as_ref()
+            .map_or(&[], |r| r.failed_actions.as_slice());
+        for r in &mut resources {
+            r.last_error = self.resource_error(&st, peer_failed, r);
         }
         let quorum = {
             let votes = 1
@@ -2195,6 +2267,34 @@ impl Shared {
 }
 
 impl Shared {
+    /// Why `r` failed (see [`api::ResourceStatus::last_error`]; `peer_failed`: the peer's failed actions).
+    fn resource_error(
+        &self,
+        st: &State,
+        peer_failed: &[String],
+        r: &api::ResourceStatus,
+    ) -> Option<String> {
+        if let Some((verb, f)) = st.retries.of(&r.name).next() {
+            return Some(format!(
+                "{verb} failed on {}: {} (failure {} in a row; next try {:?} after it)",
+                self.me.name, f.reason, f.failures, f.delay
+            ));
+        }
+        r.failed.iter().find_map(|node| {
+            let lines = if *node == self.me.name {
+                &st.failed_actions[..]
+            } else {
+                peer_failed
+            };
+            let on = format!(" on {node} ");
+            lines
+                .iter()
+                .rev()
+                .find(|a| a.starts_with(&format!("{}_", r.name)) && a.contains(&on))
+                .cloned()
+        })
+    }
+
     /// The cluster's properties under Pacemaker's names.
     fn properties(&self) -> Vec<(String, String)> {
         let c = &self.config.cluster;

@@ -41,6 +41,7 @@ use twinsan_scsi::BlockDevice;
 use twinsan_target::{BackingClaim, TargetError};
 
 use crate::api;
+use crate::cluster::backoff::RETRY;
 
 /// How often the engine's timers run.
 const TICK: Duration = Duration::from_millis(100);
@@ -351,6 +352,10 @@ pub struct Volume {
     /// a cluster manager. Set by the cluster without taking the core lock (which disk I/O may hold); the engine
     /// gets it with its next input. It only grows, so a late delivery is a shorter lease, never a longer one.
     lease_until_ns: AtomicU64,
+    /// Why this node cannot connect to the peer or listen for it now (the engine knows why a connection failed).
+    link_error: Mutex<Option<String>>,
+    /// How many times the link got established: the dialler backs off from connections that never do.
+    established: AtomicU64,
 }
 
 /// [`Volume::lease_until_ns`] when no cluster manager enforces leases (manual mode).
@@ -446,6 +451,8 @@ impl Volume {
             peer_closed_at: Mutex::new(None),
             epoch,
             lease_until_ns: AtomicU64::new(LEASE_NOT_ENFORCED),
+            link_error: Mutex::new(None),
+            established: AtomicU64::new(0),
         });
         volume.with_core(|_| None);
         let v = volume.clone();
@@ -501,7 +508,25 @@ impl Volume {
 
     /// The status as the admin socket reports it.
     pub fn api_status(&self) -> api::VolumeStatus {
-        to_api(&self.name, &self.peer_name, &self.status())
+        let mut status = to_api(&self.name, &self.peer_name, &self.status());
+        if let Some(why) = self.lock_link_error().clone() {
+            for p in &mut status.peers {
+                p.last_error = Some(why.clone());
+            }
+        }
+        status
+    }
+
+    fn lock_link_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.link_error.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records why connecting or listening fails now (`None`: it works); true when that is news.
+    fn set_link_error(&self, why: Option<String>) -> bool {
+        let mut current = self.lock_link_error();
+        let news = *current != why;
+        *current = why;
+        news
     }
 
     fn lock_core(&self) -> std::sync::MutexGuard<'_, Core> {
@@ -828,6 +853,12 @@ impl Volume {
         self.wants_link.store(engine.wants_link(), Ordering::SeqCst);
         let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if *current != status {
+            use twinsan_replication::state::ConnState;
+            if status.connection == ConnState::Connected
+                && current.connection != ConnState::Connected
+            {
+                self.established.fetch_add(1, Ordering::SeqCst);
+            }
             let changed_shape = current.role != status.role
                 || current.disk != status.disk
                 || current.connection != status.connection
@@ -902,15 +933,24 @@ impl Volume {
                 match TcpListener::bind(config.local) {
                     Ok(l) => {
                         let _ = l.set_nonblocking(true);
+                        self.set_link_error(None);
                         break Some(l);
                     }
                     Err(e) => {
-                        warn!(volume = %self.name, addr = %config.local, "cannot listen for the peer: {e}; retrying");
+                        let why = format!("cannot listen for the peer at {}: {e}", config.local);
+                        if self.set_link_error(Some(why.clone())) {
+                            warn!(volume = %self.name, "{why}; retrying every second");
+                        }
                         thread::sleep(Duration::from_secs(1));
                     }
                 }
             }
         };
+        // The dialler waits longer after each connection in a row the peer refused (wrong secret, other size): a
+        // refusal repeats itself, and each one logs on both nodes.
+        let mut refused = 0u32;
+        let mut next_dial = Instant::now();
+        let mut dialled: Option<u64> = None;
         while !self.stop.load(Ordering::SeqCst) {
             match &listener {
                 Some(l) => match l.accept() {
@@ -934,12 +974,40 @@ impl Volume {
                     }
                 },
                 None => {
-                    if self.wants_link.load(Ordering::SeqCst)
-                        && self.links_open.load(Ordering::SeqCst) == 0
-                    {
+                    let wants = self.wants_link.load(Ordering::SeqCst);
+                    let idle = self.links_open.load(Ordering::SeqCst) == 0;
+                    if let (true, Some(at)) = (idle, dialled) {
+                        // The last connection ended: established, or refused once more.
+                        dialled = None;
+                        if self.established.load(Ordering::SeqCst) == at {
+                            refused = refused.saturating_add(1);
+                            next_dial = Instant::now() + RETRY.delay(refused);
+                        } else {
+                            refused = 0;
+                        }
+                    }
+                    if !wants {
+                        // An admin's `connect` dials at once.
+                        refused = 0;
+                        next_dial = Instant::now();
+                        self.set_link_error(None);
+                    }
+                    if wants && idle && Instant::now() < next_dial {
+                        thread::sleep(Duration::from_millis(50));
+                    } else if wants && idle {
                         match connect_from(config.local, config.peer) {
-                            Ok(stream) => self.setup_link(stream),
-                            Err(_) => thread::sleep(Duration::from_millis(300)),
+                            Ok(stream) => {
+                                self.set_link_error(None);
+                                dialled = Some(self.established.load(Ordering::SeqCst));
+                                self.setup_link(stream)
+                            }
+                            Err(e) => {
+                                self.set_link_error(Some(format!(
+                                    "cannot connect to {}: {e}",
+                                    config.peer
+                                )));
+                                thread::sleep(Duration::from_millis(300))
+                            }
                         }
                     } else {
                         thread::sleep(Duration::from_millis(50));
@@ -1185,6 +1253,7 @@ pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
             rate_kib_s: s.rate_kib_s,
             eta_s: s.eta_s,
             verify_out_of_sync_kib: s.verify_out_of_sync_bytes / 1024,
+            last_error: s.last_error.clone(),
         }],
     }
 }

@@ -415,6 +415,9 @@ pub struct Status {
     pub generations: GenerationIds,
     /// Bytes the last online verify found different (marked out of sync).
     pub verify_out_of_sync_bytes: u64,
+    /// Why the link to the peer is not up: the last refusal or loss since it was last established (the peer's
+    /// size, secret or data refused, the peer disconnected, the connection broke); `None` once connected.
+    pub last_error: Option<String>,
 }
 
 /// An error that keeps the engine from starting on this disk.
@@ -447,6 +450,8 @@ struct Link {
     /// Last time anything was sent.
     spoke: Duration,
     ping_seq: u64,
+    /// Why this connection failed is in `last_error` already (what follows only echoes it).
+    failed: bool,
 }
 
 enum Phase {
@@ -574,6 +579,8 @@ pub struct Engine<S: Storage> {
     verifying: Option<Verifying>,
     /// Bytes the last online verify found different.
     verify_out_of_sync: u64,
+    /// Why the link is not up (see [`Status::last_error`]).
+    last_error: Option<String>,
     bitmap_in: Option<DirtyBitmap>,
     pending_promotion: Option<u64>,
     /// Reservation states sent to the peer and not yet acknowledged: sequence number → caller's id.
@@ -650,6 +657,7 @@ impl<S: Storage> Engine<S> {
             resync_sent: 0,
             verifying: None,
             verify_out_of_sync: 0,
+            last_error: None,
             bitmap_in: None,
             pending_promotion: None,
             pending_reservations: BTreeMap::new(),
@@ -860,6 +868,7 @@ impl<S: Storage> Engine<S> {
             eta_s: eta,
             generations: self.gen,
             verify_out_of_sync_bytes: self.verify_out_of_sync,
+            last_error: self.last_error.clone(),
         }
     }
 
@@ -1552,6 +1561,7 @@ impl<S: Storage> Engine<S> {
             heard: self.now,
             spoke: self.now,
             ping_seq: 0,
+            failed: false,
         });
         for m in hello {
             self.send(m);
@@ -1559,6 +1569,7 @@ impl<S: Storage> Engine<S> {
     }
 
     fn close_link(&mut self, reason: wire::DisconnectReason, why: String) {
+        self.link_failed(why.clone());
         if let Some(link) = self.link.as_ref() {
             let id = link.id;
             self.send_on(id, Message::Disconnect { reason });
@@ -1575,6 +1586,11 @@ impl<S: Storage> Engine<S> {
 
     fn link_down(&mut self, reason: &str) {
         let was_up = self.connected_link().is_some();
+        self.link_failed(if was_up {
+            format!("lost the link: {reason}")
+        } else {
+            format!("the connection ended before it was established: {reason}")
+        });
         self.link = None;
         if was_up {
             self.log(
@@ -1594,6 +1610,18 @@ impl<S: Storage> Engine<S> {
             );
         }
         self.after_link_lost(reason);
+    }
+
+    /// Keeps why the current connection failed, for `volume status`: the first reason given on one connection.
+    fn link_failed(&mut self, why: String) {
+        match self.link.as_mut() {
+            Some(link) if link.failed => {}
+            Some(link) => {
+                link.failed = true;
+                self.last_error = Some(why);
+            }
+            None => self.last_error = Some(why),
+        }
     }
 
     /// The connection is gone (already removed from `self.link`): the state machine hears it, pending writes
@@ -1761,6 +1789,7 @@ impl<S: Storage> Engine<S> {
         if let Some(l) = self.link.as_mut() {
             l.phase = Phase::Up;
         }
+        self.last_error = None;
         self.peer_gen = Some(peer_ids);
         let local = self.local_side(self.state.discard_my_data());
         let peer = Side {
@@ -1990,6 +2019,7 @@ impl<S: Storage> Engine<S> {
                 }
             }
             Message::Disconnect { reason } => {
+                self.link_failed(format!("the peer disconnected: {reason}"));
                 let link = self.link.as_ref().map(|l| l.id);
                 if let Some(id) = link {
                     self.out.push(Output::Close { link: id });
@@ -2439,6 +2469,10 @@ impl<S: Storage> Engine<S> {
 
     /// The link `id` is dead: closed, and the volume goes on without the peer.
     fn drop_dead_link(&mut self, id: u64, text: String) {
+        let why = text
+            .strip_prefix(&format!("{}: ", self.cfg.volume))
+            .unwrap_or(&text);
+        self.link_failed(format!("lost the link: {why}"));
         self.log(true, text);
         self.out.push(Output::Close { link: id });
         self.link = None;
@@ -2676,6 +2710,16 @@ impl<S: Storage> Engine<S> {
                     }
                     _ => wire::DisconnectReason::Incompatible,
                 };
+                if reason == crate::state::DisconnectReason::Admin {
+                    self.last_error = None;
+                } else {
+                    let why = match wire_reason {
+                        wire::DisconnectReason::SplitBrain
+                        | wire::DisconnectReason::UnrelatedData => wire_reason.to_string(),
+                        _ => reason.to_string(),
+                    };
+                    self.link_failed(format!("disconnected from {}: {why}", self.cfg.peer_name));
+                }
                 if let Some(link) = self.link.as_ref() {
                     let id = link.id;
                     self.send_on(

@@ -229,10 +229,17 @@ fn secondary_away_resyncs_only_what_changed() {
         written += 16384;
     }
     assert_eq!(p.engine(0).status().out_of_sync_bytes, written);
+    // `volume status` says why the peer is not connected.
+    let why = p.engine(0).status().last_error;
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("lost the link")),
+        "{why:?}"
+    );
     p.start(1);
     p.settle(200);
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(s.last_error, None, "connected again: nothing to explain");
     assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
     assert_eq!(s.resync_sent_bytes, written);
     assert_eq!(s.out_of_sync_bytes, 0);
@@ -264,6 +271,14 @@ fn split_brain_is_reported_and_discard_my_data_resolves_it_by_bitmap() {
         let s = p.engine(i).status();
         assert!(s.split_brain, "node{} {:?} {:?}", i + 1, s, p.logs);
         assert_eq!(s.connection, ConnState::StandAlone);
+        assert!(
+            s.last_error
+                .as_deref()
+                .is_some_and(|w| w.contains("split brain")),
+            "node{}: {:?}",
+            i + 1,
+            s.last_error
+        );
     }
     p.admin(1, AdminCommand::Secondary).expect("demote 2");
     p.admin(
@@ -284,6 +299,7 @@ fn split_brain_is_reported_and_discard_my_data_resolves_it_by_bitmap() {
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
     assert!(!s.split_brain);
+    assert_eq!(s.last_error, None);
     assert_eq!(
         s.resync_sent_bytes, 16384,
         "a bitmap resync of both sides' changes"

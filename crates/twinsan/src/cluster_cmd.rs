@@ -243,6 +243,9 @@ pub fn format_cluster(s: &ClusterStatus) -> String {
         } else {
             out += &format!("  * {}\t({}):\t {}\n", r.name, r.agent, placement(r));
         }
+        if let Some(why) = &r.last_error {
+            out += &format!("    * last error: {why}\n");
+        }
     }
     if !s.failed_actions.is_empty() {
         out += "\nFailed Resource Actions:\n";
@@ -363,6 +366,7 @@ mod tests {
             detail: String::new(),
             started: started.iter().map(|s| s.to_string()).collect(),
             failed: vec![],
+            last_error: None,
             promoted: if kind == "volume" {
                 vec!["node1".into()]
             } else {
@@ -439,6 +443,28 @@ mod tests {
             text.contains("Cluster Properties:\n  resource-stickiness: 100\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_resource_says_why() {
+        let mut s = sample(true);
+        s.resources[2].started.clear();
+        s.resources[3].started.clear();
+        s.resources[3].failed = vec!["node1".into()];
+        s.resources[3].last_error = Some(
+            "start failed on node1: cannot serve iqn.2025-08.local.twinsan:vol0 at 127.0.0.10:3260: cannot listen \
+             on 127.0.0.10:3260: Address already in use (os error 98) (failure 3 in a row; next try 800ms after it)"
+                .into(),
+        );
+        let text = format_cluster(&s);
+        assert!(
+            text.contains(
+                "  * vol0-target\t(twinsan:target):\t Stopped\n  * vol0-lun1\t(twinsan:lun):\t FAILED node1\n    \
+                 * last error: start failed on node1: cannot serve"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Address already in use"), "{text}");
     }
 
     #[test]

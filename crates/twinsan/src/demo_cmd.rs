@@ -2,9 +2,16 @@
 //! `twinsan init` layout written to DIR (a fresh temporary folder by default), both nodes started as child
 //! processes (node1 on 127.0.0.11, node2 on 127.0.0.12, the primary binding the "virtual IP" 127.0.0.10), the
 //! iSCSI URL, a live status view and the commands to try a failover. Ctrl-C or SIGTERM stops both nodes cleanly.
+//!
+//! The demo prints the URL only once the LUN is served there: the primary's own view has its target and LUNs
+//! started and a connection to the portal opens. A port the nodes need that another program holds (e.g. one
+//! bound to 0.0.0.0:3260) is an error naming it, before anything starts. The nodes get SIGTERM when the demo
+//! dies, however it dies (`PR_SET_PDEATHSIG`), so none outlives it holding the ports.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,19 +123,28 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
             config_path.display()
         );
     }
+    ports_free(&config)?;
+    let portal = config
+        .targets
+        .first()
+        .map(|t| SocketAddr::new(t.vip, t.port))
+        .context("the config has no target")?;
     let exe = std::env::current_exe().context("finding this program")?;
     let mut nodes = Vec::new();
     for node in &config.nodes {
         let log = dir.join(format!("{}.log", node.name));
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("--config")
             .arg(&config_path)
             .args(["--node", &node.name, "node", "run"])
             .env("TWINSAN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(file)
+            .stderr(file);
+        stop_with_this_process(&mut command);
+        let child = command
             .spawn()
             .with_context(|| format!("starting node {}", node.name))?;
         nodes.push(NodeChild {
@@ -159,10 +175,16 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
                 bail!("node {} stopped ({status}) while starting:\n{tail}", n.name);
             }
         }
-        if let Some(s) = statuses(&sockets).into_iter().flatten().next() {
-            if let Some(p) = stack_on(&s) {
-                break p;
-            }
+        let views = statuses(&sockets);
+        // A target that cannot start (its port taken since the check above, say) does not fix itself.
+        if let Some(why) = serving_error(&views) {
+            bail!(
+                "the LUN cannot be served: {why}; see the logs in {}",
+                dir.display()
+            );
+        }
+        if let Some(p) = serving(&sockets, &views, portal) {
+            break p;
         }
         if started.elapsed() > START_LIMIT {
             bail!(
@@ -188,10 +210,18 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
     let terminal = std::io::stdout().is_terminal();
     let mut last = String::new();
     let mut drawn = 0usize;
+    let mut exited = vec![false; nodes.len()];
     while !stop_flag.load(Ordering::SeqCst) {
-        for n in nodes.iter_mut() {
+        for (n, told) in nodes.iter_mut().zip(exited.iter_mut()) {
+            if *told {
+                continue;
+            }
             if let Ok(Some(status)) = n.child.try_wait() {
+                *told = true;
                 println!("node {} exited ({status}); see {}", n.name, n.log.display());
+                // The view is printed anew below the message.
+                drawn = 0;
+                last.clear();
             }
         }
         let view = status_view(&statuses(&sockets));
@@ -226,6 +256,100 @@ fn stop(mut nodes: Vec<NodeChild>) -> anyhow::Result<()> {
     } else {
         bail!("nodes that did not stop cleanly: {}", failed.join(", "))
     }
+}
+
+/// Fails, naming the address, when another program holds a TCP port a node of the demo listens on: the
+/// target's portal, or a volume's replication port.
+fn ports_free(config: &ClusterConfig) -> anyhow::Result<()> {
+    let mut wanted: Vec<(SocketAddr, String)> = config
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                SocketAddr::new(t.vip, t.port),
+                format!("the iSCSI portal of {}", t.iqn),
+            )
+        })
+        .collect();
+    for v in &config.volumes {
+        for n in &config.nodes {
+            wanted.push((
+                SocketAddr::new(n.address, v.port),
+                format!("the replication port of {} on {}", v.name, n.name),
+            ));
+        }
+    }
+    for (addr, what) in wanted {
+        if let Err(e) = TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                bail!(
+                    "{addr} is in use by another program ({e}); the demo serves {what} there: stop that program \
+                     (`ss -ltnp | grep :{}` shows it) and run the demo again",
+                    addr.port()
+                );
+            }
+            bail!("cannot listen on {addr} for {what}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Makes the node `command` starts receive SIGTERM (a clean stop: it hands over and closes its ports) when this
+/// process dies, even by SIGKILL.
+fn stop_with_this_process(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe calls are
+    // allowed: it calls prctl(2) and getppid(2) and builds its errors without allocating. The death signal is
+    // tied to the thread that forks; the demo spawns its nodes from its main thread, which lives until the end.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo died before prctl took effect: nobody sends the signal any more, so do not start.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Why the stack's target or a LUN does not run, if a node reports it failing.
+fn serving_error(views: &[Option<ClusterStatus>]) -> Option<String> {
+    views.iter().flatten().find_map(|v| {
+        v.resources
+            .iter()
+            .filter(|r| r.kind == "target" || r.kind == "lun")
+            .find_map(|r| {
+                r.last_error
+                    .as_ref()
+                    .map(|why| format!("{}: {why}", r.name))
+            })
+    })
+}
+
+/// The node that serves the LUN at `portal`: in its own view the whole stack runs there, and a connection to
+/// the portal opens.
+fn serving(
+    sockets: &[(String, PathBuf)],
+    views: &[Option<ClusterStatus>],
+    portal: SocketAddr,
+) -> Option<String> {
+    let primary = sockets
+        .iter()
+        .zip(views)
+        .find_map(|((name, _), view)| view.as_ref().and_then(stack_on).filter(|on| on == name))?;
+    TcpStream::connect_timeout(&portal, Duration::from_secs(1))
+        .is_ok()
+        .then_some(primary)
 }
 
 fn log_tail(path: &Path) -> String {
@@ -294,6 +418,17 @@ fn status_view(views: &[Option<ClusterStatus>]) -> String {
             .map(|n| format!("stack on {n}"))
             .unwrap_or_else(|| "stack not running".into());
         out += &format!("{name}: {state}, {stack}, {volume}\n");
+        // Why, when something does not run or connect.
+        for r in &v.resources {
+            if let Some(why) = &r.last_error {
+                out += &format!("  {}: {why}\n", r.name);
+            }
+        }
+        for p in v.volumes.iter().flat_map(|vol| &vol.peers) {
+            if let Some(why) = &p.last_error {
+                out += &format!("  link to {}: {why}\n", p.node);
+            }
+        }
     }
     out
 }

@@ -245,6 +245,7 @@ mod tests {
             rate_kib_s: 0,
             eta_s: None,
             verify_out_of_sync_kib: 0,
+            last_error: None,
         }
     }
 

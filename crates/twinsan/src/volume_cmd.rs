@@ -307,6 +307,9 @@ pub fn format_status(v: &VolumeStatus) -> String {
         if !fields.is_empty() {
             s.push_str(&format!("    {}\n", fields.join(" ")));
         }
+        if let Some(why) = &p.last_error {
+            s.push_str(&format!("    last-error: {why}\n"));
+        }
     }
     s
 }
@@ -440,6 +443,7 @@ mod tests {
             rate_kib_s: 0,
             eta_s: None,
             verify_out_of_sync_kib: 0,
+            last_error: None,
         }
     }
 
@@ -495,6 +499,18 @@ mod tests {
             format_status(&v),
             "vol0 role:Primary suspended:yes split-brain:yes\n  disk:UpToDate\n  node2 connection:StandAlone\n    \
              out-of-sync:4096KiB\n"
+        );
+    }
+
+    #[test]
+    fn a_connecting_peer_says_why() {
+        let mut p = peer("Connecting", "Off");
+        p.last_error =
+            Some("replication peer node2 failed authentication: wrong shared secret".into());
+        assert_eq!(
+            format_status(&volume("Secondary", p)),
+            "vol0 role:Secondary\n  disk:UpToDate\n  node2 connection:Connecting\n    \
+             last-error: replication peer node2 failed authentication: wrong shared secret\n"
         );
     }
 

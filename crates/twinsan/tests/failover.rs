@@ -339,7 +339,12 @@ fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
     assert!(c.log(q).contains("fenced by the peer"), "{}", c.logs());
     // Healed while both run: the Outdated copy resyncs from the primary and is UpToDate again.
     drop(cut);
-    c.wait_status(q, Duration::from_secs(60), "resynced after the heal", in_sync);
+    c.wait_status(
+        q,
+        Duration::from_secs(60),
+        "resynced after the heal",
+        in_sync,
+    );
     qemu::verify(VIP_URL, &plan, chunk);
     // Cut again: fenced again once the primary writes.
     let cut = LinkCut::new();

@@ -175,7 +175,7 @@ fn round(
 }
 
 fn freeze_rounds(witness: bool) {
-    let tag = if witness { "freeze-w" } else { "freeze" };
+    let tag = if witness { "freezew" } else { "freeze" };
     let mut c = NsCluster::new(tag, witness);
     if witness {
         c.start_witness();

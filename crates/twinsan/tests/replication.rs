@@ -403,6 +403,15 @@ fn cluster_peer_with_the_wrong_secret_is_refused() {
     )
     .expect("write");
     c.start(1);
+    // Alone, node1 (the one that dials) says why it is not connected.
+    let error_has = |s: &serde_json::Value, what: &str| {
+        peer(s, "last_error")
+            .as_str()
+            .is_some_and(|e| e.contains(what))
+    };
+    c.wait_status(1, Duration::from_secs(20), "cannot connect", |s| {
+        error_has(s, "cannot connect to 127.0.0.12:7789")
+    });
     let good = c.config.clone();
     c.config = other;
     c.start(2);
@@ -414,6 +423,20 @@ fn cluster_peer_with_the_wrong_secret_is_refused() {
         c.logs().contains("wrong shared secret"),
         "the refusal must be logged:\n{}",
         c.logs()
+    );
+    // Both say why in `volume status --json` and `volume status`: the handshake's refusal.
+    for n in [1, 2] {
+        c.wait_status(
+            n,
+            Duration::from_secs(20),
+            "the refusal in last_error",
+            |s| error_has(s, "authentication"),
+        );
+    }
+    let text = c.cli(1, &["volume", "status", "vol0"]);
+    assert!(
+        text.contains("last-error: ") && text.contains("authentication"),
+        "{text}"
     );
 }
 
