@@ -36,6 +36,8 @@ const STALL_MARGIN_MS: u64 = 15_000;
 struct Round {
     victim: &'static str,
     freeze_s: u64,
+    /// Where the stack ran before and after.
+    stack: (usize, usize),
     acked: u64,
     failed: u64,
     lost: u64,
@@ -149,9 +151,11 @@ fn round(
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("verify did not report:\n{report}\n{}", c.logs()));
     let (acked, failed, longest_pause_ms, next_record) = read_log(&log);
+    let after = c.stack_on(1).expect("settled");
     let r = Round {
         victim: role,
         freeze_s,
+        stack: (p, after),
         acked,
         failed,
         lost,
@@ -166,6 +170,16 @@ fn round(
         c.logs()
     );
     assert!(acked > 0, "nothing was acknowledged: {r:?}");
+    // A frozen primary is taken over when the freeze outlasts detection, settling and the lease by far: the
+    // fault this test is about happened.
+    if victim_is_primary && freeze_s >= 5 {
+        assert_eq!(
+            after,
+            other(p),
+            "the survivor did not take over: {r:?}\n{}",
+            c.logs()
+        );
+    }
     assert!(
         longest_pause_ms < freeze_s * 1000 + STALL_MARGIN_MS,
         "the client stalled {longest_pause_ms} ms after a freeze of {freeze_s} s: {r:?}\n{}",
@@ -201,11 +215,18 @@ fn freeze_rounds(witness: bool) {
         "frozen-node rounds ({}):",
         if witness { "witness" } else { "no witness" }
     );
-    eprintln!("  victim     freeze  acked  failed  lost  longest pause");
+    eprintln!("  victim     freeze  stack   acked  failed  lost  longest pause");
     for r in &rounds {
         eprintln!(
-            "  {:<9} {:>5} s {:>6} {:>7} {:>5} {:>9} ms",
-            r.victim, r.freeze_s, r.acked, r.failed, r.lost, r.longest_pause_ms
+            "  {:<9} {:>5} s  {}->{} {:>7} {:>7} {:>5} {:>9} ms",
+            r.victim,
+            r.freeze_s,
+            r.stack.0,
+            r.stack.1,
+            r.acked,
+            r.failed,
+            r.lost,
+            r.longest_pause_ms
         );
     }
     c.stop(1);
