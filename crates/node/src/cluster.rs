@@ -838,7 +838,7 @@ impl Shared {
                     self.adopt_settings(&mut st, settings);
                 }
                 if self.peer_online(&st) {
-                    st.peer_report = Some(report);
+                    st.peer_report = Some(*report);
                 }
                 drop(st);
                 self.wake.notify_all();
@@ -1029,7 +1029,7 @@ impl Shared {
                 lease: Some(lease),
             }
         };
-        self.send_message(&Message::Report(report));
+        self.send_message(&Message::Report(Box::new(report)));
     }
 
     // ----- settings -----

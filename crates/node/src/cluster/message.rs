@@ -72,8 +72,8 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Message {
-    /// The sender's state, sent every heartbeat interval.
-    Report(Report),
+    /// The sender's state, sent every heartbeat interval (boxed: it is much larger than the other messages).
+    Report(Box<Report>),
     /// Resource-level fencing: mark your copy of `volume` Outdated (the sender's data is newer).
     Fence {
         /// The request's id, echoed in the reply.
@@ -323,7 +323,7 @@ mod tests {
             node: "node2".into(),
             prefer: true,
         });
-        Message::Report(Report {
+        Message::Report(Box::new(Report {
             stopped: false,
             leaving: false,
             volumes: vec![VolumeReport {
@@ -348,7 +348,7 @@ mod tests {
                 echo_for: 99,
                 volumes: vec!["vol0".into()],
             }),
-        })
+        }))
     }
 
     /// A report of the release before leases (no `lease`, no generations) still decodes: the mixed pair of a
