@@ -508,39 +508,32 @@ fn freeze_round(
     p.settle(3);
     if *deposed == Some(victim) {
         // Two Primaries meet: the cluster demotes the one that was taken over; it grants and is granted again.
-        let done: Vec<_> = std::mem::take(&mut p.done);
-        for (node, out) in &done {
-            if let Output::WriteDone { result: Ok(()), id } = out {
-                if *node == victim {
-                    return Err(format!(
-                        "node{} acknowledged write {id} after it was taken over (invariant 8) {:?}\n{}",
-                        victim + 1, done,
-                        p.logs[p.logs.len().saturating_sub(20)..].join("\n")
-                    ));
-                }
-            }
-        }
-        p.done = done;
+        no_ack_from(p, victim, "after it was taken over")?;
         p.admin(victim, AdminCommand::Secondary)
             .map_err(|e| format!("demoting the old primary node{}: {e}", victim + 1))?;
-        let done: Vec<_> = std::mem::take(&mut p.done);
-        for (node, out) in &done {
-            if let Output::WriteDone { result: Ok(()), id } = out {
-                if *node == victim {
-                    return Err(format!(
-                        "node{} acknowledged write {id} while it was demoted after a takeover (invariant 8)",
-                        victim + 1
-                    ));
-                }
-            }
-        }
-        p.done = done;
+        no_ack_from(p, victim, "while it was demoted after a takeover")?;
         p.leases_to[victim] = true;
         *deposed = None;
     } else {
         p.leases_to[victim] = true;
     }
     Ok(())
+}
+
+/// Invariant 8: node `victim`, taken over while it was frozen, acknowledged none of the answers waiting in `p.done`.
+fn no_ack_from(p: &mut Pair, victim: usize, when: &str) -> Result<(), String> {
+    let acked = p.done.iter().find_map(|(node, out)| match out {
+        Output::WriteDone { result: Ok(()), id } if *node == victim => Some(*id),
+        _ => None,
+    });
+    match acked {
+        Some(id) => Err(format!(
+            "node{} acknowledged write {id} {when} (invariant 8)\n{}",
+            victim + 1,
+            p.logs[p.logs.len().saturating_sub(20)..].join("\n")
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Replaces failed disks' faults and attaches them again (`volume up`).
