@@ -57,6 +57,15 @@ pub use chap::{TargetChap, MAX_CHAP_LEN, MIN_CHAP_SECRET_LEN};
 /// A config that cannot be used. The text names the file and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file does not exist.
+    #[error(
+        "{} does not exist: name the config file with --config FILE, or write one with `twinsan init DIR`",
+        path.display()
+    )]
+    Missing {
+        /// The config file.
+        path: PathBuf,
+    },
     /// The file could not be read.
     #[error("{path}: {error}")]
     Read {
@@ -349,9 +358,15 @@ const MAX_ISCSI_NAME_LEN: usize = 223;
 impl ClusterConfig {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.into(),
-            error,
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing { path: path.into() }
+            } else {
+                ConfigError::Read {
+                    path: path.into(),
+                    error,
+                }
+            }
         })?;
         let base = path
             .parent()
@@ -1599,10 +1614,11 @@ lun = [ { lun = 0, volume = "vol1" } ]
 
         let missing = dir.path().join("missing.toml");
         let error = ClusterConfig::load(&missing).expect_err("no file");
+        let shown = error.to_string();
         assert!(
-            error
-                .to_string()
-                .starts_with(&missing.display().to_string()),
+            shown.starts_with(&missing.display().to_string())
+                && shown.contains("--config")
+                && shown.contains("twinsan init"),
             "{error}"
         );
     }

@@ -32,7 +32,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Size of the volume (K, M, G suffixes), for a new folder.
-    #[arg(long, default_value = "256M")]
+    #[arg(long, default_value = "256M", value_parser = init_cmd::volume_size)]
     pub size: String,
 }
 

@@ -24,8 +24,27 @@ pub struct InitArgs {
     #[arg(long)]
     pub manual: bool,
     /// Size of the volume (K, M, G, T suffixes).
-    #[arg(long, default_value = "1G")]
+    #[arg(long, default_value = "1G", value_parser = volume_size)]
     pub size: String,
+}
+
+/// `twinsan init --help`'s examples (and the man page's).
+pub const EXAMPLES: &str = "\
+Examples:
+  twinsan init /var/tmp/ha --size 1G
+      a managed pair (the cluster manager picks the primary); then `twinsan node run` for node1 and node2
+  twinsan init /var/tmp/pair --manual --size 256M
+      a pair without cluster manager: promote by hand with `twinsan volume primary --force vol0`";
+
+/// A volume size as `--size` takes it (`init`, `demo`): at least 1 MiB, whole 4 KiB blocks.
+pub fn volume_size(text: &str) -> Result<String, String> {
+    let size = parse_size(text)?;
+    if size < MIN_DATA_SIZE || !size.is_multiple_of(BLOCK_SIZE) {
+        return Err(format!(
+            "a volume is at least 1 MiB and a whole number of 4 KiB blocks ({size} bytes is not)"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// The config file `init` writes into DIR.

@@ -1,6 +1,8 @@
 //! `twinsan`: highly-available iSCSI storage in one binary.
 
+mod address;
 mod cluster_cmd;
+mod config_page;
 mod demo_cmd;
 mod init_cmd;
 mod node_cmd;
@@ -14,7 +16,8 @@ mod witness_cmd;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Highly-available iSCSI storage: two nodes, every write on both, failover in seconds.
 #[derive(Parser, Debug)]
@@ -46,10 +49,13 @@ pub struct Global {
 enum Command {
     /// A complete two-node cluster on this machine, no root and no config needed: prints the iSCSI URL
     /// (127.0.0.10:3260), a live status view and how to try a failover. Ctrl-C stops it.
+    #[command(after_help = DEMO_EXAMPLES)]
     Demo(demo_cmd::DemoArgs),
     /// Serve files or block devices as LUNs of one iSCSI target, on this node only (no replication).
+    #[command(after_help = serve::EXAMPLES)]
     Serve(serve::ServeArgs),
     /// Write a ready two-node cluster on this machine (nodes 127.0.0.11 and 127.0.0.12) into DIR.
+    #[command(after_help = init_cmd::EXAMPLES)]
     Init(init_cmd::InitArgs),
     /// Run or control a cluster node.
     #[command(subcommand)]
@@ -58,6 +64,7 @@ enum Command {
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
     /// The cluster as this node sees it, in the layout of `pcs status`, and the volumes' replication state.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(cluster_cmd::StatusArgs),
     /// Take a node out of the cluster (its resources move to the other) or bring it back.
     #[command(subcommand)]
@@ -69,6 +76,7 @@ enum Command {
     #[command(subcommand)]
     Target(cluster_cmd::TargetCommand),
     /// Be the third-site tie-breaker of a cluster: lend one vote to one node at a time (UDP, default port 5406).
+    #[command(after_help = WITNESS_EXAMPLES)]
     Witness(witness_cmd::WitnessArgs),
     /// Print a shell completion script (for packaging; listed in the help's footer).
     #[command(hide = true)]
@@ -78,8 +86,32 @@ enum Command {
     Man(ops_cmd::ManArgs),
 }
 
+/// `twinsan demo --help`'s examples (and the man page's).
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  twinsan demo
+      then, from another terminal: iscsi-ls -s iscsi://127.0.0.10:3260 (libiscsi-bin)
+  twinsan demo --dir /var/tmp/demo --size 1G
+      keeps the folder, and reuses it next time";
+
+/// `twinsan status --help`'s examples (and the man page's).
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  twinsan status
+      the node whose address is on this machine, config /etc/twinsan/twinsan.toml
+  twinsan --config /var/tmp/ha/twinsan.toml --node node2 status --json
+      one of two nodes on one machine, as JSON";
+
+/// `twinsan witness --help`'s examples (and the man page's).
+const WITNESS_EXAMPLES: &str = "\
+Examples:
+  twinsan --config /etc/twinsan/twinsan.toml witness --listen 198.51.100.7
+      on a third machine, port 5406; the nodes name it in `witness = \"198.51.100.7:5406\"`";
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    refuse_unused_globals(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
     raise_open_file_limit();
     let result = match cli.command {
@@ -99,8 +131,38 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("twinsan: error: {e:#}");
+            eprintln!("twinsan: error: {}", ops_cmd::message(&e));
             ops_cmd::ExitStatus::of(&e).into()
+        }
+    }
+}
+
+/// `--config` and `--node` say which cluster and which node: a usage error (exit 2) for the commands that have
+/// neither, rather than an option silently ignored.
+fn refuse_unused_globals(matches: &ArgMatches) {
+    let Some((name, sub)) = matches.subcommand() else {
+        return;
+    };
+    let why = match name {
+        "demo" => {
+            "the demo writes its own config (into --dir or a temporary folder) and runs both nodes"
+        }
+        "serve" => "serve is one node without a cluster: its target comes from --iqn and --lun",
+        "init" => "init writes a new config, DIR/twinsan.toml, for both nodes",
+        "completions" | "man" => "they describe the command line, not a cluster",
+        _ => return,
+    };
+    for id in ["config", "node"] {
+        let given = [matches, sub]
+            .iter()
+            .any(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+        if given {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("--{id} means nothing to `twinsan {name}`: {why}"),
+                )
+                .exit();
         }
     }
 }

@@ -20,14 +20,24 @@ Exit status:
 
 Packaging:
   twinsan completions bash|zsh|fish   a completion script, on stdout
-  twinsan man [--out DIR]             the man page on stdout, or one page per command into DIR";
+  twinsan man [--out DIR]             the man page on stdout, or one page per command (and twinsan.toml.5)
+                                      into DIR";
+
+/// A command line that asks for something impossible in a way the parser cannot see by itself (a LUN given twice,
+/// an option that means nothing to the command): exit status 2, like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// `twinsan`'s exit status, so that a script or a unit can tell what happened without parsing the message (the
-/// list is [`AFTER_HELP`]). Usage errors exit 2 from clap before any command runs.
+/// list is [`AFTER_HELP`]). Most usage errors exit 2 from clap before any command runs; the rest are a
+/// [`UsageError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     /// The operation failed; the message says why.
     Failed = 1,
+    /// The command line is wrong: an unknown command, flag or value.
+    Usage = 2,
     /// The node daemon could not be reached: its admin socket is absent or nothing accepts on it.
     DaemonUnreachable = 3,
     /// The config file is unreadable or invalid, or does not tell which node this machine is.
@@ -40,7 +50,9 @@ impl ExitStatus {
         error
             .chain()
             .find_map(|cause| {
-                if cause.downcast_ref::<ConfigError>().is_some() {
+                if cause.downcast_ref::<UsageError>().is_some() {
+                    Some(ExitStatus::Usage)
+                } else if cause.downcast_ref::<ConfigError>().is_some() {
                     Some(ExitStatus::BadConfig)
                 } else if let Some(ClientError::Connect { .. }) = cause.downcast_ref() {
                     Some(ExitStatus::DaemonUnreachable)
@@ -50,6 +62,23 @@ impl ExitStatus {
             })
             .unwrap_or(ExitStatus::Failed)
     }
+}
+
+/// The message for `error`: its causes, outermost first, joined by ": ", each said once — a cause whose text the
+/// message already holds (an error that prints its source, then the source itself) is left out.
+pub fn message(error: &anyhow::Error) -> String {
+    let mut shown = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if shown.contains(&text) {
+            continue;
+        }
+        if !shown.is_empty() {
+            shown += ": ";
+        }
+        shown += &text;
+    }
+    shown
 }
 
 impl From<ExitStatus> for std::process::ExitCode {
@@ -69,8 +98,8 @@ pub struct CompletionsArgs {
 /// `twinsan man`.
 #[derive(clap::Args, Debug)]
 pub struct ManArgs {
-    /// Write one page per command (twinsan.1, twinsan-volume-create-md.1, ...) into DIR instead of printing the
-    /// top-level page.
+    /// Write one page per command (twinsan.1, twinsan-volume-create-md.1, ...) and the config file's page
+    /// (twinsan.toml.5) into DIR instead of printing the top-level page.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -89,8 +118,10 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
     let command = crate::Cli::command().disable_help_subcommand(true);
     match args.out {
         Some(dir) => {
+            let config_page = crate::config_page::render(env!("CARGO_PKG_VERSION"));
             std::fs::create_dir_all(&dir)
                 .and_then(|()| clap_mangen::generate_to(command, &dir))
+                .and_then(|()| std::fs::write(dir.join("twinsan.toml.5"), config_page))
                 .with_context(|| format!("writing the man pages into {}", dir.display()))?;
             println!("man pages written to {}", dir.display());
             Ok(())
@@ -146,6 +177,24 @@ mod tests {
     }
 
     #[test]
+    fn usage_errors_exit_2_and_each_cause_is_said_once() {
+        let usage = anyhow::Error::new(UsageError("--lun 1=a given twice".into())).context("serve");
+        assert_eq!(ExitStatus::of(&usage), ExitStatus::Usage);
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("backing store /x: {source}")]
+        struct Backing {
+            source: std::io::Error,
+        }
+        let missing = anyhow::Error::new(Backing {
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+        let shown = message(&missing.context("LUN 1"));
+        assert_eq!(shown, "LUN 1: backing store /x: entity not found");
+        assert_eq!(message(&anyhow::anyhow!("one")), "one");
+    }
+
+    #[test]
     fn the_help_lists_every_status_and_clap_uses_2_for_usage_errors() {
         let usage = <crate::Cli as clap::Parser>::try_parse_from(["twinsan", "--no-such-flag"]);
         assert_eq!(usage.map(|_| ()).map_err(|e| e.exit_code()), Err(2));
@@ -153,6 +202,7 @@ mod tests {
         assert!(AFTER_HELP.contains("\n  2  usage error"));
         for status in [
             ExitStatus::Failed,
+            ExitStatus::Usage,
             ExitStatus::DaemonUnreachable,
             ExitStatus::BadConfig,
         ] {

@@ -2,7 +2,7 @@
 //! to at most one node at a time (the rules are in [`twinsan_cluster::witness`]), over UDP, authenticated with the
 //! cluster's secret. It needs only the config file's `[cluster]` name and secret, and no root.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -27,18 +27,9 @@ pub struct WitnessArgs {
     pub listen: SocketAddr,
 }
 
-/// `ADDR:PORT`, `[V6]:PORT`, or an address alone with the default port.
+/// The witness's `--listen`: the one address syntax, port 5406 when not given.
 fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
-    bare.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
-        .map_err(|_| format!("{text:?} is not an IP address, with or without :PORT"))
+    crate::address::parse_socket_addr(text, DEFAULT_PORT)
 }
 
 /// Runs the witness until SIGINT or SIGTERM.
@@ -161,14 +152,10 @@ mod tests {
     use super::parse_listen;
 
     #[test]
-    fn listen_takes_an_address_with_or_without_a_port() {
+    fn listen_defaults_to_the_witness_port() {
         let ok = |t: &str| parse_listen(t).map(|a| a.to_string());
         assert_eq!(ok("127.0.0.13"), Ok("127.0.0.13:5406".into()));
-        assert_eq!(ok("127.0.0.13:7000"), Ok("127.0.0.13:7000".into()));
-        assert_eq!(ok("::1"), Ok("[::1]:5406".into()));
-        assert_eq!(ok("[::1]"), Ok("[::1]:5406".into()));
         assert_eq!(ok("[::1]:7000"), Ok("[::1]:7000".into()));
         assert!(parse_listen("witness.example:5406").is_err());
-        assert!(parse_listen("127.0.0.13:").is_err());
     }
 }

@@ -428,3 +428,214 @@ fn no_daemon_exits_3_with_a_hint_and_usage_errors_exit_2() {
         assert!(help.contains(line), "{line:?} not in --help:\n{help}");
     }
 }
+
+#[test]
+fn every_usage_error_exits_2_naming_the_option() {
+    let tmp = TempDir::new("usage");
+    let dir = tmp.path();
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    for f in [&a, &b] {
+        std::fs::write(f, vec![0u8; 1 << 20]).expect("write");
+    }
+    let (a, b) = (a.to_str().expect("utf-8"), b.to_str().expect("utf-8"));
+    let lun_a = format!("1={a}");
+    let lun_b = format!("1={b}");
+    let new_dir = dir.join("new");
+    let new_dir = new_dir.to_str().expect("utf-8");
+    let iqn = "iqn.2025-08.local.test:usage";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["serve", "--iqn", iqn, "--lun", "bogus"], "--lun"),
+        (vec!["serve", "--iqn", iqn, "--lun", "x=/a"], "--lun"),
+        (
+            vec!["serve", "--iqn", "Not-An-IQN", "--lun", &lun_a],
+            "--iqn",
+        ),
+        (
+            vec!["serve", "--iqn", iqn, "--lun", &lun_a, "--create", "1X"],
+            "--create",
+        ),
+        (
+            vec![
+                "serve", "--iqn", iqn, "--lun", &lun_a, "--listen", "nowhere",
+            ],
+            "--listen",
+        ),
+        (
+            vec!["serve", "--iqn", iqn, "--lun", &lun_a, "--chap", "u:short"],
+            "--chap",
+        ),
+        (
+            vec![
+                "serve",
+                "--iqn",
+                iqn,
+                "--lun",
+                &lun_a,
+                "--mutual-chap",
+                "t:twelve-chars-ok",
+            ],
+            "--chap",
+        ),
+        (
+            vec!["serve", "--iqn", iqn, "--lun", &lun_a, "--lun", &lun_b],
+            "given twice",
+        ),
+        (
+            vec!["serve", "--config", "x", "--iqn", iqn, "--lun", &lun_a],
+            "--config",
+        ),
+        (
+            vec!["--node", "node1", "serve", "--iqn", iqn, "--lun", &lun_a],
+            "--node",
+        ),
+        (vec!["init", new_dir, "--size", "1X"], "--size"),
+        (vec!["init", new_dir, "--size", "1000"], "--size"),
+        (vec!["init", new_dir, "--config", "x"], "--config"),
+        (vec!["demo", "--node", "node1"], "--node"),
+        (vec!["demo", "--size", "1X"], "--size"),
+        (vec!["witness", "--listen", "nowhere"], "--listen"),
+    ];
+    for (args, named) in cases {
+        let out = twinsan(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            stderr.contains(named),
+            "{args:?}: {named} not named: {stderr}"
+        );
+    }
+    assert!(
+        !Path::new(new_dir).exists(),
+        "init wrote something on a usage error"
+    );
+}
+
+#[test]
+fn serve_says_each_cause_once_with_the_next_step() {
+    let tmp = TempDir::new("serve-errors");
+    let dir = tmp.path();
+    let iqn = "iqn.2025-08.local.test:errors";
+    let listen = ["--listen", "127.0.0.1:0"];
+
+    let missing = dir.join("missing.img");
+    let lun = format!("1={}", missing.display());
+    let mut args = vec!["serve", "--iqn", iqn, "--lun", &lun];
+    args.extend(listen);
+    let out = twinsan(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr.contains("--create"), "no next step: {stderr}");
+    assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
+    assert!(!missing.exists(), "serve created the file without --create");
+
+    // A directory: the OS error, once.
+    let lun = format!("1={}", dir.display());
+    let mut args = vec!["serve", "--iqn", iqn, "--lun", &lun];
+    args.extend(listen);
+    let out = twinsan(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+
+    let tiny = dir.join("tiny.img");
+    std::fs::write(&tiny, [0u8; 100]).expect("write");
+    let lun = format!("1={}", tiny.display());
+    let mut args = vec!["serve", "--iqn", iqn, "--lun", &lun];
+    args.extend(listen);
+    let out = twinsan(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(stderr.matches("100 bytes").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_too_small_disk_is_reported_once() {
+    let tmp = TempDir::new("too-small");
+    let dir = tmp.path().join("pair");
+    let out = twinsan(&[
+        "init",
+        dir.to_str().expect("utf-8"),
+        "--manual",
+        "--size",
+        "1M",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let disk = dir.join("node1/vol0.img");
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .and_then(|f| f.set_len(64 << 10))
+        .expect("shrink");
+    let config = dir.join("twinsan.toml");
+    let out = twinsan(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--node",
+        "node1",
+        "volume",
+        "create-md",
+        "--force",
+        "vol0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(stderr.matches("too small").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_missing_config_points_at_config_and_init() {
+    let tmp = TempDir::new("no-config");
+    let missing = tmp.path().join("missing.toml");
+    let out = twinsan(&["--config", missing.to_str().expect("utf-8"), "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        stderr.contains("--config") && stderr.contains("twinsan init"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("missing.toml").count(), 1, "{stderr}");
+}
+
+#[test]
+fn man_out_writes_the_config_page_with_every_key() {
+    let tmp = TempDir::new("man5");
+    let dir = tmp.path().join("man");
+    let out = twinsan(&["man", "--out", dir.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let page = std::fs::read_to_string(dir.join("twinsan.toml.5")).expect("twinsan.toml.5");
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .expect("docs/configuration.md");
+    // The keys: the first column of the document's tables, in backticks.
+    let keys: Vec<&str> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(key, _)| key)
+        .collect();
+    assert!(keys.len() > 40, "{keys:?}");
+    // roff spells a minus `\-`; every key is set in bold.
+    for key in &keys {
+        let shown = format!("\\fB{}\\fR", key.replace('-', "\\-"));
+        assert!(page.contains(&shown), "{key} not in twinsan.toml.5");
+    }
+    // The command pages have examples.
+    let serve = std::fs::read_to_string(dir.join("twinsan-serve.1")).expect("twinsan-serve.1");
+    assert!(serve.contains("Examples:"), "{serve}");
+    if has_tool("groff") {
+        let out = run(
+            Command::new("groff")
+                .args(["-man", "-Tutf8", "-ww", "-z"])
+                .arg(dir.join("twinsan.toml.5")),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success() && text(&out).is_empty(),
+            "groff twinsan.toml.5:\n{}",
+            text(&out)
+        );
+    } else {
+        eprintln!("groff not installed: twinsan.toml.5 was not rendered");
+    }
+}
