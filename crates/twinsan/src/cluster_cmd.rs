@@ -143,6 +143,46 @@ pub fn target(global: &Global, cmd: TargetCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The node list without a cluster manager: no membership to be Online or OFFLINE in, so this node is itself and a
+/// peer is what its replication links say of it, per volume.
+fn manual_node_list(s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    for n in &s.nodes {
+        if n.name == s.node {
+            out += &format!(
+                "  * {}: this node (no cluster membership in manual mode)\n",
+                n.name
+            );
+            continue;
+        }
+        let links: Vec<(&str, &str)> = s
+            .volumes
+            .iter()
+            .flat_map(|v| v.peers.iter().map(move |p| (v.name.as_str(), p)))
+            .filter(|(_, p)| p.node == n.name)
+            .map(|(v, p)| (v, p.connection.as_str()))
+            .collect();
+        let connected: Vec<&str> = links
+            .iter()
+            .filter(|(_, c)| *c == "Connected")
+            .map(|(v, _)| *v)
+            .collect();
+        let seen = if links.is_empty() {
+            "no volume replicates to it".to_owned()
+        } else if connected.is_empty() {
+            let states: Vec<String> = links.iter().map(|(v, c)| format!("{v} {c}")).collect();
+            format!("not reachable over replication ({})", states.join(", "))
+        } else {
+            format!(
+                "reachable over replication ({} Connected)",
+                connected.join(", ")
+            )
+        };
+        out += &format!("  * {}: {seen}\n", n.name);
+    }
+    out
+}
+
 fn bracket(nodes: &[String]) -> String {
     if nodes.is_empty() {
         "[ ]".into()
@@ -192,16 +232,20 @@ pub fn format_cluster(s: &ClusterStatus) -> String {
         out += "  * manual mode: no cluster manager runs; roles change by `twinsan volume primary|secondary`\n";
     }
     out += "\nNode List:\n";
+    if !s.managed {
+        out += &manual_node_list(s);
+    }
     let online: Vec<String> = s
         .nodes
         .iter()
-        .filter(|n| n.online && !n.standby)
+        .filter(|n| n.online && !n.standby && s.managed)
         .map(|n| n.name.clone())
         .collect();
+    // In manual mode there is no membership: a peer is shown by what replication knows of it (above), not OFFLINE.
     let offline: Vec<String> = s
         .nodes
         .iter()
-        .filter(|n| !n.online)
+        .filter(|n| !n.online && s.managed)
         .map(|n| n.name.clone())
         .collect();
     for n in s.nodes.iter().filter(|n| n.standby) {

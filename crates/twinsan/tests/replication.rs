@@ -666,3 +666,32 @@ fn cluster_peer_speaking_garbage_is_disconnected_and_never_displaces_the_link() 
         "every write reached node2: {s}"
     );
 }
+
+#[test]
+fn cluster_manual_status_shows_the_peer_as_replication_sees_it() {
+    let mut c = Cluster::init("manual-status", true, "64M");
+    c.start(1);
+    c.start(2);
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
+    // No cluster membership in manual mode: a connected peer is never OFFLINE beside a Connected volume.
+    let text = c.cli(1, &["status"]);
+    assert!(
+        text.contains("  * node1: this node")
+            && text.contains("  * node2: reachable over replication (vol0 Connected)"),
+        "{text}"
+    );
+    assert!(!text.contains("OFFLINE"), "{text}");
+
+    assert!(c.stop(2), "node2 did not stop cleanly:\n{}", c.logs());
+    c.wait_status(1, Duration::from_secs(20), "not Connected", |s| {
+        peer(s, "connection") != "Connected"
+    });
+    let text = c.cli(1, &["status"]);
+    assert!(
+        text.contains("  * node2: not reachable over replication (vol0 "),
+        "{text}"
+    );
+    assert!(c.stop(1), "node1 did not stop cleanly:\n{}", c.logs());
+}
