@@ -159,6 +159,7 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
         .map(|n| (n.name.clone(), config.admin_socket(n)))
         .collect();
     let cfg = config_path.display().to_string();
+    let twinsan = crate::ops_cmd::program_name();
     println!("twinsan demo: a two-node cluster in {}", dir.display());
     println!(
         "  node1 127.0.0.11 and node2 127.0.0.12 (logs: {}/node1.log, node2.log)",
@@ -201,10 +202,10 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
     println!("Try it (in another terminal):");
     println!("  iscsi-ls -s iscsi://127.0.0.10:3260");
     println!("  qemu-io -f raw -c 'write -P 0x5a 0 1M' -c 'read -P 0x5a 0 1M' {URL}");
-    println!("  twinsan --config {cfg} --node node2 status");
-    println!("  twinsan --config {cfg} --node node2 cluster stop {first}    # fail over");
-    println!("  twinsan --config {cfg} --node node2 cluster start {first}   # bring it back");
-    println!("  twinsan --config {cfg} --node node1 target ls");
+    println!("  {twinsan} --config {cfg} --node node2 status");
+    println!("  {twinsan} --config {cfg} --node node2 cluster stop {first}    # fail over");
+    println!("  {twinsan} --config {cfg} --node node2 cluster start {first}   # bring it back");
+    println!("  {twinsan} --config {cfg} --node node1 target ls");
     println!("Ctrl-C stops the demo.");
     println!();
     let terminal = std::io::stdout().is_terminal();

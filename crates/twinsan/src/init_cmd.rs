@@ -311,6 +311,7 @@ fn print_summary(
     reports: &[(&str, md::CreateReport)],
 ) {
     let cfg = config_path.display();
+    let twinsan = crate::ops_cmd::program_name();
     let roles = if args.manual {
         "manual: promote and demote by hand"
     } else {
@@ -343,15 +344,15 @@ fn print_summary(
     println!();
     println!("Next, start each node in a terminal of its own:");
     for (node, ..) in NODES {
-        println!("  twinsan node run --config {cfg} --node {node}");
+        println!("  {twinsan} node run --config {cfg} --node {node}");
     }
     if args.manual {
         println!("then make node1's copy the original (the initial sync copies it to node2):");
-        println!("  twinsan --config {cfg} --node node1 volume primary --force {VOLUME}");
+        println!("  {twinsan} --config {cfg} --node node1 volume primary --force {VOLUME}");
     } else {
         println!("The two new copies are identical (all zeroes), so no initial sync is needed: once both nodes run,");
         println!("the cluster manager promotes one and brings up the virtual IP and the target there. Watch it with");
-        println!("  twinsan --config {cfg} --node node1 status");
+        println!("  {twinsan} --config {cfg} --node node1 status");
     }
     if args.manual {
         // Without the cluster manager nothing holds the virtual IP: the primary serves at its node address.

@@ -2,7 +2,7 @@
 //! definition (`twinsan completions SHELL`, `twinsan man [--out DIR]`), and exit statuses that say what went wrong.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::CommandFactory;
@@ -136,6 +136,36 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
     }
 }
 
+/// How the commands that `init` and `demo` print should start: `twinsan` when that name on `PATH` is this very
+/// program, else this program's path (after `cargo run`, `twinsan` is not on `PATH`, or is an older install).
+pub fn program_name() -> String {
+    match std::env::current_exe() {
+        Ok(exe) => program_name_for(&exe, std::env::var_os("PATH").as_deref()),
+        Err(_) => "twinsan".to_string(),
+    }
+}
+
+/// [`program_name`] for the program at `exe` and the search path `path`.
+fn program_name_for(exe: &Path, path: Option<&std::ffi::OsStr>) -> String {
+    let exe_real = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+    // The first `twinsan` on PATH is the one a shell runs.
+    let on_path = path
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("twinsan"))
+        .find(|candidate| is_executable(candidate));
+    match on_path.and_then(|p| std::fs::canonicalize(p).ok()) {
+        Some(found) if found == exe_real => "twinsan".to_string(),
+        _ => exe_real.display().to_string(),
+    }
+}
+
+/// A regular file with an execute bit, as a shell's PATH search wants it.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Writes `bytes` to stdout; a closed pipe (`| head`) is not an error.
 fn print(bytes: &[u8]) -> anyhow::Result<()> {
     match std::io::stdout().write_all(bytes) {
@@ -147,7 +177,6 @@ fn print(bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn config_errors_and_an_absent_daemon_have_their_own_status() {
@@ -209,5 +238,43 @@ mod tests {
             let line = format!("\n  {}  ", status as u8);
             assert!(AFTER_HELP.contains(&line), "{status:?} not in the help");
         }
+    }
+
+    #[test]
+    fn printed_commands_name_this_program_unless_path_finds_it() {
+        let dir = std::env::temp_dir().join(format!("twinsan-program-name-{}", std::process::id()));
+        let (bin, other) = (dir.join("bin"), dir.join("other"));
+        for d in [&bin, &other] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let exe = bin.join("twinsan");
+        std::fs::write(&exe, b"").expect("write");
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let elsewhere = other.join("twinsan");
+        std::fs::write(&elsewhere, b"").expect("write");
+        std::fs::set_permissions(
+            &elsewhere,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let full = std::fs::canonicalize(&exe)
+            .expect("canonicalize")
+            .display()
+            .to_string();
+        let path = |dirs: &[&Path]| std::env::join_paths(dirs).expect("join");
+
+        assert_eq!(program_name_for(&exe, Some(&path(&[&bin]))), "twinsan");
+        assert_eq!(
+            program_name_for(&exe, Some(&path(&[&other, &bin]))),
+            full,
+            "another twinsan comes first"
+        );
+        assert_eq!(
+            program_name_for(&exe, Some(&path(&[&other.join("none")]))),
+            full
+        );
+        assert_eq!(program_name_for(&exe, None), full);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -30,13 +30,23 @@ fn init_writes_a_cluster_that_loads() {
     assert!(out.status.success(), "{shown}");
     let config_path = dir.join("twinsan.toml");
     let cfg = config_path.display();
+    // The binary under test is not the `twinsan` on PATH, so the commands name it by its path.
+    let bin = std::fs::canonicalize(twinsan_bin()).expect("the binary's path");
+    let bin = bin.display();
+    let primary = format!("{bin} --config {cfg} --node node1 volume primary --force vol0");
     for next in [
-        format!("twinsan node run --config {cfg} --node node1"),
-        format!("twinsan node run --config {cfg} --node node2"),
-        format!("twinsan --config {cfg} --node node1 volume primary --force vol0"),
+        format!("{bin} node run --config {cfg} --node node1"),
+        format!("{bin} node run --config {cfg} --node node2"),
+        primary.clone(),
     ] {
         assert!(shown.contains(&next), "{next:?} missing from:\n{shown}");
     }
+    // As printed, it runs: the daemon is not up, so it exits 3 (no admin socket), not 127 (no such command).
+    let ran = run(
+        Command::new("sh").arg("-c").arg(&primary),
+        Duration::from_secs(30),
+    );
+    assert_eq!(ran.status.code(), Some(3), "{}", text(&ran));
     assert!(
         shown.contains("placement:     internal"),
         "the create-md reports are printed:\n{shown}"
