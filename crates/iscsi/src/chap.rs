@@ -11,6 +11,9 @@ pub const CHALLENGE_LEN: usize = 16;
 /// The longest challenge accepted from an initiator (mutual CHAP).
 pub const MAX_CHALLENGE_LEN: usize = 1024;
 
+/// The fewest bytes a CHAP secret may have: shorter ones fall to offline guessing (RFC 7143 section 12.1.3).
+pub const MIN_SECRET_LEN: usize = 12;
+
 /// A user name and secret. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {

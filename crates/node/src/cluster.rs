@@ -1279,20 +1279,9 @@ impl Shared {
         if held.is_empty() {
             return actions;
         }
-        let mut cut: BTreeSet<String> = BTreeSet::new();
-        actions
-            .into_iter()
-            .filter(|a| {
-                if cut.contains(a.volume()) {
-                    return false;
-                }
-                if matches!(a, Action::Promote { .. }) && held.contains(a.volume()) {
-                    cut.insert(a.volume().to_string());
-                    return false;
-                }
-                true
-            })
-            .collect()
+        cut_from(actions, |a| {
+            matches!(a, Action::Promote { .. }) && held.contains(a.volume())
+        })
     }
 
     /// Keeps when each volume became Primary here (reported, so two Primaries that meet keep the later one).
@@ -1360,20 +1349,9 @@ impl Shared {
 
     /// `actions` cut, per volume, before its first promotion or start.
     fn without_starts(&self, actions: Vec<Action>) -> Vec<Action> {
-        let mut held: BTreeSet<String> = BTreeSet::new();
-        actions
-            .into_iter()
-            .filter(|a| {
-                if held.contains(a.volume()) {
-                    return false;
-                }
-                if matches!(a, Action::Promote { .. } | Action::Start { .. }) {
-                    held.insert(a.volume().to_string());
-                    return false;
-                }
-                true
-            })
-            .collect()
+        cut_from(actions, |a| {
+            matches!(a, Action::Promote { .. } | Action::Start { .. })
+        })
     }
 
     /// The leading actions of each volume's list that are this node's.
@@ -2324,6 +2302,25 @@ impl Shared {
         }
         p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
+}
+
+/// `actions` cut, per volume, before the first action for which `at` holds: that action and every later one of
+/// its volume are dropped; other volumes' actions stay.
+fn cut_from(actions: Vec<Action>, mut at: impl FnMut(&Action) -> bool) -> Vec<Action> {
+    let mut cut: BTreeSet<String> = BTreeSet::new();
+    actions
+        .into_iter()
+        .filter(|a| {
+            if cut.contains(a.volume()) {
+                return false;
+            }
+            if at(a) {
+                cut.insert(a.volume().to_string());
+                return false;
+            }
+            true
+        })
+        .collect()
 }
 
 fn action_verb(action: &Action) -> &'static str {

@@ -316,7 +316,6 @@ struct Core {
     engine: Engine<FileStorage>,
     replies: HashMap<u64, Reply>,
     next_id: u64,
-    epoch: Instant,
     stopped: bool,
     /// The lease last given to the engine ([`Volume::lease_until_ns`]).
     lease_fed: u64,
@@ -346,7 +345,7 @@ pub struct Volume {
     /// When the established replication link was last closed or reset from the peer's side (its process or
     /// host went away, or it disconnected): evidence for the cluster's early loss detection.
     peer_closed_at: Mutex<Option<Instant>>,
-    /// The engine's clock origin (the same as the core's).
+    /// The engine's clock origin: every `now` given to the engine is the time since.
     epoch: Instant,
     /// The cluster's lease for this volume, in nanoseconds of the engine's clock: [`LEASE_NOT_ENFORCED`] without
     /// a cluster manager. Set by the cluster without taking the core lock (which disk I/O may hold); the engine
@@ -430,7 +429,6 @@ impl Volume {
                 engine,
                 replies: HashMap::new(),
                 next_id: 1,
-                epoch,
                 stopped: false,
                 lease_fed: LEASE_NOT_ENFORCED,
             }),
@@ -547,7 +545,7 @@ impl Volume {
             if let Some(reply) = reply {
                 core.replies.insert(id, reply);
             }
-            let now = core.epoch.elapsed();
+            let now = self.epoch.elapsed();
             core.engine.handle(input, now);
         }
         self.process(&mut core);
@@ -565,7 +563,7 @@ impl Volume {
             LEASE_NOT_ENFORCED => Lease::NotEnforced,
             ns => Lease::Until(Duration::from_nanos(ns)),
         };
-        let now = core.epoch.elapsed();
+        let now = self.epoch.elapsed();
         core.engine.handle(Input::Lease(lease), now);
     }
 
@@ -598,7 +596,7 @@ impl Volume {
         }
         self.feed_lease(&mut core);
         for input in inputs {
-            let now = core.epoch.elapsed();
+            let now = self.epoch.elapsed();
             core.engine.handle(input, now);
         }
         self.process(&mut core);
@@ -736,7 +734,7 @@ impl Volume {
                 return;
             }
             for input in fed_back {
-                let now = core.epoch.elapsed();
+                let now = self.epoch.elapsed();
                 core.engine.handle(input, now);
             }
         }

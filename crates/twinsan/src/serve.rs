@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
 
-use twinsan_iscsi::chap::Credentials;
+use twinsan_iscsi::chap::{Credentials, MIN_SECRET_LEN};
 use twinsan_iscsi::login::ChapPolicy;
 use twinsan_scsi::LogicalUnit;
 use twinsan_target::{identity, FileDevice, Server, ServerConfig, TargetConfig};
@@ -130,8 +130,10 @@ fn credentials(s: &str) -> Result<Credentials, String> {
         return Err("user and secret must both be non-empty".into());
     }
     // RFC 7143 section 12.1.3: secrets shorter than 12 bytes are open to offline guessing.
-    if secret.len() < 12 {
-        return Err("the secret must be at least 12 characters (RFC 7143 section 12.1.3)".into());
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the secret must be at least {MIN_SECRET_LEN} characters (RFC 7143 section 12.1.3)"
+        ));
     }
     Ok(Credentials {
         user: user.to_owned(),

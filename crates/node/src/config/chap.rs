@@ -13,9 +13,8 @@ use twinsan_iscsi::login::ChapPolicy;
 
 use super::{entry_key, ClusterConfig, ConfigError, TargetSection};
 
-/// The fewest bytes a CHAP secret may have: shorter ones fall to offline guessing (RFC 7143 section 12.1.3);
-/// `twinsan serve` asks the same.
-pub const MIN_CHAP_SECRET_LEN: usize = 12;
+/// The fewest bytes a CHAP secret may have (RFC 7143 section 12.1.3), as `twinsan serve` asks.
+pub const MIN_CHAP_SECRET_LEN: usize = twinsan_iscsi::chap::MIN_SECRET_LEN;
 /// The longest CHAP secret or user name: open-iscsi and libiscsi keep at most 255 bytes, so a longer secret
 /// could never log in.
 pub const MAX_CHAP_LEN: usize = 255;
