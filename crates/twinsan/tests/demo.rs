@@ -36,6 +36,7 @@ fn demo_command() -> Command {
 
 #[test]
 fn demo_without_root_serves_the_lun_at_the_vip_and_stops_cleanly() {
+    let _addresses = common::fixed_addresses();
     let iscsi_ls = require_tool("iscsi-ls");
     let mut child = demo_command().spawn().expect("spawn twinsan demo");
     let out = Arc::new(Mutex::new(String::new()));
@@ -279,6 +280,7 @@ fn every_url_answers(printed: &str) {
 fn demo_with_its_port_taken_prints_no_url_it_does_not_serve_and_its_nodes_die_with_it() {
     // Another program on 0.0.0.0:3260, which also keeps anyone from binding 127.0.0.10:3260. (If the machine has
     // one already, that one does it.)
+    let _addresses = common::fixed_addresses();
     let held = TcpListener::bind("0.0.0.0:3260").ok();
     let mut demo = demo_until(URL, Duration::from_secs(90));
     match demo.child.try_wait() {

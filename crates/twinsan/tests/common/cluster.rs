@@ -20,6 +20,8 @@ pub struct Cluster {
     pub dir: TempDir,
     pub config: PathBuf,
     pub nodes: [Option<NodeProc>; 2],
+    /// Dropped last (fields drop in order): the daemons are gone before another test may take the addresses.
+    _addresses: super::FixedAddresses,
 }
 
 /// A running `twinsan node run`.
@@ -52,6 +54,7 @@ impl Drop for NodeProc {
 impl Cluster {
     /// `twinsan init DIR [--manual] --size SIZE`.
     pub fn init(tag: &str, manual: bool, size: &str) -> Cluster {
+        let addresses = super::fixed_addresses();
         let dir = TempDir::new(tag);
         let mut cmd = Command::new(twinsan_bin());
         cmd.arg("init").arg(dir.path().join("c"));
@@ -66,6 +69,7 @@ impl Cluster {
             dir,
             config,
             nodes: [None, None],
+            _addresses: addresses,
         }
     }
 

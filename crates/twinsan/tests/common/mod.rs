@@ -79,6 +79,30 @@ impl Drop for TempDir {
     }
 }
 
+/// Held while a test uses the fixed addresses of `twinsan init` (127.0.0.10–12, ports 3260 and 7789). nextest's
+/// `cluster` group runs such tests one at a time within a run; this lock (flock(2) on a file in /run/lock) also
+/// keeps two runs from different checkouts on one machine from meeting there. The kernel drops it when the
+/// test process ends, however it ends.
+pub struct FixedAddresses(#[allow(dead_code)] std::fs::File);
+
+pub fn fixed_addresses() -> FixedAddresses {
+    use std::os::fd::AsRawFd;
+    let dir = if Path::new("/run/lock").is_dir() {
+        PathBuf::from("/run/lock")
+    } else {
+        std::env::temp_dir()
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("twinsan-tests-fixed-addresses.lock"))
+        .expect("open the fixed-address lock file");
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    FixedAddresses(file)
+}
+
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
