@@ -1514,6 +1514,11 @@ impl VolumeState {
         Ok(())
     }
 
+    /// Whether a disk may be attached now (`volume attach`): not Primary, no disk attached.
+    pub fn may_attach(&self, cfg: &Config) -> Result<(), StateError> {
+        self.check_attach(false, cfg)
+    }
+
     fn check_attach(&self, metadata_read: bool, cfg: &Config) -> Result<(), StateError> {
         if self.role == Role::Primary {
             return Err(StateError::AttachOnPrimary {
