@@ -36,6 +36,14 @@
 //! the source's generation. A read and its send happen in one step of the engine, and the link keeps order, so
 //! resync data never overtakes a newer application write to the same block.
 //!
+//! # Disks
+//! A disk that fails (or `volume detach`) is closed cleanly if it still takes metadata writes and released
+//! ([`Storage::release`]). From then on the peer tracks what the disk misses: a Primary marks its writes when the
+//! peer's disk is gone, and a node storing a diskless Primary's writes marks them too. `volume attach`
+//! ([`AdminCommand::Attach`], or [`Engine::attach_disk`] with a disk opened again) reads the superblock, the
+//! bitmap and the activity log as at start and, while connected, exchanges the generations again: the connect
+//! decision then resyncs the union of both bitmaps, or everything for a new disk.
+//!
 //! # Invariants
 //! - No application write completes before the local write (if any) returned and the peer acknowledged it as the
 //!   protocol asks, or its blocks are marked out of sync and any new generation it calls for is on disk.
