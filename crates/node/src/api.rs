@@ -15,6 +15,10 @@ pub enum Request {
     Up { volume: String },
     /// Disconnect and detach (`volume down`).
     Down { volume: String },
+    /// Give up the disk, staying connected (`volume detach`).
+    Detach { volume: String },
+    /// Open the disk again and attach it (`volume attach`).
+    Attach { volume: String },
     /// `volume primary [--force]`.
     Primary { volume: String, force: bool },
     /// `volume secondary`.

@@ -480,6 +480,8 @@ impl AdminService for Node {
             }
             Request::Up { volume } => self.command(&volume, AdminCommand::Up),
             Request::Down { volume } => self.command(&volume, AdminCommand::Down),
+            Request::Detach { volume } => self.command(&volume, AdminCommand::Detach),
+            Request::Attach { volume } => self.command(&volume, AdminCommand::Attach),
             Request::Primary { volume, force } => {
                 self.command(&volume, AdminCommand::Primary { force })
             }

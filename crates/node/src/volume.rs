@@ -129,34 +129,50 @@ pub enum VolumeError {
 /// The local disk: data and metadata files. Metadata writes are durable on return (O_DSYNC); data writes are
 /// made durable by [`Storage::flush`] (fdatasync).
 pub struct FileStorage {
+    /// `None` once the engine released the disk (detached): the files are closed and the claim ended.
+    open: Option<DiskFiles>,
+}
+
+struct DiskFiles {
     data: File,
     meta: File,
     /// No other process has these files while the storage is open.
     _disk: ClaimedDisk,
 }
 
+impl FileStorage {
+    fn files(&self) -> io::Result<&DiskFiles> {
+        self.open
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the disk is detached"))
+    }
+}
+
 impl Storage for FileStorage {
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.data.read_exact_at(buf, offset)
+        self.files()?.data.read_exact_at(buf, offset)
     }
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.data.write_all_at(data, offset)
+        self.files()?.data.write_all_at(data, offset)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.data.sync_data()
+        self.files()?.data.sync_data()
     }
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        if twinsan_target::punch_hole(&self.data, offset, len).is_ok() {
+        if twinsan_target::punch_hole(&self.files()?.data, offset, len).is_ok() {
             return Ok(());
         }
         // A filesystem or device that cannot deallocate still reads zeros after this.
         write_zeroes(self, offset, len)
     }
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.meta.read_exact_at(buf, offset)
+        self.files()?.meta.read_exact_at(buf, offset)
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.meta.write_all_at(data, offset)
+        self.files()?.meta.write_all_at(data, offset)
+    }
+    fn release(&mut self) {
+        self.open = None;
     }
 }
 
@@ -251,9 +267,11 @@ pub fn open_disk(
     }
     Ok((
         FileStorage {
-            data,
-            meta,
-            _disk: disk,
+            open: Some(DiskFiles {
+                data,
+                meta,
+                _disk: disk,
+            }),
         },
         layout,
         chosen.superblock,
@@ -331,7 +349,10 @@ pub struct Volume {
     size: u64,
     uuid: u128,
     reads_local: AtomicBool,
-    read_file: File,
+    /// The data file for a Primary's reads straight from its UpToDate disk; replaced when a disk is attached.
+    read_file: Mutex<Option<Arc<File>>>,
+    /// The volume's files, opened again by `volume attach`.
+    paths: DiskPaths,
     wants_link: AtomicBool,
     /// Connections open (the dialler dials only when there is none).
     links_open: AtomicUsize,
@@ -437,7 +458,8 @@ impl Volume {
             size,
             uuid,
             reads_local: AtomicBool::new(false),
-            read_file,
+            read_file: Mutex::new(Some(Arc::new(read_file))),
+            paths: paths.clone(),
             wants_link: AtomicBool::new(false),
             links_open: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -608,8 +630,16 @@ impl Volume {
         self.with_core(|_| Some((input, None)));
     }
 
-    /// Runs an admin command and waits for its result.
+    /// Runs an admin command and waits for its result. `attach`, and `up` without a disk, first open the disk
+    /// again ([`Volume::attach`]).
     pub fn admin(&self, command: AdminCommand) -> Result<Option<String>, String> {
+        match command {
+            AdminCommand::Attach => return self.attach(),
+            AdminCommand::Up if !self.lock_core().engine.has_disk() => {
+                self.attach()?;
+            }
+            _ => {}
+        }
         let (reply, rx) = mpsc::sync_channel(1);
         let running =
             self.with_core(|id| Some((Input::Admin { id, command }, Some(Reply::Admin(reply)))));
@@ -622,6 +652,63 @@ impl Volume {
                 self.name
             )
         })?
+    }
+
+    /// `volume attach`: opens the volume's files again (claimed for this process), reads and checks the
+    /// superblock — a damaged one, or one of another volume, is refused here with the reason and nothing is
+    /// written — and hands them to the engine, which decides: refused on a Primary or with a disk attached,
+    /// else attached, and with the peer connected the generations are exchanged again and the resync starts.
+    pub fn attach(&self) -> Result<Option<String>, String> {
+        {
+            // Refused before the files are opened: a disk in use is claimed by this very process.
+            let mut core = self.lock_core();
+            if core.stopped {
+                return Err(format!("{}: the volume is stopping", self.name));
+            }
+            if core.engine.has_disk() {
+                let id = core.next_id;
+                core.next_id += 1;
+                let (reply, rx) = mpsc::sync_channel(1);
+                core.replies.insert(id, Reply::Admin(reply));
+                let now = self.epoch.elapsed();
+                core.engine.handle(
+                    Input::Admin {
+                        id,
+                        command: AdminCommand::Attach,
+                    },
+                    now,
+                );
+                self.process(&mut core);
+                drop(core);
+                return rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| format!("{}: no answer from the volume engine", self.name))?;
+            }
+        }
+        let opened = ClaimedDisk::claim(self.paths.clone()).and_then(|disk| {
+            let (storage, layout, sb) = open_disk(disk)?;
+            let read_file = File::open(&self.paths.data).map_err(|source| VolumeError::Io {
+                path: self.paths.data.clone(),
+                source,
+            })?;
+            Ok((storage, layout, sb, read_file))
+        });
+        let (storage, layout, sb, read_file) = opened.map_err(|e| {
+            warn!(volume = %self.name, "attach refused: {e}");
+            format!("{}: cannot attach the disk: {e}", self.name)
+        })?;
+        let mut core = self.lock_core();
+        if core.stopped {
+            return Err(format!("{}: the volume is stopping", self.name));
+        }
+        self.feed_lease(&mut core);
+        let result = core.engine.attach_disk(storage, layout, sb);
+        if result.is_ok() {
+            *self.read_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(read_file));
+            info!(volume = %self.name, "disk {} attached", self.paths.data.display());
+        }
+        self.process(&mut core);
+        result
     }
 
     /// The cluster lost the peer on every cluster link: drop the replication link if it has been silent for
@@ -848,6 +935,13 @@ impl Volume {
         let status = engine.status();
         self.reads_local
             .store(engine.reads_local(), Ordering::SeqCst);
+        if !engine.has_disk() {
+            // Detached: no file of the disk stays open (the admin may replace or unmount it).
+            self.read_file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
         self.wants_link.store(engine.wants_link(), Ordering::SeqCst);
         let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if *current != status {
@@ -1295,7 +1389,15 @@ impl BlockDevice for ReplicatedDevice {
         // The fast path reads the local disk directly, only while the lease runs: a node that was frozen reads
         // through the engine, which holds the read until it knows whether the peer took over.
         if self.volume.reads_local.load(Ordering::SeqCst) && self.volume.lease_runs() {
-            return self.volume.read_file.read_exact_at(buf, offset);
+            let file = self
+                .volume
+                .read_file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(file) = file {
+                return file.read_exact_at(buf, offset);
+            }
         }
         let len = u32::try_from(buf.len()).map_err(io::Error::other)?;
         let data = self.call(|id, reply| (Input::Read { id, offset, len }, Reply::Read(reply)))?;
@@ -1350,7 +1452,16 @@ impl BlockDevice for ReplicatedDevice {
     fn mapped_extent(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         // The Primary's own copy answers; served from the peer, everything counts as mapped.
         if self.volume.reads_local.load(Ordering::SeqCst) {
-            twinsan_target::file_mapped_extent(&self.volume.read_file, offset, len)
+            let file = self
+                .volume
+                .read_file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match file {
+                Some(file) => twinsan_target::file_mapped_extent(&file, offset, len),
+                None => Ok((true, len)),
+            }
         } else {
             Ok((true, len))
         }

@@ -36,6 +36,14 @@
 //! the source's generation. A read and its send happen in one step of the engine, and the link keeps order, so
 //! resync data never overtakes a newer application write to the same block.
 //!
+//! # Disks
+//! A disk that fails (or `volume detach`) is closed cleanly if it still takes metadata writes and released
+//! ([`Storage::release`]). From then on the peer tracks what the disk misses: a Primary marks its writes when the
+//! peer's disk is gone, and a node storing a diskless Primary's writes marks them too. `volume attach`
+//! ([`AdminCommand::Attach`], or [`Engine::attach_disk`] with a disk opened again) reads the superblock, the
+//! bitmap and the activity log as at start and, while connected, exchanges the generations again: the connect
+//! decision then resyncs the union of both bitmaps, or everything for a new disk.
+//!
 //! # Invariants
 //! - No application write completes before the local write (if any) returned and the peer acknowledged it as the
 //!   protocol asks, or its blocks are marked out of sync and any new generation it calls for is on disk.
@@ -94,6 +102,9 @@ pub trait Storage {
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes to the metadata device at `offset`, durably (the call returns once it is on stable storage).
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// The engine detached the disk and will not call this storage again: let it go (close the files, end the
+    /// claim on them) so the admin can repair or replace it. The default keeps it.
+    fn release(&mut self) {}
 }
 
 /// Writes `len` zero bytes at `offset` through [`Storage::write`], 1 MiB at a time: the default
@@ -289,6 +300,12 @@ pub enum AdminCommand {
         /// `--clear-bitmap`.
         clear_bitmap: bool,
     },
+    /// `volume detach`: close the activity log, write the bitmap, and give the disk up (refused on a Primary
+    /// without a connected UpToDate peer); the link stays.
+    Detach,
+    /// `volume attach` on the storage the engine has: read its superblock again and attach it (a node driver
+    /// with a disk to open again uses [`Engine::attach_disk`]). Refused on a Primary and while a disk is attached.
+    Attach,
 }
 
 /// Why an application request failed.
@@ -745,9 +762,9 @@ impl<S: Storage> Engine<S> {
             }
         }
         // From now on the log is in use until a clean shutdown.
+        self.attached = true;
         self.sb.flags.al_clean = false;
         self.write_superblock();
-        self.attached = true;
         Ok(())
     }
 
@@ -785,6 +802,11 @@ impl<S: Storage> Engine<S> {
             self.write_superblock();
         }
         Ok(())
+    }
+
+    /// True while a disk is attached (the storage is in use).
+    pub fn has_disk(&self) -> bool {
+        self.attached
     }
 
     /// The volume's UUID.
@@ -1409,6 +1431,8 @@ impl<S: Storage> Engine<S> {
             }
             AdminCommand::Verify => self.verify_start(),
             AdminCommand::Invalidate => self.try_event(Event::Invalidate),
+            AdminCommand::Detach => self.admin_detach(),
+            AdminCommand::Attach => self.admin_attach(),
             AdminCommand::NewCurrentUuid { clear_bitmap } => {
                 if clear_bitmap {
                     self.try_event(Event::ClearBitmap)
@@ -1492,20 +1516,124 @@ impl<S: Storage> Engine<S> {
         Ok(None)
     }
 
-    /// Closes the activity log, writes the bitmap, marks the log clean, and detaches.
+    /// Closes the activity log, writes the bitmap, marks the log clean, and detaches (the state machine's
+    /// [`Action::Detach`] does the closing).
     fn detach_cleanly(&mut self) -> Result<(), String> {
         self.try_event(Event::Detach)?;
-        self.close_disk();
         Ok(())
     }
 
+    /// Gives the disk up, on request or after an I/O error: if it still takes writes, the data is flushed, the
+    /// activity log closed, the bitmap written and the log marked clean, so an attach later resyncs only what
+    /// the bitmaps say (the peer marks what it writes from now on, and every write this disk failed); a disk
+    /// that does not is left with its log open, and an attach resyncs the log's extents too. Then the storage
+    /// is released.
     fn close_disk(&mut self) {
-        if self.al.clean_shutdown().is_ok() && self.flush_bitmap_all().is_ok() {
-            self.sb.flags.al_clean = true;
-            self.write_superblock();
+        if self.attached {
+            let clean = self.storage.flush().is_ok()
+                && self.al.clean_shutdown().is_ok()
+                && self.flush_bitmap_all().is_ok();
+            if clean {
+                self.sb.flags.al_clean = true;
+                self.write_superblock();
+            } else {
+                self.log(
+                    true,
+                    format!(
+                        "{}: the disk could not be closed cleanly; an attach resyncs the extents of its activity \
+                         log as well",
+                        self.cfg.volume
+                    ),
+                );
+            }
+            self.attached = false;
+            self.storage.release();
+            self.log(
+                false,
+                format!("{}: the disk is detached and released", self.cfg.volume),
+            );
         }
-        self.attached = false;
         self.event(Event::Detached);
+    }
+
+    fn admin_detach(&mut self) -> Result<Option<String>, String> {
+        if !self.attached {
+            return Ok(Some(format!("{} has no disk attached", self.cfg.volume)));
+        }
+        self.detach_cleanly()?;
+        Ok(None)
+    }
+
+    /// Whether a disk may be attached now: no disk attached, not Primary.
+    fn may_attach(&self) -> Result<(), String> {
+        if self.attached {
+            return Err(format!(
+                "{}: a disk is attached already ({})",
+                self.cfg.volume,
+                self.state.disk()
+            ));
+        }
+        self.state.may_attach(&self.scfg).map_err(|e| e.to_string())
+    }
+
+    fn admin_attach(&mut self) -> Result<Option<String>, String> {
+        self.may_attach()?;
+        let attached = self
+            .reread_superblock()
+            .and_then(|()| self.attach().map_err(|e| e.to_string()));
+        if attached.is_err() {
+            self.storage.release();
+        }
+        attached.map(|()| None)
+    }
+
+    /// Attaches a disk the driver opened again (`volume attach` after a failure or a detach, or a new disk after
+    /// `volume create-md`): `storage` with the `layout` and superblock `sb` the driver read and checked. Refused,
+    /// with `storage` dropped and nothing written, on a Primary, while a disk is attached, or when the superblock
+    /// belongs to another volume, to another node, or to a disk of another size. Then the bitmap and the
+    /// activity log are read as at start; if the peer is connected the generations are exchanged again and the
+    /// connect decision picks the resync: of the bitmaps' blocks if this disk's generation is one the peer's
+    /// bitmap covers, in full for a new disk.
+    pub fn attach_disk(
+        &mut self,
+        storage: S,
+        layout: Layout,
+        sb: Superblock,
+    ) -> Result<Option<String>, String> {
+        let volume = &self.cfg.volume;
+        self.may_attach()?;
+        if sb.volume_uuid != self.sb.volume_uuid {
+            return Err(format!(
+                "{volume}: the disk belongs to volume uuid {:032x}, not {:032x}; nothing was written",
+                sb.volume_uuid, self.sb.volume_uuid
+            ));
+        }
+        if (sb.node_id, sb.peer_node_id) != (self.cfg.node_id, self.cfg.peer_node_id) {
+            return Err(format!(
+                "{volume}: the disk's metadata is node {}'s (peer {}), not node {}'s; nothing was written",
+                sb.node_id, sb.peer_node_id, self.cfg.node_id
+            ));
+        }
+        if sb.data_size != self.sb.data_size {
+            return Err(format!(
+                "{volume}: the disk holds {} bytes of data, the volume {}; nothing was written",
+                sb.data_size, self.sb.data_size
+            ));
+        }
+        self.storage = storage;
+        self.layout = layout;
+        self.sb = sb;
+        self.gen = GenerationIds {
+            current: self.sb.current_uuid,
+            bitmap: self.sb.bitmap_uuid,
+            history: self.sb.history_uuids,
+        };
+        let attached = self.attach().map_err(|e| e.to_string());
+        if attached.is_err() {
+            self.storage.release();
+        }
+        self.out.push(Output::Changed);
+        attached.map(|()| None)
     }
 
     /// A clean stop of the daemon: disconnect, flush and close the log (the volume must not be Primary with
@@ -2076,6 +2204,9 @@ impl<S: Storage> Engine<S> {
                     ),
                 );
                 self.event(Event::DiskFailed);
+            } else if !self.state.peer().disk.is_attached() {
+                // A diskless Primary's write: its own disk, when it attaches again, lacks these blocks.
+                self.mark_out_of_sync(offset, len);
             }
         }
         if protocol == ReplicationProtocol::C {
@@ -2512,7 +2643,7 @@ impl<S: Storage> Engine<S> {
         }
         self.pump_resync();
         self.pump_verify();
-        if now.saturating_sub(self.last_bitmap_flush) >= BITMAP_FLUSH_INTERVAL {
+        if self.attached && now.saturating_sub(self.last_bitmap_flush) >= BITMAP_FLUSH_INTERVAL {
             self.last_bitmap_flush = now;
             let _ = self.flush_bitmap();
         }
@@ -2789,10 +2920,7 @@ impl<S: Storage> Engine<S> {
                     generations: self.gen,
                 });
             }
-            Action::Detach => {
-                self.attached = false;
-                self.event(Event::Detached);
-            }
+            Action::Detach => self.close_disk(),
             Action::ReportSplitBrain { kind, resolution } => {
                 self.log(
                     true,
@@ -2829,6 +2957,10 @@ impl<S: Storage> Engine<S> {
     // ----- disk metadata -----
 
     fn write_superblock(&mut self) {
+        if !self.attached {
+            // No disk: the generations live in memory; an attach reads the disk's own.
+            return;
+        }
         self.sb.current_uuid = self.gen.current;
         self.sb.bitmap_uuid = self.gen.bitmap;
         self.sb.history_uuids = self.gen.history;

@@ -25,7 +25,7 @@
 //! | `Attach` | Secondary, Diskless/Attaching | disk from the superblock flags (below) | role marker and flags if stale; `ExchangeGenerations` if C |
 //! | `DiskFailed` | a disk is attached | Failed; resync/verify stops | `Detach` |
 //! | `Detached` | Failed | Diskless | — |
-//! | `Detach` | not a Primary without a connected UpToDate peer | Diskless | `Detach` |
+//! | `Detach` | not a Primary without a connected UpToDate peer | Diskless | `Detach` (the engine closes the disk cleanly if it can, and releases it) |
 //! | `Promote` | data checks (below); peer not Primary | C: waits for the peer's grant; not C with resource-only fencing: waits for the fence; else Primary | `RequestPromotion` / `FencePeer` / see `PromotionGranted` |
 //! | `PromotionGranted` | promotion waiting for it | Primary (forced: UpToDate, SyncSource) | `NewCurrentUuid` if forced or the peer's copy is lost, `SetRoleMarker`, `PersistFlags`, `StartResync` if forced over a peer with a disk |
 //! | `PeerRequestsPromotion` | — | grants unless Primary or promoting | `GrantPromotion` / `RefusePromotion` |
@@ -1512,6 +1512,11 @@ impl VolumeState {
             }
         }
         Ok(())
+    }
+
+    /// Whether a disk may be attached now (`volume attach`): not Primary, no disk attached.
+    pub fn may_attach(&self, cfg: &Config) -> Result<(), StateError> {
+        self.check_attach(false, cfg)
     }
 
     fn check_attach(&self, metadata_read: bool, cfg: &Config) -> Result<(), StateError> {

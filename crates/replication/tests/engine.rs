@@ -731,3 +731,118 @@ fn no_promotion_without_a_lease() {
         .expect_err("refused");
     assert!(e.contains("no lease"), "{e}");
 }
+
+/// Writes `count` blocks of 4 KiB at node `i`, 1 MiB apart from `first`, each acknowledged.
+fn write_blocks(p: &mut Pair, i: usize, first: u64, count: u64, seed: u64) {
+    for k in 0..count {
+        let id = p.submit_write(i, first + k * (1 << 20), pattern(seed + k, 4096), false);
+        p.settle(1);
+        assert_eq!(p.write_result(id), Some(Ok(())), "{:?}", p.logs);
+    }
+}
+
+#[test]
+fn a_secondary_disk_that_fills_up_detaches_and_attach_resyncs_only_what_it_missed() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    write_blocks(&mut p, 0, 0, 2, 1);
+    // ENOSPC on node2: the write it fails is marked on node1, and every write after it.
+    p.engine(1).storage_mut().disk.full = true;
+    write_blocks(&mut p, 0, 4096, 5, 10);
+    let s = p.engine(1).status();
+    assert_eq!(
+        (s.disk, s.connection),
+        (DiskState::Diskless, ConnState::Connected)
+    );
+    assert_eq!(p.engine(0).status().peer_disk, DiskState::Diskless);
+    assert_eq!(p.engine(0).status().out_of_sync_bytes, 5 * 4096);
+    // Room again: attach resyncs the five blocks, no activity-log extent (the disk was closed cleanly).
+    p.engine(1).storage_mut().disk.full = false;
+    p.admin(1, AdminCommand::Attach).expect("attach");
+    p.settle(100);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(s.resync_sent_bytes, 5 * 4096, "{:?}", p.logs);
+    assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
+    assert_eq!(p.data(0), p.data(1));
+}
+
+#[test]
+fn detach_and_attach_by_command_on_a_connected_secondary() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    p.admin(1, AdminCommand::Detach).expect("detach node2");
+    let s = p.engine(1).status();
+    assert_eq!(
+        (s.disk, s.connection),
+        (DiskState::Diskless, ConnState::Connected)
+    );
+    assert!(!p.engine(1).has_disk());
+    let again = p.admin(1, AdminCommand::Detach).expect("detach again");
+    assert!(again.is_some_and(|m| m.contains("no disk")));
+    write_blocks(&mut p, 0, 0, 3, 20);
+    p.admin(1, AdminCommand::Attach).expect("attach node2");
+    let refused = p
+        .admin(1, AdminCommand::Attach)
+        .expect_err("attached already");
+    assert!(refused.contains("attached already"), "{refused}");
+    p.settle(100);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(s.resync_sent_bytes, 3 * 4096);
+    assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
+    assert_eq!(p.data(0), p.data(1));
+}
+
+#[test]
+fn detach_is_refused_on_a_primary_without_a_connected_up_to_date_peer() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    p.admin(1, AdminCommand::Detach).expect("detach node2");
+    let refused = p.admin(0, AdminCommand::Detach).expect_err("the only copy");
+    assert!(
+        refused.contains("Primary") && refused.contains("UpToDate"),
+        "{refused}"
+    );
+    assert_eq!(p.engine(0).status().disk, DiskState::UpToDate);
+    // With node2 back, node1's disk may go: it serves from node2.
+    p.admin(1, AdminCommand::Attach).expect("attach node2");
+    p.settle(100);
+    p.admin(0, AdminCommand::Detach).expect("detach node1");
+    let refused = p.admin(0, AdminCommand::Attach).expect_err("Primary");
+    assert!(refused.contains("Primary"), "{refused}");
+    assert_eq!(
+        p.read(0, 0, 4096).expect("read from the peer"),
+        vec![0; 4096]
+    );
+}
+
+#[test]
+fn a_diskless_primary_writes_through_the_peer_and_its_disk_gets_them_after_a_switchover() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    write_blocks(&mut p, 0, 0, 2, 30);
+    p.engine(0).storage_mut().disk.full = true;
+    // The first of these fails on node1's disk and goes on through node2.
+    write_blocks(&mut p, 0, 8192, 4, 40);
+    let s = p.engine(0).status();
+    assert_eq!((s.role, s.disk), (Role::Primary, DiskState::Diskless));
+    assert_eq!(p.read(0, 8192, 4096).expect("read"), pattern(40, 4096));
+    assert_eq!(p.engine(1).status().out_of_sync_bytes, 4 * 4096);
+    // Switch over, then attach: only the four blocks come back.
+    p.engine(0).storage_mut().disk.full = false;
+    p.admin(0, AdminCommand::Secondary).expect("demote");
+    p.admin(1, AdminCommand::Primary { force: false })
+        .expect("promote node2");
+    p.admin(0, AdminCommand::Attach).expect("attach node1");
+    p.settle(100);
+    let s = p.engine(1).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(s.resync_sent_bytes, 4 * 4096, "{:?}", p.logs);
+    assert_eq!(p.engine(0).status().disk, DiskState::UpToDate);
+    assert_eq!(p.data(0), p.data(1));
+}

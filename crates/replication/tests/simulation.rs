@@ -258,6 +258,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
                     // A disk about to fail is not a failover target: a diskless Primary keeps serving from its
                     // peer and is never given a disk back while Primary (that is `volume attach`, later).
                     !e.storage().disk.failing
+                        && !e.storage().disk.full
                         && s.disk == DiskState::UpToDate
                         && s.connection == ConnState::Connected
                         && s.replication == ReplState::Established
@@ -302,13 +303,31 @@ fn run_seed(seed: u64) -> Result<(), String> {
                     }
                 }
             }
-            97 => {
+            97 => match rng.below(4) {
                 // A disk error on the secondary: it detaches, the primary marks what it misses.
-                let i = 1 - primary;
-                if let Some(e) = p.nodes[i].as_mut() {
-                    e.storage_mut().disk.failing = true;
+                0 => {
+                    if let Some(e) = p.nodes[1 - primary].as_mut() {
+                        e.storage_mut().disk.failing = true;
+                    }
                 }
-            }
+                // A disk that fills up (its metadata and flushes still work): on the primary, which then
+                // serves from its peer (diskless Primary), or on the secondary.
+                1 | 2 => {
+                    let i = if rng.chance(50) { primary } else { 1 - primary };
+                    if let Some(e) = p.nodes[i].as_mut() {
+                        e.storage_mut().disk.full = true;
+                    }
+                }
+                // `volume detach` on the secondary; a later repair round attaches it again.
+                _ => {
+                    if p.nodes[1 - primary].is_some() {
+                        if let Err(e) = p.admin(1 - primary, AdminCommand::Detach) {
+                            p.logs
+                                .push(format!("node{}: volume detach: {e}", 2 - primary));
+                        }
+                    }
+                }
+            },
             _ => {
                 // A torn metadata write: the node dies in the middle of its next metadata write.
                 let i = rng.below(2) as usize;
@@ -426,7 +445,10 @@ fn freeze_round(
     // Disk faults have their own rounds; a freeze is about time.
     let healthy = |e: &twinsan_replication::engine::Engine<sim::MemStorage>| {
         let disk = &e.storage().disk;
-        !disk.failing && disk.tear_after.is_none() && e.status().disk == DiskState::UpToDate
+        !disk.failing
+            && !disk.full
+            && disk.tear_after.is_none()
+            && e.status().disk == DiskState::UpToDate
     };
     if !p.nodes.iter().flatten().all(healthy) {
         return Ok(());
@@ -536,16 +558,40 @@ fn no_ack_from(p: &mut Pair, victim: usize, when: &str) -> Result<(), String> {
     }
 }
 
-/// Replaces failed disks' faults and attaches them again (`volume up`).
+/// Replaces failed disks' faults (an error, no space) and attaches every detached disk again (`volume attach`,
+/// then `volume up` to connect a node left StandAlone). A diskless Primary is demoted first (a Primary does not
+/// attach), and promoted again once its disk is back UpToDate.
 fn repair_disks(p: &mut Pair) {
     for i in 0..2 {
-        let failing = p.nodes[i]
-            .as_ref()
-            .is_some_and(|e| e.storage().disk.failing);
-        if failing {
-            p.engine(i).storage_mut().disk.failing = false;
-            if let Err(e) = p.admin(i, AdminCommand::Up) {
-                p.logs.push(format!("node{}: volume up: {e}", i + 1));
+        let Some(e) = p.nodes[i].as_mut() else {
+            continue;
+        };
+        let disk = &mut e.storage_mut().disk;
+        disk.failing = false;
+        disk.full = false;
+        if e.has_disk() {
+            continue;
+        }
+        let was_primary = e.state().role() == Role::Primary;
+        if was_primary {
+            // Its writes in flight finish first.
+            p.settle(20);
+            if let Err(e) = p.admin(i, AdminCommand::Secondary) {
+                p.logs
+                    .push(format!("node{}: diskless Primary not demoted: {e}", i + 1));
+                continue;
+            }
+        }
+        if let Err(e) = p.admin(i, AdminCommand::Attach) {
+            p.logs.push(format!("node{}: volume attach: {e}", i + 1));
+        }
+        if let Err(e) = p.admin(i, AdminCommand::Up) {
+            p.logs.push(format!("node{}: volume up: {e}", i + 1));
+        }
+        if was_primary {
+            p.settle(40);
+            if p.engine(i).status().disk == DiskState::UpToDate {
+                let _ = p.admin(i, AdminCommand::Primary { force: false });
             }
         }
     }

@@ -26,6 +26,13 @@ pub enum VolumeCommand {
     Up { volume: String },
     /// Disconnect from the peer and detach the disk.
     Down { volume: String },
+    /// Give up this node's disk and stay connected (like `drbdadm detach`): a Primary serves from the peer.
+    /// Refused on a Primary without a connected UpToDate peer.
+    Detach { volume: String },
+    /// Open this node's disk again and attach it (like `drbdadm attach`), after a detach, a disk failure or a
+    /// new `create-md`: the metadata is checked first (a foreign or damaged superblock is refused, nothing
+    /// written), then the peer resyncs what changed meanwhile, or everything on a new disk. Not on a Primary.
+    Attach { volume: String },
     /// Make this node the primary of VOLUME.
     Primary {
         volume: String,
@@ -79,6 +86,8 @@ impl VolumeCommand {
         Some(match self {
             VolumeCommand::Up { volume } => (Request::Up { volume: v(volume) }, None),
             VolumeCommand::Down { volume } => (Request::Down { volume: v(volume) }, None),
+            VolumeCommand::Detach { volume } => (Request::Detach { volume: v(volume) }, None),
+            VolumeCommand::Attach { volume } => (Request::Attach { volume: v(volume) }, None),
             VolumeCommand::Primary { volume, force } => (
                 Request::Primary {
                     volume: v(volume),
@@ -185,6 +194,8 @@ fn request_volume(request: &Request) -> &str {
     match request {
         Request::Up { volume }
         | Request::Down { volume }
+        | Request::Detach { volume }
+        | Request::Attach { volume }
         | Request::Primary { volume, .. }
         | Request::Secondary { volume }
         | Request::Connect { volume, .. }

@@ -22,6 +22,8 @@ pub struct MemDisk {
     pub durable: Vec<u8>,
     pub cache: Vec<u8>,
     pub failing: bool,
+    /// Full (ENOSPC on a thin or tmpfs file): data writes fail; metadata, already allocated, and flushes work.
+    pub full: bool,
     /// The process dies in the middle of the metadata write after this many more: half of it lands.
     pub tear_after: Option<u32>,
     /// The process died in a torn write; every further call fails.
@@ -34,6 +36,7 @@ impl MemDisk {
             durable: vec![0; size],
             cache: vec![0; size],
             failing: false,
+            full: false,
             tear_after: None,
             dead: false,
         }
@@ -68,6 +71,9 @@ impl Storage for MemStorage {
         Ok(())
     }
     fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.disk.full {
+            return Err(io::Error::other("no space left on device"));
+        }
         let r = range(&self.disk, offset, data.len())?;
         self.disk.cache[r].copy_from_slice(data);
         Ok(())
@@ -254,6 +260,7 @@ impl Pair {
             disk.tear_after = None;
             // A disk fault in the simulation is transient: gone after a restart.
             disk.failing = false;
+            disk.full = false;
             self.disks[i] = disk;
         }
         self.drop_link("killed");
