@@ -822,14 +822,12 @@ impl Shared {
         }
         match envelope.message {
             Message::Report(report) => {
-                let Some(version) = message::negotiate(report.versions) else {
-                    warn!(
-                        theirs = ?report.versions,
-                        ours = %message::VERSIONS,
-                        "the peer's report announces no message version this node speaks: ignored \
-                         (a release talks only to the release before it)"
-                    );
-                    return;
+                let version = match message::negotiate(report.versions) {
+                    Ok(version) => version,
+                    Err(e) => {
+                        warn!(link, "cluster report ignored: {e}");
+                        return;
+                    }
                 };
                 let mut st = self.lock();
                 if st.peer_messages != Some(version) {

@@ -3052,7 +3052,20 @@ mod tests {
         else {
             panic!("no challenge sent");
         };
-        let (us, _) = us.receive(hello).unwrap().receive(challenge).unwrap();
+        let (us, our_answer) = us.receive(hello).unwrap().receive(challenge).unwrap();
+        // Our answer to its challenge is the MAC it checks (the MAC is b3ce254's: same inputs, same function).
+        let expected = auth_response(
+            &SharedSecret::new("s3cret"),
+            &AuthContext {
+                challenge: old_nonce,
+                responder_nonce: our_nonce,
+                challenger_node_id: 1,
+                responder_node_id: 0,
+                volume_uuid: VOLUME,
+                cluster_id: cluster_id("alpha"),
+            },
+        );
+        assert_eq!(our_answer, Message::AuthResponse { mac: expected });
         // The old node answers our challenge as it always did.
         let old_answer = auth_response(
             &SharedSecret::new("s3cret"),

@@ -74,13 +74,33 @@ impl MessageVersion {
     }
 }
 
+/// A peer's report announces no message version this node speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the peer speaks cluster message versions {theirs}, this node speaks {ours}: no version in common; a release \
+     talks only to the release before it, upgrade one step at a time (docs/upgrade.md)"
+)]
+pub struct NoCommonVersion {
+    /// The peer's versions.
+    pub theirs: VersionRange,
+    /// This node's versions ([`VERSIONS`]).
+    pub ours: VersionRange,
+}
+
 /// The version to speak with a peer whose report announced `theirs` (`None`: a release before ranges, which
-/// speaks 1 only): the highest in both ranges, or `None` if they do not overlap.
-pub fn negotiate(theirs: Option<VersionRange>) -> Option<MessageVersion> {
+/// speaks 1 only): the highest in both ranges.
+pub fn negotiate(theirs: Option<VersionRange>) -> Result<MessageVersion, NoCommonVersion> {
     let theirs = theirs.unwrap_or(VersionRange { min: 1, max: 1 });
     let low = VERSIONS.min.max(theirs.min);
     let high = VERSIONS.max.min(theirs.max);
-    (low <= high).then_some(MessageVersion(high))
+    if low <= high {
+        Ok(MessageVersion(high))
+    } else {
+        Err(NoCommonVersion {
+            theirs,
+            ours: VERSIONS,
+        })
+    }
 }
 /// The header before the body.
 const HEADER_LEN: usize = 36;
@@ -531,9 +551,14 @@ mod tests {
         assert!(new.speaks(Feature::Leases));
         assert_eq!(
             negotiate(Some(VersionRange { min: 2, max: 3 })).map(MessageVersion::number),
-            Some(2)
+            Ok(2)
         );
-        assert_eq!(negotiate(Some(VersionRange { min: 3, max: 4 })), None);
+        let error = negotiate(Some(VersionRange { min: 3, max: 4 })).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the peer speaks cluster message versions 3..=4, this node speaks 1..=2: no version in common; a \
+             release talks only to the release before it, upgrade one step at a time (docs/upgrade.md)"
+        );
         // A datagram whose lowest version is above this node's range.
         let error = decode(SECRET, 9, &b3ce254_datagram(3)).unwrap_err();
         assert_eq!(
