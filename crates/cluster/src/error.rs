@@ -194,13 +194,16 @@ pub enum WitnessError {
     BadMagic,
     /// The message's format version is not one this program speaks.
     #[error(
-        "witness: format version {version} is not supported (this program speaks {supported})"
+        "witness: format version {version} is not supported (this program speaks {min}..={max}; a release \
+         talks only to the release before it: docs/upgrade.md)"
     )]
     UnsupportedVersion {
         /// The version in the message.
         version: u8,
-        /// The version this program speaks.
-        supported: u8,
+        /// The lowest version this program speaks.
+        min: u8,
+        /// The highest version this program speaks.
+        max: u8,
     },
     /// A reply where a request was expected, or the other way round (a reflected datagram).
     #[error("witness: message kind {kind}, expected {expected} (1 request, 2 reply)")]

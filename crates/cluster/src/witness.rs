@@ -50,8 +50,12 @@ pub const REQUEST_LEN: usize = 48;
 pub const REPLY_LEN: usize = 52;
 /// The size of the truncated HMAC-SHA256 tag that ends every datagram.
 pub const TAG_LEN: usize = 16;
-/// The format version this code speaks.
-pub const WITNESS_VERSION: u8 = 1;
+/// The format versions this code speaks. 1: the release before version ranges (b3ce254), which sends and accepts
+/// only 1. A node asks in the highest version it speaks; a witness answers in the highest version both speak
+/// (the request's, or its own highest if the request's is above it), and the node goes on in the version of the
+/// answer ([`WitnessClient::version`]). So that a witness can read a request of a version it does not know, every
+/// version keeps the 48-byte request layout below. A release talks to the release before it (docs/upgrade.md).
+pub const WITNESS_VERSIONS: std::ops::RangeInclusive<u8> = 1..=1;
 /// The UDP port of a witness when only its address is given.
 pub const DEFAULT_PORT: u16 = 5406;
 /// How long a grant lasts at the witness.
@@ -116,6 +120,8 @@ impl std::fmt::Debug for WitnessKey {
 /// cluster id (8), incarnation (8), seq (8), tag (16): HMAC-SHA256 over the label and the 32 bytes before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
+    /// The format version it was sent in: the highest the node speaks.
+    pub version: u8,
     /// The cluster the node belongs to.
     pub cluster_id: u64,
     /// The node asking.
@@ -153,6 +159,8 @@ pub enum Verdict {
 /// ms), tag (16): HMAC-SHA256 over the label and the 36 bytes before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reply {
+    /// The format version: the highest both the witness and the asking node speak.
+    pub version: u8,
     /// The cluster, echoed.
     pub cluster_id: u64,
     /// The node that asked, echoed.
@@ -170,7 +178,7 @@ impl Request {
     pub fn encode(&self, key: &WitnessKey) -> [u8; REQUEST_LEN] {
         let mut bytes = [0u8; REQUEST_LEN];
         bytes[0..4].copy_from_slice(&MAGIC);
-        bytes[4] = WITNESS_VERSION;
+        bytes[4] = self.version;
         bytes[5] = KIND_REQUEST;
         bytes[6] = self.node_id;
         bytes[7] = 0;
@@ -182,10 +190,16 @@ impl Request {
         bytes
     }
 
-    /// Parses and authenticates a datagram; anything but a well-formed request of this version MAC'd with `key`
-    /// is refused.
+    /// Parses and authenticates a datagram; anything but a well-formed request MAC'd with `key` is refused, and
+    /// so is a version below [`WITNESS_VERSIONS`] (a version above it has the same layout, and is answered in
+    /// this program's highest).
     pub fn decode(bytes: &[u8], key: &WitnessKey) -> Result<Request, WitnessError> {
-        let bytes = check_frame::<REQUEST_LEN>(bytes, KIND_REQUEST, key)?;
+        let bytes = check_frame::<REQUEST_LEN>(
+            bytes,
+            KIND_REQUEST,
+            *WITNESS_VERSIONS.start()..=u8::MAX,
+            key,
+        )?;
         if bytes[7] != 0 {
             return Err(WitnessError::Malformed {
                 field: "reserved",
@@ -193,6 +207,7 @@ impl Request {
             });
         }
         Ok(Request {
+            version: bytes[4],
             node_id: bytes[6],
             cluster_id: u64_at(bytes, 8),
             incarnation: u64_at(bytes, 16),
@@ -211,7 +226,7 @@ impl Reply {
         };
         let mut bytes = [0u8; REPLY_LEN];
         bytes[0..4].copy_from_slice(&MAGIC);
-        bytes[4] = WITNESS_VERSION;
+        bytes[4] = self.version;
         bytes[5] = KIND_REPLY;
         bytes[6] = self.node_id;
         bytes[7] = code;
@@ -224,10 +239,10 @@ impl Reply {
         bytes
     }
 
-    /// Parses and authenticates a datagram; anything but a well-formed reply of this version MAC'd with `key` is
-    /// refused.
+    /// Parses and authenticates a datagram; anything but a well-formed reply of a version in
+    /// [`WITNESS_VERSIONS`] MAC'd with `key` is refused.
     pub fn decode(bytes: &[u8], key: &WitnessKey) -> Result<Reply, WitnessError> {
-        let bytes = check_frame::<REPLY_LEN>(bytes, KIND_REPLY, key)?;
+        let bytes = check_frame::<REPLY_LEN>(bytes, KIND_REPLY, WITNESS_VERSIONS, key)?;
         let mut argument = [0u8; 4];
         argument.copy_from_slice(&bytes[32..36]);
         let argument = u32::from_be_bytes(argument);
@@ -250,6 +265,7 @@ impl Reply {
             }
         };
         Ok(Reply {
+            version: bytes[4],
             node_id: bytes[6],
             cluster_id: u64_at(bytes, 8),
             incarnation: u64_at(bytes, 16),
@@ -263,6 +279,7 @@ impl Reply {
 fn check_frame<'a, const LEN: usize>(
     bytes: &'a [u8],
     kind: u8,
+    versions: std::ops::RangeInclusive<u8>,
     key: &WitnessKey,
 ) -> Result<&'a [u8; LEN], WitnessError> {
     let bytes: &[u8; LEN] = bytes.try_into().map_err(|_| WitnessError::WrongLength {
@@ -272,10 +289,11 @@ fn check_frame<'a, const LEN: usize>(
     if bytes[0..4] != MAGIC {
         return Err(WitnessError::BadMagic);
     }
-    if bytes[4] != WITNESS_VERSION {
+    if !versions.contains(&bytes[4]) {
         return Err(WitnessError::UnsupportedVersion {
             version: bytes[4],
-            supported: WITNESS_VERSION,
+            min: *WITNESS_VERSIONS.start(),
+            max: *WITNESS_VERSIONS.end(),
         });
     }
     if bytes[5] != kind {
@@ -451,6 +469,7 @@ impl WitnessServer {
             }
         };
         let reply = Reply {
+            version: request.version.min(*WITNESS_VERSIONS.end()),
             cluster_id: request.cluster_id,
             node_id: request.node_id,
             incarnation: request.incarnation,
@@ -537,6 +556,8 @@ pub struct WitnessClient {
     vote_until: Option<Duration>,
     latest: Option<LatestAnswer>,
     last_reply_at: Option<Duration>,
+    /// The format version of the witness's last answer: the version spoken with it.
+    version: Option<u8>,
 }
 
 impl WitnessClient {
@@ -556,6 +577,7 @@ impl WitnessClient {
             vote_until: None,
             latest: None,
             last_reply_at: None,
+            version: None,
         })
     }
 
@@ -570,6 +592,7 @@ impl WitnessClient {
             return None;
         }
         let request = Request {
+            version: *WITNESS_VERSIONS.end(),
             cluster_id: self.config.cluster_id,
             node_id: self.config.node_id,
             incarnation: self.config.incarnation,
@@ -586,6 +609,11 @@ impl WitnessClient {
             self.next_send = now + self.config.interval;
         }
         Some(request.encode(&self.key))
+    }
+
+    /// The format version spoken with the witness (that of its last answer), once it answered.
+    pub fn version(&self) -> Option<u8> {
+        self.version
     }
 
     /// When [`tick`](WitnessClient::tick) must be called next.
@@ -623,6 +651,7 @@ impl WitnessClient {
             .ok_or(WitnessError::NotOutstanding { seq: reply.seq })?;
         let (seq, sent_at) = self.outstanding.remove(index).unwrap_or((reply.seq, now));
         self.last_reply_at = Some(now);
+        self.version = Some(reply.version);
         if let Verdict::Granted { lease_ms } = reply.verdict {
             let lease = Duration::from_millis(u64::from(lease_ms));
             // A lease no longer than the margin gives no belief at all.
@@ -714,6 +743,7 @@ mod tests {
 
     fn request(node_id: u8, incarnation: u64, seq: u64) -> [u8; REQUEST_LEN] {
         Request {
+            version: 1,
             cluster_id: CLUSTER,
             node_id,
             incarnation,
@@ -724,6 +754,7 @@ mod tests {
 
     fn reply(node_id: u8, incarnation: u64, seq: u64, verdict: Verdict) -> [u8; REPLY_LEN] {
         Reply {
+            version: 1,
             cluster_id: CLUSTER,
             node_id,
             incarnation,
@@ -763,6 +794,62 @@ mod tests {
         let len = bytes.len();
         let tag = key().tag(&bytes[..len - TAG_LEN]);
         bytes[len - TAG_LEN..].copy_from_slice(&tag);
+    }
+
+    // ---- versions ----
+
+    /// A request of node 2, incarnation 5, seq 7, laid out as b3ce254 (version 1 only) sends it; `version` set.
+    fn request_bytes(version: u8) -> Vec<u8> {
+        let mut b = vec![b'T', b'S', b'W', b'T', version, 1, 2, 0];
+        b.extend_from_slice(&[0, 0, 0, 0, 0x77, 0x15, 0x5a, 0x11]); // cluster id
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5]); // incarnation
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7]); // seq
+        let tag = key().tag(&b);
+        b.extend_from_slice(&tag);
+        b
+    }
+
+    /// The witness answers the previous release's request in version 1, which is all that release reads; a
+    /// request of a later version (the next release asks in its highest) is answered in this program's highest.
+    #[test]
+    fn versions_the_witness_answers_in_the_highest_common_version() {
+        let mut s = server();
+        let answer = s
+            .handle(&request_bytes(1), ms(3000))
+            .expect("b3ce254's request");
+        assert_eq!(answer.request.version, 1);
+        assert_eq!(answer.bytes[4], 1);
+        assert_eq!(answer.bytes.len(), REPLY_LEN);
+        let answer = server()
+            .handle(&request_bytes(2), ms(3000))
+            .expect("a next release's request");
+        assert_eq!(answer.reply.version, *WITNESS_VERSIONS.end());
+        let error = server().handle(&request_bytes(0), ms(3000)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "witness: format version 0 is not supported (this program speaks 1..=1; a release talks only to the \
+             release before it: docs/upgrade.md)"
+        );
+    }
+
+    /// A node asks in version 1, as the previous release's witness requires, and goes on in the version of the
+    /// answer; an answer in a version it does not speak is refused.
+    #[test]
+    fn versions_a_node_speaks_the_version_of_the_answer() {
+        let mut c = client(2, 5);
+        let request = c.tick(ms(0)).expect("a request");
+        assert_eq!(request[4], 1, "the version b3ce254's witness accepts");
+        assert_eq!(c.version(), None);
+        let seq = Request::decode(&request, &key()).expect("request").seq;
+        let mut answer = reply(2, 5, seq, GRANTED);
+        c.received(&answer, ms(10)).expect("answer");
+        assert_eq!(c.version(), Some(1));
+        answer[4] = 2;
+        remac(&mut answer);
+        assert!(matches!(
+            c.received(&answer, ms(20)),
+            Err(WitnessError::UnsupportedVersion { version: 2, .. })
+        ));
     }
 
     // ---- codec ----
@@ -806,12 +893,14 @@ mod tests {
         b[0] = b'X';
         assert_eq!(Request::decode(&b, &k), Err(WitnessError::BadMagic));
         let mut b = good;
-        b[4] = 2;
+        b[4] = 0;
+        remac(&mut b);
         assert_eq!(
             Request::decode(&b, &k),
             Err(WitnessError::UnsupportedVersion {
-                version: 2,
-                supported: 1
+                version: 0,
+                min: 1,
+                max: 1
             })
         );
         let mut b = good;
@@ -874,13 +963,13 @@ mod tests {
     proptest! {
         #[test]
         fn request_round_trips(cluster_id: u64, node_id: u8, incarnation: u64, seq: u64) {
-            let r = Request { cluster_id, node_id, incarnation, seq };
+            let r = Request { version: 1, cluster_id, node_id, incarnation, seq };
             prop_assert_eq!(Request::decode(&r.encode(&key()), &key()), Ok(r));
         }
 
         #[test]
         fn reply_round_trips(cluster_id: u64, node_id: u8, incarnation: u64, seq: u64, verdict in verdicts()) {
-            let r = Reply { cluster_id, node_id, incarnation, seq, verdict };
+            let r = Reply { version: 1, cluster_id, node_id, incarnation, seq, verdict };
             prop_assert_eq!(Reply::decode(&r.encode(&key()), &key()), Ok(r));
         }
 
@@ -1034,6 +1123,7 @@ mod tests {
     fn forged_foreign_and_node_zero_requests_get_no_answer() {
         let mut s = server();
         let forged = Request {
+            version: 1,
             cluster_id: CLUSTER,
             node_id: 1,
             incarnation: 1,
@@ -1045,6 +1135,7 @@ mod tests {
             Err(WitnessError::BadMac)
         );
         let foreign = Request {
+            version: 1,
             cluster_id: CLUSTER + 1,
             node_id: 1,
             incarnation: 1,
@@ -1224,6 +1315,7 @@ mod tests {
         let cases = [
             (
                 Reply {
+                    version: 1,
                     cluster_id: CLUSTER,
                     node_id: 1,
                     incarnation: 5,
@@ -1235,6 +1327,7 @@ mod tests {
             ),
             (
                 Reply {
+                    version: 1,
                     cluster_id: CLUSTER ^ 1,
                     node_id: 1,
                     incarnation: 5,

@@ -122,6 +122,9 @@ pub struct NodeStatus {
     pub standby: bool,
     /// `cluster stop`: runs nothing and has left the membership.
     pub stopped: bool,
+    /// For the peer: the cluster message version agreed on with it (docs/upgrade.md), once it reported.
+    #[serde(default)]
+    pub protocol: Option<u32>,
 }
 
 /// One resource in the cluster view.
@@ -204,6 +207,10 @@ pub struct PeerStatus {
     /// disconnect), or why this node cannot connect or listen; `None` while connected.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The replication protocol version agreed on with the peer (docs/upgrade.md), while connected; `None`
+    /// otherwise, and from a node of a release before version ranges.
+    #[serde(default)]
+    pub protocol: Option<u32>,
 }
 
 /// One line of `volume events`.

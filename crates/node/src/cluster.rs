@@ -145,6 +145,8 @@ struct State {
     peer_stamp: Option<(u64, u64)>,
     /// The peer's reports carry no lease (a release before leases): it neither grants nor waits.
     peer_without_leases: bool,
+    /// The message version agreed on with the peer, from its last report.
+    peer_messages: Option<message::MessageVersion>,
     /// Volumes this node is promoting while their replication link is down: the peer gets no grant for them.
     taking_over: BTreeSet<String>,
     /// When each volume became Primary here.
@@ -348,6 +350,7 @@ impl ClusterManager {
                 grantor: LeaseGrantor::new(lease),
                 peer_stamp: None,
                 peer_without_leases: false,
+                peer_messages: None,
                 taking_over: BTreeSet::new(),
                 primary_since: BTreeMap::new(),
                 lease_wait_logged: BTreeSet::new(),
@@ -819,10 +822,25 @@ impl Shared {
         }
         match envelope.message {
             Message::Report(report) => {
+                let version = match message::negotiate(report.versions) {
+                    Ok(version) => version,
+                    Err(e) => {
+                        warn!(link, "cluster report ignored: {e}");
+                        return;
+                    }
+                };
                 let mut st = self.lock();
+                if st.peer_messages != Some(version) {
+                    info!(
+                        version = version.number(),
+                        "cluster messages with the peer: version agreed"
+                    );
+                    st.peer_messages = Some(version);
+                }
+                // A release before leases (message version 1) neither grants nor waits.
+                st.peer_without_leases = !version.speaks(message::Feature::Leases);
                 match &report.lease {
                     Some(lease) => {
-                        st.peer_without_leases = false;
                         st.peer_stamp = Some((envelope.incarnation, lease.stamp));
                         if let (Some(echo), true) = (lease.echo, lease.echo_for == self.incarnation)
                         {
@@ -1027,6 +1045,7 @@ impl Shared {
                 settings: st.settings.clone(),
                 failed_actions: st.failed_actions.clone(),
                 lease: Some(lease),
+                versions: Some(message::VERSIONS),
             }
         };
         self.send_message(&Message::Report(Box::new(report)));
@@ -2101,6 +2120,10 @@ impl Shared {
                 },
                 standby: settings.standby.contains(&n.name),
                 stopped: settings.stopped.contains(&n.name),
+                protocol: (n.name != self.me.name)
+                    .then_some(st.peer_messages)
+                    .flatten()
+                    .map(|v| u32::from(v.number())),
             })
             .collect();
         let mut resources = Vec::new();

@@ -453,6 +453,7 @@ impl Node {
                     online: n.name == self.me.name,
                     standby: false,
                     stopped: false,
+                    protocol: None,
                 })
                 .collect(),
             resources: Vec::new(),

@@ -1346,6 +1346,7 @@ pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
             eta_s: s.eta_s,
             verify_out_of_sync_kib: s.verify_out_of_sync_bytes / 1024,
             last_error: s.last_error.clone(),
+            protocol: s.peer_protocol.map(|v| v.number()),
         }],
     }
 }

@@ -68,6 +68,7 @@ use crate::state::{
     Action, Config as StateConfig, ConnState, DiskState, Event, FencingPolicy, ReplState,
     StateError, VolumeState,
 };
+use crate::version::{Feature, ProtocolVersion};
 use crate::wire::{
     self, Handshake, HandshakeConfig, HandshakeStep, Message, ReplicationProtocol,
     ReplicationState as WireRepl, SharedSecret, NONCE_LEN,
@@ -432,6 +433,8 @@ pub struct Status {
     pub generations: GenerationIds,
     /// Bytes the last online verify found different (marked out of sync).
     pub verify_out_of_sync_bytes: u64,
+    /// The replication protocol version agreed on with the peer, while a connection is authenticated.
+    pub peer_protocol: Option<ProtocolVersion>,
     /// Why the link to the peer is not up: the last refusal or loss since it was last established (the peer's
     /// size, secret or data refused, the peer disconnected, the connection broke); `None` once connected.
     pub last_error: Option<String>,
@@ -469,6 +472,8 @@ struct Link {
     ping_seq: u64,
     /// Why this connection failed is in `last_error` already (what follows only echoes it).
     failed: bool,
+    /// The protocol version agreed on with the peer, once authenticated.
+    version: Option<ProtocolVersion>,
 }
 
 enum Phase {
@@ -844,6 +849,18 @@ impl<S: Storage> Engine<S> {
         &mut self.storage
     }
 
+    /// Whether the peer on the current connection understands `feature`: false without an authenticated
+    /// connection, and for a feature newer than the version agreed on (the peer runs an older release).
+    pub fn peer_speaks(&self, feature: Feature) -> bool {
+        self.peer_protocol()
+            .is_some_and(|version| version.speaks(feature))
+    }
+
+    /// The protocol version agreed on with the peer, while a connection is authenticated.
+    pub fn peer_protocol(&self) -> Option<ProtocolVersion> {
+        self.link.as_ref().and_then(|l| l.version)
+    }
+
     /// The status now.
     pub fn status(&self) -> Status {
         let peer = self.state.peer();
@@ -890,6 +907,7 @@ impl<S: Storage> Engine<S> {
             eta_s: eta,
             generations: self.gen,
             verify_out_of_sync_bytes: self.verify_out_of_sync,
+            peer_protocol: self.peer_protocol(),
             last_error: self.last_error.clone(),
         }
     }
@@ -1690,6 +1708,7 @@ impl<S: Storage> Engine<S> {
             spoke: self.now,
             ping_seq: 0,
             failed: false,
+            version: None,
         });
         for m in hello {
             self.send(m);
@@ -1819,11 +1838,15 @@ impl<S: Storage> Engine<S> {
                             self.send(m);
                         }
                     }
-                    Ok(HandshakeStep::Done(_)) => {
+                    Ok(HandshakeStep::Done(done)) => {
                         link.phase = Phase::Exchange(PeerInfo::default());
+                        link.version = Some(done.version);
                         self.log(
                             false,
-                            format!("{}: {} authenticated", self.cfg.volume, self.cfg.peer_name),
+                            format!(
+                                "{}: {} authenticated, protocol version {}",
+                                self.cfg.volume, self.cfg.peer_name, done.version
+                            ),
                         );
                         self.send_uuids(false);
                         self.send(Message::Sizes {

@@ -20,4 +20,5 @@ pub mod generation;
 pub mod metadata;
 pub mod resync;
 pub mod state;
+pub mod version;
 pub mod wire;

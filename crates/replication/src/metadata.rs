@@ -1126,6 +1126,61 @@ mod tests {
         block[12..16].copy_from_slice(&sum.to_le_bytes());
     }
 
+    /// The first 121 bytes of a superblock as the previous release (b3ce254, format 1) writes it (the rest of the
+    /// 4096 bytes zero): sequence 42, volume 0x0123…6677, node 1 of 1/2, internal, flags consistent +
+    /// was-up-to-date + primary, 1 GiB device (data 1073438720, bitmap 32 KiB), current 4, bitmap 0xdeadbeef,
+    /// history 7 and 9, reservation state of 5 bytes; CRC32C in bytes 12..16.
+    const B3CE254_SUPERBLOCK_HEAD: [u8; 121] = [
+        0x89, 0x54, 0x57, 0x49, 0x4e, 0x53, 0x4d, 0x44, 0x01, 0x00, 0x00, 0x00, 0x63, 0x0b, 0x00,
+        0xd3, //
+        0x2a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
+        0x00, //
+        0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01, 0x01, 0x02, 0x00, 0x00, 0x0b, 0x00, 0x00,
+        0x00, //
+        0x00, 0x60, 0xfb, 0x3f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, //
+        0x00, 0x10, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x40, 0x00, 0x00,
+        0x00, //
+        0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xef, 0xbe, 0xad, 0xde, 0x00, 0x00, 0x00,
+        0x00, //
+        0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, //
+        0x05, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05,
+    ];
+
+    /// This build reads the previous release's metadata as it is, and writes the same format back (format 1 in
+    /// both: there is nothing to upgrade, docs/upgrade.md).
+    #[test]
+    fn the_previous_release_superblock_is_read_and_written_back_unchanged() {
+        let mut block = [0u8; SUPERBLOCK_SIZE];
+        block[..B3CE254_SUPERBLOCK_HEAD.len()].copy_from_slice(&B3CE254_SUPERBLOCK_HEAD);
+        let sb = Superblock::decode(&block).expect("b3ce254's superblock");
+        assert_eq!(sb.volume_uuid, 0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!((sb.node_id, sb.peer_node_id), (1, 2));
+        assert_eq!(sb.placement, PlacementKind::Internal);
+        assert!(sb.flags.consistent && sb.flags.was_up_to_date && sb.flags.primary_ind);
+        assert!(!sb.flags.crashed_primary && !sb.flags.peer_outdated && !sb.flags.al_clean);
+        assert_eq!((sb.data_size, sb.bitmap_size), (1_073_438_720, 32 << 10));
+        assert_eq!(
+            (sb.current_uuid, sb.bitmap_uuid, sb.history_uuids),
+            (4, 0xdead_beef, [7, 9])
+        );
+        assert_eq!(sb.sequence, 42);
+        assert_eq!(sb.reservations, [1, 2, 3, 4, 5]);
+        sb.check_fits(&internal_gib())
+            .expect("fits its 1 GiB device");
+        assert_eq!(
+            sb.encode(),
+            block,
+            "written back in the format it was read in"
+        );
+        // In a slot beside an older copy, it is the one chosen.
+        let mut older = sb.clone();
+        older.sequence = 41;
+        let chosen = choose(&block, &older.encode()).expect("a valid copy");
+        assert_eq!((chosen.superblock, chosen.slot), (sb, 0));
+    }
+
     // ---- layout arithmetic ----
 
     #[test]

@@ -38,7 +38,7 @@
 //!
 //! | type     | message                              | seq | payload                                        |
 //! |---------:|--------------------------------------|:---:|------------------------------------------------|
-//! | `0x0001` | [`Hello`](Message::Hello)            |     | version u32, node id u8, 3 zero, volume u128, cluster u64 |
+//! | `0x0001` | [`Hello`](Message::Hello)            |     | lowest version u32, node id u8, 3 zero, volume u128, cluster u64 |
 //! | `0x0002` | [`AuthChallenge`](Message::AuthChallenge) | | nonce (32)                                   |
 //! | `0x0003` | [`AuthResponse`](Message::AuthResponse) |  | mac (32)                                       |
 //! | `0x0101` | [`Uuids`](Message::Uuids)            |     | current, bitmap, history ×2, bitmap weight (u64 each) |
@@ -102,6 +102,19 @@
 //! not verify; a peer that sends our own nonce back is refused outright. Like DRBD's
 //! `cram-hmac-alg`, this proves the peer knows the secret when it connects; it does not protect
 //! the frames that follow from a man in the middle (that is TLS, *later*).
+//!
+//! # Versions
+//!
+//! Each node speaks a range of protocol versions ([`PROTOCOL_VERSIONS`]) and the two speak the highest version
+//! both have ([`ProtocolVersion`]); a release talks to the one before it (docs/upgrade.md). The release before
+//! ranges (b3ce254) speaks version 2 only, decodes strictly (exact lengths, zero reserved bytes) and refuses a
+//! Hello whose version is not 2, so the range travels where it reads nothing: the Hello's version field is the
+//! sender's *lowest* version (which that release reads as its only one), and the last [`VERSIONS_LEN`] bytes of
+//! the [`Message::AuthChallenge`] nonce announce the whole range ([`announce_versions`]): the marker
+//! [`VERSIONS_MARKER`], then min and max as u16. A nonce without the marker comes from a node that speaks only
+//! its Hello's version. The nonce keeps 20 random bytes, and as the MAC covers both nonces, a man in the middle
+//! who changes an announced range fails the authentication: versions cannot be downgraded unseen. Every version
+//! keeps this handshake (Hello layout, challenge, response) so that the next release can read it.
 
 use std::fmt;
 
@@ -114,8 +127,13 @@ use crate::metadata::RESERVATIONS_CAPACITY;
 /// First four bytes of every frame. The high bit of the first byte catches 7-bit channels, and
 /// the rest reads "TWR" (twinsan replication) in a packet dump.
 pub const MAGIC: [u8; 4] = *b"\x89TWR";
-/// The protocol version this build speaks; both nodes must speak the same. 2: reservation state frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub use crate::version::{Feature, ProtocolVersion, VersionRange, PROTOCOL_VERSIONS};
+
+/// Marks the end of a challenge nonce as a version announcement (see *Versions*); a random nonce of a node that
+/// does not announce has it by chance once in 2^64.
+pub const VERSIONS_MARKER: [u8; 8] = *b"\xa5TWRvers";
+/// Bytes at the end of a challenge nonce that announce the sender's versions: marker, min u16, max u16.
+pub const VERSIONS_LEN: usize = VERSIONS_MARKER.len() + 4;
 /// Bytes of the frame header.
 pub const HEADER_LEN: usize = 24;
 /// Bytes of the checksum after the payload.
@@ -454,7 +472,8 @@ pub enum Message {
     /// First message each side sends: who it is and what it replicates (DRBD's
     /// `P_CONNECTION_FEATURES` plus the resource identity).
     Hello {
-        /// [`PROTOCOL_VERSION`] of the sender.
+        /// The lowest protocol version the sender speaks (its only one, for a release before version ranges);
+        /// the whole range is announced in its [`Message::AuthChallenge`].
         protocol_version: u32,
         /// The sender's node id from the configuration.
         node_id: u8,
@@ -1961,18 +1980,19 @@ pub enum HandshakeError {
         /// The peer, as configured.
         peer: String,
     },
-    /// The peer speaks another protocol version.
+    /// The peer speaks no protocol version this node speaks.
     #[error(
-        "replication peer {peer} speaks protocol version {theirs}, this node speaks {ours}: run \
-         the same twinsan release on both nodes"
+        "replication peer {peer} speaks protocol versions {theirs}, this node speaks {ours}: no \
+         version in common; a release talks only to the release before it, upgrade one step at a \
+         time (docs/upgrade.md)"
     )]
     VersionMismatch {
         /// The peer, as configured.
         peer: String,
-        /// Our version.
-        ours: u32,
-        /// The peer's version.
-        theirs: u32,
+        /// Our versions.
+        ours: VersionRange,
+        /// The peer's versions.
+        theirs: VersionRange,
     },
     /// The peer belongs to another cluster.
     #[error(
@@ -2084,11 +2104,13 @@ pub struct AwaitingHello {
     nonce: [u8; NONCE_LEN],
 }
 
-/// The peer's Hello was acceptable; its challenge is awaited.
+/// The peer's Hello was acceptable; its challenge (and with it the versions it speaks) is awaited.
 #[derive(Debug)]
 pub struct AwaitingChallenge {
     config: HandshakeConfig,
     nonce: [u8; NONCE_LEN],
+    /// The lowest version the peer speaks, from its Hello.
+    peer_min: u32,
 }
 
 /// We answered the peer's challenge; its answer to ours is awaited.
@@ -2097,6 +2119,7 @@ pub struct AwaitingResponse {
     config: HandshakeConfig,
     nonce: [u8; NONCE_LEN],
     peer_nonce: [u8; NONCE_LEN],
+    version: ProtocolVersion,
 }
 
 /// The peer proved it knows the secret and replicates the same volume: the link may carry data.
@@ -2106,14 +2129,47 @@ pub struct Authenticated {
     pub peer: String,
     /// The peer's node id (the configured one, confirmed).
     pub peer_node_id: u8,
+    /// The protocol version both speak on this connection.
+    pub version: ProtocolVersion,
+}
+
+/// `nonce` with its last [`VERSIONS_LEN`] bytes replaced by the announcement of `versions`.
+pub fn announce_versions(mut nonce: [u8; NONCE_LEN], versions: VersionRange) -> [u8; NONCE_LEN] {
+    let at = NONCE_LEN - VERSIONS_LEN;
+    let (min, max) = (narrow(versions.min), narrow(versions.max));
+    nonce[at..at + VERSIONS_MARKER.len()].copy_from_slice(&VERSIONS_MARKER);
+    nonce[NONCE_LEN - 4..NONCE_LEN - 2].copy_from_slice(&min.to_le_bytes());
+    nonce[NONCE_LEN - 2..].copy_from_slice(&max.to_le_bytes());
+    nonce
+}
+
+/// The versions a challenge nonce announces, or `None` if it has no announcement (a release before ranges).
+pub fn announced_versions(nonce: &[u8; NONCE_LEN]) -> Option<VersionRange> {
+    let at = NONCE_LEN - VERSIONS_LEN;
+    if nonce[at..at + VERSIONS_MARKER.len()] != VERSIONS_MARKER {
+        return None;
+    }
+    let min = u16::from_le_bytes([nonce[NONCE_LEN - 4], nonce[NONCE_LEN - 3]]);
+    let max = u16::from_le_bytes([nonce[NONCE_LEN - 2], nonce[NONCE_LEN - 1]]);
+    Some(VersionRange {
+        min: u32::from(min),
+        max: u32::from(max),
+    })
+}
+
+/// A version of this build as the u16 of an announcement (versions are small numbers; saturates).
+fn narrow(version: u32) -> u16 {
+    u16::try_from(version).unwrap_or(u16::MAX)
 }
 
 impl AwaitingHello {
-    /// Starts a handshake with `nonce`, fresh random bytes from the engine; returns the state and
-    /// the two messages to send at once, in order: Hello, then AuthChallenge.
+    /// Starts a handshake with `nonce`, fresh random bytes from the engine (its end is replaced by the
+    /// announcement of [`PROTOCOL_VERSIONS`]); returns the state and the two messages to send at once, in
+    /// order: Hello (with our lowest version, which the release before ranges accepts), then AuthChallenge.
     pub fn start(config: HandshakeConfig, nonce: [u8; NONCE_LEN]) -> (Self, [Message; 2]) {
+        let nonce = announce_versions(nonce, PROTOCOL_VERSIONS);
         let hello = Message::Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: PROTOCOL_VERSIONS.min,
             node_id: config.node_id,
             volume_uuid: config.volume_uuid,
             cluster_id: config.cluster_id,
@@ -2122,8 +2178,9 @@ impl AwaitingHello {
         (AwaitingHello { config, nonce }, [hello, challenge])
     }
 
-    /// Takes the peer's Hello and refuses a peer that cannot be ours: version first (a peer with
-    /// another version may mean other things by the rest), then cluster, volume and node id.
+    /// Takes the peer's Hello and refuses a peer that cannot be ours: cluster, volume and node id
+    /// (the Hello's layout is the same in every version). Its versions are checked with its
+    /// challenge, which announces them.
     pub fn receive(self, message: Message) -> Result<AwaitingChallenge, HandshakeError> {
         let config = &self.config;
         let peer = || config.peer.clone();
@@ -2136,13 +2193,6 @@ impl AwaitingHello {
         else {
             return Err(unexpected(config, "Hello", &message));
         };
-        if protocol_version != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch {
-                peer: peer(),
-                ours: PROTOCOL_VERSION,
-                theirs: protocol_version,
-            });
-        }
         if cluster_id != config.cluster_id {
             return Err(HandshakeError::ClusterMismatch {
                 peer: peer(),
@@ -2173,16 +2223,37 @@ impl AwaitingHello {
         Ok(AwaitingChallenge {
             config: self.config,
             nonce: self.nonce,
+            peer_min: protocol_version,
         })
     }
 }
 
 impl AwaitingChallenge {
-    /// Takes the peer's challenge and returns our answer to send. Refuses our own nonce: answering
-    /// it would hand the peer the response it owes us.
+    /// Takes the peer's challenge, agrees on the version (refusing a peer with none in common, or
+    /// whose announcement contradicts its Hello) and returns our answer to send. Refuses our own
+    /// nonce: answering it would hand the peer the response it owes us.
     pub fn receive(self, message: Message) -> Result<(AwaitingResponse, Message), HandshakeError> {
         let Message::AuthChallenge { nonce: peer_nonce } = message else {
             return Err(unexpected(&self.config, "AuthChallenge", &message));
+        };
+        let theirs = match announced_versions(&peer_nonce) {
+            Some(range) if range.min == self.peer_min && range.min <= range.max => range,
+            // An announcement that does not fit the Hello is no range: refused, naming what it said.
+            Some(range) => {
+                return Err(HandshakeError::VersionMismatch {
+                    peer: self.config.peer.clone(),
+                    ours: PROTOCOL_VERSIONS,
+                    theirs: range,
+                })
+            }
+            None => VersionRange::only(self.peer_min),
+        };
+        let Some(version) = ProtocolVersion::negotiate(&PROTOCOL_VERSIONS, &theirs) else {
+            return Err(HandshakeError::VersionMismatch {
+                peer: self.config.peer.clone(),
+                ours: PROTOCOL_VERSIONS,
+                theirs,
+            });
         };
         if peer_nonce == self.nonce {
             return Err(HandshakeError::ReflectedChallenge {
@@ -2202,6 +2273,7 @@ impl AwaitingChallenge {
             config: self.config,
             nonce: self.nonce,
             peer_nonce,
+            version,
         };
         Ok((next, Message::AuthResponse { mac }))
     }
@@ -2230,6 +2302,7 @@ impl AwaitingResponse {
         Ok(Authenticated {
             peer: config.peer.clone(),
             peer_node_id: config.peer_node_id,
+            version: self.version,
         })
     }
 }
@@ -2305,7 +2378,7 @@ mod tests {
     fn samples() -> Vec<Message> {
         vec![
             Message::Hello {
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: PROTOCOL_VERSIONS.min,
                 node_id: 2,
                 volume_uuid: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
                 cluster_id: cluster_id("alpha"),
@@ -2927,6 +3000,146 @@ mod tests {
         (a.expect("side A finished"), b.expect("side B finished"))
     }
 
+    /// Node 1's Hello for volume `VOLUME` of cluster "alpha", byte for byte as the release before version ranges
+    /// (b3ce254, protocol 2 only) encodes it: version 2, exact 32-byte payload, reserved bytes zero.
+    const B3CE254_HELLO_FROM_1: [u8; 60] = [
+        0x89, 0x54, 0x57, 0x52, 0x01, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x5c, 0xc5, 0x97, 0x54, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+        0x00, //
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xef, 0xbe, 0xed,
+        0xfe, //
+        0x59, 0xa2, 0x28, 0x65, 0x25, 0xc9, 0x56, 0x47, 0xe0, 0x0d, 0x32, 0x5a,
+    ];
+    /// The challenge b3ce254 sends next: 32 random bytes (here 0x5a), no version announcement.
+    const B3CE254_CHALLENGE: [u8; 60] = [
+        0x89, 0x54, 0x57, 0x52, 0x02, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, //
+        0x00, 0x00, 0x00, 0x00, 0xaf, 0xa5, 0x6f, 0x47, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
+        0x5a, //
+        0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a,
+        0x5a, //
+        0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0x5a, 0xc6, 0x5e, 0x93, 0x04,
+    ];
+
+    /// b3ce254 refuses any Hello but one of exactly these bytes (with its peer's node id); what this build sends
+    /// first is that, and its challenge is 32 bytes like any nonce: the old node reads both as its own.
+    #[test]
+    fn versions_what_this_build_sends_first_is_what_the_previous_release_accepts() {
+        let (_, [hello, challenge]) = AwaitingHello::start(config(1, 0, "s3cret"), [7; 32]);
+        assert_eq!(encode(&hello), B3CE254_HELLO_FROM_1);
+        let challenge = encode(&challenge);
+        assert_eq!(challenge.len(), B3CE254_CHALLENGE.len());
+        // Same header apart from its checksum; the nonce ends in the announcement of 2..=3.
+        assert_eq!(challenge[..20], B3CE254_CHALLENGE[..20]);
+        assert_eq!(
+            challenge[24 + 20..24 + 32],
+            [0xa5, b'T', b'W', b'R', b'v', b'e', b'r', b's', 2, 0, 3, 0]
+        );
+    }
+
+    /// This build against b3ce254 (frames as it encodes them, answers with the MAC it computes): version 2,
+    /// so online resize stays off.
+    #[test]
+    fn versions_new_and_previous_release_agree_on_2() {
+        let hello = decode(&B3CE254_HELLO_FROM_1, MAX).unwrap();
+        let challenge = decode(&B3CE254_CHALLENGE, MAX).unwrap();
+        let Message::AuthChallenge { nonce: old_nonce } = challenge.clone() else {
+            panic!("not a challenge")
+        };
+        let (us, [_, Message::AuthChallenge { nonce: our_nonce }]) =
+            AwaitingHello::start(config(0, 1, "s3cret"), [1; 32])
+        else {
+            panic!("no challenge sent");
+        };
+        let (us, our_answer) = us.receive(hello).unwrap().receive(challenge).unwrap();
+        // Our answer to its challenge is the MAC it checks (the MAC is b3ce254's: same inputs, same function).
+        let expected = auth_response(
+            &SharedSecret::new("s3cret"),
+            &AuthContext {
+                challenge: old_nonce,
+                responder_nonce: our_nonce,
+                challenger_node_id: 1,
+                responder_node_id: 0,
+                volume_uuid: VOLUME,
+                cluster_id: cluster_id("alpha"),
+            },
+        );
+        assert_eq!(our_answer, Message::AuthResponse { mac: expected });
+        // The old node answers our challenge as it always did.
+        let old_answer = auth_response(
+            &SharedSecret::new("s3cret"),
+            &AuthContext {
+                challenge: our_nonce,
+                responder_nonce: old_nonce,
+                challenger_node_id: 0,
+                responder_node_id: 1,
+                volume_uuid: VOLUME,
+                cluster_id: cluster_id("alpha"),
+            },
+        );
+        let done = us
+            .receive(Message::AuthResponse { mac: old_answer })
+            .unwrap();
+        assert_eq!(done.version.number(), 2);
+        assert!(done.version.speaks(Feature::ReservationState));
+        assert!(!done.version.speaks(Feature::OnlineResize));
+    }
+
+    /// Two nodes of this build speak 3; a node of the next release (3..=4, Hello with its lowest, 3) too;
+    /// a peer with no version in common is refused with both ranges named.
+    #[test]
+    fn versions_new_with_new_next_and_no_overlap() {
+        let (a, b) = run(
+            config(0, 1, "s3cret"),
+            [1; 32],
+            config(1, 0, "s3cret"),
+            [2; 32],
+        );
+        assert_eq!(a.unwrap().version.number(), 3);
+        assert_eq!(b.unwrap().version.number(), 3);
+
+        let peer = |min: u32, nonce: [u8; 32]| {
+            let (us, ..) = AwaitingHello::start(config(0, 1, "s3cret"), [1; 32]);
+            us.receive(Message::Hello {
+                protocol_version: min,
+                node_id: 1,
+                volume_uuid: VOLUME,
+                cluster_id: cluster_id("alpha"),
+            })
+            .unwrap()
+            .receive(Message::AuthChallenge { nonce })
+        };
+        let next = VersionRange { min: 3, max: 4 };
+        assert!(peer(3, announce_versions([9; 32], next)).is_ok());
+        let far = VersionRange { min: 4, max: 5 };
+        let error = peer(4, announce_versions([9; 32], far)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "replication peer 198.18.0.2 speaks protocol versions 4..=5, this node speaks 2..=3: no \
+             version in common; a release talks only to the release before it, upgrade one step at \
+             a time (docs/upgrade.md)"
+        );
+        assert_eq!(
+            error.disconnect_reason(),
+            Some(DisconnectReason::Incompatible)
+        );
+        // A release before ranges that speaks 1 only.
+        let error = peer(1, [9; 32]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("speaks protocol versions 1, this node speaks 2..=3"),
+            "{error}"
+        );
+        // An announcement that contradicts the Hello is refused too.
+        let error = peer(2, announce_versions([9; 32], next)).unwrap_err();
+        assert!(
+            error.to_string().contains("speaks protocol versions 3..=4"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn wire_handshake_happy_path_both_directions() {
         let (a, b) = run(
@@ -2939,15 +3152,15 @@ mod tests {
             a,
             Ok(Authenticated {
                 peer: "198.18.0.2".into(),
-                peer_node_id: 1
+                peer_node_id: 1,
+                version: ProtocolVersion::negotiate(&PROTOCOL_VERSIONS, &PROTOCOL_VERSIONS)
+                    .unwrap(),
             })
         );
         assert_eq!(
-            b,
-            Ok(Authenticated {
-                peer: "198.18.0.1".into(),
-                peer_node_id: 0
-            })
+            b.as_ref()
+                .map(|b| (b.peer.as_str(), b.peer_node_id, b.version.number())),
+            Ok(("198.18.0.1", 0, 3))
         );
         // The other node starting first changes nothing.
         let (b, a) = run(
@@ -2982,14 +3195,16 @@ mod tests {
         let (a, ..) = AwaitingHello::start(config(0, 1, "s3cret"), [1; 32]);
         let a = a
             .receive(Message::Hello {
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: PROTOCOL_VERSIONS.min,
                 node_id: 1,
                 volume_uuid: VOLUME,
                 cluster_id: cluster_id("alpha"),
             })
             .unwrap();
         let error = a
-            .receive(Message::AuthChallenge { nonce: [1; 32] })
+            .receive(Message::AuthChallenge {
+                nonce: announce_versions([1; 32], PROTOCOL_VERSIONS),
+            })
             .unwrap_err();
         assert_eq!(
             error,
@@ -3006,11 +3221,11 @@ mod tests {
         // challenge; A's answer there is computed as responder, so it does not pass as the
         // peer's answer on the first connection.
         let secret = SharedSecret::new("s3cret");
-        let a_nonce = [1; 32];
+        let a_nonce = announce_versions([1; 32], PROTOCOL_VERSIONS);
         let attacker_nonce = [3; 32];
         let (first, ..) = AwaitingHello::start(config(0, 1, "s3cret"), a_nonce);
         let hello_from_b = Message::Hello {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: PROTOCOL_VERSIONS.min,
             node_id: 1,
             volume_uuid: VOLUME,
             cluster_id: cluster_id("alpha"),
@@ -3062,25 +3277,20 @@ mod tests {
         let alpha = cluster_id("alpha");
         let cases = [
             (
-                hello(1, 1, VOLUME, alpha),
-                "replication peer 198.18.0.2 speaks protocol version 1, this node speaks 2: run \
-                 the same twinsan release on both nodes",
-            ),
-            (
-                hello(PROTOCOL_VERSION, 1, VOLUME, cluster_id("beta")),
+                hello(PROTOCOL_VERSIONS.min, 1, VOLUME, cluster_id("beta")),
                 "belongs to another cluster",
             ),
             (
-                hello(PROTOCOL_VERSION, 1, VOLUME + 1, alpha),
+                hello(PROTOCOL_VERSIONS.min, 1, VOLUME + 1, alpha),
                 "holds volume feedbeef000000000000000000000002, not \
                  feedbeef000000000000000000000001",
             ),
             (
-                hello(PROTOCOL_VERSION, 0, VOLUME, alpha),
+                hello(PROTOCOL_VERSIONS.min, 0, VOLUME, alpha),
                 "replication peer 198.18.0.2 claims node id 0, this node's own",
             ),
             (
-                hello(PROTOCOL_VERSION, 5, VOLUME, alpha),
+                hello(PROTOCOL_VERSIONS.min, 5, VOLUME, alpha),
                 "claims node id 5, but the configuration gives it 1",
             ),
         ];
@@ -3140,7 +3350,7 @@ mod tests {
         let (a, ..) = AwaitingHello::start(config(0, 1, "s3cret"), [1; 32]);
         let a = a
             .receive(Message::Hello {
-                protocol_version: PROTOCOL_VERSION,
+                protocol_version: PROTOCOL_VERSIONS.min,
                 node_id: 1,
                 volume_uuid: VOLUME,
                 cluster_id: cluster_id("alpha"),

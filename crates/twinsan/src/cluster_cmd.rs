@@ -437,12 +437,14 @@ mod tests {
                     online: true,
                     standby: false,
                     stopped: false,
+                    protocol: None,
                 },
                 NodeStatus {
                     name: "node2".into(),
                     online: online2,
                     standby: false,
                     stopped: false,
+                    protocol: None,
                 },
             ],
             resources: vec![

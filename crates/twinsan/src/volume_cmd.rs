@@ -455,6 +455,7 @@ mod tests {
             eta_s: None,
             verify_out_of_sync_kib: 0,
             last_error: None,
+            protocol: None,
         }
     }
 

@@ -128,6 +128,7 @@ impl RawNode {
     /// Sends the next request; its verdict, or None if no answer came within [`REPLY_WAIT`].
     fn ask(&mut self) -> Option<Verdict> {
         let request = Request {
+            version: 1,
             cluster_id: self.cluster_id,
             node_id: self.node_id,
             incarnation: 1,

@@ -1,7 +1,8 @@
 //! What nodes tell each other over the cluster links besides heartbeats: each node's report (its volumes, its
 //! resources, the cluster settings it holds) and the resource-level fencing exchange.
 //!
-//! Layout of a datagram (big-endian): magic `TSCM` (4), version (1), sender node id (1), reserved 0 (2),
+//! Layout of a datagram (big-endian, the same in every version): magic `TSCM` (4), version (1: the lowest
+//! version the sender speaks, see [`VERSIONS`]), sender node id (1), reserved 0 (2),
 //! cluster id (8), sender incarnation (8), sequence (8), body length (4), the body (JSON), then HMAC-SHA256 (32)
 //! over everything before it, keyed with the cluster's shared secret. A receiver accepts from each sender only
 //! sequence numbers above the last it accepted within an incarnation (and any newer incarnation), so a recorded
@@ -15,8 +16,92 @@ use sha2::Sha256;
 
 /// The magic of a cluster message.
 pub const MAGIC: [u8; 4] = *b"TSCM";
-/// The format version.
-pub const VERSION: u8 = 1;
+/// The message versions this build speaks. 1: the release before version ranges (b3ce254), which sends and
+/// accepts only 1; 2: reports carry the lease exchange ([`Report::lease`]). A datagram's version byte is the
+/// sender's lowest version, which is all the release before ranges reads; each report announces the whole range
+/// ([`Report::versions`]), and a receiver speaks the highest version both have with that sender
+/// ([`negotiate`]). A release talks to the release before it (docs/upgrade.md).
+pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 2 };
+
+/// A feature of the cluster messages that not every version has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// Reports carry the lease exchange and the sender grants and waits for leases (SPEC invariant 8).
+    Leases,
+}
+
+impl Feature {
+    /// The first version that has it.
+    pub const fn since(self) -> u8 {
+        match self {
+            Feature::Leases => 2,
+        }
+    }
+}
+
+/// A range of message versions, both ends included, as a report announces it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// The lowest version.
+    pub min: u8,
+    /// The highest version.
+    pub max: u8,
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}..={}", self.min, self.max)
+        }
+    }
+}
+
+/// The message version two nodes agreed on: the highest both speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MessageVersion(u8);
+
+impl MessageVersion {
+    /// The version number.
+    pub const fn number(self) -> u8 {
+        self.0
+    }
+
+    /// Whether a peer speaking this version has `feature`.
+    pub const fn speaks(self, feature: Feature) -> bool {
+        self.0 >= feature.since()
+    }
+}
+
+/// A peer's report announces no message version this node speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the peer speaks cluster message versions {theirs}, this node speaks {ours}: no version in common; a release \
+     talks only to the release before it, upgrade one step at a time (docs/upgrade.md)"
+)]
+pub struct NoCommonVersion {
+    /// The peer's versions.
+    pub theirs: VersionRange,
+    /// This node's versions ([`VERSIONS`]).
+    pub ours: VersionRange,
+}
+
+/// The version to speak with a peer whose report announced `theirs` (`None`: a release before ranges, which
+/// speaks 1 only): the highest in both ranges.
+pub fn negotiate(theirs: Option<VersionRange>) -> Result<MessageVersion, NoCommonVersion> {
+    let theirs = theirs.unwrap_or(VersionRange { min: 1, max: 1 });
+    let low = VERSIONS.min.max(theirs.min);
+    let high = VERSIONS.max.min(theirs.max);
+    if low <= high {
+        Ok(MessageVersion(high))
+    } else {
+        Err(NoCommonVersion {
+            theirs,
+            ours: VERSIONS,
+        })
+    }
+}
 /// The header before the body.
 const HEADER_LEN: usize = 36;
 /// The authentication tag after the body.
@@ -37,7 +122,10 @@ pub enum MessageError {
     #[error("not a cluster message (bad magic)")]
     Magic,
     /// A version this node does not speak.
-    #[error("cluster message version {0}: this node speaks version {VERSION}")]
+    #[error(
+        "cluster message of version {0}: this node speaks versions {VERSIONS} (a release talks only to the \
+         release before it: docs/upgrade.md)"
+    )]
     Version(u8),
     /// Another cluster's message.
     #[error("cluster message from another cluster (id {0:#x})")]
@@ -114,6 +202,9 @@ pub struct Report {
     /// The lease exchange (`twinsan_cluster::lease`); absent from a node of a release before leases.
     #[serde(default)]
     pub lease: Option<LeaseReport>,
+    /// The message versions the sender speaks ([`VERSIONS`]); absent from a release before ranges (1 only).
+    #[serde(default)]
+    pub versions: Option<VersionRange>,
 }
 
 /// The lease part of a report.
@@ -240,7 +331,7 @@ pub fn encode(
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(VERSIONS.min);
     out.push(node_id);
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&cluster_id.to_be_bytes());
@@ -267,7 +358,7 @@ pub fn decode(secret: &[u8], cluster_id: u64, bytes: &[u8]) -> Result<Envelope, 
     if bytes[0..4] != MAGIC {
         return Err(MessageError::Magic);
     }
-    if bytes[4] != VERSION {
+    if bytes[4] < VERSIONS.min || bytes[4] > VERSIONS.max {
         return Err(MessageError::Version(bytes[4]));
     }
     let node_id = bytes[5];
@@ -348,6 +439,7 @@ mod tests {
                 echo_for: 99,
                 volumes: vec!["vol0".into()],
             }),
+            versions: Some(VERSIONS),
         }))
     }
 
@@ -372,6 +464,108 @@ mod tests {
         };
         assert_eq!(report.lease, None);
         assert!(report.volumes[0].generations.is_empty());
+    }
+
+    /// A report as the release before version ranges (b3ce254) sends it: version byte 1, its JSON fields only.
+    fn b3ce254_datagram(version: u8) -> Vec<u8> {
+        let body = br#"{"type":"report","stopped":false,"leaving":false,"volumes":[{"volume":"vol0","disk":"UpToDate","role":"Primary","connected":true}],"resources":[{"resource":"vol0-vip","status":"started","fail_count":0,"last_failure_ago_s":null}],"settings":{"version":3,"origin":1,"standby":[],"stopped":[],"locations":[],"fenced":[],"cleanup":{"generation":0,"resource":null}},"failed_actions":[]}"#;
+        let mut out = b"TSCM".to_vec();
+        out.extend_from_slice(&[version, 2, 0, 0]);
+        out.extend_from_slice(&9u64.to_be_bytes());
+        out.extend_from_slice(&77u64.to_be_bytes());
+        out.extend_from_slice(&4u64.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        let t = tag(SECRET, &out).finalize().into_bytes();
+        out.extend_from_slice(&t);
+        out
+    }
+
+    #[test]
+    fn versions_a_report_of_the_previous_release_decodes_and_speaks_1() {
+        let env = decode(SECRET, 9, &b3ce254_datagram(1)).expect("b3ce254's report");
+        let Message::Report(report) = env.message else {
+            panic!("not a report")
+        };
+        assert_eq!(report.versions, None);
+        assert_eq!(report.lease, None);
+        let version = negotiate(report.versions).expect("1 in common");
+        assert_eq!(version.number(), 1);
+        assert!(!version.speaks(Feature::Leases));
+    }
+
+    /// b3ce254 takes a datagram of version byte 1 only and reads its report with serde, which skips fields it
+    /// does not know: the structs below are its report's fields (as it declares them), so what this build sends
+    /// must parse into them.
+    #[test]
+    fn versions_what_this_build_sends_the_previous_release_reads() {
+        #[allow(dead_code)]
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "kebab-case")]
+        enum OldMessage {
+            Report(OldReport),
+        }
+        #[allow(dead_code)]
+        #[derive(Deserialize)]
+        struct OldReport {
+            stopped: bool,
+            #[serde(default)]
+            leaving: bool,
+            volumes: Vec<OldVolume>,
+            resources: Vec<OldResource>,
+            settings: Settings,
+            #[serde(default)]
+            failed_actions: Vec<String>,
+        }
+        #[allow(dead_code)]
+        #[derive(Deserialize)]
+        struct OldVolume {
+            volume: String,
+            disk: String,
+            role: String,
+            connected: bool,
+        }
+        #[allow(dead_code)]
+        #[derive(Deserialize)]
+        struct OldResource {
+            resource: String,
+            status: String,
+            fail_count: u32,
+            last_failure_ago_s: Option<u64>,
+        }
+        let bytes = encode(SECRET, 9, 1, 100, 5, &sample()).expect("fits");
+        assert_eq!(bytes[4], 1, "the version byte b3ce254 accepts");
+        let body = &bytes[HEADER_LEN..bytes.len() - TAG_LEN];
+        let OldMessage::Report(old) = serde_json::from_slice(body).expect("b3ce254 reads it");
+        assert_eq!(old.volumes.len(), 1);
+    }
+
+    #[test]
+    fn versions_new_with_new_next_and_no_overlap() {
+        let Message::Report(report) = sample() else {
+            panic!("not a report")
+        };
+        assert_eq!(report.versions, Some(VERSIONS));
+        let new = negotiate(report.versions).expect("common");
+        assert_eq!(new.number(), 2);
+        assert!(new.speaks(Feature::Leases));
+        assert_eq!(
+            negotiate(Some(VersionRange { min: 2, max: 3 })).map(MessageVersion::number),
+            Ok(2)
+        );
+        let error = negotiate(Some(VersionRange { min: 3, max: 4 })).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the peer speaks cluster message versions 3..=4, this node speaks 1..=2: no version in common; a \
+             release talks only to the release before it, upgrade one step at a time (docs/upgrade.md)"
+        );
+        // A datagram whose lowest version is above this node's range.
+        let error = decode(SECRET, 9, &b3ce254_datagram(3)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cluster message of version 3: this node speaks versions 1..=2 (a release talks only to the \
+             release before it: docs/upgrade.md)"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod nscluster;
 pub mod qemu;
 pub mod scsi;
 pub mod tgt;
+pub mod writer;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! the lab's addresses (node1 198.18.0.11 + 198.18.1.11, node2 198.18.0.12 + 198.18.1.12, the VIP 198.18.0.10 on
 //! eth0, optionally a witness at 198.18.0.13), each daemon in its node's namespace, QEMU in the client's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::netns::{require_root, Lab, LabOptions, Proc, CLIENT, NODE1, NODE2, WITNESS};
@@ -19,6 +19,9 @@ pub struct NsCluster {
     pub witness: Option<Proc>,
     pub lab: Lab,
     pub config: PathBuf,
+    /// The binary each node runs (and whose CLI talks to it): [`twinsan_bin`] unless a test changes it (the
+    /// rolling upgrade runs the previous release's).
+    pub bins: [PathBuf; 2],
     _dir: TempDir,
 }
 
@@ -39,12 +42,17 @@ impl NsCluster {
 
     /// [`NsCluster::new`] with more `[cluster]` options.
     pub fn with_options(tag: &str, witness: bool, options: &str) -> NsCluster {
+        Self::with_bin(tag, witness, options, &twinsan_bin())
+    }
+
+    /// [`NsCluster::with_options`] made with `bin`'s `init`, both nodes running `bin`.
+    pub fn with_bin(tag: &str, witness: bool, options: &str, bin: &Path) -> NsCluster {
         require_root();
         require_tool("qemu-io");
         let dir = TempDir::new(tag);
         let folder = dir.path().join("c");
         let out = run(
-            std::process::Command::new(twinsan_bin())
+            std::process::Command::new(bin)
                 .arg("init")
                 .arg(&folder)
                 .args(["--size", "64M"]),
@@ -89,6 +97,7 @@ impl NsCluster {
             witness: None,
             lab,
             config,
+            bins: [bin.to_path_buf(), bin.to_path_buf()],
             _dir: dir,
         }
     }
@@ -104,7 +113,7 @@ impl NsCluster {
 
     /// Starts node `n` in its namespace and waits for its admin socket.
     pub fn start(&mut self, n: usize) {
-        let mut cmd = self.lab.command(host(n), twinsan_bin());
+        let mut cmd = self.lab.command(host(n), &self.bins[n - 1]);
         cmd.args(["node", "run", "--config"])
             .arg(&self.config)
             .args(["--node", host(n)])
@@ -144,7 +153,7 @@ impl NsCluster {
 
     /// The admin socket is a Unix socket in the folder: the CLI reaches it from outside the namespaces.
     pub fn cli_raw(&self, n: usize, args: &[&str]) -> (bool, String) {
-        let mut cmd = std::process::Command::new(twinsan_bin());
+        let mut cmd = std::process::Command::new(&self.bins[n - 1]);
         cmd.arg("--config")
             .arg(&self.config)
             .args(["--node", host(n)])
