@@ -34,7 +34,7 @@ use twinsan_replication::engine::{
 };
 use twinsan_replication::generation::{GenerationIds, Role};
 use twinsan_replication::metadata::{
-    self, Layout, Placement, RESERVATIONS_CAPACITY, SUPERBLOCK_SIZE,
+    self, Layout, Placement, RESERVATIONS_CAPACITY,
 };
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
@@ -131,6 +131,8 @@ pub enum VolumeError {
 pub struct FileStorage {
     data: File,
     meta: File,
+    /// The metadata is on its own device (the `meta` file), not at the end of `data`.
+    external: bool,
     /// No other process has these files while the storage is open.
     _disk: ClaimedDisk,
 }
@@ -157,6 +159,23 @@ impl Storage for FileStorage {
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.meta.write_all_at(data, offset)
+    }
+    fn current_sizes(&mut self) -> io::Result<(u64, Placement)> {
+        let size = |file: &File| {
+            device_size(file, Path::new("")).map_err(|e| match e {
+                VolumeError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
+        };
+        let backing = size(&self.data)?;
+        let placement = if self.external {
+            Placement::External {
+                device_size: size(&self.meta)?,
+            }
+        } else {
+            Placement::Internal
+        };
+        Ok((backing, placement))
     }
 }
 
@@ -223,13 +242,12 @@ pub fn open_disk(
         path: meta_path.clone(),
         why,
     };
-    let layout = Layout::compute(backing, placement).map_err(|e| bad(e.to_string()))?;
-    let mut slots = [[0u8; SUPERBLOCK_SIZE]; 2];
-    for (i, slot) in slots.iter_mut().enumerate() {
-        meta.read_exact_at(slot, layout.superblocks[i].offset)
-            .map_err(|e| bad(format!("reading superblock slot {i}: {e}")))?;
-    }
-    let chosen = metadata::choose(&slots[0], &slots[1]).map_err(|e| {
+    // Where `Layout::compute` puts it, or where a grow that was not (or not completely) followed by `volume
+    // resize` left it.
+    let (layout, chosen) = metadata::locate(backing, placement, |offset, buf| {
+        meta.read_exact_at(buf, offset)
+    })
+    .map_err(|e| {
         bad(format!(
             "{e}; the metadata was left as it is (run `twinsan volume create-md --force` only to start this copy over)"
         ))
@@ -237,10 +255,10 @@ pub fn open_disk(
     if let Some(why) = &chosen.other {
         warn!(path = %meta_path.display(), "superblock slot {} unusable ({why}); using slot {}", 1 - chosen.slot, chosen.slot);
     }
-    chosen
-        .superblock
-        .check_fits(&layout)
-        .map_err(|e| bad(e.to_string()))?;
+    if layout.metadata.end() < Layout::compute(backing, placement).map_or(0, |l| l.metadata.end()) {
+        info!(path = %meta_path.display(), data_size = chosen.superblock.data_size,
+            "the backing device grew; the metadata is still at its old place until `twinsan volume resize`");
+    }
     // Checked before anything is written to the disk.
     if chosen.superblock.volume_uuid != paths.volume_uuid {
         return Err(VolumeError::WrongVolume {
@@ -253,6 +271,7 @@ pub fn open_disk(
         FileStorage {
             data,
             meta,
+            external: matches!(placement, Placement::External { .. }),
             _disk: disk,
         },
         layout,
@@ -328,7 +347,8 @@ pub struct Volume {
     core: Mutex<Core>,
     status: Mutex<Status>,
     events: tokio::sync::broadcast::Sender<api::EventLine>,
-    size: u64,
+    /// Bytes of data, as the SCSI layer sees them; grows with an online resize.
+    size: AtomicU64,
     uuid: u128,
     reads_local: AtomicBool,
     read_file: File,
@@ -434,7 +454,7 @@ impl Volume {
             }),
             status: Mutex::new(status),
             events,
-            size,
+            size: AtomicU64::new(size),
             uuid,
             reads_local: AtomicBool::new(false),
             read_file,
@@ -795,6 +815,12 @@ impl Volume {
                     }
                 }
                 Output::Changed => {}
+                Output::Resized { data_size } => {
+                    // The LUN reads the size through `BlockDevice::size_bytes` and raises CAPACITY DATA HAS
+                    // CHANGED for every nexus on the next command it sees.
+                    self.size.store(data_size, Ordering::SeqCst);
+                    info!(volume = %self.name, data_size, "the volume grew");
+                }
                 Output::SplitBrain => {
                     let status = to_api(&self.name, &self.peer_name, &engine.status());
                     let _ = self.events.send(api::EventLine {
@@ -1237,6 +1263,7 @@ pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
         role: role_str(Some(s.role)),
         disk: s.disk.to_string(),
         split_brain: s.split_brain,
+        size_kib: s.data_size_bytes / 1024,
         suspended: s.suspended,
         lease_hold: s.lease_hold,
         peers: vec![api::PeerStatus {
@@ -1288,7 +1315,7 @@ impl ReplicatedDevice {
 
 impl BlockDevice for ReplicatedDevice {
     fn size_bytes(&self) -> u64 {
-        self.volume.size
+        self.volume.size.load(Ordering::SeqCst)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
