@@ -2213,15 +2213,23 @@ impl<S: Storage> Engine<S> {
     /// The data size this node's devices can hold now, and the placement with the metadata device's size now.
     fn usable_now(&mut self) -> Result<(u64, u64, Placement), String> {
         let (backing, placement) = self.storage.current_sizes().map_err(|e| {
-            format!("{}: reading the size of the backing device: {e}", self.cfg.volume)
+            format!(
+                "{}: reading the size of the backing device: {e}",
+                self.cfg.volume
+            )
         })?;
-        let layout = Layout::compute(backing, placement)
-            .map_err(|e| format!("{}: {e}", self.cfg.volume))?;
+        let layout =
+            Layout::compute(backing, placement).map_err(|e| format!("{}: {e}", self.cfg.volume))?;
         Ok((layout.data_size, backing, placement))
     }
 
     /// `volume resize` here: checks, then asks the peer, which grows first; this node grows when it answers.
-    fn resize_start(&mut self, id: u64, size: Option<u64>, assume_clean: bool) -> Result<(), String> {
+    fn resize_start(
+        &mut self,
+        id: u64,
+        size: Option<u64>,
+        assume_clean: bool,
+    ) -> Result<(), String> {
         let volume = self.cfg.volume.clone();
         if self.resizing.is_some() {
             return Err(format!("{volume}: a resize is already running"));
@@ -2235,7 +2243,7 @@ impl<S: Storage> Engine<S> {
                 self.cfg.peer_name
             ));
         }
-        let (usable, _, _) = self.usable_now()?;
+        let (usable, backing, placement) = self.usable_now()?;
         let current = self.sb.data_size;
         // This node's side of the agreement; the peer checks its own.
         let offer = match size {
@@ -2250,6 +2258,10 @@ impl<S: Storage> Engine<S> {
                 usable
             }
         };
+        // Whether this node's metadata can move is checked before the peer grows: once it has, the two must end
+        // at one size.
+        crate::resize::new_layout(&self.layout, backing, placement, offer)
+            .map_err(|e| format!("{volume}: {e}"))?;
         self.log(
             false,
             format!(
@@ -2277,7 +2289,10 @@ impl<S: Storage> Engine<S> {
                 refusal: None,
             },
             Err(why) => {
-                self.log(true, format!("{}: refusing the peer's resize: {why}", self.cfg.volume));
+                self.log(
+                    true,
+                    format!("{}: refusing the peer's resize: {why}", self.cfg.volume),
+                );
                 Message::ResizeReply {
                     size: self.sb.data_size,
                     refusal: Some(why),
@@ -2288,7 +2303,12 @@ impl<S: Storage> Engine<S> {
         self.out.push(Output::Changed);
     }
 
-    fn peer_resize_inner(&mut self, size: u64, exact: bool, assume_clean: bool) -> Result<u64, String> {
+    fn peer_resize_inner(
+        &mut self,
+        size: u64,
+        exact: bool,
+        assume_clean: bool,
+    ) -> Result<u64, String> {
         if self.resizing.is_some() {
             return Err("a resize started on this node is running".to_string());
         }
@@ -2305,11 +2325,17 @@ impl<S: Storage> Engine<S> {
     /// The peer answered the resize started here.
     fn resize_replied(&mut self, size: u64, refusal: Option<String>) {
         let Some(pending) = self.resizing.take() else {
-            return self.log(true, format!("{}: a resize reply nobody asked for", self.cfg.volume));
+            return self.log(
+                true,
+                format!("{}: a resize reply nobody asked for", self.cfg.volume),
+            );
         };
         let volume = self.cfg.volume.clone();
         let result = match refusal {
-            Some(why) => Err(format!("{volume}: {} refused the resize: {why}", self.cfg.peer_name)),
+            Some(why) => Err(format!(
+                "{volume}: {} refused the resize: {why}",
+                self.cfg.peer_name
+            )),
             None => self.grow(size, pending.assume_clean).map(|()| {
                 if !pending.assume_clean {
                     self.event(Event::ResizeResync);
@@ -2377,9 +2403,14 @@ impl<S: Storage> Engine<S> {
                 Ok(())
             }
             Err(e) => {
-                self.log(true, format!("{volume}: I/O error moving the metadata: {e}"));
+                self.log(
+                    true,
+                    format!("{volume}: I/O error moving the metadata: {e}"),
+                );
                 self.event(Event::DiskFailed);
-                Err(format!("{volume}: I/O error moving the metadata: {e}; the disk was detached"))
+                Err(format!(
+                    "{volume}: I/O error moving the metadata: {e}; the disk was detached"
+                ))
             }
         }
     }

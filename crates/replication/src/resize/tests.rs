@@ -274,6 +274,13 @@ fn crash_at_every_write(
         outcomes[0] > 0 && outcomes[1] > 0,
         "both outcomes seen: {outcomes:?}"
     );
+    eprintln!(
+        "{old_backing} -> {new_backing} bytes, external {external_meta:?}, assume_clean {assume_clean}: {} crash \
+         points (each write lost and torn, and none), {} attached at the old size, {} at the new",
+        outcomes[0] + outcomes[1],
+        outcomes[0],
+        outcomes[1]
+    );
 }
 
 #[test]
