@@ -33,9 +33,7 @@ use twinsan_replication::engine::{
     Storage, MAX_REQUEST,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
-use twinsan_replication::metadata::{
-    self, Layout, Placement, RESERVATIONS_CAPACITY,
-};
+use twinsan_replication::metadata::{self, Layout, Placement, RESERVATIONS_CAPACITY};
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
 use twinsan_target::{BackingClaim, TargetError};

@@ -1814,7 +1814,10 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
             if tail.len() > RESIZE_REFUSAL_MAX {
                 return Err(malformed(
                     name,
-                    format_args!("a refusal of {} bytes, more than {RESIZE_REFUSAL_MAX}", tail.len()),
+                    format_args!(
+                        "a refusal of {} bytes, more than {RESIZE_REFUSAL_MAX}",
+                        tail.len()
+                    ),
                 ));
             }
             let refusal = match String::from_utf8(tail) {
