@@ -510,6 +510,7 @@ mod tests {
             role: role.into(),
             disk: "UpToDate".into(),
             split_brain: false,
+            size_kib: 65536,
             suspended: false,
             lease_hold: false,
             peers: vec![],

@@ -36,6 +36,12 @@ pub enum Request {
     Invalidate { volume: String },
     /// `volume new-current-uuid --clear-bitmap`.
     NewCurrentUuid { volume: String, clear_bitmap: bool },
+    /// `volume resize [--size BYTES] [--assume-clean]`.
+    Resize {
+        volume: String,
+        size_bytes: Option<u64>,
+        assume_clean: bool,
+    },
     /// Stream events: first one `exists` line per volume, then a `change` line for every change, until the
     /// client goes away.
     Events { volume: Option<String> },
@@ -165,6 +171,9 @@ pub struct VolumeStatus {
     pub disk: String,
     /// True while a split brain found on connect is unresolved.
     pub split_brain: bool,
+    /// The volume's size in KiB: the size both nodes last agreed on (what the LUN shows).
+    #[serde(default)]
+    pub size_kib: u64,
     /// True while writes are suspended (fencing in progress, or no lease).
     #[serde(default)]
     pub suspended: bool,

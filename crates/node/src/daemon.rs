@@ -498,6 +498,17 @@ impl AdminService for Node {
                 volume,
                 clear_bitmap,
             } => self.command(&volume, AdminCommand::NewCurrentUuid { clear_bitmap }),
+            Request::Resize {
+                volume,
+                size_bytes,
+                assume_clean,
+            } => self.command(
+                &volume,
+                AdminCommand::Resize {
+                    size: size_bytes,
+                    assume_clean,
+                },
+            ),
             Request::Events { .. } => Response::Error {
                 message: "events are streamed, not answered".into(),
             },

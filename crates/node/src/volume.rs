@@ -33,9 +33,7 @@ use twinsan_replication::engine::{
     Storage, MAX_REQUEST,
 };
 use twinsan_replication::generation::{GenerationIds, Role};
-use twinsan_replication::metadata::{
-    self, Layout, Placement, RESERVATIONS_CAPACITY, SUPERBLOCK_SIZE,
-};
+use twinsan_replication::metadata::{self, Layout, Placement, RESERVATIONS_CAPACITY};
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
 use twinsan_target::{BackingClaim, TargetError};
@@ -136,6 +134,8 @@ pub struct FileStorage {
 struct DiskFiles {
     data: File,
     meta: File,
+    /// The metadata is on its own device (the `meta` file), not at the end of `data`.
+    external: bool,
     /// No other process has these files while the storage is open.
     _disk: ClaimedDisk,
 }
@@ -173,6 +173,24 @@ impl Storage for FileStorage {
     }
     fn release(&mut self) {
         self.open = None;
+    }
+    fn current_sizes(&mut self) -> io::Result<(u64, Placement)> {
+        let size = |file: &File| {
+            device_size(file, Path::new("")).map_err(|e| match e {
+                VolumeError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
+        };
+        let files = self.files()?;
+        let backing = size(&files.data)?;
+        let placement = if files.external {
+            Placement::External {
+                device_size: size(&files.meta)?,
+            }
+        } else {
+            Placement::Internal
+        };
+        Ok((backing, placement))
     }
 }
 
@@ -239,13 +257,12 @@ pub fn open_disk(
         path: meta_path.clone(),
         why,
     };
-    let layout = Layout::compute(backing, placement).map_err(|e| bad(e.to_string()))?;
-    let mut slots = [[0u8; SUPERBLOCK_SIZE]; 2];
-    for (i, slot) in slots.iter_mut().enumerate() {
-        meta.read_exact_at(slot, layout.superblocks[i].offset)
-            .map_err(|e| bad(format!("reading superblock slot {i}: {e}")))?;
-    }
-    let chosen = metadata::choose(&slots[0], &slots[1]).map_err(|e| {
+    // Where `Layout::compute` puts it, or where a grow that was not (or not completely) followed by `volume
+    // resize` left it.
+    let (layout, chosen) = metadata::locate(backing, placement, |offset, buf| {
+        meta.read_exact_at(buf, offset)
+    })
+    .map_err(|e| {
         bad(format!(
             "{e}; the metadata was left as it is (run `twinsan volume create-md --force` only to start this copy over)"
         ))
@@ -253,10 +270,10 @@ pub fn open_disk(
     if let Some(why) = &chosen.other {
         warn!(path = %meta_path.display(), "superblock slot {} unusable ({why}); using slot {}", 1 - chosen.slot, chosen.slot);
     }
-    chosen
-        .superblock
-        .check_fits(&layout)
-        .map_err(|e| bad(e.to_string()))?;
+    if layout.metadata.end() < Layout::compute(backing, placement).map_or(0, |l| l.metadata.end()) {
+        info!(path = %meta_path.display(), data_size = chosen.superblock.data_size,
+            "the backing device grew; the metadata is still at its old place until `twinsan volume resize`");
+    }
     // Checked before anything is written to the disk.
     if chosen.superblock.volume_uuid != paths.volume_uuid {
         return Err(VolumeError::WrongVolume {
@@ -270,6 +287,7 @@ pub fn open_disk(
             open: Some(DiskFiles {
                 data,
                 meta,
+                external: matches!(placement, Placement::External { .. }),
                 _disk: disk,
             }),
         },
@@ -346,7 +364,8 @@ pub struct Volume {
     core: Mutex<Core>,
     status: Mutex<Status>,
     events: tokio::sync::broadcast::Sender<api::EventLine>,
-    size: u64,
+    /// Bytes of data, as the SCSI layer sees them; grows with an online resize.
+    size: AtomicU64,
     uuid: u128,
     reads_local: AtomicBool,
     /// The data file for a Primary's reads straight from its UpToDate disk; replaced when a disk is attached.
@@ -455,7 +474,7 @@ impl Volume {
             }),
             status: Mutex::new(status),
             events,
-            size,
+            size: AtomicU64::new(size),
             uuid,
             reads_local: AtomicBool::new(false),
             read_file: Mutex::new(Some(Arc::new(read_file))),
@@ -882,6 +901,12 @@ impl Volume {
                     }
                 }
                 Output::Changed => {}
+                Output::Resized { data_size } => {
+                    // The LUN reads the size through `BlockDevice::size_bytes` and raises CAPACITY DATA HAS
+                    // CHANGED for every nexus on the next command it sees.
+                    self.size.store(data_size, Ordering::SeqCst);
+                    info!(volume = %self.name, data_size, "the volume grew");
+                }
                 Output::SplitBrain => {
                     let status = to_api(&self.name, &self.peer_name, &engine.status());
                     let _ = self.events.send(api::EventLine {
@@ -1331,6 +1356,7 @@ pub fn to_api(name: &str, peer: &str, s: &Status) -> api::VolumeStatus {
         role: role_str(Some(s.role)),
         disk: s.disk.to_string(),
         split_brain: s.split_brain,
+        size_kib: s.data_size_bytes / 1024,
         suspended: s.suspended,
         lease_hold: s.lease_hold,
         peers: vec![api::PeerStatus {
@@ -1383,7 +1409,7 @@ impl ReplicatedDevice {
 
 impl BlockDevice for ReplicatedDevice {
     fn size_bytes(&self) -> u64 {
-        self.volume.size
+        self.volume.size.load(Ordering::SeqCst)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -62,7 +62,9 @@ use crate::generation::{
     connect_decision, resolve_split_brain, AfterSbPolicies, ChangedBlocks, ConnectDecision,
     Direction, Flags as GenFlags, GenerationIds, Role, Side,
 };
-use crate::metadata::{Flags, Layout, Superblock, ACTIVITY_LOG_SLOTS, RESERVATIONS_CAPACITY};
+use crate::metadata::{
+    Flags, Layout, Placement, Superblock, ACTIVITY_LOG_SLOTS, RESERVATIONS_CAPACITY,
+};
 use crate::resync::{block_digest, Request, ResyncConfig, ResyncPlan, Verify};
 use crate::state::{
     Action, Config as StateConfig, ConnState, DiskState, Event, FencingPolicy, ReplState,
@@ -106,6 +108,14 @@ pub trait Storage {
     /// The engine detached the disk and will not call this storage again: let it go (close the files, end the
     /// claim on them) so the admin can repair or replace it. The default keeps it.
     fn release(&mut self) {}
+    /// The sizes of the devices now, for `volume resize`: the backing device's size in bytes and the placement
+    /// with the metadata device's size now. The default: this storage cannot grow.
+    fn current_sizes(&mut self) -> io::Result<(u64, Placement)> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this storage cannot report its size",
+        ))
+    }
 }
 
 /// Writes `len` zero bytes at `offset` through [`Storage::write`], 1 MiB at a time: the default
@@ -307,6 +317,13 @@ pub enum AdminCommand {
     /// `volume attach` on the storage the engine has: read its superblock again and attach it (a node driver
     /// with a disk to open again uses [`Engine::attach_disk`]). Refused on a Primary and while a disk is attached.
     Attach,
+    /// `volume resize [--size SIZE] [--assume-clean]`, after the backing devices grew on both nodes.
+    Resize {
+        /// `--size` in bytes: exactly this size, refused if a node cannot hold it.
+        size: Option<u64>,
+        /// `--assume-clean`: the new area is taken as equal on both nodes, not resynced.
+        assume_clean: bool,
+    },
 }
 
 /// Why an application request failed.
@@ -375,6 +392,11 @@ pub enum Output {
     },
     /// The status changed (for `volume events`).
     Changed,
+    /// The volume now holds `data_size` bytes (online resize): the driver makes the device that size.
+    Resized {
+        /// Bytes of data.
+        data_size: u64,
+    },
     /// A split brain was found on connect: report it (event, `split-brain` handler).
     SplitBrain,
     /// This Primary lost a split brain it cannot resolve by itself: run the `pri-lost-after-sb` handler (DRBD's
@@ -431,6 +453,8 @@ pub struct Status {
     pub eta_s: Option<u64>,
     /// The generation identifiers.
     pub generations: GenerationIds,
+    /// Bytes of data the volume holds (the size both nodes agreed on).
+    pub data_size_bytes: u64,
     /// Bytes the last online verify found different (marked out of sync).
     pub verify_out_of_sync_bytes: u64,
     /// The replication protocol version agreed on with the peer, while a connection is authenticated.
@@ -568,6 +592,13 @@ struct Verifying {
 /// Bytes of one verify request: the granularity at which a difference is marked.
 pub const VERIFY_REQUEST: u64 = 64 << 10;
 
+/// A `volume resize` waiting for the peer.
+struct PendingResize {
+    /// The admin command's id.
+    id: u64,
+    assume_clean: bool,
+}
+
 /// One replicated volume on one node.
 pub struct Engine<S: Storage> {
     cfg: EngineConfig,
@@ -607,6 +638,8 @@ pub struct Engine<S: Storage> {
     pending_promotion: Option<u64>,
     /// Reservation states sent to the peer and not yet acknowledged: sequence number → caller's id.
     pending_reservations: BTreeMap<u64, u64>,
+    /// `volume resize` run here, waiting for the peer's [`Message::ResizeReply`].
+    resizing: Option<PendingResize>,
     attached: bool,
     now: Duration,
     last_bitmap_flush: Duration,
@@ -683,6 +716,7 @@ impl<S: Storage> Engine<S> {
             bitmap_in: None,
             pending_promotion: None,
             pending_reservations: BTreeMap::new(),
+            resizing: None,
             attached: false,
             now,
             last_bitmap_flush: now,
@@ -703,6 +737,9 @@ impl<S: Storage> Engine<S> {
         self.storage
             .read_meta(self.layout.bitmap.offset, &mut bytes)
             .map_err(io_err(&volume))?;
+        if let Placement::External { .. } = self.layout.placement {
+            crate::resize::clear_bits_beyond(data_size, &mut bytes);
+        }
         self.bitmap =
             DirtyBitmap::from_pages(data_size, &bytes).map_err(|e| OpenError::Corrupt {
                 volume: volume.clone(),
@@ -906,6 +943,7 @@ impl<S: Storage> Engine<S> {
             rate_kib_s: rate,
             eta_s: eta,
             generations: self.gen,
+            data_size_bytes: self.sb.data_size,
             verify_out_of_sync_bytes: self.verify_out_of_sync,
             peer_protocol: self.peer_protocol(),
             last_error: self.last_error.clone(),
@@ -1448,6 +1486,13 @@ impl<S: Storage> Engine<S> {
                 }
             }
             AdminCommand::Verify => self.verify_start(),
+            AdminCommand::Resize { size, assume_clean } => {
+                match self.resize_start(id, size, assume_clean) {
+                    // Answered when the peer replies.
+                    Ok(()) => return self.out.push(Output::Changed),
+                    Err(e) => Err(e),
+                }
+            }
             AdminCommand::Invalidate => self.try_event(Event::Invalidate),
             AdminCommand::Detach => self.admin_detach(),
             AdminCommand::Attach => self.admin_attach(),
@@ -1821,6 +1866,18 @@ impl<S: Storage> Engine<S> {
             let e = self.not_available();
             self.out.push(Output::ReadDone { id, result: Err(e) });
         }
+        if let Some(r) = self.resizing.take() {
+            self.out.push(Output::AdminDone {
+                id: r.id,
+                result: Err(format!(
+                    "{}: the link to {} was lost before it answered the resize; this node still holds {} \
+                     (compare `volume status` on both nodes, then run the resize again once they are connected)",
+                    self.cfg.volume,
+                    self.cfg.peer_name,
+                    crate::metadata::human_size(self.sb.data_size)
+                )),
+            });
+        }
         self.out.push(Output::Changed);
     }
 
@@ -2099,6 +2156,12 @@ impl<S: Storage> Engine<S> {
                 }
             }
             Message::PromoteRequest => self.event(Event::PeerRequestsPromotion),
+            Message::ResizeRequest {
+                size,
+                exact,
+                assume_clean,
+            } => self.peer_resize(size, exact, assume_clean),
+            Message::ResizeReply { size, refusal } => self.resize_replied(size, refusal),
             Message::PromoteReply { granted } => {
                 let event = if granted {
                     Event::PromotionGranted
@@ -2288,6 +2351,214 @@ impl<S: Storage> Engine<S> {
                     ))
                 };
                 self.out.push(Output::AdminDone { id, result });
+            }
+        }
+    }
+
+    // ----- online resize -----
+
+    /// The data size this node's devices can hold now, and the placement with the metadata device's size now.
+    fn usable_now(&mut self) -> Result<(u64, u64, Placement), String> {
+        let (backing, placement) = self.storage.current_sizes().map_err(|e| {
+            format!(
+                "{}: reading the size of the backing device: {e}",
+                self.cfg.volume
+            )
+        })?;
+        let layout =
+            Layout::compute(backing, placement).map_err(|e| format!("{}: {e}", self.cfg.volume))?;
+        Ok((layout.data_size, backing, placement))
+    }
+
+    /// `volume resize` here: checks, then asks the peer, which grows first; this node grows when it answers.
+    fn resize_start(
+        &mut self,
+        id: u64,
+        size: Option<u64>,
+        assume_clean: bool,
+    ) -> Result<(), String> {
+        let volume = self.cfg.volume.clone();
+        if self.resizing.is_some() {
+            return Err(format!("{volume}: a resize is already running"));
+        }
+        self.state
+            .check_resize(&self.scfg, true)
+            .map_err(|e| e.to_string())?;
+        if !self.peer_speaks(Feature::OnlineResize) {
+            // A protocol 2 peer refuses frames it does not know and drops the link.
+            return Err(format!(
+                "{volume}: the peer {} runs a twinsan that cannot resize a volume online; upgrade it first",
+                self.cfg.peer_name
+            ));
+        }
+        let (usable, backing, placement) = self.usable_now()?;
+        let current = self.sb.data_size;
+        // This node's side of the agreement; the peer checks its own.
+        let offer = match size {
+            Some(size) => {
+                crate::resize::agree_size(current, usable, size, Some(size))
+                    .map_err(|e| format!("{volume}: {e}"))?;
+                size
+            }
+            None => {
+                crate::resize::agree_size(current, usable, usable, None)
+                    .map_err(|e| format!("{volume}: {e}"))?;
+                usable
+            }
+        };
+        // Whether this node's metadata can move is checked before the peer grows: once it has, the two must end
+        // at one size.
+        crate::resize::new_layout(&self.layout, backing, placement, offer)
+            .map_err(|e| format!("{volume}: {e}"))?;
+        self.log(
+            false,
+            format!(
+                "{volume}: resize: asking {} to grow to {} (this node can hold {})",
+                self.cfg.peer_name,
+                crate::metadata::human_size(offer),
+                crate::metadata::human_size(usable)
+            ),
+        );
+        self.resizing = Some(PendingResize { id, assume_clean });
+        self.send(Message::ResizeRequest {
+            size: offer,
+            exact: size.is_some(),
+            assume_clean,
+        });
+        Ok(())
+    }
+
+    /// The peer runs `volume resize`: agree on the size, grow here, answer.
+    fn peer_resize(&mut self, size: u64, exact: bool, assume_clean: bool) {
+        let result = self.peer_resize_inner(size, exact, assume_clean);
+        let reply = match result {
+            Ok(new) => Message::ResizeReply {
+                size: new,
+                refusal: None,
+            },
+            Err(why) => {
+                self.log(
+                    true,
+                    format!("{}: refusing the peer's resize: {why}", self.cfg.volume),
+                );
+                Message::ResizeReply {
+                    size: self.sb.data_size,
+                    refusal: Some(why),
+                }
+            }
+        };
+        self.send(reply);
+        self.out.push(Output::Changed);
+    }
+
+    fn peer_resize_inner(
+        &mut self,
+        size: u64,
+        exact: bool,
+        assume_clean: bool,
+    ) -> Result<u64, String> {
+        if self.resizing.is_some() {
+            return Err("a resize started on this node is running".to_string());
+        }
+        self.state
+            .check_resize(&self.scfg, false)
+            .map_err(|e| e.to_string())?;
+        let (usable, _, _) = self.usable_now()?;
+        let new = crate::resize::agree_size(self.sb.data_size, usable, size, exact.then_some(size))
+            .map_err(|e| e.to_string())?;
+        self.grow(new, assume_clean)?;
+        Ok(new)
+    }
+
+    /// The peer answered the resize started here.
+    fn resize_replied(&mut self, size: u64, refusal: Option<String>) {
+        let Some(pending) = self.resizing.take() else {
+            return self.log(
+                true,
+                format!("{}: a resize reply nobody asked for", self.cfg.volume),
+            );
+        };
+        let volume = self.cfg.volume.clone();
+        let result = match refusal {
+            Some(why) => Err(format!(
+                "{volume}: {} refused the resize: {why}",
+                self.cfg.peer_name
+            )),
+            None => self.grow(size, pending.assume_clean).map(|()| {
+                if !pending.assume_clean {
+                    self.event(Event::ResizeResync);
+                }
+                Some(format!(
+                    "{volume} now holds {}{}",
+                    crate::metadata::human_size(size),
+                    if pending.assume_clean {
+                        " (new area taken as in sync: --assume-clean)"
+                    } else {
+                        "; the new area resyncs to the peer"
+                    }
+                ))
+            }),
+        };
+        self.out.push(Output::AdminDone {
+            id: pending.id,
+            result,
+        });
+        self.out.push(Output::Changed);
+    }
+
+    /// Grows this node's copy to `new_size` bytes: moves the metadata (crash-safe, see [`crate::resize`]), marks
+    /// the new area out of sync unless `assume_clean`, and tells the driver the new size.
+    fn grow(&mut self, new_size: u64, assume_clean: bool) -> Result<(), String> {
+        let volume = self.cfg.volume.clone();
+        let (_, backing, placement) = self.usable_now()?;
+        let new = crate::resize::new_layout(&self.layout, backing, placement, new_size)
+            .map_err(|e| format!("{volume}: {e}"))?;
+        if let Some(Resync::Source { plan, .. }) = self.resync.take() {
+            self.bitmap = plan.into_bitmap();
+        }
+        let grown = crate::resize::grown_bitmap(&self.bitmap, new_size, assume_clean);
+        self.sb.current_uuid = self.gen.current;
+        self.sb.bitmap_uuid = self.gen.bitmap;
+        self.sb.history_uuids = self.gen.history;
+        // In-flight data to the old area is unaffected; the data itself does not move.
+        let moved = crate::resize::grow_metadata(
+            &mut self.storage,
+            &self.layout,
+            &new,
+            &self.sb,
+            &grown,
+            new_size,
+        );
+        match moved {
+            Ok(sb) => {
+                let old = self.sb.data_size;
+                self.sb = sb;
+                self.layout = new;
+                self.bitmap = grown;
+                self.bitmap.mark_flushed();
+                self.log(
+                    false,
+                    format!(
+                        "{volume}: grown from {} to {}; metadata at offset {}",
+                        crate::metadata::human_size(old),
+                        crate::metadata::human_size(new_size),
+                        self.layout.metadata.offset
+                    ),
+                );
+                self.out.push(Output::Resized {
+                    data_size: new_size,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.log(
+                    true,
+                    format!("{volume}: I/O error moving the metadata: {e}"),
+                );
+                self.event(Event::DiskFailed);
+                Err(format!(
+                    "{volume}: I/O error moving the metadata: {e}; the disk was detached"
+                ))
             }
         }
     }

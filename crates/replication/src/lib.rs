@@ -18,6 +18,7 @@ pub mod bitmap;
 pub mod engine;
 pub mod generation;
 pub mod metadata;
+pub mod resize;
 pub mod resync;
 pub mod state;
 pub mod version;

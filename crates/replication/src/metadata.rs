@@ -1087,6 +1087,151 @@ pub fn human_size(bytes: u64) -> String {
     format!("{bytes} bytes ({value:.2} {})", UNITS[unit])
 }
 
+/// Why [`locate`] found no usable metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    /// Reading the metadata device failed.
+    #[error("reading {what} at offset {offset}: {source}")]
+    Io {
+        /// What was read.
+        what: &'static str,
+        /// Where.
+        offset: u64,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The metadata is missing, unusable or does not fit this device.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
+/// Bytes [`locate`] reads at once while it searches for internal metadata below the end of a grown device.
+const SEARCH_CHUNK: u64 = 1 << 20;
+
+/// Finds the metadata of a volume on this node's devices: the layout it was written with and the chosen
+/// superblock, checked against that layout. `read(offset, buf)` reads the metadata device.
+///
+/// Normally the metadata is where [`Layout::compute`] puts it for the current device sizes. A backing device that
+/// grew while the metadata was not moved yet (grown and not resized, or a crash in the middle of
+/// `volume resize`) still holds it at the old place:
+/// - internal: when neither slot at the end holds a valid superblock (zeros, or a torn first write of a move),
+///   the device is searched downwards, 4 KiB at a time, for the highest end whose two slots hold metadata that fits
+///   [`Layout::compute`] of that end. Metadata only ever moves up, so the highest is the newest; a resize zeroes
+///   the old copy once the new one is written. The search reads the device below its end (a device with no
+///   metadata at all is read whole before it is refused);
+/// - external: the metadata stays at the start of its device; the bitmap area is that of the last agreed data
+///   size, as the layout computed for that size says.
+pub fn locate<R>(
+    backing_size: u64,
+    placement: Placement,
+    mut read: R,
+) -> Result<(Layout, Chosen), LocateError>
+where
+    R: FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+{
+    let layout = Layout::compute(backing_size, placement)?;
+    let mut read_slots = |layout: &Layout| -> Result<[Vec<u8>; 2], LocateError> {
+        let mut slots = [vec![0u8; SUPERBLOCK_SIZE], vec![0u8; SUPERBLOCK_SIZE]];
+        for (slot, region) in slots.iter_mut().zip(layout.superblocks) {
+            read(region.offset, slot).map_err(|source| LocateError::Io {
+                what: "a superblock slot",
+                offset: region.offset,
+                source,
+            })?;
+        }
+        Ok(slots)
+    };
+    let [slot0, slot1] = read_slots(&layout)?;
+    match choose(&slot0, &slot1) {
+        Ok(chosen) => {
+            let Err(misfit) = chosen.superblock.check_fits(&layout) else {
+                return Ok((layout, chosen));
+            };
+            if let Placement::External { .. } = placement {
+                // The backing device grew; the bitmap is still the one of the last agreed size.
+                let agreed = Layout::compute(chosen.superblock.data_size, placement)?;
+                if chosen.superblock.check_fits(&agreed).is_ok() {
+                    let layout = Layout {
+                        backing_size,
+                        ..agreed
+                    };
+                    return Ok((layout, chosen));
+                }
+            }
+            Err(misfit.into())
+        }
+        Err(error) if placement == Placement::Internal && passable(&error) => {
+            match search_below(layout.metadata.end(), backing_size, &mut read)? {
+                Some(found) => Ok(found),
+                None => Err(error.into()),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Searches downwards from `end` for internal metadata (see [`locate`]).
+fn search_below<R>(
+    end: u64,
+    backing_size: u64,
+    read: &mut R,
+) -> Result<Option<(Layout, Chosen)>, LocateError>
+where
+    R: FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+{
+    let lowest_end = MIN_DATA_SIZE + metadata_size_for(MIN_DATA_SIZE);
+    let mut chunk_end = end.saturating_sub(BLOCK_SIZE);
+    let mut buf = vec![0u8; SEARCH_CHUNK as usize];
+    while chunk_end >= lowest_end.saturating_sub(BLOCK_SIZE) && chunk_end > 0 {
+        let chunk_start = chunk_end
+            .saturating_sub(SEARCH_CHUNK)
+            .max(lowest_end.saturating_sub(2 * BLOCK_SIZE));
+        let len = (chunk_end - chunk_start) as usize;
+        if len == 0 {
+            break;
+        }
+        read(chunk_start, &mut buf[..len]).map_err(|source| LocateError::Io {
+            what: "the device while searching for moved metadata",
+            offset: chunk_start,
+            source,
+        })?;
+        let mut at = chunk_end;
+        while at >= chunk_start + BLOCK_SIZE {
+            at -= BLOCK_SIZE;
+            let start = (at - chunk_start) as usize;
+            if buf[start..start + MAGIC.len()] != MAGIC {
+                continue;
+            }
+            // A superblock here is slot 0 (end = at + 4K) or slot 1 (end = at + 8K) of some layout.
+            for candidate in [at + 2 * BLOCK_SIZE, at + BLOCK_SIZE] {
+                if candidate > end || candidate < lowest_end {
+                    continue;
+                }
+                let layout = Layout::compute(candidate, Placement::Internal)?;
+                let mut slots = [vec![0u8; SUPERBLOCK_SIZE], vec![0u8; SUPERBLOCK_SIZE]];
+                for (slot, region) in slots.iter_mut().zip(layout.superblocks) {
+                    read(region.offset, slot).map_err(|source| LocateError::Io {
+                        what: "a superblock slot",
+                        offset: region.offset,
+                        source,
+                    })?;
+                }
+                if let Ok(chosen) = choose(&slots[0], &slots[1]) {
+                    if chosen.superblock.check_fits(&layout).is_ok() {
+                        let layout = Layout {
+                            backing_size,
+                            ..layout
+                        };
+                        return Ok(Some((layout, chosen)));
+                    }
+                }
+            }
+        }
+        chunk_end = chunk_start;
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

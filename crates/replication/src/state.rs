@@ -46,6 +46,7 @@
 //! | `PauseSync` / `ResumeSync` | resyncing | PausedSyncS/T ↔ SyncSource/Target | `PauseResync` / `ResumeResync` |
 //! | `VerifyStart` / `PeerStartedVerify` / `VerifyFinished` | C, Established, both UpToDate | VerifyS / VerifyT / Established | `StartVerify` |
 //! | `Invalidate` | Secondary, C, Established, peer UpToDate | Inconsistent, SyncTarget | `StartResync` (full) |
+//! | `ResizeResync` | C, Established, both UpToDate, peer not Primary (after both grew) | SyncSource | `StartResync` (the new area, marked in both bitmaps) |
 //! | `ClearBitmap` / `PeerClearedBitmap` | a new pair, C, both Inconsistent | UpToDate | `NewCurrentUuid` (clear bitmap), `SendSkipInitialSync` |
 //!
 //! Besides, every transition that changes this node's role or disk while connected sends the new state to the
@@ -488,6 +489,9 @@ pub enum Event {
     VerifyFinished,
     /// `volume invalidate`: discard the local data and resync all of it from the peer.
     Invalidate,
+    /// Both nodes grew (`volume resize` without `--assume-clean`, on the node where it ran): this node becomes
+    /// SyncSource of the new area, which both bitmaps mark out of sync.
+    ResizeResync,
     /// `volume new-current-uuid --clear-bitmap` on a new pair: skip the initial sync.
     ClearBitmap,
     /// The peer ran `new-current-uuid --clear-bitmap` and this node adopted its UUID
@@ -529,6 +533,7 @@ impl Event {
             Event::PeerStartedVerify => "peer-started-verify",
             Event::VerifyFinished => "verify-finished",
             Event::Invalidate => "invalidate",
+            Event::ResizeResync => "resize-resync",
             Event::ClearBitmap => "clear-bitmap",
             Event::PeerClearedBitmap => "peer-cleared-bitmap",
         }
@@ -804,6 +809,22 @@ pub enum StateError {
     /// Verify needs both disks UpToDate.
     #[error("refusing to verify {volume}: both disks must be UpToDate")]
     VerifyNeedsUpToDate {
+        /// The volume.
+        volume: String,
+    },
+    /// Resize needs both disks UpToDate and replication Established.
+    #[error(
+        "refusing to resize {volume}: both nodes must be connected with UpToDate disks and no resync or verify \
+         running"
+    )]
+    ResizeNeedsUpToDate {
+        /// The volume.
+        volume: String,
+    },
+    /// Resize runs on the Primary (or on either node when neither is): the Primary moves its metadata last and
+    /// only then serves the larger size.
+    #[error("refusing to resize {volume} here: the peer is Primary; run `twinsan volume resize` on the Primary")]
+    ResizeOnSecondary {
         /// The volume.
         volume: String,
     },
@@ -1484,6 +1505,14 @@ impl VolumeState {
                     full: true,
                 });
             }
+            Event::ResizeResync => {
+                self.check_resize(cfg, true)?;
+                self.peer.repl = ReplState::SyncSource;
+                fx.tail.push(Action::StartResync {
+                    source: Direction::Local,
+                    full: false,
+                });
+            }
             Event::ClearBitmap => {
                 let new_pair = self.disk == DiskState::Inconsistent
                     && self.role == Role::Secondary
@@ -1963,6 +1992,25 @@ impl VolumeState {
                 self.peer.repl = ReplState::SyncSource;
                 self.peer.disk = DiskState::Inconsistent;
             }
+        }
+        Ok(())
+    }
+
+    /// Whether `volume resize` may run now: connected, replication Established, both disks UpToDate; on the node
+    /// where the command runs (`initiator`), the peer is not Primary.
+    pub fn check_resize(&self, cfg: &Config, initiator: bool) -> Result<(), StateError> {
+        let volume = || cfg.volume.clone();
+        if self.peer.conn != ConnState::Connected {
+            return Err(StateError::NotConnected { volume: volume() });
+        }
+        if self.peer.repl != ReplState::Established
+            || self.disk != DiskState::UpToDate
+            || self.peer.disk != DiskState::UpToDate
+        {
+            return Err(StateError::ResizeNeedsUpToDate { volume: volume() });
+        }
+        if initiator && self.peer.role == Some(Role::Primary) {
+            return Err(StateError::ResizeOnSecondary { volume: volume() });
         }
         Ok(())
     }

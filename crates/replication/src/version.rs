@@ -9,7 +9,8 @@
 use std::fmt;
 
 /// The replication protocol versions this build speaks. 2: reservation state frames (the first release with a
-/// fixed version, commit b3ce254, speaks exactly 2); 3: `Sizes` on a live connection (online resize).
+/// fixed version, commit b3ce254, speaks exactly 2); 3: `ResizeRequest`/`ResizeReply` on a live connection
+/// (online resize).
 pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 2, max: 3 };
 
 /// A range of protocol versions, both ends included.
@@ -58,7 +59,7 @@ impl fmt::Display for VersionRange {
 pub enum Feature {
     /// `Message::Reservations` and its acknowledgement (version 2; every version this build speaks has it).
     ReservationState,
-    /// `Message::Sizes` on a live connection, to grow the volume online (version 3).
+    /// `Message::ResizeRequest`/`ResizeReply` on a live connection, to grow the volume online (version 3).
     OnlineResize,
 }
 

@@ -48,6 +48,8 @@
 //! | `0x0105` | [`OutdateAck`](Message::OutdateAck)  |     | —                                              |
 //! | `0x0109` | [`PromoteRequest`](Message::PromoteRequest) | | —                                         |
 //! | `0x010a` | [`PromoteReply`](Message::PromoteReply) |  | —                                              |
+//! | `0x010b` | [`ResizeRequest`](Message::ResizeRequest) | | size u64                                     |
+//! | `0x010c` | [`ResizeReply`](Message::ResizeReply) |    | size u64, refusal (UTF-8, empty: done)         |
 //! | `0x0106` | [`Ping`](Message::Ping)              | ✓   | —                                              |
 //! | `0x0107` | [`PingAck`](Message::PingAck)        | ✓   | —                                              |
 //! | `0x0108` | [`Disconnect`](Message::Disconnect)  |     | reason u16                                     |
@@ -77,7 +79,8 @@
 //!
 //! Flags: `Uuids` bit 0 consistent, 1 crashed primary, 2 discard my data, 3 skip initial sync;
 //! `Data` bit 0 FUA, 1 flush, 2–3 the ack asked for (0 protocol A, 1 B, 2 C; 3 is refused);
-//! `WriteZeroes` bits 2–3 the ack, 4 unmap; `VerifyResult` bit 0 in sync; `PromoteReply` bit 0 granted; `BitmapChunk` bit 0
+//! `WriteZeroes` bits 2–3 the ack, 4 unmap; `VerifyResult` bit 0 in sync; `PromoteReply` bit 0 granted;
+//! `ResizeRequest` bit 0 exact size (`--size`), 1 assume clean; `BitmapChunk` bit 0
 //! last chunk. A `Data`, `ResyncData` or `ReadReply` carries as many data bytes as its payload
 //! has after the fixed fields; a range must end within 64-bit offsets.
 //!
@@ -185,6 +188,10 @@ const FLAG_SKIP_INITIAL_SYNC: u16 = 1 << 3;
 const FLAG_IN_SYNC: u16 = 1 << 0;
 const FLAG_GRANTED: u16 = 1 << 0;
 const FLAG_LAST: u16 = 1 << 0;
+const FLAG_EXACT: u16 = 1 << 0;
+const FLAG_ASSUME_CLEAN: u16 = 1 << 1;
+/// Longest refusal text a [`Message::ResizeReply`] carries.
+pub const RESIZE_REFUSAL_MAX: usize = 1024;
 
 /// Why a byte stream from the peer was refused. Every one of these ends the connection: once a
 /// frame is wrong nothing after it can be trusted. The `Display` text is the message the admin
@@ -511,6 +518,25 @@ pub enum Message {
         /// The largest data payload, in bytes, the sender accepts in one message.
         max_request: u32,
     },
+    /// Online resize, sent on a live connection by the node where `volume resize` runs: grow to the smaller of
+    /// `size` and what the receiver can hold (exactly `size` if `exact`). Only to a peer that accepts it (a
+    /// protocol 2 peer refuses frames it does not know).
+    ResizeRequest {
+        /// The sender's usable data size, or the `--size` asked for.
+        size: u64,
+        /// `--size` was given: that size or nothing.
+        exact: bool,
+        /// `--assume-clean`: the new area is taken as equal on both nodes, not resynced.
+        assume_clean: bool,
+    },
+    /// The answer to [`Message::ResizeRequest`]: the receiver moved its metadata and now holds `size` bytes, or it
+    /// refused, for the reason given (the sender's size unchanged).
+    ResizeReply {
+        /// The agreed size (on a refusal: the replier's current size).
+        size: u64,
+        /// Why the replier refused; `None`: done.
+        refusal: Option<String>,
+    },
     /// The sender's current state (DRBD's `P_STATE`).
     State {
         /// The sender's role.
@@ -771,6 +797,8 @@ enum FrameType {
     OutdateAck = 0x0105,
     PromoteRequest = 0x0109,
     PromoteReply = 0x010a,
+    ResizeRequest = 0x010b,
+    ResizeReply = 0x010c,
     Ping = 0x0106,
     PingAck = 0x0107,
     Disconnect = 0x0108,
@@ -800,7 +828,7 @@ enum FrameType {
 }
 
 impl FrameType {
-    const ALL: [FrameType; 36] = [
+    const ALL: [FrameType; 38] = [
         Self::Hello,
         Self::AuthChallenge,
         Self::AuthResponse,
@@ -811,6 +839,8 @@ impl FrameType {
         Self::OutdateAck,
         Self::PromoteRequest,
         Self::PromoteReply,
+        Self::ResizeRequest,
+        Self::ResizeReply,
         Self::Ping,
         Self::PingAck,
         Self::Disconnect,
@@ -867,6 +897,14 @@ impl FrameType {
             T::OutdateAck => ("OutdateAck", 0, B::None, 0, false),
             T::PromoteRequest => ("PromoteRequest", 0, B::None, 0, false),
             T::PromoteReply => ("PromoteReply", 0, B::None, FLAG_GRANTED, false),
+            T::ResizeRequest => (
+                "ResizeRequest",
+                8,
+                B::None,
+                FLAG_EXACT | FLAG_ASSUME_CLEAN,
+                false,
+            ),
+            T::ResizeReply => ("ResizeReply", 8, B::Bytes, 0, false),
             T::Ping => ("Ping", 0, B::None, 0, true),
             T::PingAck => ("PingAck", 0, B::None, 0, true),
             T::Disconnect => ("Disconnect", 2, B::None, 0, false),
@@ -929,6 +967,7 @@ impl Message {
             | Message::ReadReply { data, .. }
             | Message::ResyncData { data, .. }
             | Message::Reservations { data, .. } => data.len(),
+            Message::ResizeReply { refusal, .. } => refusal_bytes(refusal).len(),
             Message::BitmapChunk { words, .. } => words.len() * 8,
             _ => 0,
         };
@@ -948,6 +987,8 @@ impl Message {
             Message::OutdateAck => T::OutdateAck,
             Message::PromoteRequest => T::PromoteRequest,
             Message::PromoteReply { .. } => T::PromoteReply,
+            Message::ResizeRequest { .. } => T::ResizeRequest,
+            Message::ResizeReply { .. } => T::ResizeReply,
             Message::Ping { .. } => T::Ping,
             Message::PingAck { .. } => T::PingAck,
             Message::Disconnect { .. } => T::Disconnect,
@@ -1010,6 +1051,14 @@ impl Message {
             } => (flag(unmap, FLAG_UNMAP) | protocol.bits(), seq),
             Message::VerifyResult { in_sync, .. } => (flag(in_sync, FLAG_IN_SYNC), 0),
             Message::PromoteReply { granted } => (flag(granted, FLAG_GRANTED), 0),
+            Message::ResizeRequest {
+                exact,
+                assume_clean,
+                ..
+            } => (
+                flag(exact, FLAG_EXACT) | flag(assume_clean, FLAG_ASSUME_CLEAN),
+                0,
+            ),
             Message::BitmapChunk { last, .. } => (flag(last, FLAG_LAST), 0),
             Message::Ping { seq }
             | Message::PingAck { seq }
@@ -1081,6 +1130,11 @@ impl Message {
                 out.extend_from_slice(&len.to_le_bytes());
             }
             Message::Barrier { epoch } => out.extend_from_slice(&epoch.to_le_bytes()),
+            Message::ResizeRequest { size, .. } => out.extend_from_slice(&size.to_le_bytes()),
+            Message::ResizeReply { size, refusal } => {
+                out.extend_from_slice(&size.to_le_bytes());
+                out.extend_from_slice(refusal_bytes(refusal));
+            }
             Message::BarrierAck { epoch, writes } => range(out, *epoch, *writes),
             Message::ReadRequest { offset, len, .. }
             | Message::ResyncRequest { offset, len }
@@ -1136,6 +1190,16 @@ impl Message {
     }
 }
 
+/// The refusal text as sent: at most [`RESIZE_REFUSAL_MAX`] bytes, cut at a character boundary.
+fn refusal_bytes(refusal: &Option<String>) -> &[u8] {
+    let Some(text) = refusal else { return &[] };
+    let mut end = text.len().min(RESIZE_REFUSAL_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text.as_bytes()[..end]
+}
+
 impl fmt::Display for Message {
     /// One line for the log: the name and the fields, never payload bytes, nonces or MACs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1175,6 +1239,14 @@ impl fmt::Display for Message {
                 " role={role:?} disk={disk:?} replication={replication:?}"
             ),
             Message::Disconnect { reason } => write!(f, " reason={reason:?}"),
+            Message::ResizeRequest {
+                size,
+                exact,
+                assume_clean,
+            } => write!(f, " size={size} exact={exact} assume_clean={assume_clean}"),
+            Message::ResizeReply { size, refusal } => {
+                write!(f, " size={size} refused={}", refusal.is_some())
+            }
             Message::Data {
                 seq,
                 offset,
@@ -1751,6 +1823,29 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
             }
         }
         T::Barrier => Message::Barrier { epoch: r.u64()? },
+        T::ResizeRequest => Message::ResizeRequest {
+            size: r.u64()?,
+            exact: flags & FLAG_EXACT != 0,
+            assume_clean: flags & FLAG_ASSUME_CLEAN != 0,
+        },
+        T::ResizeReply => {
+            let size = r.u64()?;
+            if tail.len() > RESIZE_REFUSAL_MAX {
+                return Err(malformed(
+                    name,
+                    format_args!(
+                        "a refusal of {} bytes, more than {RESIZE_REFUSAL_MAX}",
+                        tail.len()
+                    ),
+                ));
+            }
+            let refusal = match String::from_utf8(tail) {
+                Ok(text) if text.is_empty() => None,
+                Ok(text) => Some(text),
+                Err(_) => return Err(malformed(name, format_args!("the refusal is not UTF-8"))),
+            };
+            Message::ResizeReply { size, refusal }
+        }
         T::BarrierAck => Message::BarrierAck {
             epoch: r.u64()?,
             writes: r.u32()?,
@@ -2501,6 +2596,19 @@ mod tests {
                 data: b"reservation state".to_vec(),
             },
             Message::ReservationsAck { seq: 12 },
+            Message::ResizeRequest {
+                size: 1 << 30,
+                exact: true,
+                assume_clean: false,
+            },
+            Message::ResizeReply {
+                size: 1 << 30,
+                refusal: Some("shrinking is not supported".into()),
+            },
+            Message::ResizeReply {
+                size: 1 << 30,
+                refusal: None,
+            },
         ]
     }
 
@@ -3561,6 +3669,15 @@ mod tests {
             )
                 .prop_map(|(seq, data)| Message::Reservations { seq, data }),
             any::<u64>().prop_map(|seq| Message::ReservationsAck { seq }),
+            (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(size, exact, assume_clean)| {
+                Message::ResizeRequest {
+                    size,
+                    exact,
+                    assume_clean,
+                }
+            }),
+            (any::<u64>(), proptest::option::of("[a-z ]{1,40}"))
+                .prop_map(|(size, refusal)| Message::ResizeReply { size, refusal }),
             any::<u64>().prop_map(|seq| Message::ReadFailed { seq }),
             range().prop_map(|(offset, len)| Message::ResyncRequest { offset, len }),
             (any::<u64>(), bytes()).prop_map(|(offset, data)| Message::ResyncData {

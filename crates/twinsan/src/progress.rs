@@ -258,6 +258,7 @@ mod tests {
                 role: "Primary".into(),
                 disk: "UpToDate".into(),
                 split_brain: false,
+                size_kib: 65536,
                 suspended: false,
                 lease_hold: false,
                 peers: vec![peer],

@@ -76,6 +76,23 @@ pub enum VolumeCommand {
         #[arg(long)]
         clear_bitmap: bool,
     },
+    /// Grow VOLUME online after its backing file or device grew on both nodes (run it on the Primary): both
+    /// nodes take the smaller of their usable sizes, move their metadata to the new end, and the new area
+    /// resyncs; the LUN's capacity grows and initiators get CAPACITY DATA HAS CHANGED. Shrinking is refused.
+    #[command(
+        after_help = "Grow the backing files (e.g. `truncate -s +1G FILE`) or devices (`lvextend`) on both \
+                      nodes first; `volume status --json` shows the size as size_kib."
+    )]
+    Resize {
+        volume: String,
+        /// Grow to exactly this size (K, M, G, T suffixes; a multiple of 4 KiB), refused if a node cannot hold
+        /// it or if it is smaller than the volume.
+        #[arg(long, value_parser = crate::size::parse_size)]
+        size: Option<u64>,
+        /// Take the new area as identical on both nodes (e.g. both grown with zeros) and skip its resync.
+        #[arg(long)]
+        assume_clean: bool,
+    },
 }
 
 impl VolumeCommand {
@@ -125,6 +142,18 @@ impl VolumeCommand {
                     clear_bitmap: *clear_bitmap,
                 },
                 None,
+            ),
+            VolumeCommand::Resize {
+                volume,
+                size,
+                assume_clean,
+            } => (
+                Request::Resize {
+                    volume: v(volume),
+                    size_bytes: *size,
+                    assume_clean: *assume_clean,
+                },
+                (!assume_clean).then_some(Follow::Started),
             ),
             VolumeCommand::CreateMd { .. }
             | VolumeCommand::Status { .. }
@@ -202,7 +231,8 @@ fn request_volume(request: &Request) -> &str {
         | Request::Disconnect { volume }
         | Request::Verify { volume }
         | Request::Invalidate { volume }
-        | Request::NewCurrentUuid { volume, .. } => volume,
+        | Request::NewCurrentUuid { volume, .. }
+        | Request::Resize { volume, .. } => volume,
         Request::Status { volume } | Request::Events { volume } => volume.as_deref().unwrap_or(""),
         _ => "",
     }
@@ -465,6 +495,7 @@ mod tests {
             role: role.into(),
             disk: "UpToDate".into(),
             split_brain: false,
+            size_kib: 65536,
             suspended: false,
             lease_hold: false,
             peers: vec![peer],

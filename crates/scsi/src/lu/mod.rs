@@ -18,6 +18,7 @@ use crate::sense::Sense;
 use crate::BlockDevice;
 use range::{Access, RangeLocks};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Logical block size in bytes.
@@ -197,6 +198,9 @@ pub struct LogicalUnit {
     mode: Mutex<mode::ModeState>,
     ranges: Arc<RangeLocks>,
     reservations: pr::Reservations,
+    /// The device size in bytes the nexuses were last told about: when [`BlockDevice::size_bytes`] differs (an
+    /// online resize), every nexus gets CAPACITY DATA HAS CHANGED once.
+    capacity_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -215,6 +219,7 @@ impl LogicalUnit {
         Self {
             thin: dev.supports_unmap(),
             reservations: pr::Reservations::new(dev.as_ref()),
+            capacity_seen: AtomicU64::new(dev.size_bytes()),
             dev,
             identity,
             read_only,
@@ -467,8 +472,20 @@ impl LogicalUnit {
         self.nexuses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues CAPACITY DATA HAS CHANGED (2Ah/09h) for every nexus if the device's size changed since the last
+    /// look: the swap lets exactly one command see each change.
+    fn note_capacity_change(&self) {
+        let now = self.dev.size_bytes();
+        if self.capacity_seen.load(Ordering::SeqCst) != now
+            && self.capacity_seen.swap(now, Ordering::SeqCst) != now
+        {
+            self.queue_unit_attention(Sense::capacity_changed(), None);
+        }
+    }
+
     /// Pops the oldest pending unit attention of `nexus`, registering the nexus if it is new.
     fn take_unit_attention(&self, nexus: &Nexus) -> Option<Sense> {
+        self.note_capacity_change();
         self.lock()
             .entry(nexus.id)
             .or_insert_with(|| NexusState::of(nexus))

@@ -3094,3 +3094,55 @@ proptest! {
         prop_assert_eq!(decode_lun(encode_lun(lun)), lun);
     }
 }
+
+// ---- capacity changes (online resize) ---------------------------------------------------------------------------
+
+/// A device whose size the test changes, as an online resize does.
+struct GrowingDevice(std::sync::atomic::AtomicU64);
+
+impl BlockDevice for GrowingDevice {
+    fn size_bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn read_at(&self, buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64, _fua: bool) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_grown_device_shows_its_new_capacity_and_every_nexus_gets_capacity_changed_once() {
+    let dev = Arc::new(GrowingDevice(std::sync::atomic::AtomicU64::new(1 << 20)));
+    let lu = LogicalUnit::new(dev.clone(), identity(), false);
+    let (a, b) = (nexus(1), nexus(2));
+    let run = |nexus: &Nexus, cdb: &[u8]| {
+        lu.execute(&Request {
+            nexus,
+            cdb,
+            data_out: &[],
+            luns: &[0],
+        })
+    };
+    let tur = [TEST_UNIT_READY, 0, 0, 0, 0, 0];
+    let read_capacity_10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    for n in [&a, &b] {
+        assert_eq!(run(n, &tur).status, TaskStatus::Good);
+    }
+    dev.0.store(3 << 20, std::sync::atomic::Ordering::SeqCst);
+    for n in [&a, &b] {
+        assert_sense(&run(n, &tur), SenseKey::UnitAttention, 0x2A, 0x09);
+        // Once per nexus.
+        assert_eq!(run(n, &tur).status, TaskStatus::Good);
+        let data = run(n, &read_capacity_10).data_in;
+        assert_eq!(
+            u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
+            (3 << 20) / 512 - 1
+        );
+    }
+}
