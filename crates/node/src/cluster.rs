@@ -71,13 +71,17 @@ pub enum ClusterError {
     Config(String),
 }
 
-/// The resources of one volume's stack as this node runs them.
+/// The resources of one target's stack as this node runs them, named after its first volume.
 struct Stack {
     volume: String,
+    /// Every volume of the stack (the volumes behind its LUNs), `volume` first: promoted together, in this order.
+    volumes: Vec<String>,
     vip_name: String,
     target_name: String,
     /// LUN resource name and number.
     luns: Vec<(String, u64)>,
+    /// The volume behind each LUN number.
+    lun_volume: BTreeMap<u64, String>,
     target: TargetSection,
     vip: Vip,
 }
@@ -297,7 +301,9 @@ impl ClusterManager {
                     },
                 );
             };
-            add(&s.volume, ResourceKind::Volume);
+            for v in &s.volumes {
+                add(v, ResourceKind::Volume);
+            }
             add(&s.vip_name, ResourceKind::Vip);
             add(&s.target_name, ResourceKind::Target);
             for (name, _) in &s.luns {
@@ -454,7 +460,8 @@ impl ClusterManager {
     }
 }
 
-/// The stacks of `config`: one per volume that a target serves.
+/// The stacks of `config`: one per target, named after the volume of its first LUN, with every volume its LUNs
+/// are of.
 fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
     let mut out = Vec::new();
     for t in &config.targets {
@@ -462,6 +469,12 @@ fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
             continue;
         };
         let volume = first.volume.clone();
+        let mut volumes: Vec<String> = Vec::new();
+        for l in &t.lun {
+            if !volumes.contains(&l.volume) {
+                volumes.push(l.volume.clone());
+            }
+        }
         let prefix = t
             .vip_prefix
             .unwrap_or(if t.vip.is_ipv4() { 24 } else { 64 });
@@ -479,6 +492,8 @@ fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
                 .iter()
                 .map(|l| (format!("{volume}-lun{}", l.lun), l.lun))
                 .collect(),
+            lun_volume: t.lun.iter().map(|l| (l.lun, l.volume.clone())).collect(),
+            volumes,
             volume,
             target: t.clone(),
             vip,
@@ -1280,7 +1295,7 @@ impl Shared {
             return actions;
         }
         cut_from(actions, |a| {
-            matches!(a, Action::Promote { .. }) && held.contains(a.volume())
+            matches!(a, Action::Promote { .. }) && held.contains(a.resource())
         })
     }
 
@@ -1397,12 +1412,25 @@ impl Shared {
             .iter()
             .map(|s| VolumeStack {
                 name: s.volume.clone(),
+                volumes: s.volumes[1..].to_vec(),
+                lun_volumes: s
+                    .luns
+                    .iter()
+                    .filter_map(|(name, lun)| {
+                        let v = s.lun_volume.get(lun)?;
+                        (*v != s.volume).then(|| (name.clone(), v.clone()))
+                    })
+                    .collect(),
                 vip: s.vip_name.clone(),
                 target: s.target_name.clone(),
                 luns: s.luns.iter().map(|(n, _)| n.clone()).collect(),
-                fencing: match self.config.volume(&s.volume).map(|v| v.fencing()) {
-                    Some(FencingPolicy::ResourceOnly) => Fencing::ResourceOnly,
-                    _ => Fencing::DontCare,
+                // Resource-only for the stack only if every volume has it.
+                fencing: if s.volumes.iter().all(|v| {
+                    self.config.volume(v).map(|v| v.fencing()) == Some(FencingPolicy::ResourceOnly)
+                }) {
+                    Fencing::ResourceOnly
+                } else {
+                    Fencing::DontCare
                 },
             })
             .collect();
@@ -1445,14 +1473,14 @@ impl Shared {
         });
         let mut vols = Vec::new();
         let mut resources = Vec::new();
-        for s in &self.stacks {
-            let Some(v) = self.volumes.get(&s.volume) else {
+        for name in self.stacks.iter().flat_map(|s| &s.volumes) {
+            let Some(v) = self.volumes.get(name) else {
                 continue;
             };
             let status = v.status();
             let connected = status.connection == ConnState::Connected;
             vols.push(VolumeStatus {
-                volume: s.volume.clone(),
+                volume: name.clone(),
                 node: self.me.name.clone(),
                 disk: disk_state(status.disk),
                 role: match status.role {
@@ -1462,21 +1490,21 @@ impl Shared {
                 connected,
                 fenced: settings
                     .fenced
-                    .contains(&(s.volume.clone(), self.me.name.clone())),
+                    .contains(&(name.clone(), self.me.name.clone())),
                 generations: generations_to_vec(&status.generations),
                 primary_since_s: st
                     .primary_since
-                    .get(&s.volume)
+                    .get(name)
                     .map(|t| now_s.saturating_sub(t.elapsed().as_secs())),
             });
             let peer_fenced = settings
                 .fenced
-                .contains(&(s.volume.clone(), self.peer.name.clone()));
+                .contains(&(name.clone(), self.peer.name.clone()));
             let reported = st
                 .peer_report
                 .as_ref()
                 .filter(|_| peer_online)
-                .and_then(|r| r.volumes.iter().find(|x| x.volume == s.volume));
+                .and_then(|r| r.volumes.iter().find(|x| x.volume == *name));
             let from_report = reported.map(|x| {
                 (
                     disk_by_name(&x.disk),
@@ -1503,7 +1531,7 @@ impl Shared {
             };
             if let Some((disk, role, connected)) = peer_entry {
                 vols.push(VolumeStatus {
-                    volume: s.volume.clone(),
+                    volume: name.clone(),
                     node: self.peer.name.clone(),
                     disk,
                     role,
@@ -1674,7 +1702,7 @@ impl Shared {
             }
             Action::Demote { volume, .. } => {
                 // Nothing of the stack may run above a Secondary.
-                self.stop_server(volume);
+                self.stop_server(&stack.volume);
                 volume_of(volume)?.admin(AdminCommand::Secondary)?;
             }
             Action::Start { kind, resource, .. } | Action::Stop { kind, resource, .. } => {
@@ -1778,16 +1806,17 @@ impl Shared {
         if !target_on {
             return Ok(());
         }
-        // The stack's volume is behind each of its LUN numbers (config validation allows one).
-        let map = match self.luns.get(&stack.volume) {
-            Some(lu) => {
-                // This node serves the volume from now on: the reservations the peer kept current through
-                // replication are the truth, not what this logical unit remembers from an earlier turn.
-                lu.reload_reservations();
-                luns.iter().map(|l| (*l, lu.clone())).collect()
-            }
-            None => BTreeMap::new(),
-        };
+        // Each LUN number serves its own volume's logical unit.
+        let mut map = BTreeMap::new();
+        for l in &luns {
+            let Some(lu) = stack.lun_volume.get(l).and_then(|v| self.luns.get(v)) else {
+                continue;
+            };
+            // This node serves the volume from now on: the reservations the peer kept current through
+            // replication are the truth, not what this logical unit remembers from an earlier turn.
+            lu.reload_reservations();
+            map.insert(*l, lu.clone());
+        }
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
         let config = stack.target.server_config(map, &self.chap);
         let server = self
@@ -1844,8 +1873,14 @@ impl Shared {
                     (!alive).then(|| "the iSCSI server is not running".to_string())
                 }
                 ResourceKind::Lun => {
-                    let primary = self.volumes.get(&volume).is_some_and(|v| v.is_primary());
-                    (!primary).then(|| format!("volume {volume} is not Primary here"))
+                    let of = stack
+                        .luns
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .and_then(|(_, l)| stack.lun_volume.get(l))
+                        .unwrap_or(&stack.volume);
+                    let primary = self.volumes.get(of).is_some_and(|v| v.is_primary());
+                    (!primary).then(|| format!("volume {of} is not Primary here"))
                 }
                 ResourceKind::Volume => None,
             };
@@ -2037,7 +2072,7 @@ impl Shared {
     fn all_resources(&self) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.stacks {
-            out.push(s.volume.clone());
+            out.extend(s.volumes.iter().cloned());
             out.push(s.vip_name.clone());
             out.push(s.target_name.clone());
             out.extend(s.luns.iter().map(|(n, _)| n.clone()));
@@ -2062,7 +2097,7 @@ impl Shared {
         self.stacks
             .iter()
             .find(|s| {
-                s.volume == resource
+                s.volumes.iter().any(|v| v == resource)
                     || s.vip_name == resource
                     || s.target_name == resource
                     || s.luns.iter().any(|(n, _)| n == resource)
@@ -2105,19 +2140,21 @@ impl Shared {
             .collect();
         let mut resources = Vec::new();
         for s in &self.stacks {
+            let mut vols = Vec::new();
+            for name in &s.volumes {
             let mut vol = api::ResourceStatus {
-                name: s.volume.clone(),
+                name: name.clone(),
                 kind: "volume".into(),
                 agent: "twinsan:volume".into(),
                 volume: s.volume.clone(),
-                detail: format!("replicated volume {}", s.volume),
+                detail: format!("replicated volume {name}"),
                 started: vec![],
                 failed: vec![],
                 promoted: vec![],
                 unpromoted: vec![],
                 last_error: None,
             };
-            for e in input.state.volumes.iter().filter(|e| e.volume == s.volume) {
+            for e in input.state.volumes.iter().filter(|e| e.volume == *name) {
                 if !view_online(&e.node) {
                     continue;
                 }
@@ -2126,6 +2163,8 @@ impl Shared {
                     Role::Primary => vol.promoted.push(e.node.clone()),
                     _ => vol.unpromoted.push(e.node.clone()),
                 }
+            }
+            vols.push(vol);
             }
             let res_of = |name: &str, kind: &str, agent: &str, detail: String| {
                 let mut r = api::ResourceStatus {
@@ -2150,7 +2189,7 @@ impl Shared {
                 r
             };
             let portal = SocketAddr::new(s.target.vip, s.target.port);
-            resources.push(vol);
+            resources.extend(vols);
             resources.push(res_of(
                 &s.vip_name,
                 "vip",
