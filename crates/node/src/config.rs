@@ -51,6 +51,7 @@ use twinsan_replication::state::FencingPolicy;
 use twinsan_replication::wire::ReplicationProtocol;
 
 mod chap;
+pub mod reload;
 
 pub use chap::{TargetChap, MAX_CHAP_LEN, MIN_CHAP_SECRET_LEN};
 
@@ -1373,7 +1374,7 @@ mod tests {
 
     /// A valid config with everything the checks look at: two volumes (one with external metadata on node2), two
     /// targets (an iqn and an eui name).
-    const VALID: &str = r#"
+    pub(super) const VALID: &str = r#"
 [cluster]
 name = "test"
 secret = "5f3c9a1e7b2d4068a9e1c3b5d7f90246"
