@@ -181,6 +181,8 @@ struct Shared {
     epoch: Instant,
     /// The iSCSI servers this node runs, by volume.
     servers: Mutex<BTreeMap<String, RunningServer>>,
+    /// The hash of the running config, in every report.
+    config_hash: String,
 }
 
 struct RunningServer {
@@ -364,6 +366,7 @@ impl ClusterManager {
             settings_file,
             epoch: Instant::now(),
             servers: Mutex::new(BTreeMap::new()),
+            config_hash: crate::config::reload::config_hash(&config),
             config,
         });
         for volume in shared.volumes.values() {
@@ -1007,6 +1010,7 @@ impl Shared {
                 volumes: granted,
             };
             Report {
+                config_hash: Some(self.config_hash.clone()),
                 stopped: st.left,
                 leaving: st.leaving,
                 volumes: self
@@ -2237,7 +2241,21 @@ impl Shared {
                 )
             }
         };
+        let config_warning = st
+            .peer_report
+            .as_ref()
+            .filter(|_| view_online(&self.peer.name))
+            .and_then(|r| r.config_hash.as_ref())
+            .filter(|theirs| **theirs != self.config_hash)
+            .map(|theirs| {
+                format!(
+                    "the nodes run different configs ({} has {}, {} has {theirs}): edit the file on both nodes \
+                     and run `twinsan node reload` on each",
+                    self.me.name, self.config_hash, self.peer.name
+                )
+            });
         api::ClusterStatus {
+            config_warning,
             cluster: self.config.cluster.name.clone(),
             node: self.me.name.clone(),
             managed: true,

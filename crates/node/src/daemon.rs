@@ -257,6 +257,34 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
                 }
             })
         });
+        // SIGHUP: reload the config, as `twinsan node reload` does; the outcome goes to the log.
+        let reloader = {
+            let node = node.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hup = match signal(SignalKind::hangup()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("cannot watch SIGHUP (config reload): {e}");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = hup.recv() => {
+                            let node = node.clone();
+                            match tokio::task::spawn_blocking(move || node.reload()).await {
+                                Ok(Ok(message)) => info!("SIGHUP: {message}"),
+                                Ok(Err(message)) => warn!("SIGHUP: {message}"),
+                                Err(e) => error!("SIGHUP: the reload did not finish: {e}"),
+                            }
+                        }
+                    }
+                }
+            })
+        };
         wait_for_signal().await;
         info!("stopping");
         if let Some(cluster) = &node.cluster {
@@ -265,6 +293,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             let _ = tokio::task::spawn_blocking(move || cluster.shutdown(DRAIN_AT_STOP)).await;
         }
         let _ = stop_tx.send(true);
+        let _ = reloader.await;
         if let Some(reconciler) = reconciler {
             let _ = reconciler.await;
         }
@@ -302,6 +331,37 @@ async fn wait_for_signal() {
 }
 
 impl Node {
+    /// Re-reads the config file this node was started with and checks it against the running one
+    /// (`config::reload::plan`). A file that does not parse or validate, whose CHAP secret files are unusable, or
+    /// that changes what cannot change live is refused as a whole, with the field named; the running config is
+    /// untouched either way.
+    ///
+    /// Applying a non-empty plan live (volumes attached or taken down, LUNs added to or removed from the running
+    /// target) is not built yet: such a plan is refused too, listing its changes.
+    fn reload(&self) -> Result<String, String> {
+        let path = &self.config.source;
+        let refused = |why: String| format!("reload refused: {why}; the running config is unchanged");
+        let new = ClusterConfig::load(path).map_err(|e| refused(e.to_string()))?;
+        new.load_chap().map_err(|e| refused(e.to_string()))?;
+        let plan = crate::config::reload::plan(&self.config, &new)
+            .map_err(|e| format!("reload refused: {} {e}", path.display()))?;
+        if plan.changes.is_empty() {
+            info!(config = %path.display(), "reload: the config is unchanged");
+            return Ok(format!(
+                "{}: unchanged (config hash {}): nothing to apply",
+                path.display(),
+                crate::config::reload::config_hash(&new)
+            ));
+        }
+        let changes: Vec<String> = plan.changes.iter().map(|c| c.to_string()).collect();
+        warn!(changes = ?changes, "reload: these changes cannot be applied live by this build");
+        Err(refused(format!(
+            "{}: applying these changes live is not supported by this build yet: {}",
+            path.display(),
+            changes.join("; ")
+        )))
+    }
+
     fn lock_targets(&self) -> std::sync::MutexGuard<'_, Targets> {
         self.targets.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -439,6 +499,7 @@ impl Node {
     /// `twinsan status` in manual mode: the nodes as configured, the volumes as this node sees them.
     fn manual_status(&self) -> api::ClusterStatus {
         api::ClusterStatus {
+            config_warning: None,
             cluster: self.config.cluster.name.clone(),
             node: self.me.name.clone(),
             managed: false,
@@ -495,6 +556,12 @@ impl AdminService for Node {
                 volume,
                 clear_bitmap,
             } => self.command(&volume, AdminCommand::NewCurrentUuid { clear_bitmap }),
+            Request::Reload => match self.reload() {
+                Ok(message) => Response::Ok {
+                    message: Some(message),
+                },
+                Err(message) => Response::Error { message },
+            },
             Request::Events { .. } => Response::Error {
                 message: "events are streamed, not answered".into(),
             },
