@@ -158,6 +158,8 @@ struct State {
 }
 
 struct Shared {
+    /// Where a volume's fence requests go (the net thread).
+    fence_tx: Mutex<Sender<NetEvent>>,
     config: ClusterConfig,
     me: NodeConfig,
     peer: NodeConfig,
@@ -166,9 +168,9 @@ struct Shared {
     /// The CHAP policies the targets are served with.
     chap: TargetChap,
     incarnation: u64,
-    volumes: BTreeMap<String, Arc<Volume>>,
-    luns: HashMap<String, Arc<LogicalUnit>>,
-    stacks: Vec<Stack>,
+    /// The volumes, logical units and stacks this node runs: replaced as a whole by a config reload, read as a
+    /// snapshot (`volumes()`, `luns()`, `stacks()`).
+    running: Mutex<Live>,
     lease: LeaseConfig,
     runtime: tokio::runtime::Handle,
     sockets: Vec<UdpSocket>,
@@ -183,6 +185,14 @@ struct Shared {
     servers: Mutex<BTreeMap<String, RunningServer>>,
     /// The hash of the running config, in every report.
     config_hash: String,
+}
+
+/// What a config reload changes: a snapshot is taken under the lock and used without it.
+#[derive(Clone)]
+struct Live {
+    volumes: Arc<BTreeMap<String, Arc<Volume>>>,
+    luns: Arc<HashMap<String, Arc<LogicalUnit>>>,
+    stacks: Arc<Vec<Arc<Stack>>>,
 }
 
 struct RunningServer {
@@ -322,15 +332,18 @@ impl ClusterManager {
         }
         let (net_tx, net_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
+            fence_tx: Mutex::new(net_tx.clone()),
             me: me.clone(),
             peer,
             cluster_id,
             secret,
             chap,
             incarnation,
-            volumes,
-            luns,
-            stacks,
+            running: Mutex::new(Live {
+                volumes: Arc::new(volumes),
+                luns: Arc::new(luns),
+                stacks: Arc::new(stacks.into_iter().map(Arc::new).collect()),
+            }),
             lease,
             runtime,
             sockets,
@@ -369,19 +382,8 @@ impl ClusterManager {
             config_hash: crate::config::reload::config_hash(&config),
             config,
         });
-        for volume in shared.volumes.values() {
-            // Under the cluster manager a Primary completes I/O alone only under a lease; none yet.
-            volume.set_lease(shared.epoch);
-            let tx = Mutex::new(net_tx.clone());
-            volume.set_fencer(Arc::new(move |name: &str, generations| {
-                let _ = tx
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(NetEvent::Fence {
-                        volume: name.to_string(),
-                        generations,
-                    });
-            }));
+        for volume in shared.volumes().values() {
+            shared.manage(volume);
         }
         let manager = Arc::new(ClusterManager {
             shared: shared.clone(),
@@ -576,6 +578,49 @@ fn generations_from_vec(v: &[u64]) -> Option<GenerationIds> {
 }
 
 impl Shared {
+    fn running(&self) -> Live {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The volumes now.
+    fn volumes(&self) -> Arc<BTreeMap<String, Arc<Volume>>> {
+        self.running().volumes
+    }
+
+    /// The logical units now, by volume.
+    fn luns(&self) -> Arc<HashMap<String, Arc<LogicalUnit>>> {
+        self.running().luns
+    }
+
+    /// The stacks now.
+    fn stacks(&self) -> Arc<Vec<Arc<Stack>>> {
+        self.running().stacks
+    }
+
+    /// Puts a volume under the cluster manager: no lease yet (a Primary completes I/O alone only under one), and
+    /// its fence requests go to the peer through the net thread.
+    fn manage(&self, volume: &Arc<Volume>) {
+        volume.set_lease(self.epoch);
+        let tx = Mutex::new(
+            self.fence_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
+        volume.set_fencer(Arc::new(move |name: &str, generations| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(NetEvent::Fence {
+                    volume: name.to_string(),
+                    generations,
+                });
+        }));
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -707,7 +752,7 @@ impl Shared {
                 None => Some(now + self.lease.lease),
             }
         };
-        for (name, v) in &self.volumes {
+        for (name, v) in self.volumes().iter() {
             // A peer of the release before leases grants nothing and does not wait: run as that release did
             // while it is Online and not Primary of the volume.
             let legacy = st.peer_without_leases
@@ -877,7 +922,7 @@ impl Shared {
                 };
                 st.fences.remove(pos);
                 drop(st);
-                let Some(v) = self.volumes.get(&volume) else {
+                let Some(v) = self.volumes().get(&volume).cloned() else {
                     return;
                 };
                 match outcome {
@@ -896,7 +941,7 @@ impl Shared {
 
     /// The peer asks us to mark our copy Outdated.
     fn on_fence_request(&self, id: u64, volume: &str, generations: &[u64]) {
-        let Some(v) = self.volumes.get(volume) else {
+        let Some(v) = self.volumes().get(volume).cloned() else {
             return;
         };
         let outcome = match generations_from_vec(generations) {
@@ -936,7 +981,7 @@ impl Shared {
                 return;
             }
             let peer_online = self.peer_online(&st);
-            let volumes = &self.volumes;
+            let volumes = self.volumes();
             st.fences.retain(|f| {
                 volumes
                     .get(&f.volume)
@@ -979,7 +1024,7 @@ impl Shared {
             warn!(volume = %volume, peer = %self.peer.name,
                 "the peer is out of reach on every cluster link: assumed down and marked Outdated in the cluster \
                  settings (it is not promoted before it resyncs); writes resume");
-            if let Some(v) = self.volumes.get(&volume) {
+            if let Some(v) = self.volumes().get(&volume) {
                 v.fence_result(true);
             }
         }
@@ -993,7 +1038,7 @@ impl Shared {
             // while this node sees it (see `twinsan_cluster::lease`).
             let granted: Vec<String> = match st.peer_stamp {
                 Some(_) if self.peer_online(&st) => self
-                    .volumes
+                    .volumes()
                     .iter()
                     .filter(|(name, v)| !v.is_primary() && !st.taking_over.contains(*name))
                     .map(|(name, _)| name.clone())
@@ -1014,7 +1059,7 @@ impl Shared {
                 stopped: st.left,
                 leaving: st.leaving,
                 volumes: self
-                    .volumes
+                    .volumes()
                     .iter()
                     .map(|(name, v)| {
                         let s = v.status();
@@ -1129,7 +1174,7 @@ impl Shared {
                 // At least four ping intervals: a live replication link is heard from more often than that.
                 let silence = Duration::from_millis(self.config.cluster.detection_timeout_ms)
                     .max(twinsan_replication::engine::PING_INTERVAL * 4);
-                for v in self.volumes.values() {
+                for v in self.volumes().values() {
                     if v.status().connection == ConnState::Connected {
                         v.peer_silent(silence);
                     }
@@ -1220,13 +1265,13 @@ impl Shared {
         !st.resources
             .values()
             .any(|r| r.status != RunStatus::Stopped && r.kind != ResourceKind::Volume)
-            && !self.volumes.values().any(|v| v.is_primary())
+            && !self.volumes().values().any(|v| v.is_primary())
     }
 
     /// Early loss detection (membership rule 8) on a replication link closed by the peer's side.
     fn early_loss(&self) {
         let recent = self
-            .volumes
+            .volumes()
             .values()
             .filter_map(|v| v.peer_closed_ago())
             .any(|ago| ago < Duration::from_secs(5));
@@ -1269,7 +1314,7 @@ impl Shared {
                 continue;
             };
             let connected = self
-                .volumes
+                .volumes()
                 .get(volume)
                 .is_some_and(|v| v.status().connection == ConnState::Connected);
             if connected {
@@ -1305,11 +1350,11 @@ impl Shared {
 
     /// Keeps when each volume became Primary here (reported, so two Primaries that meet keep the later one).
     fn track_roles(&self) {
-        let primaries: BTreeSet<&String> = self
-            .volumes
+        let primaries: BTreeSet<String> = self
+            .volumes()
             .iter()
             .filter(|(_, v)| v.is_primary())
-            .map(|(name, _)| name)
+            .map(|(name, _)| name.clone())
             .collect();
         let mut st = self.lock();
         st.primary_since.retain(|name, _| primaries.contains(name));
@@ -1328,7 +1373,7 @@ impl Shared {
             let st = self.lock();
             let online = self.peer_online(&st);
             let ours: BTreeSet<String> = self
-                .stacks
+                .stacks()
                 .iter()
                 .filter(|s| {
                     st.resources
@@ -1338,7 +1383,7 @@ impl Shared {
                 .map(|s| s.vip_name.clone())
                 .collect();
             let theirs: BTreeMap<String, bool> = self
-                .stacks
+                .stacks()
                 .iter()
                 .map(|s| {
                     let running = st.peer_report.as_ref().is_some_and(|r| {
@@ -1353,7 +1398,7 @@ impl Shared {
         };
         let came_back = online && !*peer_was_online;
         *peer_was_online = online;
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             let released = peer_vips.get(&s.vip_name).copied().unwrap_or(false)
                 && !theirs.get(&s.vip_name).copied().unwrap_or(false);
             if ours.contains(&s.vip_name) && (came_back || released) && !s.vip.is_loopback() {
@@ -1376,7 +1421,7 @@ impl Shared {
     /// The leading actions of each volume's list that are this node's.
     fn my_share(&self, actions: &[Action]) -> Vec<Action> {
         let mut mine = Vec::new();
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             for a in actions.iter().filter(|a| a.volume() == s.volume) {
                 if a.node() != self.me.name {
                     break;
@@ -1412,7 +1457,7 @@ impl Shared {
             witness: self.witness.is_some(),
         };
         let volumes = self
-            .stacks
+            .stacks()
             .iter()
             .map(|s| VolumeStack {
                 name: s.volume.clone(),
@@ -1477,8 +1522,8 @@ impl Shared {
         });
         let mut vols = Vec::new();
         let mut resources = Vec::new();
-        for name in self.stacks.iter().flat_map(|s| &s.volumes) {
-            let Some(v) = self.volumes.get(name) else {
+        for name in self.stacks().iter().flat_map(|s| &s.volumes) {
+            let Some(v) = self.volumes().get(name).cloned() else {
                 continue;
             };
             let status = v.status();
@@ -1653,7 +1698,7 @@ impl Shared {
                 // volume arbitrated, nothing failed; the next schedule sees the peer's role.
                 let raced = matches!(action, Action::Promote { .. })
                     && self
-                        .volumes
+                        .volumes()
                         .get(action.volume())
                         .is_some_and(|v| v.status().connection == ConnState::Connected);
                 if raced {
@@ -1690,15 +1735,16 @@ impl Shared {
 
     fn run_action(&self, action: &Action, next: Option<&Action>) -> Result<(), String> {
         let volume_of = |name: &str| {
-            self.volumes
+            self.volumes()
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("no volume {name} on this node"))
         };
         let stack = self
-            .stacks
+            .stacks()
             .iter()
             .find(|s| s.volume == action.volume())
+            .cloned()
             .ok_or_else(|| format!("no stack for volume {}", action.volume()))?;
         match action {
             Action::Promote { volume, .. } => {
@@ -1739,7 +1785,7 @@ impl Shared {
                                 )
                         });
                         if !more {
-                            if let Err(why) = self.apply_server(stack) {
+                            if let Err(why) = self.apply_server(&stack) {
                                 self.set_status(&stack.target_name, false);
                                 return Err(why);
                             }
@@ -1813,7 +1859,7 @@ impl Shared {
         // Each LUN number serves its own volume's logical unit.
         let mut map = BTreeMap::new();
         for l in &luns {
-            let Some(lu) = stack.lun_volume.get(l).and_then(|v| self.luns.get(v)) else {
+            let Some(lu) = stack.lun_volume.get(l).and_then(|v| self.luns().get(v).cloned()) else {
                 continue;
             };
             // This node serves the volume from now on: the reservations the peer kept current through
@@ -1860,7 +1906,7 @@ impl Shared {
             .map(|(n, r)| (n.clone(), r.kind, r.volume.clone()))
             .collect();
         for (name, kind, volume) in started {
-            let Some(stack) = self.stacks.iter().find(|s| s.volume == volume) else {
+            let Some(stack) = self.stacks().iter().find(|s| s.volume == volume).cloned() else {
                 continue;
             };
             let failure = match kind {
@@ -1883,7 +1929,7 @@ impl Shared {
                         .find(|(n, _)| *n == name)
                         .and_then(|(_, l)| stack.lun_volume.get(l))
                         .unwrap_or(&stack.volume);
-                    let primary = self.volumes.get(of).is_some_and(|v| v.is_primary());
+                    let primary = self.volumes().get(of).is_some_and(|v| v.is_primary());
                     (!primary).then(|| format!("volume {of} is not Primary here"))
                 }
                 ResourceKind::Volume => None,
@@ -1907,7 +1953,7 @@ impl Shared {
             .fenced
             .iter()
             .filter(|(volume, _)| {
-                self.volumes.get(volume).is_some_and(|v| {
+                self.volumes().get(volume).is_some_and(|v| {
                     let s = v.status();
                     s.connection == ConnState::Connected
                         && s.disk == VolumeDisk::UpToDate
@@ -1929,7 +1975,7 @@ impl Shared {
 
     /// At daemon stop: the stacks stopped from the top, volumes demoted.
     fn stop_everything(&self) {
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             self.stop_server(&s.volume);
             let vip_on = self
                 .lock()
@@ -2075,7 +2121,7 @@ impl Shared {
 
     fn all_resources(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             out.extend(s.volumes.iter().cloned());
             out.push(s.vip_name.clone());
             out.push(s.target_name.clone());
@@ -2098,7 +2144,7 @@ impl Shared {
 
     /// The volume whose stack `resource` belongs to.
     fn stack_of(&self, resource: &str) -> Option<String> {
-        self.stacks
+        self.stacks()
             .iter()
             .find(|s| {
                 s.volumes.iter().any(|v| v == resource)
@@ -2143,7 +2189,7 @@ impl Shared {
             })
             .collect();
         let mut resources = Vec::new();
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             let mut vols = Vec::new();
             for name in &s.volumes {
             let mut vol = api::ResourceStatus {
@@ -2295,7 +2341,7 @@ impl Shared {
                 )
                 .collect(),
             notes: st.notes.clone(),
-            volumes: self.volumes.values().map(|v| v.api_status()).collect(),
+            volumes: self.volumes().values().map(|v| v.api_status()).collect(),
             properties: self.properties(),
         }
     }
