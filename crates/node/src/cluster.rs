@@ -82,6 +82,8 @@ struct Stack {
     luns: Vec<(String, u64)>,
     /// The volume behind each LUN number.
     lun_volume: BTreeMap<u64, String>,
+    /// Resource-only fencing for the stack: every one of its volumes has it.
+    fencing: Fencing,
     target: TargetSection,
     vip: Vip,
 }
@@ -165,8 +167,6 @@ struct Shared {
     peer: NodeConfig,
     cluster_id: u64,
     secret: Vec<u8>,
-    /// The CHAP policies the targets are served with.
-    chap: TargetChap,
     incarnation: u64,
     /// The volumes, logical units and stacks this node runs: replaced as a whole by a config reload, read as a
     /// snapshot (`volumes()`, `luns()`, `stacks()`).
@@ -183,13 +183,17 @@ struct Shared {
     epoch: Instant,
     /// The iSCSI servers this node runs, by volume.
     servers: Mutex<BTreeMap<String, RunningServer>>,
-    /// The hash of the running config, in every report.
-    config_hash: String,
+    /// Held by the executor for each round of scheduling and actions, and by a reload while it swaps what runs.
+    exec: Mutex<()>,
 }
 
 /// What a config reload changes: a snapshot is taken under the lock and used without it.
 #[derive(Clone)]
 struct Live {
+    /// The hash of the running config, in every report.
+    config_hash: String,
+    /// The CHAP policies the targets are served with.
+    chap: Arc<TargetChap>,
     volumes: Arc<BTreeMap<String, Arc<Volume>>>,
     luns: Arc<HashMap<String, Arc<LogicalUnit>>>,
     stacks: Arc<Vec<Arc<Stack>>>,
@@ -337,9 +341,10 @@ impl ClusterManager {
             peer,
             cluster_id,
             secret,
-            chap,
             incarnation,
             running: Mutex::new(Live {
+                config_hash: crate::config::reload::config_hash(&config),
+                chap: Arc::new(chap),
                 volumes: Arc::new(volumes),
                 luns: Arc::new(luns),
                 stacks: Arc::new(stacks.into_iter().map(Arc::new).collect()),
@@ -379,7 +384,7 @@ impl ClusterManager {
             settings_file,
             epoch: Instant::now(),
             servers: Mutex::new(BTreeMap::new()),
-            config_hash: crate::config::reload::config_hash(&config),
+            exec: Mutex::new(()),
             config,
         });
         for volume in shared.volumes().values() {
@@ -463,6 +468,27 @@ impl ClusterManager {
     pub fn status(&self) -> api::ClusterStatus {
         self.shared.cluster_status()
     }
+
+    /// Takes a reloaded config (already checked by `config::reload::plan`): `volumes` and `luns` are every
+    /// volume and logical unit of the new config on this node (new ones started by the caller), `chap` its CHAP
+    /// policies. New stacks and members join the schedule stopped (the scheduler starts them); a removed stack
+    /// is stopped here (target, VIP) before it goes; a running target serves its new LUN map at once (removed LUNs
+    /// gone, sessions told with REPORTED LUNS DATA HAS CHANGED). Removed volumes are left to the caller, which
+    /// takes them down after this returns. Nothing changes if the new stacks cannot be built.
+    pub fn reload(
+        &self,
+        config: &ClusterConfig,
+        chap: TargetChap,
+        volumes: BTreeMap<String, Arc<Volume>>,
+        luns: HashMap<String, Arc<LogicalUnit>>,
+    ) -> Result<(), String> {
+        self.shared.reload(config, chap, volumes, luns)
+    }
+
+    /// Whether `volume` is behind a LUN this node serves now.
+    pub fn serves(&self, volume: &str) -> bool {
+        self.shared.serves(volume)
+    }
 }
 
 /// The stacks of `config`: one per target, named after the volume of its first LUN, with every volume its LUNs
@@ -498,6 +524,13 @@ fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
                 .map(|l| (format!("{volume}-lun{}", l.lun), l.lun))
                 .collect(),
             lun_volume: t.lun.iter().map(|l| (l.lun, l.volume.clone())).collect(),
+            fencing: if volumes.iter().all(|v| {
+                config.volume(v).map(|v| v.fencing()) == Some(FencingPolicy::ResourceOnly)
+            }) {
+                Fencing::ResourceOnly
+            } else {
+                Fencing::DontCare
+            },
             volumes,
             volume,
             target: t.clone(),
@@ -1055,7 +1088,7 @@ impl Shared {
                 volumes: granted,
             };
             Report {
-                config_hash: Some(self.config_hash.clone()),
+                config_hash: Some(self.running().config_hash),
                 stopped: st.left,
                 leaving: st.leaving,
                 volumes: self
@@ -1153,6 +1186,7 @@ impl Shared {
         let mut peer_vips: BTreeMap<String, bool> = BTreeMap::new();
         let mut peer_was_online = false;
         while !self.stopping() {
+            let exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
             if Instant::now() >= next_monitor {
                 next_monitor = Instant::now() + monitor_every;
                 self.monitor();
@@ -1238,6 +1272,7 @@ impl Shared {
                     info!("cluster start: joining the cluster");
                 }
             }
+            drop(exec);
             let st = self.lock();
             let _ = self
                 .wake
@@ -1473,14 +1508,7 @@ impl Shared {
                 vip: s.vip_name.clone(),
                 target: s.target_name.clone(),
                 luns: s.luns.iter().map(|(n, _)| n.clone()).collect(),
-                // Resource-only for the stack only if every volume has it.
-                fencing: if s.volumes.iter().all(|v| {
-                    self.config.volume(v).map(|v| v.fencing()) == Some(FencingPolicy::ResourceOnly)
-                }) {
-                    Fencing::ResourceOnly
-                } else {
-                    Fencing::DontCare
-                },
+                fencing: s.fencing,
             })
             .collect();
         let locations = settings
@@ -1845,30 +1873,48 @@ impl Shared {
                     .collect(),
             )
         };
-        let same = self
-            .lock_servers()
-            .get(&stack.volume)
-            .map(|s| s.luns == luns && !s.server.is_finished());
-        if target_on && same == Some(true) {
-            return Ok(());
+        // Each LUN number serves its own volume's logical unit.
+        let lus = self.luns();
+        let map_of = |served: &BTreeSet<u64>| {
+            let mut map = BTreeMap::new();
+            for l in &luns {
+                let Some(lu) = stack.lun_volume.get(l).and_then(|v| lus.get(v).cloned()) else {
+                    continue;
+                };
+                if !served.contains(l) {
+                    // This node serves the volume from now on: the reservations the peer kept current through
+                    // replication are the truth, not what this logical unit remembers from an earlier turn.
+                    lu.reload_reservations();
+                }
+                map.insert(*l, lu);
+            }
+            map
+        };
+        {
+            let mut servers = self.lock_servers();
+            if let Some(running) = servers
+                .get_mut(&stack.volume)
+                .filter(|s| target_on && !s.server.is_finished())
+            {
+                if running.luns == luns {
+                    return Ok(());
+                }
+                // A LUN added or removed while the target runs: its sessions stay, and see the new inventory.
+                let map = map_of(&running.luns);
+                if running.server.set_luns(&stack.target.iqn, map) {
+                    info!(target = %stack.target.iqn, luns = ?luns, "serving a new LUN map");
+                    running.luns = luns;
+                    return Ok(());
+                }
+            }
         }
         self.stop_server(&stack.volume);
         if !target_on {
             return Ok(());
         }
-        // Each LUN number serves its own volume's logical unit.
-        let mut map = BTreeMap::new();
-        for l in &luns {
-            let Some(lu) = stack.lun_volume.get(l).and_then(|v| self.luns().get(v).cloned()) else {
-                continue;
-            };
-            // This node serves the volume from now on: the reservations the peer kept current through
-            // replication are the truth, not what this logical unit remembers from an earlier turn.
-            lu.reload_reservations();
-            map.insert(*l, lu.clone());
-        }
+        let map = map_of(&BTreeSet::new());
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
-        let config = stack.target.server_config(map, &self.chap);
+        let config = stack.target.server_config(map, &self.running().chap);
         let server = self
             .runtime
             .block_on(Server::bind(config, &[addr]))
@@ -1988,6 +2034,99 @@ impl Shared {
                 }
             }
         }
+    }
+
+    // ----- config reload -----
+
+    fn reload(
+        &self,
+        config: &ClusterConfig,
+        chap: TargetChap,
+        volumes: BTreeMap<String, Arc<Volume>>,
+        luns: HashMap<String, Arc<LogicalUnit>>,
+    ) -> Result<(), String> {
+        let new_stacks: Vec<Arc<Stack>> = stacks(config)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.running();
+        // Stacks that go: stopped here first, from the top (target, then VIP).
+        for s in old
+            .stacks
+            .iter()
+            .filter(|s| !new_stacks.iter().any(|n| n.target.iqn == s.target.iqn))
+        {
+            self.stop_server(&s.volume);
+            let vip_on = self
+                .lock()
+                .resources
+                .get(&s.vip_name)
+                .is_some_and(|r| r.status != RunStatus::Stopped);
+            if vip_on {
+                s.vip.stop().map_err(|e| {
+                    format!("target {}: removing its virtual IP: {e}", s.target.iqn)
+                })?;
+            }
+            info!(target = %s.target.iqn, "reload: target removed");
+        }
+        for (name, v) in volumes.iter() {
+            if !old.volumes.contains_key(name) {
+                self.manage(v);
+            }
+        }
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Live {
+            config_hash: crate::config::reload::config_hash(config),
+            chap: Arc::new(chap),
+            volumes: Arc::new(volumes),
+            luns: Arc::new(luns),
+            stacks: Arc::new(new_stacks.clone()),
+        };
+        {
+            let mut st = self.lock();
+            let mut names = BTreeSet::new();
+            for s in &new_stacks {
+                let members = s
+                    .volumes
+                    .iter()
+                    .map(|v| (v.clone(), ResourceKind::Volume))
+                    .chain([
+                        (s.vip_name.clone(), ResourceKind::Vip),
+                        (s.target_name.clone(), ResourceKind::Target),
+                    ])
+                    .chain(s.luns.iter().map(|(n, _)| (n.clone(), ResourceKind::Lun)));
+                for (name, kind) in members {
+                    names.insert(name.clone());
+                    st.resources.entry(name).or_insert_with(|| LocalResource {
+                        kind,
+                        volume: s.volume.clone(),
+                        status: RunStatus::Stopped,
+                        fail_count: 0,
+                        last_failure: None,
+                    });
+                }
+            }
+            st.resources.retain(|name, _| names.contains(name));
+        }
+        // Running targets serve their new LUN maps (a removed LUN's resource is gone, so it is left out).
+        for s in &new_stacks {
+            let running = self.lock_servers().contains_key(&s.volume);
+            if running {
+                self.apply_server(s)?;
+            }
+        }
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    fn serves(&self, volume: &str) -> bool {
+        let servers = self.lock_servers();
+        self.stacks().iter().any(|s| {
+            servers
+                .get(&s.volume)
+                .is_some_and(|r| r.luns.iter().any(|l| s.lun_volume.get(l).is_some_and(|v| v == volume)))
+        })
     }
 
     // ----- admin requests -----
@@ -2287,17 +2426,18 @@ impl Shared {
                 )
             }
         };
+        let config_hash = self.running().config_hash;
         let config_warning = st
             .peer_report
             .as_ref()
             .filter(|_| view_online(&self.peer.name))
             .and_then(|r| r.config_hash.as_ref())
-            .filter(|theirs| **theirs != self.config_hash)
+            .filter(|theirs| **theirs != config_hash)
             .map(|theirs| {
                 format!(
                     "the nodes run different configs ({} has {}, {} has {theirs}): edit the file on both nodes \
                      and run `twinsan node reload` on each",
-                    self.me.name, self.config_hash, self.peer.name
+                    self.me.name, config_hash, self.peer.name
                 )
             });
         api::ClusterStatus {
