@@ -524,9 +524,10 @@ fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
                 .map(|l| (format!("{volume}-lun{}", l.lun), l.lun))
                 .collect(),
             lun_volume: t.lun.iter().map(|l| (l.lun, l.volume.clone())).collect(),
-            fencing: if volumes.iter().all(|v| {
-                config.volume(v).map(|v| v.fencing()) == Some(FencingPolicy::ResourceOnly)
-            }) {
+            fencing: if volumes
+                .iter()
+                .all(|v| config.volume(v).map(|v| v.fencing()) == Some(FencingPolicy::ResourceOnly))
+            {
                 Fencing::ResourceOnly
             } else {
                 Fencing::DontCare
@@ -2109,11 +2110,23 @@ impl Shared {
             }
             st.resources.retain(|name, _| names.contains(name));
         }
-        // Running targets serve their new LUN maps (a removed LUN's resource is gone, so it is left out).
+        // Running targets serve their new LUN maps (a removed LUN's resource is gone, so it is left out), and
+        // take their new access rules (allow-list, CHAP) for the logins from now on.
+        let chap = self.running().chap;
         for s in &new_stacks {
             let running = self.lock_servers().contains_key(&s.volume);
             if running {
                 self.apply_server(s)?;
+                let wanted = s.target.server_config(BTreeMap::new(), &chap);
+                let servers = self.lock_servers();
+                if let (Some(r), Some(t)) = (servers.get(&s.volume), wanted.targets.first()) {
+                    r.server.set_access(
+                        &t.name,
+                        t.allowed_initiators.clone(),
+                        t.chap.clone(),
+                        wanted.discovery_chap.clone(),
+                    );
+                }
             }
         }
         self.wake.notify_all();
@@ -2123,9 +2136,11 @@ impl Shared {
     fn serves(&self, volume: &str) -> bool {
         let servers = self.lock_servers();
         self.stacks().iter().any(|s| {
-            servers
-                .get(&s.volume)
-                .is_some_and(|r| r.luns.iter().any(|l| s.lun_volume.get(l).is_some_and(|v| v == volume)))
+            servers.get(&s.volume).is_some_and(|r| {
+                r.luns
+                    .iter()
+                    .any(|l| s.lun_volume.get(l).is_some_and(|v| v == volume))
+            })
         })
     }
 
@@ -2331,29 +2346,29 @@ impl Shared {
         for s in self.stacks().iter() {
             let mut vols = Vec::new();
             for name in &s.volumes {
-            let mut vol = api::ResourceStatus {
-                name: name.clone(),
-                kind: "volume".into(),
-                agent: "twinsan:volume".into(),
-                volume: s.volume.clone(),
-                detail: format!("replicated volume {name}"),
-                started: vec![],
-                failed: vec![],
-                promoted: vec![],
-                unpromoted: vec![],
-                last_error: None,
-            };
-            for e in input.state.volumes.iter().filter(|e| e.volume == *name) {
-                if !view_online(&e.node) {
-                    continue;
+                let mut vol = api::ResourceStatus {
+                    name: name.clone(),
+                    kind: "volume".into(),
+                    agent: "twinsan:volume".into(),
+                    volume: s.volume.clone(),
+                    detail: format!("replicated volume {name}"),
+                    started: vec![],
+                    failed: vec![],
+                    promoted: vec![],
+                    unpromoted: vec![],
+                    last_error: None,
+                };
+                for e in input.state.volumes.iter().filter(|e| e.volume == *name) {
+                    if !view_online(&e.node) {
+                        continue;
+                    }
+                    vol.started.push(e.node.clone());
+                    match e.role {
+                        Role::Primary => vol.promoted.push(e.node.clone()),
+                        _ => vol.unpromoted.push(e.node.clone()),
+                    }
                 }
-                vol.started.push(e.node.clone());
-                match e.role {
-                    Role::Primary => vol.promoted.push(e.node.clone()),
-                    _ => vol.unpromoted.push(e.node.clone()),
-                }
-            }
-            vols.push(vol);
+                vols.push(vol);
             }
             let res_of = |name: &str, kind: &str, agent: &str, detail: String| {
                 let mut r = api::ResourceStatus {

@@ -2065,10 +2065,15 @@ lun = [ { lun = 0, volume = "vol1" } ]
         assert_refused(
             &mixed,
             "target[eui.0123456789ABCDEF].lun[0].volume",
-            &format!("volume vol1 is already LUN 2 of target {}", &T0[7..T0.len() - 1]),
+            &format!(
+                "volume vol1 is already LUN 2 of target {}",
+                &T0[7..T0.len() - 1]
+            ),
         );
         // Without it, one target serves both volumes in a managed cluster too: they fail over together.
-        let end = mixed.find("[[target]]\niqn = \"eui.").expect("second target");
+        let end = mixed
+            .find("[[target]]\niqn = \"eui.")
+            .expect("second target");
         let together = parse(&mixed[..end]).expect("one target with LUNs of two volumes");
         assert!(!together.cluster.manual);
         assert_eq!(together.targets.len(), 1);

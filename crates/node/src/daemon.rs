@@ -395,7 +395,8 @@ impl Node {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.live();
         let path = live.config.source.clone();
-        let refused = |why: String| format!("reload refused: {why}; the running config is unchanged");
+        let refused =
+            |why: String| format!("reload refused: {why}; the running config is unchanged");
         let new = ClusterConfig::load(&path).map_err(|e| refused(e.to_string()))?;
         let chap = new.load_chap().map_err(|e| refused(e.to_string()))?;
         let plan = crate::config::reload::plan(&live.config, &new)
@@ -432,10 +433,16 @@ impl Node {
                 continue;
             };
             let result = claim_disk(&new, &self.me, v).and_then(|disk| match disk {
-                Some(disk) => {
-                    start_volume(&new, &self.me, &self.peer, &self.secret, v, disk, &self.events)
-                        .map(Some)
-                }
+                Some(disk) => start_volume(
+                    &new,
+                    &self.me,
+                    &self.peer,
+                    &self.secret,
+                    v,
+                    disk,
+                    &self.events,
+                )
+                .map(Some),
                 None => Ok(None),
             });
             match result {
@@ -485,7 +492,10 @@ impl Node {
         for v in gone {
             if cluster.serves(v.name()) {
                 warn!(volume = %v.name(), "reload: the volume is still served; left running");
-                notes.push(format!("volume {} is still served here and was left running", v.name()));
+                notes.push(format!(
+                    "volume {} is still served here and was left running",
+                    v.name()
+                ));
                 continue;
             }
             if v.is_primary() {
@@ -671,7 +681,12 @@ impl Node {
             failed_actions: Vec::new(),
             constraints: Vec::new(),
             notes: Vec::new(),
-            volumes: self.live().volumes.values().map(|v| v.api_status()).collect(),
+            volumes: self
+                .live()
+                .volumes
+                .values()
+                .map(|v| v.api_status())
+                .collect(),
             properties: vec![(
                 "cluster-name".into(),
                 self.live().config.cluster.name.clone(),
@@ -747,7 +762,12 @@ impl AdminService for Node {
         let rx = self.events.subscribe();
         let lines = match volume {
             Some(name) => vec![self.volume(name)?.api_status()],
-            None => self.live().volumes.values().map(|v| v.api_status()).collect(),
+            None => self
+                .live()
+                .volumes
+                .values()
+                .map(|v| v.api_status())
+                .collect(),
         }
         .into_iter()
         .map(|status| api::EventLine {

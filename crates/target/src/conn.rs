@@ -48,18 +48,18 @@ impl LoginEnv for Env<'_> {
         target: &str,
         initiator: &str,
     ) -> Result<Option<ChapPolicy>, LoginStatus> {
+        // The access rules now: a config reload may have replaced them (`Running::set_access`).
         let t = self
             .shared
-            .config
-            .target(target)
+            .target_index(target)
             .ok_or(LoginStatus::NotFound)?;
-        if !t.allows(initiator) {
+        if !self.shared.allows(t, initiator) {
             return Err(LoginStatus::AuthorizationFailure);
         }
-        Ok(t.chap.clone())
+        Ok(self.shared.chap(t))
     }
     fn discovery_access(&self, _initiator: &str) -> Result<Option<ChapPolicy>, LoginStatus> {
-        Ok(self.shared.config.discovery_chap.clone())
+        Ok(self.shared.discovery_chap())
     }
 }
 
@@ -1434,7 +1434,7 @@ impl Conn {
                 "" => Some(i) == self.target,
                 name => name == t.name && (self.discovery() || Some(i) == self.target),
             };
-            if wanted && t.allows(&self.n.initiator_name) {
+            if wanted && self.shared.allows(i, &self.n.initiator_name) {
                 reply.push("TargetName", t.name.clone());
                 reply.push("TargetAddress", addr.clone());
             }

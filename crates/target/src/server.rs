@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
+use twinsan_iscsi::login::ChapPolicy;
 use twinsan_scsi::{LogicalUnit, Nexus, Sense};
 
 use crate::config::ServerConfig;
@@ -65,6 +66,13 @@ impl LunMap {
     }
 }
 
+/// Who may log in to one target, and how: replaced as a whole by [`Running::set_access`].
+#[derive(Clone)]
+struct Access {
+    allowed_initiators: Vec<String>,
+    chap: Option<ChapPolicy>,
+}
+
 /// State shared by every connection of the server.
 pub(crate) struct Shared {
     pub config: ServerConfig,
@@ -76,9 +84,37 @@ pub(crate) struct Shared {
     pub lun_generation: AtomicU64,
     /// The nexuses of the sessions logged in to each target, with how many connections each has.
     nexuses: Mutex<HashMap<(usize, u64), (Arc<Nexus>, usize)>>,
+    /// Per target: its allow-list and CHAP policy now (from `config.targets[i]` at the start); and the CHAP
+    /// policy of discovery sessions now. Read at each login and discovery.
+    access: Mutex<(Vec<Access>, Option<ChapPolicy>)>,
 }
 
 impl Shared {
+    /// The index of the target called `name`.
+    pub fn target_index(&self, name: &str) -> Option<usize> {
+        self.config.targets.iter().position(|c| c.name == name)
+    }
+
+    /// Whether `initiator` may log in to target `t` now (its allow-list is empty or names it).
+    pub fn allows(&self, t: usize, initiator: &str) -> bool {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.0.get(t).is_some_and(|a| {
+            a.allowed_initiators.is_empty() || a.allowed_initiators.iter().any(|i| i == initiator)
+        })
+    }
+
+    /// The CHAP policy of target `t` now.
+    pub fn chap(&self, t: usize) -> Option<ChapPolicy> {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.0.get(t).and_then(|a| a.chap.clone())
+    }
+
+    /// The CHAP policy of discovery sessions now.
+    pub fn discovery_chap(&self) -> Option<ChapPolicy> {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.1.clone()
+    }
+
     /// The current LUNs of target `t`.
     pub fn lun_map(&self, t: usize) -> Arc<LunMap> {
         let maps = self.lun_maps.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,16 +257,52 @@ impl Running {
     /// unit of the target; a LUN no longer in the map answers LOGICAL UNIT NOT SUPPORTED. Commands already
     /// running on a removed LUN finish. Returns false if the server has no such target.
     pub fn set_luns(&self, target: &str, luns: BTreeMap<u64, Arc<LogicalUnit>>) -> bool {
-        let Some(t) = self.shared.config.targets.iter().position(|c| c.name == target) else {
+        let Some(t) = self
+            .shared
+            .config
+            .targets
+            .iter()
+            .position(|c| c.name == target)
+        else {
             return false;
         };
         self.shared.set_luns(t, luns);
         true
     }
 
+    /// Replaces who may log in to the target called `target` (its allow-list and CHAP policy) and the CHAP
+    /// policy of discovery sessions, while it serves: logins and discovery from now on use them; sessions
+    /// already logged in stay. Returns false if the server has no such target.
+    pub fn set_access(
+        &self,
+        target: &str,
+        allowed_initiators: Vec<String>,
+        chap: Option<ChapPolicy>,
+        discovery_chap: Option<ChapPolicy>,
+    ) -> bool {
+        let Some(t) = self.shared.target_index(target) else {
+            return false;
+        };
+        let mut access = self.shared.access.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = access.0.get_mut(t) {
+            *slot = Access {
+                allowed_initiators,
+                chap,
+            };
+        }
+        access.1 = discovery_chap;
+        info!(target, "new access rules for logins");
+        true
+    }
+
     /// The LUN numbers the target called `target` serves now.
     pub fn luns(&self, target: &str) -> Option<Vec<u64>> {
-        let t = self.shared.config.targets.iter().position(|c| c.name == target)?;
+        let t = self
+            .shared
+            .config
+            .targets
+            .iter()
+            .position(|c| c.name == target)?;
         Some(self.shared.lun_map(t).numbers.to_vec())
     }
 
@@ -267,6 +339,15 @@ impl Server {
             .iter()
             .map(|t| LunMap::new(t.luns.clone()))
             .collect();
+        let access = config
+            .targets
+            .iter()
+            .map(|t| Access {
+                allowed_initiators: t.allowed_initiators.clone(),
+                chap: t.chap.clone(),
+            })
+            .collect();
+        let discovery_chap = config.discovery_chap.clone();
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
@@ -275,6 +356,7 @@ impl Server {
                 lun_maps: Mutex::new(lun_maps),
                 lun_generation: AtomicU64::new(0),
                 nexuses: Mutex::default(),
+                access: Mutex::new((access, discovery_chap)),
             }),
             listeners,
         })

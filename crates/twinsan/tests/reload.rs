@@ -146,20 +146,27 @@ fn start_both(c: &mut Cluster) -> usize {
 
 /// The LUN numbers `iscsi-ls -s` lists for the target at the VIP (its REPORT LUNS, through libiscsi).
 fn served_luns() -> Vec<u64> {
+    served_luns_to("iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls")
+        .unwrap_or_else(|e| panic!("iscsi-ls: {e}"))
+}
+
+/// [`served_luns`] as initiator `initiator`; `Err` with iscsi-ls's output when it does not see the target.
+fn served_luns_to(initiator: &str) -> Result<Vec<u64>, String> {
     let out = run(
-        Command::new(require_tool("iscsi-ls")).args(["-s", VIP_PORTAL]),
+        Command::new(require_tool("iscsi-ls")).args(["-s", "-i", initiator, VIP_PORTAL]),
         Duration::from_secs(60),
     );
     let all = text(&out);
-    assert!(out.status.success(), "iscsi-ls failed:\n{all}");
-    assert!(all.contains(IQN), "iscsi-ls does not list {IQN}:\n{all}");
+    if !out.status.success() || !all.contains(IQN) {
+        return Err(format!("{IQN} not listed for {initiator}:\n{all}"));
+    }
     let mut luns: Vec<u64> = all
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Lun:"))
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
     luns.sort_unstable();
-    luns
+    Ok(luns)
 }
 
 /// One session held open by `tests/tools/iscsi-hold.c`; stopped by its pid on drop.
@@ -673,6 +680,27 @@ fn reload_refuses_an_invalid_config_and_changes_nothing() {
         assert!(out.contains("unchanged"), "node{n}: {out}");
     }
     unchanged("the original file reloaded");
+
+    // A valid change of the access rules applies live: an allow-list keeps other initiators out of the
+    // running target (login and discovery), the listed one still logs in; the file back, everyone again.
+    let allowed = "iqn.2025-08.local.test:reload-allowed";
+    let allow = original.replace(LUN1_LINE, &format!("{LUN1_LINE}\nallow = [\"{allowed}\"]"));
+    std::fs::write(&c.config, &allow).expect("write config");
+    for n in [1, 2] {
+        let msg = reload(&c, n);
+        assert!(msg.contains("change the access rules of target"), "{msg}");
+    }
+    assert_eq!(served_luns_to(allowed), Ok(vec![1]));
+    let refused = served_luns_to("iqn.2025-08.local.test:reload-other").expect_err("not allowed");
+    println!(
+        "allow-list applied live: another initiator: {}",
+        refused.trim().replace('\n', " | ")
+    );
+    std::fs::write(&c.config, &original).expect("write config");
+    for n in [1, 2] {
+        reload(&c, n);
+    }
+    assert_eq!(served_luns(), [1]);
     for n in [1, 2] {
         assert!(c.stop(n), "node{n} did not stop cleanly:\n{}", c.logs());
     }

@@ -210,7 +210,10 @@ fn check_cluster(old: &ClusterConfig, new: &ClusterConfig) -> Result<(), ReloadR
             "migration_threshold",
             a.migration_threshold == b.migration_threshold,
         ),
-        ("failure_timeout_s", a.failure_timeout_s == b.failure_timeout_s),
+        (
+            "failure_timeout_s",
+            a.failure_timeout_s == b.failure_timeout_s,
+        ),
         ("no_quorum_policy", a.no_quorum_policy == b.no_quorum_policy),
         ("witness", a.witness == b.witness),
     ];
@@ -319,7 +322,11 @@ fn check_target(a: &TargetSection, b: &TargetSection) -> Result<(), ReloadRefusa
         ));
     }
     for l in &b.lun {
-        if let Some(o) = a.lun.iter().find(|o| o.lun == l.lun && o.volume != l.volume) {
+        if let Some(o) = a
+            .lun
+            .iter()
+            .find(|o| o.lun == l.lun && o.volume != l.volume)
+        {
             return Err(refuse(
                 format!("{}.lun[{}].volume", key("").trim_end_matches('.'), l.lun),
                 format!(
@@ -341,17 +348,9 @@ pub fn config_hash(config: &ClusterConfig) -> String {
     canonical.source = Default::default();
     canonical.base_dir = Default::default();
     // The node each node is does not matter; sets of things whose order does not matter are sorted.
-    let mut volumes: Vec<String> = canonical
-        .volumes
-        .iter()
-        .map(|v| format!("{v:?}"))
-        .collect();
+    let mut volumes: Vec<String> = canonical.volumes.iter().map(|v| format!("{v:?}")).collect();
     volumes.sort();
-    let targets: BTreeSet<String> = canonical
-        .targets
-        .iter()
-        .map(|t| format!("{t:?}"))
-        .collect();
+    let targets: BTreeSet<String> = canonical.targets.iter().map(|t| format!("{t:?}")).collect();
     let text = format!(
         "{:?}\n{:?}\n{volumes:?}\n{targets:?}",
         canonical.cluster, canonical.nodes
@@ -440,11 +439,12 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
             text(&plan(&old, &new).expect("live")),
             ["change the access rules of target iqn.2025-08.local.twinsan:vol0"]
         );
-        let end = VALID.find("[[target]]\niqn = \"eui.").expect("second target");
-        let fewer = parse(&VALID[..end].replace(
-            "[[volume]]\nname = \"vol1\"",
-            "[[volume]]\nname = \"vol1\"",
-        ));
+        let end = VALID
+            .find("[[target]]\niqn = \"eui.")
+            .expect("second target");
+        let fewer = parse(
+            &VALID[..end].replace("[[volume]]\nname = \"vol1\"", "[[volume]]\nname = \"vol1\""),
+        );
         assert_eq!(
             text(&plan(&old, &fewer).expect("live")),
             ["remove target eui.0123456789ABCDEF"]
@@ -467,7 +467,11 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
             ("id = 2", "id = 3", "node[node2].id"),
             ("name = \"test\"", "name = \"other\"", "cluster.name"),
             ("port = 7789", "port = 7788", "volume[vol0].port"),
-            ("protocol = \"A\"", "protocol = \"C\"", "volume[vol1].protocol"),
+            (
+                "protocol = \"A\"",
+                "protocol = \"C\"",
+                "volume[vol1].protocol",
+            ),
             (
                 "vip = \"127.0.0.20\"",
                 "vip = \"127.0.0.21\"",
@@ -483,7 +487,9 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
             let refused = plan(&old, &edited(from, to)).expect_err(field);
             assert_eq!(refused.field, field, "{from} -> {to}");
             assert!(
-                refused.to_string().contains("the running config is unchanged"),
+                refused
+                    .to_string()
+                    .contains("the running config is unchanged"),
                 "{refused}"
             );
         }
@@ -500,7 +506,9 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
                 1,
             ))
         };
-        let end = VALID.find("[[target]]\niqn = \"eui.").expect("second target");
+        let end = VALID
+            .find("[[target]]\niqn = \"eui.")
+            .expect("second target");
         let base = &VALID[..end];
         let a = parse(&format!("{VOL2}\n{base}").replacen(
             "lun = [ { lun = 1, volume = \"vol0\" } ]",
