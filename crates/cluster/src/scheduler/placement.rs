@@ -318,28 +318,28 @@ fn gather<'a>(
         .map(|node| {
             let facts_of = |v: &str| {
                 input
-                .state
-                .volumes
-                .iter()
-                .find(|e| e.volume == v && e.node == node.name)
-                .map_or(
-                    VolumeFacts {
-                        disk: DiskState::Unknown,
-                        role: Role::Stopped,
-                        connected: false,
-                        fenced: false,
-                        generations: Vec::new(),
-                        primary_since_s: None,
-                    },
-                    |e| VolumeFacts {
-                        disk: e.disk,
-                        role: e.role,
-                        connected: e.connected,
-                        fenced: e.fenced,
-                        generations: e.generations.clone(),
-                        primary_since_s: e.primary_since_s,
-                    },
-                )
+                    .state
+                    .volumes
+                    .iter()
+                    .find(|e| e.volume == v && e.node == node.name)
+                    .map_or(
+                        VolumeFacts {
+                            disk: DiskState::Unknown,
+                            role: Role::Stopped,
+                            connected: false,
+                            fenced: false,
+                            generations: Vec::new(),
+                            primary_since_s: None,
+                        },
+                        |e| VolumeFacts {
+                            disk: e.disk,
+                            role: e.role,
+                            connected: e.connected,
+                            fenced: e.fenced,
+                            generations: e.generations.clone(),
+                            primary_since_s: e.primary_since_s,
+                        },
+                    )
             };
             let volumes: Vec<VolumeFacts> = stack
                 .volumes()
@@ -500,7 +500,12 @@ fn fail_count_expired(entry: &ResourceStatus, failure_timeout_s: Option<u64>, no
 
 /// Whether every volume of the stack may be promoted (or stay Primary) on `facts[i]`, an online node: the stack
 /// goes where all its volumes can be Primary, and its data is as good as its worst volume's.
-fn eligibility(facts: &[NodeFacts<'_>], i: usize, stack: &Stack<'_>, config: &VolumeStack) -> Eligibility {
+fn eligibility(
+    facts: &[NodeFacts<'_>],
+    i: usize,
+    stack: &Stack<'_>,
+    config: &VolumeStack,
+) -> Eligibility {
     let several = stack.volumes().len() > 1;
     let mut worst = Data::UpToDate;
     for k in stack.volumes() {
