@@ -66,6 +66,9 @@ impl LunMap {
     }
 }
 
+/// The nexuses logged in, by (target index, nexus id), with their connection count.
+type NexusTable = HashMap<(usize, u64), (Arc<Nexus>, usize)>;
+
 /// Who may log in to one target, and how: replaced as a whole by [`Running::set_access`].
 #[derive(Clone)]
 struct Access {
@@ -83,7 +86,7 @@ pub(crate) struct Shared {
     /// Bumped by every LUN map change: a connection compares it before each command.
     pub lun_generation: AtomicU64,
     /// The nexuses of the sessions logged in to each target, with how many connections each has.
-    nexuses: Mutex<HashMap<(usize, u64), (Arc<Nexus>, usize)>>,
+    nexuses: Mutex<NexusTable>,
     /// Per target: its allow-list and CHAP policy now (from `config.targets[i]` at the start); and the CHAP
     /// policy of discovery sessions now. Read at each login and discovery.
     access: Mutex<(Vec<Access>, Option<ChapPolicy>)>,
