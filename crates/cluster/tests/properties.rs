@@ -22,6 +22,8 @@ fn stacks(lun_counts: &[usize], fencing: &[Fencing]) -> Vec<VolumeStack> {
             name: format!("vol{i}"),
             vip: format!("vol{i}-vip"),
             target: format!("vol{i}-target"),
+            volumes: Vec::new(),
+            lun_volumes: Default::default(),
             luns: (1..=luns).map(|l| format!("vol{i}-lun{l}")).collect(),
             fencing,
         })
@@ -235,7 +237,7 @@ fn apply(input: &ClusterInput, actions: &[Action]) -> ClusterInput {
     let state = &mut next.state;
     for action in actions {
         match action {
-            Action::Promote { volume, node } | Action::Demote { volume, node } => {
+            Action::Promote { volume, node, .. } | Action::Demote { volume, node, .. } => {
                 let role = if matches!(action, Action::Promote { .. }) {
                     Role::Primary
                 } else {
@@ -324,7 +326,7 @@ proptest! {
             if matches!(action, Action::Promote { .. } | Action::Start { .. }) {
                 prop_assert!(!n.standby, "{action} on a standby node");
             }
-            if let Action::Promote { volume, node } = action {
+            if let Action::Promote { volume, node, .. } = action {
                 let entry = volume_entry(&input, volume, node);
                 let Some(entry) = entry else {
                     return Err(TestCaseError::fail(format!("{action} without a known copy")));

@@ -47,6 +47,9 @@ pub enum Request {
     Events { volume: Option<String> },
     /// The cluster as this node sees it (`twinsan status`).
     ClusterStatus,
+    /// `twinsan node reload` (and SIGHUP): re-read the config file the daemon was started with and apply the
+    /// difference, or refuse the new config as a whole.
+    Reload,
     /// `cluster stop [NODE]` (`stop: true`) or `cluster start [NODE]`; `None`: this node.
     ClusterRun { node: Option<String>, stop: bool },
     /// `node standby NODE` (`standby: true`) or `node unstandby NODE`.
@@ -104,6 +107,10 @@ pub struct ClusterStatus {
     pub notes: Vec<String>,
     /// This node's volumes (replication state).
     pub volumes: Vec<VolumeStatus>,
+    /// Set while the two nodes run configs that differ (their hashes, from the cluster messages): edit the
+    /// file on both nodes and `twinsan node reload` each.
+    #[serde(default)]
+    pub config_warning: Option<String>,
 }
 
 /// The witness as a node sees it.

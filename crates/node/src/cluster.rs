@@ -71,13 +71,19 @@ pub enum ClusterError {
     Config(String),
 }
 
-/// The resources of one volume's stack as this node runs them.
+/// The resources of one target's stack as this node runs them, named after its first volume.
 struct Stack {
     volume: String,
+    /// Every volume of the stack (the volumes behind its LUNs), `volume` first: promoted together, in this order.
+    volumes: Vec<String>,
     vip_name: String,
     target_name: String,
     /// LUN resource name and number.
     luns: Vec<(String, u64)>,
+    /// The volume behind each LUN number.
+    lun_volume: BTreeMap<u64, String>,
+    /// Resource-only fencing for the stack: every one of its volumes has it.
+    fencing: Fencing,
     target: TargetSection,
     vip: Vip,
 }
@@ -156,17 +162,17 @@ struct State {
 }
 
 struct Shared {
+    /// Where a volume's fence requests go (the net thread).
+    fence_tx: Mutex<Sender<NetEvent>>,
     config: ClusterConfig,
     me: NodeConfig,
     peer: NodeConfig,
     cluster_id: u64,
     secret: Vec<u8>,
-    /// The CHAP policies the targets are served with.
-    chap: TargetChap,
     incarnation: u64,
-    volumes: BTreeMap<String, Arc<Volume>>,
-    luns: HashMap<String, Arc<LogicalUnit>>,
-    stacks: Vec<Stack>,
+    /// The volumes, logical units and stacks this node runs: replaced as a whole by a config reload, read as a
+    /// snapshot (`volumes()`, `luns()`, `stacks()`).
+    running: Mutex<Live>,
     lease: LeaseConfig,
     runtime: tokio::runtime::Handle,
     sockets: Vec<UdpSocket>,
@@ -179,6 +185,20 @@ struct Shared {
     epoch: Instant,
     /// The iSCSI servers this node runs, by volume.
     servers: Mutex<BTreeMap<String, RunningServer>>,
+    /// Held by the executor for each round of scheduling and actions, and by a reload while it swaps what runs.
+    exec: Mutex<()>,
+}
+
+/// What a config reload changes: a snapshot is taken under the lock and used without it.
+#[derive(Clone)]
+struct Live {
+    /// The hash of the running config, in every report.
+    config_hash: String,
+    /// The CHAP policies the targets are served with.
+    chap: Arc<TargetChap>,
+    volumes: Arc<BTreeMap<String, Arc<Volume>>>,
+    luns: Arc<HashMap<String, Arc<LogicalUnit>>>,
+    stacks: Arc<Vec<Arc<Stack>>>,
 }
 
 struct RunningServer {
@@ -299,7 +319,9 @@ impl ClusterManager {
                     },
                 );
             };
-            add(&s.volume, ResourceKind::Volume);
+            for v in &s.volumes {
+                add(v, ResourceKind::Volume);
+            }
             add(&s.vip_name, ResourceKind::Vip);
             add(&s.target_name, ResourceKind::Target);
             for (name, _) in &s.luns {
@@ -316,15 +338,19 @@ impl ClusterManager {
         }
         let (net_tx, net_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
+            fence_tx: Mutex::new(net_tx.clone()),
             me: me.clone(),
             peer,
             cluster_id,
             secret,
-            chap,
             incarnation,
-            volumes,
-            luns,
-            stacks,
+            running: Mutex::new(Live {
+                config_hash: crate::config::reload::config_hash(&config),
+                chap: Arc::new(chap),
+                volumes: Arc::new(volumes),
+                luns: Arc::new(luns),
+                stacks: Arc::new(stacks.into_iter().map(Arc::new).collect()),
+            }),
             lease,
             runtime,
             sockets,
@@ -361,21 +387,11 @@ impl ClusterManager {
             settings_file,
             epoch: Instant::now(),
             servers: Mutex::new(BTreeMap::new()),
+            exec: Mutex::new(()),
             config,
         });
-        for volume in shared.volumes.values() {
-            // Under the cluster manager a Primary completes I/O alone only under a lease; none yet.
-            volume.set_lease(shared.epoch);
-            let tx = Mutex::new(net_tx.clone());
-            volume.set_fencer(Arc::new(move |name: &str, generations| {
-                let _ = tx
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(NetEvent::Fence {
-                        volume: name.to_string(),
-                        generations,
-                    });
-            }));
+        for volume in shared.volumes().values() {
+            shared.manage(volume);
         }
         let manager = Arc::new(ClusterManager {
             shared: shared.clone(),
@@ -455,9 +471,31 @@ impl ClusterManager {
     pub fn status(&self) -> api::ClusterStatus {
         self.shared.cluster_status()
     }
+
+    /// Takes a reloaded config (already checked by `config::reload::plan`): `volumes` and `luns` are every
+    /// volume and logical unit of the new config on this node (new ones started by the caller), `chap` its CHAP
+    /// policies. New stacks and members join the schedule stopped (the scheduler starts them); a removed stack
+    /// is stopped here (target, VIP) before it goes; a running target serves its new LUN map at once (removed LUNs
+    /// gone, sessions told with REPORTED LUNS DATA HAS CHANGED). Removed volumes are left to the caller, which
+    /// takes them down after this returns. Nothing changes if the new stacks cannot be built.
+    pub fn reload(
+        &self,
+        config: &ClusterConfig,
+        chap: TargetChap,
+        volumes: BTreeMap<String, Arc<Volume>>,
+        luns: HashMap<String, Arc<LogicalUnit>>,
+    ) -> Result<(), String> {
+        self.shared.reload(config, chap, volumes, luns)
+    }
+
+    /// Whether `volume` is behind a LUN this node serves now.
+    pub fn serves(&self, volume: &str) -> bool {
+        self.shared.serves(volume)
+    }
 }
 
-/// The stacks of `config`: one per volume that a target serves.
+/// The stacks of `config`: one per target, named after the volume of its first LUN, with every volume its LUNs
+/// are of.
 fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
     let mut out = Vec::new();
     for t in &config.targets {
@@ -465,6 +503,12 @@ fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
             continue;
         };
         let volume = first.volume.clone();
+        let mut volumes: Vec<String> = Vec::new();
+        for l in &t.lun {
+            if !volumes.contains(&l.volume) {
+                volumes.push(l.volume.clone());
+            }
+        }
         let prefix = t
             .vip_prefix
             .unwrap_or(if t.vip.is_ipv4() { 24 } else { 64 });
@@ -482,6 +526,16 @@ fn stacks(config: &ClusterConfig) -> Result<Vec<Stack>, ClusterError> {
                 .iter()
                 .map(|l| (format!("{volume}-lun{}", l.lun), l.lun))
                 .collect(),
+            lun_volume: t.lun.iter().map(|l| (l.lun, l.volume.clone())).collect(),
+            fencing: if volumes
+                .iter()
+                .all(|v| config.volume(v).map(|v| v.fencing()) == Some(FencingPolicy::ResourceOnly))
+            {
+                Fencing::ResourceOnly
+            } else {
+                Fencing::DontCare
+            },
+            volumes,
             volume,
             target: t.clone(),
             vip,
@@ -561,6 +615,49 @@ fn generations_from_vec(v: &[u64]) -> Option<GenerationIds> {
 }
 
 impl Shared {
+    fn running(&self) -> Live {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The volumes now.
+    fn volumes(&self) -> Arc<BTreeMap<String, Arc<Volume>>> {
+        self.running().volumes
+    }
+
+    /// The logical units now, by volume.
+    fn luns(&self) -> Arc<HashMap<String, Arc<LogicalUnit>>> {
+        self.running().luns
+    }
+
+    /// The stacks now.
+    fn stacks(&self) -> Arc<Vec<Arc<Stack>>> {
+        self.running().stacks
+    }
+
+    /// Puts a volume under the cluster manager: no lease yet (a Primary completes I/O alone only under one), and
+    /// its fence requests go to the peer through the net thread.
+    fn manage(&self, volume: &Arc<Volume>) {
+        volume.set_lease(self.epoch);
+        let tx = Mutex::new(
+            self.fence_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
+        volume.set_fencer(Arc::new(move |name: &str, generations| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(NetEvent::Fence {
+                    volume: name.to_string(),
+                    generations,
+                });
+        }));
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -692,7 +789,7 @@ impl Shared {
                 None => Some(now + self.lease.lease),
             }
         };
-        for (name, v) in &self.volumes {
+        for (name, v) in self.volumes().iter() {
             // A peer of the release before leases grants nothing and does not wait: run as that release did
             // while it is Online and not Primary of the volume.
             let legacy = st.peer_without_leases
@@ -877,7 +974,7 @@ impl Shared {
                 };
                 st.fences.remove(pos);
                 drop(st);
-                let Some(v) = self.volumes.get(&volume) else {
+                let Some(v) = self.volumes().get(&volume).cloned() else {
                     return;
                 };
                 match outcome {
@@ -896,7 +993,7 @@ impl Shared {
 
     /// The peer asks us to mark our copy Outdated.
     fn on_fence_request(&self, id: u64, volume: &str, generations: &[u64]) {
-        let Some(v) = self.volumes.get(volume) else {
+        let Some(v) = self.volumes().get(volume).cloned() else {
             return;
         };
         let outcome = match generations_from_vec(generations) {
@@ -936,7 +1033,7 @@ impl Shared {
                 return;
             }
             let peer_online = self.peer_online(&st);
-            let volumes = &self.volumes;
+            let volumes = self.volumes();
             st.fences.retain(|f| {
                 volumes
                     .get(&f.volume)
@@ -979,7 +1076,7 @@ impl Shared {
             warn!(volume = %volume, peer = %self.peer.name,
                 "the peer is out of reach on every cluster link: assumed down and marked Outdated in the cluster \
                  settings (it is not promoted before it resyncs); writes resume");
-            if let Some(v) = self.volumes.get(&volume) {
+            if let Some(v) = self.volumes().get(&volume) {
                 v.fence_result(true);
             }
         }
@@ -993,7 +1090,7 @@ impl Shared {
             // while this node sees it (see `twinsan_cluster::lease`).
             let granted: Vec<String> = match st.peer_stamp {
                 Some(_) if self.peer_online(&st) => self
-                    .volumes
+                    .volumes()
                     .iter()
                     .filter(|(name, v)| !v.is_primary() && !st.taking_over.contains(*name))
                     .map(|(name, _)| name.clone())
@@ -1010,10 +1107,11 @@ impl Shared {
                 volumes: granted,
             };
             Report {
+                config_hash: Some(self.running().config_hash),
                 stopped: st.left,
                 leaving: st.leaving,
                 volumes: self
-                    .volumes
+                    .volumes()
                     .iter()
                     .map(|(name, v)| {
                         let s = v.status();
@@ -1108,6 +1206,7 @@ impl Shared {
         let mut peer_vips: BTreeMap<String, bool> = BTreeMap::new();
         let mut peer_was_online = false;
         while !self.stopping() {
+            let exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
             if Instant::now() >= next_monitor {
                 next_monitor = Instant::now() + monitor_every;
                 self.monitor();
@@ -1129,7 +1228,7 @@ impl Shared {
                 // At least four ping intervals: a live replication link is heard from more often than that.
                 let silence = Duration::from_millis(self.config.cluster.detection_timeout_ms)
                     .max(twinsan_replication::engine::PING_INTERVAL * 4);
-                for v in self.volumes.values() {
+                for v in self.volumes().values() {
                     if v.status().connection == ConnState::Connected {
                         v.peer_silent(silence);
                     }
@@ -1193,6 +1292,7 @@ impl Shared {
                     info!("cluster start: joining the cluster");
                 }
             }
+            drop(exec);
             let st = self.lock();
             let _ = self
                 .wake
@@ -1220,13 +1320,13 @@ impl Shared {
         !st.resources
             .values()
             .any(|r| r.status != RunStatus::Stopped && r.kind != ResourceKind::Volume)
-            && !self.volumes.values().any(|v| v.is_primary())
+            && !self.volumes().values().any(|v| v.is_primary())
     }
 
     /// Early loss detection (membership rule 8) on a replication link closed by the peer's side.
     fn early_loss(&self) {
         let recent = self
-            .volumes
+            .volumes()
             .values()
             .filter_map(|v| v.peer_closed_ago())
             .any(|ago| ago < Duration::from_secs(5));
@@ -1269,7 +1369,7 @@ impl Shared {
                 continue;
             };
             let connected = self
-                .volumes
+                .volumes()
                 .get(volume)
                 .is_some_and(|v| v.status().connection == ConnState::Connected);
             if connected {
@@ -1299,17 +1399,17 @@ impl Shared {
             return actions;
         }
         cut_from(actions, |a| {
-            matches!(a, Action::Promote { .. }) && held.contains(a.volume())
+            matches!(a, Action::Promote { .. }) && held.contains(a.resource())
         })
     }
 
     /// Keeps when each volume became Primary here (reported, so two Primaries that meet keep the later one).
     fn track_roles(&self) {
-        let primaries: BTreeSet<&String> = self
-            .volumes
+        let primaries: BTreeSet<String> = self
+            .volumes()
             .iter()
             .filter(|(_, v)| v.is_primary())
-            .map(|(name, _)| name)
+            .map(|(name, _)| name.clone())
             .collect();
         let mut st = self.lock();
         st.primary_since.retain(|name, _| primaries.contains(name));
@@ -1328,7 +1428,7 @@ impl Shared {
             let st = self.lock();
             let online = self.peer_online(&st);
             let ours: BTreeSet<String> = self
-                .stacks
+                .stacks()
                 .iter()
                 .filter(|s| {
                     st.resources
@@ -1338,7 +1438,7 @@ impl Shared {
                 .map(|s| s.vip_name.clone())
                 .collect();
             let theirs: BTreeMap<String, bool> = self
-                .stacks
+                .stacks()
                 .iter()
                 .map(|s| {
                     let running = st.peer_report.as_ref().is_some_and(|r| {
@@ -1353,7 +1453,7 @@ impl Shared {
         };
         let came_back = online && !*peer_was_online;
         *peer_was_online = online;
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             let released = peer_vips.get(&s.vip_name).copied().unwrap_or(false)
                 && !theirs.get(&s.vip_name).copied().unwrap_or(false);
             if ours.contains(&s.vip_name) && (came_back || released) && !s.vip.is_loopback() {
@@ -1376,7 +1476,7 @@ impl Shared {
     /// The leading actions of each volume's list that are this node's.
     fn my_share(&self, actions: &[Action]) -> Vec<Action> {
         let mut mine = Vec::new();
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             for a in actions.iter().filter(|a| a.volume() == s.volume) {
                 if a.node() != self.me.name {
                     break;
@@ -1412,17 +1512,23 @@ impl Shared {
             witness: self.witness.is_some(),
         };
         let volumes = self
-            .stacks
+            .stacks()
             .iter()
             .map(|s| VolumeStack {
                 name: s.volume.clone(),
+                volumes: s.volumes[1..].to_vec(),
+                lun_volumes: s
+                    .luns
+                    .iter()
+                    .filter_map(|(name, lun)| {
+                        let v = s.lun_volume.get(lun)?;
+                        (*v != s.volume).then(|| (name.clone(), v.clone()))
+                    })
+                    .collect(),
                 vip: s.vip_name.clone(),
                 target: s.target_name.clone(),
                 luns: s.luns.iter().map(|(n, _)| n.clone()).collect(),
-                fencing: match self.config.volume(&s.volume).map(|v| v.fencing()) {
-                    Some(FencingPolicy::ResourceOnly) => Fencing::ResourceOnly,
-                    _ => Fencing::DontCare,
-                },
+                fencing: s.fencing,
             })
             .collect();
         let locations = settings
@@ -1464,14 +1570,14 @@ impl Shared {
         });
         let mut vols = Vec::new();
         let mut resources = Vec::new();
-        for s in &self.stacks {
-            let Some(v) = self.volumes.get(&s.volume) else {
+        for name in self.stacks().iter().flat_map(|s| &s.volumes) {
+            let Some(v) = self.volumes().get(name).cloned() else {
                 continue;
             };
             let status = v.status();
             let connected = status.connection == ConnState::Connected;
             vols.push(VolumeStatus {
-                volume: s.volume.clone(),
+                volume: name.clone(),
                 node: self.me.name.clone(),
                 disk: disk_state(status.disk),
                 role: match status.role {
@@ -1481,21 +1587,21 @@ impl Shared {
                 connected,
                 fenced: settings
                     .fenced
-                    .contains(&(s.volume.clone(), self.me.name.clone())),
+                    .contains(&(name.clone(), self.me.name.clone())),
                 generations: generations_to_vec(&status.generations),
                 primary_since_s: st
                     .primary_since
-                    .get(&s.volume)
+                    .get(name)
                     .map(|t| now_s.saturating_sub(t.elapsed().as_secs())),
             });
             let peer_fenced = settings
                 .fenced
-                .contains(&(s.volume.clone(), self.peer.name.clone()));
+                .contains(&(name.clone(), self.peer.name.clone()));
             let reported = st
                 .peer_report
                 .as_ref()
                 .filter(|_| peer_online)
-                .and_then(|r| r.volumes.iter().find(|x| x.volume == s.volume));
+                .and_then(|r| r.volumes.iter().find(|x| x.volume == *name));
             let from_report = reported.map(|x| {
                 (
                     disk_by_name(&x.disk),
@@ -1522,7 +1628,7 @@ impl Shared {
             };
             if let Some((disk, role, connected)) = peer_entry {
                 vols.push(VolumeStatus {
-                    volume: s.volume.clone(),
+                    volume: name.clone(),
                     node: self.peer.name.clone(),
                     disk,
                     role,
@@ -1640,7 +1746,7 @@ impl Shared {
                 // volume arbitrated, nothing failed; the next schedule sees the peer's role.
                 let raced = matches!(action, Action::Promote { .. })
                     && self
-                        .volumes
+                        .volumes()
                         .get(action.volume())
                         .is_some_and(|v| v.status().connection == ConnState::Connected);
                 if raced {
@@ -1677,15 +1783,16 @@ impl Shared {
 
     fn run_action(&self, action: &Action, next: Option<&Action>) -> Result<(), String> {
         let volume_of = |name: &str| {
-            self.volumes
+            self.volumes()
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("no volume {name} on this node"))
         };
         let stack = self
-            .stacks
+            .stacks()
             .iter()
             .find(|s| s.volume == action.volume())
+            .cloned()
             .ok_or_else(|| format!("no stack for volume {}", action.volume()))?;
         match action {
             Action::Promote { volume, .. } => {
@@ -1693,7 +1800,7 @@ impl Shared {
             }
             Action::Demote { volume, .. } => {
                 // Nothing of the stack may run above a Secondary.
-                self.stop_server(volume);
+                self.stop_server(&stack.volume);
                 volume_of(volume)?.admin(AdminCommand::Secondary)?;
             }
             Action::Start { kind, resource, .. } | Action::Stop { kind, resource, .. } => {
@@ -1726,7 +1833,7 @@ impl Shared {
                                 )
                         });
                         if !more {
-                            if let Err(why) = self.apply_server(stack) {
+                            if let Err(why) = self.apply_server(&stack) {
                                 self.set_status(&stack.target_name, false);
                                 return Err(why);
                             }
@@ -1786,29 +1893,48 @@ impl Shared {
                     .collect(),
             )
         };
-        let same = self
-            .lock_servers()
-            .get(&stack.volume)
-            .map(|s| s.luns == luns && !s.server.is_finished());
-        if target_on && same == Some(true) {
-            return Ok(());
+        // Each LUN number serves its own volume's logical unit.
+        let lus = self.luns();
+        let map_of = |served: &BTreeSet<u64>| {
+            let mut map = BTreeMap::new();
+            for l in &luns {
+                let Some(lu) = stack.lun_volume.get(l).and_then(|v| lus.get(v).cloned()) else {
+                    continue;
+                };
+                if !served.contains(l) {
+                    // This node serves the volume from now on: the reservations the peer kept current through
+                    // replication are the truth, not what this logical unit remembers from an earlier turn.
+                    lu.reload_reservations();
+                }
+                map.insert(*l, lu);
+            }
+            map
+        };
+        {
+            let mut servers = self.lock_servers();
+            if let Some(running) = servers
+                .get_mut(&stack.volume)
+                .filter(|s| target_on && !s.server.is_finished())
+            {
+                if running.luns == luns {
+                    return Ok(());
+                }
+                // A LUN added or removed while the target runs: its sessions stay, and see the new inventory.
+                let map = map_of(&running.luns);
+                if running.server.set_luns(&stack.target.iqn, map) {
+                    info!(target = %stack.target.iqn, luns = ?luns, "serving a new LUN map");
+                    running.luns = luns;
+                    return Ok(());
+                }
+            }
         }
         self.stop_server(&stack.volume);
         if !target_on {
             return Ok(());
         }
-        // The stack's volume is behind each of its LUN numbers (config validation allows one).
-        let map = match self.luns.get(&stack.volume) {
-            Some(lu) => {
-                // This node serves the volume from now on: the reservations the peer kept current through
-                // replication are the truth, not what this logical unit remembers from an earlier turn.
-                lu.reload_reservations();
-                luns.iter().map(|l| (*l, lu.clone())).collect()
-            }
-            None => BTreeMap::new(),
-        };
+        let map = map_of(&BTreeSet::new());
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
-        let config = stack.target.server_config(map, &self.chap);
+        let config = stack.target.server_config(map, &self.running().chap);
         let server = self
             .runtime
             .block_on(Server::bind(config, &[addr]))
@@ -1846,7 +1972,7 @@ impl Shared {
             .map(|(n, r)| (n.clone(), r.kind, r.volume.clone()))
             .collect();
         for (name, kind, volume) in started {
-            let Some(stack) = self.stacks.iter().find(|s| s.volume == volume) else {
+            let Some(stack) = self.stacks().iter().find(|s| s.volume == volume).cloned() else {
                 continue;
             };
             let failure = match kind {
@@ -1863,8 +1989,14 @@ impl Shared {
                     (!alive).then(|| "the iSCSI server is not running".to_string())
                 }
                 ResourceKind::Lun => {
-                    let primary = self.volumes.get(&volume).is_some_and(|v| v.is_primary());
-                    (!primary).then(|| format!("volume {volume} is not Primary here"))
+                    let of = stack
+                        .luns
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .and_then(|(_, l)| stack.lun_volume.get(l))
+                        .unwrap_or(&stack.volume);
+                    let primary = self.volumes().get(of).is_some_and(|v| v.is_primary());
+                    (!primary).then(|| format!("volume {of} is not Primary here"))
                 }
                 ResourceKind::Volume => None,
             };
@@ -1887,7 +2019,7 @@ impl Shared {
             .fenced
             .iter()
             .filter(|(volume, _)| {
-                self.volumes.get(volume).is_some_and(|v| {
+                self.volumes().get(volume).is_some_and(|v| {
                     let s = v.status();
                     s.connection == ConnState::Connected
                         && s.disk == VolumeDisk::UpToDate
@@ -1909,7 +2041,7 @@ impl Shared {
 
     /// At daemon stop: the stacks stopped from the top, volumes demoted.
     fn stop_everything(&self) {
-        for s in &self.stacks {
+        for s in self.stacks().iter() {
             self.stop_server(&s.volume);
             let vip_on = self
                 .lock()
@@ -1922,6 +2054,113 @@ impl Shared {
                 }
             }
         }
+    }
+
+    // ----- config reload -----
+
+    fn reload(
+        &self,
+        config: &ClusterConfig,
+        chap: TargetChap,
+        volumes: BTreeMap<String, Arc<Volume>>,
+        luns: HashMap<String, Arc<LogicalUnit>>,
+    ) -> Result<(), String> {
+        let new_stacks: Vec<Arc<Stack>> = stacks(config)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.running();
+        // Stacks that go: stopped here first, from the top (target, then VIP).
+        for s in old
+            .stacks
+            .iter()
+            .filter(|s| !new_stacks.iter().any(|n| n.target.iqn == s.target.iqn))
+        {
+            self.stop_server(&s.volume);
+            let vip_on = self
+                .lock()
+                .resources
+                .get(&s.vip_name)
+                .is_some_and(|r| r.status != RunStatus::Stopped);
+            if vip_on {
+                s.vip.stop().map_err(|e| {
+                    format!("target {}: removing its virtual IP: {e}", s.target.iqn)
+                })?;
+            }
+            info!(target = %s.target.iqn, "reload: target removed");
+        }
+        for (name, v) in volumes.iter() {
+            if !old.volumes.contains_key(name) {
+                self.manage(v);
+            }
+        }
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Live {
+            config_hash: crate::config::reload::config_hash(config),
+            chap: Arc::new(chap),
+            volumes: Arc::new(volumes),
+            luns: Arc::new(luns),
+            stacks: Arc::new(new_stacks.clone()),
+        };
+        {
+            let mut st = self.lock();
+            let mut names = BTreeSet::new();
+            for s in &new_stacks {
+                let members = s
+                    .volumes
+                    .iter()
+                    .map(|v| (v.clone(), ResourceKind::Volume))
+                    .chain([
+                        (s.vip_name.clone(), ResourceKind::Vip),
+                        (s.target_name.clone(), ResourceKind::Target),
+                    ])
+                    .chain(s.luns.iter().map(|(n, _)| (n.clone(), ResourceKind::Lun)));
+                for (name, kind) in members {
+                    names.insert(name.clone());
+                    st.resources.entry(name).or_insert_with(|| LocalResource {
+                        kind,
+                        volume: s.volume.clone(),
+                        status: RunStatus::Stopped,
+                        fail_count: 0,
+                        last_failure: None,
+                    });
+                }
+            }
+            st.resources.retain(|name, _| names.contains(name));
+        }
+        // Running targets serve their new LUN maps (a removed LUN's resource is gone, so it is left out), and
+        // take their new access rules (allow-list, CHAP) for the logins from now on.
+        let chap = self.running().chap;
+        for s in &new_stacks {
+            let running = self.lock_servers().contains_key(&s.volume);
+            if running {
+                self.apply_server(s)?;
+                let wanted = s.target.server_config(BTreeMap::new(), &chap);
+                let servers = self.lock_servers();
+                if let (Some(r), Some(t)) = (servers.get(&s.volume), wanted.targets.first()) {
+                    r.server.set_access(
+                        &t.name,
+                        t.allowed_initiators.clone(),
+                        t.chap.clone(),
+                        wanted.discovery_chap.clone(),
+                    );
+                }
+            }
+        }
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    fn serves(&self, volume: &str) -> bool {
+        let servers = self.lock_servers();
+        self.stacks().iter().any(|s| {
+            servers.get(&s.volume).is_some_and(|r| {
+                r.luns
+                    .iter()
+                    .any(|l| s.lun_volume.get(l).is_some_and(|v| v == volume))
+            })
+        })
     }
 
     // ----- admin requests -----
@@ -2055,8 +2294,8 @@ impl Shared {
 
     fn all_resources(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for s in &self.stacks {
-            out.push(s.volume.clone());
+        for s in self.stacks().iter() {
+            out.extend(s.volumes.iter().cloned());
             out.push(s.vip_name.clone());
             out.push(s.target_name.clone());
             out.extend(s.luns.iter().map(|(n, _)| n.clone()));
@@ -2078,10 +2317,10 @@ impl Shared {
 
     /// The volume whose stack `resource` belongs to.
     fn stack_of(&self, resource: &str) -> Option<String> {
-        self.stacks
+        self.stacks()
             .iter()
             .find(|s| {
-                s.volume == resource
+                s.volumes.iter().any(|v| v == resource)
                     || s.vip_name == resource
                     || s.target_name == resource
                     || s.luns.iter().any(|(n, _)| n == resource)
@@ -2127,28 +2366,32 @@ impl Shared {
             })
             .collect();
         let mut resources = Vec::new();
-        for s in &self.stacks {
-            let mut vol = api::ResourceStatus {
-                name: s.volume.clone(),
-                kind: "volume".into(),
-                agent: "twinsan:volume".into(),
-                volume: s.volume.clone(),
-                detail: format!("replicated volume {}", s.volume),
-                started: vec![],
-                failed: vec![],
-                promoted: vec![],
-                unpromoted: vec![],
-                last_error: None,
-            };
-            for e in input.state.volumes.iter().filter(|e| e.volume == s.volume) {
-                if !view_online(&e.node) {
-                    continue;
+        for s in self.stacks().iter() {
+            let mut vols = Vec::new();
+            for name in &s.volumes {
+                let mut vol = api::ResourceStatus {
+                    name: name.clone(),
+                    kind: "volume".into(),
+                    agent: "twinsan:volume".into(),
+                    volume: s.volume.clone(),
+                    detail: format!("replicated volume {name}"),
+                    started: vec![],
+                    failed: vec![],
+                    promoted: vec![],
+                    unpromoted: vec![],
+                    last_error: None,
+                };
+                for e in input.state.volumes.iter().filter(|e| e.volume == *name) {
+                    if !view_online(&e.node) {
+                        continue;
+                    }
+                    vol.started.push(e.node.clone());
+                    match e.role {
+                        Role::Primary => vol.promoted.push(e.node.clone()),
+                        _ => vol.unpromoted.push(e.node.clone()),
+                    }
                 }
-                vol.started.push(e.node.clone());
-                match e.role {
-                    Role::Primary => vol.promoted.push(e.node.clone()),
-                    _ => vol.unpromoted.push(e.node.clone()),
-                }
+                vols.push(vol);
             }
             let res_of = |name: &str, kind: &str, agent: &str, detail: String| {
                 let mut r = api::ResourceStatus {
@@ -2173,7 +2416,7 @@ impl Shared {
                 r
             };
             let portal = SocketAddr::new(s.target.vip, s.target.port);
-            resources.push(vol);
+            resources.extend(vols);
             resources.push(res_of(
                 &s.vip_name,
                 "vip",
@@ -2221,7 +2464,22 @@ impl Shared {
                 )
             }
         };
+        let config_hash = self.running().config_hash;
+        let config_warning = st
+            .peer_report
+            .as_ref()
+            .filter(|_| view_online(&self.peer.name))
+            .and_then(|r| r.config_hash.as_ref())
+            .filter(|theirs| **theirs != config_hash)
+            .map(|theirs| {
+                format!(
+                    "the nodes run different configs ({} has {}, {} has {theirs}): edit the file on both nodes \
+                     and run `twinsan node reload` on each",
+                    self.me.name, config_hash, self.peer.name
+                )
+            });
         api::ClusterStatus {
+            config_warning,
             cluster: self.config.cluster.name.clone(),
             node: self.me.name.clone(),
             managed: true,
@@ -2261,7 +2519,7 @@ impl Shared {
                 )
                 .collect(),
             notes: st.notes.clone(),
-            volumes: self.volumes.values().map(|v| v.api_status()).collect(),
+            volumes: self.volumes().values().map(|v| v.api_status()).collect(),
             properties: self.properties(),
         }
     }

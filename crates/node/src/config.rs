@@ -51,6 +51,7 @@ use twinsan_replication::state::FencingPolicy;
 use twinsan_replication::wire::ReplicationProtocol;
 
 mod chap;
+pub mod reload;
 
 pub use chap::{TargetChap, MAX_CHAP_LEN, MIN_CHAP_SECRET_LEN};
 
@@ -926,18 +927,6 @@ impl ClusterConfig {
                     ));
                 }
             }
-            if !self.cluster.manual {
-                if let Some(other) = t.lun.iter().find(|l| l.volume != t.lun[0].volume) {
-                    return Err(self.invalid(
-                        field("lun"),
-                        format!(
-                            "holds volumes {} and {}: the cluster moves a target with its volume, so all LUNs of \
-                             a target are of one volume; give the other volume a target of its own",
-                            t.lun[0].volume, other.volume
-                        ),
-                    ));
-                }
-            }
         }
         Ok(())
     }
@@ -1385,7 +1374,7 @@ mod tests {
 
     /// A valid config with everything the checks look at: two volumes (one with external metadata on node2), two
     /// targets (an iqn and an eui name).
-    const VALID: &str = r#"
+    pub(super) const VALID: &str = r#"
 [cluster]
 name = "test"
 secret = "5f3c9a1e7b2d4068a9e1c3b5d7f90246"
@@ -2072,11 +2061,23 @@ lun = [ { lun = 0, volume = "vol1" } ]
             "lun = [ { lun = 1, volume = \"vol0\" } ]",
             "lun = [ { lun = 1, volume = \"vol0\" }, { lun = 2, volume = \"vol1\" } ]",
         );
+        // vol1 is still LUN 0 of the second target.
         assert_refused(
             &mixed,
-            &format!("{T0}.lun"),
-            "holds volumes vol0 and vol1: the cluster moves a target with its volume",
+            "target[eui.0123456789ABCDEF].lun[0].volume",
+            &format!(
+                "volume vol1 is already LUN 2 of target {}",
+                &T0[7..T0.len() - 1]
+            ),
         );
+        // Without it, one target serves both volumes in a managed cluster too: they fail over together.
+        let end = mixed
+            .find("[[target]]\niqn = \"eui.")
+            .expect("second target");
+        let together = parse(&mixed[..end]).expect("one target with LUNs of two volumes");
+        assert!(!together.cluster.manual);
+        assert_eq!(together.targets.len(), 1);
+        assert_eq!(together.targets[0].lun.len(), 2);
         let manual = mixed
             .replacen("name = \"test\"", "name = \"test\"\nmanual = true", 1)
             .replacen("fencing = \"resource-only\"", "", 1);

@@ -22,6 +22,7 @@ use twinsan_target::{Running, Server, ServerConfig};
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
 use crate::cluster::ClusterManager;
+use crate::config::reload::Change;
 use crate::config::{ClusterConfig, NodeConfig, TargetChap};
 use crate::volume::{ClaimedDisk, DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
 
@@ -49,12 +50,15 @@ const DRAIN_AT_STOP: Duration = Duration::from_secs(30);
 
 /// The running node.
 struct Node {
-    config: ClusterConfig,
-    /// The CHAP policies the targets are served with.
-    chap: TargetChap,
+    /// What a config reload replaces: the config, the targets' CHAP policies, the volumes and their logical
+    /// units. Read as a snapshot ([`Node::live`]).
+    live: Mutex<NodeLive>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
     me: NodeConfig,
-    volumes: BTreeMap<String, Arc<Volume>>,
-    luns: HashMap<String, Arc<LogicalUnit>>,
+    peer: NodeConfig,
+    /// The replication secret, read once at start.
+    secret: Vec<u8>,
     events: broadcast::Sender<api::EventLine>,
     targets: Mutex<Targets>,
     /// One reconciliation at a time (the periodic one and an admin command's).
@@ -62,6 +66,15 @@ struct Node {
     runtime: tokio::runtime::Handle,
     /// The cluster manager; `None` in manual mode.
     cluster: Option<Arc<ClusterManager>>,
+}
+
+/// The parts of a running node a config reload replaces.
+#[derive(Clone)]
+struct NodeLive {
+    config: Arc<ClusterConfig>,
+    chap: Arc<TargetChap>,
+    volumes: Arc<BTreeMap<String, Arc<Volume>>>,
+    luns: Arc<HashMap<String, Arc<LogicalUnit>>>,
 }
 
 /// The iSCSI server of this node and the targets it serves now.
@@ -94,19 +107,9 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
     // are (SPEC 3, invariant 9).
     let mut disks = Vec::new();
     for v in &config.volumes {
-        let Some(disk) = v.disk.get(&me.name) else {
-            continue;
-        };
-        let paths = DiskPaths {
-            data: config.resolve(&disk.path),
-            meta: disk.meta.as_ref().map(|m| config.resolve(m)),
-            volume_uuid: v.uuid_value(),
-        };
-        let claimed = ClaimedDisk::claim(paths).map_err(|source| DaemonError::Volume {
-            volume: v.name.clone(),
-            source,
-        })?;
-        disks.push((v, claimed));
+        if let Some(claimed) = claim_disk(&config, &me, v)? {
+            disks.push((v, claimed));
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,77 +119,14 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
     let (events, _) = broadcast::channel(1024);
     let mut volumes = BTreeMap::new();
     for (v, disk) in disks {
-        // The controller re-requests what completed once per 100 ms step, so the fill target bounds the rate to
-        // fill / step; DRBD's defaults (fill of a few MiB, 2 s to close a gap) are sized for WAN links and keep a
-        // local resync near 100 MiB/s. Here: up to 64 MiB in flight (so up to 640 MiB/s), a gap closed in 300 ms.
-        let rate = RateConfig {
-            target: twinsan_replication::resync::RateTarget::Fill { bytes: 64 << 20 },
-            plan_ahead: Duration::from_millis(300),
-            ..RateConfig::default()
-        };
-        let resync = ResyncConfig {
-            rate: match v.resync_max_kib_s {
-                Some(max) => RateConfig {
-                    max_rate_kib_s: max,
-                    ..rate
-                },
-                None => rate,
-            },
-            max_in_flight: 64,
-            ..ResyncConfig::default()
-        };
-        let engine_config = EngineConfig {
-            volume: v.name.clone(),
-            node_id: me.id,
-            peer_node_id: peer.id,
-            peer_name: peer.name.clone(),
-            cluster_id: wire::cluster_id(&config.cluster.name),
-            secret: SharedSecret::new(secret.clone()),
-            protocol: v.protocol(),
-            fencing: v.fencing(),
-            policies: v.policies(&config),
-            resync,
-            checksum_resync: v.checksum_resync,
-        };
-        let link = LinkConfig {
-            local: SocketAddr::new(me.address, v.port),
-            peer: SocketAddr::new(peer.address, v.port),
-            dial: me.id < peer.id,
-        };
-        let handlers = Handlers {
-            split_brain: v.handler_split_brain.clone(),
-            pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
-        };
-        let volume = Volume::start(
-            &v.name,
-            &peer.name,
-            engine_config,
-            disk,
-            link,
-            handlers,
-            events.clone(),
-        )
-        .map_err(|source| DaemonError::Volume {
-            volume: v.name.clone(),
-            source,
-        })?;
-        info!(volume = %v.name, "volume started: {}", volume.api_status().disk);
+        let volume = start_volume(&config, &me, &peer, &secret, v, disk, &events)?;
         volumes.insert(v.name.clone(), volume);
     }
     let mut luns = HashMap::new();
     for t in &config.targets {
         for l in &t.lun {
             if let Some(volume) = volumes.get(&l.volume) {
-                let identity = twinsan_target::identity::derive(
-                    &[b"replicated-volume", &volume.uuid().to_be_bytes()],
-                    &t.iqn,
-                    1,
-                );
-                let dev = Arc::new(ReplicatedDevice::new(volume.clone()));
-                luns.insert(
-                    l.volume.clone(),
-                    Arc::new(LogicalUnit::new(dev, identity, false)),
-                );
+                luns.insert(l.volume.clone(), logical_unit(volume, &t.iqn));
             }
         }
     }
@@ -197,7 +137,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             ClusterManager::start(
                 config.clone(),
                 me.clone(),
-                secret,
+                secret.clone(),
                 chap.clone(),
                 volumes.clone(),
                 luns.clone(),
@@ -206,19 +146,24 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             .map_err(|e| DaemonError::Io(format!("cluster manager: {e}")))?,
         )
     };
+    let socket = config.admin_socket(&me);
     let node = Arc::new(Node {
         cluster,
         me: me.clone(),
-        volumes,
-        luns,
+        peer,
+        secret,
+        live: Mutex::new(NodeLive {
+            config: Arc::new(config),
+            chap: Arc::new(chap),
+            volumes: Arc::new(volumes),
+            luns: Arc::new(luns),
+        }),
+        reloading: Mutex::new(()),
         events,
         targets: Mutex::new(Targets::default()),
         reconciling: tokio::sync::Mutex::new(()),
         runtime: runtime.handle().clone(),
-        config,
-        chap,
     });
-    let socket = node.config.admin_socket(&me);
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
         let admin_node: Arc<dyn AdminService> = node.clone();
@@ -257,6 +202,34 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
                 }
             })
         });
+        // SIGHUP: reload the config, as `twinsan node reload` does; the outcome goes to the log.
+        let reloader = {
+            let node = node.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hup = match signal(SignalKind::hangup()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("cannot watch SIGHUP (config reload): {e}");
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = hup.recv() => {
+                            let node = node.clone();
+                            match tokio::task::spawn_blocking(move || node.reload()).await {
+                                Ok(Ok(message)) => info!("SIGHUP: {message}"),
+                                Ok(Err(message)) => warn!("SIGHUP: {message}"),
+                                Err(e) => error!("SIGHUP: the reload did not finish: {e}"),
+                            }
+                        }
+                    }
+                }
+            })
+        };
         wait_for_signal().await;
         info!("stopping");
         if let Some(cluster) = &node.cluster {
@@ -265,6 +238,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             let _ = tokio::task::spawn_blocking(move || cluster.shutdown(DRAIN_AT_STOP)).await;
         }
         let _ = stop_tx.send(true);
+        let _ = reloader.await;
         if let Some(reconciler) = reconciler {
             let _ = reconciler.await;
         }
@@ -273,7 +247,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
         Ok(())
     });
     // Demote what is Primary (the target is down, so nothing is in flight) and close every volume cleanly.
-    for volume in node.volumes.values() {
+    for volume in node.live().volumes.values() {
         if volume.is_primary() {
             if let Err(e) = volume.admin(AdminCommand::Secondary) {
                 warn!(volume = %volume.name(), "demote at stop: {e}");
@@ -283,6 +257,107 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     result
+}
+
+/// Starts volume `v` of `config` on node `me` with its claimed disk: the engine, the link to `peer`.
+fn start_volume(
+    config: &ClusterConfig,
+    me: &NodeConfig,
+    peer: &NodeConfig,
+    secret: &[u8],
+    v: &crate::config::VolumeConfig,
+    disk: ClaimedDisk,
+    events: &broadcast::Sender<api::EventLine>,
+) -> Result<Arc<Volume>, DaemonError> {
+    // The controller re-requests what completed once per 100 ms step, so the fill target bounds the rate to
+    // fill / step; DRBD's defaults (fill of a few MiB, 2 s to close a gap) are sized for WAN links and keep a
+    // local resync near 100 MiB/s. Here: up to 64 MiB in flight (so up to 640 MiB/s), a gap closed in 300 ms.
+    let rate = RateConfig {
+        target: twinsan_replication::resync::RateTarget::Fill { bytes: 64 << 20 },
+        plan_ahead: Duration::from_millis(300),
+        ..RateConfig::default()
+    };
+    let resync = ResyncConfig {
+        rate: match v.resync_max_kib_s {
+            Some(max) => RateConfig {
+                max_rate_kib_s: max,
+                ..rate
+            },
+            None => rate,
+        },
+        max_in_flight: 64,
+        ..ResyncConfig::default()
+    };
+    let engine_config = EngineConfig {
+        volume: v.name.clone(),
+        node_id: me.id,
+        peer_node_id: peer.id,
+        peer_name: peer.name.clone(),
+        cluster_id: wire::cluster_id(&config.cluster.name),
+        secret: SharedSecret::new(secret.to_vec()),
+        protocol: v.protocol(),
+        fencing: v.fencing(),
+        policies: v.policies(config),
+        resync,
+        checksum_resync: v.checksum_resync,
+    };
+    let link = LinkConfig {
+        local: SocketAddr::new(me.address, v.port),
+        peer: SocketAddr::new(peer.address, v.port),
+        dial: me.id < peer.id,
+    };
+    let handlers = Handlers {
+        split_brain: v.handler_split_brain.clone(),
+        pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
+    };
+    let volume = Volume::start(
+        &v.name,
+        &peer.name,
+        engine_config,
+        disk,
+        link,
+        handlers,
+        events.clone(),
+    )
+    .map_err(|source| DaemonError::Volume {
+        volume: v.name.clone(),
+        source,
+    })?;
+    info!(volume = %v.name, "volume started: {}", volume.api_status().disk);
+    Ok(volume)
+}
+
+/// The logical unit of `volume` as LUN of target `iqn` (its identity derives from both).
+fn logical_unit(volume: &Arc<Volume>, iqn: &str) -> Arc<LogicalUnit> {
+    let identity = twinsan_target::identity::derive(
+        &[b"replicated-volume", &volume.uuid().to_be_bytes()],
+        iqn,
+        1,
+    );
+    let dev = Arc::new(ReplicatedDevice::new(volume.clone()));
+    Arc::new(LogicalUnit::new(dev, identity, false))
+}
+
+/// Claims the disk of volume `v` on node `me`.
+fn claim_disk(
+    config: &ClusterConfig,
+    me: &NodeConfig,
+    v: &crate::config::VolumeConfig,
+) -> Result<Option<ClaimedDisk>, DaemonError> {
+    let Some(disk) = v.disk.get(&me.name) else {
+        return Ok(None);
+    };
+    let paths = DiskPaths {
+        data: config.resolve(&disk.path),
+        meta: disk.meta.as_ref().map(|m| config.resolve(m)),
+        volume_uuid: v.uuid_value(),
+    };
+    ClaimedDisk::claim(paths)
+        .map(Some)
+        .map_err(|source| DaemonError::Volume {
+            volume: v.name.clone(),
+            source,
+        })
 }
 
 async fn wait_for_signal() {
@@ -302,6 +377,147 @@ async fn wait_for_signal() {
 }
 
 impl Node {
+    fn live(&self) -> NodeLive {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the config file this node was started with and applies the difference to the running node
+    /// (`config::reload::plan`, executed here). A file that does not parse or validate, whose CHAP secret files are
+    /// unusable, that changes what cannot change live, or whose new volumes cannot be started (a disk without
+    /// `volume create-md`, a disk in use) is refused as a whole, with the field or the volume named; the running
+    /// config is then untouched.
+    ///
+    /// Order: new volumes are started (attached, connecting to the peer); the cluster manager takes the new
+    /// stacks (a running target serves its new LUN map at once: removed LUNs stop answering, sessions get
+    /// REPORTED LUNS DATA HAS CHANGED; new LUNs start once their volume is Primary); removed volumes — no longer
+    /// behind any LUN — are demoted if Primary and taken down last.
+    fn reload(&self) -> Result<String, String> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live();
+        let path = live.config.source.clone();
+        let refused =
+            |why: String| format!("reload refused: {why}; the running config is unchanged");
+        let new = ClusterConfig::load(&path).map_err(|e| refused(e.to_string()))?;
+        let chap = new.load_chap().map_err(|e| refused(e.to_string()))?;
+        let plan = crate::config::reload::plan(&live.config, &new)
+            .map_err(|e| format!("reload refused: {}: {e}", path.display()))?;
+        let hash = crate::config::reload::config_hash(&new);
+        if plan.changes.is_empty() {
+            info!(config = %path.display(), "reload: the config is unchanged");
+            return Ok(format!(
+                "{}: unchanged (config hash {hash}): nothing to apply",
+                path.display()
+            ));
+        }
+        let changes: Vec<String> = plan.changes.iter().map(|c| c.to_string()).collect();
+        let Some(cluster) = &self.cluster else {
+            return Err(refused(format!(
+                "{}: {}: in manual mode a node applies a changed config at its next start (restart it)",
+                path.display(),
+                changes.join("; ")
+            )));
+        };
+        // New volumes: every disk claimed and every engine started before anything else changes.
+        let mut started: Vec<Arc<Volume>> = Vec::new();
+        let mut volumes = (*live.volumes).clone();
+        let give_back = |started: &[Arc<Volume>]| {
+            for v in started {
+                v.shutdown();
+            }
+        };
+        for change in &plan.changes {
+            let Change::AddVolume { volume } = change else {
+                continue;
+            };
+            let Some(v) = new.volume(volume) else {
+                continue;
+            };
+            let result = claim_disk(&new, &self.me, v).and_then(|disk| match disk {
+                Some(disk) => start_volume(
+                    &new,
+                    &self.me,
+                    &self.peer,
+                    &self.secret,
+                    v,
+                    disk,
+                    &self.events,
+                )
+                .map(Some),
+                None => Ok(None),
+            });
+            match result {
+                Ok(Some(started_volume)) => {
+                    volumes.insert(volume.clone(), started_volume.clone());
+                    started.push(started_volume);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    give_back(&started);
+                    return Err(refused(format!("add volume {volume}: {e}")));
+                }
+            }
+        }
+        let removed: Vec<String> = plan
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::RemoveVolume { volume } => Some(volume.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut luns = (*live.luns).clone();
+        for t in &new.targets {
+            for l in &t.lun {
+                if let (false, Some(v)) = (luns.contains_key(&l.volume), volumes.get(&l.volume)) {
+                    luns.insert(l.volume.clone(), logical_unit(v, &t.iqn));
+                }
+            }
+        }
+        let gone: Vec<Arc<Volume>> = removed.iter().filter_map(|r| volumes.remove(r)).collect();
+        for r in &removed {
+            luns.remove(r);
+        }
+        if let Err(e) = cluster.reload(&new, chap.clone(), volumes.clone(), luns.clone()) {
+            give_back(&started);
+            return Err(refused(e));
+        }
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = NodeLive {
+            config: Arc::new(new),
+            chap: Arc::new(chap),
+            volumes: Arc::new(volumes),
+            luns: Arc::new(luns),
+        };
+        // Removed volumes: nothing serves them any more; demoted if Primary, then closed.
+        let mut notes = Vec::new();
+        for v in gone {
+            if cluster.serves(v.name()) {
+                warn!(volume = %v.name(), "reload: the volume is still served; left running");
+                notes.push(format!(
+                    "volume {} is still served here and was left running",
+                    v.name()
+                ));
+                continue;
+            }
+            if v.is_primary() {
+                if let Err(e) = v.admin(AdminCommand::Secondary) {
+                    warn!(volume = %v.name(), "reload: demoting the removed volume: {e}");
+                }
+            }
+            v.shutdown();
+            info!(volume = %v.name(), "reload: volume taken down");
+        }
+        info!(changes = ?changes, hash = %hash, "reload: applied");
+        let mut message = format!(
+            "{}: applied (config hash {hash}): {}",
+            path.display(),
+            changes.join("; ")
+        );
+        for n in notes {
+            message.push_str(&format!("; {n}"));
+        }
+        Ok(message)
+    }
+
     fn lock_targets(&self) -> std::sync::MutexGuard<'_, Targets> {
         self.targets.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -309,14 +525,15 @@ impl Node {
     /// The targets that should be served here now: every LUN's volume Primary here and none being demoted.
     fn desired_targets(&self) -> BTreeSet<String> {
         let held = self.lock_targets().held.clone();
-        self.config
+        let live = self.live();
+        live.config
             .targets
             .iter()
             .filter(|t| {
                 !t.lun.is_empty()
                     && t.lun.iter().all(|l| {
                         !held.contains(&l.volume)
-                            && self.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
+                            && live.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
                     })
             })
             .map(|t| t.iqn.clone())
@@ -336,7 +553,8 @@ impl Node {
         }
         let mut targets = Vec::new();
         let mut port = 3260;
-        for t in self
+        let live = self.live();
+        for t in live
             .config
             .targets
             .iter()
@@ -344,14 +562,14 @@ impl Node {
         {
             let mut luns = BTreeMap::new();
             for l in &t.lun {
-                if let Some(lu) = self.luns.get(&l.volume) {
+                if let Some(lu) = live.luns.get(&l.volume) {
                     // Serving starts here: the replicated reservation state is the truth (see the cluster's).
                     lu.reload_reservations();
                     luns.insert(l.lun, lu.clone());
                 }
             }
             port = t.port;
-            targets.push(t.target_config(luns, &self.chap));
+            targets.push(t.target_config(luns, &live.chap));
         }
         let addr = SocketAddr::new(self.me.address, port);
         let mut config = ServerConfig::new(targets);
@@ -380,9 +598,11 @@ impl Node {
         }
     }
 
-    fn volume(&self, name: &str) -> Result<&Arc<Volume>, String> {
-        self.volumes
+    fn volume(&self, name: &str) -> Result<Arc<Volume>, String> {
+        self.live()
+            .volumes
             .get(name)
+            .cloned()
             .ok_or_else(|| format!("no volume named {name} on node {}", self.me.name))
     }
 
@@ -439,12 +659,14 @@ impl Node {
     /// `twinsan status` in manual mode: the nodes as configured, the volumes as this node sees them.
     fn manual_status(&self) -> api::ClusterStatus {
         api::ClusterStatus {
-            cluster: self.config.cluster.name.clone(),
+            config_warning: None,
+            cluster: self.live().config.cluster.name.clone(),
             node: self.me.name.clone(),
             managed: false,
             quorum: "manual mode: no cluster manager".into(),
             witness: None,
             nodes: self
+                .live()
                 .config
                 .nodes
                 .iter()
@@ -460,8 +682,16 @@ impl Node {
             failed_actions: Vec::new(),
             constraints: Vec::new(),
             notes: Vec::new(),
-            volumes: self.volumes.values().map(|v| v.api_status()).collect(),
-            properties: vec![("cluster-name".into(), self.config.cluster.name.clone())],
+            volumes: self
+                .live()
+                .volumes
+                .values()
+                .map(|v| v.api_status())
+                .collect(),
+            properties: vec![(
+                "cluster-name".into(),
+                self.live().config.cluster.name.clone(),
+            )],
         }
     }
 }
@@ -475,7 +705,7 @@ impl AdminService for Node {
                         Ok(v) => vec![v.api_status()],
                         Err(message) => return Response::Error { message },
                     },
-                    None => self.volumes.values().map(|v| v.api_status()).collect(),
+                    None => self.live().volumes.values().map(|v| v.api_status()).collect(),
                 };
                 Response::Status { volumes }
             }
@@ -509,6 +739,12 @@ impl AdminService for Node {
                     assume_clean,
                 },
             ),
+            Request::Reload => match self.reload() {
+                Ok(message) => Response::Ok {
+                    message: Some(message),
+                },
+                Err(message) => Response::Error { message },
+            },
             Request::Events { .. } => Response::Error {
                 message: "events are streamed, not answered".into(),
             },
@@ -526,7 +762,7 @@ impl AdminService for Node {
                     message: format!(
                         "no cluster manager runs: {} sets cluster.manual = true, so roles change only by `twinsan \
                          volume primary|secondary`",
-                        self.config.source.display()
+                        self.live().config.source.display()
                     ),
                 },
             },
@@ -540,7 +776,12 @@ impl AdminService for Node {
         let rx = self.events.subscribe();
         let lines = match volume {
             Some(name) => vec![self.volume(name)?.api_status()],
-            None => self.volumes.values().map(|v| v.api_status()).collect(),
+            None => self
+                .live()
+                .volumes
+                .values()
+                .map(|v| v.api_status())
+                .collect(),
         }
         .into_iter()
         .map(|status| api::EventLine {

@@ -187,6 +187,11 @@ impl Sense {
         Self::new(SenseKey::UnitAttention, 0x2A, 0x01)
     }
 
+    /// UNIT ATTENTION / REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh): the target's LUN inventory changed.
+    pub const fn reported_luns_changed() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x3F, 0x0E)
+    }
+
     /// UNIT ATTENTION / CAPACITY DATA HAS CHANGED (2Ah/09h).
     pub const fn capacity_changed() -> Self {
         Self::new(SenseKey::UnitAttention, 0x2A, 0x09)

@@ -26,7 +26,7 @@ use twinsan_iscsi::text::TextPairs;
 use twinsan_scsi::{LogicalUnit, Nexus, Outcome, Request, Sense};
 
 use crate::output::Output;
-use crate::server::{SessionKey, Shared};
+use crate::server::{LunMap, SessionKey, Shared};
 
 /// Largest data buffer one command may hold (reads and writes); bigger transfers are refused by the SCSI layer's
 /// block limits before any data moves.
@@ -48,18 +48,18 @@ impl LoginEnv for Env<'_> {
         target: &str,
         initiator: &str,
     ) -> Result<Option<ChapPolicy>, LoginStatus> {
+        // The access rules now: a config reload may have replaced them (`Running::set_access`).
         let t = self
             .shared
-            .config
-            .target(target)
+            .target_index(target)
             .ok_or(LoginStatus::NotFound)?;
-        if !t.allows(initiator) {
+        if !self.shared.allows(t, initiator) {
             return Err(LoginStatus::AuthorizationFailure);
         }
-        Ok(t.chap.clone())
+        Ok(self.shared.chap(t))
     }
     fn discovery_access(&self, _initiator: &str) -> Result<Option<ChapPolicy>, LoginStatus> {
-        Ok(self.shared.config.discovery_chap.clone())
+        Ok(self.shared.discovery_chap())
     }
 }
 
@@ -341,7 +341,9 @@ struct Conn {
     cid: u16,
     target: Option<usize>,
     nexus: Arc<Nexus>,
-    luns: Arc<[u64]>,
+    /// The target's LUNs as of `lun_generation`; refreshed before each command when the server's changed.
+    lun_map: Arc<LunMap>,
+    lun_generation: u64,
     local: SocketAddr,
     window: CmdWindow,
     held: HashMap<u32, RawPdu>,
@@ -377,9 +379,10 @@ async fn full_feature(
         li.n.target_name
             .as_deref()
             .and_then(|t| shared.config.targets.iter().position(|c| c.name == t));
-    let luns: Arc<[u64]> = target
-        .map(|i| shared.config.targets[i].luns.keys().copied().collect())
-        .unwrap_or_default();
+    let lun_generation = shared
+        .lun_generation
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let lun_map = shared.lun_map(target.unwrap_or(usize::MAX));
     let nexus = Arc::new(Nexus {
         id: shared.nexus_id(&li.n.initiator_name, li.isid),
         initiator_name: li.n.initiator_name.clone(),
@@ -388,7 +391,8 @@ async fn full_feature(
     });
     if let Some(t) = target {
         // The logical units learn of the nexus now, so a reset before its first command still reaches it.
-        for lu in shared.config.targets[t].luns.values() {
+        shared.nexus_up(t, &nexus);
+        for lu in lun_map.luns.values() {
             lu.nexus_joined(&nexus);
         }
     }
@@ -409,7 +413,8 @@ async fn full_feature(
         cid: li.cid,
         target,
         nexus,
-        luns,
+        lun_map,
+        lun_generation,
         local,
         held: HashMap::new(),
         tasks: HashMap::new(),
@@ -498,7 +503,8 @@ async fn full_feature(
     }
     if let Some(t) = conn.target {
         // I_T nexus loss: the logical units drop what they kept for it, so memory follows the live sessions.
-        for lu in shared.config.targets[t].luns.values() {
+        shared.nexus_down(t, &conn.nexus);
+        for lu in shared.lun_map(t).luns.values() {
             lu.nexus_gone(&conn.nexus);
         }
     }
@@ -530,11 +536,22 @@ impl Conn {
     }
 
     fn lu(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
-        let t = self.target?;
-        self.shared.config.targets[t]
-            .luns
-            .get(&lun_number(lun))
-            .cloned()
+        self.target?;
+        self.lun_map.luns.get(&lun_number(lun)).cloned()
+    }
+
+    /// Takes the target's current LUNs if they changed since this connection last looked (a config reload).
+    fn refresh_luns(&mut self) {
+        let generation = self
+            .shared
+            .lun_generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if generation != self.lun_generation {
+            self.lun_generation = generation;
+            if let Some(t) = self.target {
+                self.lun_map = self.shared.lun_map(t);
+            }
+        }
     }
 
     fn emit(&mut self, p: &Pdu, data: &[u8]) {
@@ -752,6 +769,7 @@ impl Conn {
 
     /// Registers a SCSI command and takes its immediate data. Returns false if it was answered or refused.
     fn new_task(&mut self, c: &pdu::ScsiCommand, raw: &RawPdu) -> Result<bool, Fatal> {
+        self.refresh_luns();
         if self.tasks.contains_key(&c.itt) {
             warn!(
                 itt = c.itt,
@@ -918,7 +936,7 @@ impl Conn {
                 nexus: &self.nexus,
                 cdb: &cdb,
                 data_out: &data,
-                luns: &self.luns,
+                luns: &self.lun_map.numbers,
             };
             lu.submit(
                 &req,
@@ -931,7 +949,7 @@ impl Conn {
         let cdb = t.cdb.clone();
         let data = std::mem::take(&mut t.data);
         let lu = t.lu.clone();
-        let (nexus, luns) = (self.nexus.clone(), self.luns.clone());
+        let (nexus, luns) = (self.nexus.clone(), self.lun_map.numbers.clone());
         let run = move || {
             let req = Request {
                 nexus: &nexus,
@@ -1221,9 +1239,8 @@ impl Conn {
 
     fn on_tmf(&mut self, p: &pdu::TaskMgmtRequest) {
         let lun = lun_number(p.lun);
-        let lun_exists = self
-            .target
-            .is_some_and(|t| self.shared.config.targets[t].luns.contains_key(&lun));
+        self.refresh_luns();
+        let lun_exists = self.target.is_some() && self.lun_map.luns.contains_key(&lun);
         let mut victims: Vec<u32> = Vec::new();
         let mut close_after = false;
         let response = match p.function {
@@ -1260,10 +1277,8 @@ impl Conn {
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 victims.extend(self.tasks.keys().copied());
-                if let Some(t) = self.target {
-                    for lu in self.shared.config.targets[t].luns.values() {
-                        lu.reset(&self.nexus);
-                    }
+                for lu in self.lun_map.luns.values() {
+                    lu.reset(&self.nexus);
                 }
                 close_after = p.function == tmf::TARGET_COLD_RESET;
                 tmf::COMPLETE
@@ -1419,7 +1434,7 @@ impl Conn {
                 "" => Some(i) == self.target,
                 name => name == t.name && (self.discovery() || Some(i) == self.target),
             };
-            if wanted && t.allows(&self.n.initiator_name) {
+            if wanted && self.shared.allows(i, &self.n.initiator_name) {
                 reply.push("TargetName", t.name.clone());
                 reply.push("TargetAddress", addr.clone());
             }

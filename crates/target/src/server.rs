@@ -1,14 +1,16 @@
 //! Portals (listening sockets), the connection limit and the table of sessions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
+use twinsan_iscsi::login::ChapPolicy;
+use twinsan_scsi::{LogicalUnit, Nexus, Sense};
 
 use crate::config::ServerConfig;
 use crate::conn;
@@ -50,14 +52,135 @@ impl SessionTable {
     }
 }
 
+/// The LUNs of one target as sessions see them now; replaced as a whole by [`Running::set_luns`].
+pub(crate) struct LunMap {
+    pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
+    /// The LUN numbers, for REPORT LUNS.
+    pub numbers: Arc<[u64]>,
+}
+
+impl LunMap {
+    fn new(luns: BTreeMap<u64, Arc<LogicalUnit>>) -> Arc<LunMap> {
+        let numbers = luns.keys().copied().collect();
+        Arc::new(LunMap { luns, numbers })
+    }
+}
+
+/// The nexuses logged in, by (target index, nexus id), with their connection count.
+type NexusTable = HashMap<(usize, u64), (Arc<Nexus>, usize)>;
+
+/// Who may log in to one target, and how: replaced as a whole by [`Running::set_access`].
+#[derive(Clone)]
+struct Access {
+    allowed_initiators: Vec<String>,
+    chap: Option<ChapPolicy>,
+}
+
 /// State shared by every connection of the server.
 pub(crate) struct Shared {
     pub config: ServerConfig,
     pub table: Mutex<SessionTable>,
     connections: AtomicUsize,
+    /// Per target (index in `config.targets`): its current LUNs (`config.targets[i].luns` at the start).
+    lun_maps: Mutex<Vec<Arc<LunMap>>>,
+    /// Bumped by every LUN map change: a connection compares it before each command.
+    pub lun_generation: AtomicU64,
+    /// The nexuses of the sessions logged in to each target, with how many connections each has.
+    nexuses: Mutex<NexusTable>,
+    /// Per target: its allow-list and CHAP policy now (from `config.targets[i]` at the start); and the CHAP
+    /// policy of discovery sessions now. Read at each login and discovery.
+    access: Mutex<(Vec<Access>, Option<ChapPolicy>)>,
 }
 
 impl Shared {
+    /// The index of the target called `name`.
+    pub fn target_index(&self, name: &str) -> Option<usize> {
+        self.config.targets.iter().position(|c| c.name == name)
+    }
+
+    /// Whether `initiator` may log in to target `t` now (its allow-list is empty or names it).
+    pub fn allows(&self, t: usize, initiator: &str) -> bool {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.0.get(t).is_some_and(|a| {
+            a.allowed_initiators.is_empty() || a.allowed_initiators.iter().any(|i| i == initiator)
+        })
+    }
+
+    /// The CHAP policy of target `t` now.
+    pub fn chap(&self, t: usize) -> Option<ChapPolicy> {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.0.get(t).and_then(|a| a.chap.clone())
+    }
+
+    /// The CHAP policy of discovery sessions now.
+    pub fn discovery_chap(&self) -> Option<ChapPolicy> {
+        let access = self.access.lock().unwrap_or_else(|p| p.into_inner());
+        access.1.clone()
+    }
+
+    /// The current LUNs of target `t`.
+    pub fn lun_map(&self, t: usize) -> Arc<LunMap> {
+        let maps = self.lun_maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.get(t)
+            .cloned()
+            .unwrap_or_else(|| LunMap::new(BTreeMap::new()))
+    }
+
+    /// A session's connection to target `t` is in full feature phase.
+    pub fn nexus_up(&self, t: usize, nexus: &Arc<Nexus>) {
+        let mut all = self.nexuses.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry((t, nexus.id)).or_insert((nexus.clone(), 0)).1 += 1;
+    }
+
+    /// That connection ended.
+    pub fn nexus_down(&self, t: usize, nexus: &Nexus) {
+        let mut all = self.nexuses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = all.get_mut(&(t, nexus.id)) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                all.remove(&(t, nexus.id));
+            }
+        }
+    }
+
+    /// Replaces the LUNs of target `t`: every nexus logged in to it joins the new logical units, forgets the
+    /// removed ones, and gets REPORTED LUNS DATA HAS CHANGED on each logical unit it can reach now.
+    fn set_luns(&self, t: usize, luns: BTreeMap<u64, Arc<LogicalUnit>>) {
+        let nexuses: Vec<Arc<Nexus>> = {
+            let all = self.nexuses.lock().unwrap_or_else(|p| p.into_inner());
+            all.iter()
+                .filter(|((target, _), _)| *target == t)
+                .map(|(_, (n, _))| n.clone())
+                .collect()
+        };
+        let old = {
+            let mut maps = self.lun_maps.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(slot) = maps.get_mut(t) else {
+                return;
+            };
+            let new = LunMap::new(luns);
+            for lu in new.luns.values() {
+                for n in &nexuses {
+                    lu.nexus_joined(n);
+                }
+            }
+            std::mem::replace(slot, new)
+        };
+        self.lun_generation.fetch_add(1, Ordering::SeqCst);
+        let new = self.lun_map(t);
+        for (number, lu) in &old.luns {
+            if !new.luns.values().any(|l| Arc::ptr_eq(l, lu)) {
+                for n in &nexuses {
+                    lu.nexus_gone(n);
+                }
+                info!(lun = number, "LUN removed from the running target");
+            }
+        }
+        for lu in new.luns.values() {
+            lu.queue_unit_attention(Sense::reported_luns_changed(), None);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionTable> {
         // A panic while holding the lock cannot leave the table half-updated in a way that matters more than
         // refusing service, so a poisoned lock is taken over.
@@ -128,9 +251,64 @@ impl Shared {
 pub struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl Running {
+    /// Replaces the LUNs of the target called `target` while it serves: sessions see the new LUN inventory from
+    /// their next command on, with a unit attention REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh) on every logical
+    /// unit of the target; a LUN no longer in the map answers LOGICAL UNIT NOT SUPPORTED. Commands already
+    /// running on a removed LUN finish. Returns false if the server has no such target.
+    pub fn set_luns(&self, target: &str, luns: BTreeMap<u64, Arc<LogicalUnit>>) -> bool {
+        let Some(t) = self
+            .shared
+            .config
+            .targets
+            .iter()
+            .position(|c| c.name == target)
+        else {
+            return false;
+        };
+        self.shared.set_luns(t, luns);
+        true
+    }
+
+    /// Replaces who may log in to the target called `target` (its allow-list and CHAP policy) and the CHAP
+    /// policy of discovery sessions, while it serves: logins and discovery from now on use them; sessions
+    /// already logged in stay. Returns false if the server has no such target.
+    pub fn set_access(
+        &self,
+        target: &str,
+        allowed_initiators: Vec<String>,
+        chap: Option<ChapPolicy>,
+        discovery_chap: Option<ChapPolicy>,
+    ) -> bool {
+        let Some(t) = self.shared.target_index(target) else {
+            return false;
+        };
+        let mut access = self.shared.access.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = access.0.get_mut(t) {
+            *slot = Access {
+                allowed_initiators,
+                chap,
+            };
+        }
+        access.1 = discovery_chap;
+        info!(target, "new access rules for logins");
+        true
+    }
+
+    /// The LUN numbers the target called `target` serves now.
+    pub fn luns(&self, target: &str) -> Option<Vec<u64>> {
+        let t = self
+            .shared
+            .config
+            .targets
+            .iter()
+            .position(|c| c.name == target)?;
+        Some(self.shared.lun_map(t).numbers.to_vec())
+    }
+
     /// Whether it has stopped (by itself: its task ended).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -159,11 +337,29 @@ impl Server {
                 .map_err(|source| TargetError::Listen { addr, source })?;
             listeners.push(l);
         }
+        let lun_maps = config
+            .targets
+            .iter()
+            .map(|t| LunMap::new(t.luns.clone()))
+            .collect();
+        let access = config
+            .targets
+            .iter()
+            .map(|t| Access {
+                allowed_initiators: t.allowed_initiators.clone(),
+                chap: t.chap.clone(),
+            })
+            .collect();
+        let discovery_chap = config.discovery_chap.clone();
         Ok(Server {
             shared: Arc::new(Shared {
                 config,
                 table: Mutex::default(),
                 connections: AtomicUsize::new(0),
+                lun_maps: Mutex::new(lun_maps),
+                lun_generation: AtomicU64::new(0),
+                nexuses: Mutex::default(),
+                access: Mutex::new((access, discovery_chap)),
             }),
             listeners,
         })
@@ -180,9 +376,11 @@ impl Server {
     /// Serves on a task of the current runtime until [`Running::stop`].
     pub fn spawn(self) -> Running {
         let (stop, shutdown) = watch::channel(false);
+        let shared = self.shared.clone();
         Running {
             stop,
             task: tokio::spawn(self.run(shutdown)),
+            shared,
         }
     }
 

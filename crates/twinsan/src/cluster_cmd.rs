@@ -120,6 +120,12 @@ pub fn standby(global: &Global, node: String, standby: bool) -> anyhow::Result<(
     ask(&socket, Request::Standby { node, standby })
 }
 
+/// `twinsan node reload`: the daemon re-reads the config file it was started with.
+pub fn reload(global: &Global) -> anyhow::Result<()> {
+    let (_, socket) = socket(global)?;
+    ask(&socket, Request::Reload)
+}
+
 /// `twinsan resource ...`.
 pub fn resource(global: &Global, cmd: ResourceCommand) -> anyhow::Result<()> {
     let (_, socket) = socket(global)?;
@@ -230,6 +236,9 @@ pub fn format_cluster(s: &ClusterStatus) -> String {
     );
     if !s.managed {
         out += "  * manual mode: no cluster manager runs; roles change by `twinsan volume primary|secondary`\n";
+    }
+    if let Some(warning) = &s.config_warning {
+        out += &format!("  * WARNING: {warning}\n");
     }
     out += "\nNode List:\n";
     if !s.managed {
@@ -458,6 +467,7 @@ mod tests {
             notes: vec![],
             volumes: vec![],
             properties: vec![("resource-stickiness".into(), "100".into())],
+            config_warning: None,
         }
     }
 

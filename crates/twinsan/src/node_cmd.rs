@@ -20,6 +20,10 @@ pub enum NodeCommand {
         /// The node.
         node: String,
     },
+    /// Make the running daemon of this node re-read its config file (as SIGHUP does): the file is checked as a
+    /// whole against the running config; an invalid file, or a change that cannot be made live (a node's address
+    /// or id, the [cluster] section, a volume's settings), is refused with the field named and nothing changes.
+    Reload,
 }
 
 pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ pub fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<()> {
         }
         NodeCommand::Standby { node } => crate::cluster_cmd::standby(global, node, true),
         NodeCommand::Unstandby { node } => crate::cluster_cmd::standby(global, node, false),
+        NodeCommand::Reload => crate::cluster_cmd::reload(global),
     }
 }

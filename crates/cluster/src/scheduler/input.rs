@@ -86,8 +86,18 @@ pub enum NoQuorumPolicy {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeStack {
-    /// The volume, which is also the name of its promotable resource.
+    /// The volume, which is also the name of its promotable resource, and the name of the stack.
     pub name: String,
+    /// Further volumes of the stack, when its target serves LUNs of several volumes: they are promoted together
+    /// with `name`, in this order after it, on the same node, and the VIP starts only once all of them are Primary
+    /// (the volumes of one DRBD resource). Empty for a stack of one volume.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// For a stack of several volumes: the volume behind each LUN that is not of the first volume (LUN name →
+    /// volume). A further volume with no usable copy on any online node (new, before its initial sync) does not
+    /// hold the stack back: the stack runs without it and without its LUNs.
+    #[serde(default)]
+    pub lun_volumes: std::collections::BTreeMap<String, String>,
     /// The name of its virtual IP resource.
     pub vip: String,
     /// The name of its iSCSI target resource.
@@ -95,7 +105,8 @@ pub struct VolumeStack {
     /// The names of its LUN resources, in start order. Each depends on the target only.
     #[serde(default)]
     pub luns: Vec<String>,
-    /// The volume's fencing policy (DRBD's `fencing`): decides whether a lone Consistent copy may be promoted.
+    /// The volume's fencing policy (DRBD's `fencing`): decides whether a lone Consistent copy may be promoted. For
+    /// a stack of several volumes, `resource-only` only if every one of them has it.
     #[serde(default)]
     pub fencing: Fencing,
 }
@@ -312,6 +323,7 @@ impl ClusterInput {
         let mut resources = BTreeSet::new();
         for (i, stack) in self.config.volumes.iter().enumerate() {
             let names = std::iter::once(("name", &stack.name))
+                .chain(stack.volumes.iter().map(|v| ("volumes", v)))
                 .chain([("vip", &stack.vip), ("target", &stack.target)])
                 .chain(stack.luns.iter().map(|lun| ("luns", lun)));
             for (key, name) in names {
@@ -327,6 +339,25 @@ impl ClusterInput {
                 }
             }
             volumes.insert(stack.name.as_str());
+            volumes.extend(stack.volumes.iter().map(String::as_str));
+        }
+
+        for stack in &self.config.volumes {
+            for (lun, volume) in &stack.lun_volumes {
+                let field = format!("config.volume[{}].lun_volumes.{lun}", stack.name);
+                if !stack.luns.contains(lun) {
+                    return Err(InputError::UnknownResource {
+                        field,
+                        resource: lun.clone(),
+                    });
+                }
+                if *volume != stack.name && !stack.volumes.contains(volume) {
+                    return Err(InputError::UnknownVolume {
+                        field,
+                        volume: volume.clone(),
+                    });
+                }
+            }
         }
 
         for pref in &self.config.locations {

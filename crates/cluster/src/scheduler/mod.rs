@@ -124,7 +124,7 @@ fn check(input: &ClusterInput, quorum: &QuorumVerdict, actions: &[Action]) -> Re
         if starts && *quorum != QuorumVerdict::MayRun {
             return Err(format!("`{action}` starts something without quorum"));
         }
-        if let Action::Promote { volume, node } = action {
+        if let Action::Promote { volume, node, .. } = action {
             let entry = state
                 .volumes
                 .iter()
@@ -139,9 +139,11 @@ fn check(input: &ClusterInput, quorum: &QuorumVerdict, actions: &[Action]) -> Re
             }
         }
     }
-    for volume in &input.config.volumes {
-        let name = volume.name.as_str();
-        let mine: Vec<&Action> = actions.iter().filter(|a| a.volume() == name).collect();
+    for stack in &input.config.volumes {
+        let mine: Vec<&Action> = actions
+            .iter()
+            .filter(|a| a.volume() == stack.name)
+            .collect();
         if let Some(first_start) = mine
             .iter()
             .position(|a| matches!(a, Action::Promote { .. } | Action::Start { .. }))
@@ -153,6 +155,19 @@ fn check(input: &ClusterInput, quorum: &QuorumVerdict, actions: &[Action]) -> Re
                 return Err(format!("`{late}` comes after a start"));
             }
         }
+    }
+    let all_volumes = input
+        .config
+        .volumes
+        .iter()
+        .flat_map(|s| std::iter::once(&s.name).chain(&s.volumes));
+    for name in all_volumes {
+        let name = name.as_str();
+        let mine: Vec<&Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Promote { .. } | Action::Demote { .. }))
+            .filter(|a| a.resource() == name)
+            .collect();
         let primaries = state
             .nodes
             .iter()

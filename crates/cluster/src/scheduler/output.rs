@@ -38,6 +38,8 @@ pub enum Action {
         volume: String,
         /// Where.
         node: String,
+        /// The stack it belongs to (its first volume's name; `volume` itself unless the stack has several).
+        stack: String,
     },
     /// Make the volume Secondary on the node.
     Demote {
@@ -45,6 +47,8 @@ pub enum Action {
         volume: String,
         /// Where.
         node: String,
+        /// The stack it belongs to (its first volume's name; `volume` itself unless the stack has several).
+        stack: String,
     },
     /// Start a VIP, target or LUN on the node.
     Start {
@@ -81,13 +85,12 @@ impl Action {
         }
     }
 
-    /// The volume whose stack the action belongs to.
+    /// The stack the action belongs to, by its (first) volume's name. For a promote or demote of a further
+    /// volume of a stack of several, that is not the volume promoted: see [`Action::resource`].
     pub fn volume(&self) -> &str {
         match self {
-            Action::Promote { volume, .. }
-            | Action::Demote { volume, .. }
-            | Action::Start { volume, .. }
-            | Action::Stop { volume, .. } => volume,
+            Action::Promote { stack, .. } | Action::Demote { stack, .. } => stack,
+            Action::Start { volume, .. } | Action::Stop { volume, .. } => volume,
         }
     }
 

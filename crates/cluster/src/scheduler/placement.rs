@@ -37,9 +37,9 @@ struct MemberFacts {
 }
 
 impl MemberFacts {
-    /// Something of it is up there that a stop must take down (a demote, for the volume).
-    fn present(&self, member: usize) -> bool {
-        self.active || (member != VOLUME && self.failed)
+    /// Something of it is up there that a stop must take down (a demote, for a volume).
+    fn present(&self, is_volume: bool) -> bool {
+        self.active || (!is_volume && self.failed)
     }
 }
 
@@ -60,7 +60,10 @@ struct NodeFacts<'a> {
     name: &'a str,
     online: bool,
     standby: bool,
+    /// The stack's first volume here (`volumes[0]`).
     volume: VolumeFacts,
+    /// Each volume of the stack here, in stack order.
+    volumes: Vec<VolumeFacts>,
     members: Vec<MemberFacts>,
     /// `resource move` preferences for any member of the stack naming this node.
     prefers: usize,
@@ -77,13 +80,18 @@ impl NodeFacts<'_> {
         self.members.iter().filter(|m| m.active).count()
     }
 
+    /// Some volume of the stack is Primary here.
+    fn primary(&self) -> bool {
+        self.volumes.iter().any(|v| v.role == Role::Primary)
+    }
+
     fn coverage(&self) -> usize {
         self.members.iter().filter(|m| m.runnable).count()
     }
 }
 
-/// How a node's copy qualifies for promotion.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a node's copy qualifies for promotion, best first (a stack of several volumes counts as its worst).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Data {
     UpToDate,
     /// Consistent, alone, with resource-only fencing: the volume outdates the peer before it becomes Primary.
@@ -107,13 +115,16 @@ pub fn plan_volume(
     config: &VolumeStack,
     notes: &mut Vec<String>,
 ) -> Vec<Action> {
+    let config = &without_unusable_volumes(input, config, notes);
     let stack = Stack::new(config);
     let v = stack.volume();
     let facts = gather(input, &stack, notes);
 
-    let link_up_here = facts.iter().any(|f| f.online && f.volume.connected);
+    let link_up_here = facts
+        .iter()
+        .any(|f| f.online && f.volumes.iter().any(|v| v.connected));
     for node in facts.iter().filter(|f| !f.online && f.active_count() > 0) {
-        if link_up_here && node.volume.role == Role::Primary {
+        if link_up_here && node.primary() {
             // Not taken as stopped: the replication link says otherwise (eligibility notes it).
             continue;
         }
@@ -147,7 +158,7 @@ pub fn plan_volume(
 
     let primaries: Vec<&str> = facts
         .iter()
-        .filter(|f| f.online && f.volume.role == Role::Primary)
+        .filter(|f| f.online && f.primary())
         .map(|f| f.name)
         .collect();
     if primaries.len() > 1 {
@@ -185,7 +196,7 @@ pub fn plan_volume(
     for (i, node) in facts.iter().enumerate().filter(|(_, f)| f.online) {
         if Some(i) != target {
             for (m, member) in node.members.iter().enumerate() {
-                if member.present(m) {
+                if member.present(stack.is_volume(m)) {
                     stops.push(Change {
                         member: m,
                         node: node.name,
@@ -204,12 +215,23 @@ pub fn plan_volume(
                 node.name
             ));
         }
+        // `carried[m]`: what runs on top of member m may stay — m is kept, or m is a further volume of the stack
+        // that is promoted here for the first time (one added to a running stack by a config reload): promoting
+        // it restarts nothing above it, the new LUN just starts after it.
         let mut keep = vec![false; node.members.len()];
+        let mut carried = vec![false; node.members.len()];
         for (m, member) in node.members.iter().enumerate() {
-            let parent_kept = stack.parent(m).is_none_or(|p| keep[p]);
-            let healthy = !member.failed || (m == VOLUME && diskless);
+            let parent_kept = stack.parent(m).is_none_or(|p| carried[p]);
+            let healthy = !member.failed || (stack.is_volume(m) && diskless);
             keep[m] = member.active && healthy && member.runnable && parent_kept;
-            if member.present(m) && !keep[m] {
+            let joins = m != VOLUME
+                && stack.is_volume(m)
+                && !member.active
+                && !member.failed
+                && member.runnable
+                && parent_kept;
+            carried[m] = keep[m] || joins;
+            if member.present(stack.is_volume(m)) && !keep[m] {
                 stops.push(Change {
                     member: m,
                     node: node.name,
@@ -222,9 +244,62 @@ pub fn plan_volume(
                 });
             }
         }
-        explain_target(v, &stack, node, &keep, input, notes);
+        explain_target(v, &stack, node, &carried, input, notes);
     }
     ordered_actions(&stack, &stops, &starts)
+}
+
+/// The stack without its further volumes that have no usable copy on any online node — Primary nowhere, UpToDate
+/// or Consistent nowhere: a volume added to a running stack before its initial sync, or one whose data is gone —
+/// and without their LUNs: such a volume does not hold back the rest of the stack. The first volume is always
+/// kept.
+fn without_unusable_volumes(
+    input: &ClusterInput,
+    config: &VolumeStack,
+    notes: &mut Vec<String>,
+) -> VolumeStack {
+    let usable = |volume: &str| {
+        input.state.volumes.iter().any(|e| {
+            e.volume == volume
+                && input
+                    .state
+                    .nodes
+                    .iter()
+                    .any(|n| n.online && n.name == e.node)
+                && (e.role == Role::Primary
+                    || matches!(e.disk, DiskState::UpToDate | DiskState::Consistent))
+        })
+    };
+    let mut kept = config.clone();
+    kept.volumes.retain(|volume| {
+        if usable(volume) {
+            return true;
+        }
+        let luns: Vec<&str> = config
+            .lun_volumes
+            .iter()
+            .filter(|(_, v)| *v == volume)
+            .map(|(lun, _)| lun.as_str())
+            .collect();
+        let with = if luns.is_empty() {
+            String::new()
+        } else {
+            format!(" and {}", luns.join(", "))
+        };
+        notes.push(format!(
+            "{}: {volume} has no usable copy on any online node (a new volume before its initial sync: volume \
+             primary --force on the node that runs the stack starts it): the stack runs without it{with}",
+            config.name
+        ));
+        false
+    });
+    kept.luns.retain(|lun| {
+        config
+            .lun_volumes
+            .get(lun)
+            .is_none_or(|v| *v == config.name || kept.volumes.contains(v))
+    });
+    kept
 }
 
 /// Reads the state of every member of the stack on every node (nodes in name order), and notes expired fail
@@ -241,33 +316,41 @@ fn gather<'a>(
     let mut facts = nodes
         .into_iter()
         .map(|node| {
-            let volume = input
-                .state
-                .volumes
-                .iter()
-                .find(|e| e.volume == v && e.node == node.name)
-                .map_or(
-                    VolumeFacts {
-                        disk: DiskState::Unknown,
-                        role: Role::Stopped,
-                        connected: false,
-                        fenced: false,
-                        generations: Vec::new(),
-                        primary_since_s: None,
-                    },
-                    |e| VolumeFacts {
-                        disk: e.disk,
-                        role: e.role,
-                        connected: e.connected,
-                        fenced: e.fenced,
-                        generations: e.generations.clone(),
-                        primary_since_s: e.primary_since_s,
-                    },
-                );
+            let facts_of = |v: &str| {
+                input
+                    .state
+                    .volumes
+                    .iter()
+                    .find(|e| e.volume == v && e.node == node.name)
+                    .map_or(
+                        VolumeFacts {
+                            disk: DiskState::Unknown,
+                            role: Role::Stopped,
+                            connected: false,
+                            fenced: false,
+                            generations: Vec::new(),
+                            primary_since_s: None,
+                        },
+                        |e| VolumeFacts {
+                            disk: e.disk,
+                            role: e.role,
+                            connected: e.connected,
+                            fenced: e.fenced,
+                            generations: e.generations.clone(),
+                            primary_since_s: e.primary_since_s,
+                        },
+                    )
+            };
+            let volumes: Vec<VolumeFacts> = stack
+                .volumes()
+                .map(|m| facts_of(stack.members()[m].name))
+                .collect();
+            let volume = facts_of(v);
             let mut members: Vec<MemberFacts> = Vec::with_capacity(stack.members().len());
             for m in 0..stack.members().len() {
                 let parent_runnable = stack.parent(m).is_none_or(|p| members[p].runnable);
-                let facts = member_facts(input, stack, m, node, &volume, parent_runnable, notes);
+                let primary = volumes.get(m).is_some_and(|f| f.role == Role::Primary);
+                let facts = member_facts(input, stack, m, node, primary, parent_runnable, notes);
                 members.push(facts);
             }
             let prefers = input
@@ -285,6 +368,7 @@ fn gather<'a>(
                 online: node.online,
                 standby: node.standby,
                 volume,
+                volumes,
                 members,
                 prefers,
                 recency: (false, 0),
@@ -298,7 +382,7 @@ fn gather<'a>(
 /// Fills [`NodeFacts::recency`] when two online nodes are Primary at once.
 fn fill_recency(facts: &mut [NodeFacts<'_>]) {
     let primaries: Vec<usize> = (0..facts.len())
-        .filter(|&i| facts[i].online && facts[i].volume.role == Role::Primary)
+        .filter(|&i| facts[i].online && facts[i].primary())
         .collect();
     if primaries.len() < 2 {
         return;
@@ -335,7 +419,7 @@ fn member_facts(
     stack: &Stack<'_>,
     m: usize,
     node: &NodeStatus,
-    volume: &VolumeFacts,
+    primary: bool,
     parent_runnable: bool,
     notes: &mut Vec<String>,
 ) -> MemberFacts {
@@ -392,8 +476,8 @@ fn member_facts(
         }
     }
     MemberFacts {
-        active: if m == VOLUME {
-            volume.role == Role::Primary
+        active: if stack.is_volume(m) {
+            primary
         } else {
             status == RunStatus::Started
         },
@@ -414,11 +498,43 @@ fn fail_count_expired(entry: &ResourceStatus, failure_timeout_s: Option<u64>, no
     }
 }
 
-/// Whether the volume may be promoted (or stay Primary) on `facts[i]`, an online node.
-fn eligibility(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Eligibility {
+/// Whether every volume of the stack may be promoted (or stay Primary) on `facts[i]`, an online node: the stack
+/// goes where all its volumes can be Primary, and its data is as good as its worst volume's.
+fn eligibility(
+    facts: &[NodeFacts<'_>],
+    i: usize,
+    stack: &Stack<'_>,
+    config: &VolumeStack,
+) -> Eligibility {
+    let several = stack.volumes().len() > 1;
+    let mut worst = Data::UpToDate;
+    for k in stack.volumes() {
+        match volume_eligibility(facts, i, k, config) {
+            Eligibility::Promotable(data) => worst = worst.max(data),
+            Eligibility::Not(Some(why)) if several => {
+                let name = stack.members()[k].name;
+                return Eligibility::Not(Some(format!(
+                    "volume {name}: {why}; the stack's volumes are promoted together, so the stack does not run on \
+                     {}",
+                    facts[i].name
+                )));
+            }
+            not => return not,
+        }
+    }
+    Eligibility::Promotable(worst)
+}
+
+/// Whether the stack's volume `k` may be promoted (or stay Primary) on `facts[i]`, an online node.
+fn volume_eligibility(
+    facts: &[NodeFacts<'_>],
+    i: usize,
+    k: usize,
+    config: &VolumeStack,
+) -> Eligibility {
     let node = &facts[i];
     let n = node.name;
-    let vol = &node.volume;
+    let vol = &node.volumes[k];
     let others = || {
         facts
             .iter()
@@ -429,7 +545,7 @@ fn eligibility(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Eligi
     if node.standby {
         return Eligibility::Not(Some(format!("{n} is in standby: it runs nothing")));
     }
-    if node.members[VOLUME].ban.is_some() {
+    if node.members[k].ban.is_some() {
         return Eligibility::Not(None);
     }
     if vol.role == Role::Stopped {
@@ -438,7 +554,7 @@ fn eligibility(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Eligi
         )));
     }
     if vol.connected {
-        if let Some(peer) = others().find(|f| !f.online && f.volume.role == Role::Primary) {
+        if let Some(peer) = others().find(|f| !f.online && f.volumes[k].role == Role::Primary) {
             return Eligibility::Not(Some(format!(
                 "{} is out of the membership but still Primary over {n}'s replication link: {n} is not promoted \
                  (never two primaries while the nodes can reach each other)",
@@ -471,7 +587,7 @@ fn eligibility(facts: &[NodeFacts<'_>], i: usize, config: &VolumeStack) -> Eligi
             }
         }
         DiskState::Diskless => {
-            let peer_has_data = others().any(|f| f.volume.disk == DiskState::UpToDate);
+            let peer_has_data = others().any(|f| f.volumes[k].disk == DiskState::UpToDate);
             if vol.role == Role::Primary && vol.connected && peer_has_data {
                 Eligibility::Promotable(Data::DisklessServedByPeer)
             } else {
@@ -520,7 +636,7 @@ fn choose(
     let mut with_data = Vec::new();
     let mut diskless = Vec::new();
     for (i, _) in facts.iter().enumerate().filter(|(_, f)| f.online) {
-        match eligibility(facts, i, config) {
+        match eligibility(facts, i, stack, config) {
             Eligibility::Promotable(data @ (Data::UpToDate | Data::ConsistentAlone)) => {
                 with_data.push((i, data))
             }
@@ -667,7 +783,9 @@ fn explain_target(
 ) {
     let n = node.name;
     let members = stack.members();
-    let restarted = |m: usize| node.members[m].present(m) && node.members[m].runnable && !keep[m];
+    let restarted = |m: usize| {
+        node.members[m].present(stack.is_volume(m)) && node.members[m].runnable && !keep[m]
+    };
     for (m, member) in node.members.iter().enumerate() {
         let name = members[m].name;
         if !member.runnable {
@@ -686,7 +804,7 @@ fn explain_target(
         // Roots of what restarts: a member whose parent is kept (or that has none) but that is not kept itself.
         let parent_kept = stack.parent(m).is_none_or(|p| keep[p]);
         if keep[m] || !parent_kept || !restarted(m) {
-            if !keep[m] && parent_kept && !member.present(m) {
+            if !keep[m] && parent_kept && !member.present(stack.is_volume(m)) {
                 // It starts here fresh: say which running members restart after it, if any.
                 let deps = dependents_restarted(stack, m, &restarted);
                 if !deps.is_empty() {

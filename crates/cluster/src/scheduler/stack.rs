@@ -21,36 +21,38 @@ pub struct Member<'a> {
     pub kind: ResourceKind,
 }
 
-/// The members of one volume's stack in start order: index 0 is the volume, 1 the VIP, 2 the target, then the
-/// LUNs.
+/// The members of one stack in start order: index 0 is the (first) volume, then its further volumes, the VIP, the
+/// target, then the LUNs.
 #[derive(Clone, Debug)]
 pub struct Stack<'a> {
     volume: &'a str,
     members: Vec<Member<'a>>,
+    /// Index of the VIP: one past the last volume.
+    vip: usize,
 }
 
-/// Index of the volume in a [`Stack`].
+/// Index of the (first) volume in a [`Stack`].
 pub const VOLUME: usize = 0;
-const VIP: usize = 1;
-const TARGET: usize = 2;
 
 impl<'a> Stack<'a> {
     /// The stack a volume's configuration describes.
     pub fn new(config: &'a VolumeStack) -> Stack<'a> {
-        let mut members = vec![
-            Member {
-                name: &config.name,
+        let mut members: Vec<Member<'a>> = std::iter::once(&config.name)
+            .chain(&config.volumes)
+            .map(|name| Member {
+                name,
                 kind: ResourceKind::Volume,
-            },
-            Member {
-                name: &config.vip,
-                kind: ResourceKind::Vip,
-            },
-            Member {
-                name: &config.target,
-                kind: ResourceKind::Target,
-            },
-        ];
+            })
+            .collect();
+        let vip = members.len();
+        members.push(Member {
+            name: &config.vip,
+            kind: ResourceKind::Vip,
+        });
+        members.push(Member {
+            name: &config.target,
+            kind: ResourceKind::Target,
+        });
         members.extend(config.luns.iter().map(|lun| Member {
             name: lun,
             kind: ResourceKind::Lun,
@@ -58,7 +60,18 @@ impl<'a> Stack<'a> {
         Stack {
             volume: &config.name,
             members,
+            vip,
         }
+    }
+
+    /// The indexes of the stack's volumes (promoted together, in this order).
+    pub fn volumes(&self) -> std::ops::Range<usize> {
+        0..self.vip
+    }
+
+    /// Whether member `m` is one of the stack's volumes.
+    pub fn is_volume(&self, m: usize) -> bool {
+        m < self.vip
     }
 
     /// The volume's name.
@@ -71,13 +84,15 @@ impl<'a> Stack<'a> {
         &self.members
     }
 
-    /// The member a member depends on (must run before it, on the same node); `None` for the volume.
+    /// The member a member depends on (must run before it, on the same node); `None` for the first volume. A
+    /// further volume depends on the one before it (they are promoted together, in order, on one node), the VIP
+    /// on the last volume — so on all of them.
     pub fn parent(&self, member: usize) -> Option<usize> {
         match self.members.get(member)?.kind {
-            ResourceKind::Volume => None,
-            ResourceKind::Vip => Some(VOLUME),
-            ResourceKind::Target => Some(VIP),
-            ResourceKind::Lun => Some(TARGET),
+            ResourceKind::Volume => member.checked_sub(1),
+            ResourceKind::Vip => Some(self.vip - 1),
+            ResourceKind::Target => Some(self.vip),
+            ResourceKind::Lun => Some(self.vip + 1),
         }
     }
 
@@ -127,8 +142,16 @@ pub fn ordered_actions(
         let volume = stack.volume.to_string();
         let node = change.node.to_string();
         Some(match (member.kind, start) {
-            (ResourceKind::Volume, true) => Action::Promote { volume, node },
-            (ResourceKind::Volume, false) => Action::Demote { volume, node },
+            (ResourceKind::Volume, true) => Action::Promote {
+                volume: member.name.to_string(),
+                node,
+                stack: volume,
+            },
+            (ResourceKind::Volume, false) => Action::Demote {
+                volume: member.name.to_string(),
+                node,
+                stack: volume,
+            },
             (kind, true) => Action::Start {
                 volume,
                 kind,
@@ -160,6 +183,8 @@ mod tests {
             name: "vol0".into(),
             vip: "vip".into(),
             target: "tgt".into(),
+            volumes: Vec::new(),
+            lun_volumes: Default::default(),
             luns: luns.iter().map(|l| l.to_string()).collect(),
             fencing: Fencing::DontCare,
         }

@@ -205,6 +205,10 @@ pub struct Report {
     /// The message versions the sender speaks ([`VERSIONS`]); absent from a release before ranges (1 only).
     #[serde(default)]
     pub versions: Option<VersionRange>,
+    /// A hash of the sender's running config (`config::reload::config_hash`); absent from a node of a release
+    /// before reload. `twinsan status` warns while the two nodes' hashes differ.
+    #[serde(default)]
+    pub config_hash: Option<String>,
 }
 
 /// The lease part of a report.
@@ -417,6 +421,7 @@ mod tests {
         Message::Report(Box::new(Report {
             stopped: false,
             leaving: false,
+            config_hash: Some("0123456789abcdef".into()),
             volumes: vec![VolumeReport {
                 volume: "vol0".into(),
                 disk: "UpToDate".into(),
