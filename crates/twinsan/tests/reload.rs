@@ -325,11 +325,12 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
     );
     assert_eq!(hold.luns(), [1]);
 
-    // A bounded write loop at LUN 1 through the VIP: 2000 writes of 64 KiB over 1000 slots with a pattern
-    // each, 4 ms apart, so it runs across both reloads.
+    // A bounded write loop at LUN 1 through the VIP: 6000 writes of 64 KiB over 1000 slots with a pattern
+    // each, 4 ms apart (at least 24 s), so it runs across both reloads even on a loaded machine (the add and
+    // remove take 2-3 s on a quiet one); if it still ends first, the test says so instead of passing unloaded.
     let chunk = 64u64 << 10;
     let plan = qemu::plan(13, 64 << 20, chunk, 1000);
-    let plan: Vec<(u64, u8)> = plan.iter().cycle().take(2000).copied().collect();
+    let plan: Vec<(u64, u8)> = plan.iter().cycle().take(6000).copied().collect();
     let mut cmds = Vec::new();
     for (off, pattern) in &plan {
         cmds.push(format!("write -P {pattern:#04x} {off} {chunk}"));
