@@ -11,6 +11,7 @@ mod progress;
 mod serve;
 mod signals;
 mod size;
+mod target_cmd;
 mod volume_cmd;
 mod witness_cmd;
 
