@@ -1,6 +1,7 @@
 //! `scripts/package`: the Debian package builds, lintian finds no error in it, it holds the binary, the units, the
-//! man pages, the completions and the example config, and it has no maintainer script that could stop or restart
-//! a running node on upgrade, and the OCF agents for Pacemaker. Needs cargo-deb (the script installs it) and lintian (scripts/install-test-deps).
+//! man pages, the completions, the example config and the OCF agents for Pacemaker, and it has no maintainer
+//! script that could stop or restart a running node on upgrade. Needs cargo-deb (the script installs it) and
+//! lintian (scripts/install-test-deps).
 
 mod common;
 
