@@ -170,6 +170,8 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
         let handlers = Handlers {
             split_brain: v.handler_split_brain.clone(),
             pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
+            fence_peer: v.handler_fence_peer.clone(),
+            unfence_peer: v.handler_unfence_peer.clone(),
         };
         let volume = Volume::start(
             &v.name,
@@ -382,7 +384,7 @@ impl Node {
             .iter()
             .filter(|t| desired.contains(&t.iqn))
             .map(|t| t.port)
-            .last()
+            .next_back()
             .unwrap_or(3260);
         let addr = SocketAddr::new(self.me.address, port);
         let config = self.server_config(&desired);

@@ -1,16 +1,20 @@
 //! twinsan under a real Pacemaker 2.1 + Corosync 3 cluster (Debian's packages), configured with the guide's pcs
 //! commands and twinsan's OCF agents in place of ocf:linbit:drbd, iSCSITarget and iSCSILogicalUnit
-//! (docs/pacemaker.md): node1 and node2 each in a network namespace of the lab (198.18.0.0/24) and, per daemon,
-//! a mount namespace with the node's own /etc/corosync, /var/lib/corosync, /var/lib/pacemaker,
-//! /var/log/pacemaker, /run and /dev/shm (bind mounts of folders of this test), plus the test's agents over
-//! /usr/lib/ocf/resource.d. ocf:heartbeat:IPaddr2 holds the VIP 198.18.0.50; qemu-io in the client namespace
-//! writes at it.
+//! (docs/pacemaker.md): node1 and node2 each in a network namespace of the lab (Corosync on 198.18.0.0/24,
+//! replication on 198.18.1.0/24) and, per daemon, a mount namespace with the node's own /etc/corosync,
+//! /var/lib/corosync, /var/lib/pacemaker, /var/log/pacemaker, /run and /dev/shm (bind mounts of folders of this
+//! test), plus the test's agents over /usr/lib/ocf/resource.d. ocf:heartbeat:IPaddr2 holds the VIP 198.18.0.50;
+//! qemu-io in the client namespace writes at it. pcsd does not run: Corosync's config comes from `pcs cluster
+//! setup --corosync_conf` (offline), the resources from `pcs -f CIB` edits pushed with `pcs cluster cib-push`.
 //!
 //! Then the guide's failover test: node1's cluster stack stops (`pcs cluster stop` needs systemd or pcsd, neither
 //! of which runs here, so the test does what it does: SIGTERM to pacemakerd, then to corosync), the resources are
 //! Started on the other node with the data intact at the VIP; node1's stack starts again, both are Online and the
-//! resources stay. Last, a kill -9 of the primary's twinsan daemon under QD1 writes: Pacemaker's monitor sees it
-//! and promotes the other node; every write the initiator saw acknowledged reads back.
+//! resources stay. Resource-level fencing: the replication link breaks while the primary writes, the volume's
+//! fence-peer handler (the agent's crm-fence-peer) puts the constraint in the CIB, the resync after the link
+//! heals removes it (unfence-peer). Last, a kill -9 of the primary's twinsan daemon under QD1 FUA writes
+//! (tests/tools/iscsi-writer.c): Pacemaker's monitor sees it and promotes the other node; every write the
+//! initiator saw acknowledged reads back.
 //!
 //! Needs root (namespaces, bind mounts). One test at a time (nextest group `netns`).
 
@@ -21,12 +25,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::{Lab, LabOptions, Proc, CLIENT, NODE1, NODE2};
+use common::scsi::libiscsi_tool;
 use common::{poll_until, qemu, require_tool, require_tool_in, run, text, twinsan_bin, TempDir};
 
 const IQN: &str = "iqn.2025-08.local.twinsan:vol0";
 const VIP: &str = "198.18.0.50";
 const CHUNK: u64 = 64 << 10;
 const SIZE: u64 = 64 << 20;
+/// The promotable clone, and the constraint its fence-peer handler places.
+const CLONE: &str = "p_twinsan-clone";
+const FENCE: &str = "twinsan-fence-p_twinsan-clone";
 
 /// The folders each node gets over the machine's: (its name under the node's folder, the path it covers).
 const STATE: [(&str, &str); 6] = [
@@ -112,6 +120,13 @@ impl Pcmk {
         out
     }
 
+    /// The fencing constraint (its XML) as node `n`'s CIB holds it, if it does.
+    fn fence(&self, n: usize) -> Option<String> {
+        let xpath = format!("//constraints/rsc_location[@id='{FENCE}']");
+        let (ok, out) = self.on(n, "cibadmin", &["--query", "--xpath", &xpath]);
+        ok.then_some(out)
+    }
+
     /// `pcs status` on node `n`.
     fn status(&self, n: usize) -> String {
         self.on(n, "pcs", &["status"]).1
@@ -138,7 +153,7 @@ impl Pcmk {
     fn start_stack(&mut self, n: usize) {
         let corosync = Proc::spawn(
             &format!("corosync node{n}"),
-            &mut self.command(n, "corosync").arg("-f"),
+            self.command(n, "corosync").arg("-f"),
         );
         self.corosync[n - 1] = Some(corosync);
         let pacemakerd = Proc::spawn(
@@ -272,7 +287,10 @@ fn build() -> Pcmk {
         Path::new("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").is_file(),
         "resource-agents is not installed: run scripts/install-test-deps"
     );
-    let lab = Lab::new(LabOptions::new("pcmk"));
+    let lab = Lab::new(LabOptions {
+        second_link: true,
+        ..LabOptions::new("pcmk")
+    });
     let dir = TempDir::new("pacemaker");
     let d = dir.path();
     let ok = |cmd: &mut Command, what: &str| {
@@ -289,10 +307,22 @@ fn build() -> Pcmk {
     );
     let config = d.join("tw/twinsan.toml");
     let toml = std::fs::read_to_string(&config).expect("read the config");
+    // Replication on link 1 (198.18.1.0/24), Corosync on link 0: the replication link can break alone. The
+    // guide's resource-only fencing, with the agent's fence-peer / unfence-peer as the volume's handlers (what
+    // crm-fence-peer / crm-unfence-peer are to DRBD).
+    let agent = "/usr/lib/ocf/resource.d/twinsan/volume";
     let toml = toml
-        .replace("127.0.0.11", "198.18.0.11")
-        .replace("127.0.0.12", "198.18.0.12")
-        .replace("127.0.0.10", VIP);
+        .replace("127.0.0.11", lab.addr(NODE1, 1))
+        .replace("127.0.0.12", lab.addr(NODE2, 1))
+        .replace("127.0.0.10", VIP)
+        .replace(
+            "fencing = \"dont-care\"",
+            &format!(
+                "fencing = \"resource-only\"\nhandler_fence_peer = \"{agent} fence-peer {CLONE}\"\n\
+                 handler_unfence_peer = \"{agent} unfence-peer {CLONE}\""
+            ),
+        );
+    assert!(toml.contains("resource-only"), "{toml}");
     std::fs::write(&config, toml).expect("write the config");
 
     // The agents as `twinsan ocf install` puts them, beside copies of the machine's other providers: this folder
@@ -535,7 +565,7 @@ fn pacemaker_runs_twinsan_with_the_guides_commands_and_fails_over() {
     );
 
     // Writes at the VIP.
-    let plan = qemu::plan(0x9ace_0001, SIZE, CHUNK, 600);
+    let plan = qemu::plan(0x9ace_0001, SIZE, CHUNK, 250);
     qemu::write_via(c.client(), &url(), &plan[..100], CHUNK);
 
     // The guide's failover test: the leading node's cluster stack stops.
@@ -569,46 +599,132 @@ fn pacemaker_runs_twinsan_with_the_guides_commands_and_fails_over() {
         ],
     );
     println!("after starting node{a} again:\n{s}");
+    // node{b}, promoted while node{a} was away, fenced it (a location constraint against promoting it elsewhere);
+    // the resync lifts that fence.
     poll_until(
         Duration::from_secs(120),
-        "node{a} back in sync",
-        || c.logs(),
+        "node{a} back in sync and the fence lifted",
+        || format!("{:?}\n{}", c.fence(b), c.logs()),
         || {
             let v = c.volume(a);
-            (v["disk"] == "UpToDate" && v["peers"][0]["peer_disk"] == "UpToDate").then_some(())
+            let synced = v["disk"] == "UpToDate" && v["peers"][0]["peer_disk"] == "UpToDate";
+            (synced && c.fence(b).is_none()).then_some(())
         },
     );
 
-    // kill -9 of the primary's twinsan daemon under QD1 writes: Pacemaker's monitor sees it and promotes node{a};
-    // the initiator retries; every acknowledged write reads back.
-    let victim = c.daemon_pid(b).expect("the twinsan daemon of the primary");
-    let cmds = qemu::write_cmds(&plan[200..], CHUNK);
-    let mut killed_at = Instant::now();
-    let stream = qemu::stream_via(
-        qemu::line_buffered(|program| c.lab.command(CLIENT, program)),
-        &url(),
-        &cmds,
-        |progress| {
-            progress.wait_acked(50);
-            killed_at = Instant::now();
-            // SAFETY: kill(2) on the daemon this test's agent started (daemon_pid checked its command line).
-            unsafe {
-                libc::kill(victim, libc::SIGKILL);
-            }
+    // Resource-level fencing: the replication link breaks (Corosync's stays) while node{b}, the primary, writes.
+    // Its writes wait until the fence-peer handler has put the constraint in the CIB, then go on alone; node{a}'s
+    // copy is not promotable while the constraint stands. The link heals, node{a} resyncs, and unfence-peer
+    // removes it.
+    assert_eq!(c.fence(b), None, "no fence before the link breaks");
+    c.lab.cut_link(host(a), 1);
+    qemu::write_via(c.client(), &url(), &plan[200..250], CHUNK);
+    let fence = poll_until(
+        Duration::from_secs(60),
+        "the fencing constraint",
+        || c.logs(),
+        || c.fence(b),
+    );
+    println!("fence-peer placed, while the replication link is down:\n{fence}");
+    assert!(
+        fence.contains("role=\"Promoted\"")
+            && fence.contains("score=\"-INFINITY\"")
+            && fence.contains(&format!("operation=\"ne\" value=\"node{b}\"")),
+        "the constraint keeps the promotion on node{b}: {fence}"
+    );
+    assert_eq!(
+        c.fence(a),
+        Some(fence.clone()),
+        "node{a}'s CIB holds it too"
+    );
+    assert_ne!(
+        c.volume(a)["peers"][0]["connection"],
+        "Connected",
+        "{}",
+        c.logs()
+    );
+    c.lab.heal_link(host(a), 1);
+    poll_until(
+        Duration::from_secs(120),
+        "in sync again and the fence lifted",
+        || c.logs(),
+        || {
+            let v = c.volume(a);
+            let synced = v["disk"] == "UpToDate" && v["peers"][0]["peer_disk"] == "UpToDate";
+            (synced && c.fence(b).is_none()).then_some(())
         },
     );
-    let pause = stream.check_failover(
-        killed_at,
-        plan.len() - 200,
-        Duration::from_secs(200),
-        || c.logs(),
+    let s = c.wait_status(
+        b,
+        Duration::from_secs(60),
+        &[&format!("* Promoted: [ node{b} ]")],
     );
-    println!("kill -9 of node{b}'s twinsan: the longest write took {pause:?}");
+    println!("after the resync, unfence-peer removed the constraint:\n{s}");
+
+    // kill -9 of the primary's twinsan daemon under QD1 FUA writes (tests/tools/iscsi-writer.c, which logs in
+    // again as an initiator does): Pacemaker's monitors see it, promote node{a} (its fence-peer handler fences
+    // node{b}), and start the volume on node{b} again, which resyncs. Every write the writer saw acknowledged
+    // reads back.
+    let writer = libiscsi_tool("iscsi-writer");
+    let log = c.dir.path().join("writer.log");
+    let acked = |log: &Path| {
+        let body = std::fs::read_to_string(log).unwrap_or_default();
+        body.lines().filter(|l| l.starts_with("A ")).count()
+    };
+    let victim = c.daemon_pid(b).expect("the twinsan daemon of the primary");
+    let mut w = Proc::spawn(
+        "iscsi-writer",
+        c.lab
+            .command(CLIENT, &writer)
+            .args(["write", &url(), "30", "1"])
+            .arg(&log),
+    );
+    poll_until(
+        Duration::from_secs(30),
+        "writes acknowledged",
+        || w.log(),
+        || (acked(&log) >= 50).then_some(()),
+    );
+    let before = acked(&log);
+    // SAFETY: kill(2) on the daemon this test's agent started (daemon_pid checked its command line).
+    unsafe {
+        libc::kill(victim, libc::SIGKILL);
+    }
+    let killed_at = Instant::now();
+    let status = poll_until(
+        Duration::from_secs(90),
+        "the writer's end",
+        || "iscsi-writer still runs".to_owned(),
+        || w.exited(),
+    );
+    assert!(status.success(), "iscsi-writer: {status}\n{}", w.log());
+    let body = std::fs::read_to_string(&log).unwrap_or_default();
+    let after = acked(&log) - before;
+    let failed = body.lines().filter(|l| l.starts_with("F ")).count();
+    // The longest gap between two acknowledgements: the I/O pause the initiator saw.
+    let times: Vec<u64> = body
+        .lines()
+        .filter(|l| l.starts_with("A "))
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .collect();
+    let pause = times.windows(2).map(|p| p[1] - p[0]).max().unwrap_or(0);
+    println!(
+        "kill -9 of node{b}'s twinsan under writes: {} acknowledged ({after} after the kill, {:?} after it the \
+         writer stopped), {failed} failed, longest pause {pause} ms",
+        acked(&log),
+        killed_at.elapsed()
+    );
+    assert!(
+        after > 0,
+        "no write was acknowledged after the kill:\n{body}\n{}",
+        c.logs()
+    );
     let s = c.wait_status(
         a,
         Duration::from_secs(180),
         &[
             &format!("* Promoted: [ node{a} ]"),
+            &format!("* Unpromoted: [ node{b} ]"),
             &format!("* ClusterIP\t(ocf:heartbeat:IPaddr2):\t Started node{a}"),
             &format!("* p_iSCSITarget\t(ocf:twinsan:target):\t Started node{a}"),
         ],
@@ -618,8 +734,62 @@ fn pacemaker_runs_twinsan_with_the_guides_commands_and_fails_over() {
         s.contains("monitor on node"),
         "the failure is recorded: {s}"
     );
-    // 0 acknowledged writes lost: everything written since the start reads back at the VIP.
-    qemu::verify_via(c.client(), &url(), &plan, CHUNK);
+    // 0 acknowledged writes lost, at the VIP (node{a}) ...
+    let verify = |what: &str| {
+        let out = run(
+            c.lab
+                .command(CLIENT, &writer)
+                .args(["verify", &url()])
+                .arg(&log),
+            Duration::from_secs(120),
+        );
+        let report = text(&out);
+        assert!(
+            out.status.success(),
+            "{what}: acknowledged writes lost:\n{report}\n{}",
+            c.logs()
+        );
+        let (checked, lost) = report
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f[..] {
+                    ["checked", n, "lost", l] => {
+                        Some((n.parse::<u64>().ok()?, l.parse::<u64>().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .unwrap_or_else(|| panic!("{what}: the writer's verify did not report:\n{report}"));
+        println!("{what}: the writer's verify: {checked} blocks checked, {lost} lost");
+        assert!(checked > 0 && lost == 0, "{what}:\n{report}");
+    };
+    verify("after the kill");
+    // ... and on node{b} once it has resynced, which also lifts node{a}'s fence.
+    poll_until(
+        Duration::from_secs(120),
+        "node{b} back in sync and the fence lifted",
+        || c.logs(),
+        || {
+            let v = c.volume(b);
+            let synced = v["disk"] == "UpToDate" && v["peers"][0]["peer_disk"] == "UpToDate";
+            (synced && c.fence(a).is_none()).then_some(())
+        },
+    );
+    // The writer went over the first blocks; the qemu-io chunks it did not touch read back too.
+    let touched = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("A ").or(l.strip_prefix("F ")))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .max()
+        .map_or(0, |lba| (lba + 1) * 4096);
+    let untouched: Vec<(u64, u8)> = plan[..250]
+        .iter()
+        .copied()
+        .filter(|(off, _)| *off >= touched)
+        .collect();
+    assert!(!untouched.is_empty());
+    qemu::verify_via(c.client(), &url(), &untouched, CHUNK);
 
     // The cluster stops cleanly: pacemakerd stops the resources (the agents demote and take the volume down).
     c.stop_stack(b);
