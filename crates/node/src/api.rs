@@ -63,6 +63,13 @@ pub enum Request {
     Clear { resource: String },
     /// `resource cleanup [RESOURCE]`: forget failures (of every resource without one).
     Cleanup { resource: Option<String> },
+    /// `target start IQN --portal ADDR:PORT...` (manual mode, for an outside cluster manager such as Pacemaker):
+    /// serve the configured target IQN on these portals, here, while all its LUNs' volumes are Primary here.
+    TargetStart { iqn: String, portals: Vec<String> },
+    /// `target stop IQN`: serve it nowhere on this node (also not at the node's own address).
+    TargetStop { iqn: String },
+    /// `target status IQN`.
+    TargetStatus { iqn: String },
 }
 
 /// The answer to a request other than `Events`.
@@ -77,6 +84,32 @@ pub enum Response {
     Error { message: String },
     /// The cluster view.
     Cluster { status: Box<ClusterStatus> },
+    /// The answer to `TargetStatus`.
+    Target { status: TargetServing },
+}
+
+/// Where a node serves one target: what `target status --json` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetServing {
+    /// The target's IQN.
+    pub iqn: String,
+    /// `started` (by `target start`, on `portals`), `stopped` (by `target stop`), or `automatic` (manual mode's
+    /// default: served at the node's own address while all its LUNs' volumes are Primary here).
+    pub mode: TargetMode,
+    /// The portals it is served on now (`ADDR:PORT`); empty when it is not served.
+    pub portals: Vec<String>,
+}
+
+/// Who decides where a target is served on a manual-mode node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetMode {
+    /// Served at the node's own address while its volumes are Primary here (no `target start|stop` yet).
+    Automatic,
+    /// `target start`: served on the portals given.
+    Started,
+    /// `target stop`, or its volume was demoted after a `target start`: served nowhere.
+    Stopped,
 }
 
 /// The cluster as one node sees it: what `twinsan status --json` prints.

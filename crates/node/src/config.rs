@@ -251,6 +251,14 @@ pub struct VolumeConfig {
     /// `pri-lost-after-sb` handler, for the `call-pri-lost-after-sb` policies).
     #[serde(default)]
     pub handler_pri_lost_after_sb: Option<String>,
+    /// Manual mode: shell command that fences the peer for resource-only fencing (DRBD's `fence-peer` handler,
+    /// e.g. the Pacemaker agent's `fence-peer` action); exit status 0 when the peer is marked Outdated.
+    #[serde(default)]
+    pub handler_fence_peer: Option<String>,
+    /// Manual mode: shell command that lifts the fence once both copies are UpToDate again (DRBD's
+    /// `unfence-peer` handler).
+    #[serde(default)]
+    pub handler_unfence_peer: Option<String>,
     /// The backing disk on each node, by node name.
     pub disk: BTreeMap<String, DiskConfig>,
 }
@@ -692,13 +700,25 @@ impl ClusterConfig {
                     ),
                 ));
             }
-            if parse_fencing(&v.fencing) == Some(FencingPolicy::ResourceOnly) && self.cluster.manual
+            if parse_fencing(&v.fencing) == Some(FencingPolicy::ResourceOnly)
+                && self.cluster.manual
+                && v.handler_fence_peer.is_none()
             {
                 return Err(self.invalid(
                     field("fencing"),
                     "resource-only fencing marks the peer Outdated through the cluster manager, and with \
                      cluster.manual = true none runs: writes would stay suspended whenever the link breaks; \
-                     use \"dont-care\" or turn manual off",
+                     set handler_fence_peer (the outside cluster manager's fence, e.g. the Pacemaker agent's \
+                     fence-peer), use \"dont-care\" or turn manual off",
+                ));
+            }
+            if !self.cluster.manual
+                && (v.handler_fence_peer.is_some() || v.handler_unfence_peer.is_some())
+            {
+                return Err(self.invalid(
+                    field("handler_fence_peer"),
+                    "the fence-peer and unfence-peer handlers are for cluster.manual = true (an outside cluster \
+                     manager); twinsan's own cluster manager fences through its cluster messages",
                 ));
             }
             parse_after_sb_0pri(&v.after_sb_0pri, &self.nodes)
@@ -1474,6 +1494,27 @@ lun = [ { lun = 0, volume = "vol1" } ]
     }
 
     #[test]
+    fn manual_resource_only_fencing_takes_a_fence_peer_handler() {
+        let text = edited(
+            "fencing = \"resource-only\"",
+            "fencing = \"resource-only\"\nhandler_fence_peer = \"fence $TWINSAN_PEER\"\n\
+             handler_unfence_peer = \"unfence $TWINSAN_PEER\"",
+        )
+        .replacen("name = \"test\"\n", "name = \"test\"\nmanual = true\n", 1);
+        let config = parse(&text).expect("manual, resource-only with a fence-peer handler");
+        let vol1 = &config.volumes[1];
+        assert_eq!(vol1.fencing(), FencingPolicy::ResourceOnly);
+        assert_eq!(
+            vol1.handler_fence_peer.as_deref(),
+            Some("fence $TWINSAN_PEER")
+        );
+        assert_eq!(
+            vol1.handler_unfence_peer.as_deref(),
+            Some("unfence $TWINSAN_PEER")
+        );
+    }
+
+    #[test]
     fn the_valid_config_parses_into_typed_values() {
         let config = parse(VALID).expect("valid");
         assert_eq!(config.cluster.name, "test");
@@ -1955,6 +1996,12 @@ lun = [ { lun = 0, volume = "vol1" } ]
                 "fencing = \"resource-and-stonith\"",
                 "volume[vol1].fencing",
                 "dont-care",
+            ),
+            (
+                "fencing = \"resource-only\"",
+                "fencing = \"resource-only\"\nhandler_fence_peer = \"true\"",
+                "volume[vol1].handler_fence_peer",
+                "for cluster.manual = true",
             ),
             (
                 "\"discard-node-node2\"",

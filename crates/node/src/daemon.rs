@@ -84,6 +84,20 @@ struct Targets {
     server: Option<Running>,
     /// Volumes being demoted: their targets stay down.
     held: HashSet<String>,
+    /// Targets that `target start|stop` decides (manual mode, for an outside cluster manager): never served by
+    /// the automatic server at the node's own address.
+    commanded: BTreeMap<String, Commanded>,
+}
+
+/// A target that `target start` or `target stop` took over from the automatic server.
+enum Commanded {
+    /// Served on these portals by a server of its own.
+    Started {
+        portals: Vec<SocketAddr>,
+        server: Running,
+    },
+    /// Served nowhere on this node.
+    Stopped,
 }
 
 /// Runs node `node_name` of `config` until SIGINT or SIGTERM, serving the targets with the CHAP policies `chap`
@@ -243,6 +257,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             let _ = reconciler.await;
         }
         node.stop_targets().await;
+        node.stop_commanded().await;
         let _ = admin_task.await;
         Ok(())
     });
@@ -309,6 +324,8 @@ fn start_volume(
     let handlers = Handlers {
         split_brain: v.handler_split_brain.clone(),
         pri_lost_after_sb: v.handler_pri_lost_after_sb.clone(),
+        fence_peer: v.handler_fence_peer.clone(),
+        unfence_peer: v.handler_unfence_peer.clone(),
     };
     let volume = Volume::start(
         &v.name,
@@ -522,22 +539,41 @@ impl Node {
         self.targets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The targets that should be served here now: every LUN's volume Primary here and none being demoted.
+    /// The targets the automatic server should serve here now: every LUN's volume Primary here, none being
+    /// demoted, and not taken over by `target start|stop`.
     fn desired_targets(&self) -> BTreeSet<String> {
-        let held = self.lock_targets().held.clone();
+        let (held, commanded): (HashSet<String>, BTreeSet<String>) = {
+            let t = self.lock_targets();
+            (t.held.clone(), t.commanded.keys().cloned().collect())
+        };
         let live = self.live();
         live.config
             .targets
             .iter()
-            .filter(|t| {
-                !t.lun.is_empty()
-                    && t.lun.iter().all(|l| {
-                        !held.contains(&l.volume)
-                            && live.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
-                    })
-            })
+            .filter(|t| !commanded.contains(&t.iqn) && all_primary(&live, t, &held))
             .map(|t| t.iqn.clone())
             .collect()
+    }
+
+    /// The server config for the targets `iqns`, with their LUNs' reservation state reloaded (serving starts).
+    fn server_config(&self, iqns: &BTreeSet<String>) -> ServerConfig {
+        let mut targets = Vec::new();
+        let live = self.live();
+        for t in live.config.targets.iter().filter(|t| iqns.contains(&t.iqn)) {
+            let mut luns = BTreeMap::new();
+            for l in &t.lun {
+                if let Some(lu) = live.luns.get(&l.volume) {
+                    // Serving starts here: the replicated reservation state is the truth (see the cluster's).
+                    lu.reload_reservations();
+                    luns.insert(l.lun, lu.clone());
+                }
+            }
+            targets.push(t.target_config(luns, &live.chap));
+        }
+        let mut config = ServerConfig::new(targets);
+        // Discovery on this one portal lists every target; validation gives them all the same CHAP in manual mode.
+        config.discovery_chap = config.targets.first().and_then(|t| t.chap.clone());
+        config
     }
 
     /// Brings the iSCSI server in line with the roles: (re)started with the targets that should be served.
@@ -551,30 +587,17 @@ impl Node {
         if desired.is_empty() {
             return;
         }
-        let mut targets = Vec::new();
-        let mut port = 3260;
-        let live = self.live();
-        for t in live
+        let port = self
+            .live()
             .config
             .targets
             .iter()
             .filter(|t| desired.contains(&t.iqn))
-        {
-            let mut luns = BTreeMap::new();
-            for l in &t.lun {
-                if let Some(lu) = live.luns.get(&l.volume) {
-                    // Serving starts here: the replicated reservation state is the truth (see the cluster's).
-                    lu.reload_reservations();
-                    luns.insert(l.lun, lu.clone());
-                }
-            }
-            port = t.port;
-            targets.push(t.target_config(luns, &live.chap));
-        }
+            .map(|t| t.port)
+            .next_back()
+            .unwrap_or(3260);
         let addr = SocketAddr::new(self.me.address, port);
-        let mut config = ServerConfig::new(targets);
-        // Discovery on this one portal lists every target; validation gives them all the same CHAP in manual mode.
-        config.discovery_chap = config.targets.first().and_then(|t| t.chap.clone());
+        let config = self.server_config(&desired);
         match Server::bind(config, &[addr]).await {
             Ok(server) => {
                 let running = server.spawn();
@@ -595,6 +618,232 @@ impl Node {
         if let Some(server) = server {
             server.stop().await;
             info!(targets = ?was, "stopped serving iSCSI");
+        }
+    }
+
+    /// Stops every server that `target start` started (the node is stopping).
+    async fn stop_commanded(&self) {
+        let started: Vec<(String, Running)> = {
+            let mut t = self.lock_targets();
+            std::mem::take(&mut t.commanded)
+                .into_iter()
+                .filter_map(|(iqn, c)| match c {
+                    Commanded::Started { server, .. } => Some((iqn, server)),
+                    Commanded::Stopped => None,
+                })
+                .collect()
+        };
+        for (iqn, server) in started {
+            server.stop().await;
+            info!(target = %iqn, "stopped serving iSCSI");
+        }
+    }
+
+    /// `target start IQN --portal ...`: serves the target on `portals`, by a server of its own, while all its
+    /// LUNs' volumes are Primary here; the automatic server at the node's address no longer serves it.
+    async fn target_start(&self, iqn: &str, portals: &[String]) -> Result<Option<String>, String> {
+        let target = self.commanded_target(iqn)?;
+        let mut addrs = Vec::new();
+        for p in portals {
+            addrs.push(
+                p.parse::<SocketAddr>()
+                    .map_err(|_| format!("portal {p:?} is not ADDR:PORT"))?,
+            );
+        }
+        if addrs.is_empty() {
+            return Err(format!("target start {iqn}: no portal given"));
+        }
+        let _one = self.reconciling.lock().await;
+        let held = self.lock_targets().held.clone();
+        let live = self.live();
+        if !all_primary(&live, &target, &held) {
+            let held = held.clone();
+            let roles: Vec<String> = target
+                .lun
+                .iter()
+                .map(|l| match live.volumes.get(&l.volume) {
+                    _ if held.contains(&l.volume) => format!("{} being demoted", l.volume),
+                    Some(v) if v.is_primary() => format!("{} Primary", l.volume),
+                    Some(_) => format!("{} not Primary", l.volume),
+                    None => format!("{} has no disk on this node", l.volume),
+                })
+                .collect();
+            return Err(format!(
+                "{iqn} is served only where all its LUNs' volumes are Primary, and on node {} {}: promote them first",
+                self.me.name,
+                roles.join(", ")
+            ));
+        }
+        let previous = self.lock_targets().commanded.remove(iqn);
+        match previous {
+            Some(Commanded::Started {
+                portals: now,
+                server,
+            }) if now == addrs => {
+                self.lock_targets().commanded.insert(
+                    iqn.to_owned(),
+                    Commanded::Started {
+                        portals: now,
+                        server,
+                    },
+                );
+                return Ok(Some(format!("{iqn} is already served on {}", list(&addrs))));
+            }
+            Some(Commanded::Started { server, .. }) => server.stop().await,
+            Some(Commanded::Stopped) | None => {}
+        }
+        // Taken from the automatic server first: one portal set per target.
+        self.lock_targets()
+            .commanded
+            .insert(iqn.to_owned(), Commanded::Stopped);
+        drop(_one);
+        self.reconcile().await;
+        // Checked again under the lock that a demotion's `stop_commanded_of` takes: a volume demoted meanwhile is
+        // held, and its target is not started.
+        let _one = self.reconciling.lock().await;
+        let held = self.lock_targets().held.clone();
+        if !all_primary(&self.live(), &target, &held) {
+            return Err(format!(
+                "{iqn}: a volume of it left Primary on node {} while it was being started",
+                self.me.name
+            ));
+        }
+        let config = self.server_config(&BTreeSet::from([iqn.to_owned()]));
+        match Server::bind(config, &addrs).await {
+            Ok(server) => {
+                let running = server.spawn();
+                info!(target = %iqn, portals = %list(&addrs), "serving iSCSI (target start)");
+                self.lock_targets().commanded.insert(
+                    iqn.to_owned(),
+                    Commanded::Started {
+                        portals: addrs.clone(),
+                        server: running,
+                    },
+                );
+                Ok(Some(format!("{iqn} served on {}", list(&addrs))))
+            }
+            Err(e) => Err(format!("cannot serve {iqn} on {}: {e}", list(&addrs))),
+        }
+    }
+
+    /// `target stop IQN`: serves it nowhere on this node (writes in flight finish first).
+    async fn target_stop(&self, iqn: &str) -> Result<Option<String>, String> {
+        self.commanded_target(iqn)?;
+        let _one = self.reconciling.lock().await;
+        let previous = self
+            .lock_targets()
+            .commanded
+            .insert(iqn.to_owned(), Commanded::Stopped);
+        drop(_one);
+        // The automatic server drops it too, if it served it.
+        self.reconcile().await;
+        match previous {
+            Some(Commanded::Started { portals, server }) => {
+                server.stop().await;
+                info!(target = %iqn, portals = %list(&portals), "stopped serving iSCSI (target stop)");
+                Ok(Some(format!(
+                    "{iqn} no longer served on {}",
+                    list(&portals)
+                )))
+            }
+            Some(Commanded::Stopped) | None => Ok(Some(format!(
+                "{iqn} is not served on node {}",
+                self.me.name
+            ))),
+        }
+    }
+
+    /// `target status IQN`.
+    fn target_status(&self, iqn: &str) -> Result<api::TargetServing, String> {
+        self.commanded_target(iqn)?;
+        let t = self.lock_targets();
+        let (mode, portals) = match t.commanded.get(iqn) {
+            Some(Commanded::Started { portals, server }) if !server.is_finished() => (
+                api::TargetMode::Started,
+                portals.iter().map(|p| p.to_string()).collect(),
+            ),
+            Some(Commanded::Started { .. }) | Some(Commanded::Stopped) => {
+                (api::TargetMode::Stopped, Vec::new())
+            }
+            None => {
+                let served =
+                    t.serving.contains(iqn) && t.server.as_ref().is_some_and(|s| !s.is_finished());
+                let portals = self
+                    .live()
+                    .config
+                    .targets
+                    .iter()
+                    .filter(|c| served && c.iqn == iqn)
+                    .map(|c| SocketAddr::new(self.me.address, c.port).to_string())
+                    .collect();
+                (api::TargetMode::Automatic, portals)
+            }
+        };
+        Ok(api::TargetServing {
+            iqn: iqn.to_owned(),
+            mode,
+            portals,
+        })
+    }
+
+    /// The configured target `iqn`, for `target start|stop|status`, which only manual mode has.
+    fn commanded_target(&self, iqn: &str) -> Result<crate::config::TargetSection, String> {
+        let live = self.live();
+        if self.cluster.is_some() {
+            return Err(format!(
+                "the cluster manager serves the targets on their virtual IPs here; `target start|stop|status` are \
+                 for a node with cluster.manual = true in {} (under an outside cluster manager such as Pacemaker)",
+                live.config.source.display()
+            ));
+        }
+        live.config
+            .targets
+            .iter()
+            .find(|t| t.iqn == iqn)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no target {iqn} in {} (configured: {})",
+                    live.config.source.display(),
+                    live.config
+                        .targets
+                        .iter()
+                        .map(|t| t.iqn.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+
+    /// Stops the `target start` servers whose target has a LUN on `volume` (it is being demoted or taken down):
+    /// they count as stopped from then on.
+    async fn stop_commanded_of(&self, volume: &str) {
+        let iqns: BTreeSet<String> = self
+            .live()
+            .config
+            .targets
+            .iter()
+            .filter(|t| t.lun.iter().any(|l| l.volume == volume))
+            .map(|t| t.iqn.clone())
+            .collect();
+        let _one = self.reconciling.lock().await;
+        let servers: Vec<(String, Running)> = {
+            let mut t = self.lock_targets();
+            let mut out = Vec::new();
+            for iqn in &iqns {
+                if let Some(Commanded::Started { .. }) = t.commanded.get(iqn) {
+                    if let Some(Commanded::Started { server, .. }) =
+                        t.commanded.insert(iqn.clone(), Commanded::Stopped)
+                    {
+                        out.push((iqn.clone(), server));
+                    }
+                }
+            }
+            out
+        };
+        for (iqn, server) in servers {
+            server.stop().await;
+            warn!(target = %iqn, volume, "stopped serving iSCSI: its volume leaves Primary");
         }
     }
 
@@ -634,6 +883,7 @@ impl Node {
             AdminCommand::Secondary | AdminCommand::Down => {
                 // The target goes down first; its writes in flight finish.
                 self.lock_targets().held.insert(name.to_owned());
+                self.runtime.block_on(self.stop_commanded_of(name));
                 self.runtime.block_on(self.reconcile());
                 let r = volume.admin(command);
                 self.lock_targets().held.remove(name);
@@ -745,6 +995,14 @@ impl AdminService for Node {
                 },
                 Err(message) => Response::Error { message },
             },
+            Request::TargetStart { iqn, portals } => {
+                into_response(self.runtime.block_on(self.target_start(&iqn, &portals)))
+            }
+            Request::TargetStop { iqn } => into_response(self.runtime.block_on(self.target_stop(&iqn))),
+            Request::TargetStatus { iqn } => match self.target_status(&iqn) {
+                Ok(status) => Response::Target { status },
+                Err(message) => Response::Error { message },
+            },
             Request::Events { .. } => Response::Error {
                 message: "events are streamed, not answered".into(),
             },
@@ -791,4 +1049,32 @@ impl AdminService for Node {
         .collect();
         Ok((lines, rx))
     }
+}
+
+fn into_response(result: Result<Option<String>, String>) -> Response {
+    match result {
+        Ok(message) => Response::Ok { message },
+        Err(message) => Response::Error { message },
+    }
+}
+
+/// `a, b` for a list of portals.
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every LUN of `target` has its volume Primary here, none of them in `held`.
+fn all_primary(
+    live: &NodeLive,
+    target: &crate::config::TargetSection,
+    held: &HashSet<String>,
+) -> bool {
+    !target.lun.is_empty()
+        && target.lun.iter().all(|l| {
+            !held.contains(&l.volume) && live.volumes.get(&l.volume).is_some_and(|v| v.is_primary())
+        })
 }

@@ -303,6 +303,19 @@ pub struct Handlers {
     pub split_brain: Option<String>,
     /// On a Primary that lost a split brain.
     pub pri_lost_after_sb: Option<String>,
+    /// Resource-level fencing without twinsan's cluster manager (manual mode, DRBD's `fence-peer`, e.g. the
+    /// `fence-peer` action of the Pacemaker agent): run when the peer must be marked Outdated; exit status 0
+    /// means it is (writes resume), anything else that it is not (writes stay suspended).
+    pub fence_peer: Option<String>,
+    /// Undoes `fence_peer` (DRBD's `unfence-peer`): run when both copies are UpToDate and connected again.
+    pub unfence_peer: Option<String>,
+}
+
+/// A fencing handler's job, run in order on the volume's handler thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FenceJob {
+    Fence,
+    Unfence,
 }
 
 /// Where the peer is and who connects to whom.
@@ -380,8 +393,12 @@ pub struct Volume {
     next_link: AtomicU64,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
     handlers: Handlers,
-    /// Where resource-only fencing requests go (the cluster manager); without one a fence fails.
+    /// Where resource-only fencing requests go (the cluster manager, or the fence-peer handler in manual mode);
+    /// without one a fence fails.
     fencer: Mutex<Option<Fencer>>,
+    /// The queue of the thread that runs the fence-peer and unfence-peer handlers one after the other (when
+    /// either is configured).
+    fence_jobs: Mutex<Option<Sender<FenceJob>>>,
     /// When the established replication link was last closed or reset from the peer's side (its process or
     /// host went away, or it disconnected): evidence for the cluster's early loss detection.
     peer_closed_at: Mutex<Option<Instant>>,
@@ -487,12 +504,14 @@ impl Volume {
             threads: Mutex::new(Vec::new()),
             handlers,
             fencer: Mutex::new(None),
+            fence_jobs: Mutex::new(None),
             peer_closed_at: Mutex::new(None),
             epoch,
             lease_until_ns: AtomicU64::new(LEASE_NOT_ENFORCED),
             link_error: Mutex::new(None),
             established: AtomicU64::new(0),
         });
+        volume.start_fence_handlers()?;
         volume.with_core(|_| None);
         let v = volume.clone();
         let timer_thread = thread::Builder::new()
@@ -741,6 +760,76 @@ impl Volume {
         *self.fencer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fencer);
     }
 
+    /// With a fence-peer or unfence-peer handler: the thread that runs them in order, and the fencer that queues
+    /// fence-peer (a cluster manager sets its own fencer over it). The thread holds the volume weakly and ends
+    /// with the queue.
+    fn start_fence_handlers(self: &Arc<Self>) -> Result<(), VolumeError> {
+        if self.handlers.fence_peer.is_none() && self.handlers.unfence_peer.is_none() {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel::<FenceJob>();
+        let weak = Arc::downgrade(self);
+        thread::Builder::new()
+            .name(format!("{}-fence", self.name))
+            .spawn(move || {
+                for job in rx {
+                    let Some(v) = weak.upgrade() else { return };
+                    v.run_fence_job(job);
+                }
+            })
+            .map_err(|source| VolumeError::Io {
+                path: PathBuf::from(&self.name),
+                source,
+            })?;
+        if self.handlers.fence_peer.is_some() {
+            let queue = Mutex::new(tx.clone());
+            self.set_fencer(Arc::new(move |_name: &str, _generations| {
+                let _ = queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(FenceJob::Fence);
+            }));
+        }
+        *self.fence_jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Runs one fencing handler and waits for it (on the handler thread); a fence-peer's exit status answers the
+    /// engine's fence request.
+    fn run_fence_job(&self, job: FenceJob) {
+        let (which, command) = match job {
+            FenceJob::Fence => ("fence-peer", self.handlers.fence_peer.as_deref()),
+            FenceJob::Unfence => ("unfence-peer", self.handlers.unfence_peer.as_deref()),
+        };
+        let Some(command) = command else { return };
+        info!(volume = %self.name, peer = %self.peer_name, "running the {which} handler: {command}");
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env("TWINSAN_VOLUME", &self.name)
+            .env("TWINSAN_PEER", &self.peer_name)
+            .env("TWINSAN_HANDLER", which)
+            .stdin(std::process::Stdio::null())
+            .status();
+        let ok = match status {
+            Ok(status) if status.success() => {
+                info!(volume = %self.name, "{which} handler finished");
+                true
+            }
+            Ok(status) => {
+                warn!(volume = %self.name, "{which} handler failed: {status}");
+                false
+            }
+            Err(e) => {
+                warn!(volume = %self.name, "cannot run the {which} handler: {e}");
+                false
+            }
+        };
+        if job == FenceJob::Fence {
+            self.fence_result(ok);
+        }
+    }
+
     /// The answer to a fence request: whether the peer is marked Outdated (or known down).
     pub fn fence_result(&self, outdated: bool) {
         self.input(Input::FenceResult { outdated });
@@ -970,11 +1059,26 @@ impl Volume {
         self.wants_link.store(engine.wants_link(), Ordering::SeqCst);
         let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if *current != status {
-            use twinsan_replication::state::ConnState;
+            use twinsan_replication::state::{ConnState, DiskState};
             if status.connection == ConnState::Connected
                 && current.connection != ConnState::Connected
             {
                 self.established.fetch_add(1, Ordering::SeqCst);
+            }
+            let whole = |s: &Status| {
+                s.connection == ConnState::Connected
+                    && s.disk == DiskState::UpToDate
+                    && s.peer_disk == DiskState::UpToDate
+            };
+            if whole(&status) && !whole(&current) && self.handlers.unfence_peer.is_some() {
+                if let Some(q) = self
+                    .fence_jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    let _ = q.send(FenceJob::Unfence);
+                }
             }
             let changed_shape = current.role != status.role
                 || current.disk != status.disk

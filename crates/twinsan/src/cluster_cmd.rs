@@ -63,7 +63,45 @@ pub enum ResourceCommand {
 pub enum TargetCommand {
     /// The targets, their LUNs and portals as a tree, like `targetcli ls /`.
     Ls,
+    /// Serve the configured target IQN on PORTAL(s), on this node, while all its LUNs' volumes are Primary here
+    /// (manual mode, for an outside cluster manager: what `ocf:twinsan:target` runs). It is then no longer served
+    /// at the node's own address; a demotion of one of its volumes stops it.
+    #[command(after_help = TARGET_START_EXAMPLES)]
+    Start {
+        /// The target's IQN, as in the config.
+        iqn: String,
+        /// ADDR[:PORT] (port 3260 when left out), e.g. the virtual IP that ocf:heartbeat:IPaddr2 holds; repeat
+        /// for more portals.
+        #[arg(long, required = true, value_name = "ADDR[:PORT]", value_parser = crate::address::iscsi_portal)]
+        portal: Vec<std::net::SocketAddr>,
+    },
+    /// Serve the target IQN nowhere on this node (manual mode), until `target start`.
+    Stop {
+        /// The target's IQN.
+        iqn: String,
+    },
+    /// Where this node serves the target IQN (manual mode). Exits 0 only while it is served (with --portal: on
+    /// that portal, and a login there is answered), 1 otherwise, 3 when the node daemon does not answer.
+    Status {
+        /// The target's IQN.
+        iqn: String,
+        /// Also send a login for IQN to this portal (stopping at the security stage: no session is made).
+        #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::address::iscsi_portal)]
+        portal: Option<std::net::SocketAddr>,
+        /// Print JSON: {"iqn", "mode": automatic|started|stopped, "portals", and with --portal "login":
+        /// answered|no-target|no-answer}.
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// `twinsan target start --help`'s examples.
+const TARGET_START_EXAMPLES: &str = "\
+Examples:
+  twinsan target start iqn.2025-01.org.twinsan:vol0 --portal 198.18.0.100
+      serve it on the VIP, port 3260 (its volumes are Primary here)
+  twinsan target status iqn.2025-01.org.twinsan:vol0 --portal 198.18.0.100 --json
+      what the OCF agent's monitor runs";
 
 /// The config and the admin socket of the node `--node` names (or whose address is on this machine).
 pub fn socket(global: &Global) -> anyhow::Result<(ClusterConfig, PathBuf)> {
@@ -145,6 +183,11 @@ pub fn target(global: &Global, cmd: TargetCommand) -> anyhow::Result<()> {
             let status = cluster_status(&socket)?;
             print!("{}", format_target_tree(&config, &status));
             Ok(())
+        }
+        TargetCommand::Start { iqn, portal } => crate::target_cmd::start(global, iqn, portal),
+        TargetCommand::Stop { iqn } => crate::target_cmd::stop(global, iqn),
+        TargetCommand::Status { iqn, portal, json } => {
+            crate::target_cmd::status(global, iqn, portal, json)
         }
     }
 }

@@ -6,11 +6,13 @@ mod config_page;
 mod demo_cmd;
 mod init_cmd;
 mod node_cmd;
+mod ocf_cmd;
 mod ops_cmd;
 mod progress;
 mod serve;
 mod signals;
 mod size;
+mod target_cmd;
 mod volume_cmd;
 mod witness_cmd;
 
@@ -75,6 +77,9 @@ enum Command {
     /// The iSCSI targets.
     #[command(subcommand)]
     Target(cluster_cmd::TargetCommand),
+    /// Pacemaker's OCF resource agents for twinsan (ocf:twinsan:volume, ocf:twinsan:target).
+    #[command(subcommand)]
+    Ocf(ocf_cmd::OcfCommand),
     /// Be the third-site tie-breaker of a cluster: lend one vote to one node at a time (UDP, default port 5406).
     #[command(after_help = WITNESS_EXAMPLES)]
     Witness(witness_cmd::WitnessArgs),
@@ -125,6 +130,7 @@ fn main() -> std::process::ExitCode {
         Command::Resource(cmd) => cluster_cmd::resource(&cli.global, cmd),
         Command::Target(cmd) => cluster_cmd::target(&cli.global, cmd),
         Command::Witness(args) => witness_cmd::run(&cli.global, args),
+        Command::Ocf(cmd) => ocf_cmd::run(cmd),
         Command::Completions(args) => ops_cmd::completions(args),
         Command::Man(args) => ops_cmd::man(args),
     };
@@ -150,6 +156,7 @@ fn refuse_unused_globals(matches: &ArgMatches) {
         "serve" => "serve is one node without a cluster: its target comes from --iqn and --lun",
         "init" => "init writes a new config, DIR/twinsan.toml, for both nodes",
         "completions" | "man" => "they describe the command line, not a cluster",
+        "ocf" => "the agents take the config and node as resource parameters",
         _ => return,
     };
     for id in ["config", "node"] {

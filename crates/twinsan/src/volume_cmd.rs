@@ -243,7 +243,7 @@ pub fn send(socket: &Path, request: &Request) -> anyhow::Result<Option<String>> 
     match admin::request(socket, request)? {
         Response::Ok { message } => Ok(message),
         Response::Error { message } => Err(anyhow::anyhow!(message)),
-        Response::Status { .. } | Response::Cluster { .. } => {
+        Response::Status { .. } | Response::Cluster { .. } | Response::Target { .. } => {
             anyhow::bail!("the node daemon answered a status to {request:?}")
         }
     }
@@ -261,7 +261,7 @@ fn print_status(
     let mut volumes = match admin::request(socket, &request)? {
         Response::Status { volumes } => volumes,
         Response::Error { message } => anyhow::bail!(message),
-        Response::Ok { .. } | Response::Cluster { .. } => {
+        Response::Ok { .. } | Response::Cluster { .. } | Response::Target { .. } => {
             anyhow::bail!("the node daemon answered the status request without a status")
         }
     };

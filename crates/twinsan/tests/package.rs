@@ -1,6 +1,7 @@
 //! `scripts/package`: the Debian package builds, lintian finds no error in it, it holds the binary, the units, the
-//! man pages, the completions and the example config, and it has no maintainer script that could stop or restart
-//! a running node on upgrade. Needs cargo-deb (the script installs it) and lintian (scripts/install-test-deps).
+//! man pages, the completions, the example config and the OCF agents for Pacemaker, and it has no maintainer
+//! script that could stop or restart a running node on upgrade. Needs cargo-deb (the script installs it) and
+//! lintian (scripts/install-test-deps).
 
 mod common;
 
@@ -64,6 +65,8 @@ fn the_debian_package_builds_passes_lintian_and_holds_every_file() {
         "./usr/share/doc/twinsan/examples/twinsan.toml",
         "./usr/share/doc/twinsan/copyright",
         "./usr/share/doc/twinsan/changelog.Debian.gz",
+        "./usr/lib/ocf/resource.d/twinsan/volume",
+        "./usr/lib/ocf/resource.d/twinsan/target",
     ] {
         assert!(
             files.contains(&want),
@@ -76,6 +79,15 @@ fn the_debian_package_builds_passes_lintian_and_holds_every_file() {
         .filter(|l| l.as_bytes().get(5) == Some(&b'w') || l.as_bytes().get(8) == Some(&b'w'))
         .collect();
     assert!(writable.is_empty(), "writable by others: {writable:?}");
+    // The OCF agents are executable (Pacemaker runs them directly), as ocf-tester wants: 755.
+    for agent in ["volume", "target"] {
+        let path = format!("./usr/lib/ocf/resource.d/twinsan/{agent}");
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(path.as_str()))
+            .unwrap_or_else(|| panic!("{path} missing:\n{listing}"));
+        assert!(line.starts_with("-rwxr-xr-x"), "{line}");
+    }
 
     // No preinst, postinst, prerm or postrm: nothing enables, starts, stops or restarts a node, on upgrade least
     // of all (restarting is the admin's step).

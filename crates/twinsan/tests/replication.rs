@@ -695,3 +695,82 @@ fn cluster_manual_status_shows_the_peer_as_replication_sees_it() {
     );
     assert!(c.stop(1), "node1 did not stop cleanly:\n{}", c.logs());
 }
+
+/// Resource-only fencing in manual mode goes through `handler_fence_peer` (what an outside cluster manager's
+/// fence is: the Pacemaker agent's fence-peer, tests/pacemaker.rs): the Primary that loses its peer suspends
+/// writes until the handler exits 0, then writes alone; once both copies are UpToDate and connected again
+/// `handler_unfence_peer` runs. A handler that fails keeps the writes suspended.
+#[test]
+fn cluster_manual_fencing_runs_the_fence_peer_handler() {
+    let mut c = Cluster::init("fencehandler", true, "64M");
+    let dir = c.folder();
+    let log = dir.join("fence.log");
+    let refuse = dir.join("refuse");
+    let toml = std::fs::read_to_string(&c.config).expect("config");
+    let fencing = "fencing = \"dont-care\"";
+    assert!(toml.contains(fencing), "{toml}");
+    let toml = toml.replacen(
+        fencing,
+        &format!(
+            "fencing = \"resource-only\"\n\
+             handler_fence_peer = \"echo fence $TWINSAN_PEER >> '{log}'; test ! -e '{refuse}'\"\n\
+             handler_unfence_peer = \"echo unfence $TWINSAN_PEER >> '{log}'\"",
+            log = log.display(),
+            refuse = refuse.display()
+        ),
+        1,
+    );
+    std::fs::write(&c.config, toml).expect("write config");
+    let lines = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == what)
+            .count()
+    };
+    c.start(1);
+    c.start(2);
+    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+        peer(s, "connection") == "Connected"
+    });
+    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
+    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.cli(1, &["volume", "primary", "vol0"]);
+    c.wait_for(Duration::from_secs(20), "unfence-peer on both", || {
+        (lines("unfence node2") >= 1 && lines("unfence node1") >= 1).then_some(())
+    });
+    assert_eq!(lines("fence node2"), 0, "no fence while connected");
+
+    // The peer dies: node1 fences it (the handler exits 0) and writes alone.
+    c.kill(2);
+    let plan = qemu::plan(0xfe1c_0001, 64 * MIB, CHUNK, 32);
+    qemu::write(&c.url(1), &plan, CHUNK);
+    assert_eq!(lines("fence node2"), 1, "{}", c.logs());
+    let s = c.status(1);
+    assert_eq!(s["suspended"], false, "{s}");
+    // It comes back and resyncs: unfence-peer.
+    c.start(2);
+    c.wait_status(2, Duration::from_secs(60), "node2 resynced", in_sync);
+    c.wait_for(
+        Duration::from_secs(20),
+        "unfence-peer after the resync",
+        || (lines("unfence node2") >= 2).then_some(()),
+    );
+
+    // A fence that fails: writes stay suspended.
+    std::fs::write(&refuse, "").expect("refuse");
+    c.kill(2);
+    c.wait_for(Duration::from_secs(30), "the second fence-peer", || {
+        (lines("fence node2") == 2).then_some(())
+    });
+    // Once node1 has taken the handler's answer, the writes are still suspended.
+    c.wait_for(Duration::from_secs(20), "the failed fence logged", || {
+        c.log(1).contains("fence-peer handler failed").then_some(())
+    });
+    let s = c.status(1);
+    assert_eq!(s["role"], "Primary", "{s}");
+    assert_eq!(
+        s["suspended"], true,
+        "a failed fence resumed the writes: {s}"
+    );
+}

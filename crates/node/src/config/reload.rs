@@ -268,23 +268,49 @@ fn check_volume(a: &VolumeConfig, b: &VolumeConfig) -> Result<(), ReloadRefusal>
             .map(|(n, d)| (n.clone(), d.path.clone(), d.meta.clone()))
             .collect::<Vec<_>>()
     };
-    let fields: [(&str, bool); 12] = [
-        ("uuid", a.uuid == b.uuid),
-        ("port", a.port == b.port),
-        ("protocol", a.protocol == b.protocol),
-        ("fencing", a.fencing == b.fencing),
-        ("after_sb_0pri", a.after_sb_0pri == b.after_sb_0pri),
-        ("after_sb_1pri", a.after_sb_1pri == b.after_sb_1pri),
-        ("after_sb_2pri", a.after_sb_2pri == b.after_sb_2pri),
-        ("checksum_resync", a.checksum_resync == b.checksum_resync),
-        ("resync_max_kib_s", a.resync_max_kib_s == b.resync_max_kib_s),
+    // Every field named, so that a new setting cannot be left out of the comparison unseen.
+    let VolumeConfig {
+        name: _,
+        uuid,
+        port,
+        protocol,
+        fencing,
+        after_sb_0pri,
+        after_sb_1pri,
+        after_sb_2pri,
+        checksum_resync,
+        resync_max_kib_s,
+        handler_split_brain,
+        handler_pri_lost_after_sb,
+        handler_fence_peer,
+        handler_unfence_peer,
+        disk: _,
+    } = a;
+    let fields: [(&str, bool); 14] = [
+        ("uuid", *uuid == b.uuid),
+        ("port", *port == b.port),
+        ("protocol", *protocol == b.protocol),
+        ("fencing", *fencing == b.fencing),
+        ("after_sb_0pri", *after_sb_0pri == b.after_sb_0pri),
+        ("after_sb_1pri", *after_sb_1pri == b.after_sb_1pri),
+        ("after_sb_2pri", *after_sb_2pri == b.after_sb_2pri),
+        ("checksum_resync", *checksum_resync == b.checksum_resync),
+        ("resync_max_kib_s", *resync_max_kib_s == b.resync_max_kib_s),
         (
             "handler_split_brain",
-            a.handler_split_brain == b.handler_split_brain,
+            *handler_split_brain == b.handler_split_brain,
         ),
         (
             "handler_pri_lost_after_sb",
-            a.handler_pri_lost_after_sb == b.handler_pri_lost_after_sb,
+            *handler_pri_lost_after_sb == b.handler_pri_lost_after_sb,
+        ),
+        (
+            "handler_fence_peer",
+            *handler_fence_peer == b.handler_fence_peer,
+        ),
+        (
+            "handler_unfence_peer",
+            *handler_unfence_peer == b.handler_unfence_peer,
         ),
         ("disk", disks(a) == disks(b)),
     ];
