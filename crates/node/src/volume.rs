@@ -1011,8 +1011,9 @@ impl Volume {
                     );
                 }
                 Output::FencePeer { generations } => {
-                    // Resource-only fencing goes through the cluster manager; without one (manual mode, which
-                    // the config refuses with resource-only fencing) the fence fails and writes stay suspended.
+                    // Resource-only fencing goes through the fencer: the cluster manager's, or in manual mode the
+                    // fence-peer handler's (an outside cluster manager); without one the fence fails and writes
+                    // stay suspended.
                     let fencer = self
                         .fencer
                         .lock()
