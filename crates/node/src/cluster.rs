@@ -2042,18 +2042,24 @@ impl Shared {
     /// At daemon stop: the stacks stopped from the top, volumes demoted.
     fn stop_everything(&self) {
         for s in self.stacks().iter() {
-            self.stop_server(&s.volume);
-            let vip_on = self
-                .lock()
-                .resources
-                .get(&s.vip_name)
-                .is_some_and(|r| r.status != RunStatus::Stopped);
-            if vip_on {
-                if let Err(e) = s.vip.stop() {
-                    warn!(vip = %s.target.vip, "removing the virtual IP at stop: {e}");
-                }
+            if let Err(e) = self.stop_target_and_vip(s) {
+                warn!(vip = %s.target.vip, "removing the virtual IP at stop: {e}");
             }
         }
+    }
+
+    /// Stops a stack from the top: its target's server, then its virtual IP if it is up.
+    fn stop_target_and_vip(&self, s: &Stack) -> Result<(), crate::vip::VipError> {
+        self.stop_server(&s.volume);
+        let vip_on = self
+            .lock()
+            .resources
+            .get(&s.vip_name)
+            .is_some_and(|r| r.status != RunStatus::Stopped);
+        if vip_on {
+            s.vip.stop()?;
+        }
+        Ok(())
     }
 
     // ----- config reload -----
@@ -2078,17 +2084,8 @@ impl Shared {
             .iter()
             .filter(|s| !new_stacks.iter().any(|n| n.target.iqn == s.target.iqn))
         {
-            self.stop_server(&s.volume);
-            let vip_on = self
-                .lock()
-                .resources
-                .get(&s.vip_name)
-                .is_some_and(|r| r.status != RunStatus::Stopped);
-            if vip_on {
-                s.vip.stop().map_err(|e| {
-                    format!("target {}: removing its virtual IP: {e}", s.target.iqn)
-                })?;
-            }
+            self.stop_target_and_vip(s)
+                .map_err(|e| format!("target {}: removing its virtual IP: {e}", s.target.iqn))?;
             info!(target = %s.target.iqn, "reload: target removed");
         }
         for (name, v) in volumes.iter() {

@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -382,7 +382,7 @@ pub struct Volume {
     uuid: u128,
     reads_local: AtomicBool,
     /// The data file for a Primary's reads straight from its UpToDate disk; replaced when a disk is attached.
-    read_file: Mutex<Option<Arc<File>>>,
+    read_file: RwLock<Option<Arc<File>>>,
     /// The volume's files, opened again by `volume attach`.
     paths: DiskPaths,
     wants_link: AtomicBool,
@@ -494,7 +494,7 @@ impl Volume {
             size: AtomicU64::new(size),
             uuid,
             reads_local: AtomicBool::new(false),
-            read_file: Mutex::new(Some(Arc::new(read_file))),
+            read_file: RwLock::new(Some(Arc::new(read_file))),
             paths: paths.clone(),
             wants_link: AtomicBool::new(false),
             links_open: AtomicUsize::new(0),
@@ -742,7 +742,7 @@ impl Volume {
         self.feed_lease(&mut core);
         let result = core.engine.attach_disk(storage, layout, sb);
         if result.is_ok() {
-            *self.read_file.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(read_file));
+            *self.read_file.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(read_file));
             info!(volume = %self.name, "disk {} attached", self.paths.data.display());
         }
         self.process(&mut core);
@@ -803,14 +803,7 @@ impl Volume {
         };
         let Some(command) = command else { return };
         info!(volume = %self.name, peer = %self.peer_name, "running the {which} handler: {command}");
-        let status = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .env("TWINSAN_VOLUME", &self.name)
-            .env("TWINSAN_PEER", &self.peer_name)
-            .env("TWINSAN_HANDLER", which)
-            .stdin(std::process::Stdio::null())
-            .status();
+        let status = self.handler_command(which, command).status();
         let ok = match status {
             Ok(status) if status.success() => {
                 info!(volume = %self.name, "{which} handler finished");
@@ -890,14 +883,7 @@ impl Volume {
     /// it what happened: `TWINSAN_VOLUME`, `TWINSAN_PEER`, `TWINSAN_HANDLER`.
     fn run_handler(&self, which: &'static str, command: Option<&str>) {
         let Some(command) = command else { return };
-        let spawned = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .env("TWINSAN_VOLUME", &self.name)
-            .env("TWINSAN_PEER", &self.peer_name)
-            .env("TWINSAN_HANDLER", which)
-            .stdin(std::process::Stdio::null())
-            .spawn();
+        let spawned = self.handler_command(which, command).spawn();
         let volume = self.name.clone();
         match spawned {
             Ok(mut child) => {
@@ -913,6 +899,28 @@ impl Volume {
             }
             Err(e) => warn!(%volume, "cannot run the {which} handler: {e}"),
         }
+    }
+
+    /// The data file for reads straight from the local disk, while a disk is attached (a read lock held only to
+    /// clone the `Arc`; never across the read).
+    fn local_file(&self) -> Option<Arc<File>> {
+        self.read_file
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A handler's `sh -c COMMAND`, with the environment that tells it what happened: `TWINSAN_VOLUME`,
+    /// `TWINSAN_PEER`, `TWINSAN_HANDLER`.
+    fn handler_command(&self, which: &str, command: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(command)
+            .env("TWINSAN_VOLUME", &self.name)
+            .env("TWINSAN_PEER", &self.peer_name)
+            .env("TWINSAN_HANDLER", which)
+            .stdin(std::process::Stdio::null());
+        cmd
     }
 
     fn timer_loop(self: Arc<Self>) {
@@ -1053,7 +1061,7 @@ impl Volume {
         if !engine.has_disk() {
             // Detached: no file of the disk stays open (the admin may replace or unmount it).
             self.read_file
-                .lock()
+                .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
         }
@@ -1521,12 +1529,7 @@ impl BlockDevice for ReplicatedDevice {
         // The fast path reads the local disk directly, only while the lease runs: a node that was frozen reads
         // through the engine, which holds the read until it knows whether the peer took over.
         if self.volume.reads_local.load(Ordering::SeqCst) && self.volume.lease_runs() {
-            let file = self
-                .volume
-                .read_file
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let file = self.volume.local_file();
             if let Some(file) = file {
                 return file.read_exact_at(buf, offset);
             }
@@ -1584,12 +1587,7 @@ impl BlockDevice for ReplicatedDevice {
     fn mapped_extent(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
         // The Primary's own copy answers; served from the peer, everything counts as mapped.
         if self.volume.reads_local.load(Ordering::SeqCst) {
-            let file = self
-                .volume
-                .read_file
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let file = self.volume.local_file();
             match file {
                 Some(file) => twinsan_target::file_mapped_extent(&file, offset, len),
                 None => Ok((true, len)),

@@ -1108,6 +1108,22 @@ pub enum LocateError {
 /// Bytes [`locate`] reads at once while it searches for internal metadata below the end of a grown device.
 const SEARCH_CHUNK: u64 = 1 << 20;
 
+/// Reads both superblock slots of `layout` through `read`.
+fn read_superblock_slots<R>(layout: &Layout, read: &mut R) -> Result<[Vec<u8>; 2], LocateError>
+where
+    R: FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+{
+    let mut slots = [vec![0u8; SUPERBLOCK_SIZE], vec![0u8; SUPERBLOCK_SIZE]];
+    for (slot, region) in slots.iter_mut().zip(layout.superblocks) {
+        read(region.offset, slot).map_err(|source| LocateError::Io {
+            what: "a superblock slot",
+            offset: region.offset,
+            source,
+        })?;
+    }
+    Ok(slots)
+}
+
 /// Finds the metadata of a volume on this node's devices: the layout it was written with and the chosen
 /// superblock, checked against that layout. `read(offset, buf)` reads the metadata device.
 ///
@@ -1130,18 +1146,7 @@ where
     R: FnMut(u64, &mut [u8]) -> std::io::Result<()>,
 {
     let layout = Layout::compute(backing_size, placement)?;
-    let mut read_slots = |layout: &Layout| -> Result<[Vec<u8>; 2], LocateError> {
-        let mut slots = [vec![0u8; SUPERBLOCK_SIZE], vec![0u8; SUPERBLOCK_SIZE]];
-        for (slot, region) in slots.iter_mut().zip(layout.superblocks) {
-            read(region.offset, slot).map_err(|source| LocateError::Io {
-                what: "a superblock slot",
-                offset: region.offset,
-                source,
-            })?;
-        }
-        Ok(slots)
-    };
-    let [slot0, slot1] = read_slots(&layout)?;
+    let [slot0, slot1] = read_superblock_slots(&layout, &mut read)?;
     match choose(&slot0, &slot1) {
         Ok(chosen) => {
             let Err(misfit) = chosen.superblock.check_fits(&layout) else {
@@ -1208,14 +1213,7 @@ where
                     continue;
                 }
                 let layout = Layout::compute(candidate, Placement::Internal)?;
-                let mut slots = [vec![0u8; SUPERBLOCK_SIZE], vec![0u8; SUPERBLOCK_SIZE]];
-                for (slot, region) in slots.iter_mut().zip(layout.superblocks) {
-                    read(region.offset, slot).map_err(|source| LocateError::Io {
-                        what: "a superblock slot",
-                        offset: region.offset,
-                        source,
-                    })?;
-                }
+                let slots = read_superblock_slots(&layout, read)?;
                 if let Ok(chosen) = choose(&slots[0], &slots[1]) {
                     if chosen.superblock.check_fits(&layout).is_ok() {
                         let layout = Layout {

@@ -108,13 +108,7 @@ fn pair_with_disk_on(tag: &str, on_tmpfs: usize, mnt: &Path) -> (Cluster, PathBu
 fn start_in_sync(c: &mut Cluster) {
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    for n in [1, 2] {
-        c.wait_status(n, Duration::from_secs(20), "both UpToDate", in_sync);
-    }
+    c.skip_initial_sync(&[1, 2]);
     c.cli(1, &["volume", "primary", "vol0"]);
 }
 

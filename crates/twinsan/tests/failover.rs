@@ -9,16 +9,10 @@ use std::time::{Duration, Instant};
 
 use std::process::Command;
 
-use common::cluster::{in_sync, Cluster, LinkCut, IQN};
+use common::cluster::{in_sync, names, online, stack_on, Cluster, LinkCut, IQN};
 use common::{qemu, require_tool, scsi};
 
 const VIP_URL: &str = "iscsi://127.0.0.10:3260/iqn.2025-08.local.twinsan:vol0/1";
-
-/// `twinsan status --json` on node `n`.
-fn cluster_status(c: &Cluster, n: usize) -> serde_json::Value {
-    let out = c.cli(n, &["status", "--json"]);
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON ({e}):\n{out}"))
-}
 
 fn resource<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     s["resources"]
@@ -27,84 +21,18 @@ fn resource<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no resource {name} in {s}"))
 }
 
-fn names(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The node where the whole stack runs, if it does: vol0 promoted there (only there) and VIP, target and LUN
-/// started there (only there).
-fn stack_on(s: &serde_json::Value) -> Option<String> {
-    let promoted = names(&resource(s, "vol0")["promoted"]);
-    let [node] = promoted.as_slice() else {
-        return None;
-    };
-    for r in ["vol0-vip", "vol0-target", "vol0-lun1"] {
-        if names(&resource(s, r)["started"]) != [node.clone()] {
-            return None;
-        }
-    }
-    Some(node.clone())
-}
-
-fn online(s: &serde_json::Value) -> Vec<String> {
-    s["nodes"]
-        .as_array()
-        .map(|ns| {
-            ns.iter()
-                .filter(|n| n["online"] == true)
-                .filter_map(|n| n["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Polls `status --json` on node `n` until `pred` holds (at most `limit`); returns that status.
-fn wait_cluster(
-    c: &Cluster,
-    n: usize,
-    limit: Duration,
-    what: &str,
-    mut pred: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    c.wait_for(limit, &format!("node{n}: {what}"), || {
-        let s = cluster_status(c, n);
-        pred(&s).then_some(s)
-    })
-}
-
 fn other(n: usize) -> usize {
     3 - n
-}
-
-/// Starts both nodes and waits until the stack runs on one of them; returns it.
-fn start_both(c: &mut Cluster) -> usize {
-    c.start(1);
-    c.start(2);
-    let s = wait_cluster(
-        c,
-        1,
-        Duration::from_secs(30),
-        "the stack up on one node",
-        |s| stack_on(s).is_some() && online(s).len() == 2,
-    );
-    let node = stack_on(&s).unwrap_or_default();
-    node.trim_start_matches("node").parse().unwrap_or(1)
 }
 
 #[test]
 fn managed_cluster_promotes_one_node_and_serves_at_the_vip() {
     require_tool("qemu-io");
     let mut c = Cluster::init("failover-up", false, "64M");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     // Both nodes agree, and the text is laid out as `pcs status` lays it out.
     for n in [1, 2] {
-        let s = wait_cluster(&c, n, Duration::from_secs(10), "the same view", |s| {
+        let s = c.wait_cluster(n, Duration::from_secs(10), "the same view", |s| {
             stack_on(s) == Some(format!("node{p}")) && online(s).len() == 2
         });
         assert_eq!(
@@ -159,7 +87,7 @@ fn managed_cluster_promotes_one_node_and_serves_at_the_vip() {
 fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
     require_tool("qemu-io");
     let mut c = Cluster::init("failover-kill", false, "128M");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     let q = other(p);
     // 600 writes of 64 KiB, each at its own slot with its own pattern, through the VIP; node p is killed -9 once
     // the writes are under way.
@@ -184,8 +112,7 @@ fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
     c.kill(p);
     stream.check_failover(killed_at, plan.len(), Duration::from_secs(5), || c.logs());
     // The survivor runs the stack, and every acknowledged write reads back through the VIP.
-    let s = wait_cluster(
-        &c,
+    let s = c.wait_cluster(
         q,
         Duration::from_secs(10),
         "the stack on the survivor",
@@ -201,7 +128,7 @@ fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
     // The killed node comes back as Secondary, resyncs, and the stack stays where it is (stickiness).
     c.start(p);
     c.wait_status(p, Duration::from_secs(60), "back in sync", in_sync);
-    let s = wait_cluster(&c, p, Duration::from_secs(10), "both online", |s| {
+    let s = c.wait_cluster(p, Duration::from_secs(10), "both online", |s| {
         online(s).len() == 2
     });
     assert_eq!(
@@ -214,7 +141,7 @@ fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
         [format!("node{p}")]
     );
     std::thread::sleep(Duration::from_secs(2));
-    let s = cluster_status(&c, q);
+    let s = c.cluster_status(q);
     assert_eq!(
         stack_on(&s),
         Some(format!("node{q}")),
@@ -236,7 +163,7 @@ fn kill_primary_under_io_fails_over_and_the_old_primary_rejoins() {
 fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
     require_tool("qemu-io");
     let mut c = Cluster::init("failover-stop", false, "64M");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     let q = other(p);
     let chunk = 256u64 << 10;
     // Distinct slots: the first 16 written before the stop, the next 16 after it.
@@ -247,7 +174,7 @@ fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
     let out = c.cli(q, &["cluster", "stop", &format!("node{p}")]);
     assert!(out.contains("stopping the cluster"), "{out}");
     // 3. On the other: node p OFFLINE, the resources Started there.
-    let s = wait_cluster(&c, q, Duration::from_secs(30), "the stop done", |s| {
+    let s = c.wait_cluster(q, Duration::from_secs(30), "the stop done", |s| {
         stack_on(s) == Some(format!("node{q}")) && online(s) == [format!("node{q}")]
     });
     assert!(s["nodes"].as_array().is_some_and(|ns| ns
@@ -271,7 +198,7 @@ fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
     c.wait_status(p, Duration::from_secs(30), "in sync while stopped", in_sync);
     // 5. Start it again: both Online; the resources stay (stickiness).
     c.cli(q, &["cluster", "start", &format!("node{p}")]);
-    let s = wait_cluster(&c, q, Duration::from_secs(30), "both online", |s| {
+    let s = c.wait_cluster(q, Duration::from_secs(30), "both online", |s| {
         online(s).len() == 2
     });
     let text = c.cli(q, &["status"]);
@@ -279,8 +206,7 @@ fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
     assert_eq!(stack_on(&s), Some(format!("node{q}")), "{s:#}");
     // Standby, move and clear.
     c.cli(p, &["node", "standby", &format!("node{q}")]);
-    wait_cluster(
-        &c,
+    c.wait_cluster(
         p,
         Duration::from_secs(30),
         "the stack off the standby node",
@@ -288,7 +214,7 @@ fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
     );
     c.cli(p, &["node", "unstandby", &format!("node{q}")]);
     c.cli(p, &["resource", "move", "vol0-vip", &format!("node{q}")]);
-    let s = wait_cluster(&c, q, Duration::from_secs(30), "the moved stack", |s| {
+    let s = c.wait_cluster(q, Duration::from_secs(30), "the moved stack", |s| {
         stack_on(s) == Some(format!("node{q}"))
     });
     assert!(
@@ -298,7 +224,7 @@ fn cluster_stop_and_start_reproduce_the_seed_failover_test() {
         "{s:#}"
     );
     c.cli(q, &["resource", "clear", "vol0"]);
-    let s = wait_cluster(&c, p, Duration::from_secs(10), "the constraint gone", |s| {
+    let s = c.wait_cluster(p, Duration::from_secs(10), "the constraint gone", |s| {
         names(&s["constraints"]).is_empty()
     });
     assert_eq!(
@@ -320,7 +246,7 @@ fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
     // `twinsan init` writes the guide's choice for a managed pair.
     let text = std::fs::read_to_string(&c.config).expect("config");
     assert!(text.contains("fencing = \"resource-only\""), "{text}");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     let q = other(p);
     let chunk = 256u64 << 10;
     let plan = qemu::plan(5, 64 << 20, chunk, 8);
@@ -355,11 +281,11 @@ fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
     });
     // The primary dies: the Outdated copy is never promoted.
     c.kill(p);
-    wait_cluster(&c, q, Duration::from_secs(10), "node p OFFLINE", |s| {
+    c.wait_cluster(q, Duration::from_secs(10), "node p OFFLINE", |s| {
         online(s) == [format!("node{q}")]
     });
     std::thread::sleep(Duration::from_secs(3));
-    let s = cluster_status(&c, q);
+    let s = c.cluster_status(q);
     assert!(
         names(&resource(&s, "vol0")["promoted"]).is_empty(),
         "an Outdated copy was promoted: {s:#}\n{}",
@@ -373,7 +299,7 @@ fn resource_only_fencing_outdates_the_peer_through_the_cluster() {
     drop(cut);
     c.start(p);
     c.wait_status(q, Duration::from_secs(60), "resynced", in_sync);
-    wait_cluster(&c, q, Duration::from_secs(30), "the stack back on p", |s| {
+    c.wait_cluster(q, Duration::from_secs(30), "the stack back on p", |s| {
         stack_on(s) == Some(format!("node{p}"))
     });
     qemu::verify(VIP_URL, &plan, chunk);
@@ -455,7 +381,7 @@ fn reservations_and_lun_identity_survive_failover() {
     const MEMBER_KEY: u64 = 0x5555_6666_7777_8888;
 
     let mut c = Cluster::init("failover-pr", false, "64M");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     let identity_before = lun_identity(VIP_URL, HOLDER);
 
     // Two registrants, one of them holding Write Exclusive – Registrants Only.
@@ -496,8 +422,7 @@ fn reservations_and_lun_identity_survive_failover() {
     // The primary dies; the other node takes the stack.
     c.kill(p);
     let q = other(p);
-    wait_cluster(
-        &c,
+    c.wait_cluster(
         q,
         Duration::from_secs(30),
         "the stack on the survivor",
@@ -532,7 +457,7 @@ fn reservations_and_lun_identity_survive_failover() {
 
     // Another cluster made the same way (same names, same IQN): another volume, another identity.
     let mut c2 = Cluster::init("failover-pr-2", false, "64M");
-    start_both(&mut c2);
+    c2.start_both_until_stack();
     let identity_other = lun_identity(VIP_URL, HOLDER);
     assert_ne!(
         identity_other.0, identity_before.0,
@@ -561,7 +486,7 @@ fn unmap_at_the_vip_deallocates_the_range_on_both_nodes() {
     require_tool("qemu-io");
     const MIB: u64 = 1 << 20;
     let mut c = Cluster::init("failover-unmap", false, "64M");
-    start_both(&mut c);
+    c.start_both_until_stack();
     // QEMU passes discards on as UNMAP only with discard=unmap (qemu-io -d unmap), and only to a LUN that
     // reports logical block provisioning: the replicated LUN does.
     let mut cmd = qemu::local();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::{in_sync, peer, Cluster, IQN};
+use common::cluster::{in_sync, Cluster, IQN};
 use common::{require_tool, require_tool_in, run, text, twinsan_bin};
 
 const PORTAL: &str = "127.0.0.10:3260";
@@ -80,12 +80,7 @@ fn pair(tag: &str) -> Cluster {
     let mut c = Cluster::init(tag, true, "64M");
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
-    c.wait_status(2, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.skip_initial_sync(&[1, 2]);
     c
 }
 

@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{in_sync, Cluster, IQN};
+use common::cluster::{in_sync, online, placement, stack_on, Cluster, IQN};
 use common::{qemu, require_tool, run, scsi, text};
 
 const VIP_PORTAL: &str = "iscsi://127.0.0.10:3260";
@@ -50,31 +50,6 @@ fn with_vol1(config: &str) -> String {
     format!("{}{VOL1_SECTION}{}", &config[..at], &config[at..])
 }
 
-/// `twinsan status --json` on node `n`.
-fn cluster_status(c: &Cluster, n: usize) -> serde_json::Value {
-    let out = c.cli(n, &["status", "--json"]);
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON ({e}):\n{out}"))
-}
-
-fn names(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Where resource `name` runs: (promoted, started), or None when the cluster has no such resource.
-fn placement(s: &serde_json::Value, name: &str) -> Option<(Vec<String>, Vec<String>)> {
-    let r = s["resources"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == name)?;
-    Some((names(&r["promoted"]), names(&r["started"])))
-}
-
 /// The resource names of a status, sorted.
 fn resource_names(s: &serde_json::Value) -> Vec<String> {
     let mut out: Vec<String> = s["resources"]
@@ -87,61 +62,6 @@ fn resource_names(s: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-/// The node where vol0's stack runs (vol0 promoted, VIP, target and LUN 1 started there, only there).
-fn stack_on(s: &serde_json::Value) -> Option<String> {
-    let (promoted, _) = placement(s, "vol0")?;
-    let [node] = promoted.as_slice() else {
-        return None;
-    };
-    for r in ["vol0-vip", "vol0-target", "vol0-lun1"] {
-        if placement(s, r)?.1 != [node.clone()] {
-            return None;
-        }
-    }
-    Some(node.clone())
-}
-
-fn online(s: &serde_json::Value) -> usize {
-    s["nodes"]
-        .as_array()
-        .map(|ns| ns.iter().filter(|n| n["online"] == true).count())
-        .unwrap_or(0)
-}
-
-fn wait_cluster(
-    c: &Cluster,
-    n: usize,
-    limit: Duration,
-    what: &str,
-    mut pred: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    c.wait_for(limit, &format!("node{n}: {what}"), || {
-        let s = cluster_status(c, n);
-        pred(&s).then_some(s)
-    })
-}
-
-/// `volume status --json VOLUME` on node `n`.
-fn volume_status(c: &Cluster, n: usize, volume: &str) -> serde_json::Value {
-    let out = c.cli(n, &["volume", "status", "--json", volume]);
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON ({e}):\n{out}"))
-}
-
-/// Starts both nodes and waits until the stack runs on one of them; returns it (1 or 2).
-fn start_both(c: &mut Cluster) -> usize {
-    c.start(1);
-    c.start(2);
-    let s = wait_cluster(
-        c,
-        1,
-        Duration::from_secs(30),
-        "the stack up on one node",
-        |s| stack_on(s).is_some() && online(s) == 2,
-    );
-    let node = stack_on(&s).unwrap_or_default();
-    node.trim_start_matches("node").parse().unwrap_or(1)
 }
 
 /// The LUN numbers `iscsi-ls -s` lists for the target at the VIP (its REPORT LUNS, through libiscsi).
@@ -311,7 +231,7 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
     require_tool("qemu-io");
     require_tool("iscsi-ls");
     let mut c = Cluster::init("reload-lun", false, "64M");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     let q = 3 - p;
     let original = std::fs::read_to_string(&c.config).expect("read config");
     assert_eq!(served_luns(), [1]);
@@ -370,7 +290,7 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
                 assert!(msg.contains(change), "node{p}: no {change:?} in {msg}");
             }
             // The two nodes run different configs until the other one reloads too: status says so.
-            let s = wait_cluster(&c, p, Duration::from_secs(10), "the config warning", |s| {
+            let s = c.wait_cluster(p, Duration::from_secs(10), "the config warning", |s| {
                 s["config_warning"].is_string()
             });
             println!(
@@ -379,38 +299,32 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
             );
             assert!(c.cli(p, &["status"]).contains("WARNING:"));
             reload(&c, q);
-            wait_cluster(&c, p, Duration::from_secs(10), "no config warning", |s| {
+            c.wait_cluster(p, Duration::from_secs(10), "no config warning", |s| {
                 s["config_warning"].is_null()
             });
             // New metadata is Inconsistent on both: the first primary is the admin's (as for any new volume).
             c.wait_for(Duration::from_secs(20), "vol1 connected", || {
-                let s = volume_status(&c, p, "vol1");
+                let s = c.volume_status(p, "vol1");
                 (s["peers"][0]["connection"] == "Connected").then_some(())
             });
             let sync_start = Instant::now();
             c.cli(p, &["volume", "primary", "--force", "vol1"]);
             let s = c.wait_for(Duration::from_secs(60), "vol1 in sync", || {
-                let s = volume_status(&c, q, "vol1");
+                let s = c.volume_status(q, "vol1");
                 in_sync(&s).then_some(s)
             });
             let sync = sync_start.elapsed();
             println!(
                 "vol1 (LUN 2): initial sync of 64 MiB took {sync:?}; resync_sent_kib on node{p}: {}",
-                volume_status(&c, p, "vol1")["peers"][0]["resync_sent_kib"]
+                c.volume_status(p, "vol1")["peers"][0]["resync_sent_kib"]
             );
             assert_eq!(s["role"], "Secondary", "{s:#}");
             // The stack on p: vol0 and vol1 promoted there, LUN 2 started there.
-            wait_cluster(
-                &c,
-                q,
-                Duration::from_secs(20),
-                "LUN 2 on the stack node",
-                |s| {
-                    stack_on(s) == Some(format!("node{p}"))
-                        && placement(s, "vol1").map(|r| r.0) == Some(vec![format!("node{p}")])
-                        && placement(s, "vol0-lun2").map(|r| r.1) == Some(vec![format!("node{p}")])
-                },
-            );
+            c.wait_cluster(q, Duration::from_secs(20), "LUN 2 on the stack node", |s| {
+                stack_on(s) == Some(format!("node{p}"))
+                    && placement(s, "vol1").map(|r| r.0) == Some(vec![format!("node{p}")])
+                    && placement(s, "vol0-lun2").map(|r| r.1) == Some(vec![format!("node{p}")])
+            });
             added_at = Instant::now();
             let acked = progress.acked();
             assert!(acked < plan.len(), "the writes ended before LUN 2 served");
@@ -455,7 +369,7 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
             std::fs::write(&c.config, &original).expect("write config");
             let msg = reload(&c, q);
             assert!(msg.contains("remove volume vol1"), "{msg}");
-            let s = cluster_status(&c, p);
+            let s = c.cluster_status(p);
             assert_eq!(stack_on(&s), Some(format!("node{p}")), "{s:#}");
             assert_eq!(served_luns(), [1, 2], "LUN 2 served until its node reloads");
             let msg = reload(&c, p);
@@ -516,7 +430,7 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
     assert_eq!(hold.luns(), [1]);
     assert_eq!(served_luns(), [1]);
     for n in [1, 2] {
-        let s = cluster_status(&c, n);
+        let s = c.cluster_status(n);
         assert_eq!(stack_on(&s), Some(format!("node{p}")), "node{n}: {s:#}");
         assert!(placement(&s, "vol1").is_none(), "node{n}: {s:#}");
         assert!(placement(&s, "vol0-lun2").is_none(), "node{n}: {s:#}");
@@ -545,7 +459,7 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
 fn reload_refuses_an_invalid_config_and_changes_nothing() {
     require_tool("iscsi-ls");
     let mut c = Cluster::init("reload-bad", false, "64M");
-    let p = start_both(&mut c);
+    let p = c.start_both_until_stack();
     let original = std::fs::read_to_string(&c.config).expect("read config");
     // The CLI needs a readable config to find the admin socket: a good copy next to the file being edited.
     let good = c.folder().join("good.toml");
@@ -587,12 +501,11 @@ fn reload_refuses_an_invalid_config_and_changes_nothing() {
         )
     };
     for n in [1, 2] {
-        wait_cluster(
-            &c,
+        c.wait_cluster(
             n,
             Duration::from_secs(10),
             "the stack in this node's view",
-            |s| stack_on(s) == Some(format!("node{p}")) && online(s) == 2,
+            |s| stack_on(s) == Some(format!("node{p}")) && online(s).len() == 2,
         );
     }
     let before = [snapshot(1), snapshot(2)];

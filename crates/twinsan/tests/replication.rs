@@ -68,12 +68,7 @@ fn ready_pair(tag: &str) -> Cluster {
     let mut c = Cluster::init(tag, true, "256M");
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
-    c.wait_status(2, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.skip_initial_sync(&[1, 2]);
     c.cli(1, &["volume", "primary", "vol0"]);
     c
 }
@@ -293,11 +288,7 @@ fn cluster_split_brain_with_zero_changes_resolves_by_itself() {
     std::fs::write(&c.config, text).expect("write config");
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    c.wait_status(2, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.skip_initial_sync(&[2]);
     // Both become Primary while cut off, only node1 writes, both step down before the link heals.
     split(&c, &[(1, 0x61)], &[1, 2], &[1, 2]);
     let s = c.wait_status(1, Duration::from_secs(60), "resolved and in sync", in_sync);
@@ -457,11 +448,7 @@ fn cluster_primary_killed_mid_resync_resumes_without_a_full_sync() {
     slow_resync(&c, 16 * 1024);
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.skip_initial_sync(&[1]);
     c.cli(1, &["volume", "primary", "vol0"]);
     assert!(c.stop(2), "node2 did not stop cleanly:\n{}", c.logs());
     // 48 MiB in the first 64 MiB of the volume: the activity log covers 16 extents of 4 MiB.
@@ -648,11 +635,7 @@ fn cluster_peer_speaking_garbage_is_disconnected_and_never_displaces_the_link() 
         std::thread::sleep(Duration::from_millis(100));
     }
     c.start(1);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.skip_initial_sync(&[1]);
     c.cli(1, &["volume", "primary", "vol0"]);
     // While connected, a stray connection is closed at once and the live link goes on.
     speak_to_node2(&garbage);
@@ -730,11 +713,7 @@ fn cluster_manual_fencing_runs_the_fence_peer_handler() {
     };
     c.start(1);
     c.start(2);
-    c.wait_status(1, Duration::from_secs(20), "Connected", |s| {
-        peer(s, "connection") == "Connected"
-    });
-    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
-    c.wait_status(1, Duration::from_secs(20), "both UpToDate", in_sync);
+    c.skip_initial_sync(&[1]);
     c.cli(1, &["volume", "primary", "vol0"]);
     c.wait_for(Duration::from_secs(20), "unfence-peer on both", || {
         (lines("unfence node2") >= 1 && lines("unfence node1") >= 1).then_some(())

@@ -197,8 +197,60 @@ impl Cluster {
 
     /// `volume status --json vol0` on node `n`.
     pub fn status(&self, n: usize) -> serde_json::Value {
-        let out = self.cli(n, &["volume", "status", "--json", "vol0"]);
+        self.volume_status(n, "vol0")
+    }
+
+    /// `volume status --json VOLUME` on node `n`.
+    pub fn volume_status(&self, n: usize, volume: &str) -> serde_json::Value {
+        let out = self.cli(n, &["volume", "status", "--json", volume]);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON ({e}):\n{out}"))
+    }
+
+    /// `twinsan status --json` (the cluster) on node `n`.
+    pub fn cluster_status(&self, n: usize) -> serde_json::Value {
+        let out = self.cli(n, &["status", "--json"]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON ({e}):\n{out}"))
+    }
+
+    /// Polls `status --json` on node `n` until `pred` holds (at most `limit`); returns that status.
+    pub fn wait_cluster(
+        &self,
+        n: usize,
+        limit: Duration,
+        what: &str,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.wait_for(limit, &format!("node{n}: {what}"), || {
+            let s = self.cluster_status(n);
+            pred(&s).then_some(s)
+        })
+    }
+
+    /// Starts both nodes of a managed pair and waits until vol0's stack runs on one of them, both online;
+    /// returns that node (1 or 2).
+    pub fn start_both_until_stack(&mut self) -> usize {
+        self.start(1);
+        self.start(2);
+        let s = self.wait_cluster(
+            1,
+            Duration::from_secs(30),
+            "the stack up on one node",
+            |s| stack_on(s).is_some() && online(s).len() == 2,
+        );
+        let node = stack_on(&s).unwrap_or_default();
+        node.trim_start_matches("node").parse().unwrap_or(1)
+    }
+
+    /// A new pair (both disks Inconsistent): waits until node 1 is connected, skips the initial sync
+    /// (`new-current-uuid --clear-bitmap` on node 1) and waits until each of `nodes` sees both copies UpToDate.
+    pub fn skip_initial_sync(&self, nodes: &[usize]) {
+        self.wait_status(1, Duration::from_secs(20), "Connected", |s| {
+            peer(s, "connection") == "Connected"
+        });
+        self.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol0"]);
+        for &n in nodes {
+            self.wait_status(n, Duration::from_secs(20), "both UpToDate", in_sync);
+        }
     }
 
     /// Polls node `n`'s status until `pred` holds, at most `limit`; returns the last status.
@@ -227,6 +279,54 @@ impl Cluster {
 }
 
 /// `peers[0].FIELD` of a status.
+/// The strings of a JSON array (empty for anything else).
+pub fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where resource `name` runs in a cluster status: (promoted, started), or None when there is no such resource.
+pub fn placement(s: &serde_json::Value, name: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let r = s["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)?;
+    Some((names(&r["promoted"]), names(&r["started"])))
+}
+
+/// The node where vol0's stack runs, if it does: vol0 promoted there (only there) and VIP, target and LUN 1
+/// started there (only there).
+pub fn stack_on(s: &serde_json::Value) -> Option<String> {
+    let (promoted, _) = placement(s, "vol0")?;
+    let [node] = promoted.as_slice() else {
+        return None;
+    };
+    for r in ["vol0-vip", "vol0-target", "vol0-lun1"] {
+        if placement(s, r)?.1 != [node.clone()] {
+            return None;
+        }
+    }
+    Some(node.clone())
+}
+
+/// The nodes a cluster status shows online.
+pub fn online(s: &serde_json::Value) -> Vec<String> {
+    s["nodes"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .filter(|n| n["online"] == true)
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn peer<'a>(s: &'a serde_json::Value, field: &str) -> &'a serde_json::Value {
     &s["peers"][0][field]
 }
