@@ -523,7 +523,14 @@ struct PendingWrite {
     len: u64,
     /// Part of the activity log (a local write was admitted).
     al: bool,
+    /// When its frame was handed to the link (engine time), for the [`AckObserver`].
+    sent: Duration,
 }
+
+/// Told how long each replicated write waited for its acknowledgement (protocol C's `WriteAck`, B's `RecvAck`),
+/// from the moment its frame was handed to the link: the driver's metrics. It runs inside `handle`, so it must
+/// be quick (a counter or a histogram bucket).
+pub type AckObserver = Box<dyn Fn(Duration) + Send>;
 
 /// A write sent under protocol A or B, kept until the barrier of its epoch is acknowledged (the peer has it
 /// on its disk): DRBD's transfer log. If the link breaks first, its blocks are marked out of sync.
@@ -641,6 +648,7 @@ pub struct Engine<S: Storage> {
     /// `volume resize` run here, waiting for the peer's [`Message::ResizeReply`].
     resizing: Option<PendingResize>,
     attached: bool,
+    ack_observer: Option<AckObserver>,
     now: Duration,
     last_bitmap_flush: Duration,
     rng: u64,
@@ -718,6 +726,7 @@ impl<S: Storage> Engine<S> {
             pending_reservations: BTreeMap::new(),
             resizing: None,
             attached: false,
+            ack_observer: None,
             now,
             last_bitmap_flush: now,
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
@@ -854,6 +863,11 @@ impl<S: Storage> Engine<S> {
     /// The volume's UUID.
     pub fn volume_uuid(&self) -> u128 {
         self.sb.volume_uuid
+    }
+
+    /// Reports every acknowledged replicated write's wait to `observer` from now on.
+    pub fn observe_acks(&mut self, observer: AckObserver) {
+        self.ack_observer = Some(observer);
     }
 
     /// True if application reads may go straight to the local disk (Primary on UpToDate data).
@@ -1174,6 +1188,7 @@ impl<S: Storage> Engine<S> {
                         offset,
                         len,
                         al,
+                        sent: self.now,
                     },
                 );
             }
@@ -2067,6 +2082,9 @@ impl<S: Storage> Engine<S> {
             } => self.peer_write(seq, offset, false, protocol, Body::Discard(u64::from(len))),
             Message::WriteAck { seq } | Message::RecvAck { seq } => {
                 if let Some(w) = self.pending.remove(&seq) {
+                    if let Some(observe) = &self.ack_observer {
+                        observe(self.now.saturating_sub(w.sent));
+                    }
                     self.finish_write(w.id, w.offset, w.len, w.al);
                     if let Some(id) = w.id {
                         self.out.push(Output::WriteDone { id, result: Ok(()) });

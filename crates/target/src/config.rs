@@ -7,6 +7,8 @@ use std::time::Duration;
 use twinsan_iscsi::login::{ChapPolicy, TargetLimits};
 use twinsan_scsi::LogicalUnit;
 
+use crate::stats::IoStats;
+
 /// One iSCSI target: a name, its logical units and who may use them.
 pub struct TargetConfig {
     /// The target's iSCSI name (iqn.… or eui.…).
@@ -43,6 +45,9 @@ pub struct ServerConfig {
     pub nop_timeout: Duration,
     /// Commands a session may have queued or running (the CmdSN window).
     pub queue_depth: u32,
+    /// Where sessions, refused logins and per-LUN commands are counted (the metrics endpoint's source); `None`:
+    /// nothing is counted.
+    pub stats: Option<Arc<IoStats>>,
 }
 
 impl ServerConfig {
@@ -57,6 +62,7 @@ impl ServerConfig {
             nop_interval: Duration::from_secs(5),
             nop_timeout: Duration::from_secs(10),
             queue_depth: 128,
+            stats: None,
         }
     }
 

@@ -27,6 +27,7 @@ use twinsan_scsi::{LogicalUnit, Nexus, Outcome, Request, Sense};
 
 use crate::output::Output;
 use crate::server::{LunMap, SessionKey, Shared};
+use crate::stats::{LoginFailure, OpKind, TargetStats};
 
 /// Largest data buffer one command may hold (reads and writes); bigger transfers are refused by the SCSI layer's
 /// block limits before any data moves.
@@ -116,6 +117,7 @@ pub(crate) async fn serve(
     let done = match login {
         Err(_) => {
             warn!(%peer, timeout_s = timeout.as_secs(), "login did not complete in time; closing");
+            shared.login_failed(None, LoginFailure::Timeout);
             None
         }
         Ok(None) => None,
@@ -156,6 +158,7 @@ async fn login_phase(
             Ok(Some(Err(DecodeError::Fatal(e))))
             | Ok(Some(Err(DecodeError::Reject { error: e, .. }))) => {
                 warn!(%peer, error = %e, "bad PDU during login; closing");
+                shared.login_failed(None, LoginFailure::Protocol);
                 return None;
             }
             Ok(None) => {
@@ -175,6 +178,7 @@ async fn login_phase(
                     opcode = format_args!("{:#04x}", pdu::opcode_of(&raw.bhs)),
                     "PDU before login completed is not a Login Request; closing"
                 );
+                shared.login_failed(None, LoginFailure::Protocol);
                 return None;
             }
         };
@@ -247,6 +251,7 @@ async fn login_phase(
         if let Some(why) = failure {
             let n = login.negotiated();
             warn!(%peer, initiator = %n.initiator_name, target = ?n.target_name, status = %status, "login refused: {why}");
+            shared.login_failed(n.target_name.as_deref(), LoginFailure::of(status));
             return None;
         }
         if let Some(n) = complete {
@@ -314,6 +319,8 @@ struct Task {
     holds_slot: bool,
     /// A Data-Out broke the DataSN sequence: the data is taken in but not used, and the command fails.
     data_sn_error: bool,
+    /// When the command arrived, if its LUN is counted (the metrics' command duration).
+    arrived: Option<Instant>,
 }
 
 struct Completion {
@@ -404,6 +411,11 @@ async fn full_feature(
     let (session_key, mut stop_rx, _done_guard) = match li.session {
         Some((k, s, d)) => (Some(k), Some(s), Some(d)),
         None => (None, None, None),
+    };
+    // A normal session counts in its target's sessions until this connection ends, however it ends.
+    let _counted = match (target, &session_key) {
+        (Some(t), Some(_)) => shared.target_stats(t).map(SessionCount::new),
+        _ => None,
     };
     let mut conn = Conn {
         send_limits: limits(li.n.initiator_mrdsl),
@@ -507,6 +519,22 @@ async fn full_feature(
         for lu in shared.lun_map(t).luns.values() {
             lu.nexus_gone(&conn.nexus);
         }
+    }
+}
+
+/// One session in its target's session gauge, for as long as it lives.
+struct SessionCount(Arc<TargetStats>);
+
+impl SessionCount {
+    fn new(stats: Arc<TargetStats>) -> SessionCount {
+        stats.session_up();
+        SessionCount(stats)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.session_down();
     }
 }
 
@@ -849,6 +877,11 @@ impl Conn {
                 next_r2t_sn: 0,
                 holds_slot: false,
                 data_sn_error: false,
+                arrived: self
+                    .lun_map
+                    .stats
+                    .contains_key(&lun_number(c.lun))
+                    .then(Instant::now),
             },
         );
         Ok(true)
@@ -1122,6 +1155,12 @@ impl Conn {
             // A write CDB sent with no W bit and EDTL 0: nothing was transferred.
             overflow = true;
             residual = need;
+        }
+        if let Some(arrived) = t.arrived {
+            if let Some(stats) = self.lun_map.stats.get(&lun_number(t.lun)) {
+                let op = OpKind::of(t.cdb.first().copied().unwrap_or(0));
+                stats.record(op, send as u64, u64::from(t.received), arrived.elapsed());
+            }
         }
         let good_collapsed = sense.is_none() && send > 0;
         let seg = self.send_limits.max_data_len as usize;

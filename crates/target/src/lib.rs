@@ -13,6 +13,7 @@ mod error;
 pub mod identity;
 mod output;
 mod server;
+pub mod stats;
 
 pub use backend::{file_mapped_extent, punch_hole, FileDevice};
 pub use claim::BackingClaim;

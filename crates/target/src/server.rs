@@ -15,6 +15,7 @@ use twinsan_scsi::{LogicalUnit, Nexus, Sense};
 use crate::config::ServerConfig;
 use crate::conn;
 use crate::error::TargetError;
+use crate::stats::{LoginFailure, LunStats, TargetStats};
 
 /// Identifies a session for reinstatement: the I_T nexus plus the target (RFC 7143 section 6.3.5).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -57,12 +58,22 @@ pub(crate) struct LunMap {
     pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
     /// The LUN numbers, for REPORT LUNS.
     pub numbers: Arc<[u64]>,
+    /// Each LUN's counters, when the server counts ([`ServerConfig::stats`]): looked up here, once per map.
+    pub stats: BTreeMap<u64, Arc<LunStats>>,
 }
 
 impl LunMap {
-    fn new(luns: BTreeMap<u64, Arc<LogicalUnit>>) -> Arc<LunMap> {
+    fn new(luns: BTreeMap<u64, Arc<LogicalUnit>>, target: Option<&TargetStats>) -> Arc<LunMap> {
         let numbers = luns.keys().copied().collect();
-        Arc::new(LunMap { luns, numbers })
+        let stats = match target {
+            Some(t) => luns.keys().map(|&n| (n, t.lun(n))).collect(),
+            None => BTreeMap::new(),
+        };
+        Arc::new(LunMap {
+            luns,
+            numbers,
+            stats,
+        })
     }
 }
 
@@ -93,6 +104,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The counters of target `t`, when the server counts.
+    pub fn target_stats(&self, t: usize) -> Option<Arc<TargetStats>> {
+        let stats = self.config.stats.as_ref()?;
+        Some(stats.target(&self.config.targets.get(t)?.name))
+    }
+
+    /// Counts a refused login, under the target it named if that is one of this server's (else under `""`).
+    pub fn login_failed(&self, target: Option<&str>, why: LoginFailure) {
+        let Some(stats) = &self.config.stats else {
+            return;
+        };
+        let name = target
+            .filter(|n| self.target_index(n).is_some())
+            .unwrap_or("");
+        stats.target(name).login_failed(why);
+    }
+
     /// The index of the target called `name`.
     pub fn target_index(&self, name: &str) -> Option<usize> {
         self.config.targets.iter().position(|c| c.name == name)
@@ -123,7 +151,7 @@ impl Shared {
         let maps = self.lun_maps.lock().unwrap_or_else(|p| p.into_inner());
         maps.get(t)
             .cloned()
-            .unwrap_or_else(|| LunMap::new(BTreeMap::new()))
+            .unwrap_or_else(|| LunMap::new(BTreeMap::new(), None))
     }
 
     /// A session's connection to target `t` is in full feature phase.
@@ -158,7 +186,7 @@ impl Shared {
             let Some(slot) = maps.get_mut(t) else {
                 return;
             };
-            let new = LunMap::new(luns);
+            let new = LunMap::new(luns, self.target_stats(t).as_deref());
             for lu in new.luns.values() {
                 for n in &nexuses {
                     lu.nexus_joined(n);
@@ -340,7 +368,10 @@ impl Server {
         let lun_maps = config
             .targets
             .iter()
-            .map(|t| LunMap::new(t.luns.clone()))
+            .map(|t| {
+                let stats = config.stats.as_ref().map(|s| s.target(&t.name));
+                LunMap::new(t.luns.clone(), stats.as_deref())
+            })
             .collect();
         let access = config
             .targets
