@@ -198,6 +198,10 @@ pub struct ResourceStatus {
     /// with its retry), else the last failed action of a node where it is FAILED; `None` when nothing failed.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Its fail count on each node where it is not zero (failures since the last `resource cleanup`, as
+    /// `pcs resource failcount show` counts them).
+    #[serde(default)]
+    pub fail_counts: std::collections::BTreeMap<String, u32>,
 }
 
 /// One volume on one node, as `volume status --json` prints it.

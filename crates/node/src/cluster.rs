@@ -25,7 +25,7 @@ pub mod message;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -44,6 +44,7 @@ use twinsan_replication::generation::{GenerationIds, Role as VolumeRole, HISTORY
 use twinsan_replication::state::{ConnState, DiskState as VolumeDisk, FencingPolicy};
 use twinsan_replication::wire;
 use twinsan_scsi::LogicalUnit;
+use twinsan_target::stats::IoStats;
 use twinsan_target::{Running, Server};
 
 use crate::api;
@@ -187,6 +188,10 @@ struct Shared {
     servers: Mutex<BTreeMap<String, RunningServer>>,
     /// Held by the executor for each round of scheduling and actions, and by a reload while it swaps what runs.
     exec: Mutex<()>,
+    /// Where the targets this node serves count their I/O, when the metrics are on.
+    io: Option<Arc<IoStats>>,
+    /// Times this node took a stack over after its peer was lost (the metrics' failovers).
+    failovers: AtomicU64,
 }
 
 /// What a config reload changes: a snapshot is taken under the lock and used without it.
@@ -216,7 +221,9 @@ impl ClusterManager {
     /// Starts the cluster manager of node `me`: binds the cluster links, starts the witness link if configured,
     /// and from then on keeps the resources of `volumes` where the scheduler puts them. `secret` is the cluster's
     /// shared secret (`ClusterConfig::secret`, read once by the caller), `chap` the targets' CHAP policies
-    /// (`ClusterConfig::load_chap`, likewise).
+    /// (`ClusterConfig::load_chap`, likewise). The targets it serves count their I/O in `io` (the metrics), when
+    /// given.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: ClusterConfig,
         me: NodeConfig,
@@ -225,6 +232,7 @@ impl ClusterManager {
         volumes: BTreeMap<String, Arc<Volume>>,
         luns: HashMap<String, Arc<LogicalUnit>>,
         runtime: tokio::runtime::Handle,
+        io: Option<Arc<IoStats>>,
     ) -> Result<Arc<ClusterManager>, ClusterError> {
         let peer = config
             .peer_of(&me.name)
@@ -388,6 +396,8 @@ impl ClusterManager {
             epoch: Instant::now(),
             servers: Mutex::new(BTreeMap::new()),
             exec: Mutex::new(()),
+            io,
+            failovers: AtomicU64::new(0),
             config,
         });
         for volume in shared.volumes().values() {
@@ -470,6 +480,11 @@ impl ClusterManager {
     /// The cluster view for `twinsan status`.
     pub fn status(&self) -> api::ClusterStatus {
         self.shared.cluster_status()
+    }
+
+    /// Times this node took a stack over after its peer was lost, since it started.
+    pub fn failovers(&self) -> u64 {
+        self.shared.failovers.load(Ordering::Relaxed)
     }
 
     /// Takes a reloaded config (already checked by `config::reload::plan`): `volumes` and `luns` are every
@@ -1796,7 +1811,19 @@ impl Shared {
             .ok_or_else(|| format!("no stack for volume {}", action.volume()))?;
         match action {
             Action::Promote { volume, .. } => {
-                volume_of(volume)?.admin(AdminCommand::Primary { force: false })?;
+                let v = volume_of(volume)?;
+                // A stack promoted here while its peer is lost (it was Online once, and the volume's link is
+                // down) is a failover; counted once per stack, by its first volume.
+                let takeover =
+                    *volume == stack.volume && v.status().connection != ConnState::Connected && {
+                        let st = self.lock();
+                        st.peer_seen_once && !self.peer_online(&st)
+                    };
+                v.admin(AdminCommand::Primary { force: false })?;
+                if takeover {
+                    self.failovers.fetch_add(1, Ordering::Relaxed);
+                    info!(volume = %volume, "failover: took the stack of {volume} over from {}", self.peer.name);
+                }
             }
             Action::Demote { volume, .. } => {
                 // Nothing of the stack may run above a Secondary.
@@ -1934,7 +1961,8 @@ impl Shared {
         }
         let map = map_of(&BTreeSet::new());
         let addr = SocketAddr::new(stack.target.vip, stack.target.port);
-        let config = stack.target.server_config(map, &self.running().chap);
+        let mut config = stack.target.server_config(map, &self.running().chap);
+        config.stats = self.io.clone();
         let server = self
             .runtime
             .block_on(Server::bind(config, &[addr]))
@@ -2362,6 +2390,15 @@ impl Shared {
                     .map(|v| u32::from(v.number())),
             })
             .collect();
+        let fail_counts = |resource: &str| {
+            input
+                .state
+                .resources
+                .iter()
+                .filter(|e| e.resource == resource && e.fail_count > 0)
+                .map(|e| (e.node.clone(), e.fail_count))
+                .collect()
+        };
         let mut resources = Vec::new();
         for s in self.stacks().iter() {
             let mut vols = Vec::new();
@@ -2377,6 +2414,7 @@ impl Shared {
                     promoted: vec![],
                     unpromoted: vec![],
                     last_error: None,
+                    fail_counts: fail_counts(name),
                 };
                 for e in input.state.volumes.iter().filter(|e| e.volume == *name) {
                     if !view_online(&e.node) {
@@ -2402,6 +2440,7 @@ impl Shared {
                     promoted: vec![],
                     unpromoted: vec![],
                     last_error: None,
+                    fail_counts: fail_counts(name),
                 };
                 for e in input.state.resources.iter().filter(|e| e.resource == name) {
                     match e.status {

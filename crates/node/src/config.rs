@@ -15,6 +15,7 @@
 //! id = 1
 //! address = "127.0.0.11"         # replication, cluster link and iSCSI portal address of the node
 //! admin_socket = "node1.sock"    # default /run/twinsan/NAME.sock; relative to the config file's folder
+//! http = "127.0.0.11:9942"       # metrics (and console); default ADDRESS:9942, `false` for none
 //!
 //! [[volume]]
 //! name = "vol0"
@@ -211,6 +212,34 @@ pub struct NodeConfig {
     /// `/var/lib/twinsan/NAME`.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// The HTTP endpoint (`/metrics`): `"ADDR:PORT"`, `false` for none; default `address`:[`DEFAULT_HTTP_PORT`].
+    #[serde(default)]
+    pub http: Option<HttpSetting>,
+}
+
+/// The port of a node's HTTP endpoint when its `http` is not given (drbd-reactor's Prometheus port).
+pub const DEFAULT_HTTP_PORT: u16 = 9942;
+
+/// `http = ...` of a `[[node]]` as written.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum HttpSetting {
+    /// `true`: the default endpoint; `false`: none.
+    Enabled(bool),
+    /// `"ADDR:PORT"`.
+    At(String),
+}
+
+/// Where a node serves HTTP, as its config says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpEndpoint {
+    /// `http = false`.
+    Off,
+    /// Not given (or `true`): the node's address, port [`DEFAULT_HTTP_PORT`]. A port another program holds is
+    /// logged and the node runs without it.
+    Default(std::net::SocketAddr),
+    /// Given: a port that cannot be bound stops the node at start.
+    Configured(std::net::SocketAddr),
 }
 
 /// `[[volume]]`.
@@ -572,6 +601,26 @@ impl ClusterConfig {
                         field(&format!("links[{j}]")),
                         format!("{a} cannot be a further cluster link: give another address of this node, once"),
                     ));
+                }
+            }
+            if let Some(HttpSetting::At(at)) = &n.http {
+                match at.parse::<std::net::SocketAddr>() {
+                    Ok(a) if a.port() != 0 => {}
+                    Ok(_) => {
+                        return Err(self.invalid(
+                            field("http"),
+                            format!("is {at:?}: give the port the endpoint listens on, e.g. {}:{DEFAULT_HTTP_PORT}", n.address),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(self.invalid(
+                            field("http"),
+                            format!(
+                                "is {at:?}, not ADDR:PORT: give e.g. \"{}\", or false for no HTTP endpoint",
+                                std::net::SocketAddr::new(n.address, DEFAULT_HTTP_PORT)
+                            ),
+                        ))
+                    }
                 }
             }
             if n.state_dir
@@ -1035,6 +1084,20 @@ impl ClusterConfig {
     /// `no_quorum_policy = "stop"`.
     pub fn no_quorum_stop(&self) -> bool {
         parse_no_quorum_policy(&self.cluster.no_quorum_policy) == Some(true)
+    }
+
+    /// Where `node` serves HTTP (checked by `validate`).
+    pub fn http_endpoint(&self, node: &NodeConfig) -> HttpEndpoint {
+        match &node.http {
+            Some(HttpSetting::Enabled(false)) => HttpEndpoint::Off,
+            None | Some(HttpSetting::Enabled(true)) => {
+                HttpEndpoint::Default(std::net::SocketAddr::new(node.address, DEFAULT_HTTP_PORT))
+            }
+            Some(HttpSetting::At(at)) => match at.parse() {
+                Ok(a) => HttpEndpoint::Configured(a),
+                Err(_) => HttpEndpoint::Off,
+            },
+        }
     }
 
     /// The admin socket of `node`.

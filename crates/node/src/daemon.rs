@@ -17,13 +17,17 @@ use twinsan_replication::engine::{AdminCommand, EngineConfig};
 use twinsan_replication::resync::{RateConfig, ResyncConfig};
 use twinsan_replication::wire::{self, SharedSecret};
 use twinsan_scsi::LogicalUnit;
+use twinsan_target::stats::IoStats;
 use twinsan_target::{Running, Server, ServerConfig};
 
 use crate::admin::{self, AdminService};
 use crate::api::{self, Request, Response};
 use crate::cluster::ClusterManager;
 use crate::config::reload::Change;
-use crate::config::{ClusterConfig, NodeConfig, TargetChap};
+use crate::config::{ClusterConfig, HttpEndpoint, NodeConfig, TargetChap};
+use crate::http::{self, MetricsSource};
+use crate::metrics::{ClusterSample, Snapshot, VolumeSample};
+use crate::process::ProcessSample;
 use crate::volume::{ClaimedDisk, DiskPaths, Handlers, LinkConfig, ReplicatedDevice, Volume};
 
 /// An error that stops the daemon from starting; the text tells the admin what to fix.
@@ -66,6 +70,8 @@ struct Node {
     runtime: tokio::runtime::Handle,
     /// The cluster manager; `None` in manual mode.
     cluster: Option<Arc<ClusterManager>>,
+    /// Where the targets count their I/O: `None` when the node has no HTTP endpoint (nothing is counted).
+    io: Option<Arc<IoStats>>,
 }
 
 /// The parts of a running node a config reload replaces.
@@ -130,6 +136,30 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
         .thread_name("twinsan")
         .build()
         .map_err(|e| DaemonError::Io(format!("cannot start the runtime: {e}")))?;
+    // The HTTP endpoint is bound before anything starts: a configured one that cannot be bound stops the node
+    // here; the default one is left out with a warning (another program may hold port 9942).
+    let http_listener = match config.http_endpoint(&me) {
+        HttpEndpoint::Off => None,
+        HttpEndpoint::Configured(addr) => {
+            Some(runtime.block_on(http::bind(addr)).map_err(|e| {
+                DaemonError::Io(format!(
+                "node[{}].http: cannot listen on {addr}: {e} (give another port, or http = false)",
+                me.name
+            ))
+            })?)
+        }
+        HttpEndpoint::Default(addr) => match runtime.block_on(http::bind(addr)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!(
+                    "no metrics endpoint: cannot listen on {addr}: {e}; set http = \"ADDR:PORT\" in this node's \
+                     [[node]] section, or http = false"
+                );
+                None
+            }
+        },
+    };
+    let io = http_listener.as_ref().map(|_| Arc::new(IoStats::default()));
     let (events, _) = broadcast::channel(1024);
     let mut volumes = BTreeMap::new();
     for (v, disk) in disks {
@@ -156,6 +186,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
                 volumes.clone(),
                 luns.clone(),
                 runtime.handle().clone(),
+                io.clone(),
             )
             .map_err(|e| DaemonError::Io(format!("cluster manager: {e}")))?,
         )
@@ -177,6 +208,7 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
         targets: Mutex::new(Targets::default()),
         reconciling: tokio::sync::Mutex::new(()),
         runtime: runtime.handle().clone(),
+        io,
     });
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -200,6 +232,13 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
                 ))),
             };
         }
+        let http_task = http_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                info!(node = %me.name, "metrics at http://{addr}/metrics");
+            }
+            let source: Arc<dyn MetricsSource> = node.clone();
+            tokio::spawn(http::serve(listener, source, stop_rx.clone()))
+        });
         info!(node = %me.name, socket = %socket.display(), "node running");
         // In manual mode the daemon serves the targets of the volumes that are Primary here, at its own address;
         // with the cluster manager, the manager runs them on their virtual IPs.
@@ -259,6 +298,9 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
         node.stop_targets().await;
         node.stop_commanded().await;
         let _ = admin_task.await;
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         Ok(())
     });
     // Demote what is Primary (the target is down, so nothing is in flight) and close every volume cleanly.
@@ -573,6 +615,7 @@ impl Node {
         let mut config = ServerConfig::new(targets);
         // Discovery on this one portal lists every target; validation gives them all the same CHAP in manual mode.
         config.discovery_chap = config.targets.first().and_then(|t| t.chap.clone());
+        config.stats = self.io.clone();
         config
     }
 
@@ -902,6 +945,29 @@ impl Node {
             Ok(message) => Response::Ok { message },
             Err(message) => Response::Error { message },
         }
+    }
+}
+
+impl MetricsSource for Node {
+    fn snapshot(&self) -> Snapshot {
+        let live = self.live();
+        Snapshot {
+            volumes: live.volumes.values().map(|v| VolumeSample::of(v)).collect(),
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|c| ClusterSample::of(&c.status(), c.failovers())),
+            targets: self.io.as_ref().map(|io| io.targets()).unwrap_or_default(),
+            process: ProcessSample::now(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "node {} of cluster {}",
+            self.me.name,
+            self.live().config.cluster.name
+        )
     }
 }
 

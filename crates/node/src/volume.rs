@@ -36,6 +36,7 @@ use twinsan_replication::generation::{GenerationIds, Role};
 use twinsan_replication::metadata::{self, Layout, Placement, RESERVATIONS_CAPACITY};
 use twinsan_replication::wire::{self, FrameDecoder};
 use twinsan_scsi::BlockDevice;
+use twinsan_target::stats::{DurationHistogram, HistogramSnapshot};
 use twinsan_target::{BackingClaim, TargetError};
 
 use crate::api;
@@ -412,6 +413,12 @@ pub struct Volume {
     link_error: Mutex<Option<String>>,
     /// How many times the link got established: the dialler backs off from connections that never do.
     established: AtomicU64,
+    /// Bytes of frames handed to the replication link (sent at once or queued for the sender thread), and bytes
+    /// read from it: the metrics' replication traffic.
+    sent_bytes: AtomicU64,
+    received_bytes: AtomicU64,
+    /// How long replicated writes waited for the peer's acknowledgement (the engine reports each).
+    ack_durations: Arc<DurationHistogram>,
 }
 
 /// [`Volume::lease_until_ns`] when no cluster manager enforces leases (manual mode).
@@ -476,6 +483,11 @@ impl Volume {
             },
             Duration::ZERO,
         );
+        let ack_durations = Arc::new(DurationHistogram::default());
+        {
+            let acks = ack_durations.clone();
+            engine.observe_acks(Box::new(move |waited| acks.observe(waited)));
+        }
         let status = engine.status();
         let (size, uuid) = (engine.data_size(), engine.volume_uuid());
         let epoch = Instant::now();
@@ -510,6 +522,9 @@ impl Volume {
             lease_until_ns: AtomicU64::new(LEASE_NOT_ENFORCED),
             link_error: Mutex::new(None),
             established: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            ack_durations,
         });
         volume.start_fence_handlers()?;
         volume.with_core(|_| None);
@@ -557,6 +572,24 @@ impl Volume {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The peer node's name.
+    pub fn peer_name(&self) -> &str {
+        &self.peer_name
+    }
+
+    /// Bytes handed to the replication link and read from it since the volume started: (sent, received).
+    pub fn link_traffic(&self) -> (u64, u64) {
+        (
+            self.sent_bytes.load(Ordering::Relaxed),
+            self.received_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How long replicated writes waited for the peer's acknowledgement.
+    pub fn ack_durations(&self) -> HistogramSnapshot {
+        self.ack_durations.snapshot()
     }
 
     /// True if this node is Primary for the volume.
@@ -1114,6 +1147,8 @@ impl Volume {
         let Some(open) = slot.open.get(&link) else {
             return;
         };
+        self.sent_bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
         let mut sent = 0;
         if open.backlog.load(Ordering::SeqCst) == 0 {
             use std::os::fd::AsRawFd;
@@ -1295,7 +1330,10 @@ impl Volume {
                     by_peer = true;
                     break 'read "the peer closed the connection".to_string();
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    self.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    n
+                }
                 Err(e) => {
                     by_peer = e.kind() == io::ErrorKind::ConnectionReset;
                     break 'read format!("read: {e}");

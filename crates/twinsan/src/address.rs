@@ -1,5 +1,5 @@
 //! Addresses as admins write them, one syntax for every `--listen`: `ADDR:PORT`, `[V6]:PORT`, or an address
-//! alone, which takes the command's default port (3260 for iSCSI portals, 5406 for the witness).
+//! alone, which takes the command's default port (3260 for iSCSI portals, 5406 for the witness, 9942 for HTTP).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -23,6 +23,11 @@ pub fn parse_socket_addr(text: &str, default_port: u16) -> Result<SocketAddr, St
 /// [`parse_socket_addr`] for an iSCSI portal (default port 3260), as a clap value parser.
 pub fn iscsi_portal(text: &str) -> Result<SocketAddr, String> {
     parse_socket_addr(text, ISCSI_PORT)
+}
+
+/// [`parse_socket_addr`] for an HTTP endpoint (default port 9942), as a clap value parser.
+pub fn http_endpoint(text: &str) -> Result<SocketAddr, String> {
+    parse_socket_addr(text, twinsan_node::config::DEFAULT_HTTP_PORT)
 }
 
 #[cfg(test)]

@@ -463,6 +463,7 @@ mod tests {
             started: started.iter().map(|s| s.to_string()).collect(),
             failed: vec![],
             last_error: None,
+            fail_counts: Default::default(),
             promoted: if kind == "volume" {
                 vec!["node1".into()]
             } else {

@@ -9,9 +9,13 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tracing::info;
 
+use tokio::sync::watch;
 use twinsan_iscsi::chap::{Credentials, MIN_SECRET_LEN};
 use twinsan_iscsi::login::ChapPolicy;
+use twinsan_node::http::{self, MetricsSource};
+use twinsan_node::metrics::Snapshot;
 use twinsan_scsi::LogicalUnit;
+use twinsan_target::stats::IoStats;
 use twinsan_target::{identity, FileDevice, Server, ServerConfig, TargetConfig};
 
 use crate::ops_cmd::UsageError;
@@ -52,6 +56,25 @@ pub struct ServeArgs {
     /// Bypass the page cache (O_DIRECT)
     #[arg(long)]
     direct: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (port 9942 when not given)
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::address::http_endpoint)]
+    http: Option<SocketAddr>,
+}
+
+/// What `twinsan serve --http` reports: its target's counters and the process.
+struct ServeMetrics {
+    io: Arc<IoStats>,
+    iqn: String,
+}
+
+impl MetricsSource for ServeMetrics {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::of_targets(&self.io)
+    }
+
+    fn describe(&self) -> String {
+        format!("twinsan serve: target {}", self.iqn)
+    }
 }
 
 /// `twinsan serve --help`'s examples (and the man page's).
@@ -219,15 +242,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let io = args.http.map(|_| Arc::new(IoStats::default()));
+    config.stats = io.clone();
     rt.block_on(async move {
+        let http = match (args.http, io) {
+            (Some(addr), Some(io)) => {
+                let listener = http::bind(addr)
+                    .await
+                    .with_context(|| format!("--http {addr}: cannot listen there"))?;
+                Some((listener, io))
+            }
+            _ => None,
+        };
         let server = Server::bind(config, &args.listen).await?;
         for a in server.local_addrs() {
             info!(portal = %a, target = %args.iqn, "serving");
         }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let http_task = http.map(|(listener, io)| {
+            if let Ok(addr) = listener.local_addr() {
+                info!("metrics at http://{addr}/metrics");
+            }
+            let source: Arc<dyn MetricsSource> = Arc::new(ServeMetrics {
+                io,
+                iqn: args.iqn.clone(),
+            });
+            tokio::spawn(http::serve(listener, source, stop_rx))
+        });
         let running = server.spawn();
         wait_for_signal().await?;
         info!("shutting down");
         running.stop().await;
+        let _ = stop_tx.send(true);
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
         anyhow::Ok(())
     })
 }

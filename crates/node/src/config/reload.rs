@@ -244,17 +244,19 @@ fn check_nodes(old: &ClusterConfig, new: &ClusterConfig) -> Result<(), ReloadRef
             ));
         }
         let key = |f: &str| format!("node[{}].{f}", a.name);
-        let fields: [(&str, bool); 5] = [
+        let fields: [(&str, bool); 6] = [
             ("id", a.id == b.id),
             ("address", a.address == b.address),
             ("links", a.links == b.links),
             ("admin_socket", a.admin_socket == b.admin_socket),
             ("state_dir", a.state_dir == b.state_dir),
+            ("http", a.http == b.http),
         ];
         if let Some((field, _)) = fields.iter().find(|(_, same)| !same) {
             return Err(refuse(
                 key(field),
-                "changed: a node's id, addresses, admin socket and state folder cannot change while it runs",
+                "changed: a node's id, addresses, admin socket, state folder and HTTP endpoint cannot change \
+                 while it runs (restart the node)",
             ));
         }
     }
