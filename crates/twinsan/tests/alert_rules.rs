@@ -60,7 +60,7 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
         &["resource", "node"],
     ),
     (
-        "twinsan_cluster_fail_count",
+        "twinsan_cluster_failcount",
         Kind::Gauge,
         &["resource", "node"],
     ),
@@ -418,7 +418,7 @@ fn the_dashboard_is_json_with_its_variables_panels_and_queries_that_parse() {
         "twinsan_iscsi_sessions",
         "twinsan_iscsi_login_failures_total",
         "twinsan_cluster_node_online",
-        "twinsan_cluster_fail_count",
+        "twinsan_cluster_failcount",
         "twinsan_cluster_failovers_total",
     ] {
         assert!(all.contains(used), "no panel queries {used}");
