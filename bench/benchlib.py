@@ -203,8 +203,9 @@ class Process:
                                      start_new_session=True)
         self.pids.add(self.proc.pid)
 
-    def _wait_listening(self, host, port, timeout=15):
-        """Until the process listens on host:port. It must listen on nothing but that."""
+    def _wait_listening(self, host, port, timeout=15, also=()):
+        """Until the process listens on host:port. It must listen on nothing but that (and the `also` addresses,
+        e.g. its metrics endpoint)."""
         want = f"{host}:{port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -219,7 +220,7 @@ class Process:
                 except OSError:
                     pass
             elif addrs:
-                stray = [a for a in addrs if a != want]
+                stray = [a for a in addrs if a != want and a not in also]
                 if stray:
                     raise RunError(f"{self.name} listens on {', '.join(stray)}, not only {want}")
                 if want in addrs:
