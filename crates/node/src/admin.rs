@@ -521,6 +521,7 @@ mod tests {
         api::EventLine {
             kind: kind.into(),
             status: status(name, role),
+            time: None,
         }
     }
 

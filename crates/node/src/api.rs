@@ -273,4 +273,24 @@ pub struct EventLine {
     pub kind: String,
     /// The volume's full status after the change.
     pub status: VolumeStatus,
+    /// When the node saw it, UTC, RFC 3339 with microseconds (`2026-12-07T15:09:52.123456Z`); absent from a node
+    /// of a release before timestamps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+impl EventLine {
+    /// An event of `kind` seen now.
+    pub fn now(kind: &str, status: VolumeStatus) -> EventLine {
+        EventLine {
+            kind: kind.to_string(),
+            status,
+            time: Some(timestamp(std::time::SystemTime::now())),
+        }
+    }
+}
+
+/// `at` as events show it: UTC, RFC 3339, microseconds.
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_micros(at).to_string()
 }

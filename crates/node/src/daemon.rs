@@ -1108,10 +1108,7 @@ impl AdminService for Node {
                 .collect(),
         }
         .into_iter()
-        .map(|status| api::EventLine {
-            kind: "exists".into(),
-            status,
-        })
+        .map(|status| api::EventLine::now("exists", status))
         .collect();
         Ok((lines, rx))
     }

@@ -1039,10 +1039,7 @@ impl Volume {
                 }
                 Output::SplitBrain => {
                     let status = to_api(&self.name, &self.peer_name, &engine.status());
-                    let _ = self.events.send(api::EventLine {
-                        kind: "split-brain".into(),
-                        status,
-                    });
+                    let _ = self.events.send(api::EventLine::now("split-brain", status));
                     self.run_handler("split-brain", self.handlers.split_brain.as_deref());
                 }
                 Output::PriLostAfterSplitBrain => {
@@ -1070,10 +1067,9 @@ impl Volume {
                 }
                 Output::LeaseLapsed => {
                     let status = to_api(&self.name, &self.peer_name, &engine.status());
-                    let _ = self.events.send(api::EventLine {
-                        kind: "lease-lapsed".into(),
-                        status,
-                    });
+                    let _ = self
+                        .events
+                        .send(api::EventLine::now("lease-lapsed", status));
                 }
                 Output::Log { warn: true, text } => warn!("{text}"),
                 Output::Log { warn: false, text } => info!("{text}"),
@@ -1132,10 +1128,10 @@ impl Volume {
             *current = status.clone();
             drop(current);
             if changed_shape {
-                let _ = self.events.send(api::EventLine {
-                    kind: "change".into(),
-                    status: to_api(&self.name, &self.peer_name, &status),
-                });
+                let _ = self.events.send(api::EventLine::now(
+                    "change",
+                    to_api(&self.name, &self.peer_name, &status),
+                ));
             }
         }
     }

@@ -252,6 +252,7 @@ mod tests {
 
     fn event(kind: &str, peer: PeerStatus) -> EventLine {
         EventLine {
+            time: None,
             kind: kind.into(),
             status: VolumeStatus {
                 name: "vol0".into(),

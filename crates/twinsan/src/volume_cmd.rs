@@ -58,12 +58,15 @@ pub enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the state, then every change until interrupted, like `drbdsetup events2`.
+    /// Print the state, then every change until interrupted, like `drbdsetup events2 --timestamps`.
     Events {
         volume: Option<String>,
-        /// One JSON object per line.
+        /// One JSON object per line (with a `time` field).
         #[arg(long)]
         json: bool,
+        /// Leave out the time at the start of each line (the lines of `drbdsetup events2`).
+        #[arg(long)]
+        no_timestamps: bool,
     },
     /// Compare both copies online; differences are marked out of sync, never repaired silently.
     Verify { volume: String },
@@ -181,9 +184,11 @@ fn execute(
 ) -> anyhow::Result<()> {
     match cmd {
         VolumeCommand::Status { volume, json } => print_status(socket, volume, json, out),
-        VolumeCommand::Events { volume, json } => {
-            print_events(socket, volume.as_deref(), json, out)
-        }
+        VolumeCommand::Events {
+            volume,
+            json,
+            no_timestamps,
+        } => print_events(socket, volume.as_deref(), json, !no_timestamps, out),
         other => {
             let Some((request, follow)) = other.simple_request() else {
                 anyhow::bail!("{other:?} is not a request to the node daemon");
@@ -290,6 +295,7 @@ fn print_events(
     socket: &Path,
     volume: Option<&str>,
     json: bool,
+    timestamps: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let mut lines = EventLines::default();
@@ -297,6 +303,18 @@ fn print_events(
         let event = event?;
         let text = if json {
             vec![serde_json::to_string(&event)?]
+        } else if timestamps {
+            // A node of a release before timestamps sends none: the events stream live, so the time this
+            // command received it is within a moment of the node's.
+            let time = event
+                .time
+                .clone()
+                .unwrap_or_else(|| twinsan_node::api::timestamp(std::time::SystemTime::now()));
+            lines
+                .render(&event)
+                .into_iter()
+                .map(|line| format!("{time} {line}"))
+                .collect()
         } else {
             lines.render(&event)
         };
@@ -571,6 +589,7 @@ mod tests {
         EventLine {
             kind: kind.into(),
             status,
+            time: None,
         }
     }
 
@@ -833,8 +852,18 @@ mod tests {
             .to_string();
         assert!(err.contains("vol7"), "{err}");
 
-        // The fake's event stream ends after one change.
-        let events = daemon.run(&["events", "vol0"]).expect("events");
+        // The fake's event stream ends after one change. Its events carry no time (a node of a release before
+        // timestamps): each line gets the time it was received, unless --no-timestamps.
+        let stamped = daemon.run(&["events", "vol0"]).expect("events");
+        assert!(
+            stamped.lines().all(|l| l
+                .split_once(' ')
+                .is_some_and(|(t, _)| t.ends_with('Z') && t.contains('T'))),
+            "{stamped}"
+        );
+        let events = daemon
+            .run(&["events", "--no-timestamps", "vol0"])
+            .expect("events");
         let lines: Vec<&str> = events.lines().collect();
         assert_eq!(lines.len(), 3, "{events}");
         assert!(

@@ -126,16 +126,25 @@ fn cluster_initial_sync_after_primary_force() {
         "no sync progress was visible in events or status; events:\n{}",
         lines.join("\n")
     );
+    // Each line starts with the time the node saw the event (UTC, RFC 3339), then the event as drbdsetup's.
+    let kind = |l: &String| -> Option<String> {
+        let (time, rest) = l.split_once(' ')?;
+        let t = time.as_bytes();
+        (time.ends_with('Z') && t.get(4) == Some(&b'-') && t.get(10) == Some(&b'T'))
+            .then(|| rest.split(' ').next().unwrap_or_default().to_string())
+    };
     assert!(
-        lines.iter().any(|l| l.starts_with("exists")),
-        "{}",
+        lines.iter().all(|l| kind(l).is_some()),
+        "a line without its time:\n{}",
         lines.join("\n")
     );
-    assert!(
-        lines.iter().any(|l| l.starts_with("change")),
-        "{}",
-        lines.join("\n")
-    );
+    for wanted in ["exists", "change"] {
+        assert!(
+            lines.iter().any(|l| kind(l).as_deref() == Some(wanted)),
+            "no {wanted} line:\n{}",
+            lines.join("\n")
+        );
+    }
 
     // The two copies are byte-identical.
     assert!(c.stop(1), "node1 did not stop cleanly:\n{}", c.logs());
@@ -241,6 +250,10 @@ fn cluster_split_brain_is_reported_and_resolved_by_discard_my_data() {
     let event =
         event.unwrap_or_else(|| panic!("no split-brain event on node1:\n{}", lines.join("\n")));
     assert_eq!(event["status"]["split_brain"], true, "{event}");
+    assert!(
+        event["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "the event has no time: {event}"
+    );
     // The victim: node2 discards its changes.
     c.cli(2, &["volume", "secondary", "vol0"]);
     c.cli(2, &["volume", "connect", "--discard-my-data", "vol0"]);
