@@ -192,7 +192,7 @@ impl std::fmt::Debug for ClusterSection {
 }
 
 /// `[[node]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node's name, as `--node` gives it.
@@ -217,12 +217,31 @@ pub struct NodeConfig {
     pub http: Option<HttpSetting>,
 }
 
+/// The fields of 0.2.0 always, a newer one only when it is set: `config::reload::config_hash` hashes this text,
+/// so a file that does not use the newer settings hashes the same in both releases (no "different configs"
+/// warning in a mixed pair during a rolling upgrade).
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("NodeConfig");
+        d.field("name", &self.name)
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .field("admin_socket", &self.admin_socket)
+            .field("links", &self.links)
+            .field("state_dir", &self.state_dir);
+        if let Some(http) = &self.http {
+            d.field("http", http);
+        }
+        d.finish()
+    }
+}
+
 /// The port of a node's HTTP endpoint when its `http` is not given (drbd-reactor's Prometheus port).
 pub const DEFAULT_HTTP_PORT: u16 = 9942;
 
 /// `http = ...` of a `[[node]]` as written.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "\"ADDR:PORT\", or false for no HTTP endpoint")]
 pub enum HttpSetting {
     /// `true`: the default endpoint; `false`: none.
     Enabled(bool),
@@ -1553,6 +1572,48 @@ lun = [ { lun = 0, volume = "vol1" } ]
     fn assert_cases(cases: &[(&str, &str, &str, &str)]) {
         for &(from, to, field, why) in cases {
             assert_refused(&edited(from, to), field, why);
+        }
+    }
+
+    #[test]
+    fn the_http_endpoint_is_a_socket_address_false_or_the_default() {
+        let a = "address = \"127.0.0.11\"";
+        let with = |v: &str| edited(a, &format!("{a}\nhttp = {v}"));
+        let config = parse(VALID).expect("valid");
+        let node1 = &config.nodes[0];
+        assert_eq!(
+            config.http_endpoint(node1),
+            HttpEndpoint::Default("127.0.0.11:9942".parse().expect("addr"))
+        );
+        for (value, want) in [
+            ("false", HttpEndpoint::Off),
+            (
+                "true",
+                HttpEndpoint::Default("127.0.0.11:9942".parse().expect("addr")),
+            ),
+            (
+                "\"198.18.0.5:9100\"",
+                HttpEndpoint::Configured("198.18.0.5:9100".parse().expect("addr")),
+            ),
+            (
+                "\"[::1]:9942\"",
+                HttpEndpoint::Configured("[::1]:9942".parse().expect("addr")),
+            ),
+        ] {
+            let c = parse(&with(value)).expect(value);
+            assert_eq!(c.http_endpoint(&c.nodes[0]), want, "{value}");
+        }
+        let wrong_type = parse(&with("9942")).expect_err("a number").to_string();
+        assert!(
+            wrong_type.contains("\"ADDR:PORT\", or false for no HTTP endpoint"),
+            "{wrong_type}"
+        );
+        for (value, why) in [
+            ("\"127.0.0.11\"", "not ADDR:PORT"),
+            ("\"metrics.example:9942\"", "not ADDR:PORT"),
+            ("\"127.0.0.11:0\"", "give the port"),
+        ] {
+            assert_refused(&with(value), "node[node1].http", why);
         }
     }
 

@@ -429,6 +429,28 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
     }
 
     #[test]
+    fn a_node_setting_left_out_hashes_as_in_the_release_before_it() {
+        let a = parse(VALID);
+        // What 0.2.0 hashed for a node: the fields it had, nothing about `http`.
+        assert!(!format!("{:?}", a.nodes).contains("http"), "{:?}", a.nodes);
+        let b = edited(
+            "address = \"127.0.0.11\"",
+            "address = \"127.0.0.11\"\nhttp = \"127.0.0.11:9100\"",
+        );
+        assert!(format!("{:?}", b.nodes).contains("http"));
+        assert_ne!(config_hash(&a), config_hash(&b));
+        assert_eq!(
+            plan(&a, &b),
+            Err(ReloadRefusal {
+                field: "node[node1].http".into(),
+                why: "changed: a node's id, addresses, admin socket, state folder and HTTP endpoint cannot change \
+                      while it runs (restart the node)"
+                    .into()
+            })
+        );
+    }
+
+    #[test]
     fn a_volume_added_behind_a_running_target_then_removed_again() {
         let old = parse(VALID);
         let with = format!("{VOL2}\n{VALID}").replacen(
