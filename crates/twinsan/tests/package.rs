@@ -63,6 +63,8 @@ fn the_debian_package_builds_passes_lintian_and_holds_every_file() {
         "./usr/share/zsh/vendor-completions/_twinsan",
         "./usr/share/fish/vendor_completions.d/twinsan.fish",
         "./usr/share/doc/twinsan/examples/twinsan.toml",
+        "./usr/share/doc/twinsan/examples/prometheus/twinsan-alerts.yml",
+        "./usr/share/doc/twinsan/examples/grafana/twinsan-dashboard.json",
         "./usr/share/doc/twinsan/copyright",
         "./usr/share/doc/twinsan/changelog.Debian.gz",
         "./usr/lib/ocf/resource.d/twinsan/volume",
