@@ -388,7 +388,7 @@ impl Device {
             .open(path)
             .map_err(open_error)?;
         let size = if block {
-            block_device_size(&file)
+            twinsan_target::block_device_size(&file)
         } else {
             file.metadata().map(|m| m.len())
         }
@@ -488,22 +488,6 @@ fn describe(kind: std::fs::FileType) -> &'static str {
     } else {
         "neither a file nor a device"
     }
-}
-
-/// The size of a block device in bytes (the `BLKGETSIZE64` ioctl).
-fn block_device_size(file: &File) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    // _IOR(0x12, 114, u64) in the generic ioctl encoding (x86, arm, riscv): direction read (2) in bits 30-31,
-    // argument size in bits 16-29, type in bits 8-15, number in bits 0-7.
-    const BLKGETSIZE64: u64 =
-        (2 << 30) | ((std::mem::size_of::<u64>() as u64) << 16) | (0x12 << 8) | 114;
-    let mut size: u64 = 0;
-    // SAFETY: the ioctl writes one u64 through the pointer, which points to a live u64 on this stack frame.
-    let result = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size)
 }
 
 #[cfg(test)]

@@ -217,21 +217,7 @@ pub fn device_size(file: &File, path: &Path) -> Result<u64, VolumeError> {
     if meta.file_type().is_file() {
         return Ok(meta.len());
     }
-    let mut size: u64 = 0;
-    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    // SAFETY: the ioctl writes one u64 into `size`, which lives for the call.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            BLKGETSIZE64,
-            &mut size,
-        )
-    };
-    if rc != 0 {
-        return Err(io(io::Error::last_os_error()));
-    }
-    Ok(size)
+    twinsan_target::block_device_size(file).map_err(io)
 }
 
 /// Opens the volume's files, claimed for this process, and reads its superblock: the layout, the chosen

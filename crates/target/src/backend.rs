@@ -194,12 +194,16 @@ fn block_device_zeroes_by_deallocating(rdev: u64) -> bool {
         .any(|v| v.trim().parse::<u64>().is_ok_and(|n| n > 0))
 }
 
-fn block_device_size(file: &File) -> io::Result<u64> {
+/// The size of a block device in bytes: the `BLKGETSIZE64` ioctl (the one place it is asked, for `serve`, the
+/// node's volumes and `volume create-md`).
+pub fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
-    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    // _IOR(0x12, 114, u64) in the generic ioctl encoding (x86, arm, riscv): direction read (2) in bits 30-31,
+    // argument size in bits 16-29, type in bits 8-15, number in bits 0-7.
+    const BLKGETSIZE64: u64 =
+        (2 << 30) | ((std::mem::size_of::<u64>() as u64) << 16) | (0x12 << 8) | 114;
     // SAFETY: the ioctl writes one u64 through the pointer, which points to a live u64.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -15,7 +15,7 @@ mod output;
 mod server;
 pub mod stats;
 
-pub use backend::{file_mapped_extent, punch_hole, FileDevice};
+pub use backend::{block_device_size, file_mapped_extent, punch_hole, FileDevice};
 pub use claim::BackingClaim;
 pub use config::{ServerConfig, TargetConfig};
 pub use error::TargetError;
