@@ -1743,7 +1743,7 @@ lun = [ { lun = 0, volume = "vol1" } ]
 
     #[test]
     fn a_round_trip_through_a_file() {
-        let dir = TempDir::new("roundtrip");
+        let dir = temp_dir("roundtrip");
         let file = dir.path().join("twinsan.toml");
         std::fs::write(&file, VALID).expect("write");
         let loaded = ClusterConfig::load(&file).expect("loads");
@@ -1914,7 +1914,7 @@ lun = [ { lun = 0, volume = "vol1" } ]
 
     #[test]
     fn a_secret_file_is_read_and_checked() {
-        let dir = TempDir::new("secret");
+        let dir = temp_dir("secret");
         std::fs::write(
             dir.path().join("secret"),
             "  f00dfeedfacecafe1234  \nignored\n",
@@ -2469,28 +2469,10 @@ lun = [ { lun = 0, volume = "vol1" } ]
     }
 
     /// A temporary folder under the system's, removed on drop.
-    pub(super) struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub(super) fn new(tag: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "twinsan-config-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            TempDir(path)
-        }
-        pub(super) fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    pub(super) fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("twinsan-config-{tag}-"))
+            .tempdir()
+            .expect("create temp dir")
     }
 }

@@ -499,34 +499,25 @@ mod tests {
     const UUID: u128 = 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef;
 
     /// A temporary folder under the system's, removed on drop.
-    struct TempDir(PathBuf);
+    fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("twinsan-md-{tag}-"))
+            .tempdir()
+            .expect("create temp dir")
+    }
 
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "twinsan-md-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            TempDir(path)
-        }
+    /// A sparse file of `size` zero bytes in `dir`.
+    trait SparseFile {
+        fn file(&self, name: &str, size: u64) -> PathBuf;
+    }
 
-        /// A sparse file of `size` zero bytes in this folder.
+    impl SparseFile for tempfile::TempDir {
         fn file(&self, name: &str, size: u64) -> PathBuf {
-            let path = self.0.join(name);
+            let path = self.path().join(name);
             File::create(&path)
                 .and_then(|f| f.set_len(size))
                 .expect("create file");
             path
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -542,7 +533,7 @@ mod tests {
 
     #[test]
     fn create_then_read_back_internal() {
-        let dir = TempDir::new("internal");
+        let dir = temp_dir("internal");
         let data = dir.file("vol0.img", backing_for(64 * MIB));
         let report = create_md(&data, None, UUID, 1, 2, false).expect("created");
         assert_eq!(report.layout.data_size, 64 * MIB);
@@ -584,7 +575,7 @@ mod tests {
 
     #[test]
     fn existing_metadata_is_refused_and_force_overwrites_it() {
-        let dir = TempDir::new("existing");
+        let dir = temp_dir("existing");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         create_md(&data, None, UUID, 1, 2, false).expect("created");
         let before = std::fs::read(&data).expect("read");
@@ -617,7 +608,7 @@ mod tests {
 
     #[test]
     fn damaged_metadata_is_still_refused() {
-        let dir = TempDir::new("damaged");
+        let dir = temp_dir("damaged");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         let report = create_md(&data, None, UUID, 1, 2, false).expect("created");
         // Both slots damaged past their magic: no copy decodes, but the magic says what they were.
@@ -633,7 +624,7 @@ mod tests {
 
     #[test]
     fn an_ext4_filesystem_is_refused_without_force() {
-        let dir = TempDir::new("ext4");
+        let dir = temp_dir("ext4");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         write_at(&data, 1080, &0xEF53u16.to_le_bytes());
         let error = create_md(&data, None, UUID, 1, 2, false).expect_err("refused");
@@ -655,7 +646,7 @@ mod tests {
 
     #[test]
     fn external_metadata_leaves_the_data_alone() {
-        let dir = TempDir::new("external");
+        let dir = temp_dir("external");
         let data = dir.file("vol0.img", 16 * MIB);
         // A filesystem on the data device is kept, not refused: external metadata never writes there.
         write_at(&data, 1080, &0xEF53u16.to_le_bytes());
@@ -698,7 +689,7 @@ mod tests {
 
     #[test]
     fn too_small_devices_are_refused_with_the_size_needed() {
-        let dir = TempDir::new("small");
+        let dir = temp_dir("small");
         let data = dir.file("vol0.img", MIB);
         let error = create_md(&data, None, UUID, 1, 2, false).expect_err("too small");
         let needed = MIN_DATA_SIZE + metadata_size_for(MIN_DATA_SIZE);
@@ -733,7 +724,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_superblock_is_refused_by_name_and_left_alone() {
-        let dir = TempDir::new("corrupt");
+        let dir = temp_dir("corrupt");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         let report = create_md(&data, None, UUID, 1, 2, false).expect("created");
         let [slot0, slot1] = report.layout.superblocks;
@@ -772,7 +763,7 @@ mod tests {
 
     #[test]
     fn a_resized_device_no_longer_matches_its_metadata() {
-        let dir = TempDir::new("resized");
+        let dir = temp_dir("resized");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         create_md(
             &data,
@@ -789,13 +780,13 @@ mod tests {
             .open(&data)
             .and_then(|f| f.set_len(4 * MIB))
             .expect("shrink");
-        let error = read_md(&data, Some(&dir.0.join("vol0.md"))).expect_err("does not fit");
+        let error = read_md(&data, Some(&dir.path().join("vol0.md"))).expect_err("does not fit");
         assert!(error.to_string().contains("data_size"), "{error}");
     }
 
     #[test]
     fn bad_arguments_and_paths_are_refused_before_anything_is_written() {
-        let dir = TempDir::new("args");
+        let dir = temp_dir("args");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         let error = create_md(&data, None, UUID, 1, 1, false).expect_err("same ids");
         assert!(matches!(error, MdError::Refused { .. }), "{error:?}");
@@ -807,7 +798,7 @@ mod tests {
             Err(MdError::NoMetadata { .. })
         ));
 
-        let missing = dir.0.join("missing.img");
+        let missing = dir.path().join("missing.img");
         let error = create_md(&missing, None, UUID, 1, 2, false).expect_err("missing");
         assert!(
             error
@@ -815,13 +806,13 @@ mod tests {
                 .starts_with(&format!("cannot open {}", missing.display())),
             "{error}"
         );
-        let error = read_md(&dir.0, None).expect_err("a directory");
+        let error = read_md(dir.path(), None).expect_err("a directory");
         assert!(error.to_string().contains("is a directory"), "{error}");
     }
 
     #[test]
     fn a_device_another_process_holds_is_refused_untouched() {
-        let dir = TempDir::new("claimed");
+        let dir = temp_dir("claimed");
         let data = dir.file("vol0.img", backing_for(8 * MIB));
         create_md(&data, None, UUID, 1, 2, false).expect("created");
         let before = std::fs::read(&data).expect("read");

@@ -325,29 +325,19 @@ mod tests {
     use super::*;
 
     /// A directory under the system temporary directory, removed when dropped.
-    struct TempDir(std::path::PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("twinsan-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("twinsan-{name}-"))
+            .tempdir()
+            .expect("create temp dir")
     }
 
     const MIB: u64 = 1 << 20;
 
     #[test]
     fn punch_hole_reads_zeros_and_seek_data_finds_the_hole() {
-        let dir = TempDir::new("punch");
-        let path = dir.0.join("lun.img");
+        let dir = temp_dir("punch");
+        let path = dir.path().join("lun.img");
         FileDevice::create(&path, 4 * MIB).unwrap();
         let dev = FileDevice::open(&path, false, false).unwrap();
         // The filesystem of the temporary directory (ext4, xfs, tmpfs, btrfs) punches holes.
@@ -395,8 +385,8 @@ mod tests {
 
     #[test]
     fn a_read_only_device_is_fully_provisioned() {
-        let dir = TempDir::new("ro");
-        let path = dir.0.join("lun.img");
+        let dir = temp_dir("ro");
+        let path = dir.path().join("lun.img");
         FileDevice::create(&path, MIB).unwrap();
         let dev = FileDevice::open(&path, true, false).unwrap();
         assert!(!dev.supports_unmap());

@@ -306,7 +306,7 @@ fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::super::tests::TempDir;
+    use super::super::tests::temp_dir;
     use super::*;
 
     const INITIATOR_SECRET: &str = "initiator-secret-1";
@@ -392,7 +392,7 @@ mutual_chap_secret_file = "mutual.secret""#;
 
     #[test]
     fn the_keys_are_checked_with_the_config_without_reading_the_files() {
-        let dir = TempDir::new("chap-keys");
+        let dir = temp_dir("chap-keys");
         const T: &str = "target[iqn.2025-08.local.twinsan:vol0]";
         // No file exists yet: the config itself is valid, as `status` or the witness read it.
         let config = parse_in(dir.path(), &config_text(BOTH)).expect("valid");
@@ -456,7 +456,7 @@ mutual_chap_secret_file = "mutual.secret""#;
 
     #[test]
     fn manual_mode_gives_every_target_the_same_chap() {
-        let dir = TempDir::new("chap-manual");
+        let dir = temp_dir("chap-manual");
         let two = |first: &str, second: &str| {
             config_text(first).replacen("name = \"test\"", "name = \"test\"\nmanual = true", 1)
                 + &format!(
@@ -492,7 +492,7 @@ mutual_chap_secret_file = "mutual.secret""#;
 
     #[test]
     fn load_reads_the_secrets_dropping_one_newline() {
-        let dir = TempDir::new("chap-load");
+        let dir = temp_dir("chap-load");
         let config = parse_in(dir.path(), &config_text(BOTH)).expect("valid");
         secret_file(
             dir.path(),
@@ -552,7 +552,7 @@ mutual_chap_secret_file = "mutual.secret""#;
 
     #[test]
     fn load_refuses_unsafe_or_weak_secret_files() {
-        let dir = TempDir::new("chap-refusals");
+        let dir = temp_dir("chap-refusals");
         let config = parse_in(dir.path(), &config_text(BOTH)).expect("valid");
         const FIELD: &str = "target[iqn.2025-08.local.twinsan:vol0].chap_secret_file";
         secret_file(dir.path(), "mutual.secret", TARGET_SECRET, 0o600);
