@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 use twinsan_replication::engine::{AdminCommand, EngineConfig};
@@ -240,6 +241,12 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
             tokio::spawn(http::serve(listener, source, stop_rx.clone()))
         });
         info!(node = %me.name, socket = %socket.display(), "node running");
+        // systemd (Type=notify): the node answers its admin socket, its volumes run and the cluster manager
+        // decides from here on. Without NOTIFY_SOCKET (not under systemd) this does nothing.
+        notify_systemd(&[
+            NotifyState::Ready,
+            NotifyState::Status(&format!("node {} running", me.name)),
+        ]);
         // In manual mode the daemon serves the targets of the volumes that are Primary here, at its own address;
         // with the cluster manager, the manager runs them on their virtual IPs.
         let reconciler = node.cluster.is_none().then(|| {
@@ -285,6 +292,10 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
         };
         wait_for_signal().await;
         info!("stopping");
+        notify_systemd(&[
+            NotifyState::Stopping,
+            NotifyState::Status("handing over and stopping"),
+        ]);
         if let Some(cluster) = &node.cluster {
             // Hand the resources over while the admin socket still answers.
             let cluster = cluster.clone();
@@ -314,6 +325,13 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     result
+}
+
+/// Tells systemd where the node is (`sd_notify`); a failure to reach it only goes to the debug log.
+fn notify_systemd(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!("sd_notify: {e}");
+    }
 }
 
 /// Starts volume `v` of `config` on node `me` with its claimed disk: the engine, the link to `peer`.

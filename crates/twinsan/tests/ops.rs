@@ -94,7 +94,12 @@ fn systemd_units_verify_and_run_what_the_cli_accepts() {
         std::fs::read_to_string(units_dir().join("twinsan-witness.service")).expect("witness unit");
 
     // What the daemon relies on.
-    assert_eq!(value(&node, "Type"), "simple", "no sd_notify in the daemon");
+    assert_eq!(
+        value(&node, "Type"),
+        "notify",
+        "the daemon sends READY=1 (sd_notify)"
+    );
+    assert_eq!(value(&node, "NotifyAccess"), "main");
     assert_eq!(value(&node, "Restart"), "on-failure");
     assert_eq!(
         value(&node, "KillSignal"),
@@ -220,6 +225,32 @@ fn listed_commands() -> Vec<String> {
         );
     }
     listed
+}
+
+/// `twinsan node run` under systemd's Type=notify: READY=1 once it runs, STOPPING=1 when SIGTERM starts the
+/// handover (the datagrams systemd would read on NOTIFY_SOCKET, read here by the test).
+#[test]
+fn cluster_node_run_tells_systemd_when_it_is_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let mut c = common::cluster::Cluster::init("sd-notify", true, "16M");
+    let path = c.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let notify = path.to_string_lossy().into_owned();
+    c.start_with_env(1, &[("NOTIFY_SOCKET", notify.as_str())]);
+    let mut buf = [0u8; 512];
+    let mut read = || {
+        let n = socket.recv(&mut buf).expect("a datagram from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = read();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=node node1 running"), "{ready:?}");
+    assert!(c.stop(1), "node1 did not stop cleanly:\n{}", c.logs());
+    let stopping = read();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
 }
 
 #[test]

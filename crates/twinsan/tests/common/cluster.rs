@@ -84,11 +84,17 @@ impl Cluster {
 
     /// Starts node `n` (1 or 2) and waits until its admin socket answers.
     pub fn start(&mut self, n: usize) {
+        self.start_with_env(n, &[]);
+    }
+
+    /// [`Cluster::start`] with these environment variables set for the daemon.
+    pub fn start_with_env(&mut self, n: usize, env: &[(&str, &str)]) {
         let mut child = Command::new(twinsan_bin())
             .args(["node", "run", "--config"])
             .arg(&self.config)
             .args(["--node", &format!("node{n}")])
             .env("TWINSAN_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
