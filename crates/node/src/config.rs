@@ -169,12 +169,16 @@ pub struct ClusterSection {
     /// A `twinsan witness` (ADDRESS:PORT): the third vote; only the side that holds it may promote.
     #[serde(default)]
     pub witness: Option<std::net::SocketAddr>,
+    /// The web console's password, as an argon2 PHC string (`twinsan passwd` prints the line); without it the
+    /// console is read-only.
+    #[serde(default)]
+    pub console_password_hash: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterSection")
-            .field("name", &self.name)
+        let mut d = f.debug_struct("ClusterSection");
+        d.field("name", &self.name)
             .field("manual", &self.manual)
             .field("secret", &self.secret.as_ref().map(|_| "(hidden)"))
             .field("secret_file", &self.secret_file)
@@ -186,8 +190,13 @@ impl std::fmt::Debug for ClusterSection {
             .field("migration_threshold", &self.migration_threshold)
             .field("failure_timeout_s", &self.failure_timeout_s)
             .field("no_quorum_policy", &self.no_quorum_policy)
-            .field("witness", &self.witness)
-            .finish()
+            .field("witness", &self.witness);
+        // A newer setting only when set: `config_hash` hashes this text, and a file without it must hash as it
+        // did in 0.2.0. The hash itself stays out (any change shows through the reload's refusal).
+        if self.console_password_hash.is_some() {
+            d.field("console_password_hash", &"(set)");
+        }
+        d.finish()
     }
 }
 
@@ -467,6 +476,10 @@ impl ClusterConfig {
             return Err(self.invalid("cluster.name", "is empty: give the cluster a name"));
         }
         self.validate_cluster_options()?;
+        if let Some(hash) = &cluster.console_password_hash {
+            crate::console::auth::check_hash(hash)
+                .map_err(|why| self.invalid("cluster.console_password_hash", why))?;
+        }
         match (&cluster.secret, &cluster.secret_file) {
             (Some(_), Some(_)) => Err(self.invalid(
                 "cluster.secret",
@@ -1829,6 +1842,16 @@ lun = [ { lun = 0, volume = "vol1" } ]
                 "witness = \"0.0.0.0:5406\"",
                 "cluster.witness",
                 "not a witness address",
+            ),
+            (
+                "console_password_hash = \"hunter2\"",
+                "cluster.console_password_hash",
+                "twinsan passwd",
+            ),
+            (
+                "console_password_hash = \"$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcA\"",
+                "cluster.console_password_hash",
+                "argon2",
             ),
         ] {
             assert_refused(&edited(SECRET, &with(extra)), field, why);

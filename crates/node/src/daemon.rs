@@ -238,7 +238,13 @@ pub fn run(config: ClusterConfig, chap: TargetChap, node_name: &str) -> Result<(
                 info!(node = %me.name, "metrics at http://{addr}/metrics");
             }
             let source: Arc<dyn MetricsSource> = node.clone();
-            tokio::spawn(http::serve(listener, source, stop_rx.clone()))
+            let console: Arc<dyn crate::console::ConsoleSource> = node.clone();
+            tokio::spawn(http::serve(
+                listener,
+                source,
+                Some(console),
+                stop_rx.clone(),
+            ))
         });
         info!(node = %me.name, socket = %socket.display(), "node running");
         // systemd (Type=notify): the node answers its admin socket, its volumes run and the cluster manager
@@ -986,6 +992,39 @@ impl MetricsSource for Node {
             self.me.name,
             self.live().config.cluster.name
         )
+    }
+}
+
+impl crate::console::ConsoleSource for Node {
+    fn cluster_status(&self) -> api::ClusterStatus {
+        match &self.cluster {
+            Some(cluster) => cluster.status(),
+            None => self.manual_status(),
+        }
+    }
+
+    fn events(&self) -> broadcast::Receiver<api::EventLine> {
+        self.events.subscribe()
+    }
+
+    fn handle(&self, request: Request) -> Response {
+        AdminService::handle(self, request)
+    }
+
+    fn password_hash(&self) -> Option<String> {
+        self.live().config.cluster.console_password_hash.clone()
+    }
+
+    fn sessions(&self) -> Vec<(String, i64)> {
+        self.io
+            .as_ref()
+            .map(|io| {
+                io.targets()
+                    .into_iter()
+                    .map(|(name, t)| (name, t.sessions()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

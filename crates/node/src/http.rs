@@ -1,5 +1,5 @@
 //! The HTTP endpoint of a node (and of `twinsan serve --http`): `GET /metrics` in the OpenMetrics text format,
-//! and a page at `/` that says what is served.
+//! and at `/` either the web console (a node daemon, [`crate::console`]) or a page that says what is served.
 //!
 //! A scrape reads the node's state on the blocking pool (a volume's status or the cluster view may wait for
 //! a lock that disk I/O holds), never on a runtime worker.
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::console::ConsoleSource;
 use crate::metrics::Format;
 
 /// What a scrape reports: called on the blocking pool.
@@ -31,17 +32,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves on `listener` until `stop` becomes true.
+/// Serves on `listener` until `stop` becomes true; with `console`, the web console at `/`.
 pub async fn serve(
     listener: TcpListener,
     source: Arc<dyn MetricsSource>,
+    console: Option<Arc<dyn ConsoleSource>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = Router::new()
-        .route("/", get(index))
+    let metrics = Router::new()
         .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(source);
+        .with_state(source.clone());
+    let front = match console {
+        Some(console) => crate::console::router(console, stop.clone()),
+        None => Router::new().route("/", get(index)).with_state(source),
+    };
+    let app = metrics.merge(front).fallback(not_found);
     let stopped = async move {
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {
@@ -82,7 +87,7 @@ async fn index(State(source): State<Arc<dyn MetricsSource>>) -> Html<String> {
 async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
-        "not found: this endpoint serves / and /metrics\n",
+        "not found: this endpoint serves / (the console), /events, /metrics and the console's /api/\n",
     )
 }
 

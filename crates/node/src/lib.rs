@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod http;
 pub mod md;

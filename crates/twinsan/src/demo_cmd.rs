@@ -106,8 +106,9 @@ fn temp_dir() -> anyhow::Result<PathBuf> {
 
 fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<()> {
     let config_path = dir.join("twinsan.toml");
+    let mut console_password = None;
     if !config_path.exists() {
-        init_cmd::create(
+        let made = init_cmd::create(
             InitArgs {
                 dir: dir.to_path_buf(),
                 manual: false,
@@ -115,6 +116,7 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
             },
             false,
         )?;
+        console_password = Some(made);
     }
     let config = ClusterConfig::load(&config_path)?;
     if config.cluster.manual {
@@ -198,6 +200,16 @@ fn demo(dir: &Path, args: &DemoArgs, stop_flag: &AtomicBool) -> anyhow::Result<(
     println!("  {first} is primary; the LUN is served at");
     println!();
     println!("    {URL}");
+    println!();
+    match &console_password {
+        Some(password) => init_cmd::print_console(password),
+        None => println!(
+            "Web console: http://127.0.0.11:{port}/ and http://127.0.0.12:{port}/ (its password was printed when \
+             {} was made; `twinsan passwd` makes a new one)",
+            dir.display(),
+            port = init_cmd::CONSOLE_PORT
+        ),
+    }
     println!();
     println!("Try it (in another terminal):");
     println!("  iscsi-ls -s iscsi://127.0.0.10:3260");

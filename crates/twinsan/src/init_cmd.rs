@@ -69,8 +69,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     create(args, true).map(|_| ())
 }
 
-/// [`run`], printing the summary only with `print`; returns the config file's path.
-pub fn create(args: InitArgs, print: bool) -> anyhow::Result<PathBuf> {
+/// The web console's port on each node address (the default of `[[node]] http`).
+pub const CONSOLE_PORT: u16 = 9942;
+
+/// [`run`], printing the summary only with `print`; returns the web console's password, whose hash is in the
+/// config (it is kept nowhere else).
+pub fn create(args: InitArgs, print: bool) -> anyhow::Result<String> {
     let size = parse_size(&args.size)
         .map_err(anyhow::Error::msg)
         .context("--size")?;
@@ -122,6 +126,13 @@ pub fn create(args: InitArgs, print: bool) -> anyhow::Result<PathBuf> {
         .map(|b| format!("{b:02x}"))
         .collect();
 
+    // The console's password: 16 random bytes, as hex; only its hash goes into the config.
+    let console_password: String = random_bytes::<16>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let console_line = crate::passwd_cmd::config_line(&console_password)?;
+
     let mut created = Created::default();
     created.dir_all(dir)?;
     let name = cluster_name(dir);
@@ -147,7 +158,15 @@ pub fn create(args: InitArgs, print: bool) -> anyhow::Result<PathBuf> {
     // The config holds the replication secret: only its owner reads it.
     let mut file = created.file(&config_path, 0o600)?;
     file.write_all(
-        config_text(&name, args.manual, volume_uuid, &secret, args.size.trim()).as_bytes(),
+        config_text(
+            &name,
+            args.manual,
+            volume_uuid,
+            &secret,
+            &console_line,
+            args.size.trim(),
+        )
+        .as_bytes(),
     )
     .and_then(|()| file.sync_all())
     .with_context(|| format!("writing {}", config_path.display()))?;
@@ -158,8 +177,10 @@ pub fn create(args: InitArgs, print: bool) -> anyhow::Result<PathBuf> {
 
     if print {
         print_summary(&args, &config_path, &config, size, &reports);
+        println!();
+        print_console(&console_password);
     }
-    Ok(config_path)
+    Ok(console_password)
 }
 
 /// `twinsan volume create-md VOLUME [--force]`: creates the metadata of `volume` on this node's disk, from the
@@ -243,6 +264,7 @@ fn config_text(
     manual: bool,
     volume_uuid: u128,
     secret: &str,
+    console_line: &str,
     size_text: &str,
 ) -> String {
     let mut text = format!(
@@ -256,6 +278,8 @@ name = "{name}"
 # false: the cluster manager keeps one node primary and fails over.
 manual = {manual}
 secret = "{secret}"
+# The web console's password (http://NODE-ADDRESS:9942/), as a hash: `twinsan passwd` makes a new line.
+{console_line}
 "#
     );
     for (node, id, address) in NODES {
@@ -363,6 +387,17 @@ fn print_summary(
     } else {
         println!("and point an initiator at iscsi://{VIP}:{ISCSI_PORT}/{IQN}/{LUN}");
     }
+}
+
+/// The console URLs of both nodes and the password that `init` chose.
+pub fn print_console(password: &str) {
+    let urls: Vec<String> = NODES
+        .iter()
+        .map(|(_, _, address)| format!("http://{address}:{CONSOLE_PORT}/"))
+        .collect();
+    println!("Web console: {} (each node's view)", urls.join(" and "));
+    println!("  password for its actions: {password}");
+    println!("  (only its hash is in the config; `twinsan passwd` makes a new one)");
 }
 
 /// What `init` has made so far; removed again (newest first) when dropped before [`Created::keep`].

@@ -8,6 +8,7 @@ mod init_cmd;
 mod node_cmd;
 mod ocf_cmd;
 mod ops_cmd;
+mod passwd_cmd;
 mod progress;
 mod serve;
 mod signals;
@@ -80,6 +81,9 @@ enum Command {
     /// Pacemaker's OCF resource agents for twinsan (ocf:twinsan:volume, ocf:twinsan:target).
     #[command(subcommand)]
     Ocf(ocf_cmd::OcfCommand),
+    /// Print the config line that sets the web console's password (`console_password_hash` in [cluster]).
+    #[command(after_help = passwd_cmd::EXAMPLES)]
+    Passwd(passwd_cmd::PasswdArgs),
     /// Be the third-site tie-breaker of a cluster: lend one vote to one node at a time (UDP, default port 5406).
     #[command(after_help = WITNESS_EXAMPLES)]
     Witness(witness_cmd::WitnessArgs),
@@ -130,6 +134,7 @@ fn main() -> std::process::ExitCode {
         Command::Resource(cmd) => cluster_cmd::resource(&cli.global, cmd),
         Command::Target(cmd) => cluster_cmd::target(&cli.global, cmd),
         Command::Witness(args) => witness_cmd::run(&cli.global, args),
+        Command::Passwd(args) => passwd_cmd::run(args),
         Command::Ocf(cmd) => ocf_cmd::run(cmd),
         Command::Completions(args) => ops_cmd::completions(args),
         Command::Man(args) => ops_cmd::man(args),
@@ -156,6 +161,7 @@ fn refuse_unused_globals(matches: &ArgMatches) {
         "serve" => "serve is one node without a cluster: its target comes from --iqn and --lun",
         "init" => "init writes a new config, DIR/twinsan.toml, for both nodes",
         "completions" | "man" => "they describe the command line, not a cluster",
+        "passwd" => "it prints a config line; put it into [cluster] of the config yourself",
         "ocf" => "the agents take the config and node as resource parameters",
         _ => return,
     };

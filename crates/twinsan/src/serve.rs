@@ -267,7 +267,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 io,
                 iqn: args.iqn.clone(),
             });
-            tokio::spawn(http::serve(listener, source, stop_rx))
+            tokio::spawn(http::serve(listener, source, None, stop_rx))
         });
         let running = server.spawn();
         wait_for_signal().await?;

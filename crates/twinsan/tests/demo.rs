@@ -60,12 +60,27 @@ fn demo_without_root_serves_the_lun_at_the_vip_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let printed = out.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for needle in ["cluster stop", "cluster start", "status", "Ctrl-C"] {
+    for needle in [
+        "cluster stop",
+        "cluster start",
+        "status",
+        "Ctrl-C",
+        "http://127.0.0.11:9942/",
+        "password for its actions: ",
+    ] {
         assert!(
             printed.contains(needle),
             "the demo does not show {needle:?}:\n{printed}"
         );
     }
+    // The console URL it prints answers.
+    let console = common::http::get("127.0.0.11:9942", "/").expect("GET the console");
+    assert_eq!(console.status, 200, "{}", console.headers);
+    assert!(
+        console.body.contains("id=\"node-node1\""),
+        "{}",
+        console.body
+    );
     let folder = printed
         .lines()
         .find_map(|l| l.strip_prefix("twinsan demo: a two-node cluster in "))

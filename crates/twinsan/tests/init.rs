@@ -60,6 +60,26 @@ fn init_writes_a_cluster_that_loads() {
         64,
         "32 random bytes in hex"
     );
+    // The console's password is printed, and only its hash is in the config.
+    let password = shown
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password for its actions: "))
+        .unwrap_or_else(|| panic!("no console password printed:\n{shown}"));
+    assert!(
+        shown.contains("http://127.0.0.11:9942/"),
+        "no console URL:\n{shown}"
+    );
+    let hash = config
+        .cluster
+        .console_password_hash
+        .as_deref()
+        .expect("console_password_hash");
+    assert!(twinsan_node::console::auth::verify_password(hash, password));
+    let text_of_config = std::fs::read_to_string(&config_path).expect("read the config");
+    assert!(
+        !text_of_config.contains(password),
+        "the password itself is in the config"
+    );
     let mode = std::fs::metadata(&config_path)
         .expect("stat")
         .permissions()

@@ -184,7 +184,7 @@ pub fn plan(old: &ClusterConfig, new: &ClusterConfig) -> Result<ReloadPlan, Relo
 
 fn check_cluster(old: &ClusterConfig, new: &ClusterConfig) -> Result<(), ReloadRefusal> {
     let (a, b) = (&old.cluster, &new.cluster);
-    let fields: [(&str, bool); 13] = [
+    let fields: [(&str, bool); 14] = [
         ("name", a.name == b.name),
         ("manual", a.manual == b.manual),
         ("secret", a.secret == b.secret),
@@ -216,6 +216,12 @@ fn check_cluster(old: &ClusterConfig, new: &ClusterConfig) -> Result<(), ReloadR
         ),
         ("no_quorum_policy", a.no_quorum_policy == b.no_quorum_policy),
         ("witness", a.witness == b.witness),
+        // Refused like the rest of [cluster]: a new password takes a restart of the node (which also ends the
+        // console's sessions).
+        (
+            "console_password_hash",
+            a.console_password_hash == b.console_password_hash,
+        ),
     ];
     match fields.iter().find(|(_, same)| !same) {
         Some((field, _)) => Err(refuse(
@@ -431,8 +437,13 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
     #[test]
     fn a_node_setting_left_out_hashes_as_in_the_release_before_it() {
         let a = parse(VALID);
-        // What 0.2.0 hashed for a node: the fields it had, nothing about `http`.
+        // What 0.2.0 hashed for a node and the cluster: the fields it had, nothing about `http` or the console.
         assert!(!format!("{:?}", a.nodes).contains("http"), "{:?}", a.nodes);
+        assert!(
+            !format!("{:?}", a.cluster).contains("console"),
+            "{:?}",
+            a.cluster
+        );
         let b = edited(
             "address = \"127.0.0.11\"",
             "address = \"127.0.0.11\"\nhttp = \"127.0.0.11:9100\"",
@@ -514,6 +525,11 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
             ),
             ("id = 2", "id = 3", "node[node2].id"),
             ("name = \"test\"", "name = \"other\"", "cluster.name"),
+            (
+                "name = \"test\"",
+                "name = \"test\"\nconsole_password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$BwcHBwcHBwcHBwcHBwcHBw$9cSPZ9ZzJGhYTDvi3CEHz6p8Kq2z8pAW4xUfLJp3U3I\"",
+                "cluster.console_password_hash",
+            ),
             ("port = 7789", "port = 7788", "volume[vol0].port"),
             (
                 "protocol = \"A\"",
