@@ -51,8 +51,24 @@ pub trait ConsoleSource: MetricsSource {
     fn handle(&self, request: api::Request) -> api::Response;
     /// `[cluster] console_password_hash` of the running config.
     fn password_hash(&self) -> Option<String>;
-    /// iSCSI sessions logged in on this node now, per target.
-    fn sessions(&self) -> Vec<(String, i64)>;
+    /// iSCSI sessions logged in on this node now, per target, with their initiators.
+    fn sessions(&self) -> Vec<TargetSessions>;
+}
+
+/// The iSCSI sessions of one target on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetSessions {
+    /// The target's IQN.
+    pub target: String,
+    /// Each initiator logged in, by name, with its number of sessions (several ISIDs).
+    pub initiators: Vec<(String, usize)>,
+}
+
+impl TargetSessions {
+    /// Sessions in all.
+    pub fn count(&self) -> usize {
+        self.initiators.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// The console's state: the source, the sessions, the event list and the latest view.
@@ -67,7 +83,7 @@ struct Console {
 /// The cluster view of the last update.
 struct Latest {
     status: api::ClusterStatus,
-    sessions: Vec<(String, i64)>,
+    sessions: Vec<TargetSessions>,
     time: String,
 }
 

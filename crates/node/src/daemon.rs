@@ -1015,13 +1015,18 @@ impl crate::console::ConsoleSource for Node {
         self.live().config.cluster.console_password_hash.clone()
     }
 
-    fn sessions(&self) -> Vec<(String, i64)> {
+    fn sessions(&self) -> Vec<crate::console::TargetSessions> {
+        // Logins refused before a target was named count under "": no sessions there.
         self.io
             .as_ref()
             .map(|io| {
                 io.targets()
                     .into_iter()
-                    .map(|(name, t)| (name, t.sessions()))
+                    .filter(|(name, _)| !name.is_empty())
+                    .map(|(target, t)| crate::console::TargetSessions {
+                        target,
+                        initiators: t.initiators(),
+                    })
                     .collect()
             })
             .unwrap_or_default()

@@ -414,7 +414,9 @@ async fn full_feature(
     };
     // A normal session counts in its target's sessions until this connection ends, however it ends.
     let _counted = match (target, &session_key) {
-        (Some(t), Some(_)) => shared.target_stats(t).map(SessionCount::new),
+        (Some(t), Some(_)) => shared
+            .target_stats(t)
+            .map(|stats| SessionCount::new(stats, &li.n.initiator_name)),
         _ => None,
     };
     let mut conn = Conn {
@@ -522,19 +524,25 @@ async fn full_feature(
     }
 }
 
-/// One session in its target's session gauge, for as long as it lives.
-struct SessionCount(Arc<TargetStats>);
+/// One session in its target's session gauge and list of initiators, for as long as it lives.
+struct SessionCount {
+    stats: Arc<TargetStats>,
+    initiator: String,
+}
 
 impl SessionCount {
-    fn new(stats: Arc<TargetStats>) -> SessionCount {
-        stats.session_up();
-        SessionCount(stats)
+    fn new(stats: Arc<TargetStats>, initiator: &str) -> SessionCount {
+        stats.session_up(initiator);
+        SessionCount {
+            stats,
+            initiator: initiator.to_string(),
+        }
     }
 }
 
 impl Drop for SessionCount {
     fn drop(&mut self) {
-        self.0.session_down();
+        self.stats.session_down(&self.initiator);
     }
 }
 

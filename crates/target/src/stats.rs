@@ -263,6 +263,8 @@ pub struct TargetStats {
     /// Refused logins, per [`LoginFailure`].
     login_failures: [AtomicU64; 7],
     luns: Mutex<BTreeMap<u64, Arc<LunStats>>>,
+    /// The initiators logged in now, with their session count (changed at login and logout only).
+    initiators: Mutex<BTreeMap<String, usize>>,
 }
 
 impl TargetStats {
@@ -296,12 +298,35 @@ impl TargetStats {
         self.login_failures[why.index()].load(Ordering::Relaxed)
     }
 
-    pub(crate) fn session_up(&self) {
-        self.sessions.fetch_add(1, Ordering::Relaxed);
+    /// The initiators logged in now and their session counts, by name.
+    pub fn initiators(&self) -> Vec<(String, usize)> {
+        self.lock_initiators()
+            .iter()
+            .map(|(n, c)| (n.clone(), *c))
+            .collect()
     }
 
-    pub(crate) fn session_down(&self) {
+    fn lock_initiators(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.initiators.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn session_up(&self, initiator: &str) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        *self
+            .lock_initiators()
+            .entry(initiator.to_string())
+            .or_default() += 1;
+    }
+
+    pub(crate) fn session_down(&self, initiator: &str) {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut all = self.lock_initiators();
+        if let Some(n) = all.get_mut(initiator) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(initiator);
+            }
+        }
     }
 
     pub(crate) fn login_failed(&self, why: LoginFailure) {
@@ -389,5 +414,20 @@ mod tests {
         let t = io.target("iqn.a");
         t.login_failed(LoginFailure::of(LoginStatus::AuthorizationFailure));
         assert_eq!(t.login_failures(LoginFailure::Authorization), 1);
+        // Two sessions of one initiator (two ISIDs) and one of another; they log out again.
+        for who in ["iqn.x", "iqn.x", "iqn.y"] {
+            t.session_up(who);
+        }
+        assert_eq!(t.sessions(), 3);
+        assert_eq!(
+            t.initiators(),
+            [("iqn.x".to_string(), 2), ("iqn.y".to_string(), 1)]
+        );
+        for who in ["iqn.x", "iqn.y"] {
+            t.session_down(who);
+        }
+        assert_eq!(t.initiators(), [("iqn.x".to_string(), 1)]);
+        t.session_down("iqn.x");
+        assert_eq!((t.sessions(), t.initiators().len()), (0, 0));
     }
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{in_sync, Cluster};
+use common::cluster::{in_sync, Cluster, IQN};
+use common::hold::Hold;
 use common::{free_port, http, require_tool, text, twinsan_bin, TempDir};
 
 /// The console password this test sets with `twinsan passwd --stdin`.
@@ -562,6 +563,24 @@ fn the_console_shows_the_pair_acts_after_a_login_and_follows_a_failover() {
         "the secondary in sync again",
         in_sync,
     );
+
+    // An initiator logged in at the VIP is listed under the target on the primary's page, while it is.
+    {
+        let initiator = "iqn.2025-08.local.test:console-hold";
+        let _hold = Hold::login(&format!("iscsi://127.0.0.10:3260/{IQN}/1"), initiator);
+        browser.goto(&format!("http://127.0.0.1{p}:9942/"));
+        c.wait_for(
+            Duration::from_secs(20),
+            "the primary's console lists the initiator under the target",
+            || {
+                browser
+                    .text("body")?
+                    .lines()
+                    .any(|l| l.contains(IQN) && l.contains(initiator))
+                    .then_some(())
+            },
+        );
+    }
 
     // The survivor's console through a kill -9 of the primary.
     browser.goto(&format!("http://{survivor}/"));

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{in_sync, online, placement, stack_on, Cluster, IQN};
+use common::hold::Hold;
 use common::{qemu, require_tool, run, scsi, text};
 
 const VIP_PORTAL: &str = "iscsi://127.0.0.10:3260";
@@ -89,13 +88,6 @@ fn served_luns_to(initiator: &str) -> Result<Vec<u64>, String> {
     Ok(luns)
 }
 
-/// One session held open by `tests/tools/iscsi-hold.c`; stopped by its pid on drop.
-struct Hold {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
 /// What one TEST UNIT READY got: (status, sense key, ASC, ASCQ).
 type Tur = (u8, u8, u8, u8);
 
@@ -113,48 +105,14 @@ fn sense((status, key, asc, ascq): Tur) -> String {
     }
 }
 
-impl Hold {
-    fn login(url: &str) -> Hold {
-        let tool = scsi::libiscsi_tool("iscsi-hold");
-        let mut child = Command::new(tool)
-            .args([url, "iqn.2025-08.local.test:reload-hold", "7"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn iscsi-hold");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut hold = Hold {
-            child,
-            stdin,
-            lines,
-        };
-        let first = hold.line();
-        assert_eq!(first, "ready", "iscsi-hold did not log in");
-        hold
-    }
+/// What these tests ask of a held session.
+trait Checks {
+    fn tur(&mut self, lun: u64) -> Tur;
+    fn attentions(&mut self, lun: u64) -> Vec<Tur>;
+    fn luns(&mut self) -> Vec<u64>;
+}
 
-    fn line(&mut self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("iscsi-hold gave no answer in 60 s ({e})"))
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").expect("write to iscsi-hold");
-        self.stdin.flush().expect("flush iscsi-hold");
-        self.line()
-    }
-
+impl Checks for Hold {
     fn tur(&mut self, lun: u64) -> Tur {
         let answer = self.ask(&format!("tur {lun}"));
         let field = |k: &str| {
@@ -206,16 +164,6 @@ impl Hold {
     }
 }
 
-impl Drop for Hold {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of the iscsi-hold this guard started and has not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// `node reload` on node `n`, which must apply; its message.
 fn reload(c: &Cluster, n: usize) -> String {
     let out = c.cli(n, &["node", "reload"]);
@@ -237,7 +185,7 @@ fn reload_adds_and_removes_a_second_volume_under_writes() {
     assert_eq!(served_luns(), [1]);
 
     // A session held open across both reloads.
-    let mut hold = Hold::login(&lun_url(1));
+    let mut hold = Hold::login(&lun_url(1), "iqn.2025-08.local.test:reload-hold");
     let before = hold.attentions(1);
     println!(
         "held session: unit attentions at login: {}",

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::api::{ClusterStatus, NodeStatus, PeerStatus, ResourceStatus, VolumeStatus};
+use crate::console::TargetSessions;
 use crate::http::escape;
 
 /// One line of the event list, with its time (UTC, RFC 3339).
@@ -20,7 +21,7 @@ pub struct View<'a> {
     /// The cluster as the answering node sees it.
     pub status: &'a ClusterStatus,
     /// iSCSI sessions logged in on this node now, per target.
-    pub sessions: &'a [(String, i64)],
+    pub sessions: &'a [TargetSessions],
     /// The viewer is logged in: the actions are offered.
     pub logged_in: bool,
 }
@@ -341,7 +342,7 @@ fn targets(out: &mut String, view: &View) {
     }
     out.push_str(
         "<section><h2>Targets</h2><table><tr><th>target</th><th>where</th><th>LUNs</th>\
-         <th>iSCSI sessions here</th></tr>",
+         <th>iSCSI sessions here</th><th>connected initiators</th></tr>",
     );
     let mut shown = Vec::new();
     for t in &stacks {
@@ -351,36 +352,44 @@ fn targets(out: &mut String, view: &View) {
             .filter(|r| r.kind == "lun" && r.volume == t.volume)
             .map(|r| r.detail.clone())
             .collect();
-        let sessions: Vec<String> = view
-            .sessions
-            .iter()
-            .filter(|(iqn, _)| t.detail.contains(iqn.as_str()))
-            .map(|(iqn, n)| {
-                shown.push(iqn.clone());
-                n.to_string()
-            })
-            .collect();
+        // The target's detail is "IQN PORTAL".
+        let iqn = t.detail.split(' ').next().unwrap_or_default();
+        let here = view.sessions.iter().find(|x| x.target == iqn);
+        if let Some(x) = here {
+            shown.push(x.target.clone());
+        }
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&t.detail),
             escape(&placement(t)),
             escape(&luns.join(", ")),
-            if sessions.is_empty() {
-                "0".into()
-            } else {
-                sessions.join(", ")
-            }
+            here.map_or(0, TargetSessions::count),
+            here.map(initiator_list).unwrap_or_default()
         );
     }
-    for (iqn, n) in view.sessions.iter().filter(|(i, _)| !shown.contains(i)) {
+    for x in view.sessions.iter().filter(|x| !shown.contains(&x.target)) {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>served by this node</td><td></td><td>{n}</td></tr>",
-            escape(iqn)
+            "<tr><td>{}</td><td>served by this node</td><td></td><td>{}</td><td>{}</td></tr>",
+            escape(&x.target),
+            x.count(),
+            initiator_list(x)
         );
     }
     out.push_str("</table></section>");
+}
+
+/// The initiators of a target, escaped, one per line, with their session count when more than one.
+fn initiator_list(x: &TargetSessions) -> String {
+    x.initiators
+        .iter()
+        .map(|(name, n)| match n {
+            1 => escape(name),
+            n => format!("{} ({n} sessions)", escape(name)),
+        })
+        .collect::<Vec<_>>()
+        .join("<br>")
 }
 
 fn lists(out: &mut String, s: &ClusterStatus) {
@@ -584,6 +593,31 @@ mod tests {
         });
         assert!(logged_in.contains("data-post=\"/api/nodes/node2/unstandby\""));
         assert!(logged_in.contains("data-post=\"/api/nodes/node1/standby\""));
+    }
+
+    #[test]
+    fn targets_list_their_initiators_escaped() {
+        let s = status();
+        let sessions = [TargetSessions {
+            target: "iqn.2025-08.local.twinsan:extra".into(),
+            initiators: vec![
+                ("iqn.1993-08.org.debian:01:a<b>".into(), 1),
+                ("iqn.2007-10.com.github:sahlberg:libiscsi:qemu".into(), 2),
+            ],
+        }];
+        let html = overview(&View {
+            status: &s,
+            sessions: &sessions,
+            logged_in: false,
+        });
+        assert!(html.contains("<th>connected initiators</th>"), "{html}");
+        assert!(
+            html.contains(
+                "<td>3</td><td>iqn.1993-08.org.debian:01:a&lt;b&gt;<br>\
+                 iqn.2007-10.com.github:sahlberg:libiscsi:qemu (2 sessions)</td>"
+            ),
+            "{html}"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl ConsoleSource for FakeNode {
     fn password_hash(&self) -> Option<String> {
         self.hash.clone()
     }
-    fn sessions(&self) -> Vec<(String, i64)> {
+    fn sessions(&self) -> Vec<super::TargetSessions> {
         Vec::new()
     }
 }

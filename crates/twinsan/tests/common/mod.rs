@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod hold;
 pub mod http;
 pub mod initiator;
 pub mod netns;
