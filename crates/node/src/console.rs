@@ -20,7 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Form, Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -102,13 +102,45 @@ pub fn router(source: Arc<dyn ConsoleSource>, stop: watch::Receiver<bool>) -> Ro
         .route("/events", get(events))
         .route("/login", post(login))
         .route("/logout", post(logout))
-        .route("/api/nodes/{node}/standby", post(standby))
-        .route("/api/nodes/{node}/unstandby", post(unstandby))
+        .route(
+            "/api/nodes/{node}/standby",
+            action(|node| api::Request::Standby {
+                node,
+                standby: true,
+            }),
+        )
+        .route(
+            "/api/nodes/{node}/unstandby",
+            action(|node| api::Request::Standby {
+                node,
+                standby: false,
+            }),
+        )
         .route("/api/resources/{resource}/move", post(move_resource))
-        .route("/api/resources/{resource}/clear", post(clear))
-        .route("/api/resources/{resource}/cleanup", post(cleanup))
-        .route("/api/cluster/{node}/stop", post(cluster_stop))
-        .route("/api/cluster/{node}/start", post(cluster_start))
+        .route(
+            "/api/resources/{resource}/clear",
+            action(|resource| api::Request::Clear { resource }),
+        )
+        .route(
+            "/api/resources/{resource}/cleanup",
+            action(|resource| api::Request::Cleanup {
+                resource: Some(resource),
+            }),
+        )
+        .route(
+            "/api/cluster/{node}/stop",
+            action(|node| api::Request::ClusterRun {
+                node: Some(node),
+                stop: true,
+            }),
+        )
+        .route(
+            "/api/cluster/{node}/start",
+            action(|node| api::Request::ClusterRun {
+                node: Some(node),
+                stop: false,
+            }),
+        )
         .with_state(console)
 }
 
@@ -458,38 +490,6 @@ struct NodeChoice {
     node: Option<String>,
 }
 
-async fn standby(
-    State(c): State<Arc<Console>>,
-    Path(node): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    act(
-        &c,
-        &headers,
-        api::Request::Standby {
-            node,
-            standby: true,
-        },
-    )
-    .await
-}
-
-async fn unstandby(
-    State(c): State<Arc<Console>>,
-    Path(node): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    act(
-        &c,
-        &headers,
-        api::Request::Standby {
-            node,
-            standby: false,
-        },
-    )
-    .await
-}
-
 async fn move_resource(
     State(c): State<Arc<Console>>,
     Path(resource): Path<String>,
@@ -504,59 +504,14 @@ async fn move_resource(
     act(&c, &headers, api::Request::Move { resource, node }).await
 }
 
-async fn clear(
-    State(c): State<Arc<Console>>,
-    Path(resource): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    act(&c, &headers, api::Request::Clear { resource }).await
-}
-
-async fn cleanup(
-    State(c): State<Arc<Console>>,
-    Path(resource): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    act(
-        &c,
-        &headers,
-        api::Request::Cleanup {
-            resource: Some(resource),
+/// A POST route whose action is the admin request `make` builds from the path's one parameter (a node or a
+/// resource name), carried out by [`act`].
+fn action(make: fn(String) -> api::Request) -> MethodRouter<Arc<Console>> {
+    post(
+        move |State(c): State<Arc<Console>>, Path(name): Path<String>, headers: HeaderMap| async move {
+            act(&c, &headers, make(name)).await
         },
     )
-    .await
-}
-
-async fn cluster_stop(
-    State(c): State<Arc<Console>>,
-    Path(node): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    act(
-        &c,
-        &headers,
-        api::Request::ClusterRun {
-            node: Some(node),
-            stop: true,
-        },
-    )
-    .await
-}
-
-async fn cluster_start(
-    State(c): State<Arc<Console>>,
-    Path(node): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    act(
-        &c,
-        &headers,
-        api::Request::ClusterRun {
-            node: Some(node),
-            stop: false,
-        },
-    )
-    .await
 }
 
 /// The answer of an action: `{ "ok": bool, "message": ... }`.

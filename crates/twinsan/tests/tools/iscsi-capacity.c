@@ -16,6 +16,8 @@
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 
+#include "session.h"
+
 #define INITIATOR "iqn.2025-08.local.twinsan:capacity"
 
 static struct iscsi_context *iscsi;
@@ -79,18 +81,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: iscsi-capacity URL\n");
 		return 2;
 	}
-	iscsi = iscsi_create_context(INITIATOR);
+	iscsi = session_context("iscsi-capacity", argv[1], INITIATOR, 9, &url);
 	if (iscsi == NULL)
 		return 3;
-	url = iscsi_parse_full_url(iscsi, argv[1]);
-	if (url == NULL) {
-		fprintf(stderr, "iscsi-capacity: bad URL %s: %s\n", argv[1], iscsi_get_error(iscsi));
-		return 2;
-	}
-	iscsi_set_isid_random(iscsi, 9, 0);
-	iscsi_set_targetname(iscsi, url->target);
-	iscsi_set_session_type(iscsi, ISCSI_SESSION_NORMAL);
-	iscsi_set_header_digest(iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
 	/* A reconnect would be a new login: the point is the one session. */
 	iscsi_set_noautoreconnect(iscsi, 1);
 	if (iscsi_full_connect_sync(iscsi, url->portal, url->lun) != 0) {

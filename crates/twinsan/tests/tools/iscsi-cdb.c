@@ -28,6 +28,8 @@
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 
+#include "session.h"
+
 static int hex_value(int c)
 {
 	if (c >= '0' && c <= '9')
@@ -116,20 +118,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: iscsi-cdb URL INITIATOR-NAME ISID-NUMBER COMMAND...\n");
 		return 2;
 	}
-	iscsi = iscsi_create_context(argv[2]);
-	if (iscsi == NULL) {
-		fprintf(stderr, "iscsi-cdb: cannot create a context\n");
+	iscsi = session_context("iscsi-cdb", argv[1], argv[2], (uint32_t)strtoul(argv[3], NULL, 0), &url);
+	if (iscsi == NULL)
 		return 3;
-	}
-	url = iscsi_parse_full_url(iscsi, argv[1]);
-	if (url == NULL) {
-		fprintf(stderr, "iscsi-cdb: bad URL %s: %s\n", argv[1], iscsi_get_error(iscsi));
-		return 2;
-	}
-	iscsi_set_isid_random(iscsi, (uint32_t)strtoul(argv[3], NULL, 0), 0);
-	iscsi_set_targetname(iscsi, url->target);
-	iscsi_set_session_type(iscsi, ISCSI_SESSION_NORMAL);
-	iscsi_set_header_digest(iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
 	if (iscsi_full_connect_sync(iscsi, url->portal, url->lun) != 0) {
 		fprintf(stderr, "iscsi-cdb: login to %s failed: %s\n", argv[1], iscsi_get_error(iscsi));
 		iscsi_destroy_url(url);

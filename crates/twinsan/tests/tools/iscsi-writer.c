@@ -31,6 +31,8 @@
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 
+#include "session.h"
+
 #define INITIATOR "iqn.2025-08.local.twinsan:writer"
 #define MAGIC "TWREC"
 
@@ -64,18 +66,9 @@ static int connect_once(struct target *t, const char *url)
 	struct scsi_task *task;
 	struct scsi_readcapacity16 *rc16;
 
-	t->iscsi = iscsi_create_context(INITIATOR);
+	t->iscsi = session_context("iscsi-writer", url, INITIATOR, 7, &t->url);
 	if (t->iscsi == NULL)
 		return -1;
-	t->url = iscsi_parse_full_url(t->iscsi, url);
-	if (t->url == NULL) {
-		fprintf(stderr, "iscsi-writer: bad URL %s: %s\n", url, iscsi_get_error(t->iscsi));
-		exit(2);
-	}
-	iscsi_set_isid_random(t->iscsi, 7, 0);
-	iscsi_set_targetname(t->iscsi, t->url->target);
-	iscsi_set_session_type(t->iscsi, ISCSI_SESSION_NORMAL);
-	iscsi_set_header_digest(t->iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
 	/* The writer reconnects by itself: libiscsi must not resend a command on a new session behind its back. */
 	iscsi_set_noautoreconnect(t->iscsi, 1);
 	iscsi_set_timeout(t->iscsi, 2);
