@@ -1886,7 +1886,8 @@ impl<S: Storage> Engine<S> {
                 id: r.id,
                 result: Err(format!(
                     "{}: the link to {} was lost before it answered the resize; this node still holds {} \
-                     (compare `volume status` on both nodes, then run the resize again once they are connected)",
+                     (if the peer grew already, this node grows to match when the link is back; compare \
+                     `volume status` on both nodes once they are connected)",
                     self.cfg.volume,
                     self.cfg.peer_name,
                     crate::metadata::human_size(self.sb.data_size)
@@ -2000,14 +2001,16 @@ impl<S: Storage> Engine<S> {
         peer_size: u64,
         (peer_role, peer_disk): (Role, DiskState),
     ) {
+        let both_disks = self.state.disk().is_attached() && peer_disk.is_attached();
+        if let Err(why) = self.check_diskless_primary_peer(peer_ids, peer_role, peer_disk) {
+            return self.close_link(wire::DisconnectReason::Incompatible, why);
+        }
+        let mut larger = None;
         if peer_size != self.sb.data_size {
-            return self.close_link(
-                wire::DisconnectReason::Incompatible,
-                format!(
-                    "the peer's copy holds {peer_size} bytes and this one {}; both disks must have the same size",
-                    self.sb.data_size
-                ),
-            );
+            match self.agree_size_at_connect(peer_size, both_disks) {
+                Ok(side) => larger = Some(side),
+                Err(why) => return self.close_link(wire::DisconnectReason::Incompatible, why),
+            }
         }
         if let Some(l) = self.link.as_mut() {
             l.phase = Phase::Up;
@@ -2021,8 +2024,20 @@ impl<S: Storage> Engine<S> {
             role: peer_role,
             node_id: self.cfg.peer_node_id,
         };
-        let both_disks = self.state.disk().is_attached() && peer_disk.is_attached();
-        let outcome = both_disks.then(|| connect_decision(&local, &peer));
+        let mut outcome = both_disks.then(|| connect_decision(&local, &peer));
+        if let (Some(o), Some(larger)) = (outcome.as_mut(), larger) {
+            if o.decision == ConnectDecision::NoSync {
+                // Same generation, but the copies grew apart in size: only the new area differs (marked in both
+                // bitmaps by whoever grew). Its content is nobody's data yet; sync it from the Primary, if there is
+                // one, else from the copy that was larger. Both nodes reach the same answer.
+                let source = match (local.role, peer_role) {
+                    (Role::Primary, _) => Direction::Local,
+                    (_, Role::Primary) => Direction::Peer,
+                    _ => larger,
+                };
+                o.decision = ConnectDecision::BitmapResync { source };
+            }
+        }
         let resolution = match outcome.map(|o| o.decision) {
             Some(ConnectDecision::SplitBrain { kind }) => Some(resolve_split_brain(
                 kind,
@@ -2061,6 +2076,50 @@ impl<S: Storage> Engine<S> {
             self.send_reservations();
         }
         self.out.push(Output::Changed);
+    }
+
+    /// A diskless Primary serves the generation it last had, through the peer: only a peer disk of that very
+    /// generation holds what it acknowledged. Any other (older: it lacks writes the Primary's lost disk took while
+    /// the two were apart; newer: the peer was promoted meanwhile) would silently change the data under the
+    /// application, so the connection is refused, from both ends (DRBD's "can only connect to data with current
+    /// UUID").
+    fn check_diskless_primary_peer(
+        &self,
+        peer_ids: GenerationIds,
+        peer_role: Role,
+        peer_disk: DiskState,
+    ) -> Result<(), String> {
+        let local_attached = self.state.disk().is_attached();
+        let diskless_primary_here =
+            self.state.role() == Role::Primary && !local_attached && peer_disk.is_attached();
+        let diskless_primary_there =
+            peer_role == Role::Primary && !peer_disk.is_attached() && local_attached;
+        if !(diskless_primary_here || diskless_primary_there)
+            || crate::generation::same_generation(self.gen.current, peer_ids.current)
+        {
+            return Ok(());
+        }
+        let (primary, holder, served, held) = if diskless_primary_here {
+            (
+                "this node",
+                self.cfg.peer_name.as_str(),
+                self.gen.current,
+                peer_ids.current,
+            )
+        } else {
+            (
+                self.cfg.peer_name.as_str(),
+                "this node",
+                peer_ids.current,
+                self.gen.current,
+            )
+        };
+        Err(format!(
+            "{}: {primary} is a diskless Primary serving generation {served:016X}, but {holder}'s disk holds \
+             generation {held:016X}: it is not the data the Primary acknowledged, so it cannot serve it; demote \
+             the Primary (or attach its own disk) first",
+            self.cfg.volume
+        ))
     }
 
     fn received_up(&mut self, message: Message) {
@@ -2374,6 +2433,59 @@ impl<S: Storage> Engine<S> {
     }
 
     // ----- online resize -----
+
+    /// The two copies hold different sizes at connect (a resize whose reply the link lost, or a copy grown while
+    /// the other was away): the smaller grows to the larger, as the resize would have ended, and the new area is
+    /// resynced. Returns which side was the larger; an error (the link closes with it) when the two cannot agree.
+    fn agree_size_at_connect(
+        &mut self,
+        peer_size: u64,
+        both_disks: bool,
+    ) -> Result<Direction, String> {
+        let volume = self.cfg.volume.clone();
+        let mine = self.sb.data_size;
+        let differ = format!(
+            "{volume}: {} holds {} ({peer_size} bytes) and this node {} ({mine} bytes)",
+            self.cfg.peer_name,
+            crate::metadata::human_size(peer_size),
+            crate::metadata::human_size(mine)
+        );
+        if !both_disks {
+            return Err(format!(
+                "{differ}; a diskless node cannot take part in a size agreement: attach its disk first"
+            ));
+        }
+        if !self.peer_speaks(Feature::SizeAtConnect) {
+            return Err(format!(
+                "{differ}; both copies must have the same size, and the peer runs a twinsan that cannot agree on \
+                 one at connect: upgrade it (docs/upgrade.md), or grow the smaller node's backing device and run \
+                 `volume resize` once they are connected"
+            ));
+        }
+        if peer_size < mine {
+            self.log(
+                false,
+                format!("{differ}: the peer grows to match (a resize the link cut short)"),
+            );
+            return Ok(Direction::Local);
+        }
+        let (usable, _, _) = self.usable_now()?;
+        if usable < peer_size {
+            return Err(format!(
+                "{differ}; this node's backing device can hold only {}: grow it to hold {}, then reconnect",
+                crate::metadata::human_size(usable),
+                crate::metadata::human_size(peer_size)
+            ));
+        }
+        self.log(
+            false,
+            format!(
+                "{differ}: growing to match (a resize the link cut short); the new area resyncs"
+            ),
+        );
+        self.grow(peer_size, false)?;
+        Ok(Direction::Peer)
+    }
 
     /// The data size this node's devices can hold now, and the placement with the metadata device's size now.
     fn usable_now(&mut self) -> Result<(u64, u64, Placement), String> {

@@ -87,6 +87,11 @@ const fn generation(uuid: u64) -> u64 {
     uuid & !UUID_PRIMARY
 }
 
+/// True if two UUIDs name the same generation (whatever their role markers say).
+pub const fn same_generation(a: u64, b: u64) -> bool {
+    generation(a) == generation(b)
+}
+
 /// True if `uuid` names a real generation: not empty and not just-created.
 const fn is_real(uuid: u64) -> bool {
     let g = generation(uuid);

@@ -10,8 +10,9 @@ use std::fmt;
 
 /// The replication protocol versions this build speaks. 2: reservation state frames (the first release with a
 /// fixed version, commit b3ce254, speaks exactly 2); 3: `ResizeRequest`/`ResizeReply` on a live connection
-/// (online resize).
-pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 2, max: 3 };
+/// (online resize); 4: two copies of different sizes agree at connect (the smaller grows: a resize the link cut
+/// short completes when it comes back). Frames are the same as in 3; only the behaviour at connect differs.
+pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 2, max: 4 };
 
 /// A range of protocol versions, both ends included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,17 +62,25 @@ pub enum Feature {
     ReservationState,
     /// `Message::ResizeRequest`/`ResizeReply` on a live connection, to grow the volume online (version 3).
     OnlineResize,
+    /// At connect, a copy smaller than the peer's grows to the peer's size instead of refusing the connection
+    /// (version 4).
+    SizeAtConnect,
 }
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 2] = [Feature::ReservationState, Feature::OnlineResize];
+    pub const ALL: [Feature; 3] = [
+        Feature::ReservationState,
+        Feature::OnlineResize,
+        Feature::SizeAtConnect,
+    ];
 
     /// The first protocol version that has the feature.
     pub const fn since(self) -> u32 {
         match self {
             Feature::ReservationState => 2,
             Feature::OnlineResize => 3,
+            Feature::SizeAtConnect => 4,
         }
     }
 }
@@ -122,10 +131,16 @@ mod tests {
         );
         assert_eq!(
             ProtocolVersion::negotiate(&ours, &ours).map(ProtocolVersion::number),
-            Some(3)
+            Some(4)
         );
         assert_eq!(
             ProtocolVersion::negotiate(&ours, &next).map(ProtocolVersion::number),
+            Some(4)
+        );
+        // 0.2.0 speaks 2..=3.
+        let release_0_2 = VersionRange { min: 2, max: 3 };
+        assert_eq!(
+            ProtocolVersion::negotiate(&ours, &release_0_2).map(ProtocolVersion::number),
             Some(3)
         );
         assert_eq!(ProtocolVersion::negotiate(&previous, &next), None);
@@ -136,6 +151,11 @@ mod tests {
         let old = ProtocolVersion::negotiate(&PROTOCOL_VERSIONS, &VersionRange::only(2)).unwrap();
         assert!(old.speaks(Feature::ReservationState));
         assert!(!old.speaks(Feature::OnlineResize));
+        let release_0_2 =
+            ProtocolVersion::negotiate(&PROTOCOL_VERSIONS, &VersionRange { min: 2, max: 3 })
+                .unwrap();
+        assert!(release_0_2.speaks(Feature::OnlineResize));
+        assert!(!release_0_2.speaks(Feature::SizeAtConnect));
         let new = ProtocolVersion::negotiate(&PROTOCOL_VERSIONS, &PROTOCOL_VERSIONS).unwrap();
         assert!(Feature::ALL.into_iter().all(|f| new.speaks(f)));
         // Every feature is spoken by the highest version this build speaks.
@@ -147,6 +167,6 @@ mod tests {
     #[test]
     fn ranges_print_as_rust_ranges() {
         assert_eq!(VersionRange::only(2).to_string(), "2");
-        assert_eq!(PROTOCOL_VERSIONS.to_string(), "2..=3");
+        assert_eq!(PROTOCOL_VERSIONS.to_string(), "2..=4");
     }
 }

@@ -5,7 +5,7 @@ mod sim;
 use sim::Pair;
 use std::time::Duration;
 
-use twinsan_replication::engine::{AdminCommand, Input, IoFailure};
+use twinsan_replication::engine::{AdminCommand, Input, IoFailure, Output};
 use twinsan_replication::generation::Role;
 use twinsan_replication::metadata::RESERVATIONS_CAPACITY;
 use twinsan_replication::state::{ConnState, DiskState, ReplState};
@@ -845,4 +845,206 @@ fn a_diskless_primary_writes_through_the_peer_and_its_disk_gets_them_after_a_swi
     assert_eq!(s.resync_sent_bytes, 4 * 4096, "{:?}", p.logs);
     assert_eq!(p.engine(0).status().disk, DiskState::UpToDate);
     assert_eq!(p.data(0), p.data(1));
+}
+
+/// Starts `volume resize` on node `i` and delivers frames one at a time until the peer has grown, then cuts the
+/// link: the peer's reply is lost, so the peer holds the new size and node `i` the old one.
+fn resize_cut_after_the_peer_grew(p: &mut Pair, i: usize) -> (u64, u64) {
+    let old = p.engine(i).data_size();
+    let id = p.next_id;
+    p.next_id += 1;
+    let now = p.now;
+    p.engine(i).handle(
+        Input::Admin {
+            id,
+            command: AdminCommand::Resize {
+                size: None,
+                assume_clean: false,
+            },
+        },
+        now,
+    );
+    p.collect(i);
+    let mut frames = 0;
+    while p.engine(1 - i).data_size() == old {
+        assert!(
+            p.deliver_one(i) && frames < 100,
+            "the peer never grew: {:?}",
+            p.logs
+        );
+        frames += 1;
+    }
+    let new = p.engine(1 - i).data_size();
+    p.cut();
+    assert_eq!(p.engine(i).data_size(), old, "{:?}", p.logs);
+    let answer = p.done.iter().find_map(|(n, o)| match o {
+        Output::AdminDone { id: x, result } if *n == i && *x == id => Some(result.clone()),
+        _ => None,
+    });
+    let Some(Err(why)) = answer else {
+        panic!("the resize did not fail when the link went: {answer:?}");
+    };
+    assert!(
+        why.contains("grows to match when the link is back"),
+        "{why}"
+    );
+    (old, new)
+}
+
+#[test]
+fn a_resize_the_link_cut_short_completes_at_the_next_connect() {
+    // With and without writes at the Primary while the two are apart (a bitmap resync, or the same generation).
+    for write_while_apart in [true, false] {
+        let mut p = new_pair_in_sync();
+        p.admin(0, AdminCommand::Primary { force: false })
+            .expect("primary");
+        let old_end = p.engine(0).data_size();
+        let before = p.submit_write(0, old_end - 8192, pattern(1, 8192), true);
+        p.settle(5);
+        assert_eq!(p.write_result(before), Some(Ok(())));
+        // Both devices grow; the new area holds different bytes on each, as fresh disk space does.
+        p.grow_disk(0, BACKING as usize, 0xaa);
+        p.grow_disk(1, BACKING as usize, 0x55);
+        let (old, new) = resize_cut_after_the_peer_grew(&mut p, 0);
+        assert!(new > old);
+        if write_while_apart {
+            let id = p.submit_write(0, 4096, pattern(2, 4096), false);
+            p.settle(2);
+            assert_eq!(p.write_result(id), Some(Ok(())));
+        }
+        p.heal();
+        p.settle(300);
+        for i in 0..2 {
+            let s = p.engine(i).status();
+            assert_eq!(p.engine(i).data_size(), new, "node{} {:?}", i + 1, p.logs);
+            assert_eq!(s.replication, ReplState::Established, "{s:?} {:?}", p.logs);
+            assert_eq!(
+                (s.disk, s.peer_disk),
+                (DiskState::UpToDate, DiskState::UpToDate)
+            );
+            assert_eq!(s.out_of_sync_bytes, 0);
+        }
+        // Node1 told its driver it grew (the LUN's capacity, and CAPACITY DATA HAS CHANGED).
+        assert!(p.done.iter().any(
+            |(n, o)| *n == 0 && matches!(o, Output::Resized { data_size } if *data_size == new)
+        ));
+        // The new area came from the Primary: both copies are the same over the whole new size.
+        assert!(
+            p.engine(0).status().resync_sent_bytes >= new - old,
+            "{:?}",
+            p.logs
+        );
+        assert!(p.data(0) == p.data(1), "the copies differ after the resync");
+        assert_eq!(
+            p.data(0)[(old_end - 8192) as usize..old_end as usize],
+            pattern(1, 8192)
+        );
+        if write_while_apart {
+            assert_eq!(p.data(1)[4096..8192], pattern(2, 4096));
+        }
+        // And it serves past the old end.
+        let id = p.submit_write(0, old_end + 4096, pattern(3, 4096), true);
+        p.settle(5);
+        assert_eq!(p.write_result(id), Some(Ok(())));
+        assert_eq!(
+            p.read(1, old_end + 4096, 4096).ok(),
+            None,
+            "a Secondary serves no reads"
+        );
+        assert_eq!(
+            &p.data(1)[(old_end + 4096) as usize..(old_end + 8192) as usize],
+            &pattern(3, 4096)[..]
+        );
+        // A restart of each finds the moved metadata.
+        for i in 0..2 {
+            p.kill(i, true);
+            p.start(i);
+            assert_eq!(p.engine(i).data_size(), new);
+        }
+    }
+}
+
+#[test]
+fn a_smaller_copy_that_cannot_grow_refuses_the_connection_until_its_device_grows() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("primary");
+    p.grow_disk(0, BACKING as usize, 0);
+    p.grow_disk(1, BACKING as usize, 0);
+    let (old, new) = resize_cut_after_the_peer_grew(&mut p, 0);
+    // Node1's device went back to its old size (replaced) before the link came back.
+    p.truncate_disk(0, BACKING as usize);
+    p.heal();
+    p.settle(50);
+    let s = p.engine(0).status();
+    assert_ne!(s.replication, ReplState::Established, "{:?}", p.logs);
+    assert_eq!(p.engine(0).data_size(), old);
+    let refusal = p
+        .logs
+        .iter()
+        .find(|l| l.contains("can hold only"))
+        .unwrap_or_else(|| panic!("no refusal naming the size: {:?}", p.logs));
+    assert!(refusal.contains("grow it to hold"), "{refusal}");
+    // Writes at the Primary go on meanwhile.
+    let id = p.submit_write(0, 0, pattern(4, 4096), false);
+    p.settle(2);
+    assert_eq!(p.write_result(id), Some(Ok(())));
+    // The device grows again: the next connect agrees.
+    p.grow_disk(0, BACKING as usize, 0);
+    p.settle(300);
+    for i in 0..2 {
+        let s = p.engine(i).status();
+        assert_eq!(p.engine(i).data_size(), new);
+        assert_eq!(s.replication, ReplState::Established, "{s:?} {:?}", p.logs);
+        assert_eq!(s.out_of_sync_bytes, 0);
+    }
+    assert!(p.data(0) == p.data(1));
+}
+
+#[test]
+fn a_diskless_primary_refuses_a_peer_that_lacks_what_it_acknowledged() {
+    // Found by the simulation (seed 68 once reconnects waited for the clock): the Primary wrote alone while the
+    // link was down, then lost its disk; the peer came back with the older data, and the Primary served that as
+    // the volume — the writes it had acknowledged were gone.
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    p.cut();
+    let alone = p.submit_write(0, 0, pattern(7, 4096), false);
+    p.settle(2);
+    assert_eq!(p.write_result(alone), Some(Ok(())));
+    p.engine(0).storage_mut().disk.failing = true;
+    let lost_disk = p.submit_write(0, 4096, pattern(8, 4096), false);
+    p.settle(2);
+    assert!(matches!(p.write_result(lost_disk), Some(Err(_))));
+    assert_eq!(p.engine(0).status().disk, DiskState::Diskless);
+    p.heal();
+    p.settle(20);
+    let s = p.engine(0).status();
+    assert_ne!(s.replication, ReplState::Established, "{s:?} {:?}", p.logs);
+    assert!(
+        p.logs
+            .iter()
+            .any(|l| l.contains("is a diskless Primary serving generation")),
+        "{:?}",
+        p.logs
+    );
+    // Nothing is served from the peer's older copy: a read and a write fail rather than change the data.
+    assert!(p.read(0, 0, 4096).is_err());
+    let refused = p.submit_write(0, 8192, pattern(9, 4096), false);
+    p.settle(2);
+    assert!(matches!(p.write_result(refused), Some(Err(_))));
+    assert_eq!(p.data(1)[8192..12288], [0; 4096][..]);
+    // Node1 gets its disk back (a restart after the repair): it is the newer copy and resyncs node2.
+    p.kill(0, false);
+    p.start(0);
+    p.settle(300);
+    let s = p.engine(1).status();
+    assert_eq!(
+        (s.disk, s.replication),
+        (DiskState::UpToDate, ReplState::Established),
+        "{:?}",
+        p.logs
+    );
+    assert_eq!(p.data(1)[..4096], pattern(7, 4096)[..]);
 }

@@ -64,6 +64,21 @@ fn range(disk: &MemDisk, offset: u64, len: usize) -> io::Result<std::ops::Range<
     }
 }
 
+impl MemDisk {
+    /// The backing device grew by `more` bytes (an LV extended, a file made longer), the new area holding `fill`.
+    pub fn grow(&mut self, more: usize, fill: u8) {
+        let size = self.cache.len() + more;
+        self.cache.resize(size, fill);
+        self.durable.resize(size, fill);
+    }
+
+    /// The backing device shrank to `size` bytes (replaced by a smaller one).
+    pub fn truncate(&mut self, size: usize) {
+        self.cache.truncate(size);
+        self.durable.truncate(size);
+    }
+}
+
 impl Storage for MemStorage {
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let r = range(&self.disk, offset, buf.len())?;
@@ -87,6 +102,9 @@ impl Storage for MemStorage {
     }
     fn read_meta(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read(offset, buf)
+    }
+    fn current_sizes(&mut self) -> io::Result<(u64, Placement)> {
+        Ok((self.disk.cache.len() as u64, Placement::Internal))
     }
     fn write_meta(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         let r = range(&self.disk, offset, data.len())?;
@@ -153,13 +171,16 @@ pub fn open(
     csums: bool,
 ) -> Engine<MemStorage> {
     let mut st = MemStorage { disk };
-    let mut s0 = vec![0u8; 4096];
-    let mut s1 = vec![0u8; 4096];
-    st.read_meta(layout.superblocks[0].offset, &mut s0)
-        .expect("read");
-    st.read_meta(layout.superblocks[1].offset, &mut s1)
-        .expect("read");
-    let chosen = twinsan_replication::metadata::choose(&s0, &s1).expect("superblock");
+    // Where the metadata is now, as the driver finds it: the layout of the device's size, or the place a resize
+    // has not moved it from yet.
+    let backing = st.disk.cache.len() as u64;
+    let (layout, chosen) =
+        twinsan_replication::metadata::locate(backing, Placement::Internal, |offset, buf| {
+            st.read_meta(offset, buf)
+        })
+        .unwrap_or_else(|e| {
+            panic!("no metadata on a {backing}-byte disk made for {layout:?}: {e}")
+        });
     let mut cfg = config(node, protocol);
     cfg.checksum_resync = csums;
     Engine::open(cfg, st, layout, chosen.superblock, seed, now).expect("open")
@@ -193,6 +214,11 @@ pub struct Pair {
     pub lease: Option<Duration>,
     /// Which nodes the cluster grants a lease now.
     pub leases_to: [bool; 2],
+    /// When the last link went down: the next connect waits for the clock to move, as a driver's retry interval
+    /// does (a pair that refuses each other at once would otherwise reconnect forever within one instant).
+    pub closed_at: Option<Duration>,
+    /// The link a node is closing: its last frames are on their way to the peer.
+    pub closing: Option<u64>,
 }
 
 impl Pair {
@@ -218,6 +244,8 @@ impl Pair {
             pending_down: [None, None],
             lease: None,
             leases_to: [true, true],
+            closed_at: None,
+            closing: None,
         };
         pair.start(0);
         pair.start(1);
@@ -272,6 +300,7 @@ impl Pair {
 
     fn drop_link(&mut self, why: &str) {
         if let Some(link) = self.link.take() {
+            self.closed_at = Some(self.now);
             self.wire = [VecDeque::new(), VecDeque::new()];
             for i in 0..2 {
                 if self.frozen[i] {
@@ -312,7 +341,10 @@ impl Pair {
                     }
                 }
                 Output::Close { link } => {
-                    if Some(link) == self.link {
+                    // A node that closes reads nothing more: when the peer closes too while this one's last frames
+                    // reach it, the peer's own last frames are lost with the socket.
+                    if Some(link) == self.link && self.closing != Some(link) {
+                        self.closing = Some(link);
                         // A graceful close: what node i sent before reaches the peer first — unless the peer is
                         // frozen, which then finds the connection reset when it resumes.
                         let to = 1 - i;
@@ -345,7 +377,11 @@ impl Pair {
 
     /// Connects if both want to and the network allows.
     fn maybe_connect(&mut self) {
-        if self.link.is_some() || self.cut || self.frozen.iter().any(|&f| f) {
+        if self.link.is_some()
+            || self.cut
+            || self.frozen.iter().any(|&f| f)
+            || self.closed_at == Some(self.now)
+        {
             return;
         }
         let want = self
@@ -398,6 +434,23 @@ impl Pair {
             }
         }
         n
+    }
+
+    /// Delivers the next frame node `from` sent, if there is one; frames the other way wait.
+    pub fn deliver_one(&mut self, from: usize) -> bool {
+        let Some(link) = self.link else { return false };
+        if self.frozen[from] || self.frozen[1 - from] {
+            return false;
+        }
+        let Some(m) = self.wire[from].pop_front() else {
+            return false;
+        };
+        let to = 1 - from;
+        if let Some(e) = self.nodes[to].as_mut() {
+            e.handle(Input::Received { link, message: m }, self.now);
+        }
+        self.collect(to);
+        true
     }
 
     /// Runs until the network is quiet, ticking the clock by 100 ms whenever it is, at most `ticks` times.
@@ -555,10 +608,25 @@ impl Pair {
 
     /// The data area of node `i`'s disk as the node sees it.
     pub fn data(&self, i: usize) -> Vec<u8> {
-        let size = self.layout.data_size as usize;
         match &self.nodes[i] {
-            Some(e) => e.storage().disk.cache[..size].to_vec(),
-            None => self.disks[i].cache[..size].to_vec(),
+            Some(e) => e.storage().disk.cache[..e.data_size() as usize].to_vec(),
+            None => self.disks[i].cache[..self.layout.data_size as usize].to_vec(),
+        }
+    }
+
+    /// Node `i`'s backing device grows by `more` bytes holding `fill` (running or not).
+    pub fn grow_disk(&mut self, i: usize, more: usize, fill: u8) {
+        match self.nodes[i].as_mut() {
+            Some(e) => e.storage_mut().disk.grow(more, fill),
+            None => self.disks[i].grow(more, fill),
+        }
+    }
+
+    /// Node `i`'s backing device shrinks to `size` bytes (running or not).
+    pub fn truncate_disk(&mut self, i: usize, size: usize) {
+        match self.nodes[i].as_mut() {
+            Some(e) => e.storage_mut().disk.truncate(size),
+            None => self.disks[i].truncate(size),
         }
     }
 
