@@ -766,3 +766,132 @@ fn cluster_manual_fencing_runs_the_fence_peer_handler() {
         "a failed fence resumed the writes: {s}"
     );
 }
+
+const VOL1: &str = r#"
+[[volume]]
+name = "vol1"
+uuid = "7d2f0c4b8a1e4f6d9b3c5a7e1f2d4c6b"
+port = 7790
+protocol = "C"
+fencing = "dont-care"
+after_sb_0pri = "disconnect"
+after_sb_1pri = "disconnect"
+after_sb_2pri = "disconnect"
+disk = { node1 = { path = "node1/vol1.img" }, node2 = { path = "node2/vol1.img" } }
+"#;
+
+/// Issue 15: no runtime worker waits for the peer. With the Secondary frozen (SIGSTOP), protocol C writes to LUN 1
+/// (vol0) wait for it — some on the same blocks, so they also wait for each other in the SCSI range lock — while
+/// reads of LUN 2 (vol1, another volume on the same node) must still complete. They must complete *while* the
+/// writes wait: if they only finished after vol0 dropped the silent peer (4 s) and the writes completed, the
+/// round proves nothing and runs again; three such rounds fail the test.
+#[test]
+fn cluster_reads_of_another_volume_go_on_while_writes_wait_for_a_frozen_peer() {
+    let mut c = Cluster::init("frozen-reads", true, "64M");
+    let config = std::fs::read_to_string(&c.config).expect("read config");
+    let luns = r#"lun = [ { lun = 1, volume = "vol0" } ]"#;
+    assert!(config.contains(luns), "unexpected init config:\n{config}");
+    let at = config.find("\n[[target]]").expect("a [[target]]");
+    let config = format!("{}{VOL1}{}", &config[..at], &config[at..]).replace(
+        luns,
+        r#"lun = [ { lun = 1, volume = "vol0" }, { lun = 2, volume = "vol1" } ]"#,
+    );
+    std::fs::write(&c.config, config).expect("write config");
+    for n in [1, 2] {
+        let f = std::fs::File::create(c.folder().join(format!("node{n}/vol1.img")))
+            .expect("create vol1.img");
+        f.set_len(64 * MIB).expect("size vol1.img");
+        c.cli(n, &["volume", "create-md", "vol1"]);
+    }
+    c.start(1);
+    c.start(2);
+    c.skip_initial_sync(&[1, 2]);
+    c.wait_for(Duration::from_secs(20), "vol1 connected", || {
+        (c.volume_status(1, "vol1")["peers"][0]["connection"] == "Connected").then_some(())
+    });
+    c.cli(1, &["volume", "new-current-uuid", "--clear-bitmap", "vol1"]);
+    for n in [1, 2] {
+        c.wait_for(Duration::from_secs(20), "vol1 in sync", || {
+            in_sync(&c.volume_status(n, "vol1")).then_some(())
+        });
+    }
+    c.cli(1, &["volume", "primary", "vol0"]);
+    c.cli(1, &["volume", "primary", "vol1"]);
+    let lun = |n: u64| c.url(1).trim_end_matches('1').to_string() + &n.to_string();
+    let plan = qemu::plan(0x5eed_0015, 64 * MIB, 64 << 10, 32);
+    qemu::write(&lun(2), &plan, 64 << 10);
+
+    let node2 = c.nodes[1].as_ref().expect("node2 runs").pid() as i32;
+    // In each of four sessions: eight writes on one 64 KiB range (each waits for the one before in the range lock) and eight elsewhere;
+    // the first read says the session is up, and then the writes are submitted at once.
+    let mut cmds = vec!["read 0 4k".to_string()];
+    for i in 0..16u64 {
+        let off = if i < 8 { 0 } else { i * (1 << 20) };
+        cmds.push(format!("aio_write -P {:#04x} {off} 64k", 0x40 + i));
+    }
+    cmds.push("aio_flush".to_string());
+    let mut proven = false;
+    for round in 1..=3 {
+        // SAFETY: kill(2) on the pid of a daemon this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(node2, libc::SIGSTOP) }, 0);
+        // Four sessions, more than the runtime has workers (one per core): a write that held a worker while it
+        // waited would leave none for the reads.
+        let mut writers = Vec::new();
+        for _ in 0..4 {
+            let mut writer = qemu::line_buffered(|program| Command::new(program));
+            writer.args(["-f", "raw"]);
+            for cmd in &cmds {
+                writer.arg("-c").arg(cmd);
+            }
+            let mut writer = writer
+                .arg(lun(1))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn qemu-io");
+            let mut out = BufReader::new(writer.stdout.take().expect("stdout"));
+            let mut first = String::new();
+            out.read_line(&mut first).expect("read qemu-io");
+            assert!(first.starts_with("read 4096/4096"), "qemu-io: {first}");
+            writers.push((writer, out));
+        }
+        // The writes are on their way to node1; they wait for node2 (frozen) until vol0 drops it.
+        qemu::verify(&lun(2), &plan, 64 << 10);
+        let writes_waiting = writers
+            .iter_mut()
+            .all(|(w, _)| matches!(w.try_wait(), Ok(None)))
+            && c.volume_status(1, "vol0")["peers"][0]["connection"] == "Connected";
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(node2, libc::SIGCONT) }, 0);
+        let mut done = 0;
+        for (mut writer, mut out) in writers {
+            let status = writer.wait().expect("wait qemu-io");
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut out, &mut rest).expect("read qemu-io");
+            assert!(status.success(), "qemu-io writes failed ({status}): {rest}");
+            done += rest.matches("wrote 65536/65536").count();
+        }
+        println!(
+            "round {round}: 32 reads of 64 KiB at LUN 2 verified; the writes at LUN 1 were {}waiting then; \
+             {done} of 64 writes done after node2 resumed",
+            if writes_waiting { "" } else { "no longer " },
+        );
+        assert_eq!(done, 64);
+        for n in [1, 2] {
+            c.wait_for(Duration::from_secs(30), "vol0 in sync", || {
+                in_sync(&c.volume_status(n, "vol0")).then_some(())
+            });
+        }
+        if writes_waiting {
+            proven = true;
+            break;
+        }
+    }
+    assert!(
+        proven,
+        "in three rounds the reads of LUN 2 completed only once the writes to LUN 1 no longer waited for the \
+         frozen peer: the node's runtime was blocked by the writes\n{}",
+        c.logs()
+    );
+}
