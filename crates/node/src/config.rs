@@ -771,7 +771,11 @@ impl ClusterConfig {
                         field("after_sb_0pri"),
                         format!(
                             "\"discard-node-{name}\" names no configured node: use {}",
-                            names(self.nodes.iter().map(|n| format!("discard-node-{}", n.name)))
+                            names(
+                                self.nodes
+                                    .iter()
+                                    .map(|n| format!("discard-node-{}", n.name))
+                            )
                         ),
                     ));
                 }
@@ -1691,7 +1695,12 @@ lun = [ { lun = 0, volume = "vol1" } ]
     #[test]
     fn a_wrong_word_is_refused_naming_the_key_the_value_and_the_words() {
         for (from, key, value, words) in [
-            ("protocol = \"A\"", "protocol", "D", &["`A`", "`B`", "`C`"][..]),
+            (
+                "protocol = \"A\"",
+                "protocol",
+                "D",
+                &["`A`", "`B`", "`C`"][..],
+            ),
             (
                 "fencing = \"resource-only\"",
                 "fencing",
@@ -1759,13 +1768,19 @@ lun = [ { lun = 0, volume = "vol1" } ]
             let shown = error.to_string();
             assert!(matches!(error, ConfigError::Parse { .. }), "{shown}");
             assert!(shown.starts_with("/etc/twinsan/twinsan.toml: "), "{shown}");
-            assert!(shown.contains(&line), "{line}: the line is not shown: {shown}");
+            assert!(
+                shown.contains(&line),
+                "{line}: the line is not shown: {shown}"
+            );
             assert!(
                 shown.contains(&format!("`{value}`")),
                 "{line}: the value is not named: {shown}"
             );
             for word in words {
-                assert!(shown.contains(word), "{line}: {word} is not listed: {shown}");
+                assert!(
+                    shown.contains(word),
+                    "{line}: {word} is not listed: {shown}"
+                );
             }
         }
     }

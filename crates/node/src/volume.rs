@@ -1136,7 +1136,9 @@ impl Volume {
             let socket = socket2::SockRef::from(&open.stream);
             while sent < frame.len() {
                 // Full (EAGAIN) or broken: the sender thread takes the rest (and finds out which).
-                match socket.send_with_flags(&frame[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                match socket
+                    .send_with_flags(&frame[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                {
                     Ok(0) | Err(_) => break,
                     Ok(n) => sent += n,
                 }

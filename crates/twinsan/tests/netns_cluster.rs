@@ -324,8 +324,15 @@ fn a_second_cluster_link_keeps_the_nodes_together() {
 /// Runs `nft SCRIPT` in `host`'s namespace (its own rules: the lab's are in the switch's namespace).
 fn nft_in(c: &NsCluster, host: &str, script: &str) {
     let nft = common::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
-    let out = common::run(c.lab.command(host, nft).arg(script), Duration::from_secs(20));
-    assert!(out.status.success(), "nft {script}:\n{}", common::text(&out));
+    let out = common::run(
+        c.lab.command(host, nft).arg(script),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "nft {script}:\n{}",
+        common::text(&out)
+    );
 }
 
 /// The replication link's connect is bounded in time: with every SYN node1 sends to node2's replication port
@@ -353,9 +360,11 @@ fn a_stop_and_a_reconnect_do_not_hang_on_dropped_syns() {
     );
     // The drop ends: the next attempt connects.
     nft_in(&c, host(1), "delete table inet tsdrop");
-    c.wait(Duration::from_secs(60), "the replication link connected", || {
-        (c.volume(1)["peers"][0]["connection"] == "Connected").then_some(())
-    });
+    c.wait(
+        Duration::from_secs(60),
+        "the replication link connected",
+        || (c.volume(1)["peers"][0]["connection"] == "Connected").then_some(()),
+    );
     // Dropped again, and node2 gone: node1 dials into the drop once more, and is stopped while it does.
     nft_in(&c, host(1), DROP);
     c.stop(2);

@@ -457,7 +457,10 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
             "{vol0}"
         );
         let cluster = format!("{:?}", config.cluster);
-        assert!(cluster.contains("no_quorum_policy: \"ignore\""), "{cluster}");
+        assert!(
+            cluster.contains("no_quorum_policy: \"ignore\""),
+            "{cluster}"
+        );
     }
 
     #[test]

@@ -116,9 +116,18 @@ const AFTER_SB_0: [(AfterSb0Pri, AfterSb0); 5] = [
         AfterSb0Pri::DiscardYoungerPrimary,
         AfterSb0::DiscardYoungerPrimary,
     ),
-    (AfterSb0Pri::DiscardOlderPrimary, AfterSb0::DiscardOlderPrimary),
-    (AfterSb0Pri::DiscardZeroChanges, AfterSb0::DiscardZeroChanges),
-    (AfterSb0Pri::DiscardLeastChanges, AfterSb0::DiscardLeastChanges),
+    (
+        AfterSb0Pri::DiscardOlderPrimary,
+        AfterSb0::DiscardOlderPrimary,
+    ),
+    (
+        AfterSb0Pri::DiscardZeroChanges,
+        AfterSb0::DiscardZeroChanges,
+    ),
+    (
+        AfterSb0Pri::DiscardLeastChanges,
+        AfterSb0::DiscardLeastChanges,
+    ),
 ];
 
 const DISCARD_NODE: &str = "discard-node-";
@@ -141,10 +150,7 @@ impl AfterSb0 {
     pub fn policy(&self, node_id: impl Fn(&str) -> Option<u8>) -> Option<AfterSb0Pri> {
         match self {
             AfterSb0::DiscardNode(name) => node_id(name).map(AfterSb0Pri::DiscardNode),
-            other => AFTER_SB_0
-                .iter()
-                .find(|(_, s)| s == other)
-                .map(|&(p, _)| p),
+            other => AFTER_SB_0.iter().find(|(_, s)| s == other).map(|&(p, _)| p),
         }
     }
 }
