@@ -336,6 +336,89 @@ class QemuBench:
             self.proc.wait()
 
 
+# The latency workload: 4 KiB writes at queue depth 1, each timed (qemu-img bench gives only the total).
+LATENCY_WORKLOAD = ("4k-write-qd1", 4096, 1, True)
+LATENCY_TOOL = os.path.join(REPO, "crates/twinsan/tests/tools/iscsi-latency.c")
+LAT_RE = re.compile(r"^writes (\d+) median_us ([0-9.]+) p99_us ([0-9.]+) mean_us ([0-9.]+) min_us ([0-9.]+) "
+                    r"max_us ([0-9.]+)$", re.M)
+
+
+def build_latency_tool(workdir):
+    """Builds iscsi-latency (a libiscsi C tool of the tests, cc -liscsi) into workdir; returns its path."""
+    if not shutil.which("cc"):
+        raise SetupError("cc not found (Debian package gcc); run scripts/install-test-deps")
+    if not os.path.isfile("/usr/include/iscsi/iscsi.h"):
+        raise SetupError("libiscsi's headers are not installed (Debian package libiscsi-dev); "
+                         "run scripts/install-test-deps")
+    out = os.path.join(workdir, "iscsi-latency")
+    r = subprocess.run(["cc", "-Wall", "-O2", "-o", out, LATENCY_TOOL, "-liscsi"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise SetupError(f"building {LATENCY_TOOL} failed: {(r.stderr or r.stdout).strip()}")
+    return out
+
+
+class LatencyBench(QemuBench):
+    """iscsi-latency against a target's URL: `count` 4 KiB writes at queue depth 1, each timed from send to
+    status. A runner for run_workload like QemuBench (same result keys, from the mean latency), plus the median,
+    p99, mean, min and max latency in µs."""
+
+    def __init__(self, timeout, tool):
+        super().__init__(timeout)
+        self.tool = tool
+
+    def run(self, target, size, depth, write, count, pattern=165):
+        if (size, depth, write) != LATENCY_WORKLOAD[1:]:
+            raise SetupError(f"iscsi-latency does 4 KiB writes at depth 1 only, not {size} at {depth}")
+        argv = [self.tool, target.url, str(count), str(pattern)]
+        cpu0 = target.cpu_parts()
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = t0 + self.timeout
+        while True:
+            try:
+                out, _ = self.proc.communicate(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            dead = not target.alive()
+            if dead or time.monotonic() > deadline:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+                self.proc = None
+                what = f"{target.death()} during" if dead else f"iscsi-latency hung for {self.timeout:.0f}s in"
+                raise RunError(f"{what} {' '.join(argv)}\niscsi-latency: {out.strip() or '(no output)'}\n"
+                               f"{target.logs()}")
+        rc = self.proc.returncode
+        self.proc = None
+        wall = time.monotonic() - t0
+        if not target.alive():
+            raise RunError(f"{target.death()} during iscsi-latency:\n{out.strip()}\n{target.logs()}")
+        cpu1 = target.cpu_parts()
+        m = LAT_RE.search(out)
+        if rc != 0 or not m or int(m.group(1)) != count:
+            raise RunError(f"iscsi-latency against {target.name} failed (status {rc}): {out.strip()}\n"
+                           f"{target.logs()}")
+        median_us, p99_us, mean_us, min_us, max_us = (float(m.group(i)) for i in range(2, 7))
+        secs = max(mean_us * count / 1e6, 1e-6)
+        ticks = [b - a for a, b in zip(cpu0, cpu1)]
+        return {
+            "secs": secs,
+            "wall": wall,
+            "iops": count / secs,
+            "mibs": count * size / secs / (1 << 20),
+            "cpu_us": sum(ticks) / CLK_TCK / count * 1e6,
+            "cpu_s": sum(ticks) / CLK_TCK,
+            "cpu_parts_us": [t / CLK_TCK / count * 1e6 for t in ticks],
+            "median_us": median_us,
+            "p99_us": p99_us,
+            "mean_us": mean_us,
+            "min_us": min_us,
+            "max_us": max_us,
+        }
+
+
 def run_workload(runner, targets, order, wl, count, warmup_count, rounds, restart, check=None, name_width=7):
     """One warm-up run per target, then rounds rounds alternating the targets in order. A target that fails is
     restarted (restart(name)) and skipped for the rest of the workload. check(name), if given, runs after each
@@ -365,8 +448,9 @@ def run_workload(runner, targets, order, wl, count, warmup_count, rounds, restar
             except RunError as e2:
                 log(f"restarting {tname} failed: {e2}")
             continue
+        lat = f"  latency median {r['median_us']:.1f} us p99 {r['p99_us']:.1f} us" if "median_us" in r else ""
         log(f"{name:8} {label:11} {tname:{name_width}}: {r['iops']:9.0f} IOPS {r['mibs']:8.1f} MiB/s  "
-            f"{r['secs']:6.2f}s  target CPU {r['cpu_s']:5.2f}s = {r['cpu_us']:6.1f} us/IO")
+            f"{r['secs']:6.2f}s  target CPU {r['cpu_s']:5.2f}s = {r['cpu_us']:6.1f} us/IO{lat}")
         if label != "warm-up":
             res[tname].append(r)
     return res, errors

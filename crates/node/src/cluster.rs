@@ -2596,7 +2596,7 @@ impl Shared {
         let mut p = vec![
             ("cluster-name", c.name.clone()),
             ("stonith-enabled", "false".to_string()),
-            ("no-quorum-policy", c.no_quorum_policy.clone()),
+            ("no-quorum-policy", c.no_quorum_policy.to_string()),
             ("resource-stickiness", c.resource_stickiness.to_string()),
             ("migration-threshold", c.migration_threshold.to_string()),
             (

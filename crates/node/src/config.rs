@@ -46,15 +46,17 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use twinsan_replication::generation::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, AfterSbPolicies};
+use twinsan_replication::generation::AfterSbPolicies;
 use twinsan_replication::metadata::PlacementKind;
 use twinsan_replication::state::FencingPolicy;
 use twinsan_replication::wire::ReplicationProtocol;
 
 mod chap;
 pub mod reload;
+pub mod setting;
 
 pub use chap::{TargetChap, MAX_CHAP_LEN, MIN_CHAP_SECRET_LEN};
+pub use setting::{AfterSb0, AfterSb1, AfterSb2, Fencing, NoQuorumPolicy, Protocol};
 
 /// A config that cannot be used. The text names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -164,8 +166,8 @@ pub struct ClusterSection {
     #[serde(default)]
     pub failure_timeout_s: u64,
     /// `ignore` (the seed's two-node mode: a lone node runs its resources) or `stop`.
-    #[serde(default = "default_no_quorum_policy")]
-    pub no_quorum_policy: String,
+    #[serde(default)]
+    pub no_quorum_policy: NoQuorumPolicy,
     /// A `twinsan witness` (ADDRESS:PORT): the third vote; only the side that holds it may promote.
     #[serde(default)]
     pub witness: Option<std::net::SocketAddr>,
@@ -280,21 +282,21 @@ pub struct VolumeConfig {
     pub uuid: String,
     /// The replication port on each node's address.
     pub port: u16,
-    /// `A`, `B` or `C`.
-    #[serde(default = "default_protocol")]
-    pub protocol: String,
-    /// `dont-care` or `resource-only`.
-    #[serde(default = "default_fencing")]
-    pub fencing: String,
+    /// `A`, `B` or `C` (default).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `dont-care` (default) or `resource-only`.
+    #[serde(default)]
+    pub fencing: Fencing,
     /// After-split-brain policy with no primary.
-    #[serde(default = "default_disconnect")]
-    pub after_sb_0pri: String,
+    #[serde(default)]
+    pub after_sb_0pri: AfterSb0,
     /// After-split-brain policy with one primary.
-    #[serde(default = "default_disconnect")]
-    pub after_sb_1pri: String,
+    #[serde(default)]
+    pub after_sb_1pri: AfterSb1,
     /// After-split-brain policy with two primaries.
-    #[serde(default = "default_disconnect")]
-    pub after_sb_2pri: String,
+    #[serde(default)]
+    pub after_sb_2pri: AfterSb2,
     /// Checksum-based resync.
     #[serde(default)]
     pub checksum_resync: bool,
@@ -378,15 +380,6 @@ pub struct LunConfig {
     pub volume: String,
 }
 
-fn default_protocol() -> String {
-    "C".into()
-}
-fn default_fencing() -> String {
-    "dont-care".into()
-}
-fn default_disconnect() -> String {
-    "disconnect".into()
-}
 fn default_iscsi_port() -> u16 {
     3260
 }
@@ -407,9 +400,6 @@ fn default_resource_stickiness() -> u32 {
 }
 fn default_migration_threshold() -> u32 {
     1_000_000
-}
-fn default_no_quorum_policy() -> String {
-    "ignore".into()
 }
 
 /// The highest LUN number: what single-level flat space addressing (SAM) can carry.
@@ -539,15 +529,6 @@ impl ClusterConfig {
                 format!(
                     "is {}: give 100..=600000 ms (default 2000)",
                     c.monitor_interval_ms
-                ),
-            ));
-        }
-        if parse_no_quorum_policy(&c.no_quorum_policy).is_none() {
-            return Err(self.invalid(
-                "cluster.no_quorum_policy",
-                format!(
-                    "{:?} is not a no-quorum policy: use \"ignore\" (the seed's two-node mode) or \"stop\"",
-                    c.no_quorum_policy
                 ),
             ));
         }
@@ -763,25 +744,7 @@ impl ClusterConfig {
                     ),
                 ));
             }
-            if parse_protocol(&v.protocol).is_none() {
-                return Err(self.invalid(
-                    field("protocol"),
-                    format!(
-                        "{:?} is not a replication protocol: use \"A\", \"B\" or \"C\"",
-                        v.protocol
-                    ),
-                ));
-            }
-            if parse_fencing(&v.fencing).is_none() {
-                return Err(self.invalid(
-                    field("fencing"),
-                    format!(
-                        "{:?} is not a fencing policy: use \"dont-care\" or \"resource-only\"",
-                        v.fencing
-                    ),
-                ));
-            }
-            if parse_fencing(&v.fencing) == Some(FencingPolicy::ResourceOnly)
+            if v.fencing == Fencing::ResourceOnly
                 && self.cluster.manual
                 && v.handler_fence_peer.is_none()
             {
@@ -802,27 +765,20 @@ impl ClusterConfig {
                      manager); twinsan's own cluster manager fences through its cluster messages",
                 ));
             }
-            parse_after_sb_0pri(&v.after_sb_0pri, &self.nodes)
-                .map_err(|why| self.invalid(field("after_sb_0pri"), why))?;
-            if parse_after_sb_1pri(&v.after_sb_1pri).is_none() {
-                return Err(self.invalid(
-                    field("after_sb_1pri"),
-                    format!(
-                        "{:?} is not a policy for one primary: use one of {}",
-                        v.after_sb_1pri,
-                        names(AFTER_SB_1PRI.map(AfterSb1Pri::as_str))
-                    ),
-                ));
-            }
-            if parse_after_sb_2pri(&v.after_sb_2pri).is_none() {
-                return Err(self.invalid(
-                    field("after_sb_2pri"),
-                    format!(
-                        "{:?} is not a policy for two primaries: use one of {}",
-                        v.after_sb_2pri,
-                        names(AFTER_SB_2PRI.map(AfterSb2Pri::as_str))
-                    ),
-                ));
+            if let AfterSb0::DiscardNode(name) = &v.after_sb_0pri {
+                if !self.nodes.iter().any(|n| &n.name == name) {
+                    return Err(self.invalid(
+                        field("after_sb_0pri"),
+                        format!(
+                            "\"discard-node-{name}\" names no configured node: use {}",
+                            names(
+                                self.nodes
+                                    .iter()
+                                    .map(|n| format!("discard-node-{}", n.name))
+                            )
+                        ),
+                    ));
+                }
             }
             if v.resync_max_kib_s == Some(0) {
                 return Err(self.invalid(
@@ -1115,7 +1071,7 @@ impl ClusterConfig {
 
     /// `no_quorum_policy = "stop"`.
     pub fn no_quorum_stop(&self) -> bool {
-        parse_no_quorum_policy(&self.cluster.no_quorum_policy) == Some(true)
+        self.cluster.no_quorum_policy == NoQuorumPolicy::Stop
     }
 
     /// Where `node` serves HTTP (checked by `validate`).
@@ -1169,24 +1125,24 @@ impl ClusterConfig {
 }
 
 impl VolumeConfig {
-    /// The replication protocol. Validation only lets A, B and C through; anything else reads as C, the default.
+    /// The replication protocol.
     pub fn protocol(&self) -> ReplicationProtocol {
-        parse_protocol(&self.protocol).unwrap_or(ReplicationProtocol::C)
+        self.protocol.into()
     }
 
-    /// The fencing policy; a value validation would refuse reads as `dont-care`, the default.
+    /// The fencing policy.
     pub fn fencing(&self) -> FencingPolicy {
-        parse_fencing(&self.fencing).unwrap_or_default()
+        self.fencing.into()
     }
 
-    /// The after-split-brain policies, `discard-node-NAME` resolved to the node's id through `cluster`; a value
-    /// validation would refuse reads as `disconnect`, the default.
+    /// The after-split-brain policies, `discard-node-NAME` resolved to the node's id through `cluster` (validation
+    /// refuses a name that is not a node's; were it not, the policy would read as `disconnect`, the default).
     pub fn policies(&self, cluster: &ClusterConfig) -> AfterSbPolicies {
+        let node_id = |name: &str| cluster.nodes.iter().find(|n| n.name == name).map(|n| n.id);
         AfterSbPolicies {
-            zero_primaries: parse_after_sb_0pri(&self.after_sb_0pri, &cluster.nodes)
-                .unwrap_or_default(),
-            one_primary: parse_after_sb_1pri(&self.after_sb_1pri).unwrap_or_default(),
-            two_primaries: parse_after_sb_2pri(&self.after_sb_2pri).unwrap_or_default(),
+            zero_primaries: self.after_sb_0pri.policy(node_id).unwrap_or_default(),
+            one_primary: self.after_sb_1pri.into(),
+            two_primaries: self.after_sb_2pri.into(),
         }
     }
 
@@ -1231,15 +1187,6 @@ impl DiskConfig {
             Some(_) => PlacementKind::External,
             None => PlacementKind::Internal,
         }
-    }
-}
-
-/// `ignore` → false, `stop` → true.
-fn parse_no_quorum_policy(text: &str) -> Option<bool> {
-    match text {
-        "ignore" => Some(false),
-        "stop" => Some(true),
-        _ => None,
     }
 }
 
@@ -1418,74 +1365,10 @@ fn disk_files(config: &ClusterConfig, disk: &DiskConfig) -> Vec<(&'static str, P
     files
 }
 
-const PROTOCOLS: [(&str, ReplicationProtocol); 3] = [
-    ("A", ReplicationProtocol::A),
-    ("B", ReplicationProtocol::B),
-    ("C", ReplicationProtocol::C),
-];
-const FENCING: [FencingPolicy; 2] = [FencingPolicy::DontCare, FencingPolicy::ResourceOnly];
-const AFTER_SB_0PRI: [AfterSb0Pri; 5] = [
-    AfterSb0Pri::Disconnect,
-    AfterSb0Pri::DiscardYoungerPrimary,
-    AfterSb0Pri::DiscardOlderPrimary,
-    AfterSb0Pri::DiscardZeroChanges,
-    AfterSb0Pri::DiscardLeastChanges,
-];
-const AFTER_SB_1PRI: [AfterSb1Pri; 4] = [
-    AfterSb1Pri::Disconnect,
-    AfterSb1Pri::Consensus,
-    AfterSb1Pri::DiscardSecondary,
-    AfterSb1Pri::CallPriLostAfterSb,
-];
-const AFTER_SB_2PRI: [AfterSb2Pri; 2] = [AfterSb2Pri::Disconnect, AfterSb2Pri::CallPriLostAfterSb];
-
-fn parse_protocol(text: &str) -> Option<ReplicationProtocol> {
-    PROTOCOLS
-        .iter()
-        .find(|(name, _)| *name == text)
-        .map(|&(_, p)| p)
-}
-
-fn parse_fencing(text: &str) -> Option<FencingPolicy> {
-    FENCING.into_iter().find(|p| p.as_str() == text)
-}
-
-/// `after_sb_0pri`, with `discard-node-NAME` naming one of `nodes`; the error says what is wrong.
-fn parse_after_sb_0pri(text: &str, nodes: &[NodeConfig]) -> Result<AfterSb0Pri, String> {
-    if let Some(policy) = AFTER_SB_0PRI.into_iter().find(|p| p.as_str() == text) {
-        return Ok(policy);
-    }
-    let discard_node = |n: &NodeConfig| format!("discard-node-{}", n.name);
-    if let Some(name) = text.strip_prefix("discard-node-") {
-        return nodes
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| AfterSb0Pri::DiscardNode(n.id))
-            .ok_or_else(|| {
-                format!(
-                    "{text:?} names no configured node: use {}",
-                    names(nodes.iter().map(discard_node))
-                )
-            });
-    }
-    Err(format!(
-        "{text:?} is not a policy for no primary: use one of {}, {}",
-        names(AFTER_SB_0PRI.map(AfterSb0Pri::as_str)),
-        names(nodes.iter().map(discard_node))
-    ))
-}
-
-fn parse_after_sb_1pri(text: &str) -> Option<AfterSb1Pri> {
-    AFTER_SB_1PRI.into_iter().find(|p| p.as_str() == text)
-}
-
-fn parse_after_sb_2pri(text: &str) -> Option<AfterSb2Pri> {
-    AFTER_SB_2PRI.into_iter().find(|p| p.as_str() == text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twinsan_replication::generation::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri};
 
     /// A valid config with everything the checks look at: two volumes (one with external metadata on node2), two
     /// targets (an iqn and an eui name).
@@ -1807,6 +1690,101 @@ lun = [ { lun = 0, volume = "vol1" } ]
         assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
     }
 
+    /// A word that is not one of a setting's is refused by the parser: the message shows the line (the key and the
+    /// value) and lists the words allowed.
+    #[test]
+    fn a_wrong_word_is_refused_naming_the_key_the_value_and_the_words() {
+        for (from, key, value, words) in [
+            (
+                "protocol = \"A\"",
+                "protocol",
+                "D",
+                &["`A`", "`B`", "`C`"][..],
+            ),
+            (
+                "fencing = \"resource-only\"",
+                "fencing",
+                "resource-and-stonith",
+                &["`dont-care`", "`resource-only`"],
+            ),
+            (
+                "after_sb_0pri = \"discard-node-node2\"",
+                "after_sb_0pri",
+                "discard-secondary",
+                &[
+                    "`disconnect`",
+                    "`discard-younger-primary`",
+                    "`discard-older-primary`",
+                    "`discard-zero-changes`",
+                    "`discard-least-changes`",
+                    "`discard-node-NAME`",
+                ],
+            ),
+            (
+                "after_sb_0pri = \"discard-node-node2\"",
+                "after_sb_0pri",
+                "discard-node-",
+                &["`discard-node-NAME`"],
+            ),
+            (
+                "after_sb_1pri = \"consensus\"",
+                "after_sb_1pri",
+                "discard-younger-primary",
+                &[
+                    "`disconnect`",
+                    "`consensus`",
+                    "`discard-secondary`",
+                    "`call-pri-lost-after-sb`",
+                ],
+            ),
+            (
+                "after_sb_2pri = \"call-pri-lost-after-sb\"",
+                "after_sb_2pri",
+                "discard-secondary",
+                &["`disconnect`", "`call-pri-lost-after-sb`"],
+            ),
+            (
+                "name = \"test\"\n",
+                "no_quorum_policy",
+                "freeze",
+                &["`ignore`", "`stop`"],
+            ),
+            // The words are case-sensitive, as they always were.
+            ("protocol = \"A\"", "protocol", "c", &["`C`"]),
+            (
+                "fencing = \"resource-only\"",
+                "fencing",
+                "Resource-Only",
+                &["`resource-only`"],
+            ),
+        ] {
+            let line = format!("{key} = \"{value}\"");
+            let to = if key == "no_quorum_policy" {
+                format!("{from}{line}\n")
+            } else {
+                line.clone()
+            };
+            let error = parse(&edited(from, &to)).expect_err(&line);
+            let shown = error.to_string();
+            assert!(matches!(error, ConfigError::Parse { .. }), "{shown}");
+            assert!(shown.starts_with("/etc/twinsan/twinsan.toml: "), "{shown}");
+            assert!(
+                shown.contains(&line),
+                "{line}: the line is not shown: {shown}"
+            );
+            assert!(
+                shown.contains(&format!("`{value}`")),
+                "{line}: the value is not named: {shown}"
+            );
+            for word in words {
+                assert!(
+                    shown.contains(word),
+                    "{line}: {word} is not listed: {shown}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn cluster_refusals() {
         const SECRET: &str = "secret = \"5f3c9a1e7b2d4068a9e1c3b5d7f90246\"";
@@ -1827,11 +1805,6 @@ lun = [ { lun = 0, volume = "vol1" } ]
                 "monitor_interval_ms = 10",
                 "cluster.monitor_interval_ms",
                 "100..=600000",
-            ),
-            (
-                "no_quorum_policy = \"freeze\"",
-                "cluster.no_quorum_policy",
-                "\"ignore\"",
             ),
             (
                 "witness = \"127.0.0.11:5406\"",
@@ -2127,22 +2100,10 @@ lun = [ { lun = 0, volume = "vol1" } ]
                 "volume vol0 has the same uuid",
             ),
             (
-                "protocol = \"A\"",
-                "protocol = \"D\"",
-                "volume[vol1].protocol",
-                "\"A\", \"B\" or \"C\"",
-            ),
-            (
                 "name = \"test\"\n",
                 "name = \"test\"\nmanual = true\n",
                 "volume[vol1].fencing",
                 "with cluster.manual = true none runs",
-            ),
-            (
-                "fencing = \"resource-only\"",
-                "fencing = \"resource-and-stonith\"",
-                "volume[vol1].fencing",
-                "dont-care",
             ),
             (
                 "fencing = \"resource-only\"",
@@ -2155,24 +2116,6 @@ lun = [ { lun = 0, volume = "vol1" } ]
                 "\"discard-node-node3\"",
                 "volume[vol1].after_sb_0pri",
                 "discard-node-node1, discard-node-node2",
-            ),
-            (
-                "\"discard-node-node2\"",
-                "\"discard-secondary\"",
-                "volume[vol1].after_sb_0pri",
-                "discard-least-changes",
-            ),
-            (
-                "\"consensus\"",
-                "\"discard-younger-primary\"",
-                "volume[vol1].after_sb_1pri",
-                "call-pri-lost-after-sb",
-            ),
-            (
-                "\"call-pri-lost-after-sb\"",
-                "\"discard-secondary\"",
-                "volume[vol1].after_sb_2pri",
-                "disconnect, call-pri-lost-after-sb",
             ),
             (
                 "resync_max_kib_s = 102400",

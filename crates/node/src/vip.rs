@@ -11,13 +11,11 @@
 //! - Everything happens in the network namespace of the calling thread.
 //! - A loopback VIP (127.0.0.0/8, ::1, as in the configs `twinsan init` writes) changes nothing in the kernel: the
 //!   iSCSI portal simply binds it.
-use std::ffi::CString;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -27,6 +25,7 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{debug, info, warn};
 
 /// How many times the address is announced after it is added.
@@ -644,14 +643,16 @@ fn unsolicited_na(mac: [u8; 6], target: Ipv6Addr) -> [u8; 32] {
 /// A socket bound to the VIP's interface and the packets to send on it.
 enum Announcer {
     Arp {
-        socket: OwnedFd,
-        ifindex: i32,
+        socket: Socket,
+        /// Where the packets go: the interface, ARP, the broadcast address.
+        to: SockAddr,
         mac: [u8; 6],
         ip: Ipv4Addr,
     },
     Na {
-        socket: OwnedFd,
-        ifindex: u32,
+        socket: Socket,
+        /// All nodes (ff02::1) on the interface.
+        to: SockAddr,
         mac: [u8; 6],
         ip: Ipv6Addr,
     },
@@ -659,33 +660,31 @@ enum Announcer {
 
 type AnnounceFailure = (&'static str, io::Error);
 
-/// Turns a -1 from libc into the OS error, with the step that failed.
-fn check(result: libc::c_int, action: &'static str) -> Result<libc::c_int, AnnounceFailure> {
-    if result < 0 {
-        Err((action, io::Error::last_os_error()))
-    } else {
-        Ok(result)
-    }
+/// The OS error of a failed step, with the step.
+fn step<T>(result: io::Result<T>, action: &'static str) -> Result<T, AnnounceFailure> {
+    result.map_err(|e| (action, e))
 }
 
-fn set_int_option(
-    socket: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-    action: &'static str,
-) -> Result<(), AnnounceFailure> {
-    // SAFETY: the pointer and length describe a live c_int for the duration of the call.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+/// A link-layer address (`sockaddr_ll`) on interface `ifindex`: for ARP (`protocol` ETH_P_ARP) to `destination`,
+/// or, with protocol 0 and no destination, to bind a packet socket to the interface.
+fn link_layer_address(ifindex: i32, protocol: u16, destination: Option<[u8; 6]>) -> SockAddr {
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    // SAFETY: the storage is zeroed and large enough for a sockaddr_ll (view_as checks the size); the family set
+    // below is AF_PACKET and the length given is that of a sockaddr_ll, so the address is what it says it is.
+    unsafe {
+        let address = storage.view_as::<libc::sockaddr_ll>();
+        address.sll_family = libc::AF_PACKET as libc::c_ushort;
+        address.sll_protocol = protocol.to_be();
+        address.sll_ifindex = ifindex;
+        if let Some(mac) = destination {
+            address.sll_halen = 6;
+            address.sll_addr[..6].copy_from_slice(&mac);
+        }
+        SockAddr::new(
+            storage,
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
-    };
-    check(result, action).map(|_| ())
+    }
 }
 
 impl Announcer {
@@ -699,104 +698,46 @@ impl Announcer {
                     )
                 })?;
                 // Protocol 0: the socket only sends, it receives nothing.
-                // SAFETY: plain socket(2) call; the result is checked before use.
-                let fd = check(
-                    unsafe {
-                        libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-                    },
+                let socket = step(
+                    Socket::new(Domain::PACKET, Type::DGRAM, None),
                     "open a packet socket",
                 )?;
-                // SAFETY: fd is a fresh descriptor that nothing else owns.
-                let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-                // SAFETY: sockaddr_ll is plain data, all zeroes is a valid value.
-                let mut address: libc::sockaddr_ll = unsafe { mem::zeroed() };
-                address.sll_family = libc::AF_PACKET as libc::c_ushort;
-                address.sll_ifindex = ifindex;
-                // SAFETY: the pointer and length describe `address`, alive for the call.
-                check(
-                    unsafe {
-                        libc::bind(
-                            socket.as_raw_fd(),
-                            (&address as *const libc::sockaddr_ll).cast(),
-                            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                        )
-                    },
+                step(
+                    socket.bind(&link_layer_address(ifindex, 0, None)),
                     "bind the packet socket to the interface",
                 )?;
                 Ok(Announcer::Arp {
                     socket,
-                    ifindex,
+                    to: link_layer_address(ifindex, libc::ETH_P_ARP as u16, Some([0xff; 6])),
                     mac,
                     ip,
                 })
             }
             IpAddr::V6(ip) => {
-                // SAFETY: plain socket(2) call; the result is checked before use.
-                let fd = check(
-                    unsafe {
-                        libc::socket(
-                            libc::AF_INET6,
-                            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                            libc::IPPROTO_ICMPV6,
-                        )
-                    },
+                let socket = step(
+                    Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)),
                     "open an ICMPv6 socket",
                 )?;
-                // SAFETY: fd is a fresh descriptor that nothing else owns.
-                let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-                let name = CString::new(link.name.as_bytes()).map_err(|_| {
-                    (
-                        "bind the ICMPv6 socket to the interface",
-                        io::Error::from(io::ErrorKind::InvalidInput),
-                    )
-                })?;
-                // SAFETY: the pointer and length describe the NUL-terminated name, alive for the call.
-                check(
-                    unsafe {
-                        libc::setsockopt(
-                            socket.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_BINDTODEVICE,
-                            name.as_ptr().cast(),
-                            name.as_bytes_with_nul().len() as libc::socklen_t,
-                        )
-                    },
+                step(
+                    socket.bind_device(Some(link.name.as_bytes())),
                     "bind the ICMPv6 socket to the interface",
                 )?;
                 // Neighbour discovery messages are dropped unless they arrive with hop limit 255.
                 let hops = "set the ICMPv6 hop limit to 255";
-                set_int_option(
-                    &socket,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MULTICAST_HOPS,
-                    255,
-                    hops,
-                )?;
-                set_int_option(
-                    &socket,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_UNICAST_HOPS,
-                    255,
-                    hops,
-                )?;
-                let index = link.index as libc::c_int;
-                set_int_option(
-                    &socket,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MULTICAST_IF,
-                    index,
+                step(socket.set_multicast_hops_v6(255), hops)?;
+                step(socket.set_unicast_hops_v6(255), hops)?;
+                step(
+                    socket.set_multicast_if_v6(link.index),
                     "select the interface",
                 )?;
-                set_int_option(
-                    &socket,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MULTICAST_LOOP,
-                    0,
+                step(
+                    socket.set_multicast_loop_v6(false),
                     "disable multicast loop",
                 )?;
+                let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
                 Ok(Announcer::Na {
                     socket,
-                    ifindex: link.index,
+                    to: SocketAddrV6::new(all_nodes, 0, 0, link.index).into(),
                     mac,
                     ip,
                 })
@@ -809,59 +750,25 @@ impl Announcer {
         match self {
             Announcer::Arp {
                 socket,
-                ifindex,
+                to,
                 mac,
                 ip,
             } => {
-                // SAFETY: sockaddr_ll is plain data, all zeroes is a valid value.
-                let mut to: libc::sockaddr_ll = unsafe { mem::zeroed() };
-                to.sll_family = libc::AF_PACKET as libc::c_ushort;
-                to.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-                to.sll_ifindex = *ifindex;
-                to.sll_halen = 6;
-                to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
                 for operation in [ARP_REQUEST, ARP_REPLY] {
                     let packet = gratuitous_arp(operation, *mac, *ip);
-                    // SAFETY: the pointers and lengths describe `packet` and `to`, alive for the call.
-                    let sent = unsafe {
-                        libc::sendto(
-                            socket.as_raw_fd(),
-                            packet.as_ptr().cast(),
-                            packet.len(),
-                            0,
-                            (&to as *const libc::sockaddr_ll).cast(),
-                            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                        )
-                    };
-                    check(if sent < 0 { -1 } else { 0 }, "send gratuitous ARP")?;
+                    step(socket.send_to(&packet, to), "send gratuitous ARP")?;
                 }
                 Ok(())
             }
             Announcer::Na {
                 socket,
-                ifindex,
+                to,
                 mac,
                 ip,
             } => {
-                // SAFETY: sockaddr_in6 is plain data, all zeroes is a valid value.
-                let mut to: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-                to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                to.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
-                to.sin6_scope_id = *ifindex;
                 let packet = unsolicited_na(*mac, *ip);
-                // SAFETY: the pointers and lengths describe `packet` and `to`, alive for the call.
-                let sent = unsafe {
-                    libc::sendto(
-                        socket.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in6).cast(),
-                        mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                };
-                check(
-                    if sent < 0 { -1 } else { 0 },
+                step(
+                    socket.send_to(&packet, to),
                     "send unsolicited neighbor advertisement",
                 )
                 .map(|_| ())
@@ -874,6 +781,7 @@ impl Announcer {
 mod tests {
     use super::*;
     use std::fs::File;
+    use std::os::fd::AsRawFd;
     use std::process::Command;
     use std::time::Instant;
 

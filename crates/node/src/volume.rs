@@ -1133,25 +1133,15 @@ impl Volume {
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         let mut sent = 0;
         if open.backlog.load(Ordering::SeqCst) == 0 {
-            use std::os::fd::AsRawFd;
-            let fd = open.stream.as_raw_fd();
+            let socket = socket2::SockRef::from(&open.stream);
             while sent < frame.len() {
-                let rest = &frame[sent..];
-                // SAFETY: send(2) reads `rest.len()` bytes from a live slice; the socket stays open while `open`
-                // is in the table.
-                let n = unsafe {
-                    libc::send(
-                        fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
-                if n <= 0 {
-                    // Full (EAGAIN) or broken: the sender thread takes the rest (and finds out which).
-                    break;
+                // Full (EAGAIN) or broken: the sender thread takes the rest (and finds out which).
+                match socket
+                    .send_with_flags(&frame[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sent += n,
                 }
-                sent += n as usize;
             }
         }
         if sent < frame.len() {
@@ -1375,73 +1365,19 @@ impl Volume {
     }
 }
 
-/// Connects to `peer` from this node's own address, so the peer sees where the connection comes from.
-fn connect_from(local: SocketAddr, peer: SocketAddr) -> io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let domain = if peer.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2); the descriptor is owned by the TcpStream built from it below.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let bind_addr = SocketAddr::new(local.ip(), 0);
-    let (addr, len) = sockaddr(&bind_addr);
-    // SAFETY: `addr` is a valid sockaddr of `len` bytes for the call.
-    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (addr, len) = sockaddr(&peer);
-    // SAFETY: as above.
-    if unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stream)
-}
+/// How long one connection attempt to the peer may take: a peer whose SYNs are dropped (a firewall, a host that is
+/// gone) would otherwise hold the link thread in connect(2) for the kernel's SYN retries (about two minutes), and a
+/// stop or an admin's `connect` would wait for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            (
-                storage,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    }
+/// Connects to `peer` from this node's own address, so the peer sees where the connection comes from; gives up
+/// after [`CONNECT_TIMEOUT`].
+fn connect_from(local: SocketAddr, peer: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(peer), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(local.ip(), 0).into())?;
+    socket.connect_timeout(&peer.into(), CONNECT_TIMEOUT)?;
+    Ok(socket.into())
 }
 
 fn sender_loop(stream: TcpStream, rx: Receiver<ToSender>, backlog: Arc<AtomicUsize>) {

@@ -460,27 +460,12 @@ impl Drop for Created {
 mod tests {
     use super::*;
 
-    /// A temporary folder under the system's, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "twinsan-init-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A temporary folder `twinsan-init-TAG-*` under the system's, removed on drop.
+    fn temp_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("twinsan-init-{tag}-"))
+            .tempdir()
+            .expect("create temp dir")
     }
 
     fn init(dir: &Path, manual: bool, size: &str) -> anyhow::Result<()> {
@@ -493,8 +478,8 @@ mod tests {
 
     #[test]
     fn create_md_uses_the_config_and_refuses_existing_metadata() {
-        let tmp = TempDir::new("create-md");
-        let dir = tmp.0.join("lab");
+        let tmp = temp_dir("create-md");
+        let dir = tmp.path().join("lab");
         init(&dir, true, "4M").expect("init");
         let global = |node: Option<&str>| crate::Global {
             config: dir.join(CONFIG_FILE),
@@ -530,8 +515,8 @@ mod tests {
 
     #[test]
     fn a_failed_init_leaves_nothing_behind() {
-        let tmp = TempDir::new("cleanup");
-        let dir = tmp.0.join("a/b");
+        let tmp = temp_dir("cleanup");
+        let dir = tmp.path().join("a/b");
         // node2's disk folder is a file: init fails after making node1's disk, and removes it again.
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("node2"), b"in the way").expect("write");
@@ -547,9 +532,9 @@ mod tests {
 
     #[test]
     fn cluster_names_come_from_the_folder() {
-        let tmp = TempDir::new("names");
+        let tmp = temp_dir("names");
         for (sub, name) in [("lab", "lab"), ("my lab", "my-lab"), ("été", "-t-")] {
-            let dir = tmp.0.join(sub);
+            let dir = tmp.path().join(sub);
             std::fs::create_dir(&dir).expect("mkdir");
             assert_eq!(cluster_name(&dir), name);
         }

@@ -314,23 +314,6 @@ fn the_example_scrape_config_passes_promtool_check() {
     );
 }
 
-/// A temporary folder, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("twinsan-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create a temporary folder");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Every query of the dashboard: the panels' targets and the annotations.
 fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
     let mut queries = Vec::new();
@@ -442,9 +425,12 @@ fn the_dashboard_is_json_with_its_variables_panels_and_queries_that_parse() {
             "      - record: dashboard:query{i}\n        expr: {quoted}\n"
         ));
     }
-    let dir = Scratch::new("dashboard");
-    std::fs::write(dir.0.join("queries.yml"), rules).expect("write queries.yml");
-    let shown = promtool_ok(&dir.0, &["check", "rules", "queries.yml"]);
+    let dir = tempfile::Builder::new()
+        .prefix("twinsan-test-dashboard-")
+        .tempdir()
+        .expect("create a temporary folder");
+    std::fs::write(dir.path().join("queries.yml"), rules).expect("write queries.yml");
+    let shown = promtool_ok(dir.path(), &["check", "rules", "queries.yml"]);
     assert!(
         shown.contains(&format!("SUCCESS: {} rules found", queries.len())),
         "{shown}"

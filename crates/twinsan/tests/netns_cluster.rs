@@ -320,3 +320,59 @@ fn a_second_cluster_link_keeps_the_nodes_together() {
     c.stop(1);
     c.stop(2);
 }
+
+/// Runs `nft SCRIPT` in `host`'s namespace (its own rules: the lab's are in the switch's namespace).
+fn nft_in(c: &NsCluster, host: &str, script: &str) {
+    let nft = common::require_tool_in(&["/usr/sbin", "/sbin"], "nft");
+    let out = common::run(
+        c.lab.command(host, nft).arg(script),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "nft {script}:\n{}",
+        common::text(&out)
+    );
+}
+
+/// The replication link's connect is bounded in time: with every SYN node1 sends to node2's replication port
+/// dropped (no RST, no ICMP: connect(2) alone would wait for the kernel's SYN retries, about two minutes), node1's
+/// dialler reports a timeout and tries again, connects once the drop ends, and a stop while it dials completes.
+#[test]
+fn a_stop_and_a_reconnect_do_not_hang_on_dropped_syns() {
+    const DROP: &str = "add table inet tsdrop; \
+        add chain inet tsdrop out { type filter hook output priority 0; }; \
+        add rule inet tsdrop out ip daddr 198.18.0.12 tcp dport 7789 tcp flags & (syn | ack) == syn drop";
+    let timed_out = |s: &serde_json::Value| {
+        s["peers"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("198.18.0.12:7789") && e.contains("timed out"))
+    };
+    let mut c = NsCluster::new("syndrop", false);
+    // node1 has the lower id: it dials, node2 listens.
+    c.start(2);
+    nft_in(&c, host(1), DROP);
+    c.start(1);
+    c.wait(
+        Duration::from_secs(60),
+        "node1's connect to the dropped port timed out",
+        || timed_out(&c.volume(1)).then_some(()),
+    );
+    // The drop ends: the next attempt connects.
+    nft_in(&c, host(1), "delete table inet tsdrop");
+    c.wait(
+        Duration::from_secs(60),
+        "the replication link connected",
+        || (c.volume(1)["peers"][0]["connection"] == "Connected").then_some(()),
+    );
+    // Dropped again, and node2 gone: node1 dials into the drop once more, and is stopped while it does.
+    nft_in(&c, host(1), DROP);
+    c.stop(2);
+    c.wait(
+        Duration::from_secs(60),
+        "node1's connect timed out again",
+        || timed_out(&c.volume(1)).then_some(()),
+    );
+    // Generous: the stop must complete at all (before the bound, it took the kernel's SYN retries).
+    c.stop(1);
+}

@@ -435,6 +435,35 @@ disk = { node1 = { path = "node1/vol2.img" }, node2 = { path = "node2/vol2.img" 
     }
 
     #[test]
+    fn the_hash_of_a_file_is_pinned() {
+        // Pinned: the typed settings (protocol, fencing, after_sb_*, no_quorum_policy) print as the strings they
+        // replaced, so the same file hashes as in 0.2.0 and a mixed pair does not warn during an upgrade.
+        let config = parse(VALID);
+        assert_eq!(config_hash(&config), "d09efa0c033d7659");
+        let vol1 = format!("{:?}", config.volumes[1]);
+        assert!(
+            vol1.contains(
+                "protocol: \"A\", fencing: \"resource-only\", after_sb_0pri: \"discard-node-node2\", \
+                 after_sb_1pri: \"consensus\", after_sb_2pri: \"call-pri-lost-after-sb\""
+            ),
+            "{vol1}"
+        );
+        let vol0 = format!("{:?}", config.volumes[0]);
+        assert!(
+            vol0.contains(
+                "protocol: \"C\", fencing: \"dont-care\", after_sb_0pri: \"disconnect\", \
+                 after_sb_1pri: \"disconnect\", after_sb_2pri: \"disconnect\""
+            ),
+            "{vol0}"
+        );
+        let cluster = format!("{:?}", config.cluster);
+        assert!(
+            cluster.contains("no_quorum_policy: \"ignore\""),
+            "{cluster}"
+        );
+    }
+
+    #[test]
     fn a_node_setting_left_out_hashes_as_in_the_release_before_it() {
         let a = parse(VALID);
         // What 0.2.0 hashed for a node and the cluster: the fields it had, nothing about `http` or the console.

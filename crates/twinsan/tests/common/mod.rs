@@ -56,29 +56,23 @@ pub fn free_port() -> u16 {
 }
 
 /// A temporary folder removed on drop.
-pub struct TempDir(PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
+    /// A new folder `twinsan-test-TAG-*` under `$TWINSAN_TEST_TMP` (default: the system's temporary folder).
     pub fn new(tag: &str) -> TempDir {
         let base = std::env::var_os("TWINSAN_TEST_TMP")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        let p = base.join(format!(
-            "twinsan-test-{tag}-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
+        std::fs::create_dir_all(&base).expect("create the temporary folders' base");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("twinsan-test-{tag}-"))
+            .tempdir_in(&base)
+            .expect("create temp dir");
+        TempDir(dir)
     }
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
