@@ -2,7 +2,8 @@
 //! and the [`BlockDevice`] the SCSI layer writes through.
 //!
 //! ```text
-//!  SCSI (blocking pool) ─Write/Read/Flush─┐
+//!  SCSI Write (connection task) ──────────┐
+//!  SCSI Flush, slow Read (blocking pool) ─┤
 //!  admin socket ──────────Admin───────────┤
 //!  receiver thread (per connection) ──────┼──▶ lock(engine).handle(input) ──▶ frames: send(MSG_DONTWAIT) on the
 //!  connector/acceptor ────LinkUp──────────┤                                    socket, the rest queued to the
@@ -13,7 +14,10 @@
 //! that order without a thread of its own, so a write costs no hand-off between threads on the way out and the
 //! peer's acknowledgement completes it on the receiver thread that read it. Frames go straight to the socket
 //! while it takes them; when it does not, they queue (in order) for the connection's sender thread. Nothing
-//! under the lock waits for the network; only the disk calls of the engine take time there.
+//! under the lock waits for the network; only the disk calls of the engine take time there — pwrite, the
+//! activity log's O_DSYNC commits, bitmap flushes, fdatasync for FUA — and a connection's task that submits a
+//! write waits for the lock meanwhile (issue 15 moves the engine's disk I/O off the runtime). Reads that the
+//! page cache serves (Primary with an UpToDate disk) go to the data file directly, without the lock.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -12,8 +12,11 @@
 //! The engine does no I/O of its own. The local disk is a [`Storage`] the driver hands in; its calls are
 //! synchronous and the engine's decisions are made in the order the calls return, which keeps every rule of the
 //! form "X is on disk before Y" a matter of statement order (the activity-log transaction before the data, the
-//! superblock with a new generation before the write's acknowledgement). The driver runs the engine on a thread of
-//! its own for that reason. Everything else leaves as an [`Output`]: frames for the peer, completions for the
+//! superblock with a new generation before the write's acknowledgement). The driver (`twinsan-node`'s
+//! `volume.rs`) keeps the engine behind a lock and runs it on whichever thread brings an input: a connection's
+//! task for an application write, the blocking pool for flushes and reads that are not page-cache quick, the
+//! link's receiver thread for frames, the timer thread for ticks, the admin thread for commands. The [`Storage`]
+//! calls therefore run on that thread, under that lock. Everything else leaves as an [`Output`]: frames for the peer, completions for the
 //! application, and requests to open or close the link. The clock and the randomness come in as arguments, so
 //! a simulation can drive two engines deterministically.
 //!
