@@ -2228,6 +2228,12 @@ impl<S: Storage> Engine<S> {
                 ..
             } => {
                 self.peer_gen = Some(ids);
+                if !self.state.disk().is_attached() && self.state.role() == Role::Primary {
+                    // A diskless Primary serves the peer's copy: when the peer starts a new generation (it holds
+                    // the only copy now), that is the generation this Primary exposes, and the one a later
+                    // reconnect must find (see `check_diskless_primary_peer`).
+                    self.gen.adopt_current(ids.current);
+                }
                 if skip_initial_sync && self.gen.accept_skip_initial_sync(ids.current) {
                     self.bitmap.clear_all();
                     let _ = self.flush_bitmap_all();

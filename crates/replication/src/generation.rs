@@ -249,6 +249,13 @@ impl GenerationIds {
         self.new_current_uuid(fresh);
     }
 
+    /// A diskless Primary exposes the peer's data: take the peer's current generation as the one it serves (its
+    /// own role marker kept). Nothing is written: a diskless node has no superblock to write, and attaching a disk
+    /// again reads the disk's own tuple.
+    pub fn adopt_current(&mut self, peer_current: u64) {
+        self.current = generation(peer_current) | (self.current & UUID_PRIMARY);
+    }
+
     /// The peer ran `new-current-uuid --clear-bitmap` on a fresh pair: adopt its current UUID without a sync (DRBD
     /// 8.4's "skip initial sync" UUID flag). Accepted only while this volume is just-created and `peer_current` names
     /// a real generation; returns whether it was.

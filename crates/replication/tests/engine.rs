@@ -1048,3 +1048,34 @@ fn a_diskless_primary_refuses_a_peer_that_lacks_what_it_acknowledged() {
     );
     assert_eq!(p.data(1)[..4096], pattern(7, 4096)[..]);
 }
+
+#[test]
+fn a_diskless_primary_follows_the_peers_new_generation_and_reconnects_after_a_blip() {
+    // The peer starts a new generation when it holds the only copy under a diskless Primary; the Primary must
+    // serve that one, or the next connect (after a short link loss) would find "another" generation and refuse.
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    p.engine(0).storage_mut().disk.full = true;
+    write_blocks(&mut p, 0, 0, 2, 50);
+    let s = p.engine(0).status();
+    assert_eq!((s.role, s.disk), (Role::Primary, DiskState::Diskless));
+    p.settle(5);
+    let (g0, g1) = (
+        p.engine(0).status().generations.current,
+        p.engine(1).status().generations.current,
+    );
+    assert_eq!(
+        g0 & !1,
+        g1 & !1,
+        "the Primary exposes the peer's new generation"
+    );
+    p.cut();
+    p.heal();
+    p.settle(30);
+    let s = p.engine(0).status();
+    assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
+    write_blocks(&mut p, 0, 16384, 2, 60);
+    assert_eq!(p.read(0, 16384, 4096).expect("read"), pattern(60, 4096));
+    assert_eq!(p.read(0, 0, 4096).expect("read"), pattern(50, 4096));
+}
