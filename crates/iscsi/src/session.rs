@@ -1741,8 +1741,8 @@ mod tests {
         c.immediate = true;
         s.on_pdu(cmd_pdu(c), now, &ENV);
         assert_eq!(executed(&drain(&mut s)), vec![1]);
-        // It holds a slot: MaxCmdSN shrinks until it completes.
-        assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (10, 12));
+        // It holds a slot, but MaxCmdSN never goes back: the window advertised stays open.
+        assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (10, 13));
         s.complete(1, good(), &ENV);
         let r = response(&drain(&mut s));
         assert_eq!((r.exp_cmd_sn, r.max_cmd_sn), (10, 13));
@@ -1750,6 +1750,19 @@ mod tests {
         s.on_pdu(cmd_pdu(tur(2, 10)), now, &ENV);
         assert_eq!(executed(&drain(&mut s)), vec![2]);
         assert_eq!(s.exp_cmd_sn(), 11);
+
+        // While an immediate command holds a slot, every CmdSN advertised is still taken.
+        let (mut s, now) = session(params());
+        let mut c = read(1, 10, 512);
+        c.immediate = true;
+        s.on_pdu(cmd_pdu(c), now, &ENV);
+        for (itt, cmd_sn) in (2..6).zip(10..14) {
+            s.on_pdu(cmd_pdu(read(itt, cmd_sn, 512)), now, &ENV);
+        }
+        assert_eq!(executed(&drain(&mut s)), vec![1, 2, 3, 4, 5]);
+        assert_eq!((s.exp_cmd_sn(), s.max_cmd_sn()), (14, 13));
+        s.on_pdu(cmd_pdu(read(6, 14, 512)), now, &ENV);
+        assert_eq!(executed(&drain(&mut s)), vec![]);
     }
 
     #[test]

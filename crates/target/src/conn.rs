@@ -1,9 +1,12 @@
-//! One iSCSI connection: the login phase, then the full feature phase.
+//! One iSCSI connection: the login phase, then the full feature phase, as thin drivers of the protocol cores.
 //!
-//! A connection is one tokio task that owns all of its state (tasks, CmdSN window, StatSN), so there is no
-//! locking on the data path. It reads PDUs from the socket, runs SCSI commands on the blocking pool, and writes
-//! its output straight to the socket when it can, waiting for writability only when it must. Its session is the
-//! connection's own: MaxConnections is 1.
+//! A connection is one tokio task that owns all of its state, so there is no locking on the data path. Every
+//! protocol decision is made by the sans-I/O cores of `twinsan-iscsi` — [`Login`] during login, [`Session`]
+//! after it (CmdSN window, StatSN, R2T, Data-In, task management, NOP ping, Text, Logout, Rejects). This file
+//! only moves bytes and carries out their actions: it reads PDUs from the socket, runs SCSI commands on the
+//! logical units (inline, on the blocking pool, or on a device that completes by itself), records the metrics,
+//! and writes the output straight to the socket when it can, waiting for writability only when it must. Its
+//! session is the connection's own: MaxConnections is 1.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
