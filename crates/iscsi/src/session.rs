@@ -485,7 +485,8 @@ impl Session {
             return;
         }
         if let Some((_, sent)) = self.ping {
-            if now.saturating_duration_since(sent) > self.p.nop_timeout {
+            // At the deadline itself, so a timer armed at `deadline()` never fires in vain.
+            if now.saturating_duration_since(sent) >= self.p.nop_timeout {
                 self.close(CloseReason::NopTimeout);
             }
             return;
@@ -2395,10 +2396,15 @@ mod tests {
             &drain(&mut s)[..],
             [Action::Send(Pdu::NopIn(_), _)]
         ));
-        s.on_timer(t3 + Duration::from_secs(10));
+        s.on_timer(t3 + Duration::from_millis(9999));
         assert_eq!(drain(&mut s), vec![]);
-        s.on_timer(t3 + Duration::from_secs(11));
+        assert_eq!(s.deadline(), t3 + Duration::from_secs(10));
+        s.on_timer(s.deadline());
         assert_eq!(drain(&mut s), vec![Action::Close(CloseReason::NopTimeout)]);
+        // Nothing after the close.
+        s.on_timer(t3 + Duration::from_secs(20));
+        s.on_pdu(cmd_pdu(tur(1, 10)), t3, &ENV);
+        assert_eq!(drain(&mut s), vec![]);
         assert!(s.is_closed());
     }
 
