@@ -427,6 +427,9 @@ impl Driver {
                 Action::Close(CloseReason::Logout) => {
                     debug!(initiator = %self.initiator, "logout complete; closing connection")
                 }
+                Action::Close(CloseReason::ColdReset) => {
+                    info!(initiator = %self.initiator, "target cold reset answered; closing connection")
+                }
                 Action::Close(why) => {
                     warn!(initiator = %self.initiator, "closing connection: {why}")
                 }
