@@ -7,7 +7,9 @@
 //! - [`text`]: `key=value` text segments;
 //! - [`login`]: the login state machine and negotiation of every operational key;
 //! - [`chap`]: CHAP and mutual CHAP (RFC 1994 MD5, as RFC 7143 section 12.1.3 requires);
-//! - [`seq`]: RFC 1982 serial arithmetic and the CmdSN window.
+//! - [`seq`]: RFC 1982 serial arithmetic and the CmdSN window;
+//! - [`session`]: the full feature phase (CmdSN window, R2T, Data-In, task management, NOP ping, Text, Logout)
+//!   as a core that takes PDUs, completions and time and returns actions.
 
 pub mod chap;
 pub mod error;
@@ -15,6 +17,7 @@ pub mod frame;
 pub mod login;
 pub mod pdu;
 pub mod seq;
+pub mod session;
 pub mod text;
 
 pub use error::{LoginStatus, ProtocolError, RejectReason};

@@ -28,6 +28,9 @@ pub struct CmdWindow {
     exp_cmd_sn: u32,
     capacity: u32,
     in_use: u32,
+    /// MaxCmdSN as advertised: it never goes back (RFC 7143 section 4.2.2.1), so a slot taken by an immediate
+    /// command narrows the window only as later commands arrive, never below what the initiator was told.
+    max_cmd_sn: u32,
 }
 
 impl CmdWindow {
@@ -38,6 +41,7 @@ impl CmdWindow {
             exp_cmd_sn,
             capacity,
             in_use: 0,
+            max_cmd_sn: exp_cmd_sn.wrapping_add(capacity).wrapping_sub(1),
         }
     }
 
@@ -49,13 +53,21 @@ impl CmdWindow {
     /// MaxCmdSN to put in responses: the last CmdSN for which a queue slot is free. When the queue is full this
     /// is ExpCmdSN - 1, which closes the window (RFC 7143 section 3.2.2.1).
     pub fn max_cmd_sn(&self) -> u32 {
+        self.max_cmd_sn
+    }
+
+    /// Follows the free capacity upwards; a window narrower than advertised stays as advertised.
+    fn update_max(&mut self) {
         let free = self.capacity.saturating_sub(self.in_use);
-        self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1)
+        let m = self.exp_cmd_sn.wrapping_add(free).wrapping_sub(1);
+        if sn_lt(self.max_cmd_sn, m) {
+            self.max_cmd_sn = m;
+        }
     }
 
     /// Classifies a non-immediate command's CmdSN.
     pub fn check(&self, cmd_sn: u32) -> CmdSnCheck {
-        if cmd_sn == self.exp_cmd_sn && self.in_use < self.capacity {
+        if cmd_sn == self.exp_cmd_sn && sn_le(cmd_sn, self.max_cmd_sn) {
             CmdSnCheck::InOrder
         } else if sn_lt(self.exp_cmd_sn, cmd_sn) && sn_le(cmd_sn, self.max_cmd_sn()) {
             CmdSnCheck::Ahead
@@ -68,16 +80,19 @@ impl CmdWindow {
     pub fn advance(&mut self) {
         self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
         self.in_use += 1;
+        self.update_max();
     }
 
     /// Takes a slot without advancing (immediate commands, which have no CmdSN of their own).
     pub fn hold(&mut self) {
         self.in_use += 1;
+        self.update_max();
     }
 
     /// A command finished: its slot is free again.
     pub fn release(&mut self) {
         self.in_use = self.in_use.saturating_sub(1);
+        self.update_max();
     }
 
     /// Commands holding a slot.
@@ -116,6 +131,28 @@ mod tests {
         w.release();
         assert_eq!(w.max_cmd_sn(), 14);
         assert_eq!(w.check(14), CmdSnCheck::InOrder);
+    }
+
+    #[test]
+    fn max_cmd_sn_never_goes_back() {
+        let mut w = CmdWindow::new(10, 2);
+        assert_eq!(w.max_cmd_sn(), 11);
+        // An immediate command takes a slot: the advertised window stays, and CmdSN 10 and 11 are still taken.
+        w.hold();
+        assert_eq!(w.max_cmd_sn(), 11);
+        assert_eq!(w.check(10), CmdSnCheck::InOrder);
+        w.advance();
+        assert_eq!(w.check(11), CmdSnCheck::InOrder);
+        w.advance();
+        // Now over capacity: closed until slots come back.
+        assert_eq!((w.exp_cmd_sn(), w.max_cmd_sn()), (12, 11));
+        assert_eq!(w.check(12), CmdSnCheck::Drop);
+        w.release();
+        assert_eq!(w.max_cmd_sn(), 11);
+        w.release();
+        assert_eq!(w.max_cmd_sn(), 12);
+        w.release();
+        assert_eq!(w.max_cmd_sn(), 13);
     }
 
     #[test]
