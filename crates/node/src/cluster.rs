@@ -20,7 +20,7 @@
 //!   going while an action runs.
 
 pub(crate) use twinsan_cluster::backoff;
-pub use twinsan_cluster::message;
+use twinsan_cluster::message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};

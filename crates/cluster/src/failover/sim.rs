@@ -382,15 +382,11 @@ fn replication_link(w: &mut World, t: u64) {
         }
     } else if !w.link && possible {
         w.link = true;
-        let source = if w.nodes[0].primary {
-            0
-        } else if w.nodes[1].primary {
-            1
-        } else if w.nodes[1].generations[0] > w.nodes[0].generations[0] {
-            1
-        } else {
-            0
-        };
+        // The Primary is the source; between two Secondaries, the copy of the newer generation.
+        let source = usize::from(
+            !w.nodes[0].primary
+                && (w.nodes[1].primary || w.nodes[1].generations[0] > w.nodes[0].generations[0]),
+        );
         let gens = w.nodes[source].generations.clone();
         w.nodes[1 - source].generations = gens;
     }
