@@ -32,7 +32,10 @@ use std::time::Duration;
 use crate::backoff::Retries;
 use crate::lease::{LeaseGrantor, LeaseHolder};
 use crate::membership::{Membership, Output as MemberOut};
-use crate::message::{Message, Report, ReportDisk, ReportRole, ReportStatus, Settings};
+use crate::message::{
+    Feature, LeaseReport, Message, MessageVersion, Report, ReportDisk, ReportRole, ReportStatus,
+    Settings,
+};
 use crate::scheduler::{
     Action, ClusterInput, ClusterOptions, ClusterState, DiskState, LocationKind,
     LocationPreference, NodeStatus, ResourceKind, ResourceStatus, Role, RunStatus, SchedulerConfig,
@@ -665,6 +668,86 @@ pub fn fresh(seen: Option<(u64, u64)>, incarnation: u64, seq: u64) -> bool {
         None => true,
         Some((inc, last)) => incarnation > inc || (incarnation == inc && seq > last),
     }
+}
+
+/// What a peer's report says about its leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerLeases {
+    /// The peer neither grants nor waits (a release before leases: message version 1, or no lease part).
+    pub without_leases: bool,
+    /// The peer's newest stamp with its incarnation, to echo when this node grants; `None`: keep the last.
+    pub stamp: Option<(u64, u64)>,
+}
+
+/// Takes the lease part of a report from the peer's incarnation `sender`, in message `version`: a grant echoing a
+/// stamp of this node's incarnation `me` goes into `holder` (an echo for an earlier run of this node, whose clock
+/// had another origin, is no grant).
+pub fn accept_leases(
+    holder: &mut LeaseHolder,
+    version: MessageVersion,
+    lease: Option<&LeaseReport>,
+    sender: u64,
+    me: u64,
+    now: Duration,
+) -> PeerLeases {
+    let Some(lease) = lease else {
+        return PeerLeases {
+            without_leases: true,
+            stamp: None,
+        };
+    };
+    if let (Some(echo), true) = (lease.echo, lease.echo_for == me) {
+        holder.granted(echo, lease.volumes.iter().map(String::as_str), now);
+    }
+    PeerLeases {
+        without_leases: !version.speaks(Feature::Leases),
+        stamp: Some((sender, lease.stamp)),
+    }
+}
+
+/// A stack promoted here counts as a failover when the promotion is of its first volume, with the replication
+/// link down, and the peer — Online once since this node started — is lost.
+pub fn is_failover(
+    first_volume: bool,
+    connected: bool,
+    peer_seen_once: bool,
+    peer_online: bool,
+) -> bool {
+    first_volume && !connected && peer_seen_once && !peer_online
+}
+
+// ----- settings -----
+
+/// `settings` as a change made by this node (`me`) to its copy `current`: a version above both, this node the
+/// origin.
+pub fn changed_settings(current: &Settings, mut settings: Settings, me: u8) -> Settings {
+    settings.version = current.version.max(settings.version) + 1;
+    settings.origin = me;
+    settings
+}
+
+/// Applies a `resource cleanup` carried by `settings` once (`applied` is the last generation applied): the
+/// failures of its resource (or all) are forgotten — fail counts, last failures, retries and failed actions.
+pub fn apply_cleanup(
+    settings: &Settings,
+    applied: &mut u64,
+    resources: &mut BTreeMap<String, LocalResource>,
+    retries: &mut Retries,
+    failed_actions: &mut Vec<String>,
+) {
+    if settings.cleanup.generation <= *applied {
+        return;
+    }
+    *applied = settings.cleanup.generation;
+    let only = settings.cleanup.resource.as_deref();
+    for (name, r) in resources.iter_mut() {
+        if only.is_none_or(|only| only == name) {
+            r.fail_count = 0;
+            r.last_failure = None;
+        }
+    }
+    retries.clear(only);
+    failed_actions.retain(|a| only.is_some_and(|r| !a.starts_with(&format!("{r}_"))));
 }
 
 // ----- fencing -----

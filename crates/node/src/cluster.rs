@@ -918,18 +918,18 @@ impl Shared {
                     st.peer_messages = Some(version);
                 }
                 // A release before leases (message version 1) neither grants nor waits.
-                st.peer_without_leases = !version.speaks(message::Feature::Leases);
-                match &report.lease {
-                    Some(lease) => {
-                        st.peer_stamp = Some((envelope.incarnation, lease.stamp));
-                        if let (Some(echo), true) = (lease.echo, lease.echo_for == self.incarnation)
-                        {
-                            let now = self.now();
-                            st.holder
-                                .granted(echo, lease.volumes.iter().map(String::as_str), now);
-                        }
-                    }
-                    None => st.peer_without_leases = true,
+                let now = self.now();
+                let leases = failover::accept_leases(
+                    &mut st.holder,
+                    version,
+                    report.lease.as_ref(),
+                    envelope.incarnation,
+                    self.incarnation,
+                    now,
+                );
+                st.peer_without_leases = leases.without_leases;
+                if leases.stamp.is_some() {
+                    st.peer_stamp = leases.stamp;
                 }
                 if st.settings.older_than(&report.settings) {
                     let settings = report.settings.clone();
@@ -1105,34 +1105,21 @@ impl Shared {
     // ----- settings -----
 
     /// Makes `settings` this node's copy as a new change: a version above both copies, this node the origin.
-    fn change_settings(&self, st: &mut State, mut settings: Settings) {
-        settings.version = st.settings.version.max(settings.version) + 1;
-        settings.origin = self.me.id;
+    fn change_settings(&self, st: &mut State, settings: Settings) {
+        let settings = failover::changed_settings(&st.settings, settings, self.me.id);
         self.adopt_settings(st, settings);
     }
 
     /// Takes `settings` as this node's copy and stores it.
     fn adopt_settings(&self, st: &mut State, settings: Settings) {
-        if settings.cleanup.generation > st.cleanup_applied {
-            st.cleanup_applied = settings.cleanup.generation;
-            for (name, r) in st.resources.iter_mut() {
-                if settings
-                    .cleanup
-                    .resource
-                    .as_ref()
-                    .is_none_or(|only| only == name)
-                {
-                    r.fail_count = 0;
-                    r.last_failure = None;
-                }
-            }
-            let only = settings.cleanup.resource.clone();
-            st.retries.clear(only.as_deref());
-            st.failed_actions.retain(|a| {
-                only.as_ref()
-                    .is_some_and(|r| !a.starts_with(&format!("{r}_")))
-            });
-        }
+        let st = &mut *st;
+        failover::apply_cleanup(
+            &settings,
+            &mut st.cleanup_applied,
+            &mut st.resources,
+            &mut st.retries,
+            &mut st.failed_actions,
+        );
         st.settings = settings;
         let path = &self.settings_file;
         let tmp = path.with_extension("json.tmp");
@@ -1530,11 +1517,15 @@ impl Shared {
                 let v = volume_of(volume)?;
                 // A stack promoted here while its peer is lost (it was Online once, and the volume's link is
                 // down) is a failover; counted once per stack, by its first volume.
-                let takeover =
-                    *volume == stack.volume && v.status().connection != ConnState::Connected && {
-                        let st = self.lock();
-                        st.peer_seen_once && !self.peer_online(&st)
-                    };
+                let takeover = {
+                    let st = self.lock();
+                    failover::is_failover(
+                        *volume == stack.volume,
+                        v.status().connection == ConnState::Connected,
+                        st.peer_seen_once,
+                        self.peer_online(&st),
+                    )
+                };
                 v.admin(AdminCommand::Primary { force: false })?;
                 if takeover {
                     self.failovers.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@ use super::*;
 use crate::backoff::Retries;
 use crate::lease::LeaseConfig;
 use crate::membership::{Heartbeat, MembershipConfig};
-use crate::message::{Location, ResourceReport, VolumeReport};
+use crate::message::{self, LeaseReport, Location, ResourceReport, VolumeReport};
 use crate::scheduler::{Fencing, NoQuorumPolicy};
 
 fn ms(n: u64) -> Duration {
@@ -898,4 +898,126 @@ fn vips_are_announced_again_when_the_peer_comes_back_or_releases_one() {
     assert!(w
         .round(true, &vips, &BTreeSet::new(), Some(&holding))
         .is_empty());
+}
+
+// ----- a report's leases, failovers, settings -----
+
+#[test]
+fn a_report_s_lease_grants_only_when_it_echoes_this_incarnation() {
+    let v2 = message::negotiate(Some(message::VERSIONS)).expect("common");
+    let v1 = message::negotiate(None).expect("common");
+    let mut holder = LeaseHolder::new(lease());
+    let stamp = holder.stamp(ms(1000));
+    let grant = LeaseReport {
+        stamp: 77,
+        echo: Some(stamp),
+        echo_for: 9,
+        volumes: vec!["vol0".into()],
+    };
+    // An echo for another incarnation of this node: the stamp is kept, nothing granted.
+    let got = accept_leases(&mut holder, v2, Some(&grant), 5, 8, ms(1100));
+    assert_eq!(
+        got,
+        PeerLeases {
+            without_leases: false,
+            stamp: Some((5, 77))
+        }
+    );
+    assert_eq!(holder.until("vol0", None), None);
+    // For this incarnation: granted from the echoed stamp.
+    accept_leases(&mut holder, v2, Some(&grant), 5, 9, ms(1100));
+    assert_eq!(holder.until("vol0", None), Some(ms(1000) + lease().lease));
+    // Version 1 or no lease part: a peer that neither grants nor waits.
+    assert!(accept_leases(&mut holder, v1, Some(&grant), 5, 9, ms(1200)).without_leases);
+    assert_eq!(
+        accept_leases(&mut holder, v2, None, 5, 9, ms(1200)),
+        PeerLeases {
+            without_leases: true,
+            stamp: None
+        }
+    );
+}
+
+#[test]
+fn a_failover_is_the_first_volume_promoted_with_the_link_down_and_the_peer_lost() {
+    assert!(is_failover(true, false, true, false));
+    assert!(!is_failover(false, false, true, false));
+    assert!(!is_failover(true, true, true, false));
+    assert!(!is_failover(true, false, false, false));
+    assert!(!is_failover(true, false, true, true));
+}
+
+#[test]
+fn a_settings_change_goes_above_both_versions_with_this_node_as_origin() {
+    let current = Settings {
+        version: 7,
+        origin: 2,
+        ..Settings::default()
+    };
+    let mut edited = current.clone();
+    edited.standby.insert("a".into());
+    let changed = changed_settings(&current, edited, 1);
+    assert_eq!((changed.version, changed.origin), (8, 1));
+    assert!(current.older_than(&changed));
+    let ahead = Settings {
+        version: 12,
+        ..Settings::default()
+    };
+    assert_eq!(changed_settings(&current, ahead, 1).version, 13);
+}
+
+#[test]
+fn a_cleanup_is_applied_once_to_its_resource_or_all() {
+    let mut resources = resources();
+    for r in resources.values_mut() {
+        r.fail_count = 2;
+        r.last_failure = Some(ms(10));
+    }
+    let mut retries = Retries::default();
+    retries.failed("vol0-vip", "start", "busy", ms(0));
+    retries.failed("vol0-target", "start", "busy", ms(0));
+    let mut failed = vec![
+        "vol0-vip_start_0 on a 'busy'".to_string(),
+        "vol0-target_start_0 on a 'busy'".to_string(),
+    ];
+    let mut applied = 0;
+    let mut settings = Settings::default();
+    settings.cleanup.generation = 1;
+    settings.cleanup.resource = Some("vol0-vip".into());
+    apply_cleanup(
+        &settings,
+        &mut applied,
+        &mut resources,
+        &mut retries,
+        &mut failed,
+    );
+    assert_eq!(applied, 1);
+    assert_eq!(resources["vol0-vip"].fail_count, 0);
+    assert_eq!(resources["vol0-vip"].last_failure, None);
+    assert_eq!(resources["vol0-target"].fail_count, 2);
+    assert!(retries.wait("vol0-vip", "start", ms(1)).is_none());
+    assert!(retries.wait("vol0-target", "start", ms(1)).is_some());
+    assert_eq!(failed, vec!["vol0-target_start_0 on a 'busy'".to_string()]);
+    // The same generation again changes nothing; a new one for all clears the rest.
+    resources.get_mut("vol0-vip").expect("vip").fail_count = 5;
+    apply_cleanup(
+        &settings,
+        &mut applied,
+        &mut resources,
+        &mut retries,
+        &mut failed,
+    );
+    assert_eq!(resources["vol0-vip"].fail_count, 5);
+    settings.cleanup.generation = 2;
+    settings.cleanup.resource = None;
+    apply_cleanup(
+        &settings,
+        &mut applied,
+        &mut resources,
+        &mut retries,
+        &mut failed,
+    );
+    assert!(resources.values().all(|r| r.fail_count == 0));
+    assert!(failed.is_empty());
+    assert!(retries.wait("vol0-target", "start", ms(1)).is_none());
 }
