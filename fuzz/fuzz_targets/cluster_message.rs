@@ -2,7 +2,7 @@
 //! never panics, under the right secret or a wrong one, and anything that decodes was authenticated.
 #![no_main]
 
-use twinsan_node::cluster::message;
+use twinsan_cluster::message;
 
 const SECRET: &[u8] = b"fuzzing secret, 32 bytes long...";
 

@@ -19,8 +19,8 @@
 //!   waits for the peer's grant, a demotion for writes in flight) — never on the net thread, so heartbeats keep
 //!   going while an action runs.
 
-pub(crate) mod backoff;
-pub mod message;
+pub(crate) use twinsan_cluster::backoff;
+use twinsan_cluster::message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -32,12 +32,15 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, warn};
+use twinsan_cluster::failover::{
+    self, action_verb, FenceAnswer, Fences, GateInput, Hold, LocalResource, LocalVolume, NodeView,
+    Timing, VipWatch, Vote,
+};
 use twinsan_cluster::lease::{LeaseConfig, LeaseGrantor, LeaseHolder};
 use twinsan_cluster::membership::{Membership, MembershipConfig, Output as MemberOut};
 use twinsan_cluster::scheduler::{
-    self, Action, ClusterInput, ClusterOptions, ClusterState, DiskState, Fencing, LocationKind,
-    LocationPreference, NoQuorumPolicy, NodeStatus, ResourceKind, ResourceStatus, Role, RunStatus,
-    SchedulerConfig, VolumeStack, VolumeStatus,
+    self, Action, ClusterOptions, Fencing, NoQuorumPolicy, ResourceKind, Role, RunStatus,
+    VolumeStack,
 };
 use twinsan_replication::engine::AdminCommand;
 use twinsan_replication::generation::{GenerationIds, Role as VolumeRole, HISTORY_LEN};
@@ -53,7 +56,8 @@ use crate::vip::{Vip, VipSpec};
 use crate::volume::Volume;
 use crate::witness::WitnessLink;
 use message::{
-    Cleanup, LeaseReport, Location, Message, Report, ResourceReport, Settings, VolumeReport,
+    Cleanup, LeaseReport, Location, Message, Report, ReportDisk, ReportRole, ReportStatus,
+    ResourceReport, Settings, VolumeReport,
 };
 
 /// How often the executor looks at the cluster when nothing wakes it.
@@ -89,22 +93,26 @@ struct Stack {
     vip: Vip,
 }
 
-/// One of this node's resources.
-#[derive(Clone, Debug)]
-struct LocalResource {
-    kind: ResourceKind,
-    volume: String,
-    status: RunStatus,
-    fail_count: u32,
-    last_failure: Option<Instant>,
-}
-
-/// A fence request of one of our volumes, waiting for the peer.
-struct PendingFence {
-    id: u64,
-    volume: String,
-    generations: GenerationIds,
-    last_sent: Option<Instant>,
+impl Stack {
+    /// The stack as the scheduler sees it.
+    fn scheduled(&self) -> VolumeStack {
+        VolumeStack {
+            name: self.volume.clone(),
+            volumes: self.volumes[1..].to_vec(),
+            lun_volumes: self
+                .luns
+                .iter()
+                .filter_map(|(name, lun)| {
+                    let v = self.lun_volume.get(lun)?;
+                    (*v != self.volume).then(|| (name.clone(), v.clone()))
+                })
+                .collect(),
+            vip: self.vip_name.clone(),
+            target: self.target_name.clone(),
+            luns: self.luns.iter().map(|(n, _)| n.clone()).collect(),
+            fencing: self.fencing,
+        }
+    }
 }
 
 /// What the net thread works on.
@@ -127,8 +135,8 @@ struct State {
     peer_report: Option<Report>,
     peer_seen: Option<(u64, u64)>,
     resources: BTreeMap<String, LocalResource>,
-    fences: Vec<PendingFence>,
-    next_fence_id: u64,
+    /// This node's fence requests to the peer.
+    fences: Fences,
     seq: u64,
     notes: Vec<String>,
     failed_actions: Vec<String>,
@@ -141,8 +149,8 @@ struct State {
     leaving: bool,
     /// The peer has been Online since this node started.
     peer_seen_once: bool,
-    /// When the peer last went OFFLINE (while it is).
-    peer_offline_at: Option<Instant>,
+    /// When the peer last went OFFLINE (while it is), on the node's clock (`Shared::now`).
+    peer_offline_at: Option<Duration>,
     /// The leases the peer granted this node (SPEC invariant 8).
     holder: LeaseHolder,
     /// The leases this node granted the peer, for the takeover wait.
@@ -156,8 +164,8 @@ struct State {
     peer_messages: Option<message::MessageVersion>,
     /// Volumes this node is promoting while their replication link is down: the peer gets no grant for them.
     taking_over: BTreeSet<String>,
-    /// When each volume became Primary here.
-    primary_since: BTreeMap<String, Instant>,
+    /// When each volume became Primary here (`Shared::now`).
+    primary_since: BTreeMap<String, Duration>,
     /// The last time a takeover waited for the peer's lease, logged once per wait.
     lease_wait_logged: BTreeSet<String>,
 }
@@ -369,8 +377,7 @@ impl ClusterManager {
                 peer_report: None,
                 peer_seen: None,
                 resources,
-                fences: Vec::new(),
-                next_fence_id: 1,
+                fences: Fences::new(),
                 seq: 0,
                 notes: Vec::new(),
                 failed_actions: Vec::new(),
@@ -572,41 +579,24 @@ fn load_settings(path: &PathBuf) -> Result<Settings, ClusterError> {
     }
 }
 
-fn disk_state(disk: VolumeDisk) -> DiskState {
+/// A volume's disk state by its name in reports (the same names: a one-to-one translation).
+fn report_disk(disk: VolumeDisk) -> ReportDisk {
     match disk {
-        VolumeDisk::UpToDate => DiskState::UpToDate,
-        VolumeDisk::Outdated => DiskState::Outdated,
-        VolumeDisk::Inconsistent => DiskState::Inconsistent,
-        VolumeDisk::Consistent => DiskState::Consistent,
-        VolumeDisk::Diskless | VolumeDisk::Failed => DiskState::Diskless,
-        VolumeDisk::Attaching | VolumeDisk::DUnknown => DiskState::Unknown,
+        VolumeDisk::Diskless => ReportDisk::Diskless,
+        VolumeDisk::Attaching => ReportDisk::Attaching,
+        VolumeDisk::Failed => ReportDisk::Failed,
+        VolumeDisk::Inconsistent => ReportDisk::Inconsistent,
+        VolumeDisk::Outdated => ReportDisk::Outdated,
+        VolumeDisk::DUnknown => ReportDisk::DUnknown,
+        VolumeDisk::Consistent => ReportDisk::Consistent,
+        VolumeDisk::UpToDate => ReportDisk::UpToDate,
     }
 }
 
-fn disk_by_name(name: &str) -> DiskState {
-    match name {
-        "UpToDate" => DiskState::UpToDate,
-        "Outdated" => DiskState::Outdated,
-        "Inconsistent" => DiskState::Inconsistent,
-        "Consistent" => DiskState::Consistent,
-        "Diskless" | "Failed" => DiskState::Diskless,
-        _ => DiskState::Unknown,
-    }
-}
-
-fn run_status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Started => "started",
-        RunStatus::Stopped => "stopped",
-        RunStatus::Failed => "failed",
-    }
-}
-
-fn run_status_by_name(name: &str) -> RunStatus {
-    match name {
-        "started" => RunStatus::Started,
-        "failed" => RunStatus::Failed,
-        _ => RunStatus::Stopped,
+fn report_role(role: VolumeRole) -> ReportRole {
+    match role {
+        VolumeRole::Primary => ReportRole::Primary,
+        VolumeRole::Secondary => ReportRole::Secondary,
     }
 }
 
@@ -685,11 +675,6 @@ impl Shared {
         self.epoch.elapsed()
     }
 
-    /// Seconds on the scheduler's clock (offset so that "seconds ago" never goes below zero).
-    fn now_s(&self) -> u64 {
-        self.epoch.elapsed().as_secs() + 1_000_000
-    }
-
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -745,17 +730,10 @@ impl Shared {
                     volume,
                     generations,
                 }) => {
-                    let mut st = self.lock();
-                    let id = st.next_fence_id;
-                    st.next_fence_id += 1;
                     info!(volume = %volume, peer = %self.peer.name, "fencing the peer through the cluster");
-                    st.fences.retain(|f| f.volume != volume);
-                    st.fences.push(PendingFence {
-                        id,
-                        volume,
-                        generations,
-                        last_sent: None,
-                    });
+                    self.lock()
+                        .fences
+                        .request(&volume, generations_to_vec(&generations));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -794,31 +772,28 @@ impl Shared {
         let now = self.now();
         let st = self.lock();
         let peer_online = self.peer_online(&st);
-        let alone = if peer_online || !st.membership.settled(now) {
-            None
-        } else {
-            match &self.witness {
-                Some(w) => w
-                    .vote_until()
-                    .map(|until| until.saturating_duration_since(self.epoch)),
-                None => Some(now + self.lease.lease),
-            }
-        };
+        let witness = self.witness.as_ref().map(|w| {
+            w.vote_until()
+                .map(|until| until.saturating_duration_since(self.epoch))
+        });
+        let alone = failover::alone_lease(
+            peer_online,
+            st.membership.settled(now),
+            witness,
+            now,
+            self.lease.lease,
+        );
         for (name, v) in self.volumes().iter() {
-            // A peer of the release before leases grants nothing and does not wait: run as that release did
-            // while it is Online and not Primary of the volume.
-            let legacy = st.peer_without_leases
-                && peer_online
-                && !st.peer_report.as_ref().is_some_and(|r| {
-                    r.volumes
-                        .iter()
-                        .any(|x| &x.volume == name && x.role == "Primary")
-                });
-            let until = if legacy {
-                Some(now + self.lease.lease)
-            } else {
-                st.holder.until(name, alone)
-            };
+            let until = failover::lease_until(
+                &st.holder,
+                name,
+                alone,
+                st.peer_without_leases,
+                peer_online,
+                st.peer_report.as_ref(),
+                now,
+                self.lease.lease,
+            );
             if let Some(until) = until {
                 v.set_lease(self.epoch + until);
             }
@@ -841,7 +816,7 @@ impl Shared {
                     warn!(node = %self.peer.name, "node {} is OFFLINE: no heartbeat on any cluster link", self.peer.name);
                     let mut st = self.lock();
                     st.peer_report = None;
-                    st.peer_offline_at = Some(Instant::now());
+                    st.peer_offline_at = Some(self.now());
                     changed = true;
                 }
                 MemberOut::PeerRestarted { .. } => {
@@ -920,14 +895,7 @@ impl Shared {
         }
         {
             let mut st = self.lock();
-            let fresh = match st.peer_seen {
-                None => true,
-                Some((inc, seq)) => {
-                    envelope.incarnation > inc
-                        || (envelope.incarnation == inc && envelope.seq > seq)
-                }
-            };
-            if !fresh {
+            if !failover::fresh(st.peer_seen, envelope.incarnation, envelope.seq) {
                 return;
             }
             st.peer_seen = Some((envelope.incarnation, envelope.seq));
@@ -950,18 +918,18 @@ impl Shared {
                     st.peer_messages = Some(version);
                 }
                 // A release before leases (message version 1) neither grants nor waits.
-                st.peer_without_leases = !version.speaks(message::Feature::Leases);
-                match &report.lease {
-                    Some(lease) => {
-                        st.peer_stamp = Some((envelope.incarnation, lease.stamp));
-                        if let (Some(echo), true) = (lease.echo, lease.echo_for == self.incarnation)
-                        {
-                            let now = self.now();
-                            st.holder
-                                .granted(echo, lease.volumes.iter().map(String::as_str), now);
-                        }
-                    }
-                    None => st.peer_without_leases = true,
+                let now = self.now();
+                let leases = failover::accept_leases(
+                    &mut st.holder,
+                    version,
+                    report.lease.as_ref(),
+                    envelope.incarnation,
+                    self.incarnation,
+                    now,
+                );
+                st.peer_without_leases = leases.without_leases;
+                if leases.stamp.is_some() {
+                    st.peer_stamp = leases.stamp;
                 }
                 if st.settings.older_than(&report.settings) {
                     let settings = report.settings.clone();
@@ -983,12 +951,9 @@ impl Shared {
                 volume,
                 outcome,
             } => {
-                let mut st = self.lock();
-                let Some(pos) = st.fences.iter().position(|f| f.id == id) else {
+                if self.lock().fences.answered(id).is_none() {
                     return;
-                };
-                st.fences.remove(pos);
-                drop(st);
+                }
                 let Some(v) = self.volumes().get(&volume).cloned() else {
                     return;
                 };
@@ -1011,14 +976,14 @@ impl Shared {
         let Some(v) = self.volumes().get(volume).cloned() else {
             return;
         };
-        let outcome = match generations_from_vec(generations) {
-            None => Err("malformed generation identifiers".to_string()),
-            Some(g) => {
-                let status = v.status();
-                if status.connection == ConnState::Connected {
-                    // Our side of the replication link has not noticed the break yet; the peer asks again.
+        let connected = v.status().connection == ConnState::Connected;
+        let outcome = match failover::fence_request(connected, generations, 2 + HISTORY_LEN) {
+            FenceAnswer::NotYet => return,
+            FenceAnswer::Refuse(why) => Err(why),
+            FenceAnswer::Outdate => {
+                let Some(g) = generations_from_vec(generations) else {
                     return;
-                }
+                };
                 match v.outdate(g, self.peer.id) {
                     Ok(_) => {
                         info!(volume = %volume, peer = %self.peer.name, "fenced by the peer: this copy is now Outdated");
@@ -1040,50 +1005,26 @@ impl Shared {
     /// resyncs; drops them when the volume reconnected (the fence is moot).
     fn drive_fences(&self) {
         let heartbeat = Duration::from_millis(self.config.cluster.heartbeat_interval_ms);
-        let mut send = Vec::new();
-        let mut unreachable = Vec::new();
-        {
+        let (send, unreachable) = {
             let mut st = self.lock();
-            if st.fences.is_empty() {
+            if st.fences.pending().is_empty() {
                 return;
             }
             let peer_online = self.peer_online(&st);
             let volumes = self.volumes();
-            st.fences.retain(|f| {
+            let now = self.now();
+            let round = st.fences.drive(now, peer_online, heartbeat, |name| {
                 volumes
-                    .get(&f.volume)
-                    .is_some_and(|v| v.status().connection != ConnState::Connected)
+                    .get(name)
+                    .is_none_or(|v| v.status().connection == ConnState::Connected)
             });
-            let now = Instant::now();
-            let mut keep = Vec::new();
-            for mut f in std::mem::take(&mut st.fences) {
-                if !peer_online {
-                    unreachable.push(f.volume.clone());
-                    continue;
-                }
-                if f.last_sent
-                    .is_none_or(|t| now.duration_since(t) >= heartbeat)
-                {
-                    f.last_sent = Some(now);
-                    send.push(Message::Fence {
-                        id: f.id,
-                        volume: f.volume.clone(),
-                        generations: generations_to_vec(&f.generations),
-                    });
-                }
-                keep.push(f);
-            }
-            st.fences = keep;
-            if !unreachable.is_empty() {
-                let mut settings = st.settings.clone();
-                for volume in &unreachable {
-                    settings
-                        .fenced
-                        .insert((volume.clone(), self.peer.name.clone()));
-                }
+            if !round.unreachable.is_empty() {
+                let settings =
+                    failover::fence_unreachable(&st.settings, &round.unreachable, &self.peer.name);
                 self.change_settings(&mut st, settings);
             }
-        }
+            (round.send, round.unreachable)
+        };
         for m in &send {
             self.send_message(m);
         }
@@ -1103,15 +1044,15 @@ impl Shared {
             let now = self.now();
             // The peer may complete I/O alone on the volumes this node is not Primary of and not taking over,
             // while this node sees it (see `twinsan_cluster::lease`).
-            let granted: Vec<String> = match st.peer_stamp {
-                Some(_) if self.peer_online(&st) => self
-                    .volumes()
+            let volumes = self.volumes();
+            let granted = failover::grants(
+                st.peer_stamp.is_some(),
+                self.peer_online(&st),
+                volumes
                     .iter()
-                    .filter(|(name, v)| !v.is_primary() && !st.taking_over.contains(*name))
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-                _ => Vec::new(),
-            };
+                    .map(|(name, v)| (name.as_str(), v.is_primary())),
+                &st.taking_over,
+            );
             if !granted.is_empty() {
                 st.grantor.granting(granted.iter().map(String::as_str), now);
             }
@@ -1132,15 +1073,12 @@ impl Shared {
                         let s = v.status();
                         VolumeReport {
                             volume: name.clone(),
-                            disk: s.disk.as_str().to_string(),
-                            role: match s.role {
-                                VolumeRole::Primary => "Primary".into(),
-                                VolumeRole::Secondary => "Secondary".into(),
-                            },
+                            disk: report_disk(s.disk),
+                            role: report_role(s.role),
                             connected: s.connection == ConnState::Connected,
                             generations: generations_to_vec(&s.generations),
-                            primary_for_ms: st.primary_since.get(name).map(|t| {
-                                u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+                            primary_for_ms: st.primary_since.get(name).map(|&t| {
+                                u64::try_from(now.saturating_sub(t).as_millis()).unwrap_or(u64::MAX)
                             }),
                         }
                     })
@@ -1150,9 +1088,9 @@ impl Shared {
                     .iter()
                     .map(|(name, r)| ResourceReport {
                         resource: name.clone(),
-                        status: run_status_name(r.status).into(),
+                        status: ReportStatus::from(r.status),
                         fail_count: r.fail_count,
-                        last_failure_ago_s: r.last_failure.map(|t| t.elapsed().as_secs()),
+                        last_failure_ago_s: r.last_failure.map(|t| now.saturating_sub(t).as_secs()),
                     })
                     .collect(),
                 settings: st.settings.clone(),
@@ -1167,34 +1105,21 @@ impl Shared {
     // ----- settings -----
 
     /// Makes `settings` this node's copy as a new change: a version above both copies, this node the origin.
-    fn change_settings(&self, st: &mut State, mut settings: Settings) {
-        settings.version = st.settings.version.max(settings.version) + 1;
-        settings.origin = self.me.id;
+    fn change_settings(&self, st: &mut State, settings: Settings) {
+        let settings = failover::changed_settings(&st.settings, settings, self.me.id);
         self.adopt_settings(st, settings);
     }
 
     /// Takes `settings` as this node's copy and stores it.
     fn adopt_settings(&self, st: &mut State, settings: Settings) {
-        if settings.cleanup.generation > st.cleanup_applied {
-            st.cleanup_applied = settings.cleanup.generation;
-            for (name, r) in st.resources.iter_mut() {
-                if settings
-                    .cleanup
-                    .resource
-                    .as_ref()
-                    .is_none_or(|only| only == name)
-                {
-                    r.fail_count = 0;
-                    r.last_failure = None;
-                }
-            }
-            let only = settings.cleanup.resource.clone();
-            st.retries.clear(only.as_deref());
-            st.failed_actions.retain(|a| {
-                only.as_ref()
-                    .is_some_and(|r| !a.starts_with(&format!("{r}_")))
-            });
-        }
+        let st = &mut *st;
+        failover::apply_cleanup(
+            &settings,
+            &mut st.cleanup_applied,
+            &mut st.resources,
+            &mut st.retries,
+            &mut st.failed_actions,
+        );
         st.settings = settings;
         let path = &self.settings_file;
         let tmp = path.with_extension("json.tmp");
@@ -1218,8 +1143,7 @@ impl Shared {
         let mut next_monitor = Instant::now() + monitor_every;
         let mut last_notes: Vec<String> = Vec::new();
         let mut waited_logged = false;
-        let mut peer_vips: BTreeMap<String, bool> = BTreeMap::new();
-        let mut peer_was_online = false;
+        let mut vips = VipWatch::new();
         while !self.stopping() {
             let exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
             if Instant::now() >= next_monitor {
@@ -1227,30 +1151,29 @@ impl Shared {
                 self.monitor();
             }
             self.track_roles();
-            self.announce_vips(&mut peer_vips, &mut peer_was_online);
+            self.announce_vips(&mut vips);
             self.clear_settled_fences();
-            // The peer's end of a replication link closed or reset just now (its process or host died): with
-            // every cluster link silent for two heartbeat intervals too, it is OFFLINE now, not at the detection
-            // timeout — a dead primary is replaced within about half a second.
             self.early_loss();
-            // The peer is OFFLINE on every cluster link: a replication link silent as long is dead too (a hung or
-            // cut-off peer sends no RST), so the survivor need not wait for the volume's own ping timeout.
-            let silent_peer = {
+            // The peer is OFFLINE on every cluster link: a replication link silent as long is dead too, so the
+            // survivor need not wait for the volume's own ping timeout.
+            let silence = {
                 let st = self.lock();
-                !self.peer_online(&st) && st.peer_seen_once
+                failover::replication_silence(
+                    self.peer_online(&st),
+                    st.peer_seen_once,
+                    self.timing(),
+                    twinsan_replication::engine::PING_INTERVAL,
+                )
             };
-            if silent_peer {
-                // At least four ping intervals: a live replication link is heard from more often than that.
-                let silence = Duration::from_millis(self.config.cluster.detection_timeout_ms)
-                    .max(twinsan_replication::engine::PING_INTERVAL * 4);
+            if let Some(silence) = silence {
                 for v in self.volumes().values() {
                     if v.status().connection == ConnState::Connected {
                         v.peer_silent(silence);
                     }
                 }
             }
-            let (input, me_left, me_stopped, peer_unknown) = self.build_input();
-            let schedule = scheduler::schedule(&input);
+            let built = self.build_input();
+            let schedule = scheduler::schedule(&built.input);
             if schedule.notes != last_notes {
                 for note in &schedule.notes {
                     if !last_notes.contains(note) {
@@ -1260,49 +1183,30 @@ impl Shared {
                 last_notes = schedule.notes.clone();
             }
             self.lock().notes = schedule.notes.clone();
-            let mut mine = self.my_share(&schedule.actions);
-            // With a witness, a node that takes over waits one more detection timeout after the peer went
-            // OFFLINE: the peer, cut off on its side at about the same moment, has lost quorum by then and
-            // stopped — so the two are never Primary at once. Stops are never held back.
-            if self.witness.is_some() {
-                let settling = self.lock().peer_offline_at.is_some_and(|t| {
-                    t.elapsed() < Duration::from_millis(self.config.cluster.detection_timeout_ms)
-                });
-                if settling {
-                    mine = self.without_starts(mine);
-                }
-            }
-            mine = self.hold_takeovers(mine);
-            // A peer that is Online but has not reported yet (it just came up, or came back) is not known to run
-            // nothing: act once its report is in.
-            // A node that has just started waits a while for its peer before it runs anything alone (DRBD's
-            // wait-for-connection at boot): the peer may hold the newer data.
-            // Both judged on the snapshot the schedule was made from.
-            if peer_unknown && !mine.is_empty() && !waited_logged {
+            let gated = self.gate(&schedule.actions, built.peer_unknown, built.left);
+            if built.peer_unknown && !gated.share.is_empty() && !waited_logged {
                 waited_logged = true;
                 info!(
                     "waiting up to {:?} for node {} before running resources alone",
-                    self.startup_wait(),
+                    self.timing().startup_wait(),
                     self.peer.name
                 );
             }
-            // A share that would retry a failed action before its time waits (the loop below still runs).
-            let due = self.due(&mine);
-            if !due.is_empty() && !me_left && !peer_unknown {
+            if !gated.run.is_empty() {
                 for a in &schedule.actions {
                     debug!("transition: {a}");
                 }
-                self.execute(&due);
+                self.execute(&gated.run);
                 continue;
             }
             // `cluster stop`: once nothing runs here, leave the membership; `cluster start`: come back.
             {
                 let idle = self.idle();
                 let mut st = self.lock();
-                if me_stopped && !st.left && idle && mine.is_empty() {
+                if built.stopped && !st.left && idle && gated.share.is_empty() {
                     st.left = true;
                     info!("cluster stop: nothing runs here any more; leaving the cluster (OFFLINE to the peer)");
-                } else if !me_stopped && st.left {
+                } else if !built.stopped && st.left {
                     st.left = false;
                     info!("cluster start: joining the cluster");
                 }
@@ -1316,9 +1220,58 @@ impl Shared {
         }
     }
 
-    /// How long a starting node waits for its peer before it acts alone: five detection timeouts.
-    fn startup_wait(&self) -> Duration {
-        Duration::from_millis(self.config.cluster.detection_timeout_ms) * 5
+    /// The cluster's timing.
+    fn timing(&self) -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(self.config.cluster.heartbeat_interval_ms),
+            detection: Duration::from_millis(self.config.cluster.detection_timeout_ms),
+        }
+    }
+
+    /// Every gate between the schedule and what this node runs now (`failover::gate`); logs each held takeover
+    /// once per wait and keeps the volumes being taken over (the peer gets no grant for them).
+    fn gate(&self, actions: &[Action], peer_unknown: bool, left: bool) -> failover::Gated {
+        let now = self.now();
+        let stacks: Vec<String> = self.stacks().iter().map(|s| s.volume.clone()).collect();
+        let volumes = self.volumes();
+        let connected = |name: &str| {
+            volumes
+                .get(name)
+                .is_some_and(|v| v.status().connection == ConnState::Connected)
+        };
+        let mut st = self.lock();
+        let gated = failover::gate(
+            actions,
+            connected,
+            &GateInput {
+                me: &self.me.name,
+                stacks: &stacks,
+                witness: self.witness.is_some(),
+                peer_offline_since: st.peer_offline_at,
+                settled: st.membership.settled(now),
+                grantor: &st.grantor,
+                retries: &st.retries,
+                peer_unknown,
+                left,
+                timing: self.timing(),
+                now,
+            },
+        );
+        for (volume, hold) in &gated.held {
+            if st.lease_wait_logged.insert(volume.clone()) {
+                match hold {
+                    Hold::Lease { wait } => info!(volume = %volume,
+                        "taking {volume} over after the lease granted to {} runs out, in {wait:?}", self.peer.name),
+                    Hold::Paused => info!(volume = %volume,
+                        "this node was paused: it listens for {:?} before it takes {volume} over",
+                        self.timing().detection),
+                }
+            }
+        }
+        st.lease_wait_logged
+            .retain(|volume| gated.held.contains_key(volume));
+        st.taking_over = gated.taking_over.clone();
+        gated
     }
 
     /// The peer is in this node's membership.
@@ -1338,24 +1291,22 @@ impl Shared {
             && !self.volumes().values().any(|v| v.is_primary())
     }
 
-    /// Early loss detection (membership rule 8) on a replication link closed by the peer's side.
+    /// Early loss detection (membership rule 8) on a replication link closed by the peer's side
+    /// (`failover::early_loss`).
     fn early_loss(&self) {
-        let recent = self
+        let closed: Vec<Duration> = self
             .volumes()
             .values()
             .filter_map(|v| v.peer_closed_ago())
-            .any(|ago| ago < Duration::from_secs(5));
-        if !recent {
+            .collect();
+        if closed.is_empty() {
             return;
         }
-        let silence = Duration::from_millis(self.config.cluster.heartbeat_interval_ms) * 2;
+        let timing = self.timing();
         let outs = {
             let mut st = self.lock();
-            if !self.peer_online(&st) {
-                return;
-            }
             let now = self.now();
-            st.membership.peer_gone(self.peer.id, silence, now)
+            failover::early_loss(&mut st.membership, self.peer.id, closed, now, timing)
         };
         if outs
             .iter()
@@ -1363,59 +1314,11 @@ impl Shared {
         {
             info!(
                 peer = %self.peer.name,
-                "the peer closed its replication link and sent no heartbeat for {silence:?}: it is gone"
+                "the peer closed its replication link and sent no heartbeat for {:?}: it is gone",
+                timing.early_loss_silence()
             );
         }
         self.membership_outputs(outs);
-    }
-
-    /// A promotion while the volume's replication link is down takes the volume over from the peer: it waits
-    /// until the lease this node last granted the peer for that volume has run out
-    /// ([`LeaseGrantor::wait_left`]), and until this node has listened for a detection timeout since its own
-    /// last pause; from the moment it is scheduled, the peer gets no new grant for the volume. The actions of a
-    /// waiting volume are cut before the promotion.
-    fn hold_takeovers(&self, actions: Vec<Action>) -> Vec<Action> {
-        let now = self.now();
-        let mut held: BTreeSet<String> = BTreeSet::new();
-        let mut st = self.lock();
-        let mut taking_over = BTreeSet::new();
-        for a in &actions {
-            let Action::Promote { volume, .. } = a else {
-                continue;
-            };
-            let connected = self
-                .volumes()
-                .get(volume)
-                .is_some_and(|v| v.status().connection == ConnState::Connected);
-            if connected {
-                continue;
-            }
-            taking_over.insert(volume.clone());
-            let wait = st.grantor.wait_left(volume, now);
-            let settled = st.membership.settled(now);
-            if wait.is_zero() && settled {
-                st.lease_wait_logged.remove(volume);
-                continue;
-            }
-            held.insert(volume.clone());
-            if st.lease_wait_logged.insert(volume.clone()) {
-                if settled {
-                    info!(volume = %volume, "taking {volume} over after the lease granted to {} runs out, in {wait:?}",
-                        self.peer.name);
-                } else {
-                    info!(volume = %volume, "this node was paused: it listens for {:?} before it takes {volume} over",
-                        Duration::from_millis(self.config.cluster.detection_timeout_ms));
-                }
-            }
-        }
-        st.taking_over = taking_over;
-        drop(st);
-        if held.is_empty() {
-            return actions;
-        }
-        cut_from(actions, |a| {
-            matches!(a, Action::Promote { .. }) && held.contains(a.resource())
-        })
     }
 
     /// Keeps when each volume became Primary here (reported, so two Primaries that meet keep the later one).
@@ -1426,24 +1329,17 @@ impl Shared {
             .filter(|(_, v)| v.is_primary())
             .map(|(name, _)| name.clone())
             .collect();
-        let mut st = self.lock();
-        st.primary_since.retain(|name, _| primaries.contains(name));
-        for name in primaries {
-            st.primary_since
-                .entry(name.clone())
-                .or_insert_with(Instant::now);
-        }
+        let now = self.now();
+        failover::track_primaries(&mut self.lock().primary_since, &primaries, now);
     }
 
-    /// Announces the VIPs this node holds again when the peer may have drawn initiators to itself: it came back
-    /// Online (it may have held an address while it was frozen or cut off), or it stopped a VIP of a stack this
-    /// node runs. Each node that takes or keeps a VIP announces it; nothing waits for ARP caches to expire.
-    fn announce_vips(&self, peer_vips: &mut BTreeMap<String, bool>, peer_was_online: &mut bool) {
-        let (online, ours, theirs) = {
+    /// Announces the VIPs this node holds again when the peer may have drawn initiators to itself
+    /// ([`VipWatch`]). Each node that takes or keeps a VIP announces it; nothing waits for ARP caches to expire.
+    fn announce_vips(&self, watch: &mut VipWatch) {
+        let stacks = self.stacks();
+        let announce = {
             let st = self.lock();
-            let online = self.peer_online(&st);
-            let ours: BTreeSet<String> = self
-                .stacks()
+            let ours: BTreeSet<String> = stacks
                 .iter()
                 .filter(|s| {
                     st.resources
@@ -1452,69 +1348,41 @@ impl Shared {
                 })
                 .map(|s| s.vip_name.clone())
                 .collect();
-            let theirs: BTreeMap<String, bool> = self
-                .stacks()
-                .iter()
-                .map(|s| {
-                    let running = st.peer_report.as_ref().is_some_and(|r| {
-                        r.resources
-                            .iter()
-                            .any(|x| x.resource == s.vip_name && x.status == "started")
-                    });
-                    (s.vip_name.clone(), running)
-                })
-                .collect();
-            (online, ours, theirs)
+            let vips: Vec<&str> = stacks.iter().map(|s| s.vip_name.as_str()).collect();
+            watch.round(self.peer_online(&st), &vips, &ours, st.peer_report.as_ref())
         };
-        let came_back = online && !*peer_was_online;
-        *peer_was_online = online;
-        for s in self.stacks().iter() {
-            let released = peer_vips.get(&s.vip_name).copied().unwrap_or(false)
-                && !theirs.get(&s.vip_name).copied().unwrap_or(false);
-            if ours.contains(&s.vip_name) && (came_back || released) && !s.vip.is_loopback() {
+        for s in stacks.iter() {
+            if announce.contains(&s.vip_name) && !s.vip.is_loopback() {
                 info!(vip = %s.target.vip, "announcing the virtual IP again: the peer came back or released it");
                 if let Err(e) = s.vip.start() {
                     warn!(vip = %s.target.vip, "announcing the virtual IP again: {e}");
                 }
             }
         }
-        *peer_vips = theirs;
     }
 
-    /// `actions` cut, per volume, before its first promotion or start.
-    fn without_starts(&self, actions: Vec<Action>) -> Vec<Action> {
-        cut_from(actions, |a| {
-            matches!(a, Action::Promote { .. } | Action::Start { .. })
-        })
+    /// This node's volumes as the failover rules read them.
+    fn local_volumes(&self) -> BTreeMap<String, LocalVolume> {
+        self.volumes()
+            .iter()
+            .map(|(name, v)| {
+                let s = v.status();
+                let volume = LocalVolume {
+                    disk: report_disk(s.disk),
+                    role: report_role(s.role),
+                    connected: s.connection == ConnState::Connected,
+                    peer_disk: report_disk(s.peer_disk),
+                    peer_role: s.peer_role.map(report_role),
+                    generations: generations_to_vec(&s.generations),
+                };
+                (name.clone(), volume)
+            })
+            .collect()
     }
 
-    /// The leading actions of each volume's list that are this node's.
-    fn my_share(&self, actions: &[Action]) -> Vec<Action> {
-        let mut mine = Vec::new();
-        for s in self.stacks().iter() {
-            for a in actions.iter().filter(|a| a.volume() == s.volume) {
-                if a.node() != self.me.name {
-                    break;
-                }
-                mine.push(a.clone());
-            }
-        }
-        mine
-    }
-
-    /// Builds the scheduler's input, under one lock; also says whether this node has left (`cluster stop` done),
-    /// whether it is stopped, and whether the peer's state is unknown (Online without a report yet, or not seen
-    /// since this node started and the start-up wait not over) — then nothing may be acted on.
-    fn build_input(&self) -> (ClusterInput, bool, bool, bool) {
-        let st = self.lock();
-        let peer_unknown = (st.peer_report.is_none() && self.peer_online(&st))
-            || (!st.peer_seen_once && self.epoch.elapsed() < self.startup_wait());
-        let settings = &st.settings;
+    /// The scheduler's input (`failover::build_input`) from one snapshot of this node's state.
+    fn build_input(&self) -> failover::Built {
         let cfg = &self.config.cluster;
-        let peer_online =
-            self.peer_online(&st) && !st.peer_report.as_ref().is_some_and(|r| r.stopped);
-        let peer_leaving = st.peer_report.as_ref().is_some_and(|r| r.leaving);
-        let me_stopped = settings.stopped.contains(&self.me.name);
         let options = ClusterOptions {
             resource_stickiness: cfg.resource_stickiness,
             migration_threshold: cfg.migration_threshold,
@@ -1526,202 +1394,36 @@ impl Shared {
             },
             witness: self.witness.is_some(),
         };
-        let volumes = self
-            .stacks()
-            .iter()
-            .map(|s| VolumeStack {
-                name: s.volume.clone(),
-                volumes: s.volumes[1..].to_vec(),
-                lun_volumes: s
-                    .luns
-                    .iter()
-                    .filter_map(|(name, lun)| {
-                        let v = s.lun_volume.get(lun)?;
-                        (*v != s.volume).then(|| (name.clone(), v.clone()))
-                    })
-                    .collect(),
-                vip: s.vip_name.clone(),
-                target: s.target_name.clone(),
-                luns: s.luns.iter().map(|(n, _)| n.clone()).collect(),
-                fencing: s.fencing,
-            })
-            .collect();
-        let locations = settings
-            .locations
-            .iter()
-            .map(|l| LocationPreference {
-                resource: l.resource.clone(),
-                node: l.node.clone(),
-                kind: if l.prefer {
-                    LocationKind::Prefer
-                } else {
-                    LocationKind::Ban
-                },
-            })
-            .collect();
-        let now_s = self.now_s();
-        let nodes = vec![
-            NodeStatus {
-                name: self.me.name.clone(),
-                online: true,
-                standby: me_stopped || st.leaving || settings.standby.contains(&self.me.name),
-            },
-            NodeStatus {
-                name: self.peer.name.clone(),
-                online: peer_online && !st.left,
-                standby: peer_leaving
-                    || settings.standby.contains(&self.peer.name)
-                    || settings.stopped.contains(&self.peer.name),
-            },
-        ];
-        let witness_vote = self.witness.as_ref().and_then(|w| {
+        let stacks: Vec<VolumeStack> = self.stacks().iter().map(|s| s.scheduled()).collect();
+        let vote = self.witness.as_ref().and_then(|w| {
             if w.holds_vote() {
-                Some(self.me.name.clone())
+                Some(Vote::Me)
             } else if w.holder() == Some(self.peer.id) {
-                Some(self.peer.name.clone())
+                Some(Vote::Peer)
             } else {
                 None
             }
         });
-        let mut vols = Vec::new();
-        let mut resources = Vec::new();
-        for name in self.stacks().iter().flat_map(|s| &s.volumes) {
-            let Some(v) = self.volumes().get(name).cloned() else {
-                continue;
-            };
-            let status = v.status();
-            let connected = status.connection == ConnState::Connected;
-            vols.push(VolumeStatus {
-                volume: name.clone(),
-                node: self.me.name.clone(),
-                disk: disk_state(status.disk),
-                role: match status.role {
-                    VolumeRole::Primary => Role::Primary,
-                    VolumeRole::Secondary => Role::Secondary,
-                },
-                connected,
-                fenced: settings
-                    .fenced
-                    .contains(&(name.clone(), self.me.name.clone())),
-                generations: generations_to_vec(&status.generations),
-                primary_since_s: st
-                    .primary_since
-                    .get(name)
-                    .map(|t| now_s.saturating_sub(t.elapsed().as_secs())),
-            });
-            let peer_fenced = settings
-                .fenced
-                .contains(&(name.clone(), self.peer.name.clone()));
-            let reported = st
-                .peer_report
-                .as_ref()
-                .filter(|_| peer_online)
-                .and_then(|r| r.volumes.iter().find(|x| x.volume == *name));
-            let from_report = reported.map(|x| {
-                (
-                    disk_by_name(&x.disk),
-                    if x.role == "Primary" {
-                        Role::Primary
-                    } else {
-                        Role::Secondary
-                    },
-                    x.connected,
-                )
-            });
-            // While the replication link is up, it tells what the peer's copy is first hand (the report may be a
-            // heartbeat old); otherwise the report, if the peer is online.
-            let peer_entry = match from_report {
-                _ if connected => Some((
-                    disk_state(status.peer_disk),
-                    match status.peer_role {
-                        Some(VolumeRole::Primary) => Role::Primary,
-                        _ => Role::Secondary,
-                    },
-                    true,
-                )),
-                entry => entry,
-            };
-            if let Some((disk, role, connected)) = peer_entry {
-                vols.push(VolumeStatus {
-                    volume: name.clone(),
-                    node: self.peer.name.clone(),
-                    disk,
-                    role,
-                    connected,
-                    fenced: peer_fenced,
-                    generations: reported.map(|x| x.generations.clone()).unwrap_or_default(),
-                    primary_since_s: reported
-                        .and_then(|x| x.primary_for_ms)
-                        .map(|ms| now_s.saturating_sub(ms / 1000)),
-                });
-            }
-        }
-        for (name, r) in &st.resources {
-            resources.push(ResourceStatus {
-                resource: name.clone(),
-                node: self.me.name.clone(),
-                status: r.status,
-                fail_count: r.fail_count,
-                last_failure_s: r
-                    .last_failure
-                    .map(|t| now_s.saturating_sub(t.elapsed().as_secs())),
-            });
-        }
-        if peer_online {
-            if let Some(report) = &st.peer_report {
-                for r in &report.resources {
-                    // Only resources this node knows too; a volume is never "started" (its role says it), whatever
-                    // the report claims.
-                    let Some(known) = st.resources.get(&r.resource) else {
-                        continue;
-                    };
-                    let status = match run_status_by_name(&r.status) {
-                        RunStatus::Started if known.kind == ResourceKind::Volume => {
-                            RunStatus::Stopped
-                        }
-                        status => status,
-                    };
-                    resources.push(ResourceStatus {
-                        resource: r.resource.clone(),
-                        node: self.peer.name.clone(),
-                        status,
-                        fail_count: r.fail_count,
-                        last_failure_s: r.last_failure_ago_s.map(|ago| now_s.saturating_sub(ago)),
-                    });
-                }
-            }
-        }
-        let input = ClusterInput {
-            config: SchedulerConfig {
-                options,
-                volumes,
-                locations,
-            },
-            state: ClusterState {
-                now_s,
-                nodes,
-                witness_vote,
-                volumes: vols,
-                resources,
-            },
-        };
-        (input, st.left, me_stopped, peer_unknown)
-    }
-
-    /// `actions` without the volumes whose share holds an action that failed and waits for its retry.
-    fn due(&self, actions: &[Action]) -> Vec<Action> {
+        let volumes = self.local_volumes();
         let st = self.lock();
-        let now = self.now();
-        let waiting: BTreeSet<&str> = actions
-            .iter()
-            .filter(|a| st.retries.wait(a.resource(), action_verb(a), now).is_some())
-            .map(|a| a.volume())
-            .collect();
-        actions
-            .iter()
-            .filter(|a| !waiting.contains(a.volume()))
-            .cloned()
-            .collect()
+        failover::build_input(&NodeView {
+            me: &self.me.name,
+            peer: &self.peer.name,
+            options,
+            stacks: &stacks,
+            settings: &st.settings,
+            now: self.now(),
+            peer_online: self.peer_online(&st),
+            peer_report: st.peer_report.as_ref(),
+            peer_seen_once: st.peer_seen_once,
+            left: st.left,
+            leaving: st.leaving,
+            vote,
+            volumes: &volumes,
+            primary_since: &st.primary_since,
+            resources: &st.resources,
+            timing: self.timing(),
+        })
     }
 
     /// Runs this node's actions in order; stops at the first failure (recorded, and retried after a backoff; the
@@ -1759,11 +1461,12 @@ impl Shared {
             if let Err(why) = result {
                 // A promotion refused by a connected peer is the two nodes deciding at the same moment: the
                 // volume arbitrated, nothing failed; the next schedule sees the peer's role.
-                let raced = matches!(action, Action::Promote { .. })
-                    && self
-                        .volumes()
+                let raced = failover::raced(
+                    action,
+                    self.volumes()
                         .get(action.volume())
-                        .is_some_and(|v| v.status().connection == ConnState::Connected);
+                        .is_some_and(|v| v.status().connection == ConnState::Connected),
+                );
                 if raced {
                     info!("{action}: not now: {why}");
                 } else {
@@ -1814,11 +1517,15 @@ impl Shared {
                 let v = volume_of(volume)?;
                 // A stack promoted here while its peer is lost (it was Online once, and the volume's link is
                 // down) is a failover; counted once per stack, by its first volume.
-                let takeover =
-                    *volume == stack.volume && v.status().connection != ConnState::Connected && {
-                        let st = self.lock();
-                        st.peer_seen_once && !self.peer_online(&st)
-                    };
+                let takeover = {
+                    let st = self.lock();
+                    failover::is_failover(
+                        *volume == stack.volume,
+                        v.status().connection == ConnState::Connected,
+                        st.peer_seen_once,
+                        self.peer_online(&st),
+                    )
+                };
                 v.admin(AdminCommand::Primary { force: false })?;
                 if takeover {
                     self.failovers.fetch_add(1, Ordering::Relaxed);
@@ -1887,7 +1594,7 @@ impl Shared {
         let mut st = self.lock();
         if let Some(r) = st.resources.get_mut(resource) {
             r.fail_count = r.fail_count.saturating_add(1);
-            r.last_failure = Some(Instant::now());
+            r.last_failure = Some(self.now());
             if r.kind != ResourceKind::Volume {
                 r.status = RunStatus::Failed;
             }
@@ -2036,26 +1743,14 @@ impl Shared {
         }
     }
 
-    /// A copy fenced in the settings is released once it is back in sync (connected, both UpToDate).
+    /// A copy fenced in the settings is released once it is back in sync (`failover::settled_fences`).
     fn clear_settled_fences(&self) {
-        let mut st = self.lock();
-        if st.settings.fenced.is_empty() {
+        if self.lock().settings.fenced.is_empty() {
             return;
         }
-        let settled: Vec<(String, String)> = st
-            .settings
-            .fenced
-            .iter()
-            .filter(|(volume, _)| {
-                self.volumes().get(volume).is_some_and(|v| {
-                    let s = v.status();
-                    s.connection == ConnState::Connected
-                        && s.disk == VolumeDisk::UpToDate
-                        && s.peer_disk == VolumeDisk::UpToDate
-                })
-            })
-            .cloned()
-            .collect();
+        let volumes = self.local_volumes();
+        let mut st = self.lock();
+        let settled = failover::settled_fences(&st.settings, &volumes);
         if settled.is_empty() {
             return;
         }
@@ -2356,7 +2051,7 @@ impl Shared {
     /// The node where the stack of `resource` is promoted now.
     fn where_runs(&self, resource: &str) -> Option<String> {
         let volume = self.stack_of(resource)?;
-        let (input, ..) = self.build_input();
+        let input = self.build_input().input;
         let state = &input.state;
         state
             .volumes
@@ -2367,7 +2062,7 @@ impl Shared {
     }
 
     fn cluster_status(&self) -> api::ClusterStatus {
-        let (input, ..) = self.build_input();
+        let input = self.build_input().input;
         let st = self.lock();
         let settings = &st.settings;
         let view_online = |name: &str| input.state.nodes.iter().any(|n| n.name == name && n.online);
@@ -2618,33 +2313,5 @@ impl Shared {
             p.push(("witness", w.to_string()));
         }
         p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-    }
-}
-
-/// `actions` cut, per volume, before the first action for which `at` holds: that action and every later one of
-/// its volume are dropped; other volumes' actions stay.
-fn cut_from(actions: Vec<Action>, mut at: impl FnMut(&Action) -> bool) -> Vec<Action> {
-    let mut cut: BTreeSet<String> = BTreeSet::new();
-    actions
-        .into_iter()
-        .filter(|a| {
-            if cut.contains(a.volume()) {
-                return false;
-            }
-            if at(a) {
-                cut.insert(a.volume().to_string());
-                return false;
-            }
-            true
-        })
-        .collect()
-}
-
-fn action_verb(action: &Action) -> &'static str {
-    match action {
-        Action::Promote { .. } => "promote",
-        Action::Demote { .. } => "demote",
-        Action::Start { .. } => "start",
-        Action::Stop { .. } => "stop",
     }
 }

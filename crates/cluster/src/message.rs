@@ -1,6 +1,10 @@
 //! What nodes tell each other over the cluster links besides heartbeats: each node's report (its volumes, its
 //! resources, the cluster settings it holds) and the resource-level fencing exchange.
 //!
+//! The peer's states that feed decisions (a copy's disk state and role, a resource's status) decode into typed
+//! enums ([`ReportDisk`], [`ReportRole`], [`ReportStatus`]) with every name any release sends; an unknown name is
+//! a decode error that names the field and the value, so the message is dropped rather than read as a guess.
+//!
 //! Layout of a datagram (big-endian, the same in every version): magic `TSCM` (4), version (1: the lowest
 //! version the sender speaks, see [`VERSIONS`]), sender node id (1), reserved 0 (2),
 //! cluster id (8), sender incarnation (8), sequence (8), body length (4), the body (JSON), then HMAC-SHA256 (32)
@@ -13,6 +17,8 @@ use std::collections::BTreeSet;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+
+use crate::scheduler::{DiskState, Role, RunStatus};
 
 /// The magic of a cluster message.
 pub const MAGIC: [u8; 4] = *b"TSCM";
@@ -225,15 +231,173 @@ pub struct LeaseReport {
     pub volumes: Vec<String>,
 }
 
+/// Declares an enum sent as one of fixed names: serialized as the name, and decoded only from those names; any
+/// other is an error naming the report field and the value.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident, $field:literal, $what:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The name on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value of a name on the wire; an unknown name is an error that says which field it was in.
+            pub fn from_name(name: &str) -> Result<$name, UnknownName> {
+                match name {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownName {
+                        field: $field,
+                        what: $what,
+                        value: other.to_string(),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+                $name::from_name(&name).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A name in a report that this release does not know (the report is refused, not read as a guess).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: unknown {what} {value:?}")]
+pub struct UnknownName {
+    /// The report field, as `volumes[].disk`.
+    pub field: &'static str,
+    /// What the field holds.
+    pub what: &'static str,
+    /// The name received.
+    pub value: String,
+}
+
+named_enum!(
+    /// A copy's disk state as reports name it: DRBD's names, all of `twinsan_replication::state::DiskState` (the
+    /// same eight in b3ce254).
+    ReportDisk, "volumes[].disk", "disk state", {
+        /// No local disk.
+        Diskless => "Diskless",
+        /// The disk is being attached.
+        Attaching => "Attaching",
+        /// Detached after an I/O error.
+        Failed => "Failed",
+        /// Not a usable image.
+        Inconsistent => "Inconsistent",
+        /// Known older than the peer's.
+        Outdated => "Outdated",
+        /// The peer's disk, not known (never a local state).
+        DUnknown => "DUnknown",
+        /// Consistent, newest not known.
+        Consistent => "Consistent",
+        /// The newest data.
+        UpToDate => "UpToDate",
+    }
+);
+
+impl ReportDisk {
+    /// What the scheduler makes of the state: a failed disk is as good as none; a disk still attaching, or a
+    /// peer's disk not known, is not known.
+    pub const fn scheduler(self) -> DiskState {
+        match self {
+            ReportDisk::UpToDate => DiskState::UpToDate,
+            ReportDisk::Outdated => DiskState::Outdated,
+            ReportDisk::Inconsistent => DiskState::Inconsistent,
+            ReportDisk::Consistent => DiskState::Consistent,
+            ReportDisk::Diskless | ReportDisk::Failed => DiskState::Diskless,
+            ReportDisk::Attaching | ReportDisk::DUnknown => DiskState::Unknown,
+        }
+    }
+}
+
+named_enum!(
+    /// A copy's role as reports name it.
+    ReportRole, "volumes[].role", "role", {
+        /// Promoted.
+        Primary => "Primary",
+        /// Up, not promoted.
+        Secondary => "Secondary",
+    }
+);
+
+impl ReportRole {
+    /// The scheduler's role.
+    pub const fn scheduler(self) -> Role {
+        match self {
+            ReportRole::Primary => Role::Primary,
+            ReportRole::Secondary => Role::Secondary,
+        }
+    }
+}
+
+named_enum!(
+    /// A resource's status as reports name it.
+    ReportStatus, "resources[].status", "resource status", {
+        /// Running.
+        Started => "started",
+        /// Not running.
+        Stopped => "stopped",
+        /// Its last start or monitor failed.
+        Failed => "failed",
+    }
+);
+
+impl ReportStatus {
+    /// The scheduler's status.
+    pub const fn scheduler(self) -> RunStatus {
+        match self {
+            ReportStatus::Started => RunStatus::Started,
+            ReportStatus::Stopped => RunStatus::Stopped,
+            ReportStatus::Failed => RunStatus::Failed,
+        }
+    }
+}
+
+impl From<RunStatus> for ReportStatus {
+    fn from(status: RunStatus) -> ReportStatus {
+        match status {
+            RunStatus::Started => ReportStatus::Started,
+            RunStatus::Stopped => ReportStatus::Stopped,
+            RunStatus::Failed => ReportStatus::Failed,
+        }
+    }
+}
+
 /// One volume on the reporting node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VolumeReport {
     /// The volume.
     pub volume: String,
     /// Its disk state (DRBD's name).
-    pub disk: String,
+    pub disk: ReportDisk,
     /// `Primary` or `Secondary`.
-    pub role: String,
+    pub role: ReportRole,
     /// Its replication link is connected.
     pub connected: bool,
     /// Its generation identifiers, `[current, bitmap, history...]`.
@@ -250,7 +414,7 @@ pub struct ResourceReport {
     /// The resource.
     pub resource: String,
     /// `started`, `stopped` or `failed`.
-    pub status: String,
+    pub status: ReportStatus,
     /// Failures since the last cleanup.
     pub fail_count: u32,
     /// Seconds since the last failure.
@@ -424,15 +588,15 @@ mod tests {
             config_hash: Some("0123456789abcdef".into()),
             volumes: vec![VolumeReport {
                 volume: "vol0".into(),
-                disk: "UpToDate".into(),
-                role: "Primary".into(),
+                disk: ReportDisk::UpToDate,
+                role: ReportRole::Primary,
                 connected: true,
                 generations: vec![0x1001, 0, 0x0a00],
                 primary_for_ms: Some(1500),
             }],
             resources: vec![ResourceReport {
                 resource: "vol0-vip".into(),
-                status: "started".into(),
+                status: ReportStatus::Started,
                 fail_count: 1,
                 last_failure_ago_s: Some(3),
             }],
@@ -473,7 +637,19 @@ mod tests {
 
     /// A report as the release before version ranges (b3ce254) sends it: version byte 1, its JSON fields only.
     fn b3ce254_datagram(version: u8) -> Vec<u8> {
-        let body = br#"{"type":"report","stopped":false,"leaving":false,"volumes":[{"volume":"vol0","disk":"UpToDate","role":"Primary","connected":true}],"resources":[{"resource":"vol0-vip","status":"started","fail_count":0,"last_failure_ago_s":null}],"settings":{"version":3,"origin":1,"standby":[],"stopped":[],"locations":[],"fenced":[],"cleanup":{"generation":0,"resource":null}},"failed_actions":[]}"#;
+        datagram(version, &b3ce254_body("UpToDate", "Primary", "started"))
+    }
+
+    /// b3ce254's report body with the given disk state, role and resource status names.
+    fn b3ce254_body(disk: &str, role: &str, status: &str) -> Vec<u8> {
+        format!(
+            r#"{{"type":"report","stopped":false,"leaving":false,"volumes":[{{"volume":"vol0","disk":"{disk}","role":"{role}","connected":true}}],"resources":[{{"resource":"vol0-vip","status":"{status}","fail_count":0,"last_failure_ago_s":null}}],"settings":{{"version":3,"origin":1,"standby":[],"stopped":[],"locations":[],"fenced":[],"cleanup":{{"generation":0,"resource":null}}}},"failed_actions":[]}}"#
+        )
+        .into_bytes()
+    }
+
+    /// An authenticated datagram of cluster 9 from node 2 carrying `body`.
+    fn datagram(version: u8, body: &[u8]) -> Vec<u8> {
         let mut out = b"TSCM".to_vec();
         out.extend_from_slice(&[version, 2, 0, 0]);
         out.extend_from_slice(&9u64.to_be_bytes());
@@ -484,6 +660,88 @@ mod tests {
         let t = tag(SECRET, &out).finalize().into_bytes();
         out.extend_from_slice(&t);
         out
+    }
+
+    /// Every disk state, role and resource status b3ce254 sends (its `DiskState::as_str`, its role and
+    /// `run_status_name` names) decodes to the value it names, and this build sends the same names.
+    #[test]
+    fn every_name_of_the_previous_release_decodes() {
+        let disks = [
+            "Diskless",
+            "Attaching",
+            "Failed",
+            "Inconsistent",
+            "Outdated",
+            "DUnknown",
+            "Consistent",
+            "UpToDate",
+        ];
+        assert_eq!(disks.len(), ReportDisk::ALL.len());
+        for (disk, role, status) in disks.iter().flat_map(|d| {
+            ["Primary", "Secondary"]
+                .into_iter()
+                .flat_map(move |r| ["started", "stopped", "failed"].map(|s| (*d, r, s)))
+        }) {
+            let env = decode(SECRET, 9, &datagram(1, &b3ce254_body(disk, role, status)))
+                .unwrap_or_else(|e| panic!("{disk}/{role}/{status}: {e}"));
+            let Message::Report(report) = env.message else {
+                panic!("not a report")
+            };
+            assert_eq!(report.volumes[0].disk.as_str(), disk);
+            assert_eq!(report.volumes[0].role.as_str(), role);
+            assert_eq!(report.resources[0].status.as_str(), status);
+            let again = serde_json::to_value(&*report).expect("json");
+            assert_eq!(again["volumes"][0]["disk"], disk);
+            assert_eq!(again["volumes"][0]["role"], role);
+            assert_eq!(again["resources"][0]["status"], status);
+        }
+    }
+
+    /// What the scheduler makes of each disk state a peer reports.
+    #[test]
+    fn reported_disk_states_map_to_the_scheduler_s() {
+        use DiskState as S;
+        let expected = [
+            (ReportDisk::Diskless, S::Diskless),
+            (ReportDisk::Attaching, S::Unknown),
+            (ReportDisk::Failed, S::Diskless),
+            (ReportDisk::Inconsistent, S::Inconsistent),
+            (ReportDisk::Outdated, S::Outdated),
+            (ReportDisk::DUnknown, S::Unknown),
+            (ReportDisk::Consistent, S::Consistent),
+            (ReportDisk::UpToDate, S::UpToDate),
+        ];
+        assert_eq!(expected.len(), ReportDisk::ALL.len());
+        for (disk, state) in expected {
+            assert_eq!(disk.scheduler(), state, "{disk}");
+        }
+    }
+
+    /// A name no release sends is a decode error naming the field and the value: the report is dropped, the
+    /// peer's state is not guessed.
+    #[test]
+    fn an_unknown_state_name_is_refused_with_its_field() {
+        for (body, field) in [
+            (
+                b3ce254_body("Frozen", "Primary", "started"),
+                r#"volumes[].disk: unknown disk state "Frozen""#,
+            ),
+            (
+                b3ce254_body("UpToDate", "primary", "started"),
+                r#"volumes[].role: unknown role "primary""#,
+            ),
+            (
+                b3ce254_body("UpToDate", "Primary", "Started"),
+                r#"resources[].status: unknown resource status "Started""#,
+            ),
+        ] {
+            let error = decode(SECRET, 9, &datagram(1, &body)).unwrap_err();
+            let MessageError::Body { node: 2, why } = &error else {
+                panic!("not a body error: {error}")
+            };
+            assert!(why.starts_with(field), "{why}");
+            assert!(error.to_string().contains(field), "{error}");
+        }
     }
 
     #[test]
