@@ -329,6 +329,25 @@ enum Reply {
     Reservations(SyncSender<Result<(), IoFailure>>),
 }
 
+/// An application write handed over by a connection's task (which never takes the engine's lock): the engine
+/// thread runs it. A submission that is dropped unanswered (the volume stopped first) fails its write.
+struct Submission {
+    id: u64,
+    input: Option<Input>,
+    done: Option<twinsan_scsi::WriteDone>,
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Err(io::Error::other("the volume is stopping")));
+        }
+    }
+}
+
+/// Request ids of submissions: a range of their own, so they never meet the ids the lock holders take.
+const SUBMISSION_IDS: u64 = 1 << 62;
+
 enum ToSender {
     Frame(Vec<u8>),
     Close,
@@ -383,6 +402,9 @@ pub struct Volume {
     links: Mutex<LinkSlot>,
     next_link: AtomicU64,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// Application writes for the engine thread ([`Volume::engine_loop`]).
+    submissions: Sender<Submission>,
+    next_submission: AtomicU64,
     handlers: Handlers,
     /// Where resource-only fencing requests go (the cluster manager, or the fence-peer handler in manual mode);
     /// without one a fence fails.
@@ -481,6 +503,7 @@ impl Volume {
         let status = engine.status();
         let (size, uuid) = (engine.data_size(), engine.volume_uuid());
         let epoch = Instant::now();
+        let (submissions, submitted) = mpsc::channel();
         let volume = Arc::new(Volume {
             name: name.to_owned(),
             peer_name: peer_name.to_owned(),
@@ -504,6 +527,8 @@ impl Volume {
             links: Mutex::new(LinkSlot::default()),
             next_link: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
+            submissions,
+            next_submission: AtomicU64::new(SUBMISSION_IDS),
             handlers,
             fencer: Mutex::new(None),
             fence_jobs: Mutex::new(None),
@@ -520,8 +545,8 @@ impl Volume {
         volume.with_core(|_| None);
         let v = volume.clone();
         let timer_thread = thread::Builder::new()
-            .name(format!("{name}-timer"))
-            .spawn(move || v.timer_loop())
+            .name(format!("{name}-engine"))
+            .spawn(move || v.engine_loop(submitted))
             .map_err(|source| VolumeError::Io {
                 path: paths.data.clone(),
                 source,
@@ -946,11 +971,55 @@ impl Volume {
         cmd
     }
 
-    fn timer_loop(self: Arc<Self>) {
+    /// The engine thread: runs the application writes that connections' tasks submit, a batch per wake-up under
+    /// one lock, and the engine's tick every [`TICK`]. The tasks only queue, so no runtime worker waits for the
+    /// lock while a disk call holds it.
+    fn engine_loop(self: Arc<Self>, submitted: Receiver<Submission>) {
+        let mut next_tick = Instant::now() + TICK;
+        let mut batch = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
-            thread::sleep(TICK);
-            self.input(Input::Tick);
+            match submitted.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(first) => {
+                    batch.push(first);
+                    while batch.len() < 256 {
+                        match submitted.try_recv() {
+                            Ok(more) => batch.push(more),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let tick = Instant::now() >= next_tick;
+            if tick {
+                next_tick = Instant::now() + TICK;
+            }
+            self.run_submissions(&mut batch, tick);
         }
+        // What is still queued fails as the submissions drop.
+    }
+
+    fn run_submissions(&self, batch: &mut Vec<Submission>, tick: bool) {
+        let mut core = self.lock_core();
+        if core.stopped {
+            // Dropped unanswered: each fails its write.
+            batch.clear();
+            return;
+        }
+        self.feed_lease(&mut core);
+        for mut submission in batch.drain(..) {
+            if let (Some(input), Some(done)) = (submission.input.take(), submission.done.take()) {
+                core.replies.insert(submission.id, Reply::Submitted(done));
+                let now = self.epoch.elapsed();
+                core.engine.handle(input, now);
+            }
+        }
+        if tick {
+            let now = self.epoch.elapsed();
+            core.engine.handle(Input::Tick, now);
+        }
+        self.process(&mut core);
     }
 
     fn process(&self, core: &mut Core) {
@@ -1594,22 +1663,19 @@ impl BlockDevice for ReplicatedDevice {
     }
 
     fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: twinsan_scsi::WriteDone) {
-        let mut done = Some(done);
-        let running = self.volume.with_core(|id| {
-            let reply = done.take().map(Reply::Submitted);
-            Some((
-                Input::Write {
-                    id,
-                    offset,
-                    data: buf,
-                    fua,
-                },
-                reply,
-            ))
+        // Called on a connection's task: queued for the engine thread, never run under the engine's lock here.
+        let id = self.volume.next_submission.fetch_add(1, Ordering::Relaxed);
+        // A failed send drops the submission, which fails the write.
+        let _ = self.volume.submissions.send(Submission {
+            id,
+            input: Some(Input::Write {
+                id,
+                offset,
+                data: buf,
+                fua,
+            }),
+            done: Some(done),
         });
-        if let (false, Some(done)) = (running, done) {
-            done(Err(io::Error::other("the volume is stopping")));
-        }
     }
 
     fn flush(&self) -> io::Result<()> {
