@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -345,6 +345,13 @@ impl Drop for Submission {
     }
 }
 
+#[derive(Default)]
+struct SubmissionQueue {
+    queued: Vec<Submission>,
+    /// The volume stopped: nothing is queued any more (a late submission fails at once).
+    closed: bool,
+}
+
 /// Request ids of submissions: a range of their own, so they never meet the ids the lock holders take.
 const SUBMISSION_IDS: u64 = 1 << 62;
 
@@ -402,8 +409,10 @@ pub struct Volume {
     links: Mutex<LinkSlot>,
     next_link: AtomicU64,
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
-    /// Application writes for the engine thread ([`Volume::engine_loop`]).
-    submissions: Sender<Submission>,
+    /// Application writes submitted by connections' tasks, for whichever thread holds the engine's lock next
+    /// ([`Volume::process`]); the engine thread ([`Volume::engine_loop`]) waits on `submitted` for them.
+    submissions: Mutex<SubmissionQueue>,
+    submitted: std::sync::Condvar,
     next_submission: AtomicU64,
     handlers: Handlers,
     /// Where resource-only fencing requests go (the cluster manager, or the fence-peer handler in manual mode);
@@ -503,7 +512,6 @@ impl Volume {
         let status = engine.status();
         let (size, uuid) = (engine.data_size(), engine.volume_uuid());
         let epoch = Instant::now();
-        let (submissions, submitted) = mpsc::channel();
         let volume = Arc::new(Volume {
             name: name.to_owned(),
             peer_name: peer_name.to_owned(),
@@ -527,7 +535,8 @@ impl Volume {
             links: Mutex::new(LinkSlot::default()),
             next_link: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
-            submissions,
+            submissions: Mutex::new(SubmissionQueue::default()),
+            submitted: std::sync::Condvar::new(),
             next_submission: AtomicU64::new(SUBMISSION_IDS),
             handlers,
             fencer: Mutex::new(None),
@@ -546,7 +555,7 @@ impl Volume {
         let v = volume.clone();
         let timer_thread = thread::Builder::new()
             .name(format!("{name}-engine"))
-            .spawn(move || v.engine_loop(submitted))
+            .spawn(move || v.engine_loop())
             .map_err(|source| VolumeError::Io {
                 path: paths.data.clone(),
                 source,
@@ -915,6 +924,14 @@ impl Volume {
                 core.stopped = true;
             }
         }
+        // What is still queued fails as it drops; later submissions fail at once.
+        let late = {
+            let mut q = self.lock_submissions();
+            q.closed = true;
+            std::mem::take(&mut q.queued)
+        };
+        drop(late);
+        self.submitted.notify_all();
         self.stop.store(true, Ordering::SeqCst);
         self.wants_link.store(false, Ordering::SeqCst);
         for (_, link) in self.lock_links().open.drain() {
@@ -971,61 +988,66 @@ impl Volume {
         cmd
     }
 
-    /// The engine thread: runs the application writes that connections' tasks submit, a batch per wake-up under
-    /// one lock, and the engine's tick every [`TICK`]. The tasks only queue, so no runtime worker waits for the
-    /// lock while a disk call holds it.
-    fn engine_loop(self: Arc<Self>, submitted: Receiver<Submission>) {
+    /// The engine thread: the engine's tick every [`TICK`], and the application writes that connections' tasks
+    /// queue when no other thread holding the engine's lock has taken them first (the link's receiver thread
+    /// does, in [`Volume::process`], while acknowledgements keep it busy). The tasks only queue, so no runtime
+    /// worker waits for the lock, and none runs the engine's disk I/O.
+    fn engine_loop(self: Arc<Self>) {
         let mut next_tick = Instant::now() + TICK;
-        let mut batch = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
-            match submitted.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-                Ok(first) => {
-                    batch.push(first);
-                    while batch.len() < 256 {
-                        match submitted.try_recv() {
-                            Ok(more) => batch.push(more),
-                            Err(_) => break,
-                        }
+            {
+                let mut q = self.lock_submissions();
+                while q.queued.is_empty() && !q.closed {
+                    let left = next_tick.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
                     }
+                    q = self
+                        .submitted
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            let tick = Instant::now() >= next_tick;
-            if tick {
+            let mut core = self.lock_core();
+            if core.stopped {
+                break;
+            }
+            self.feed_lease(&mut core);
+            if Instant::now() >= next_tick {
                 next_tick = Instant::now() + TICK;
+                let now = self.epoch.elapsed();
+                core.engine.handle(Input::Tick, now);
             }
-            self.run_submissions(&mut batch, tick);
+            self.process(&mut core);
         }
-        // What is still queued fails as the submissions drop.
     }
 
-    fn run_submissions(&self, batch: &mut Vec<Submission>, tick: bool) {
-        let mut core = self.lock_core();
-        if core.stopped {
-            // Dropped unanswered: each fails its write.
-            batch.clear();
-            return;
+    fn lock_submissions(&self) -> MutexGuard<'_, SubmissionQueue> {
+        self.submissions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the engine the application writes queued since the last look (called with the engine's lock held).
+    fn take_submissions(&self, core: &mut Core) -> bool {
+        let queued = std::mem::take(&mut self.lock_submissions().queued);
+        if queued.is_empty() {
+            return false;
         }
-        self.feed_lease(&mut core);
-        for mut submission in batch.drain(..) {
+        for mut submission in queued {
             if let (Some(input), Some(done)) = (submission.input.take(), submission.done.take()) {
                 core.replies.insert(submission.id, Reply::Submitted(done));
                 let now = self.epoch.elapsed();
                 core.engine.handle(input, now);
             }
         }
-        if tick {
-            let now = self.epoch.elapsed();
-            core.engine.handle(Input::Tick, now);
-        }
-        self.process(&mut core);
+        true
     }
 
     fn process(&self, core: &mut Core) {
         loop {
+            let took = !core.stopped && self.take_submissions(core);
             let fed_back = self.process_once(core);
-            if fed_back.is_empty() {
+            if fed_back.is_empty() && !took {
                 return;
             }
             for input in fed_back {
@@ -1663,10 +1685,9 @@ impl BlockDevice for ReplicatedDevice {
     }
 
     fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: twinsan_scsi::WriteDone) {
-        // Called on a connection's task: queued for the engine thread, never run under the engine's lock here.
+        // Called on a connection's task: queued for the next holder of the engine's lock, never run here.
         let id = self.volume.next_submission.fetch_add(1, Ordering::Relaxed);
-        // A failed send drops the submission, which fails the write.
-        let _ = self.volume.submissions.send(Submission {
+        let submission = Submission {
             id,
             input: Some(Input::Write {
                 id,
@@ -1675,7 +1696,16 @@ impl BlockDevice for ReplicatedDevice {
                 fua,
             }),
             done: Some(done),
-        });
+        };
+        let mut q = self.volume.lock_submissions();
+        if q.closed {
+            // Dropped: the write fails.
+            return;
+        }
+        q.queued.push(submission);
+        if q.queued.len() == 1 {
+            self.volume.submitted.notify_one();
+        }
     }
 
     fn flush(&self) -> io::Result<()> {
