@@ -1,23 +1,24 @@
-//! The driver of one replicated volume: the engine behind a lock, run by whichever thread brings it an input,
-//! and the [`BlockDevice`] the SCSI layer writes through.
+//! The driver of one replicated volume: the engine behind a lock, run by whichever thread holds it, and the
+//! [`BlockDevice`] the SCSI layer writes through.
 //!
 //! ```text
-//!  SCSI Write (connection task) ──────────┐
+//!  SCSI Write (connection task) ── queue ─┐ (taken by the next lock holder)
 //!  SCSI Flush, slow Read (blocking pool) ─┤
 //!  admin socket ──────────Admin───────────┤
 //!  receiver thread (per connection) ──────┼──▶ lock(engine).handle(input) ──▶ frames: send(MSG_DONTWAIT) on the
 //!  connector/acceptor ────LinkUp──────────┤                                    socket, the rest queued to the
-//!  timer thread ──────────Tick────────────┘                                    connection's sender thread
+//!  engine thread ─────Tick, queued writes─┘                                    connection's sender thread
 //!                                                   └──▶ completions, status snapshot, events
 //! ```
 //! The engine is a state machine that makes every decision in the order its inputs arrive; a lock gives it
-//! that order without a thread of its own, so a write costs no hand-off between threads on the way out and the
-//! peer's acknowledgement completes it on the receiver thread that read it. Frames go straight to the socket
-//! while it takes them; when it does not, they queue (in order) for the connection's sender thread. Nothing
-//! under the lock waits for the network; only the disk calls of the engine take time there — pwrite, the
-//! activity log's O_DSYNC commits, bitmap flushes, fdatasync for FUA — and a connection's task that submits a
-//! write waits for the lock meanwhile (issue 15 moves the engine's disk I/O off the runtime). Reads that the
-//! page cache serves (Primary with an UpToDate disk) go to the data file directly, without the lock.
+//! that order. Frames go straight to the socket while it takes them; when it does not, they queue (in order)
+//! for the connection's sender thread. Nothing under the lock waits for the network; the disk calls of the
+//! engine take time there — pwrite, the activity log's O_DSYNC commits, bitmap flushes, fdatasync for FUA.
+//! Connections' tasks (tokio workers) therefore never take the lock: a write is queued
+//! ([`SubmissionQueue`]) and run by the next thread that holds the lock — the receiver thread, which takes the
+//! queue with every batch of acknowledgements under load, or the engine thread, woken by the first write queued
+//! (and every [`TICK`] for the engine's tick). Reads that the page cache serves (Primary with an UpToDate disk)
+//! go to the data file directly, without the lock.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
