@@ -15,9 +15,9 @@
 //! for the connection's sender thread. Nothing under the lock waits for the network; the disk calls of the
 //! engine take time there — pwrite, the activity log's O_DSYNC commits, bitmap flushes, fdatasync for FUA.
 //! Connections' tasks (tokio workers) therefore never take the lock: a write is queued
-//! ([`SubmissionQueue`]) and run by the next thread that holds the lock — the receiver thread, which takes the
+//! (`SubmissionQueue`) and run by the next thread that holds the lock — the receiver thread, which takes the
 //! queue with every batch of acknowledgements under load, or the engine thread, woken by the first write queued
-//! (and every [`TICK`] for the engine's tick). Reads that the page cache serves (Primary with an UpToDate disk)
+//! (and every `TICK` for the engine's tick). Reads that the page cache serves (Primary with an UpToDate disk)
 //! go to the data file directly, without the lock.
 
 use std::collections::HashMap;
