@@ -460,13 +460,17 @@ impl Driver {
                 data_out: &cmd.data,
                 luns: &self.lun_map.numbers,
             };
-            lu.submit(
+            let submitted = lu.submit(
                 &req,
                 Box::new(move |outcome| {
                     let _ = tx.send(Done { itt, outcome });
                 }),
             );
-            return;
+            if submitted.is_ok() {
+                return;
+            }
+            // Its blocks wait for a COMPARE AND WRITE in progress: waited for on the blocking pool, below, never
+            // on this task.
         }
         if lu.is_none_or(|lu| lu.is_quick(cdb)) {
             // Page-cache sized I/O and commands without I/O: cheaper here than two thread hand-offs.

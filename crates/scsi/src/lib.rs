@@ -39,8 +39,8 @@ pub mod sense;
 pub use lu::reservations_after_power_loss;
 pub use lu::{
     decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
-    TaskStatus, BLOCK_SIZE, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS, MAX_UNMAP_BLOCKS,
-    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
+    TaskStatus, WriteOutcome, BLOCK_SIZE, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS,
+    MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
     OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
 };
 pub use memory::MemoryDevice;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::cluster::{first_difference, in_sync, peer, Cluster, LinkCut};
 use common::qemu;
+use common::scsi;
 use common::twinsan_bin;
 
 const MIB: u64 = 1 << 20;
@@ -780,9 +781,10 @@ after_sb_2pri = "disconnect"
 disk = { node1 = { path = "node1/vol1.img" }, node2 = { path = "node2/vol1.img" } }
 "#;
 
-/// Issue 15: no runtime worker waits for the peer. With the Secondary frozen (SIGSTOP), protocol C writes to LUN 1
-/// (vol0) wait for it — some on the same blocks, so they also wait for each other in the SCSI range lock — while
-/// reads of LUN 2 (vol1, another volume on the same node) must still complete. They must complete *while* the
+/// Issue 15: no runtime worker waits for the peer. With the Secondary frozen (SIGSTOP), a COMPARE AND WRITE of
+/// LUN 1's first block (vol0) waits for it holding that block exclusively, and protocol C writes to LUN 1 in four
+/// sessions wait too — eight of each session's on that block, so they wait behind the COMPARE AND WRITE in the
+/// SCSI range lock — while reads of LUN 2 (vol1, another volume on the same node) must still complete. They must complete *while* the
 /// writes wait: if they only finished after vol0 dropped the silent peer (4 s) and the writes completed, the
 /// round proves nothing and runs again; three such rounds fail the test.
 #[test]
@@ -831,9 +833,34 @@ fn cluster_reads_of_another_volume_go_on_while_writes_wait_for_a_frozen_peer() {
     }
     cmds.push("aio_flush".to_string());
     let mut proven = false;
+    let who = scsi::Initiator {
+        name: "iqn.2025-08.local.test:frozen-caw",
+        isid: 1,
+    };
     for round in 1..=3 {
+        // What the first block holds: the COMPARE AND WRITE compares with it, so it goes on to the write and waits.
+        let read10 = vec![0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let first = scsi::run_cmds(&lun(1), who, &[scsi::Cmd::In(read10, 512)]);
+        let mut caw_data = first[0].data.clone();
+        assert_eq!(caw_data.len(), 512, "{first:?}");
+        caw_data.extend_from_slice(&[0x70 + round as u8; 512]);
+        let caw_cdb = [0x89u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
         // SAFETY: kill(2) on the pid of a daemon this test started and has not reaped.
         assert_eq!(unsafe { libc::kill(node2, libc::SIGSTOP) }, 0);
+        let hexed = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut caw = Command::new(scsi::tool())
+            .arg(lun(1))
+            .arg(who.name)
+            .arg(who.isid.to_string())
+            .arg(format!("{}:out={}", hexed(&caw_cdb), hexed(&caw_data)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn iscsi-cdb");
+        // Time for its login and command to reach node1 (if the writes came first, the COMPARE AND WRITE would
+        // queue behind them instead, and the round would test less, not pass wrongly).
+        std::thread::sleep(Duration::from_millis(500));
         // Four sessions, more than the runtime has workers (one per core): a write that held a worker while it
         // waited would leave none for the reads.
         let mut writers = Vec::new();
@@ -861,6 +888,7 @@ fn cluster_reads_of_another_volume_go_on_while_writes_wait_for_a_frozen_peer() {
         let writes_waiting = writers
             .iter_mut()
             .all(|(w, _)| matches!(w.try_wait(), Ok(None)))
+            && matches!(caw.try_wait(), Ok(None))
             && c.volume_status(1, "vol0")["peers"][0]["connection"] == "Connected";
         // SAFETY: as above.
         assert_eq!(unsafe { libc::kill(node2, libc::SIGCONT) }, 0);
@@ -873,11 +901,19 @@ fn cluster_reads_of_another_volume_go_on_while_writes_wait_for_a_frozen_peer() {
             done += rest.matches("wrote 65536/65536").count();
         }
         println!(
-            "round {round}: 32 reads of 64 KiB at LUN 2 verified; the writes at LUN 1 were {}waiting then; \
+            "round {round}: 32 reads of 64 KiB at LUN 2 verified; the COMPARE AND WRITE and the writes at LUN 1 \
+             were {}waiting then; \
              {done} of 64 writes done after node2 resumed",
             if writes_waiting { "" } else { "no longer " },
         );
         assert_eq!(done, 64);
+        let caw = caw.wait_with_output().expect("wait iscsi-cdb");
+        let answer = String::from_utf8_lossy(&caw.stdout).to_string();
+        assert!(
+            caw.status.success() && answer.starts_with("status=0 "),
+            "COMPARE AND WRITE: {answer} {}",
+            String::from_utf8_lossy(&caw.stderr)
+        );
         for n in [1, 2] {
             c.wait_for(Duration::from_secs(30), "vol0 in sync", || {
                 in_sync(&c.volume_status(n, "vol0")).then_some(())

@@ -183,6 +183,9 @@ impl NexusState {
     }
 }
 
+/// Where a submitted command's outcome goes ([`LogicalUnit::submit`]).
+pub type WriteOutcome = Box<dyn FnOnce(Outcome) + Send>;
+
 /// A SCSI block device (SBC-3) over a [`BlockDevice`]. Commands from many threads may run at once: the shared
 /// mutable state (per-nexus unit attentions, reservations, mode parameters) is behind mutexes that are never held
 /// across I/O, except the one that serializes changes of the persistent reservation state while it is stored; the
@@ -277,28 +280,42 @@ impl LogicalUnit {
 
     /// Runs a command [`submits`](Self::submits) accepted, without waiting for the device: `done` receives the
     /// outcome, now or from the thread that completes the write. Anything else is run by
-    /// [`execute`](Self::execute) and its outcome passed on.
-    pub fn submit(&self, req: &Request<'_>, done: Box<dyn FnOnce(Outcome) + Send>) {
+    /// [`execute`](Self::execute) and its outcome passed on. `Err(done)`, with nothing done: the write's blocks
+    /// are held by a COMPARE AND WRITE (or another read-compare-write command) in progress, and waiting for it
+    /// would block the caller; run the command with [`execute`](Self::execute) on a thread that may wait.
+    pub fn submit(&self, req: &Request<'_>, done: WriteOutcome) -> Result<(), WriteOutcome> {
         let t = match Command::decode(req.cdb) {
             Ok(Command::Write(t)) if self.dev.submits_writes() => t,
-            _ => return done(self.execute(req)),
+            _ => {
+                done(self.execute(req));
+                return Ok(());
+            }
+        };
+        // Taken before anything changes state (a unit attention is reported once): if the range is not free, the
+        // command goes to `execute` untouched. Held until the device completes the write.
+        let Some(range) = self
+            .ranges
+            .try_lock(t.lba, u64::from(t.blocks), Access::Shared)
+        else {
+            return Err(done);
         };
         if let Some(ua) = self.take_unit_attention(req.nexus) {
-            return done(Outcome::check_condition(ua));
+            done(Outcome::check_condition(ua));
+            return Ok(());
         }
         if let Err(outcome) = self.check_reservations(req) {
-            return done(outcome);
+            done(outcome);
+            return Ok(());
         }
         if let Err(sense) = self.check_transfer(&t, true) {
-            return done(Outcome::check_condition(sense));
+            done(Outcome::check_condition(sense));
+            return Ok(());
         }
         let data = write_data(&t, req.data_out);
         if data.is_empty() {
-            return done(Outcome::good(Vec::new()));
+            done(Outcome::good(Vec::new()));
+            return Ok(());
         }
-        // Held until the device completes the write: a COMPARE AND WRITE to these blocks waits for it (and this
-        // waits, briefly, only behind one of those).
-        let range = self.ranges.lock(t.lba, blocks_in(data), Access::Shared);
         self.dev.submit_write(
             data.to_vec(),
             byte_offset(t.lba),
@@ -311,6 +328,7 @@ impl LogicalUnit {
                 })
             }),
         );
+        Ok(())
     }
 
     /// Bytes of Data-Out the CDB asks for (0 for commands that send none), so the engine knows how much to

@@ -91,6 +91,35 @@ impl RangeLocks {
         }
     }
 
+    /// Takes `lba .. lba + blocks` if nothing earlier conflicts with it now; `None` (and nothing held or queued)
+    /// if it would have to wait. For callers that must not block (a connection's task): they hand the command
+    /// to a thread that may wait instead.
+    pub(super) fn try_lock(
+        self: &Arc<Self>,
+        lba: u64,
+        blocks: u64,
+        access: Access,
+    ) -> Option<RangeGuard> {
+        let mut st = self.state();
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.entries.push(Entry {
+            ticket,
+            start: lba,
+            end: lba.saturating_add(blocks),
+            exclusive: access == Access::Exclusive,
+        });
+        if st.blocked(ticket) {
+            // The newest entry: nobody waits for it, so it leaves without a wake-up.
+            st.entries.pop();
+            return None;
+        }
+        Some(RangeGuard {
+            locks: Arc::clone(self),
+            ticket,
+        })
+    }
+
     /// Ranges held or waiting (for tests that wait for a command to queue).
     #[cfg(test)]
     pub(super) fn entries(&self) -> usize {

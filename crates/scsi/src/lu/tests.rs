@@ -2616,7 +2616,7 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
     let write = rw10(WRITE_10, 0, 4, 4);
     assert!(lu.submits(&write));
     let (tx, rx) = std::sync::mpsc::channel();
-    lu.submit(
+    let submitted = lu.submit(
         &Request {
             nexus: &nexus(1),
             cdb: &write,
@@ -2625,6 +2625,7 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
         },
         Box::new(move |o| tx.send(o).unwrap()),
     );
+    assert!(submitted.is_ok());
     assert_eq!(
         lu.ranges.entries(),
         1,
@@ -2645,6 +2646,24 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
     };
     wait_for_ranges(&lu, 2);
     assert!(rx.try_recv().is_err());
+    // Another write to those blocks would wait behind the COMPARE AND WRITE: submit hands it back untouched (the
+    // caller runs it where waiting is allowed) instead of blocking the caller (a connection's task).
+    let handed_back = lu.submit(
+        &Request {
+            nexus: &nexus(3),
+            cdb: &rw10(WRITE_10, 0, 6, 2),
+            data_out: &[0x33; 2 * 512],
+            luns: &[0],
+        },
+        Box::new(|_| panic!("a write handed back is not answered")),
+    );
+    assert!(handed_back.is_err());
+    assert_eq!(lu.ranges.entries(), 2, "nothing held or queued for it");
+    assert_eq!(
+        dev.pending.lock().unwrap().len(),
+        1,
+        "nothing submitted for it"
+    );
     dev.complete_one();
     assert_eq!(rx.recv().unwrap().status, TaskStatus::Good);
     assert_eq!(caw_thread.join().unwrap().status, TaskStatus::Good);

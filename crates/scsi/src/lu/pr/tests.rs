@@ -1293,7 +1293,10 @@ fn submitted_writes_are_checked() {
             data_out: &[7; 512],
             luns: &[0],
         };
-        f.lu.submit(&req, Box::new(move |o| tx.send(o).unwrap()));
+        assert!(f
+            .lu
+            .submit(&req, Box::new(move |o| tx.send(o).unwrap()))
+            .is_ok());
         rx.recv().unwrap()
     };
     assert_conflict(&submit(&f.b));
