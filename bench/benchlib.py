@@ -273,6 +273,20 @@ class Process:
         return [self.cpu()]
 
 
+def run_result(count, size, secs, wall, ticks):
+    """The result keys every runner gives: rates from count I/Os of size bytes in secs, and the target's CPU per
+    I/O from its ticks (one entry per process)."""
+    return {
+        "secs": secs,
+        "wall": wall,
+        "iops": count / secs,
+        "mibs": count * size / secs / (1 << 20),
+        "cpu_us": sum(ticks) / CLK_TCK / count * 1e6,
+        "cpu_s": sum(ticks) / CLK_TCK,
+        "cpu_parts_us": [t / CLK_TCK / count * 1e6 for t in ticks],
+    }
+
+
 class QemuBench:
     """`qemu-img bench -f raw -t none` against a target's URL, one run at a time, with a timeout."""
 
@@ -286,6 +300,18 @@ class QemuBench:
         if write:
             argv += ["-w", "--pattern", str(pattern)]
         argv.append(target.url)
+        out, rc, wall, ticks = self._watched(argv, target, "qemu-img", "qemu-img bench")
+        m = RUN_RE.search(out)
+        if rc != 0 or not m:
+            raise RunError(f"qemu-img bench against {target.name} failed (status {rc}): {out.strip()}\n"
+                           f"{target.logs()}")
+        secs = float(m.group(1))
+        return run_result(count, size, max(secs, 1e-6), wall, ticks)
+
+    def _watched(self, argv, target, tool, during):
+        """Runs argv to the end while watching target (libiscsi keeps reconnecting to a dead target, so the target
+        is watched rather than the tool waited for); (output, status, wall seconds, the target's CPU ticks per
+        process). RunError if the target died or the tool outlived the timeout."""
         cpu0 = target.cpu_parts()
         t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -297,38 +323,22 @@ class QemuBench:
                 break
             except subprocess.TimeoutExpired:
                 pass
-            # libiscsi keeps reconnecting to a dead target, so watch the target rather than wait for qemu-img.
             dead = not target.alive()
             if dead or time.monotonic() > deadline:
                 self.proc.kill()
                 out, _ = self.proc.communicate()
                 self.proc = None
-                what = f"{target.death()} during" if dead else f"qemu-img hung for {self.timeout:.0f}s in"
-                raise RunError(f"{what} {' '.join(argv)}\nqemu-img: {out.strip() or '(no output)'}\n"
+                what = f"{target.death()} during" if dead else f"{tool} hung for {self.timeout:.0f}s in"
+                raise RunError(f"{what} {' '.join(argv)}\n{tool}: {out.strip() or '(no output)'}\n"
                                f"{target.logs()}")
         # (On Ctrl-C self.proc stays set, so kill() from the cleanup stops it.)
         rc = self.proc.returncode
         self.proc = None
         wall = time.monotonic() - t0
         if not target.alive():
-            raise RunError(f"{target.death()} during qemu-img bench:\n{out.strip()}\n{target.logs()}")
+            raise RunError(f"{target.death()} during {during}:\n{out.strip()}\n{target.logs()}")
         cpu1 = target.cpu_parts()
-        m = RUN_RE.search(out)
-        if rc != 0 or not m:
-            raise RunError(f"qemu-img bench against {target.name} failed (status {rc}): {out.strip()}\n"
-                           f"{target.logs()}")
-        secs = float(m.group(1))
-        secs = max(secs, 1e-6)
-        ticks = [b - a for a, b in zip(cpu0, cpu1)]
-        return {
-            "secs": secs,
-            "wall": wall,
-            "iops": count / secs,
-            "mibs": count * size / secs / (1 << 20),
-            "cpu_us": sum(ticks) / CLK_TCK / count * 1e6,
-            "cpu_s": sum(ticks) / CLK_TCK,
-            "cpu_parts_us": [t / CLK_TCK / count * 1e6 for t in ticks],
-        }
+        return out, rc, wall, [b - a for a, b in zip(cpu0, cpu1)]
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -371,46 +381,14 @@ class LatencyBench(QemuBench):
         if (size, depth, write) != LATENCY_WORKLOAD[1:]:
             raise SetupError(f"iscsi-latency does 4 KiB writes at depth 1 only, not {size} at {depth}")
         argv = [self.tool, target.url, str(count), str(pattern)]
-        cpu0 = target.cpu_parts()
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        deadline = t0 + self.timeout
-        while True:
-            try:
-                out, _ = self.proc.communicate(timeout=0.25)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            dead = not target.alive()
-            if dead or time.monotonic() > deadline:
-                self.proc.kill()
-                out, _ = self.proc.communicate()
-                self.proc = None
-                what = f"{target.death()} during" if dead else f"iscsi-latency hung for {self.timeout:.0f}s in"
-                raise RunError(f"{what} {' '.join(argv)}\niscsi-latency: {out.strip() or '(no output)'}\n"
-                               f"{target.logs()}")
-        rc = self.proc.returncode
-        self.proc = None
-        wall = time.monotonic() - t0
-        if not target.alive():
-            raise RunError(f"{target.death()} during iscsi-latency:\n{out.strip()}\n{target.logs()}")
-        cpu1 = target.cpu_parts()
+        out, rc, wall, ticks = self._watched(argv, target, "iscsi-latency", "iscsi-latency")
         m = LAT_RE.search(out)
         if rc != 0 or not m or int(m.group(1)) != count:
             raise RunError(f"iscsi-latency against {target.name} failed (status {rc}): {out.strip()}\n"
                            f"{target.logs()}")
         median_us, p99_us, mean_us, min_us, max_us = (float(m.group(i)) for i in range(2, 7))
         secs = max(mean_us * count / 1e6, 1e-6)
-        ticks = [b - a for a, b in zip(cpu0, cpu1)]
-        return {
-            "secs": secs,
-            "wall": wall,
-            "iops": count / secs,
-            "mibs": count * size / secs / (1 << 20),
-            "cpu_us": sum(ticks) / CLK_TCK / count * 1e6,
-            "cpu_s": sum(ticks) / CLK_TCK,
-            "cpu_parts_us": [t / CLK_TCK / count * 1e6 for t in ticks],
+        return run_result(count, size, secs, wall, ticks) | {
             "median_us": median_us,
             "p99_us": p99_us,
             "mean_us": mean_us,

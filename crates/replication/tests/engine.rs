@@ -851,20 +851,13 @@ fn a_diskless_primary_writes_through_the_peer_and_its_disk_gets_them_after_a_swi
 /// link: the peer's reply is lost, so the peer holds the new size and node `i` the old one.
 fn resize_cut_after_the_peer_grew(p: &mut Pair, i: usize) -> (u64, u64) {
     let old = p.engine(i).data_size();
-    let id = p.next_id;
-    p.next_id += 1;
-    let now = p.now;
-    p.engine(i).handle(
-        Input::Admin {
-            id,
-            command: AdminCommand::Resize {
-                size: None,
-                assume_clean: false,
-            },
+    let id = p.submit_admin(
+        i,
+        AdminCommand::Resize {
+            size: None,
+            assume_clean: false,
         },
-        now,
     );
-    p.collect(i);
     let mut frames = 0;
     while p.engine(1 - i).data_size() == old {
         assert!(

@@ -497,12 +497,18 @@ impl Pair {
         })
     }
 
-    pub fn admin(&mut self, i: usize, command: AdminCommand) -> Result<Option<String>, String> {
+    /// Hands node `i` an admin command without letting anything else happen; its id.
+    pub fn submit_admin(&mut self, i: usize, command: AdminCommand) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let now = self.now;
         self.engine(i).handle(Input::Admin { id, command }, now);
         self.collect(i);
+        id
+    }
+
+    pub fn admin(&mut self, i: usize, command: AdminCommand) -> Result<Option<String>, String> {
+        let id = self.submit_admin(i, command);
         self.settle(600);
         let pos = self
             .done

@@ -41,6 +41,19 @@ struct State {
 }
 
 impl State {
+    /// Appends a range in arrival order; its ticket.
+    fn enqueue(&mut self, lba: u64, blocks: u64, access: Access) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.entries.push(Entry {
+            ticket,
+            start: lba,
+            end: lba.saturating_add(blocks),
+            exclusive: access == Access::Exclusive,
+        });
+        ticket
+    }
+
     /// Whether the entry `ticket` must wait for an earlier conflicting one.
     fn blocked(&self, ticket: u64) -> bool {
         let Some(i) = self.entries.iter().position(|e| e.ticket == ticket) else {
@@ -74,14 +87,7 @@ impl RangeLocks {
     /// Blocks `lba .. lba + blocks`, waiting while an earlier conflicting range is held or waiting.
     pub(super) fn lock(self: &Arc<Self>, lba: u64, blocks: u64, access: Access) -> RangeGuard {
         let mut st = self.state();
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.entries.push(Entry {
-            ticket,
-            start: lba,
-            end: lba.saturating_add(blocks),
-            exclusive: access == Access::Exclusive,
-        });
+        let ticket = st.enqueue(lba, blocks, access);
         while st.blocked(ticket) {
             st = self.released.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -101,14 +107,7 @@ impl RangeLocks {
         access: Access,
     ) -> Option<RangeGuard> {
         let mut st = self.state();
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.entries.push(Entry {
-            ticket,
-            start: lba,
-            end: lba.saturating_add(blocks),
-            exclusive: access == Access::Exclusive,
-        });
+        let ticket = st.enqueue(lba, blocks, access);
         if st.blocked(ticket) {
             // The newest entry: nobody waits for it, so it leaves without a wake-up.
             st.entries.pop();
