@@ -501,6 +501,9 @@ struct Link {
     failed: bool,
     /// The protocol version agreed on with the peer, once authenticated.
     version: Option<ProtocolVersion>,
+    /// The last `Uuids` the peer sent while connected: the first part of a generation exchange the peer starts
+    /// on a live link (its disk attached), completed by the `Sizes` and `State` that follow it.
+    peer_uuids: Option<(GenerationIds, GenFlags, u64)>,
 }
 
 enum Phase {
@@ -510,6 +513,17 @@ enum Phase {
     Exchange(PeerInfo),
     /// Connected: the state machine knows.
     Up,
+    /// Connected, and the generations are compared again because a disk attached on one side: writes, reads and
+    /// acknowledgements go on as when `Up` (a diskless Primary keeps serving through it); the peer's tuple, size
+    /// and state are collected as in `Exchange`, and the connect decision then picks the resync.
+    Reexchange(PeerInfo),
+}
+
+impl Phase {
+    /// Data, acknowledgements and state changes flow.
+    fn is_up(&self) -> bool {
+        matches!(self, Phase::Up | Phase::Reexchange(_))
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -526,6 +540,10 @@ struct PendingWrite {
     len: u64,
     /// Part of the activity log (a local write was admitted).
     al: bool,
+    /// On this node's UpToDate disk already: if the peer never acknowledges it, the write still completes (its
+    /// blocks marked out of sync). Without it (a diskless Primary, or one whose disk is still being resynced)
+    /// the peer's acknowledgement is the only proof the data is anywhere, and a write that loses it fails.
+    stored_here: bool,
     /// When its frame was handed to the link (engine time), for the [`AckObserver`].
     sent: Duration,
 }
@@ -577,6 +595,8 @@ impl Body {
 struct PendingFlush {
     id: u64,
     epoch: u64,
+    /// This node's UpToDate disk was flushed: the flush holds even if the peer's answer never comes.
+    stored_here: bool,
 }
 
 /// The resync that runs, seen from this node.
@@ -623,6 +643,10 @@ pub struct Engine<S: Storage> {
     /// The next activity-log ring slot to write (transactions say their own).
     link: Option<Link>,
     peer_gen: Option<GenerationIds>,
+    /// While a disk attached under a Primary resyncs from the peer, the generation the Primary serves (the
+    /// peer's; `gen` is the disk's until the resync ends): it becomes `gen` again if the disk is dropped, so a
+    /// reconnect finds the generation it served (`check_diskless_primary_peer`).
+    served: Option<GenerationIds>,
     next_seq: u64,
     epoch: u64,
     writes_in_epoch: u32,
@@ -708,6 +732,7 @@ impl<S: Storage> Engine<S> {
             al,
             link: None,
             peer_gen: None,
+            served: None,
             next_seq: 1,
             epoch: 1,
             writes_in_epoch: 0,
@@ -1141,6 +1166,10 @@ impl<S: Storage> Engine<S> {
             if let Some(Resync::Source { plan, .. }) = &mut self.resync {
                 let _ = plan.app_write(offset, len);
             }
+        } else if self.state.disk().is_attached() {
+            // A disk attached under this Primary, before its resync starts: it lacks this write, and the bitmap
+            // it sends when the resync starts says so.
+            let _ = self.bitmap.set_range(offset, len);
         }
         let link = self.connected_link();
         if targets.peer && link.is_some() {
@@ -1191,10 +1220,16 @@ impl<S: Storage> Engine<S> {
                         offset,
                         len,
                         al,
+                        stored_here: targets.local && self.state.disk() == DiskState::UpToDate,
                         sent: self.now,
                     },
                 );
             }
+        } else if !targets.local {
+            // Neither disk took it (no link that carries writes): the write did not happen anywhere.
+            self.finish_write(None, offset, len, al);
+            let e = self.not_available();
+            self.out.push(Output::WriteDone { id, result: Err(e) });
         } else {
             // Nobody else has these blocks now.
             self.mark_out_of_sync(offset, len);
@@ -1273,6 +1308,15 @@ impl<S: Storage> Engine<S> {
         }
     }
 
+    /// Why a request that only the peer held failed when the link went before its acknowledgement.
+    fn lost_before_acknowledged(&self, what: &str) -> IoFailure {
+        IoFailure::NotAvailable(format!(
+            "{}: the link to {} was lost before it acknowledged the {what}, and this node holds no UpToDate copy \
+             of its own: the {what} failed (it may or may not have reached {})",
+            self.cfg.volume, self.cfg.peer_name, self.cfg.peer_name
+        ))
+    }
+
     fn app_flush(&mut self, id: u64) {
         if !self.peer_stores_writes() {
             self.alone_allowed();
@@ -1304,7 +1348,12 @@ impl<S: Storage> Engine<S> {
             self.send(Message::Barrier { epoch });
             self.epoch += 1;
             self.writes_in_epoch = 0;
-            self.flushes.push(PendingFlush { id, epoch });
+            let stored_here = self.attached && self.state.disk() == DiskState::UpToDate;
+            self.flushes.push(PendingFlush {
+                id,
+                epoch,
+                stored_here,
+            });
         } else {
             self.out.push(Output::FlushDone { id, result: Ok(()) });
         }
@@ -1407,10 +1456,7 @@ impl<S: Storage> Engine<S> {
     /// Sends this node's reservation state to a connected peer with a disk; the sequence number to expect in
     /// its acknowledgement, or `None` if there is no such peer.
     fn send_reservations(&mut self) -> Option<u64> {
-        let up = self
-            .link
-            .as_ref()
-            .is_some_and(|l| matches!(l.phase, Phase::Up));
+        let up = self.link.as_ref().is_some_and(|l| l.phase.is_up());
         if !up || !self.state.peer().disk.is_attached() {
             return None;
         }
@@ -1629,6 +1675,11 @@ impl<S: Storage> Engine<S> {
             }
             self.attached = false;
             self.storage.release();
+            if let Some(g) = self.served.take() {
+                if self.state.role() == Role::Primary {
+                    self.gen = g;
+                }
+            }
             self.log(
                 false,
                 format!("{}: the disk is detached and released", self.cfg.volume),
@@ -1659,9 +1710,22 @@ impl<S: Storage> Engine<S> {
 
     fn admin_attach(&mut self) -> Result<Option<String>, String> {
         self.may_attach()?;
-        let attached = self
-            .reread_superblock()
-            .and_then(|()| self.attach().map_err(|e| e.to_string()));
+        self.attach_again(Self::reread_superblock)
+    }
+
+    /// Loads the disk's superblock (and with it `gen`) with `load`, then attaches it; on failure the storage is
+    /// released. A Primary keeps the generation it serves in `served` until its disk is UpToDate.
+    fn attach_again(
+        &mut self,
+        load: impl FnOnce(&mut Self) -> Result<(), String>,
+    ) -> Result<Option<String>, String> {
+        let served = (self.state.role() == Role::Primary).then_some(self.gen);
+        let attached = load(self).and_then(|()| self.attach().map_err(|e| e.to_string()));
+        match (&attached, served) {
+            (Err(_), Some(g)) => self.gen = g,
+            (Ok(()), Some(_)) if self.state.disk() != DiskState::UpToDate => self.served = served,
+            _ => {}
+        }
         if attached.is_err() {
             self.storage.release();
         }
@@ -1670,7 +1734,8 @@ impl<S: Storage> Engine<S> {
 
     /// Attaches a disk the driver opened again (`volume attach` after a failure or a detach, or a new disk after
     /// `volume create-md`): `storage` with the `layout` and superblock `sb` the driver read and checked. Refused,
-    /// with `storage` dropped and nothing written, on a Primary, while a disk is attached, or when the superblock
+    /// with `storage` dropped and nothing written, on a Primary without a connected UpToDate peer to resync it
+    /// from, while a disk is attached, or when the superblock
     /// belongs to another volume, to another node, or to a disk of another size. Then the bitmap and the
     /// activity log are read as at start; if the peer is connected the generations are exchanged again and the
     /// connect decision picks the resync: of the bitmaps' blocks if this disk's generation is one the peer's
@@ -1701,20 +1766,19 @@ impl<S: Storage> Engine<S> {
                 sb.data_size, self.sb.data_size
             ));
         }
-        self.storage = storage;
-        self.layout = layout;
-        self.sb = sb;
-        self.gen = GenerationIds {
-            current: self.sb.current_uuid,
-            bitmap: self.sb.bitmap_uuid,
-            history: self.sb.history_uuids,
-        };
-        let attached = self.attach().map_err(|e| e.to_string());
-        if attached.is_err() {
-            self.storage.release();
-        }
+        let attached = self.attach_again(|e| {
+            e.storage = storage;
+            e.layout = layout;
+            e.sb = sb;
+            e.gen = GenerationIds {
+                current: e.sb.current_uuid,
+                bitmap: e.sb.bitmap_uuid,
+                history: e.sb.history_uuids,
+            };
+            Ok(())
+        });
         self.out.push(Output::Changed);
-        attached.map(|()| None)
+        attached
     }
 
     /// A clean stop of the daemon: disconnect, flush and close the log (the volume must not be Primary with
@@ -1739,10 +1803,7 @@ impl<S: Storage> Engine<S> {
     // ----- the link -----
 
     fn connected_link(&self) -> Option<u64> {
-        self.link
-            .as_ref()
-            .filter(|l| matches!(l.phase, Phase::Up))
-            .map(|l| l.id)
+        self.link.as_ref().filter(|l| l.phase.is_up()).map(|l| l.id)
     }
 
     fn link_up(&mut self, link: u64, nonce: [u8; NONCE_LEN]) {
@@ -1772,6 +1833,7 @@ impl<S: Storage> Engine<S> {
             ping_seq: 0,
             failed: false,
             version: None,
+            peer_uuids: None,
         });
         for m in hello {
             self.send(m);
@@ -1867,14 +1929,27 @@ impl<S: Storage> Engine<S> {
         for w in pending {
             self.finish_write(w.id, w.offset, w.len, w.al);
             if let Some(id) = w.id {
-                self.complete_alone(Output::WriteDone { id, result: Ok(()) });
+                if w.stored_here {
+                    self.complete_alone(Output::WriteDone { id, result: Ok(()) });
+                } else {
+                    let e = self.lost_before_acknowledged("write");
+                    self.out.push(Output::WriteDone { id, result: Err(e) });
+                }
             }
         }
         for f in std::mem::take(&mut self.flushes) {
-            self.complete_alone(Output::FlushDone {
-                id: f.id,
-                result: Ok(()),
-            });
+            if f.stored_here {
+                self.complete_alone(Output::FlushDone {
+                    id: f.id,
+                    result: Ok(()),
+                });
+            } else {
+                let e = self.lost_before_acknowledged("flush");
+                self.out.push(Output::FlushDone {
+                    id: f.id,
+                    result: Err(e),
+                });
+            }
         }
         // Like the writes: the peer is behind now, and gets the state again when it resyncs from this node.
         for (_, id) in std::mem::take(&mut self.pending_reservations) {
@@ -1924,12 +1999,7 @@ impl<S: Storage> Engine<S> {
                                 self.cfg.volume, self.cfg.peer_name, done.version
                             ),
                         );
-                        self.send_uuids(false);
-                        self.send(Message::Sizes {
-                            data_size: self.sb.data_size,
-                            max_request: MAX_REQUEST,
-                        });
-                        self.send_state();
+                        self.send_exchange();
                     }
                     Err(e) => {
                         let reason = e
@@ -1971,8 +2041,61 @@ impl<S: Storage> Engine<S> {
                     self.exchange_done(u, size, st);
                 }
             }
-            Phase::Up => self.received_up(message),
+            Phase::Reexchange(info) => {
+                match message {
+                    Message::Uuids {
+                        ids,
+                        flags,
+                        bitmap_weight,
+                        ..
+                    } => {
+                        self.peer_gen = Some(ids);
+                        info.uuids = Some((ids, flags, bitmap_weight));
+                    }
+                    Message::Sizes { data_size, .. } => info.size = Some(data_size),
+                    Message::State { role, disk, .. } => info.state = Some((role, map_disk(disk))),
+                    other => return self.received_up(other),
+                }
+                if let PeerInfo {
+                    uuids: Some(u),
+                    size: Some(size),
+                    state: Some(st),
+                } = *info
+                {
+                    self.exchange_done(u, size, st);
+                }
+            }
+            Phase::Up => match message {
+                // The peer compares generations again (its disk attached): its `Uuids` came first; answer with
+                // this node's, then take its `State` as the last part.
+                Message::Sizes { data_size, .. } => {
+                    let uuids = link.peer_uuids.take();
+                    link.phase = Phase::Reexchange(PeerInfo {
+                        uuids,
+                        size: Some(data_size),
+                        state: None,
+                    });
+                    if uuids.is_none() {
+                        return self.close_link(
+                            wire::DisconnectReason::ProtocolError,
+                            "Sizes without Uuids before it on a connected link".into(),
+                        );
+                    }
+                    self.send_exchange();
+                }
+                other => self.received_up(other),
+            },
         }
+    }
+
+    /// This node's part of a generation exchange: generations, size, state.
+    fn send_exchange(&mut self) {
+        self.send_uuids(false);
+        self.send(Message::Sizes {
+            data_size: self.sb.data_size,
+            max_request: MAX_REQUEST,
+        });
+        self.send_state();
     }
 
     fn local_side(&self, discard_my_data: bool) -> Side {
@@ -2068,12 +2191,27 @@ impl<S: Storage> Engine<S> {
                 ),
             );
         }
+        let attached_under_primary = self.state.role() == Role::Primary
+            && self.state.disk().is_attached()
+            && self.state.disk() != DiskState::UpToDate;
         self.event(Event::PeerConnected {
             outcome,
             resolution,
             peer_role,
             peer_disk,
         });
+        if attached_under_primary && !self.state.disk().is_attached() {
+            let decision = outcome.map(|o| o.decision);
+            self.log(
+                true,
+                format!(
+                    "{}: the disk attached on this Primary cannot be resynced from {} (the connect decision is \
+                     {decision:?}, not a resync from the peer): detached again; this node goes on serving through \
+                     {}. Attach it after a switchover, or attach a new disk (`volume create-md`)",
+                    self.cfg.volume, self.cfg.peer_name, self.cfg.peer_name
+                ),
+            );
+        }
         // A Primary's reservation state is the volume's: a peer that joins without a resync gets it too.
         if self.state.role() == Role::Primary {
             self.send_reservations();
@@ -2159,7 +2297,16 @@ impl<S: Storage> Engine<S> {
                     self.event(Event::PeerWriteFailed);
                     self.finish_write(w.id, w.offset, w.len, w.al);
                     if let Some(id) = w.id {
-                        self.out.push(Output::WriteDone { id, result: Ok(()) });
+                        let result = if w.stored_here {
+                            Ok(())
+                        } else {
+                            Err(IoFailure::Medium(format!(
+                                "{}: {} could not store the write, and this node holds no UpToDate copy of its \
+                                 own: the write failed",
+                                self.cfg.volume, self.cfg.peer_name
+                            )))
+                        };
+                        self.out.push(Output::WriteDone { id, result });
                     }
                 }
             }
@@ -2224,15 +2371,21 @@ impl<S: Storage> Engine<S> {
             } => self.peer_state(role, map_disk(disk), replication),
             Message::Uuids {
                 ids,
+                flags,
+                bitmap_weight,
                 skip_initial_sync,
-                ..
             } => {
                 self.peer_gen = Some(ids);
+                if let Some(l) = self.link.as_mut() {
+                    l.peer_uuids = Some((ids, flags, bitmap_weight));
+                }
                 if !self.state.disk().is_attached() && self.state.role() == Role::Primary {
                     // A diskless Primary serves the peer's copy: when the peer starts a new generation (it holds
                     // the only copy now), that is the generation this Primary exposes, and the one a later
                     // reconnect must find (see `check_diskless_primary_peer`).
                     self.gen.adopt_current(ids.current);
+                } else if let Some(served) = self.served.as_mut() {
+                    served.adopt_current(ids.current);
                 }
                 if skip_initial_sync && self.gen.accept_skip_initial_sync(ids.current) {
                     self.bitmap.clear_all();
@@ -2349,7 +2502,11 @@ impl<S: Storage> Engine<S> {
         }
         let len = body.len();
         let disk = self.state.disk();
-        let mut ok = self.check_range(offset, len).is_ok() && disk.is_attached();
+        // A Primary without UpToDate data of its own (diskless, or its disk still resyncing from here) has this
+        // node's copy as the only one: the write counts only if it lands on UpToDate data here.
+        let writer_lacks_data = self.state.peer().disk != DiskState::UpToDate;
+        let refused = writer_lacks_data && !self.state.stores_up_to_date_copy();
+        let mut ok = self.check_range(offset, len).is_ok() && disk.is_attached() && !refused;
         if ok {
             // The peer's writes go through this node's activity log too: if this node loses power, the extents
             // it may have lost from its cache are resynced, not trusted.
@@ -2376,9 +2533,14 @@ impl<S: Storage> Engine<S> {
                     ),
                 );
                 self.event(Event::DiskFailed);
-            } else if !self.state.peer().disk.is_attached() {
-                // A diskless Primary's write: its own disk, when it attaches again, lacks these blocks.
-                self.mark_out_of_sync(offset, len);
+            } else if writer_lacks_data {
+                match &mut self.resync {
+                    // The writer's disk resyncs from here and took this write too (what it wrote before it knew
+                    // came in its bitmap), but a resync block already on its way may carry older data.
+                    Some(Resync::Source { plan, .. }) => plan.rewritten_in_flight(offset, len),
+                    // A diskless writer's disk, or one still comparing generations, lacks these blocks.
+                    _ => self.mark_out_of_sync(offset, len),
+                }
             }
         }
         if protocol == ReplicationProtocol::C {
@@ -3210,12 +3372,7 @@ impl<S: Storage> Engine<S> {
                 self.write_superblock();
                 // A connected peer learns the new generation at once (DRBD sends its UUIDs again): it is what a
                 // resync target takes as its own when the resync ends, and what the next handshake compares.
-                if self
-                    .link
-                    .as_ref()
-                    .is_some_and(|l| matches!(l.phase, Phase::Up))
-                    && !clear_bitmap
-                {
+                if self.link.as_ref().is_some_and(|l| l.phase.is_up()) && !clear_bitmap {
                     self.send_uuids(false);
                 }
             }
@@ -3230,6 +3387,7 @@ impl<S: Storage> Engine<S> {
                         if let Some(p) = self.peer_gen {
                             self.gen.finish_resync_as_target(&p);
                         }
+                        self.served = None;
                     }
                 }
                 self.write_superblock();
@@ -3241,15 +3399,12 @@ impl<S: Storage> Engine<S> {
             }
             Action::SendState => self.send_state(),
             Action::ExchangeGenerations => {
-                if let Some(l) = self.link.as_mut() {
-                    l.phase = Phase::Exchange(PeerInfo::default());
-                }
-                self.send_uuids(false);
-                self.send(Message::Sizes {
-                    data_size: self.sb.data_size,
-                    max_request: MAX_REQUEST,
-                });
-                self.send_state();
+                // Started here; one the peer started (or this node answered already) needs nothing more.
+                let Some(l) = self.link.as_mut().filter(|l| matches!(l.phase, Phase::Up)) else {
+                    return;
+                };
+                l.phase = Phase::Reexchange(PeerInfo::default());
+                self.send_exchange();
             }
             Action::RequestPromotion => self.send(Message::PromoteRequest),
             Action::GrantPromotion => self.send(Message::PromoteReply { granted: true }),

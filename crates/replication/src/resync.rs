@@ -700,8 +700,23 @@ impl ResyncPlan {
         let before = self.bitmap.dirty_bytes();
         self.bitmap.set_range(offset, len)?;
         self.total_bytes += self.bitmap.dirty_bytes() - before;
+        self.rewritten_in_flight(offset, len);
+        Ok(())
+    }
+
+    /// The target wrote `len` bytes at `offset` to its own disk as well as to this one (a Primary whose disk
+    /// resyncs from here): blocks not in flight need nothing (what is sent later is read after this write), but an
+    /// in-flight request may carry the older data, which then lands on the target after its write: those blocks
+    /// stay dirty when the request completes, and are sent again.
+    pub fn rewritten_in_flight(&mut self, offset: u64, len: u64) {
+        if len == 0
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.bitmap.data_size())
+        {
+            return;
+        }
         self.pacing.app_bytes = self.pacing.app_bytes.saturating_add(len);
-        // set_range succeeded, so the range is inside the volume and this does not overflow.
         let first = offset / BLOCK_BYTES;
         let end = (offset + len - 1) / BLOCK_BYTES + 1;
         // In-flight requests do not overlap and are ordered by first block: walk back from the last one that
@@ -714,7 +729,6 @@ impl ResyncPlan {
             let to = end.min(start + request.blocks) - start;
             request.mark_rewritten(from, to);
         }
-        Ok(())
     }
 
     /// The application read `len` bytes: counts towards the application load the controller yields to.

@@ -744,9 +744,10 @@ pub enum StateError {
         /// The volume.
         volume: String,
     },
-    /// A Primary does not attach a disk.
+    /// A Primary attaches a disk only while a connected peer serves it UpToDate data (to resync from).
     #[error(
-        "refusing to attach a disk to {volume} while it is Primary: demote it or switch over first"
+        "refusing to attach a disk to {volume} while it is Primary without a connected peer that has UpToDate \
+         data to resync it from: connect the peer first, or demote it (or switch over) first"
     )]
     AttachOnPrimary {
         /// The volume.
@@ -1009,7 +1010,12 @@ impl VolumeState {
             return WriteTargets::default();
         }
         WriteTargets {
-            local: self.disk == DiskState::UpToDate,
+            // A Primary's disk that resyncs from the peer takes the writes too; they count only once it is UpToDate.
+            local: self.disk == DiskState::UpToDate
+                || matches!(
+                    self.peer.repl,
+                    ReplState::SyncTarget | ReplState::PausedSyncT
+                ),
             // Every peer disk that holds data gets the writes, even stale: a resync will then copy less. While
             // the link is closing the writes still go, because the new generation only starts when it is down.
             peer: self.link_up() && self.peer.disk.is_attached(),
@@ -1046,6 +1052,7 @@ impl VolumeState {
             ..Effects::default()
         };
         next.apply(event, config, &mut fx)?;
+        next.drop_stale_primary_disk(&mut fx);
         if let Some(what) = next.invariant_violation() {
             return Err(StateError::Internal {
                 volume: config.volume.clone(),
@@ -1072,8 +1079,11 @@ impl VolumeState {
         if link && self.peer.repl == ReplState::Off {
             return Some("replication runs while the link is up");
         }
-        if self.role == Role::Primary && !matches!(self.disk, UpToDate | Diskless | Failed) {
-            return Some("a Primary's disk is UpToDate or absent");
+        if self.role == Role::Primary
+            && !matches!(self.disk, UpToDate | Diskless | Failed)
+            && !self.served_by_peer()
+        {
+            return Some("a Primary's disk is UpToDate or absent, or resyncing from a connected UpToDate peer");
         }
         if self.role == Role::Primary
             && self.peer.conn == ConnState::Connected
@@ -1120,6 +1130,26 @@ impl VolumeState {
             return Some("writes only with UpToDate data");
         }
         None
+    }
+
+    /// A connected peer holds UpToDate data: a Primary without its own serves that (DRBD's diskless Primary), and
+    /// may attach a disk under it, which resyncs from the peer.
+    fn served_by_peer(&self) -> bool {
+        self.peer.conn == ConnState::Connected && self.peer.disk == DiskState::UpToDate
+    }
+
+    /// A Primary's disk that is not UpToDate is kept only while the peer serves the data and resyncs it; without
+    /// that (the link lost, the peer's disk gone) it is dropped at once: it is behind, and nothing may read it.
+    fn drop_stale_primary_disk(&mut self, fx: &mut Effects) {
+        let stale = self.role == Role::Primary
+            && matches!(
+                self.disk,
+                DiskState::Outdated | DiskState::Inconsistent | DiskState::Consistent
+            );
+        if stale && !self.served_by_peer() {
+            self.disk = DiskState::Diskless;
+            self.lose_local_disk(fx);
+        }
     }
 
     /// True while the link to the peer is up (Connected, or closing).
@@ -1344,7 +1374,9 @@ impl VolumeState {
                 peer_role,
                 peer_disk,
             } => {
-                let rehandshake = self.peer.conn == ConnState::Connected && self.handshake_pending;
+                // A generation exchange on a live link: one this node started, or the peer's, whose disk attached.
+                let rehandshake = self.peer.conn == ConnState::Connected
+                    && (self.handshake_pending || !self.peer.disk.is_attached());
                 let both_attached = self.disk.is_attached() && peer_disk.is_attached();
                 if !(self.peer.conn == ConnState::Connecting || rehandshake)
                     || peer_disk == DiskState::DUnknown
@@ -1549,7 +1581,7 @@ impl VolumeState {
     }
 
     fn check_attach(&self, metadata_read: bool, cfg: &Config) -> Result<(), StateError> {
-        if self.role == Role::Primary {
+        if self.role == Role::Primary && !self.served_by_peer() {
             return Err(StateError::AttachOnPrimary {
                 volume: cfg.volume.clone(),
             });
@@ -1575,7 +1607,10 @@ impl VolumeState {
         } else {
             DiskState::Consistent
         };
-        if std::mem::take(&mut self.outdate_at_attach)
+        // A Primary's disk that comes back missed what it wrote through the peer meanwhile: whatever its flags say,
+        // it is behind, and becomes UpToDate only by the resync from the peer.
+        let behind = self.role == Role::Primary;
+        if (std::mem::take(&mut self.outdate_at_attach) || behind)
             && matches!(disk, DiskState::UpToDate | DiskState::Consistent)
         {
             disk = DiskState::Outdated;
@@ -1715,6 +1750,40 @@ impl VolumeState {
         };
         self.handshake_pending = false;
         self.discard_my_data = false;
+        // A disk attached under a Primary that serves through this link (on either side) is behind the peer's:
+        // the only decision that may stand is a resync from the other node. Anything else (the same generation, a
+        // split brain, unrelated data) must not cost the Primary the link it serves through: the attached disk is
+        // dropped again instead, on its own node; the other side keeps the link and waits for that.
+        let stale = |primary: (Role, DiskState), other: (Role, DiskState)| {
+            primary.0 == Role::Primary
+                && primary.1.is_attached()
+                && primary.1 != DiskState::UpToDate
+                && other == (Role::Secondary, DiskState::UpToDate)
+        };
+        let (local, remote) = ((self.role, self.disk), (peer_role, peer_disk));
+        let (here, there) = (stale(local, remote), stale(remote, local));
+        if here || there {
+            let source = if here {
+                Direction::Peer
+            } else {
+                Direction::Local
+            };
+            match decision {
+                ConnectDecision::BitmapResync { source: s } if s == source => {
+                    self.start_resync(source, false, fx)
+                }
+                ConnectDecision::FullSync { source: s } if s == source => {
+                    self.start_resync(source, true, fx)
+                }
+                _ if here => {
+                    self.disk = DiskState::Diskless;
+                    self.lose_local_disk(fx);
+                }
+                _ => {}
+            }
+            self.split_brain = false;
+            return;
+        }
         let decision = match decision {
             ConnectDecision::SplitBrain { kind } => {
                 let resolution = resolution.unwrap_or(Resolution::Disconnect);
@@ -1795,25 +1864,30 @@ impl VolumeState {
 
     fn resync_on_connect(&mut self, source: Direction, full: bool, fx: &mut Effects) {
         let can_source = |d: DiskState| matches!(d, DiskState::Consistent | DiskState::UpToDate);
+        let (source_disk, target_role) = match source {
+            Direction::Local => (self.disk, self.peer.role),
+            Direction::Peer => (self.peer.disk, Some(self.role)),
+        };
+        if !can_source(source_disk) {
+            return self.refuse_connection(DisconnectReason::NoUpToDateSource, fx);
+        }
+        // A Primary's data would change under the application (its own disk is UpToDate here: a disk attached
+        // under a Primary is the one case it may be a target, taken in `peer_connected`).
+        if target_role == Some(Role::Primary) {
+            return self.refuse_connection(DisconnectReason::PrimaryWouldBeSyncTarget, fx);
+        }
+        self.start_resync(source, full, fx);
+    }
+
+    /// Starts a resync from `source` (its data good, checked by the caller).
+    fn start_resync(&mut self, source: Direction, full: bool, fx: &mut Effects) {
         match source {
             Direction::Local => {
-                if !can_source(self.disk) {
-                    return self.refuse_connection(DisconnectReason::NoUpToDateSource, fx);
-                }
-                if self.peer.role == Some(Role::Primary) {
-                    return self.refuse_connection(DisconnectReason::PrimaryWouldBeSyncTarget, fx);
-                }
                 self.disk = DiskState::UpToDate;
                 self.peer.repl = ReplState::SyncSource;
                 self.peer.disk = DiskState::Inconsistent;
             }
             Direction::Peer => {
-                if !can_source(self.peer.disk) {
-                    return self.refuse_connection(DisconnectReason::NoUpToDateSource, fx);
-                }
-                if self.role == Role::Primary {
-                    return self.refuse_connection(DisconnectReason::PrimaryWouldBeSyncTarget, fx);
-                }
                 self.disk = DiskState::Inconsistent;
                 self.peer.repl = ReplState::SyncTarget;
                 self.peer.disk = DiskState::UpToDate;
@@ -2263,16 +2337,18 @@ mod tests {
     }
 
     #[test]
-    fn attach_is_refused_on_a_primary_and_on_an_attached_disk() {
+    fn attach_is_refused_on_a_primary_without_a_peer_to_resync_from_and_on_an_attached_disk() {
         let cfg = config(DONT_CARE);
         let mut st = connected_primary(&cfg);
         ok(&mut st, Event::DiskFailed, &cfg);
         ok(&mut st, Event::Detached, &cfg);
+        ok(&mut st, Event::PeerLost, &cfg);
         let before = st.clone();
         let err = st.handle(Event::AttachStarted, &cfg).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "refusing to attach a disk to vol while it is Primary: demote it or switch over first"
+            "refusing to attach a disk to vol while it is Primary without a connected peer that has UpToDate data \
+             to resync it from: connect the peer first, or demote it (or switch over) first"
         );
         assert_eq!(st, before);
 
@@ -2281,6 +2357,233 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "vol already has a disk (Consistent); detach it first"
+        );
+    }
+
+    /// A connected Primary whose disk failed, then attached again (from `flags`): Outdated whatever its flags
+    /// say, waiting for the generation exchange.
+    fn primary_attached_under_its_peer(flags: Flags, cfg: &Config) -> VolumeState {
+        let mut st = connected_primary(cfg);
+        ok(&mut st, Event::DiskFailed, cfg);
+        ok(&mut st, Event::Detached, cfg);
+        // The connected peer hears the disk state at each step.
+        assert_eq!(ok(&mut st, Event::AttachStarted, cfg), [SendState]);
+        let actions = ok(&mut st, Event::Attach { flags }, cfg);
+        assert!(actions.contains(&ExchangeGenerations), "{actions:?}");
+        st
+    }
+
+    fn peer_connected(
+        decision: ConnectDecision,
+        rule: Rule,
+        peer_role: Role,
+        peer_disk: DiskState,
+    ) -> Event {
+        Event::PeerConnected {
+            outcome: outcome(decision, rule),
+            resolution: None,
+            peer_role,
+            peer_disk,
+        }
+    }
+
+    #[test]
+    fn a_primary_attaches_a_disk_under_its_up_to_date_peer_and_resyncs_it_while_serving() {
+        let cfg = config(RESOURCE_ONLY);
+        let mut st = primary_attached_under_its_peer(CLEAN, &cfg);
+        assert_eq!((st.role(), st.disk()), (Role::Primary, Outdated));
+        // Until the resync starts the disk takes nothing and serves nothing.
+        assert_eq!(st.read_from(), Some(Direction::Peer));
+        assert_eq!(
+            st.write_targets(),
+            WriteTargets {
+                local: false,
+                peer: true
+            }
+        );
+        let actions = ok(
+            &mut st,
+            peer_connected(
+                ConnectDecision::BitmapResync {
+                    source: Direction::Peer,
+                },
+                Rule::BitmapPeer,
+                Role::Secondary,
+                UpToDate,
+            ),
+            &cfg,
+        );
+        assert!(
+            actions.contains(&StartResync {
+                source: Direction::Peer,
+                full: false
+            }),
+            "{actions:?}"
+        );
+        assert_eq!(
+            (st.disk(), st.peer().repl),
+            (Inconsistent, ReplState::SyncTarget)
+        );
+        // Writes go to both disks now; reads still come from the peer, the only UpToDate copy.
+        assert_eq!(
+            st.write_targets(),
+            WriteTargets {
+                local: true,
+                peer: true
+            }
+        );
+        assert_eq!(st.read_from(), Some(Direction::Peer));
+        ok(&mut st, Event::ResyncFinished, &cfg);
+        assert_eq!(
+            (st.disk(), st.read_from()),
+            (UpToDate, Some(Direction::Local))
+        );
+        // A new disk (`create-md`) is synced in full the same way.
+        let mut st = primary_attached_under_its_peer(FRESH, &cfg);
+        assert_eq!(st.disk(), Inconsistent);
+        let actions = ok(
+            &mut st,
+            peer_connected(
+                ConnectDecision::FullSync {
+                    source: Direction::Peer,
+                },
+                Rule::JustCreatedLocal,
+                Role::Secondary,
+                UpToDate,
+            ),
+            &cfg,
+        );
+        assert!(actions.contains(&StartResync {
+            source: Direction::Peer,
+            full: true
+        }));
+    }
+
+    #[test]
+    fn a_disk_attached_under_a_primary_is_dropped_when_the_peer_cannot_serve_or_resync_it() {
+        let cfg = config(RESOURCE_ONLY);
+        let resync = peer_connected(
+            ConnectDecision::BitmapResync {
+                source: Direction::Peer,
+            },
+            Rule::BitmapPeer,
+            Role::Secondary,
+            UpToDate,
+        );
+        // The link goes during the resync: the half-synced disk is dropped, and no fence is asked for (this
+        // node's data was the peer's).
+        let mut st = primary_attached_under_its_peer(CLEAN, &cfg);
+        ok(&mut st, resync.clone(), &cfg);
+        let actions = ok(&mut st, Event::PeerLost, &cfg);
+        assert!(actions.contains(&Detach), "{actions:?}");
+        assert!(!actions.contains(&FencePeer), "{actions:?}");
+        assert_eq!((st.role(), st.disk()), (Role::Primary, Diskless));
+        // The peer's disk fails during the resync: the same.
+        let mut st = primary_attached_under_its_peer(CLEAN, &cfg);
+        ok(&mut st, resync, &cfg);
+        let actions = ok(&mut st, Event::PeerWriteFailed, &cfg);
+        assert!(actions.contains(&Detach), "{actions:?}");
+        assert_eq!(st.disk(), Diskless);
+        // A decision other than a resync from the peer drops the disk and keeps the link it serves through.
+        for (decision, rule) in [
+            (ConnectDecision::NoSync, Rule::Equal),
+            (
+                ConnectDecision::BitmapResync {
+                    source: Direction::Local,
+                },
+                Rule::BitmapLocal,
+            ),
+            (
+                ConnectDecision::SplitBrain {
+                    kind: SplitBrainKind::Resolvable,
+                },
+                Rule::BitmapBoth,
+            ),
+            (ConnectDecision::Unrelated, Rule::NothingInCommon),
+        ] {
+            let mut st = primary_attached_under_its_peer(CLEAN, &cfg);
+            let actions = ok(
+                &mut st,
+                peer_connected(decision, rule, Role::Secondary, UpToDate),
+                &cfg,
+            );
+            assert!(actions.contains(&Detach), "{decision:?}: {actions:?}");
+            assert!(
+                !actions.iter().any(|a| matches!(a, Disconnect { .. })),
+                "{decision:?}: {actions:?}"
+            );
+            assert_eq!(
+                (st.disk(), st.peer().conn, st.read_from()),
+                (Diskless, ConnState::Connected, Some(Direction::Peer)),
+                "{decision:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_peer_of_a_primary_that_attached_a_disk_resyncs_it_and_never_drops_the_link() {
+        let cfg = config(RESOURCE_ONLY);
+        let secondary = || {
+            let mut st = attached(CLEAN, &cfg);
+            connect(&mut st, Role::Primary, UpToDate, &cfg);
+            // The Primary's disk fails: this node now holds the only copy.
+            ok(
+                &mut st,
+                Event::PeerChanged {
+                    role: Role::Primary,
+                    disk: Diskless,
+                },
+                &cfg,
+            );
+            st
+        };
+        let mut st = secondary();
+        let actions = ok(
+            &mut st,
+            peer_connected(
+                ConnectDecision::BitmapResync {
+                    source: Direction::Local,
+                },
+                Rule::BitmapLocal,
+                Role::Primary,
+                Outdated,
+            ),
+            &cfg,
+        );
+        assert!(
+            actions.contains(&StartResync {
+                source: Direction::Local,
+                full: false
+            }),
+            "{actions:?}"
+        );
+        assert_eq!(
+            (st.disk(), st.peer().repl, st.peer().disk),
+            (UpToDate, ReplState::SyncSource, Inconsistent)
+        );
+        // Any other decision: the Primary drops its disk; this side keeps serving it.
+        let mut st = secondary();
+        let actions = ok(
+            &mut st,
+            peer_connected(
+                ConnectDecision::SplitBrain {
+                    kind: SplitBrainKind::Resolvable,
+                },
+                Rule::BitmapBoth,
+                Role::Primary,
+                Outdated,
+            ),
+            &cfg,
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Disconnect { .. } | ReportSplitBrain { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(
+            (st.peer().conn, st.peer().repl, st.disk()),
+            (ConnState::Connected, ReplState::Established, UpToDate)
         );
     }
 
@@ -3520,8 +3823,12 @@ mod tests {
                 prop_assert_eq!(st.invariant_violation(), None, "after {}: {}", event.name(), st);
                 if st.may_write() {
                     let via_peer = st.peer().conn == ConnState::Connected && st.peer().disk == UpToDate;
-                    prop_assert!(st.disk() == UpToDate || (via_peer && matches!(st.disk(), Diskless | Failed)));
-                    prop_assert!(st.write_targets().local || st.write_targets().peer);
+                    // Not UpToDate here: served by the peer, this disk absent or resyncing from it.
+                    prop_assert!(st.disk() == UpToDate || via_peer);
+                    prop_assert!(st.write_targets().peer || st.disk() == UpToDate);
+                    if st.disk() != UpToDate {
+                        prop_assert_eq!(st.read_from(), Some(Direction::Peer));
+                    }
                 }
                 prop_assert!(!(st.role() == Role::Primary
                     && st.peer().conn == ConnState::Connected

@@ -792,6 +792,12 @@ fn detach_and_attach_by_command_on_a_connected_secondary() {
     let s = p.engine(0).status();
     assert_eq!(s.replication, ReplState::Established, "{:?}", p.logs);
     assert_eq!(s.resync_sent_bytes, 3 * 4096);
+    // The generations were compared again on the live link, not by a reconnect.
+    assert!(
+        !p.logs.iter().any(|l| l.contains("lost the link")),
+        "{:?}",
+        p.logs
+    );
     assert_eq!(p.engine(1).status().disk, DiskState::UpToDate);
     assert_eq!(p.data(0), p.data(1));
 }
@@ -812,12 +818,180 @@ fn detach_is_refused_on_a_primary_without_a_connected_up_to_date_peer() {
     p.admin(1, AdminCommand::Attach).expect("attach node2");
     p.settle(100);
     p.admin(0, AdminCommand::Detach).expect("detach node1");
-    let refused = p.admin(0, AdminCommand::Attach).expect_err("Primary");
-    assert!(refused.contains("Primary"), "{refused}");
     assert_eq!(
         p.read(0, 0, 4096).expect("read from the peer"),
         vec![0; 4096]
     );
+    // Without node2, a diskless Primary has nothing to resync its disk from.
+    p.cut();
+    let refused = p.admin(0, AdminCommand::Attach).expect_err("no peer");
+    assert!(
+        refused.contains("Primary") && refused.contains("connect the peer first"),
+        "{refused}"
+    );
+}
+
+/// The answer to admin command `id` on node `i`, if it came.
+fn admin_result(p: &sim::Pair, i: usize, id: u64) -> Option<Result<Option<String>, String>> {
+    p.done.iter().find_map(|(n, o)| match o {
+        Output::AdminDone { id: x, result } if *n == i && *x == id => Some(result.clone()),
+        _ => None,
+    })
+}
+
+/// Writes `count` blocks of 4 KiB at `offset` on node `i` without waiting for each: all submitted, then the
+/// frames move one at a time (from both nodes in turn), so writes, acknowledgements and resync frames interleave.
+fn write_interleaved(p: &mut Pair, i: usize, offset: u64, count: u64, seed: u64) -> Vec<u64> {
+    let ids: Vec<u64> = (0..count)
+        .map(|b| p.submit_write(i, offset + b * 4096, pattern(seed + b, 4096), false))
+        .collect();
+    for _ in 0..count {
+        p.deliver_one(0);
+        p.deliver_one(1);
+    }
+    ids
+}
+
+#[test]
+fn a_diskless_primary_attaches_its_disk_again_and_serves_on_while_it_resyncs() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    write_blocks(&mut p, 0, 0, 4, 70);
+    // Node1's disk fills up: it detaches and serves through node2; what it writes meanwhile is marked there.
+    p.engine(0).storage_mut().disk.full = true;
+    write_blocks(&mut p, 0, 64 << 10, 8, 80);
+    assert_eq!(p.engine(0).status().disk, DiskState::Diskless);
+    p.engine(0).storage_mut().disk.full = false;
+    // Attach while writes are on their way in both directions: nothing is refused, the link stays up.
+    let mut ids = write_interleaved(&mut p, 0, 128 << 10, 4, 90);
+    let attach = p.submit_admin(0, AdminCommand::Attach);
+    ids.extend(write_interleaved(&mut p, 0, 4096, 4, 100));
+    ids.extend(write_interleaved(&mut p, 0, 256 << 10, 4, 110));
+    assert_eq!(admin_result(&p, 0, attach), Some(Ok(None)));
+    assert!(
+        p.read(0, 64 << 10, 4096).is_ok(),
+        "reads go on: {:?}",
+        p.logs
+    );
+    p.settle(200);
+    for id in ids {
+        assert_eq!(p.write_result(id), Some(Ok(())), "{:?}", p.logs);
+    }
+    let s = p.engine(0).status();
+    assert_eq!(
+        (s.role, s.disk, s.connection, s.replication),
+        (
+            Role::Primary,
+            DiskState::UpToDate,
+            ConnState::Connected,
+            ReplState::Established
+        ),
+        "{:?}",
+        p.logs
+    );
+    assert!(
+        !p.logs.iter().any(|l| l.contains("lost the link")),
+        "the attach cost the link: {:?}",
+        p.logs
+    );
+    // The resync sent what node1's disk missed: the eight blocks written while it was away and whatever it wrote
+    // before its own resync started; not the whole disk.
+    let sent = p.engine(1).status().resync_sent_bytes;
+    assert!(
+        (8 * 4096..=24 * 4096).contains(&sent),
+        "resync sent {sent}: {:?}",
+        p.logs
+    );
+    assert!(p.data(0) == p.data(1), "the copies differ after the resync");
+    assert_eq!(
+        p.data(0)[64 << 10..(64 << 10) + 4096],
+        pattern(80, 4096)[..]
+    );
+    // Node1 reads its own disk now, and a link loss leaves it serving alone from it.
+    p.cut();
+    p.settle(5);
+    assert_eq!(p.read(0, 4096, 4096).expect("read"), pattern(100, 4096));
+}
+
+#[test]
+fn a_disk_attached_under_a_primary_is_dropped_when_the_link_goes_during_its_resync() {
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    p.engine(0).storage_mut().disk.full = true;
+    write_blocks(&mut p, 0, 0, 12, 120);
+    p.engine(0).storage_mut().disk.full = false;
+    p.submit_admin(0, AdminCommand::Attach);
+    // Up to the resync's start, then the link goes.
+    let mut frames = 0;
+    while p.engine(0).status().replication != ReplState::SyncTarget {
+        assert!(
+            p.deliver_one(0) | p.deliver_one(1) && frames < 100,
+            "{:?}",
+            p.logs
+        );
+        frames += 1;
+    }
+    p.cut();
+    p.settle(2);
+    let s = p.engine(0).status();
+    assert_eq!(
+        (s.role, s.disk),
+        (Role::Primary, DiskState::Diskless),
+        "{:?}",
+        p.logs
+    );
+    assert!(
+        p.read(0, 0, 4096).is_err(),
+        "nothing serves a diskless Primary alone"
+    );
+    // The link comes back: the Primary serves the peer's data again, and attaching once more completes.
+    p.heal();
+    p.settle(30);
+    assert_eq!(
+        p.engine(0).status().replication,
+        ReplState::Established,
+        "{:?}",
+        p.logs
+    );
+    assert_eq!(p.read(0, 0, 4096).expect("read"), pattern(120, 4096));
+    p.admin(0, AdminCommand::Attach).expect("attach again");
+    p.settle(200);
+    assert_eq!(
+        p.engine(0).status().disk,
+        DiskState::UpToDate,
+        "{:?}",
+        p.logs
+    );
+    assert!(p.data(0) == p.data(1));
+}
+
+#[test]
+fn a_diskless_primarys_write_that_the_link_lost_fails_rather_than_being_acknowledged() {
+    // Found while building attach under a Primary: a write (or flush) a diskless Primary had only sent when the
+    // link went completed with success, though no disk may ever have stored it.
+    let mut p = new_pair_in_sync();
+    p.admin(0, AdminCommand::Primary { force: false })
+        .expect("promote");
+    p.engine(0).storage_mut().disk.full = true;
+    write_blocks(&mut p, 0, 0, 1, 130);
+    assert_eq!(p.engine(0).status().disk, DiskState::Diskless);
+    let write = p.submit_write(0, 8192, pattern(131, 4096), false);
+    let flush = p.submit_flush(0);
+    p.cut();
+    p.settle(3);
+    assert!(
+        matches!(p.write_result(write), Some(Err(IoFailure::NotAvailable(ref m))) if m.contains("no UpToDate copy")),
+        "{:?}",
+        p.write_result(write)
+    );
+    let flushed = p.done.iter().find_map(|(n, o)| match o {
+        Output::FlushDone { id, result } if *n == 0 && *id == flush => Some(result.clone()),
+        _ => None,
+    });
+    assert!(matches!(flushed, Some(Err(_))), "{flushed:?}");
+    assert_eq!(p.data(1)[8192..12288], [0; 4096][..]);
 }
 
 #[test]

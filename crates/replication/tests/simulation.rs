@@ -14,6 +14,8 @@ use std::time::Duration;
 
 /// Takeovers of a frozen Primary over all seeds: the fault must actually happen.
 static TAKEOVERS: AtomicU64 = AtomicU64::new(0);
+/// Disks a serving Primary attached and resynced to UpToDate over all seeds.
+static PRIMARY_ATTACHES: AtomicU64 = AtomicU64::new(0);
 
 use sim::Pair;
 use twinsan_replication::engine::{AdminCommand, IoFailure, Output};
@@ -288,7 +290,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
                 }
             }
             93..=96 => {
-                repair_disks(&mut p);
+                repair_disks(&mut p, rng.chance(50));
                 for i in 0..2 {
                     if p.nodes[i].is_none() {
                         p.start(i);
@@ -361,7 +363,14 @@ fn run_seed(seed: u64) -> Result<(), String> {
             p.start(i);
         }
     }
-    repair_disks(&mut p);
+    // Half the seeds let a diskless Primary attach while it serves (once the link is back up): the one the faults
+    // left, or one made now, under writes.
+    let on_primary = rng.chance(50);
+    if on_primary {
+        p.settle(30);
+        attach_round(&mut p, &mut rng, &mut oracle, primary, &mut next_value);
+    }
+    repair_disks(&mut p, on_primary);
     let done: Vec<_> = std::mem::take(&mut p.done);
     for (node, out) in done {
         match out {
@@ -425,6 +434,51 @@ fn run_seed(seed: u64) -> Result<(), String> {
 /// and promotes only after the frozen node's lease has certainly run out, and grants it no new one. The frozen
 /// node resumes, hears that its link is gone, processes the requests that waited (none may be acknowledged
 /// then), and is demoted by the cluster (two Primaries meet: the one taken over goes), after which it resyncs.
+/// The Primary's disk fills up under writes (it detaches and serves through its peer), gets room again, and is
+/// attached while writes go on: they keep completing, and the disk resyncs from the peer. Only when the Primary
+/// has its disk and a connected UpToDate peer.
+fn attach_round(
+    p: &mut Pair,
+    rng: &mut Rng,
+    oracle: &mut Oracle,
+    primary: usize,
+    next_value: &mut u8,
+) {
+    let ready = p.nodes[primary].as_ref().is_some_and(|e| {
+        let st = e.state();
+        e.has_disk()
+            && st.role() == Role::Primary
+            && st.peer().conn == ConnState::Connected
+            && st.peer().disk == DiskState::UpToDate
+    });
+    if !ready {
+        return;
+    }
+    let blocks = p.engine(primary).data_size() / BLOCK;
+    let mut writes = |p: &mut Pair, rng: &mut Rng, oracle: &mut Oracle, n: usize| {
+        for _ in 0..n {
+            if p.engine(primary).state().may_write() {
+                let block = rng.below(blocks);
+                let value = *next_value;
+                *next_value = next_value.wrapping_add(1).max(1);
+                let id = p.submit_write(primary, block * BLOCK, vec![value; BLOCK as usize], false);
+                oracle.issued(id, block, value, false);
+            }
+            p.step(rng.below(4) as usize + 1);
+        }
+    };
+    p.engine(primary).storage_mut().disk.full = true;
+    writes(p, rng, oracle, 8);
+    p.engine(primary).storage_mut().disk.full = false;
+    p.submit_admin(primary, AdminCommand::Attach);
+    writes(p, rng, oracle, 16);
+    p.settle(40);
+    let s = p.engine(primary).status();
+    if s.role == Role::Primary && s.disk == DiskState::UpToDate {
+        PRIMARY_ATTACHES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn freeze_round(
     p: &mut Pair,
     rng: &mut Rng,
@@ -559,9 +613,10 @@ fn no_ack_from(p: &mut Pair, victim: usize, when: &str) -> Result<(), String> {
 }
 
 /// Replaces failed disks' faults (an error, no space) and attaches every detached disk again (`volume attach`,
-/// then `volume up` to connect a node left StandAlone). A diskless Primary is demoted first (a Primary does not
-/// attach), and promoted again once its disk is back UpToDate.
-fn repair_disks(p: &mut Pair) {
+/// then `volume up` to connect a node left StandAlone). A diskless Primary attaches its disk while it serves
+/// (`on_primary`, when its peer is connected with UpToDate data: it resyncs from it), or is demoted first and
+/// promoted again once its disk is back UpToDate.
+fn repair_disks(p: &mut Pair, on_primary: bool) {
     for i in 0..2 {
         let Some(e) = p.nodes[i].as_mut() else {
             continue;
@@ -572,7 +627,13 @@ fn repair_disks(p: &mut Pair) {
         if e.has_disk() {
             continue;
         }
-        let was_primary = e.state().role() == Role::Primary;
+        // Only a Primary its connected peer serves may attach its disk (else refused: tested on its own).
+        let st = e.state();
+        let primary = st.role() == Role::Primary;
+        let served =
+            st.peer().conn == ConnState::Connected && st.peer().disk == DiskState::UpToDate;
+        let serving = primary && on_primary && served;
+        let was_primary = primary && !serving;
         if was_primary {
             // Its writes in flight finish first.
             p.settle(20);
@@ -582,8 +643,16 @@ fn repair_disks(p: &mut Pair) {
                 continue;
             }
         }
-        if let Err(e) = p.admin(i, AdminCommand::Attach) {
-            p.logs.push(format!("node{}: volume attach: {e}", i + 1));
+        match p.admin(i, AdminCommand::Attach) {
+            Err(e) => p.logs.push(format!("node{}: volume attach: {e}", i + 1)),
+            Ok(_) if serving => {
+                p.settle(40);
+                let s = p.engine(i).status();
+                if s.role == Role::Primary && s.disk == DiskState::UpToDate {
+                    PRIMARY_ATTACHES.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => {}
         }
         if let Err(e) = p.admin(i, AdminCommand::Up) {
             p.logs.push(format!("node{}: volume up: {e}", i + 1));
@@ -647,6 +716,15 @@ fn simulation_keeps_the_invariants_over_many_seeds() {
         assert!(
             takeovers >= 20,
             "only {takeovers} takeovers of a frozen Primary in {} seeds",
+            seeds.len()
+        );
+        let attaches = PRIMARY_ATTACHES.load(Ordering::Relaxed);
+        eprintln!(
+            "{takeovers} takeovers, {attaches} disks attached and resynced under a serving Primary"
+        );
+        assert!(
+            attaches >= 10,
+            "only {attaches} disks attached under a serving Primary in {} seeds",
             seeds.len()
         );
     }
