@@ -28,7 +28,8 @@
 //!    current epoch. Without a peer to receive it, its blocks are marked out of sync instead.
 //! 4. The write completes when the local write returned and the peer acknowledged it as the protocol asks (A:
 //!    when sent; B: `RecvAck`; C: `WriteAck`). A peer that fails it (`NegAck`) or goes away leaves its blocks
-//!    marked out of sync; then it completes, after the superblock with a new generation is on disk.
+//!    marked out of sync; then it completes, after the superblock with a new generation is on disk — unless this
+//!    node holds no UpToDate copy of it (a diskless Primary, or one whose disk resyncs): then it fails.
 //!
 //! # Resync
 //! Both sides send their bitmaps when a resync starts and each merges the other's (the union is what differs).
@@ -44,8 +45,11 @@
 //! ([`Storage::release`]). From then on the peer tracks what the disk misses: a Primary marks its writes when the
 //! peer's disk is gone, and a node storing a diskless Primary's writes marks them too. `volume attach`
 //! ([`AdminCommand::Attach`], or [`Engine::attach_disk`] with a disk opened again) reads the superblock, the
-//! bitmap and the activity log as at start and, while connected, exchanges the generations again: the connect
-//! decision then resyncs the union of both bitmaps, or everything for a new disk.
+//! bitmap and the activity log as at start and, while connected, exchanges the generations again on the live
+//! link: the connect decision then resyncs the union of both bitmaps, or everything for a new disk. A diskless
+//! Primary attaches too, under a connected UpToDate peer: its disk becomes the peer's SyncTarget while it serves
+//! (writes to both disks, reads from the peer until the resync ends), and is dropped again if the peer can no
+//! longer serve it first.
 //!
 //! # Invariants
 //! - No application write completes before the local write (if any) returned and the peer acknowledged it as the
@@ -318,7 +322,8 @@ pub enum AdminCommand {
     /// without a connected UpToDate peer); the link stays.
     Detach,
     /// `volume attach` on the storage the engine has: read its superblock again and attach it (a node driver
-    /// with a disk to open again uses [`Engine::attach_disk`]). Refused on a Primary and while a disk is attached.
+    /// with a disk to open again uses [`Engine::attach_disk`]). Refused while a disk is attached, and on a Primary
+    /// without a connected UpToDate peer (of protocol 5 or later) to resync it from.
     Attach,
     /// `volume resize [--size SIZE] [--assume-clean]`, after the backing devices grew on both nodes.
     Resize {
@@ -1696,7 +1701,9 @@ impl<S: Storage> Engine<S> {
         Ok(None)
     }
 
-    /// Whether a disk may be attached now: no disk attached, not Primary.
+    /// Whether a disk may be attached now: no disk attached; on a Primary, only under a connected UpToDate peer
+    /// whose protocol compares generations on the live link (an older peer would close the link the Primary
+    /// serves through).
     fn may_attach(&self) -> Result<(), String> {
         if self.attached {
             return Err(format!(
@@ -1705,7 +1712,24 @@ impl<S: Storage> Engine<S> {
                 self.state.disk()
             ));
         }
-        self.state.may_attach(&self.scfg).map_err(|e| e.to_string())
+        self.state
+            .may_attach(&self.scfg)
+            .map_err(|e| e.to_string())?;
+        let version = self.link.as_ref().and_then(|l| l.version);
+        if self.state.role() == Role::Primary
+            && !version.is_some_and(|v| v.speaks(Feature::LiveReexchange))
+        {
+            return Err(format!(
+                "{}: refusing to attach a disk while Primary: {} speaks replication protocol {}, which cannot \
+                 compare generations on a live link (protocol {} can); upgrade it first, or demote this node (or \
+                 switch over) first",
+                self.cfg.volume,
+                self.cfg.peer_name,
+                version.map_or_else(|| "?".to_owned(), |v| v.to_string()),
+                Feature::LiveReexchange.since()
+            ));
+        }
+        Ok(())
     }
 
     fn admin_attach(&mut self) -> Result<Option<String>, String> {
@@ -3403,7 +3427,14 @@ impl<S: Storage> Engine<S> {
                 let Some(l) = self.link.as_mut().filter(|l| matches!(l.phase, Phase::Up)) else {
                     return;
                 };
-                l.phase = Phase::Reexchange(PeerInfo::default());
+                // A peer before protocol 5 takes this `Sizes` as a protocol error and closes the link: the two
+                // then exchange at the reconnect, as that release did.
+                let live = l.version.is_some_and(|v| v.speaks(Feature::LiveReexchange));
+                l.phase = if live {
+                    Phase::Reexchange(PeerInfo::default())
+                } else {
+                    Phase::Exchange(PeerInfo::default())
+                };
                 self.send_exchange();
             }
             Action::RequestPromotion => self.send(Message::PromoteRequest),

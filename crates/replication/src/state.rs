@@ -21,8 +21,8 @@
 //!
 //! | event | accepted when | new state | actions |
 //! |---|---|---|---|
-//! | `AttachStarted` | Secondary, Diskless | Attaching | — |
-//! | `Attach` | Secondary, Diskless/Attaching | disk from the superblock flags (below) | role marker and flags if stale; `ExchangeGenerations` if C |
+//! | `AttachStarted` | Diskless; a Primary only with a connected UpToDate peer | Attaching | — |
+//! | `Attach` | as `AttachStarted`, Diskless/Attaching | disk from the superblock flags (below); a Primary's at most Outdated | role marker and flags if stale; `ExchangeGenerations` if C |
 //! | `DiskFailed` | a disk is attached | Failed; resync/verify stops | `Detach` |
 //! | `Detached` | Failed | Diskless | — |
 //! | `Detach` | not a Primary without a connected UpToDate peer | Diskless | `Detach` (the engine closes the disk cleanly if it can, and releases it) |
@@ -32,7 +32,7 @@
 //! | `Demote` | — | Secondary; cancels a waiting promotion; releases suspended writes | `SetRoleMarker`, `PersistFlags`, `ResumeIo` |
 //! | `Connect` | not Disconnecting | StandAlone → Connecting | `Connect` |
 //! | `Disconnect` | — | Connecting → StandAlone, Connected → Disconnecting | `Disconnect` |
-//! | `PeerConnected` | Connecting, or C with a re-handshake due | Connected, then by the decision: no sync (disks agree), resync, or refused → StandAlone | `StartResync` / `ReportSplitBrain` + `Disconnect` / `Disconnect` |
+//! | `PeerConnected` | Connecting, or C with a re-handshake due (ours, or the peer's disk attached) | Connected, then by the decision: no sync (disks agree), resync, or refused → StandAlone; a disk attached under a Primary (either side): a resync from the other node, else that disk is dropped and the link kept | `StartResync` / `ReportSplitBrain` + `Disconnect` / `Disconnect` / `Detach` |
 //! | `PeerLost` | link was up | Connected → Connecting, Disconnecting → StandAlone | Primary whose peer copy was kept: `NewCurrentUuid`; with resource-only fencing and a promotable peer: `SuspendIo` first and `FencePeer` |
 //! | `PeerOutdatedAck` | fencing pending | peer Outdated; writes resume, or the promotion completes | `PersistFlags`, `ResumeIo` / promotion actions |
 //! | `FenceFailed` | fencing pending | writes stay suspended; a waiting promotion fails | `PromoteFailed` |
@@ -55,7 +55,9 @@
 //! **Attach.** The superblock flags give the disk: not `consistent` → Inconsistent; not `was_up_to_date` →
 //! Outdated; `peer_outdated` (this node fenced the peer, so its data is the newest) → UpToDate; else Consistent
 //! (DRBD 9's "may be up to date"). A `primary_ind` still set means the node stopped while Primary: it becomes
-//! `crashed_primary`.
+//! `crashed_primary`. A Primary's disk that attaches again (under its connected UpToDate peer) missed what was
+//! written through the peer meanwhile: it is at most Outdated, becomes the SyncTarget of the peer, and is dropped
+//! (`Detach`) after any transition that leaves it not UpToDate without a connected UpToDate peer.
 //!
 //! **Promotion.** Only UpToDate data is promoted (invariant 3): an Outdated, Inconsistent or Consistent disk is
 //! refused unless `--force` (which makes it UpToDate in a new generation) — except that a Consistent disk on a

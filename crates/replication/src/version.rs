@@ -12,7 +12,7 @@ use std::fmt;
 /// fixed version, commit b3ce254, speaks exactly 2); 3: `ResizeRequest`/`ResizeReply` on a live connection
 /// (online resize); 4: two copies of different sizes agree at connect (the smaller grows: a resize the link cut
 /// short completes when it comes back). Frames are the same as in 3; only the behaviour at connect differs.
-pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 2, max: 4 };
+pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 2, max: 5 };
 
 /// A range of protocol versions, both ends included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,14 +65,19 @@ pub enum Feature {
     /// At connect, a copy smaller than the peer's grows to the peer's size instead of refusing the connection
     /// (version 4).
     SizeAtConnect,
+    /// A disk that attaches on a connected node compares generations again on the live link (`Sizes` on a live
+    /// link starts the answer), and a Primary may attach its disk under its peer (version 5). Before, the
+    /// exchange closed the link, which a diskless Primary cannot afford: it serves through that link.
+    LiveReexchange,
 }
 
 impl Feature {
     /// Every feature.
-    pub const ALL: [Feature; 3] = [
+    pub const ALL: [Feature; 4] = [
         Feature::ReservationState,
         Feature::OnlineResize,
         Feature::SizeAtConnect,
+        Feature::LiveReexchange,
     ];
 
     /// The first protocol version that has the feature.
@@ -81,6 +86,7 @@ impl Feature {
             Feature::ReservationState => 2,
             Feature::OnlineResize => 3,
             Feature::SizeAtConnect => 4,
+            Feature::LiveReexchange => 5,
         }
     }
 }
@@ -131,7 +137,7 @@ mod tests {
         );
         assert_eq!(
             ProtocolVersion::negotiate(&ours, &ours).map(ProtocolVersion::number),
-            Some(4)
+            Some(5)
         );
         assert_eq!(
             ProtocolVersion::negotiate(&ours, &next).map(ProtocolVersion::number),
@@ -167,6 +173,6 @@ mod tests {
     #[test]
     fn ranges_print_as_rust_ranges() {
         assert_eq!(VersionRange::only(2).to_string(), "2");
-        assert_eq!(PROTOCOL_VERSIONS.to_string(), "2..=4");
+        assert_eq!(PROTOCOL_VERSIONS.to_string(), "2..=5");
     }
 }

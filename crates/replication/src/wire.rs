@@ -3138,11 +3138,11 @@ mod tests {
         assert_eq!(encode(&hello), B3CE254_HELLO_FROM_1);
         let challenge = encode(&challenge);
         assert_eq!(challenge.len(), B3CE254_CHALLENGE.len());
-        // Same header apart from its checksum; the nonce ends in the announcement of 2..=4.
+        // Same header apart from its checksum; the nonce ends in the announcement of 2..=5.
         assert_eq!(challenge[..20], B3CE254_CHALLENGE[..20]);
         assert_eq!(
             challenge[24 + 20..24 + 32],
-            [0xa5, b'T', b'W', b'R', b'v', b'e', b'r', b's', 2, 0, 4, 0]
+            [0xa5, b'T', b'W', b'R', b'v', b'e', b'r', b's', 2, 0, 5, 0]
         );
     }
 
@@ -3194,7 +3194,7 @@ mod tests {
         assert!(!done.version.speaks(Feature::OnlineResize));
     }
 
-    /// Two nodes of this build speak 4; a node of the next release (3..=5, Hello with its lowest, 3) too;
+    /// Two nodes of this build speak 5; a node of the next release (3..=6, Hello with its lowest, 3) too;
     /// a peer with no version in common is refused with both ranges named.
     #[test]
     fn versions_new_with_new_next_and_no_overlap() {
@@ -3204,8 +3204,8 @@ mod tests {
             config(1, 0, "s3cret"),
             [2; 32],
         );
-        assert_eq!(a.unwrap().version.number(), 4);
-        assert_eq!(b.unwrap().version.number(), 4);
+        assert_eq!(a.unwrap().version.number(), 5);
+        assert_eq!(b.unwrap().version.number(), 5);
 
         let peer = |min: u32, nonce: [u8; 32]| {
             let (us, ..) = AwaitingHello::start(config(0, 1, "s3cret"), [1; 32]);
@@ -3218,13 +3218,13 @@ mod tests {
             .unwrap()
             .receive(Message::AuthChallenge { nonce })
         };
-        let next = VersionRange { min: 3, max: 5 };
+        let next = VersionRange { min: 3, max: 6 };
         assert!(peer(3, announce_versions([9; 32], next)).is_ok());
-        let far = VersionRange { min: 5, max: 6 };
-        let error = peer(5, announce_versions([9; 32], far)).unwrap_err();
+        let far = VersionRange { min: 6, max: 7 };
+        let error = peer(6, announce_versions([9; 32], far)).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "replication peer 198.18.0.2 speaks protocol versions 5..=6, this node speaks 2..=4: no \
+            "replication peer 198.18.0.2 speaks protocol versions 6..=7, this node speaks 2..=5: no \
              version in common; a release talks only to the release before it, upgrade one step at \
              a time (docs/upgrade.md)"
         );
@@ -3237,13 +3237,13 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("speaks protocol versions 1, this node speaks 2..=4"),
+                .contains("speaks protocol versions 1, this node speaks 2..=5"),
             "{error}"
         );
         // An announcement that contradicts the Hello is refused too.
         let error = peer(2, announce_versions([9; 32], next)).unwrap_err();
         assert!(
-            error.to_string().contains("speaks protocol versions 3..=5"),
+            error.to_string().contains("speaks protocol versions 3..=6"),
             "{error}"
         );
     }
@@ -3268,7 +3268,7 @@ mod tests {
         assert_eq!(
             b.as_ref()
                 .map(|b| (b.peer.as_str(), b.peer_node_id, b.version.number())),
-            Ok(("198.18.0.1", 0, 4))
+            Ok(("198.18.0.1", 0, 5))
         );
         // The other node starting first changes nothing.
         let (b, a) = run(

@@ -31,7 +31,8 @@ pub enum VolumeCommand {
     Detach { volume: String },
     /// Open this node's disk again and attach it (like `drbdadm attach`), after a detach, a disk failure or a
     /// new `create-md`: the metadata is checked first (a foreign or damaged superblock is refused, nothing
-    /// written), then the peer resyncs what changed meanwhile, or everything on a new disk. Not on a Primary.
+    /// written), then the peer resyncs what changed meanwhile, or everything on a new disk. On a diskless Primary
+    /// only while its peer is connected with UpToDate data: it serves on while its disk resyncs.
     Attach { volume: String },
     /// Make this node the primary of VOLUME.
     Primary {

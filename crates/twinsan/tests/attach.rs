@@ -1,7 +1,7 @@
 //! `twinsan volume detach` and `volume attach` on two `twinsan node run` daemons (127.0.0.11/12, manual mode), like
 //! `drbdadm detach/attach`: a disk that fills up (ENOSPC on a small tmpfs) is detached under writes and the
-//! writes go on; a Secondary's and a Primary's disk come back with `volume attach` and a bitmap resync of only
-//! what was written meanwhile; detach and attach by command; the refusals (a Primary's only copy, a foreign or
+//! writes go on; a Secondary's and a Primary's disk come back with `volume attach` (the Primary's while it serves,
+//! under the verifying writer) and a bitmap resync of only what was written meanwhile; detach and attach by command; the refusals (a Primary's only copy, a foreign or
 //! unreadable superblock, left unchanged) and a new `create-md` disk synced in full.
 
 mod common;
@@ -172,8 +172,8 @@ fn cluster_a_secondary_disk_that_fills_up_is_detached_and_attach_resyncs_what_it
 }
 
 #[test]
-fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_then_attaches_after_a_switchover()
-{
+fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_and_attaches_it_again_while_serving(
+) {
     let mnt = TempDir::new("attach-tmpfs");
     let tmpfs = Tmpfs::mount(mnt.path(), TMPFS_MIB);
     let (c, disk1) = pair_with_disk_on("attach-primary", 1, mnt.path());
@@ -191,16 +191,95 @@ fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_then_attaches_a
     let s2 = c.status(2);
     assert_eq!(peer(&s2, "peer_disk"), "Diskless", "{s2}");
     assert_eq!(peer(&s2, "out_of_sync_kib"), kib(&meanwhile), "{s2}");
-    // A Primary does not attach: the stack moves first.
-    let refused = c.cli_fails(1, &["volume", "attach", "vol0"]);
-    assert!(refused.contains("Primary"), "{refused}");
+    // Room again: the Primary attaches its disk while it serves (DRBD's attach on a diskless primary), under the
+    // verifying writer (records from 40 MiB on, clear of the chunks above). It resyncs from node2.
     std::fs::remove_file(&filler).expect("remove the filler");
-    c.cli(1, &["volume", "secondary", "vol0"]);
-    c.cli(2, &["volume", "primary", "vol0"]);
+    let dir = TempDir::new("attach-primary-writer");
+    let log = dir.path().join("writer.log");
+    let first_record = (40 * MIB / SECTOR).to_string();
+    let mut writer = Proc::spawn(
+        "iscsi-writer",
+        Command::new(libiscsi_tool("iscsi-writer"))
+            .args(["write", &c.url(1), &WRITER_S.to_string(), &first_record])
+            .arg(&log),
+    );
+    poll_until(
+        Duration::from_secs(30),
+        "the writer's first writes acknowledged",
+        || writer.log(),
+        || (read_writer_log(&log).len() >= 100).then_some(()),
+    );
+    let t0 = monotonic_ms();
     c.cli(1, &["volume", "attach", "vol0"]);
-    assert_bitmap_resync(&c, 2, kib(&meanwhile));
+    let s2 = c.wait_status(2, Duration::from_secs(60), "resync done", in_sync);
+    let t1 = monotonic_ms();
+    wait_for_writer(&mut writer);
+    // Nothing failed (`read_writer_log`), and writes were acknowledged before the attach and after the resync.
+    let acks = read_writer_log(&log);
+    let before_attach = acks.iter().filter(|a| a.ms < t0).count();
+    let after_resync = acks.iter().filter(|a| a.ms > t1).count();
+    assert!(
+        before_attach > 0 && after_resync > 0,
+        "the attach did not fall within the writes: {before_attach} acknowledged before it, {after_resync} after \
+         the resync"
+    );
+    // The resync sent what was written while the disk was away, and at most the blocks the writer wrote during
+    // the attach besides (a write before the resync starts reaches only node2's disk).
+    let during: BTreeSet<u64> = acks
+        .iter()
+        .filter(|a| a.ms >= t0 && a.ms <= t1)
+        .map(|a| a.lba * SECTOR / 4096)
+        .collect();
+    let sent = peer(&s2, "resync_sent_kib")
+        .as_u64()
+        .expect("resync_sent_kib");
+    let away = kib(&meanwhile);
+    let later = during.len() as u64 * 4;
+    println!(
+        "resync sent {sent} KiB for {away} KiB written while the disk was away ({later} KiB of blocks written \
+         during the attach and resync; {before_attach} writes acknowledged before the attach, {after_resync} after \
+         the resync)"
+    );
+    assert!(
+        sent >= away && sent * 100 <= away * 105 + later * 100,
+        "a bitmap resync of what changed: sent {sent} KiB: {s2}"
+    );
+    let s1 = c.wait_status(1, Duration::from_secs(20), "UpToDate", in_sync);
+    assert_eq!(s1["role"], "Primary", "{s1}");
+    assert!(!c.log(1).contains("lost the link"), "{}", c.logs());
     assert_identical(&c, &disk1, &c.disk(2));
-    qemu::verify(&c.url(2), &meanwhile, CHUNK);
+    for data in [&before, &meanwhile] {
+        qemu::verify(&c.url(1), data, CHUNK);
+    }
+    let verified = run(
+        Command::new(libiscsi_tool("iscsi-writer"))
+            .args(["verify", &c.url(1)])
+            .arg(&log),
+        Duration::from_secs(120),
+    );
+    assert!(
+        verified.status.success(),
+        "iscsi-writer verify: {}",
+        text(&verified)
+    );
+}
+
+/// Waits (bounded) for the verifying writer to finish, which must succeed.
+fn wait_for_writer(writer: &mut Proc) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(WRITER_S + 60);
+    while writer.exited().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not stop:\n{}",
+            writer.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        writer.exited().is_some_and(|s| s.success()),
+        "writer: {}",
+        writer.log()
+    );
 }
 
 /// The logical block of the volume's LUN (the writer writes one per record).
@@ -280,20 +359,7 @@ fn cluster_detach_and_attach_by_command_refusals_and_a_new_disk_synced_in_full()
     let s2 = c.wait_status(2, Duration::from_secs(20), "Diskless", diskless);
     let t1 = monotonic_ms();
     assert_eq!(peer(&s2, "connection"), "Connected", "{s2}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(WRITER_S + 60);
-    while writer.exited().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer did not stop:\n{}",
-            writer.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        writer.exited().is_some_and(|s| s.success()),
-        "writer: {}",
-        writer.log()
-    );
+    wait_for_writer(&mut writer);
     let acks = read_writer_log(&log);
     // Written while the disk was away, by the writer's own log: at most every block acknowledged from the
     // start of the detach command on (one acknowledged before it is on both disks: protocol C); at least every

@@ -7,7 +7,7 @@
 //!    the old primary, speaking replication protocol 2 (the old one's);
 //! 2. the stack is moved to it with the old node's own CLI (`node standby`);
 //! 3. the other node is stopped, started with this build, and let back (`node unstandby`); it gets in sync, and
-//!    the pair speaks protocol 4.
+//!    the pair speaks protocol 5.
 //!
 //! Each phase runs under its own writer and reads back its records at the VIP before the next: 0 acknowledged
 //! writes lost. The longest pause between two acknowledgements of each phase is printed (a figure, not a bound).
@@ -203,8 +203,8 @@ fn rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write() {
     );
     phases.push(last);
     assert_eq!(c.stack_on(p), Some(s), "the stack stays where it was moved");
-    assert_eq!(protocol(&c, p), Some(4), "two nodes of this build speak 4");
-    assert_eq!(protocol(&c, s), Some(4));
+    assert_eq!(protocol(&c, p), Some(5), "two nodes of this build speak 5");
+    assert_eq!(protocol(&c, s), Some(5));
     let peer_messages = |n: usize| -> Option<u64> {
         let status = c.cluster(n);
         status["nodes"]
