@@ -491,6 +491,9 @@ pub enum OpenError {
         /// What is wrong.
         why: String,
     },
+    /// The disk is sound, but the volume's state refuses it now (a Primary without a peer to resync it from).
+    #[error("{0}")]
+    Refused(StateError),
 }
 
 /// The link to the peer, once a transport connection exists.
@@ -838,12 +841,7 @@ impl<S: Storage> Engine<S> {
         let actions = self.state.handle(Event::Attach { flags }, &self.scfg);
         match actions {
             Ok(actions) => self.run_actions(actions),
-            Err(e) => {
-                return Err(OpenError::Corrupt {
-                    volume,
-                    why: e.to_string(),
-                })
-            }
+            Err(e) => return Err(OpenError::Refused(e)),
         }
         // From now on the log is in use until a clean shutdown.
         self.attached = true;
