@@ -541,6 +541,41 @@ struct PeerInfo {
     state: Option<(Role, DiskState)>,
 }
 
+/// What a frame did to a generation exchange.
+enum Collected {
+    /// It was the last part: the peer's tuple, size and state.
+    Complete((GenerationIds, GenFlags, u64), u64, (Role, DiskState)),
+    /// A part, more to come.
+    Part,
+    /// Not part of the exchange: handed back.
+    Other(Message),
+}
+
+impl PeerInfo {
+    /// Takes `message` if it is part of the peer's side of the exchange (`Uuids`, `Sizes`, `State`).
+    fn collect(&mut self, message: Message) -> Collected {
+        match message {
+            Message::Uuids {
+                ids,
+                flags,
+                bitmap_weight,
+                ..
+            } => self.uuids = Some((ids, flags, bitmap_weight)),
+            Message::Sizes { data_size, .. } => self.size = Some(data_size),
+            Message::State { role, disk, .. } => self.state = Some((role, map_disk(disk))),
+            other => return Collected::Other(other),
+        }
+        match *self {
+            PeerInfo {
+                uuids: Some(u),
+                size: Some(size),
+                state: Some(st),
+            } => Collected::Complete(u, size, st),
+            _ => Collected::Part,
+        }
+    }
+}
+
 /// An application write waiting for its peer acknowledgement.
 struct PendingWrite {
     id: Option<u64>,
@@ -2031,60 +2066,27 @@ impl<S: Storage> Engine<S> {
                     }
                 }
             }
-            Phase::Exchange(info) => {
-                match message {
-                    Message::Uuids {
-                        ids,
-                        flags,
-                        bitmap_weight,
-                        ..
-                    } => info.uuids = Some((ids, flags, bitmap_weight)),
-                    Message::Sizes { data_size, .. } => info.size = Some(data_size),
-                    Message::State { role, disk, .. } => info.state = Some((role, map_disk(disk))),
-                    Message::Disconnect { reason } => {
-                        return self
-                            .close_link(reason, format!("the peer disconnected ({reason})"));
-                    }
-                    Message::Ping { seq } => return self.send(Message::PingAck { seq }),
-                    Message::PingAck { .. } => return,
-                    other => {
-                        return self.close_link(
-                            wire::DisconnectReason::ProtocolError,
-                            format!("{} before the generation exchange finished", other.name()),
-                        )
-                    }
+            Phase::Exchange(info) => match info.collect(message) {
+                Collected::Complete(u, size, st) => self.exchange_done(u, size, st),
+                Collected::Part => {}
+                Collected::Other(Message::Disconnect { reason }) => {
+                    self.close_link(reason, format!("the peer disconnected ({reason})"))
                 }
-                if let PeerInfo {
-                    uuids: Some(u),
-                    size: Some(size),
-                    state: Some(st),
-                } = *info
-                {
-                    self.exchange_done(u, size, st);
-                }
-            }
+                Collected::Other(Message::Ping { seq }) => self.send(Message::PingAck { seq }),
+                Collected::Other(Message::PingAck { .. }) => {}
+                Collected::Other(other) => self.close_link(
+                    wire::DisconnectReason::ProtocolError,
+                    format!("{} before the generation exchange finished", other.name()),
+                ),
+            },
             Phase::Reexchange(info) => {
-                match message {
-                    Message::Uuids {
-                        ids,
-                        flags,
-                        bitmap_weight,
-                        ..
-                    } => {
-                        self.peer_gen = Some(ids);
-                        info.uuids = Some((ids, flags, bitmap_weight));
-                    }
-                    Message::Sizes { data_size, .. } => info.size = Some(data_size),
-                    Message::State { role, disk, .. } => info.state = Some((role, map_disk(disk))),
-                    other => return self.received_up(other),
+                if let Message::Uuids { ids, .. } = &message {
+                    self.peer_gen = Some(*ids);
                 }
-                if let PeerInfo {
-                    uuids: Some(u),
-                    size: Some(size),
-                    state: Some(st),
-                } = *info
-                {
-                    self.exchange_done(u, size, st);
+                match info.collect(message) {
+                    Collected::Complete(u, size, st) => self.exchange_done(u, size, st),
+                    Collected::Part => {}
+                    Collected::Other(other) => self.received_up(other),
                 }
             }
             Phase::Up => match message {

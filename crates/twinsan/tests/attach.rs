@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::cluster::{first_difference, in_sync, peer, Cluster};
 use common::netns::Proc;
 use common::scsi::libiscsi_tool;
-use common::{poll_until, qemu, run, text, TempDir};
+use common::{poll_until, qemu, run, text, writer, TempDir};
 
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 256 << 10;
@@ -23,10 +23,14 @@ const CHUNK: u64 = 256 << 10;
 const VOLUME: u64 = 64 * MIB;
 /// The tmpfs holding one node's disk: the metadata and the first writes, and room for the resync later.
 const TMPFS_MIB: u64 = 12;
+/// The tmpfs of the Primary's disk, which the verifying writer also writes to after the attach (up to a few MiB,
+/// as fast as the machine is): room enough that the disk does not fill up again.
+const PRIMARY_TMPFS_MIB: u64 = 40;
 
 /// A tmpfs mounted on a directory of a `TempDir`; unmounted on drop (lazily if a file on it is still open).
 struct Tmpfs {
     dir: PathBuf,
+    mib: u64,
 }
 
 impl Tmpfs {
@@ -41,6 +45,7 @@ impl Tmpfs {
         assert!(out.status.success(), "mount tmpfs: {}", text(&out));
         Tmpfs {
             dir: dir.to_path_buf(),
+            mib,
         }
     }
 
@@ -48,10 +53,10 @@ impl Tmpfs {
     fn fill(&self) -> PathBuf {
         let path = self.dir.join("filler");
         let mut file = std::fs::File::create(&path).expect("create filler");
-        // Bounded: the tmpfs holds TMPFS_MIB MiB.
+        // Bounded: the tmpfs holds `mib` MiB.
         for size in [MIB as usize, 4096] {
             let block = vec![0x5a_u8; size];
-            for _ in 0..(TMPFS_MIB * MIB) as usize / size + 1 {
+            for _ in 0..(self.mib * MIB) as usize / size + 1 {
                 if file.write_all(&block).is_err() {
                     break;
                 }
@@ -175,7 +180,7 @@ fn cluster_a_secondary_disk_that_fills_up_is_detached_and_attach_resyncs_what_it
 fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_and_attaches_it_again_while_serving(
 ) {
     let mnt = TempDir::new("attach-tmpfs");
-    let tmpfs = Tmpfs::mount(mnt.path(), TMPFS_MIB);
+    let tmpfs = Tmpfs::mount(mnt.path(), PRIMARY_TMPFS_MIB);
     let (c, disk1) = pair_with_disk_on("attach-primary", 1, mnt.path());
     let before = chunks(0, 4, 0x20);
     qemu::write(&c.url(1), &before, CHUNK);
@@ -196,24 +201,12 @@ fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_and_attaches_it
     std::fs::remove_file(&filler).expect("remove the filler");
     let dir = TempDir::new("attach-primary-writer");
     let log = dir.path().join("writer.log");
-    let first_record = (40 * MIB / SECTOR).to_string();
-    let mut writer = Proc::spawn(
-        "iscsi-writer",
-        Command::new(libiscsi_tool("iscsi-writer"))
-            .args(["write", &c.url(1), &WRITER_S.to_string(), &first_record])
-            .arg(&log),
-    );
-    poll_until(
-        Duration::from_secs(30),
-        "the writer's first writes acknowledged",
-        || writer.log(),
-        || (read_writer_log(&log).len() >= 100).then_some(()),
-    );
+    let writer = start_writer(&c, 40 * MIB / SECTOR, &log);
     let t0 = monotonic_ms();
     c.cli(1, &["volume", "attach", "vol0"]);
     let s2 = c.wait_status(2, Duration::from_secs(60), "resync done", in_sync);
     let t1 = monotonic_ms();
-    wait_for_writer(&mut writer);
+    writer::finish(writer, WRITER_S);
     // Nothing failed (`read_writer_log`), and writes were acknowledged before the attach and after the resync.
     let acks = read_writer_log(&log);
     let before_attach = acks.iter().filter(|a| a.ms < t0).count();
@@ -223,26 +216,34 @@ fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_and_attaches_it
         "the attach did not fall within the writes: {before_attach} acknowledged before it, {after_resync} after \
          the resync"
     );
-    // The resync sent what was written while the disk was away, and at most the blocks the writer wrote during
-    // the attach besides (a write before the resync starts reaches only node2's disk).
-    let during: BTreeSet<u64> = acks
-        .iter()
-        .filter(|a| a.ms >= t0 && a.ms <= t1)
-        .map(|a| a.lba * SECTOR / 4096)
-        .collect();
+    // The resync sent what was written while the disk was away: the chunks above, and the writer's blocks up to the
+    // attach (node1 was still diskless); at most also the blocks it wrote until the resync ended (a write before
+    // the resync starts reaches only node2's disk), and the one in flight then (queue depth 1).
+    let blocks_until = |end: u64| -> BTreeSet<u64> {
+        let mut blocks: BTreeSet<u64> = acks
+            .iter()
+            .filter(|a| a.ms < end)
+            .map(|a| a.lba * SECTOR / 4096)
+            .collect();
+        if let Some(next) = acks.iter().find(|a| a.ms >= end) {
+            blocks.insert(next.lba * SECTOR / 4096);
+        }
+        blocks
+    };
     let sent = peer(&s2, "resync_sent_kib")
         .as_u64()
         .expect("resync_sent_kib");
-    let away = kib(&meanwhile);
-    let later = during.len() as u64 * 4;
+    let chunks_kib = kib(&meanwhile);
+    let least = chunks_kib + (blocks_until(t0).len() as u64 - 1) * 4;
+    let most = chunks_kib + blocks_until(t1).len() as u64 * 4;
     println!(
-        "resync sent {sent} KiB for {away} KiB written while the disk was away ({later} KiB of blocks written \
-         during the attach and resync; {before_attach} writes acknowledged before the attach, {after_resync} after \
-         the resync)"
+        "resync sent {sent} KiB for {least}..{most} KiB written while the disk was away ({chunks_kib} KiB by qemu-io, \
+         the rest by the writer: {before_attach} writes acknowledged before the attach, {after_resync} after the \
+         resync)"
     );
     assert!(
-        sent >= away && sent * 100 <= away * 105 + later * 100,
-        "a bitmap resync of what changed: sent {sent} KiB: {s2}"
+        sent >= least && sent * 100 <= most * 105,
+        "a bitmap resync of what changed: sent {sent} KiB for {least}..{most} KiB: {s2}"
     );
     let s1 = c.wait_status(1, Duration::from_secs(20), "UpToDate", in_sync);
     assert_eq!(s1["role"], "Primary", "{s1}");
@@ -251,35 +252,45 @@ fn cluster_a_primary_whose_disk_fills_up_serves_through_its_peer_and_attaches_it
     for data in [&before, &meanwhile] {
         qemu::verify(&c.url(1), data, CHUNK);
     }
-    let verified = run(
+    verify_writer(&c, &log);
+}
+
+/// Reads back at node1 every block the writer's log names: nothing it was told was written is lost.
+fn verify_writer(c: &Cluster, log: &Path) {
+    let out = run(
         Command::new(libiscsi_tool("iscsi-writer"))
             .args(["verify", &c.url(1)])
-            .arg(&log),
+            .arg(log),
         Duration::from_secs(120),
     );
     assert!(
-        verified.status.success(),
-        "iscsi-writer verify: {}",
-        text(&verified)
+        out.status.success(),
+        "the writer's acknowledged blocks read back: {}",
+        text(&out)
     );
 }
 
-/// Waits (bounded) for the verifying writer to finish, which must succeed.
-fn wait_for_writer(writer: &mut Proc) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(WRITER_S + 60);
-    while writer.exited().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer did not stop:\n{}",
-            writer.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        writer.exited().is_some_and(|s| s.success()),
-        "writer: {}",
-        writer.log()
+/// Starts the verifying writer at node1 for [`WRITER_S`] from record `first_record`, logging to `log`, and waits
+/// for its first hundred acknowledged writes.
+fn start_writer(c: &Cluster, first_record: u64, log: &Path) -> Proc {
+    let writer = Proc::spawn(
+        "iscsi-writer",
+        Command::new(libiscsi_tool("iscsi-writer"))
+            .args([
+                "write",
+                &c.url(1),
+                &WRITER_S.to_string(),
+                &first_record.to_string(),
+            ])
+            .arg(log),
     );
+    poll_until(
+        Duration::from_secs(30),
+        "the writer's first writes acknowledged",
+        || writer.log(),
+        || (read_writer_log(log).len() >= 100).then_some(()),
+    );
+    writer
 }
 
 /// The logical block of the volume's LUN (the writer writes one per record).
@@ -341,25 +352,13 @@ fn cluster_detach_and_attach_by_command_refusals_and_a_new_disk_synced_in_full()
     // blocks were written when (CLOCK_MONOTONIC ms).
     let dir = TempDir::new("attach-writer");
     let log = dir.path().join("writer.log");
-    let writer_bin = libiscsi_tool("iscsi-writer");
-    let mut writer = Proc::spawn(
-        "iscsi-writer",
-        Command::new(&writer_bin)
-            .args(["write", &c.url(1), &WRITER_S.to_string(), "0"])
-            .arg(&log),
-    );
-    poll_until(
-        Duration::from_secs(30),
-        "the writer's first writes acknowledged",
-        || writer.log(),
-        || (read_writer_log(&log).len() >= 100).then_some(()),
-    );
+    let writer = start_writer(&c, 0, &log);
     let t0 = monotonic_ms();
     c.cli(2, &["volume", "detach", "vol0"]);
     let s2 = c.wait_status(2, Duration::from_secs(20), "Diskless", diskless);
     let t1 = monotonic_ms();
     assert_eq!(peer(&s2, "connection"), "Connected", "{s2}");
-    wait_for_writer(&mut writer);
+    writer::finish(writer, WRITER_S);
     let acks = read_writer_log(&log);
     // Written while the disk was away, by the writer's own log: at most every block acknowledged from the
     // start of the detach command on (one acknowledged before it is on both disks: protocol C); at least every
@@ -408,17 +407,7 @@ fn cluster_detach_and_attach_by_command_refusals_and_a_new_disk_synced_in_full()
     );
     c.wait_status(2, Duration::from_secs(20), "UpToDate", in_sync);
     assert_identical(&c, &c.disk(1), &c.disk(2));
-    let out = run(
-        Command::new(&writer_bin)
-            .args(["verify", &c.url(1)])
-            .arg(&log),
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "the writer's acknowledged blocks read back: {}",
-        text(&out)
-    );
+    verify_writer(&c, &log);
 
     // A foreign superblock (another volume's metadata) and an unreadable one: refused, the disk unchanged.
     c.cli(2, &["volume", "detach", "vol0"]);
