@@ -2080,8 +2080,12 @@ impl<S: Storage> Engine<S> {
                 ),
             },
             Phase::Reexchange(info) => {
-                if let Message::Uuids { ids, .. } = &message {
-                    self.peer_gen = Some(*ids);
+                match &message {
+                    Message::Uuids { ids, .. } => self.peer_gen = Some(*ids),
+                    // The peer's part is `Uuids`, `Sizes`, `State` in one go: a `State` before its `Sizes` was a
+                    // change of state on its way before the peer took part, not its answer.
+                    Message::Sizes { .. } => info.state = None,
+                    _ => {}
                 }
                 match info.collect(message) {
                     Collected::Complete(u, size, st) => self.exchange_done(u, size, st),
