@@ -480,28 +480,14 @@ fn io_error(path: &Path, source: std::io::Error) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
-    /// A folder under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(tag: &str) -> TestDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("twinsan-admin-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create the test dir");
-            TestDir(dir)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh folder under the system temp dir, removed on drop.
+    fn test_dir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("twinsan-admin-{tag}-"))
+            .tempdir()
+            .expect("create the test dir")
     }
 
     fn status(name: &str, role: &str) -> api::VolumeStatus {
@@ -619,8 +605,8 @@ mod tests {
 
     #[tokio::test]
     async fn request_and_response_round_trip() {
-        let dir = TestDir::new("roundtrip");
-        let path = dir.0.join("sub/node1.sock");
+        let dir = test_dir("roundtrip");
+        let path = dir.path().join("sub/node1.sock");
         let service = FakeService::new();
         let server = Server::start(&path, Arc::clone(&service)).await;
 
@@ -674,8 +660,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_line_gets_an_error() {
-        let dir = TestDir::new("malformed");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("malformed");
+        let path = dir.path().join("node1.sock");
         let service = FakeService::new();
         let server = Server::start(&path, Arc::clone(&service)).await;
 
@@ -694,8 +680,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversize_line_gets_an_error() {
-        let dir = TestDir::new("oversize");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("oversize");
+        let path = dir.path().join("node1.sock");
         let server = Server::start(&path, FakeService::new()).await;
 
         let answer = raw_exchange(&path, vec![b'x'; MAX_REQUEST_BYTES + 100]).await;
@@ -718,8 +704,8 @@ mod tests {
 
     #[tokio::test]
     async fn events_stream_exists_then_changes_and_stop_when_the_client_drops() {
-        let dir = TestDir::new("events");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("events");
+        let path = dir.path().join("node1.sock");
         let service = FakeService::new();
         let server = Server::start(&path, Arc::clone(&service)).await;
 
@@ -783,8 +769,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_subscriber_gets_the_state_again() {
-        let dir = TestDir::new("lagged");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("lagged");
+        let path = dir.path().join("node1.sock");
         let service = FakeService::new();
         let server = Server::start(&path, Arc::clone(&service)).await;
 
@@ -838,8 +824,8 @@ mod tests {
 
     #[tokio::test]
     async fn events_for_an_unknown_volume_are_refused() {
-        let dir = TestDir::new("unknown");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("unknown");
+        let path = dir.path().join("node1.sock");
         let server = Server::start(&path, FakeService::new()).await;
         let p = path.clone();
         let first = blocking(move || events(&p, Some("vol9")).expect("connect").next()).await;
@@ -852,8 +838,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_server_on_a_live_socket_is_refused() {
-        let dir = TestDir::new("twice");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("twice");
+        let path = dir.path().join("node1.sock");
         let server = Server::start(&path, FakeService::new()).await;
 
         let (_stop, rx) = watch::channel(false);
@@ -874,8 +860,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_socket_file_is_replaced() {
-        let dir = TestDir::new("stale");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("stale");
+        let path = dir.path().join("node1.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
         assert!(
             path.exists(),
@@ -891,8 +877,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_regular_file_in_the_way_is_not_deleted() {
-        let dir = TestDir::new("regular");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("regular");
+        let path = dir.path().join("node1.sock");
         std::fs::write(&path, b"precious").expect("write");
         let (_stop, rx) = watch::channel(false);
         let err = serve(&path, FakeService::new(), rx)
@@ -912,10 +898,10 @@ mod tests {
             eprintln!("skipped: running a client as another user needs root");
             return;
         }
-        let dir = TestDir::new("nobody");
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))
+        let dir = test_dir("nobody");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod dir");
-        let path = dir.0.join("node1.sock");
+        let path = dir.path().join("node1.sock");
         let service = FakeService::new();
         let server = Server::start(&path, Arc::clone(&service)).await;
         // Open the file itself, so that only the credential check stands between that user and the daemon.
@@ -979,8 +965,8 @@ mod tests {
 
     #[test]
     fn an_absent_daemon_is_reported_with_a_hint() {
-        let dir = TestDir::new("absent");
-        let path = dir.0.join("node1.sock");
+        let dir = test_dir("absent");
+        let path = dir.path().join("node1.sock");
         let err =
             request(&path, &api::Request::Status { volume: None }).expect_err("nobody listens");
         let text = err.to_string();

@@ -83,8 +83,8 @@ mod tests {
 
     #[test]
     fn install_writes_both_agents_executable() {
-        let dir = std::env::temp_dir().join(format!("twinsan-ocf-install-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("ocf");
         let agents = install(&dir).expect("install");
         for (name, script) in AGENTS {
             let path = agents.join(name);
@@ -95,6 +95,5 @@ mod tests {
         }
         // Again over the installed ones.
         install(&dir).expect("install twice");
-        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

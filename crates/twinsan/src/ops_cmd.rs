@@ -242,7 +242,8 @@ mod tests {
 
     #[test]
     fn printed_commands_name_this_program_unless_path_finds_it() {
-        let dir = std::env::temp_dir().join(format!("twinsan-program-name-{}", std::process::id()));
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path();
         let (bin, other) = (dir.join("bin"), dir.join("other"));
         for d in [&bin, &other] {
             std::fs::create_dir_all(d).expect("mkdir");
@@ -275,6 +276,5 @@ mod tests {
             full
         );
         assert_eq!(program_name_for(&exe, None), full);
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

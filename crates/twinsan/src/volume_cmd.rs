@@ -758,17 +758,18 @@ mod tests {
 
     /// The fake daemon on its own runtime thread, in a temp dir removed on drop.
     struct Daemon {
-        dir: PathBuf,
+        dir: tempfile::TempDir,
         stop: Option<tokio::sync::watch::Sender<bool>>,
         thread: Option<std::thread::JoinHandle<()>>,
     }
 
     impl Daemon {
         fn start(tag: &str) -> Daemon {
-            let dir = std::env::temp_dir()
-                .join(format!("twinsan-volume-cmd-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            let socket = dir.join("node1.sock");
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("twinsan-volume-cmd-{tag}-"))
+                .tempdir()
+                .expect("temp dir");
+            let socket = dir.path().join("node1.sock");
             let (stop, rx) = tokio::sync::watch::channel(false);
             let path = socket.clone();
             let thread = std::thread::spawn(move || {
@@ -793,7 +794,7 @@ mod tests {
         }
 
         fn socket(&self) -> PathBuf {
-            self.dir.join("node1.sock")
+            self.dir.path().join("node1.sock")
         }
 
         fn run(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -817,7 +818,6 @@ mod tests {
             if let Some(thread) = self.thread.take() {
                 let _ = thread.join();
             }
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -912,8 +912,8 @@ mod tests {
 
     #[test]
     fn no_daemon_is_a_clear_error() {
-        let dir =
-            std::env::temp_dir().join(format!("twinsan-volume-cmd-none-{}", std::process::id()));
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path();
         let cli = crate::Cli::try_parse_from(["twinsan", "volume", "up", "vol0"]).expect("parses");
         let crate::Command::Volume(cmd) = cli.command else {
             panic!("volume command");
