@@ -284,6 +284,21 @@ struct Done {
     outcome: Outcome,
 }
 
+/// A command's Data-In buffer, given back to the SCSI layer's free list when the last PDU over it is written.
+struct DataIn(Vec<u8>);
+
+impl AsRef<[u8]> for DataIn {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for DataIn {
+    fn drop(&mut self) {
+        twinsan_scsi::recycle_data_in(std::mem::take(&mut self.0));
+    }
+}
+
 /// The session's outcome of a SCSI command.
 fn completion(outcome: Outcome) -> Completion {
     let Outcome {
@@ -294,8 +309,13 @@ fn completion(outcome: Outcome) -> Completion {
     Completion {
         status: status as u8,
         sense: sense.map(|s| s.to_bytes()),
-        // Data-In PDUs take slices of the read buffer without copying it.
-        data_in: Bytes::from(data_in),
+        // Data-In PDUs take slices of the read buffer without copying it; a large one is reused for a later READ
+        // when the last of them is written (a small one is not worth the owner's allocation).
+        data_in: if data_in.capacity() >= twinsan_scsi::POOLED_DATA_IN_BYTES {
+            Bytes::from_owner(DataIn(data_in))
+        } else {
+            Bytes::from(data_in)
+        },
     }
 }
 

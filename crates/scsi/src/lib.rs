@@ -38,13 +38,13 @@ mod memory;
 pub mod sense;
 
 pub use cdb::Decoded;
-pub use lu::reservations_after_power_loss;
 pub use lu::{
     decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
     TaskStatus, WriteOutcome, BLOCK_SIZE, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS,
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
     OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
 };
+pub use lu::{recycle_data_in, reservations_after_power_loss, POOLED_DATA_IN_BYTES};
 pub use memory::MemoryDevice;
 pub use sense::{FieldPointer, Sense, SenseKey};
 

@@ -1,5 +1,6 @@
 //! [`LogicalUnit`]: runs decoded commands against a [`BlockDevice`] and keeps the per-nexus unit attention state.
 
+mod buffers;
 mod inquiry;
 mod mode;
 mod pr;
@@ -10,6 +11,7 @@ mod rmw;
 #[cfg(test)]
 mod tests;
 
+pub use buffers::{recycle_data_in, POOLED_DATA_IN_BYTES};
 pub use pr::reservations_after_power_loss;
 pub use reports::{decode_lun, encode_lun};
 
@@ -123,7 +125,8 @@ pub enum TaskStatus {
 pub struct Outcome {
     /// SCSI status.
     pub status: TaskStatus,
-    /// Data-In for the initiator, already cut to the allocation length.
+    /// Data-In for the initiator, already cut to the allocation length. A large READ's buffer may be handed
+    /// back with [`recycle_data_in`] once the transport is done with it.
     pub data_in: Vec<u8>,
     /// Sense data for a CHECK CONDITION (send it with [`Sense::to_bytes`]).
     pub sense: Option<Sense>,
@@ -726,7 +729,7 @@ impl LogicalUnit {
 
     fn read(&self, t: &BlockTransfer) -> Result<Vec<u8>, Sense> {
         self.check_transfer(t, false)?;
-        let mut buf = vec![0u8; byte_len(t)];
+        let mut buf = buffers::data_in_buffer(byte_len(t));
         if !buf.is_empty() {
             // FUA on a read needs nothing more: we read from the device, never from a cache of our own.
             self.dev
