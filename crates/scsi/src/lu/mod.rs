@@ -20,7 +20,7 @@ use crate::sense::Sense;
 use crate::BlockDevice;
 use range::{Access, RangeLocks};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Logical block size in bytes.
@@ -202,6 +202,8 @@ pub struct LogicalUnit {
     thin: bool,
     nexuses: Mutex<HashMap<u64, NexusState>>,
     mode: Mutex<mode::ModeState>,
+    /// `mode`'s WCE, read by every write without taking the mutex; stored under it by MODE SELECT.
+    wce: AtomicBool,
     ranges: Arc<RangeLocks>,
     reservations: pr::Reservations,
     /// The device size in bytes the nexuses were last told about: when [`BlockDevice::size_bytes`] differs (an
@@ -231,6 +233,7 @@ impl LogicalUnit {
             read_only,
             nexuses: Mutex::new(HashMap::new()),
             mode: Mutex::new(mode::ModeState::default()),
+            wce: AtomicBool::new(mode::ModeState::default().wce),
             ranges: Arc::new(RangeLocks::default()),
         }
     }
@@ -859,7 +862,7 @@ impl LogicalUnit {
 
     /// WCE is 0: every write must be durable before GOOD, as if it had FUA.
     fn write_through(&self) -> bool {
-        !self.mode_state().wce
+        !self.wce.load(Ordering::Acquire)
     }
 
     fn mode_select(
@@ -880,6 +883,7 @@ impl LogicalUnit {
             return Ok(());
         }
         *guard = after;
+        self.wce.store(after.wce, Ordering::Release);
         drop(guard);
         if before.wce && !after.wce {
             // From now on writes are written through; make the ones already completed durable too.
