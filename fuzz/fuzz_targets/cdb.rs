@@ -3,9 +3,8 @@
 #![no_main]
 
 use std::sync::Arc;
-use twinsan_scsi::cdb::Command;
 use twinsan_scsi::{
-    execute_no_lun, LogicalUnit, LunIdentity, MemoryDevice, Nexus, Request, TaskStatus, BLOCK_SIZE,
+    execute_no_lun, Decoded, LogicalUnit, LunIdentity, MemoryDevice, Nexus, Request, TaskStatus, BLOCK_SIZE,
     MAX_TRANSFER_BLOCKS,
 };
 
@@ -20,7 +19,7 @@ fn run(data: &[u8]) {
     let cdb_len = (usize::from(flags >> 4) + 1).min(rest.len());
     let (cdb, data_out) = rest.split_at(cdb_len);
 
-    let decoded = Command::decode(cdb);
+    let decoded = Decoded::new(cdb);
 
     let lu = LogicalUnit::new(
         Arc::new(MemoryDevice::new(64 * BLOCK_SIZE as usize)),
@@ -40,13 +39,13 @@ fn run(data: &[u8]) {
         data_out,
         luns: &luns,
     };
-    let out = lu.execute(&req);
+    let out = lu.execute(&req, &decoded);
     match out.status {
         TaskStatus::Good => {
             assert!(out.sense.is_none());
-            assert!(decoded.is_ok(), "a command that succeeded decodes");
+            assert!(decoded.command().is_ok(), "a command that succeeded decodes");
             let asked = lu
-                .data_in_len(cdb)
+                .data_in_len(&decoded)
                 .expect("a command that succeeded has a Data-In length");
             assert!(out.data_in.len() as u64 <= u64::from(asked));
         }
@@ -61,10 +60,10 @@ fn run(data: &[u8]) {
         }
         other => panic!("unexpected status {other:?}"),
     }
-    if let Ok(len) = lu.data_out_len(cdb) {
+    if let Ok(len) = lu.data_out_len(&decoded) {
         assert!(len <= MAX_TRANSFER_BLOCKS * BLOCK_SIZE);
     }
-    let no_lun = execute_no_lun(&req);
+    let no_lun = execute_no_lun(&req, &decoded);
     assert_eq!(
         no_lun.status == TaskStatus::CheckCondition,
         no_lun.sense.is_some()

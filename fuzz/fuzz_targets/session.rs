@@ -19,27 +19,36 @@ use twinsan_iscsi::frame::{DecodeError, RawPdu};
 use twinsan_iscsi::login::SessionType;
 use twinsan_iscsi::pdu::{self, Pdu, BHS_LEN, RESERVED_TAG};
 use twinsan_iscsi::seq::sn_le;
-use twinsan_iscsi::session::{Action, Completion, Session, SessionEnv, SessionParams};
+use twinsan_iscsi::session::{Completion, SessionEnv, SessionParams};
 use twinsan_iscsi::text::TextPairs;
 
 struct Env;
 
+/// A CDB as the harness decodes it: the operation code and the bytes a READ(10)/WRITE(10) moves.
+type Dec = (u8, u32);
+type Session = twinsan_iscsi::session::Session<Dec>;
+type Action = twinsan_iscsi::session::Action<Dec>;
+
 impl SessionEnv for Env {
+    type Decoded = Dec;
     fn lun_number(&self, lun: u64) -> u64 {
         lun >> 48
     }
     fn lun_exists(&self, lun: u64) -> bool {
         lun >> 48 < 2
     }
-    fn data_out_len(&self, lun: u64, cdb: &[u8]) -> u32 {
-        match (self.lun_exists(lun), cdb[0]) {
-            (true, 0x2a) => u32::from(u16::from_be_bytes([cdb[7], cdb[8]])) * 512,
+    fn decode(&self, _lun: u64, cdb: &[u8]) -> Dec {
+        (cdb[0], u32::from(u16::from_be_bytes([cdb[7], cdb[8]])) * 512)
+    }
+    fn data_out_len(&self, lun: u64, &(op, len): &Dec) -> u32 {
+        match (self.lun_exists(lun), op) {
+            (true, 0x2a) => len,
             _ => 0,
         }
     }
-    fn data_in_len(&self, lun: u64, cdb: &[u8]) -> Option<u32> {
-        match (self.lun_exists(lun), cdb[0]) {
-            (true, 0x28) => Some(u32::from(u16::from_be_bytes([cdb[7], cdb[8]])) * 512),
+    fn data_in_len(&self, lun: u64, &(op, len): &Dec) -> Option<u32> {
+        match (self.lun_exists(lun), op) {
+            (true, 0x28) => Some(len),
             _ => None,
         }
     }

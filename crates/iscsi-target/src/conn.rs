@@ -27,7 +27,7 @@ use twinsan_iscsi::session::{
     Action, CloseReason, Command, Completion, Level, ResetScope, Session, SessionEnv, SessionParams,
 };
 use twinsan_iscsi::text::TextPairs;
-use twinsan_scsi::{LogicalUnit, Nexus, Outcome, Request, Sense};
+use twinsan_scsi::{Decoded, LogicalUnit, Nexus, Outcome, Request, Sense};
 
 use crate::output::Output;
 use crate::server::{LunMap, SessionKey, Shared};
@@ -284,6 +284,21 @@ struct Done {
     outcome: Outcome,
 }
 
+/// A command's Data-In buffer, given back to the SCSI layer's free list when the last PDU over it is written.
+struct DataIn(Vec<u8>);
+
+impl AsRef<[u8]> for DataIn {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for DataIn {
+    fn drop(&mut self) {
+        twinsan_scsi::recycle_data_in(std::mem::take(&mut self.0));
+    }
+}
+
 /// The session's outcome of a SCSI command.
 fn completion(outcome: Outcome) -> Completion {
     let Outcome {
@@ -294,8 +309,13 @@ fn completion(outcome: Outcome) -> Completion {
     Completion {
         status: status as u8,
         sense: sense.map(|s| s.to_bytes()),
-        // Data-In PDUs take slices of the read buffer without copying it.
-        data_in: Bytes::from(data_in),
+        // Data-In PDUs take slices of the read buffer without copying it; a large one is reused for a later READ
+        // when the last of them is written (a small one is not worth the owner's allocation).
+        data_in: if data_in.capacity() >= twinsan_scsi::POOLED_DATA_IN_BYTES {
+            Bytes::from_owner(DataIn(data_in))
+        } else {
+            Bytes::from(data_in)
+        },
     }
 }
 
@@ -318,6 +338,8 @@ struct Driver {
 }
 
 impl SessionEnv for Driver {
+    type Decoded = Decoded;
+
     fn lun_number(&self, lun: u64) -> u64 {
         lun_number(lun)
     }
@@ -326,14 +348,19 @@ impl SessionEnv for Driver {
         self.target.is_some() && self.lun_map.luns.contains_key(&lun_number(lun))
     }
 
-    fn data_out_len(&self, lun: u64, cdb: &[u8]) -> u32 {
+    /// The one decode of a command's CDB.
+    fn decode(&self, _lun: u64, cdb: &[u8]) -> Decoded {
+        Decoded::new(cdb)
+    }
+
+    fn data_out_len(&self, lun: u64, cmd: &Decoded) -> u32 {
         self.lu(lun)
-            .and_then(|lu| lu.data_out_len(cdb).ok())
+            .and_then(|lu| lu.data_out_len(cmd).ok())
             .unwrap_or(0)
     }
 
-    fn data_in_len(&self, lun: u64, cdb: &[u8]) -> Option<u32> {
-        self.lu(lun).and_then(|lu| lu.data_in_len(cdb).ok())
+    fn data_in_len(&self, lun: u64, cmd: &Decoded) -> Option<u32> {
+        self.lu(lun).and_then(|lu| lu.data_in_len(cmd).ok())
     }
 
     /// SendTargets=All (discovery) or SendTargets= (this session's target): each target the initiator may use,
@@ -379,7 +406,7 @@ impl Driver {
     }
 
     /// Takes the PDUs whole in `inbuf` to the session.
-    fn on_bytes(&mut self, session: &mut Session, inbuf: &mut BytesMut, now: Instant) {
+    fn on_bytes(&mut self, session: &mut Session<Decoded>, inbuf: &mut BytesMut, now: Instant) {
         self.refresh_luns();
         while !session.is_closed() {
             match frame::decode(inbuf, &self.recv_limits) {
@@ -392,7 +419,7 @@ impl Driver {
     }
 
     /// Carries out the session's actions, in order, until it has none.
-    fn run(&mut self, session: &mut Session) {
+    fn run(&mut self, session: &mut Session<Decoded>) {
         while let Some(action) = session.next_action() {
             match action {
                 Action::Send(p, data) => self.out.push_shared(&p.encode(), data, &self.send_limits),
@@ -439,19 +466,20 @@ impl Driver {
 
     /// Runs a command on its logical unit: a device that completes by itself, here for quick commands, or on
     /// the blocking pool.
-    fn execute(&self, session: &mut Session, cmd: Command) {
+    fn execute(&self, session: &mut Session<Decoded>, cmd: Command<Decoded>) {
         let itt = cmd.itt;
         let lu = self.lu(cmd.lun);
         let cdb = cmd.cdb.as_slice();
+        let decoded = &cmd.decoded;
         // A command whose Data-Out has a fixed structure (WRITE SAME, COMPARE AND WRITE) can not be taken apart
         // from a Data-Out of another length than the CDB implies.
         if let Some(Err(sense)) =
-            lu.map(|lu| lu.check_expected_length(cdb, cmd.data_out_expected()))
+            lu.map(|lu| lu.check_expected_length(decoded, cmd.data_out_expected()))
         {
             session.complete(itt, completion(Outcome::check_condition(sense)), self);
             return;
         }
-        if let Some(lu) = lu.filter(|lu| lu.submits(cdb)) {
+        if let Some(lu) = lu.filter(|lu| lu.submits(decoded)) {
             // A write the device completes by itself (a replicated volume waits for its peer): no thread waits.
             let tx = self.done_tx.clone();
             let req = Request {
@@ -462,6 +490,7 @@ impl Driver {
             };
             let submitted = lu.submit(
                 &req,
+                decoded,
                 Box::new(move |outcome| {
                     let _ = tx.send(Done { itt, outcome });
                 }),
@@ -472,7 +501,7 @@ impl Driver {
             // Its blocks wait for a COMPARE AND WRITE in progress: waited for on the blocking pool, below, never
             // on this task.
         }
-        if lu.is_none_or(|lu| lu.is_quick(cdb)) {
+        if lu.is_none_or(|lu| lu.is_quick(decoded)) {
             // Page-cache sized I/O and commands without I/O: cheaper here than two thread hand-offs.
             let req = Request {
                 nexus: &self.nexus,
@@ -481,9 +510,9 @@ impl Driver {
                 luns: &self.lun_map.numbers,
             };
             let outcome = match lu {
-                Some(lu) => lu.execute(&req),
+                Some(lu) => lu.execute(&req, decoded),
                 // No such LUN: answered from the emulation alone.
-                None => twinsan_scsi::execute_no_lun(&req),
+                None => twinsan_scsi::execute_no_lun(&req, decoded),
             };
             session.complete(itt, completion(outcome), self);
             return;
@@ -499,8 +528,8 @@ impl Driver {
                 luns: &luns,
             };
             let outcome = match &lu {
-                Some(lu) => lu.execute(&req),
-                None => twinsan_scsi::execute_no_lun(&req),
+                Some(lu) => lu.execute(&req, &cmd.decoded),
+                None => twinsan_scsi::execute_no_lun(&req, &cmd.decoded),
             };
             let _ = tx.send(Done { itt, outcome });
         });

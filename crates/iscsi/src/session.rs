@@ -11,7 +11,9 @@
 //! driver arms one timer at [`Session::deadline`] and calls [`Session::on_timer`] when it fires.
 //!
 //! What only the SCSI layer and the configuration know (how much data a CDB moves, which LUNs exist, which
-//! targets SendTargets lists) comes through [`SessionEnv`], as the login core's `LoginEnv` does.
+//! targets SendTargets lists) comes through [`SessionEnv`], as the login core's `LoginEnv` does. The SCSI layer
+//! decodes each CDB once, when its command arrives ([`SessionEnv::decode`]); the session keeps that value, opaque
+//! to it, with the task and hands it back in [`Command::decoded`] and to every later question about the command.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -32,14 +34,19 @@ pub const MAX_TEXT_RESPONSE: usize = 1024 * 1024;
 
 /// What the driver tells the session about the SCSI layer and the configuration.
 pub trait SessionEnv {
+    /// What the SCSI layer makes of a CDB, decoded once when the command arrives; the session only stores it.
+    type Decoded: Clone + std::fmt::Debug;
     /// The LUN number (SAM format, as REPORT LUNS gives it) of a BHS LUN field.
     fn lun_number(&self, lun: u64) -> u64;
     /// Whether the session's target has this LUN (BHS field).
     fn lun_exists(&self, lun: u64) -> bool;
-    /// Bytes of Data-Out the CDB transfers on this LUN; 0 when the LUN or CDB is unknown or moves none.
-    fn data_out_len(&self, lun: u64, cdb: &[u8]) -> u32;
-    /// Bytes of Data-In the CDB asks for on this LUN, None when unknown.
-    fn data_in_len(&self, lun: u64, cdb: &[u8]) -> Option<u32>;
+    /// Decodes the CDB of a command for this LUN (BHS field), whatever it holds: a CDB that does not decode is
+    /// answered by the SCSI layer when the command runs.
+    fn decode(&self, lun: u64, cdb: &[u8]) -> Self::Decoded;
+    /// Bytes of Data-Out the command transfers on this LUN; 0 when the LUN or CDB is unknown or moves none.
+    fn data_out_len(&self, lun: u64, cmd: &Self::Decoded) -> u32;
+    /// Bytes of Data-In the command asks for on this LUN, None when unknown.
+    fn data_in_len(&self, lun: u64, cmd: &Self::Decoded) -> Option<u32>;
     /// SendTargets=`which`: the TargetName/TargetAddress pairs this initiator may see.
     fn send_targets(&self, which: &str, reply: &mut TextPairs);
 }
@@ -111,11 +118,13 @@ impl Cdb {
 
 /// A SCSI command ready to run, with all of its Data-Out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Command {
+pub struct Command<D> {
     pub itt: u32,
     /// The BHS LUN field.
     pub lun: u64,
     pub cdb: Cdb,
+    /// The CDB as [`SessionEnv::decode`] decoded it when the command arrived.
+    pub decoded: D,
     pub read: bool,
     pub write: bool,
     /// Expected Data Transfer Length (0 when neither R nor W is set).
@@ -125,7 +134,7 @@ pub struct Command {
     pub data: Bytes,
 }
 
-impl Command {
+impl<D> Command<D> {
     /// The Expected Data Transfer Length of the Data-Out direction (0 for a read).
     pub fn data_out_expected(&self) -> u32 {
         if self.read {
@@ -197,11 +206,11 @@ impl std::fmt::Display for CloseReason {
 
 /// What the driver does for the session, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<D> {
     /// Send this PDU with this data segment (its header's DataSegmentLength matches).
     Send(Pdu, Bytes),
     /// Run this SCSI command and report its end with [`Session::complete`].
-    Execute(Command),
+    Execute(Command<D>),
     /// Answer this command with CHECK CONDITION, DATA PHASE ERROR (its Data-Out broke the DataSN sequence) through
     /// [`Session::complete`].
     DataPhaseError(u32),
@@ -253,10 +262,12 @@ enum TaskData {
 }
 
 #[derive(Debug)]
-struct Task {
+struct Task<D> {
     itt: u32,
     lun: u64,
     cdb: Cdb,
+    /// The CDB decoded, once, on arrival.
+    decoded: D,
     read: bool,
     write: bool,
     edtl: u32,
@@ -313,11 +324,11 @@ struct TextContinuation {
 
 /// The full feature phase state of one connection.
 #[derive(Debug)]
-pub struct Session {
+pub struct Session<D> {
     p: SessionParams,
     window: CmdWindow,
     held: HashMap<u32, Held>,
-    tasks: HashMap<u32, Task>,
+    tasks: HashMap<u32, Task<D>>,
     stat_sn: u32,
     /// Highest ExpStatSN the initiator acknowledged (every status before it was received).
     exp_stat_sn: u32,
@@ -332,7 +343,7 @@ pub struct Session {
     /// (ITT, TTT) on which a Text Request continued with the C bit goes on.
     text_request_ttt: Option<(u32, u32)>,
     closed: bool,
-    out: VecDeque<Action>,
+    out: VecDeque<Action<D>>,
 }
 
 /// A fresh Target Transfer Tag from the counter (never the reserved 0xffffffff).
@@ -369,7 +380,7 @@ fn exp_stat_sn_of(pdu: &Pdu) -> Option<u32> {
     }
 }
 
-impl Session {
+impl<D: Clone> Session<D> {
     /// The session as login left it: `exp_cmd_sn` is the leading login's CmdSN, `stat_sn` the next StatSN.
     pub fn new(p: SessionParams, exp_cmd_sn: u32, stat_sn: u32, now: Instant) -> Self {
         Session {
@@ -393,7 +404,7 @@ impl Session {
     }
 
     /// The next action to carry out, in order.
-    pub fn next_action(&mut self) -> Option<Action> {
+    pub fn next_action(&mut self) -> Option<Action<D>> {
         self.out.pop_front()
     }
 
@@ -527,7 +538,7 @@ impl Session {
     }
 
     /// A PDU arrived.
-    pub fn on_pdu(&mut self, raw: RawPdu, now: Instant, env: &impl SessionEnv) {
+    pub fn on_pdu(&mut self, raw: RawPdu, now: Instant, env: &impl SessionEnv<Decoded = D>) {
         if self.closed {
             return;
         }
@@ -640,7 +651,7 @@ impl Session {
     }
 
     /// Commands that were waiting for the one just taken go now, in CmdSN order.
-    fn run_held(&mut self, env: &impl SessionEnv) {
+    fn run_held(&mut self, env: &impl SessionEnv<Decoded = D>) {
         while let Some(next) = self.held.remove(&self.window.exp_cmd_sn()) {
             if self.closed {
                 return;
@@ -672,7 +683,7 @@ impl Session {
         pdu: Pdu,
         immediate: bool,
         now: Instant,
-        env: &impl SessionEnv,
+        env: &impl SessionEnv<Decoded = D>,
     ) {
         match pdu {
             Pdu::ScsiCommand(c) => {
@@ -718,7 +729,7 @@ impl Session {
         c: &pdu::ScsiCommand,
         raw: &RawPdu,
         now: Instant,
-        env: &impl SessionEnv,
+        env: &impl SessionEnv<Decoded = D>,
     ) -> bool {
         if self.tasks.contains_key(&c.itt) {
             self.warn(format!(
@@ -764,8 +775,9 @@ impl Session {
         } else {
             Cdb::Short(c.cdb)
         };
+        let decoded = env.decode(c.lun, cdb.as_slice());
         let need = if c.write {
-            env.data_out_len(c.lun, cdb.as_slice())
+            env.data_out_len(c.lun, &decoded)
         } else {
             0
         };
@@ -790,6 +802,7 @@ impl Session {
                 itt: c.itt,
                 lun: c.lun,
                 cdb,
+                decoded,
                 read: c.read,
                 write: c.write,
                 edtl: if c.read || c.write { c.expected_len } else { 0 },
@@ -896,6 +909,7 @@ impl Session {
             itt,
             lun: t.lun,
             cdb: t.cdb.clone(),
+            decoded: t.decoded.clone(),
             read: t.read,
             write: t.write,
             expected_len: t.edtl,
@@ -990,7 +1004,7 @@ impl Session {
     }
 
     /// The command with this tag finished running.
-    pub fn complete(&mut self, itt: u32, c: Completion, env: &impl SessionEnv) {
+    pub fn complete(&mut self, itt: u32, c: Completion, env: &impl SessionEnv<Decoded = D>) {
         let Some(t) = self.tasks.get(&itt) else {
             return;
         };
@@ -1013,7 +1027,7 @@ impl Session {
     }
 
     /// Sends Data-In and status for a finished command.
-    fn respond(&mut self, t: Task, c: Completion, env: &impl SessionEnv) {
+    fn respond(&mut self, t: Task<D>, c: Completion, env: &impl SessionEnv<Decoded = D>) {
         let Completion {
             status,
             sense,
@@ -1026,7 +1040,7 @@ impl Session {
         let cdb = t.cdb.as_slice();
         if t.read {
             let got = data_in.len() as u32;
-            let asked = env.data_in_len(t.lun, cdb).unwrap_or(got).max(got);
+            let asked = env.data_in_len(t.lun, &t.decoded).unwrap_or(got).max(got);
             send = data_in.len().min(t.edtl as usize);
             if asked > t.edtl {
                 overflow = true;
@@ -1036,7 +1050,7 @@ impl Session {
                 residual = t.edtl - send as u32;
             }
         } else if t.edtl > 0 || t.received > 0 {
-            let need = env.data_out_len(t.lun, cdb);
+            let need = env.data_out_len(t.lun, &t.decoded);
             if need > t.edtl {
                 overflow = true;
                 residual = need - t.edtl;
@@ -1045,7 +1059,7 @@ impl Session {
                 residual = t.edtl - need;
             }
         } else {
-            let need = env.data_out_len(t.lun, cdb);
+            let need = env.data_out_len(t.lun, &t.decoded);
             if need > 0 {
                 // A write CDB sent with no W bit and EDTL 0: nothing was transferred.
                 overflow = true;
@@ -1176,7 +1190,7 @@ impl Session {
         self.send(p, Bytes::new());
     }
 
-    fn on_tmf(&mut self, p: &pdu::TaskMgmtRequest, env: &impl SessionEnv) {
+    fn on_tmf(&mut self, p: &pdu::TaskMgmtRequest, env: &impl SessionEnv<Decoded = D>) {
         let lun = env.lun_number(p.lun);
         let mut victims: Vec<u32> = Vec::new();
         let mut close_after = false;
@@ -1250,7 +1264,7 @@ impl Session {
         }
     }
 
-    fn on_text(&mut self, p: &pdu::TextRequest, raw: &RawPdu, env: &impl SessionEnv) {
+    fn on_text(&mut self, p: &pdu::TextRequest, raw: &RawPdu, env: &impl SessionEnv<Decoded = D>) {
         if p.ttt == RESERVED_TAG {
             // A new request resets whatever exchange was in progress (RFC 7143 section 11.10.4).
             self.text = None;
@@ -1419,22 +1433,34 @@ mod tests {
         targets: usize,
     }
 
+    /// A CDB as the test environment decodes it: the operation code and the bytes a READ(10)/WRITE(10) moves.
+    type Dec = (u8, u32);
+    type Session = super::Session<Dec>;
+    type Action = super::Action<Dec>;
+
     impl SessionEnv for Env {
+        type Decoded = Dec;
         fn lun_number(&self, lun: u64) -> u64 {
             lun >> 48
         }
         fn lun_exists(&self, lun: u64) -> bool {
             lun >> 48 == 0
         }
-        fn data_out_len(&self, lun: u64, cdb: &[u8]) -> u32 {
-            match (self.lun_exists(lun), cdb[0]) {
-                (true, WRITE_10) => u32::from(u16::from_be_bytes([cdb[7], cdb[8]])) * 512,
+        fn decode(&self, _lun: u64, cdb: &[u8]) -> Dec {
+            (
+                cdb[0],
+                u32::from(u16::from_be_bytes([cdb[7], cdb[8]])) * 512,
+            )
+        }
+        fn data_out_len(&self, lun: u64, &(op, len): &Dec) -> u32 {
+            match (self.lun_exists(lun), op) {
+                (true, WRITE_10) => len,
                 _ => 0,
             }
         }
-        fn data_in_len(&self, lun: u64, cdb: &[u8]) -> Option<u32> {
-            match (self.lun_exists(lun), cdb[0]) {
-                (true, READ_10) => Some(u32::from(u16::from_be_bytes([cdb[7], cdb[8]])) * 512),
+        fn data_in_len(&self, lun: u64, &(op, len): &Dec) -> Option<u32> {
+            match (self.lun_exists(lun), op) {
+                (true, READ_10) => Some(len),
                 _ => None,
             }
         }

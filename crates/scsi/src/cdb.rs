@@ -448,6 +448,26 @@ pub enum Command {
     },
 }
 
+/// A CDB decoded once, when its command arrives: the [`Command`], or the [`Sense`] that rejects the CDB. The
+/// engine keeps it with the command and hands it to every [`LogicalUnit`](crate::LogicalUnit) call about that
+/// command, so no call decodes again. A CDB that does not decode still goes to
+/// [`LogicalUnit::execute`](crate::LogicalUnit::execute), which reports a pending unit attention before the CDB's
+/// error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Decoded(Result<Command, Sense>);
+
+impl Decoded {
+    /// Decodes `cdb` ([`Command::decode`]).
+    pub fn new(cdb: &[u8]) -> Self {
+        Decoded(Command::decode(cdb))
+    }
+
+    /// The command, or why its CDB is refused.
+    pub fn command(&self) -> Result<Command, Sense> {
+        self.0
+    }
+}
+
 impl Command {
     /// Decodes a CDB. `cdb` may be longer than the command's CDB (the iSCSI BHS always carries 16 bytes); bytes
     /// after the command's CONTROL byte are ignored.

@@ -5,6 +5,7 @@
 //! (a file, a block device, later a replicated volume).
 //!
 //! # How the engine drives a command
+//! 0. [`Decoded::new`] decodes the CDB once, when the command arrives; every call below takes that [`Decoded`].
 //! 1. [`LogicalUnit::data_out_len`] says how much Data-Out to solicit (0 for commands without any).
 //! 2. [`LogicalUnit::check_expected_length`] refuses a command whose Data-Out can not be taken apart at the length
 //!    the initiator announced; [`LogicalUnit::execute`] runs the command (blocking) and returns an [`Outcome`]:
@@ -36,13 +37,14 @@ mod lu;
 mod memory;
 pub mod sense;
 
-pub use lu::reservations_after_power_loss;
+pub use cdb::Decoded;
 pub use lu::{
     decode_lun, encode_lun, execute_no_lun, LogicalUnit, LunIdentity, Nexus, Outcome, Request,
     TaskStatus, WriteOutcome, BLOCK_SIZE, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_TRANSFER_BLOCKS,
     MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS, OPTIMAL_TRANSFER_BLOCKS,
     OPTIMAL_TRANSFER_GRANULARITY_BLOCKS,
 };
+pub use lu::{recycle_data_in, reservations_after_power_loss, POOLED_DATA_IN_BYTES};
 pub use memory::MemoryDevice;
 pub use sense::{FieldPointer, Sense, SenseKey};
 

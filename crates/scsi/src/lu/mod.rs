@@ -1,5 +1,6 @@
 //! [`LogicalUnit`]: runs decoded commands against a [`BlockDevice`] and keeps the per-nexus unit attention state.
 
+mod buffers;
 mod inquiry;
 mod mode;
 mod pr;
@@ -10,15 +11,16 @@ mod rmw;
 #[cfg(test)]
 mod tests;
 
+pub use buffers::{recycle_data_in, POOLED_DATA_IN_BYTES};
 pub use pr::reservations_after_power_loss;
 pub use reports::{decode_lun, encode_lun};
 
-use crate::cdb::{opcode, BlockTransfer, ByteCheck, Command};
+use crate::cdb::{opcode, BlockTransfer, ByteCheck, Command, Decoded};
 use crate::sense::Sense;
 use crate::BlockDevice;
 use range::{Access, RangeLocks};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Logical block size in bytes.
@@ -123,7 +125,8 @@ pub enum TaskStatus {
 pub struct Outcome {
     /// SCSI status.
     pub status: TaskStatus,
-    /// Data-In for the initiator, already cut to the allocation length.
+    /// Data-In for the initiator, already cut to the allocation length. A large READ's buffer may be handed
+    /// back with [`recycle_data_in`] once the transport is done with it.
     pub data_in: Vec<u8>,
     /// Sense data for a CHECK CONDITION (send it with [`Sense::to_bytes`]).
     pub sense: Option<Sense>,
@@ -199,6 +202,8 @@ pub struct LogicalUnit {
     thin: bool,
     nexuses: Mutex<HashMap<u64, NexusState>>,
     mode: Mutex<mode::ModeState>,
+    /// `mode`'s WCE, read by every write without taking the mutex; stored under it by MODE SELECT.
+    wce: AtomicBool,
     ranges: Arc<RangeLocks>,
     reservations: pr::Reservations,
     /// The device size in bytes the nexuses were last told about: when [`BlockDevice::size_bytes`] differs (an
@@ -228,6 +233,7 @@ impl LogicalUnit {
             read_only,
             nexuses: Mutex::new(HashMap::new()),
             mode: Mutex::new(mode::ModeState::default()),
+            wce: AtomicBool::new(mode::ModeState::default().wce),
             ranges: Arc::new(RangeLocks::default()),
         }
     }
@@ -258,24 +264,25 @@ impl LogicalUnit {
         &self.identity
     }
 
-    /// Decodes and runs one command. Blocking: reads and writes go through the [`BlockDevice`].
+    /// Runs one command, `cmd` being its CDB (`req.cdb`) decoded. Blocking: reads and writes go through the
+    /// [`BlockDevice`].
     ///
     /// A pending unit attention for the nexus fails any command but INQUIRY, REPORT LUNS and REQUEST SENSE
-    /// (SPC-4 5.14) and is cleared by being reported. A reservation that does not let the nexus run the command
-    /// answers RESERVATION CONFLICT (SPC-4 5.13).
-    pub fn execute(&self, req: &Request<'_>) -> Outcome {
-        match self.dispatch(req) {
+    /// (SPC-4 5.14) and is cleared by being reported; then a CDB that did not decode fails with its sense. A
+    /// reservation that does not let the nexus run the command answers RESERVATION CONFLICT (SPC-4 5.13).
+    pub fn execute(&self, req: &Request<'_>, cmd: &Decoded) -> Outcome {
+        match self.dispatch(req, cmd) {
             Ok(data_in) => Outcome::good(data_in),
             Err(outcome) => outcome,
         }
     }
 
-    /// True if [`submit`](Self::submit) runs this CDB without blocking: a WRITE to a device that
+    /// True if [`submit`](Self::submit) runs this command without blocking: a WRITE to a device that
     /// [submits writes](BlockDevice::submits_writes).
-    pub fn submits(&self, cdb: &[u8]) -> bool {
+    pub fn submits(&self, cmd: &Decoded) -> bool {
         self.dev.submits_writes()
             && self.reservations.is_loaded()
-            && matches!(Command::decode(cdb), Ok(Command::Write(_)))
+            && matches!(cmd.command(), Ok(Command::Write(_)))
     }
 
     /// Runs a command [`submits`](Self::submits) accepted, without waiting for the device: `done` receives the
@@ -283,11 +290,16 @@ impl LogicalUnit {
     /// [`execute`](Self::execute) and its outcome passed on. `Err(done)`, with nothing done: the write's blocks
     /// are held by a COMPARE AND WRITE (or another read-compare-write command) in progress, and waiting for it
     /// would block the caller; run the command with [`execute`](Self::execute) on a thread that may wait.
-    pub fn submit(&self, req: &Request<'_>, done: WriteOutcome) -> Result<(), WriteOutcome> {
-        let t = match Command::decode(req.cdb) {
+    pub fn submit(
+        &self,
+        req: &Request<'_>,
+        cmd: &Decoded,
+        done: WriteOutcome,
+    ) -> Result<(), WriteOutcome> {
+        let t = match cmd.command() {
             Ok(Command::Write(t)) if self.dev.submits_writes() => t,
             _ => {
-                done(self.execute(req));
+                done(self.execute(req, cmd));
                 return Ok(());
             }
         };
@@ -331,13 +343,12 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// Bytes of Data-Out the CDB asks for (0 for commands that send none), so the engine knows how much to
+    /// Bytes of Data-Out the command asks for (0 for commands that send none), so the engine knows how much to
     /// solicit. `Err` for an unknown opcode, a bad field or a transfer above [`MAX_TRANSFER_BLOCKS`]: the engine
     /// should then take no Data-Out and call [`execute`](Self::execute) with an empty `data_out`, which
     /// reports the same error (or a pending unit attention before it).
-    pub fn data_out_len(&self, cdb: &[u8]) -> Result<u32, Sense> {
-        let cmd = Command::decode(cdb)?;
-        Ok(match cmd {
+    pub fn data_out_len(&self, cmd: &Decoded) -> Result<u32, Sense> {
+        Ok(match cmd.command()? {
             Command::Write(t) | Command::OrWrite(t) => transfer_bytes(&t)?,
             Command::WriteAndVerify {
                 transfer,
@@ -370,8 +381,8 @@ impl LogicalUnit {
     /// command with: INVALID FIELD IN COMMAND INFORMATION UNIT, or INVALID FIELD IN CDB for a COMPARE AND WRITE of 0
     /// blocks with more Data-Out than any COMPARE AND WRITE can carry (the block count wrapped around its 8-bit
     /// field).
-    pub fn check_expected_length(&self, cdb: &[u8], expected: u32) -> Result<(), Sense> {
-        match Command::decode(cdb) {
+    pub fn check_expected_length(&self, cmd: &Decoded, expected: u32) -> Result<(), Sense> {
+        match cmd.command() {
             Ok(Command::WriteSame { ndob: false, .. }) if expected != BLOCK_SIZE => {
                 Err(Sense::invalid_field_in_information_unit())
             }
@@ -392,11 +403,10 @@ impl LogicalUnit {
         }
     }
 
-    /// Bytes of Data-In the CDB asks for (allocation length or transfer length), for residual computation.
+    /// Bytes of Data-In the command asks for (allocation length or transfer length), for residual computation.
     /// The Data-In of [`execute`](Self::execute) is never longer.
-    pub fn data_in_len(&self, cdb: &[u8]) -> Result<u32, Sense> {
-        let cmd = Command::decode(cdb)?;
-        Ok(match cmd {
+    pub fn data_in_len(&self, cmd: &Decoded) -> Result<u32, Sense> {
+        Ok(match cmd.command()? {
             Command::Read(t) => transfer_bytes(&t)?,
             Command::RequestSense { alloc_len, .. } => u32::from(alloc_len),
             Command::Inquiry { alloc_len, .. } | Command::ModeSense { alloc_len, .. } => {
@@ -412,18 +422,18 @@ impl LogicalUnit {
         })
     }
 
-    /// Whether [`execute`](Self::execute) of this CDB finishes in microseconds: commands that touch no
+    /// Whether [`execute`](Self::execute) of this command finishes in microseconds: commands that touch no
     /// storage, and reads and writes without FUA (and with the write cache enabled) within the device's
     /// [`quick_io_limit`](BlockDevice::quick_io_limit). The engine runs those inline and the rest on a
     /// blocking pool; either way the outcome is the same.
-    pub fn is_quick(&self, cdb: &[u8]) -> bool {
+    pub fn is_quick(&self, cmd: &Decoded) -> bool {
         let limit = self.dev.quick_io_limit() as u64;
         let write_limit = self.dev.quick_write_limit() as u64;
         if !self.reservations.is_loaded() {
             // The first command loads the reservation state from the device.
             return false;
         }
-        match Command::decode(cdb) {
+        match cmd.command() {
             Ok(Command::Read(t)) => u64::from(t.blocks) * u64::from(BLOCK_SIZE) <= limit,
             Ok(Command::Write(t)) => {
                 !t.fua
@@ -513,7 +523,7 @@ impl LogicalUnit {
 
     /// What every command goes through, in SPC order: a pending unit attention, then the CDB's own errors, then
     /// reservation conflicts. Reservation commands are run here, everything else by [`run`](Self::run).
-    fn dispatch(&self, req: &Request<'_>) -> Result<Vec<u8>, Outcome> {
+    fn dispatch(&self, req: &Request<'_>, cmd: &Decoded) -> Result<Vec<u8>, Outcome> {
         let op = req.cdb.first().copied();
         match op {
             Some(opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE) => {
@@ -525,7 +535,7 @@ impl LogicalUnit {
                 }
             }
         }
-        let cmd = Command::decode(req.cdb)?;
+        let cmd = cmd.command()?;
         self.check_reservations(req)?;
         if let Some(result) = self.run_reservation_command(req, &cmd) {
             return result;
@@ -722,7 +732,7 @@ impl LogicalUnit {
 
     fn read(&self, t: &BlockTransfer) -> Result<Vec<u8>, Sense> {
         self.check_transfer(t, false)?;
-        let mut buf = vec![0u8; byte_len(t)];
+        let mut buf = buffers::data_in_buffer(byte_len(t));
         if !buf.is_empty() {
             // FUA on a read needs nothing more: we read from the device, never from a cache of our own.
             self.dev
@@ -852,7 +862,7 @@ impl LogicalUnit {
 
     /// WCE is 0: every write must be durable before GOOD, as if it had FUA.
     fn write_through(&self) -> bool {
-        !self.mode_state().wce
+        !self.wce.load(Ordering::Acquire)
     }
 
     fn mode_select(
@@ -873,6 +883,7 @@ impl LogicalUnit {
             return Ok(());
         }
         *guard = after;
+        self.wce.store(after.wce, Ordering::Release);
         drop(guard);
         if before.wce && !after.wce {
             // From now on writes are written through; make the ones already completed durable too.
@@ -907,12 +918,12 @@ impl LogicalUnit {
 
 /// Runs a command addressed to a LUN that does not exist on the target (SPC-4 / SAM-5): INQUIRY reports
 /// peripheral qualifier 011b, REPORT LUNS and REQUEST SENSE work, and anything else fails with ILLEGAL REQUEST /
-/// LOGICAL UNIT NOT SUPPORTED.
-pub fn execute_no_lun(req: &Request<'_>) -> Outcome {
+/// LOGICAL UNIT NOT SUPPORTED. `cmd` is `req.cdb` decoded.
+pub fn execute_no_lun(req: &Request<'_>, cmd: &Decoded) -> Outcome {
     let op = req.cdb.first().copied();
     let result = match op {
         Some(opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE) => {
-            Command::decode(req.cdb).and_then(|cmd| match cmd {
+            cmd.command().and_then(|cmd| match cmd {
                 Command::Inquiry {
                     evpd: false,
                     alloc_len,

@@ -26,6 +26,17 @@ pub(super) fn identity() -> LunIdentity {
     }
 }
 
+/// [`LogicalUnit::execute`] with the request's CDB decoded here, as the engine decodes it on arrival.
+pub(super) trait ExecuteCdb {
+    fn execute_cdb(&self, req: &Request<'_>) -> Outcome;
+}
+
+impl ExecuteCdb for LogicalUnit {
+    fn execute_cdb(&self, req: &Request<'_>) -> Outcome {
+        self.execute(req, &Decoded::new(req.cdb))
+    }
+}
+
 pub(super) fn nexus(id: u64) -> Nexus {
     Nexus {
         id,
@@ -70,7 +81,7 @@ impl Fixture {
 
     fn run_on(&self, nexus: &Nexus, cdb: &[u8], data_out: &[u8]) -> Outcome {
         let luns = [0u64, 1, 300];
-        self.lu.execute(&Request {
+        self.lu.execute_cdb(&Request {
             nexus,
             cdb,
             data_out,
@@ -265,7 +276,7 @@ fn standard_inquiry_sanitizes_and_truncates_strings() {
     id.product = "pr\u{e9}d\n".into();
     let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(4096)), id, false);
     let n = nexus(1);
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &n,
         cdb: &inquiry(false, 0, 96),
         data_out: &[],
@@ -399,7 +410,7 @@ fn vpd_device_identification_forces_naa_type_6_and_skips_empty_name() {
     id.target_name.clear();
     let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(4096)), id, false);
     let n = nexus(1);
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &n,
         cdb: &inquiry(true, 0x83, 512),
         data_out: &[],
@@ -416,7 +427,7 @@ fn scsi_name_string_is_bounded() {
     id.target_name = "iqn.2024-01.org.example:".to_string() + &"\u{e9}".repeat(200);
     let lu = LogicalUnit::new(Arc::new(MemoryDevice::new(4096)), id, false);
     let n = nexus(1);
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &n,
         cdb: &inquiry(true, 0x83, 1024),
         data_out: &[],
@@ -696,7 +707,7 @@ fn read_capacity_10_saturates_for_large_devices() {
         (0xFFFF_FFFF, 0xFFFF_FFFE),
         (1 << 40, 0xFFFF_FFFF),
     ] {
-        let o = huge_lu(blocks).execute(&Request {
+        let o = huge_lu(blocks).execute_cdb(&Request {
             nexus: &n,
             cdb: &cdb,
             data_out: &[],
@@ -742,7 +753,7 @@ fn read_capacity_16_fields_and_truncation() {
     assert_eq!(f.good(&read_capacity_16(96)).len(), 32);
 
     let n = nexus(1);
-    let o = huge_lu(1 << 40).execute(&Request {
+    let o = huge_lu(1 << 40).execute_cdb(&Request {
         nexus: &n,
         cdb: &read_capacity_16(32),
         data_out: &[],
@@ -788,8 +799,14 @@ fn read6_write6_zero_length_means_256_blocks() {
     let d = f.good(&rw6(READ_6, 0, 0));
     assert_eq!(d.len(), 256 * 512);
     assert_eq!(d, data);
-    assert_eq!(f.lu.data_in_len(&rw6(READ_6, 0, 0)), Ok(256 * 512));
-    assert_eq!(f.lu.data_out_len(&rw6(WRITE_6, 0, 0)), Ok(256 * 512));
+    assert_eq!(
+        f.lu.data_in_len(&Decoded::new(&rw6(READ_6, 0, 0))),
+        Ok(256 * 512)
+    );
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&rw6(WRITE_6, 0, 0))),
+        Ok(256 * 512)
+    );
 }
 
 #[test]
@@ -850,7 +867,7 @@ fn transfer_length_above_block_limits_is_invalid_field() {
     let lu = huge_lu(1 << 30);
     let n = nexus(1);
     let run = |cdb: &[u8]| {
-        lu.execute(&Request {
+        lu.execute_cdb(&Request {
             nexus: &n,
             cdb,
             data_out: &[],
@@ -870,11 +887,11 @@ fn transfer_length_above_block_limits_is_invalid_field() {
     // The limit wins over the LBA range check.
     assert_invalid_field(&run(&rw16(READ_16, 0, u64::MAX, max + 1)), 10, 7);
     assert_eq!(
-        lu.data_in_len(&rw16(READ_16, 0, 0, max + 1)),
+        lu.data_in_len(&Decoded::new(&rw16(READ_16, 0, 0, max + 1))),
         Err(Sense::invalid_field_in_cdb(10, 7))
     );
     assert_eq!(
-        lu.data_out_len(&rw16(WRITE_16, 0, 0, max + 1)),
+        lu.data_out_len(&Decoded::new(&rw16(WRITE_16, 0, 0, max + 1))),
         Err(Sense::invalid_field_in_cdb(10, 7))
     );
 }
@@ -1059,7 +1076,7 @@ fn verify_without_bytchk_checks_readability_only() {
     {
         // libiscsi sends Data-Out even with BYTCHK=0; it is ignored.
         assert_eq!(f.run_with(&cdb, &junk).status, TaskStatus::Good);
-        assert_eq!(f.lu.data_out_len(&cdb), Ok(0));
+        assert_eq!(f.lu.data_out_len(&Decoded::new(&cdb)), Ok(0));
     }
 }
 
@@ -1070,7 +1087,7 @@ fn verify_bytchk_compares() {
     f.good_write(&rw10(WRITE_10, 0, 20, 4), &data);
     for cdb in all_sizes(VERIFIES, 0x02, 20, 4) {
         assert_eq!(f.run_with(&cdb, &data).status, TaskStatus::Good);
-        assert_eq!(f.lu.data_out_len(&cdb), Ok(4 * 512));
+        assert_eq!(f.lu.data_out_len(&Decoded::new(&cdb)), Ok(4 * 512));
         for offset in [0usize, 1, 511, 512, 2047] {
             let mut bad = data.clone();
             bad[offset] ^= b'X';
@@ -1096,7 +1113,7 @@ fn verify_spanning_several_chunks_finds_late_miscompare() {
     let mut data = vec![0u8; usize::from(blocks) * 512];
     let last = data.len() - 1;
     data[last] = 1;
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &n,
         cdb: &rw10(VERIFY_10, 0x02, 0, blocks),
         data_out: &data,
@@ -1144,7 +1161,7 @@ fn write_and_verify_writes_durably_and_compares() {
     {
         let data = pattern(1024, i as u8);
         f.good_write(&cdb, &data);
-        assert_eq!(f.lu.data_out_len(&cdb), Ok(1024));
+        assert_eq!(f.lu.data_out_len(&Decoded::new(&cdb)), Ok(1024));
         let lba = if i < 3 { 30 } else { 40 };
         assert_eq!(f.dev.snapshot(lba * 512, 1024), data);
     }
@@ -1196,7 +1213,7 @@ fn write_and_verify_reports_a_medium_that_lies() {
     );
     let n = nexus(1);
     let run = |cdb: &[u8]| {
-        lu.execute(&Request {
+        lu.execute_cdb(&Request {
             nexus: &n,
             cdb,
             data_out: &[7; 1024],
@@ -1418,7 +1435,7 @@ fn mode_sense10_headers_and_descriptors() {
 fn mode_sense_short_descriptor_saturates_for_large_devices() {
     let lu = huge_lu(1 << 33);
     let n = nexus(1);
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &n,
         cdb: &mode_sense6(false, 0, 0x08, 0, 255),
         data_out: &[],
@@ -1724,61 +1741,117 @@ fn prin_on_a_nonexistent_lun_is_lun_not_supported() {
 fn data_lengths() {
     let f = Fixture::new();
     let lu = &f.lu;
-    assert_eq!(lu.data_out_len(&rw10(WRITE_10, 0, 0, 3)), Ok(1536));
     assert_eq!(
-        lu.data_out_len(&rw16(WRITE_AND_VERIFY_16, 0, 0, 2)),
+        lu.data_out_len(&Decoded::new(&rw10(WRITE_10, 0, 0, 3))),
+        Ok(1536)
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&rw16(WRITE_AND_VERIFY_16, 0, 0, 2))),
         Ok(1024)
     );
-    assert_eq!(lu.data_out_len(&rw12(VERIFY_12, 0x02, 0, 2)), Ok(1024));
-    assert_eq!(lu.data_out_len(&rw12(VERIFY_12, 0, 0, 2)), Ok(0));
-    assert_eq!(lu.data_out_len(&rw10(READ_10, 0, 0, 3)), Ok(0));
-    assert_eq!(lu.data_out_len(&inquiry(false, 0, 96)), Ok(0));
-    assert_eq!(lu.data_out_len(&[0xC0; 16]), Err(Sense::invalid_opcode()));
     assert_eq!(
-        lu.data_out_len(&rw10(WRITE_10, 0x20, 0, 3)),
+        lu.data_out_len(&Decoded::new(&rw12(VERIFY_12, 0x02, 0, 2))),
+        Ok(1024)
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&rw12(VERIFY_12, 0, 0, 2))),
+        Ok(0)
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&rw10(READ_10, 0, 0, 3))),
+        Ok(0)
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&inquiry(false, 0, 96))),
+        Ok(0)
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&[0xC0; 16])),
+        Err(Sense::invalid_opcode())
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&rw10(WRITE_10, 0x20, 0, 3))),
         Err(Sense::invalid_field_in_cdb(1, 7))
     );
 
-    assert_eq!(lu.data_in_len(&rw10(READ_10, 0, 0, 3)), Ok(1536));
-    assert_eq!(lu.data_in_len(&rw10(WRITE_10, 0, 0, 3)), Ok(0));
-    assert_eq!(lu.data_in_len(&inquiry(true, 0x83, 300)), Ok(300));
     assert_eq!(
-        lu.data_in_len(&mode_sense6(false, 0, 0x3F, 0, 200)),
+        lu.data_in_len(&Decoded::new(&rw10(READ_10, 0, 0, 3))),
+        Ok(1536)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&rw10(WRITE_10, 0, 0, 3))),
+        Ok(0)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&inquiry(true, 0x83, 300))),
+        Ok(300)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&mode_sense6(false, 0, 0x3F, 0, 200))),
         Ok(200)
     );
     assert_eq!(
-        lu.data_in_len(&mode_sense10(false, false, 0, 0x3F, 1000)),
+        lu.data_in_len(&Decoded::new(&mode_sense10(false, false, 0, 0x3F, 1000))),
         Ok(1000)
     );
-    assert_eq!(lu.data_in_len(&[REQUEST_SENSE, 0, 0, 0, 18, 0]), Ok(18));
     assert_eq!(
-        lu.data_in_len(&[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        lu.data_in_len(&Decoded::new(&[REQUEST_SENSE, 0, 0, 0, 18, 0])),
+        Ok(18)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&[
+            READ_CAPACITY_10,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0
+        ])),
         Ok(8)
     );
-    assert_eq!(lu.data_in_len(&read_capacity_16(32)), Ok(32));
-    assert_eq!(lu.data_in_len(&report_luns(0, 4096)), Ok(4096));
-    assert_eq!(lu.data_in_len(&rsoc(false, 0, 0, 0, 65535)), Ok(65535));
-    assert_eq!(lu.data_in_len(&prin(0x00, 16384)), Ok(16384));
-    assert_eq!(lu.data_in_len(&prin(0x02, 0)), Ok(0));
-    assert_eq!(lu.data_out_len(&prin(0x03, 8)), Ok(0));
+    assert_eq!(lu.data_in_len(&Decoded::new(&read_capacity_16(32))), Ok(32));
     assert_eq!(
-        lu.data_in_len(&prin(0x04, 8)),
+        lu.data_in_len(&Decoded::new(&report_luns(0, 4096))),
+        Ok(4096)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&rsoc(false, 0, 0, 0, 65535))),
+        Ok(65535)
+    );
+    assert_eq!(lu.data_in_len(&Decoded::new(&prin(0x00, 16384))), Ok(16384));
+    assert_eq!(lu.data_in_len(&Decoded::new(&prin(0x02, 0))), Ok(0));
+    assert_eq!(lu.data_out_len(&Decoded::new(&prin(0x03, 8))), Ok(0));
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&prin(0x04, 8))),
         Err(Sense::invalid_field_in_cdb(1, 4))
     );
-    assert_eq!(lu.data_in_len(&[TEST_UNIT_READY, 0, 0, 0, 0, 0]), Ok(0));
-    assert_eq!(lu.data_in_len(&[]), Err(Sense::invalid_opcode()));
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&[TEST_UNIT_READY, 0, 0, 0, 0, 0])),
+        Ok(0)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&[])),
+        Err(Sense::invalid_opcode())
+    );
 }
 
 // ---- nonexistent LUN --------------------------------------------------------------------------------------------
 
 fn no_lun(cdb: &[u8]) -> Outcome {
     let n = nexus(1);
-    execute_no_lun(&Request {
-        nexus: &n,
-        cdb,
-        data_out: &[],
-        luns: &[0],
-    })
+    execute_no_lun(
+        &Request {
+            nexus: &n,
+            cdb,
+            data_out: &[],
+            luns: &[0],
+        },
+        &Decoded::new(cdb),
+    )
 }
 
 #[test]
@@ -2019,7 +2092,7 @@ fn write_same_checks_fields_ranges_and_data() {
     let big = huge_lu(1 << 20);
     let n = nexus(1);
     let run = |cdb: &[u8]| {
-        big.execute(&Request {
+        big.execute_cdb(&Request {
             nexus: &n,
             cdb,
             data_out: &block,
@@ -2150,7 +2223,7 @@ fn unmap_checks_the_parameter_list_before_deallocating() {
         (0, MAX_UNMAP_BLOCKS / 2),
         (1 << 22, MAX_UNMAP_BLOCKS / 2 + 1),
     ]);
-    let o = big.execute(&Request {
+    let o = big.execute_cdb(&Request {
         nexus: &n,
         cdb: &unmap_cdb(l.len() as u16),
         data_out: &l,
@@ -2197,7 +2270,7 @@ fn unmap_checks_the_parameter_list_before_deallocating() {
         LogicalUnit::new(dev, identity(), true)
     };
     let l = unmap_list(&[(0, 1)]);
-    let o = ro.execute(&Request {
+    let o = ro.execute_cdb(&Request {
         nexus: &n,
         cdb: &unmap_cdb(24),
         data_out: &l,
@@ -2285,7 +2358,7 @@ fn get_lba_status_rounds_partly_mapped_blocks_to_mapped() {
         false,
     );
     let n = nexus(1);
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &n,
         cdb: &get_lba_status(0, 1024),
         data_out: &[],
@@ -2337,14 +2410,17 @@ fn compare_and_write_fields_and_limits() {
         assert_lba_oob(&f.run_with(&caw(0, lba, n), &vec![0; usize::from(n) * 1024]));
     }
     assert_invalid_field(&f.run_with(&caw(0x20, 0, 1), &[0; 1024]), 1, 7);
-    assert_eq!(f.lu.data_out_len(&caw(0, 0, 3)), Ok(3 * 1024));
     assert_eq!(
-        f.lu.data_out_len(&caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS)),
+        f.lu.data_out_len(&Decoded::new(&caw(0, 0, 3))),
+        Ok(3 * 1024)
+    );
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS))),
         Ok(u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 1024)
     );
     let over = caw(0, 0, MAX_COMPARE_AND_WRITE_BLOCKS + 1);
     assert_eq!(
-        f.lu.data_out_len(&over),
+        f.lu.data_out_len(&Decoded::new(&over)),
         Err(Sense::invalid_field_in_cdb(13, 7))
     );
     let n = usize::from(MAX_COMPARE_AND_WRITE_BLOCKS + 1);
@@ -2369,18 +2445,27 @@ fn compare_and_write_fields_and_limits() {
 fn expected_length_must_fit_write_same_and_compare_and_write() {
     let f = Fixture::new();
     let lu = &f.lu;
-    assert_eq!(lu.check_expected_length(&ws10(0, 0, 1), 512), Ok(()));
+    assert_eq!(
+        lu.check_expected_length(&Decoded::new(&ws10(0, 0, 1)), 512),
+        Ok(())
+    );
     for edtl in [0u32, 256, 1024] {
         assert_eq!(
-            lu.check_expected_length(&ws10(0x08, 0, 1), edtl),
+            lu.check_expected_length(&Decoded::new(&ws10(0x08, 0, 1)), edtl),
             Err(Sense::invalid_field_in_information_unit())
         );
     }
-    assert_eq!(lu.check_expected_length(&ws16(0x01, 0, 1), 0), Ok(()));
-    assert_eq!(lu.check_expected_length(&caw(0, 0, 2), 2048), Ok(()));
+    assert_eq!(
+        lu.check_expected_length(&Decoded::new(&ws16(0x01, 0, 1)), 0),
+        Ok(())
+    );
+    assert_eq!(
+        lu.check_expected_length(&Decoded::new(&caw(0, 0, 2)), 2048),
+        Ok(())
+    );
     for edtl in [1024u32, 1536, 4096] {
         assert_eq!(
-            lu.check_expected_length(&caw(0, 0, 2), edtl),
+            lu.check_expected_length(&Decoded::new(&caw(0, 0, 2)), edtl),
             Err(Sense::invalid_field_in_information_unit())
         );
     }
@@ -2392,24 +2477,33 @@ fn expected_length_must_fit_write_same_and_compare_and_write() {
         2 * (u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) + 1) * 512,
     ] {
         assert_eq!(
-            lu.check_expected_length(&over, edtl),
+            lu.check_expected_length(&Decoded::new(&over), edtl),
             Err(Sense::invalid_field_in_cdb(13, 7))
         );
     }
     // 0 blocks: no data is taken, unless the Data-Out is larger than any COMPARE AND WRITE (the count wrapped).
-    assert_eq!(lu.check_expected_length(&caw(0, 0, 0), 512), Ok(()));
-    let most = 2 * u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 512;
-    assert_eq!(lu.check_expected_length(&caw(0, 0, 0), most), Ok(()));
     assert_eq!(
-        lu.check_expected_length(&caw(0, 0, 0), 2 * 256 * 512),
+        lu.check_expected_length(&Decoded::new(&caw(0, 0, 0)), 512),
+        Ok(())
+    );
+    let most = 2 * u32::from(MAX_COMPARE_AND_WRITE_BLOCKS) * 512;
+    assert_eq!(
+        lu.check_expected_length(&Decoded::new(&caw(0, 0, 0)), most),
+        Ok(())
+    );
+    assert_eq!(
+        lu.check_expected_length(&Decoded::new(&caw(0, 0, 0)), 2 * 256 * 512),
         Err(Sense::invalid_field_in_cdb(13, 7))
     );
     // Any other command takes any length (the residual is the transport's business).
     assert_eq!(
-        lu.check_expected_length(&rw10(WRITE_10, 0, 0, 1), 4096),
+        lu.check_expected_length(&Decoded::new(&rw10(WRITE_10, 0, 0, 1)), 4096),
         Ok(())
     );
-    assert_eq!(lu.check_expected_length(&[0xC0; 16], 7), Ok(()));
+    assert_eq!(
+        lu.check_expected_length(&Decoded::new(&[0xC0; 16]), 7),
+        Ok(())
+    );
 }
 
 #[test]
@@ -2512,7 +2606,7 @@ fn compare_and_write_is_atomic_against_a_concurrent_write() {
         let lu = Arc::clone(&lu);
         std::thread::spawn(move || {
             let data = [vec![0u8; 512], vec![0xAA; 512]].concat();
-            lu.execute(&Request {
+            lu.execute_cdb(&Request {
                 nexus: &nexus(1),
                 cdb: &caw(0, 10, 1),
                 data_out: &data,
@@ -2525,7 +2619,7 @@ fn compare_and_write_is_atomic_against_a_concurrent_write() {
     let write_thread = {
         let lu = Arc::clone(&lu);
         std::thread::spawn(move || {
-            lu.execute(&Request {
+            lu.execute_cdb(&Request {
                 nexus: &nexus(2),
                 cdb: &rw10(WRITE_10, 0, 9, 2),
                 data_out: &[0xBB; 1024],
@@ -2546,7 +2640,7 @@ fn compare_and_write_is_atomic_against_a_concurrent_write() {
         let lu = Arc::clone(&lu);
         std::thread::spawn(move || {
             let data = [vec![0xBB; 512], vec![0xCC; 512]].concat();
-            lu.execute(&Request {
+            lu.execute_cdb(&Request {
                 nexus: &nexus(1),
                 cdb: &caw(0, 10, 1),
                 data_out: &data,
@@ -2555,7 +2649,7 @@ fn compare_and_write_is_atomic_against_a_concurrent_write() {
         })
     };
     dev.wait_for_reader();
-    let o = lu.execute(&Request {
+    let o = lu.execute_cdb(&Request {
         nexus: &nexus(2),
         cdb: &rw10(WRITE_10, 0, 11, 1),
         data_out: &[0xDD; 512],
@@ -2614,7 +2708,7 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
     });
     let lu = Arc::new(LogicalUnit::new(dev.clone(), identity(), false));
     let write = rw10(WRITE_10, 0, 4, 4);
-    assert!(lu.submits(&write));
+    assert!(lu.submits(&Decoded::new(&write)));
     let (tx, rx) = std::sync::mpsc::channel();
     let submitted = lu.submit(
         &Request {
@@ -2623,6 +2717,7 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
             data_out: &[0x11; 4 * 512],
             luns: &[0],
         },
+        &Decoded::new(&write),
         Box::new(move |o| tx.send(o).unwrap()),
     );
     assert!(submitted.is_ok());
@@ -2636,7 +2731,7 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
         let lu = Arc::clone(&lu);
         std::thread::spawn(move || {
             let data = [vec![0x11; 512], vec![0x22; 512]].concat();
-            lu.execute(&Request {
+            lu.execute_cdb(&Request {
                 nexus: &nexus(2),
                 cdb: &caw(0, 6, 1),
                 data_out: &data,
@@ -2655,6 +2750,7 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
             data_out: &[0x33; 2 * 512],
             luns: &[0],
         },
+        &Decoded::new(&rw10(WRITE_10, 0, 6, 2)),
         Box::new(|_| panic!("a write handed back is not answered")),
     );
     assert!(handed_back.is_err());
@@ -2689,7 +2785,7 @@ fn pre_fetch_checks_the_range_and_returns_good() {
         assert_lba_oob(&f.run(&rw10(PRE_FETCH_10, 0, lba, n)));
     }
     assert_lba_oob(&f.run(&rw16(PRE_FETCH_16, 0, 1 << 63, 0)));
-    assert!(f.lu.is_quick(&rw10(PRE_FETCH_10, 0, 0, 8)));
+    assert!(f.lu.is_quick(&Decoded::new(&rw10(PRE_FETCH_10, 0, 0, 8))));
     assert_eq!(f.dev.flushes(), 0);
 }
 
@@ -2738,7 +2834,7 @@ fn bytchk_11b_compares_every_block_with_one() {
     let block = pattern(512, 5);
     f.good_write(&ws10(0, 30, 4), &block);
     for cdb in all_sizes(VERIFIES, 0x06, 30, 4) {
-        assert_eq!(f.lu.data_out_len(&cdb), Ok(512));
+        assert_eq!(f.lu.data_out_len(&Decoded::new(&cdb)), Ok(512));
         f.good_write(&cdb, &block);
     }
     // The third block differs at byte 100: the offset counts from the start of the range.
@@ -2751,7 +2847,10 @@ fn bytchk_11b_compares_every_block_with_one() {
         .position(|(a, b)| *a != b)
         .unwrap();
     assert_eq!(o.sense.unwrap().information, Some((2 * 512 + first) as u64));
-    assert_eq!(f.lu.data_out_len(&rw10(VERIFY_10, 0x06, 30, 0)), Ok(0));
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&rw10(VERIFY_10, 0x06, 30, 0))),
+        Ok(0)
+    );
     f.good(&rw10(VERIFY_10, 0x06, 30, 0));
     assert_sense(
         &f.run_with(&rw10(VERIFY_10, 0x06, 30, 1), &block[..100]),
@@ -2763,7 +2862,7 @@ fn bytchk_11b_compares_every_block_with_one() {
     // WRITE AND VERIFY: the one block is written to every LBA, durably, then compared.
     let other = pattern(512, 8);
     for cdb in all_sizes(WRITE_VERIFIES, 0x06, 50, 3) {
-        assert_eq!(f.lu.data_out_len(&cdb), Ok(512));
+        assert_eq!(f.lu.data_out_len(&Decoded::new(&cdb)), Ok(512));
         f.good_write(&cdb, &other);
     }
     assert_eq!(f.dev.snapshot(50 * 512, 3 * 512), [&other[..]; 3].concat());
@@ -2844,7 +2943,7 @@ fn mode_select_changes_wce_and_other_nexuses_get_a_unit_attention() {
         a: nexus(1),
     };
     let w = rw10(WRITE_10, 0, 0, 1);
-    assert!(f.lu.is_quick(&w));
+    assert!(f.lu.is_quick(&Decoded::new(&w)));
     let b = nexus(2);
     f.lu.nexus_joined(&b);
     let mut caching = current_page(&f, 0x08);
@@ -2873,7 +2972,7 @@ fn mode_select_changes_wce_and_other_nexuses_get_a_unit_attention() {
     f.good(&[TEST_UNIT_READY, 0, 0, 0, 0, 0]);
 
     // WCE=0: every write is written through, and writes are no longer run inline.
-    assert!(!f.lu.is_quick(&w));
+    assert!(!f.lu.is_quick(&Decoded::new(&w)));
     f.good_write(&w, &[1; 512]);
     f.good_write(&ws10(0, 0, 4), &[2; 512]);
     f.good_write(&rw16(ORWRITE_16, 0, 0, 1), &[4; 512]);
@@ -2892,7 +2991,7 @@ fn mode_select_changes_wce_and_other_nexuses_get_a_unit_attention() {
     let mut list10 = vec![0u8; 8];
     list10.extend_from_slice(&caching);
     f.good_write(&mode_select10(true, false, list10.len() as u16), &list10);
-    assert!(f.lu.is_quick(&w));
+    assert!(f.lu.is_quick(&Decoded::new(&w)));
     assert_sense(
         &f.run_on(&b, &[TEST_UNIT_READY, 0, 0, 0, 0, 0], &[]),
         SenseKey::UnitAttention,
@@ -3020,8 +3119,14 @@ fn mode_select_refuses_what_can_not_change() {
     assert_invalid_field(&f.run_with(&mode_select6(false, false, 24), &l), 1, 4);
     f.good_write(&mode_select6(false, false, 4), &l[..4]);
     f.good_write(&mode_select6(true, false, 0), &[]);
-    assert_eq!(f.lu.data_out_len(&mode_select10(true, false, 300)), Ok(300));
-    assert_eq!(f.lu.data_out_len(&mode_select6(true, false, 24)), Ok(24));
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&mode_select10(true, false, 300))),
+        Ok(300)
+    );
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&mode_select6(true, false, 24))),
+        Ok(24)
+    );
 }
 
 // ---- lengths and classification of the new commands --------------------------------------------------------------
@@ -3030,17 +3135,31 @@ fn mode_select_refuses_what_can_not_change() {
 fn new_commands_lengths_and_quickness() {
     let f = thin();
     let lu = &f.lu;
-    assert_eq!(lu.data_out_len(&ws10(0, 0, 100)), Ok(512));
-    assert_eq!(lu.data_out_len(&ws16(0x01, 0, 100)), Ok(0));
-    assert_eq!(lu.data_out_len(&unmap_cdb(40)), Ok(40));
-    assert_eq!(lu.data_out_len(&rw16(ORWRITE_16, 0, 0, 3)), Ok(1536));
+    assert_eq!(lu.data_out_len(&Decoded::new(&ws10(0, 0, 100))), Ok(512));
+    assert_eq!(lu.data_out_len(&Decoded::new(&ws16(0x01, 0, 100))), Ok(0));
+    assert_eq!(lu.data_out_len(&Decoded::new(&unmap_cdb(40))), Ok(40));
     assert_eq!(
-        lu.data_out_len(&rw16(ORWRITE_16, 0, 0, MAX_TRANSFER_BLOCKS + 1)),
+        lu.data_out_len(&Decoded::new(&rw16(ORWRITE_16, 0, 0, 3))),
+        Ok(1536)
+    );
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&rw16(
+            ORWRITE_16,
+            0,
+            0,
+            MAX_TRANSFER_BLOCKS + 1
+        ))),
         Err(Sense::invalid_field_in_cdb(10, 7))
     );
-    assert_eq!(lu.data_out_len(&get_lba_status(0, 24)), Ok(0));
-    assert_eq!(lu.data_in_len(&get_lba_status(0, 24)), Ok(24));
-    assert_eq!(lu.data_in_len(&caw(0, 0, 1)), Ok(0));
+    assert_eq!(
+        lu.data_out_len(&Decoded::new(&get_lba_status(0, 24))),
+        Ok(0)
+    );
+    assert_eq!(
+        lu.data_in_len(&Decoded::new(&get_lba_status(0, 24))),
+        Ok(24)
+    );
+    assert_eq!(lu.data_in_len(&Decoded::new(&caw(0, 0, 1))), Ok(0));
     for cdb in [
         ws10(0, 0, 1),
         unmap_cdb(24),
@@ -3050,13 +3169,13 @@ fn new_commands_lengths_and_quickness() {
         mode_select6(true, false, 24),
         vec![START_STOP_UNIT, 0, 0, 0, 1, 0],
     ] {
-        assert!(!lu.is_quick(&cdb), "{cdb:02x?}");
+        assert!(!lu.is_quick(&Decoded::new(&cdb)), "{cdb:02x?}");
     }
     for cdb in [
         rw10(PRE_FETCH_10, 0, 0, 1),
         vec![PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0],
     ] {
-        assert!(lu.is_quick(&cdb), "{cdb:02x?}");
+        assert!(lu.is_quick(&Decoded::new(&cdb)), "{cdb:02x?}");
     }
 }
 
@@ -3088,11 +3207,11 @@ proptest! {
         let dev = Arc::new(if thin { MemoryDevice::thin(64 * 512, 4096) } else { MemoryDevice::new(64 * 512) });
         let lu = LogicalUnit::new(dev, identity(), read_only);
         let n = nexus(1);
-        let o = lu.execute(&Request { nexus: &n, cdb: &cdb, data_out: &data_out, luns: &[0, 1] });
+        let o = lu.execute_cdb(&Request { nexus: &n, cdb: &cdb, data_out: &data_out, luns: &[0, 1] });
         match o.status {
             TaskStatus::Good => {
                 prop_assert!(o.sense.is_none());
-                let asked = lu.data_in_len(&cdb);
+                let asked = lu.data_in_len(&Decoded::new(&cdb));
                 prop_assert!(asked.is_ok());
                 prop_assert!(o.data_in.len() as u64 <= u64::from(asked.unwrap_or(0)));
             }
@@ -3102,10 +3221,10 @@ proptest! {
             }
             other => prop_assert!(false, "unexpected status {:?}", other),
         }
-        let _ = lu.data_out_len(&cdb);
-        let _ = lu.check_expected_length(&cdb, data_out.len() as u32);
-        let _ = lu.is_quick(&cdb);
-        let _ = execute_no_lun(&Request { nexus: &n, cdb: &cdb, data_out: &data_out, luns: &[0] });
+        let _ = lu.data_out_len(&Decoded::new(&cdb));
+        let _ = lu.check_expected_length(&Decoded::new(&cdb), data_out.len() as u32);
+        let _ = lu.is_quick(&Decoded::new(&cdb));
+        let _ = execute_no_lun(&Request { nexus: &n, cdb: &cdb, data_out: &data_out, luns: &[0] }, &Decoded::new(&cdb));
     }
 
     #[test]
@@ -3141,7 +3260,7 @@ fn a_grown_device_shows_its_new_capacity_and_every_nexus_gets_capacity_changed_o
     let lu = LogicalUnit::new(dev.clone(), identity(), false);
     let (a, b) = (nexus(1), nexus(2));
     let run = |nexus: &Nexus, cdb: &[u8]| {
-        lu.execute(&Request {
+        lu.execute_cdb(&Request {
             nexus,
             cdb,
             data_out: &[],

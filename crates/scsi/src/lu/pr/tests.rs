@@ -7,6 +7,8 @@ use super::codec::{decode, encode, DecodeError};
 use super::state::{InitiatorPort, PrState, PrType, Registration, Role};
 use super::*;
 use crate::cdb::opcode::*;
+use crate::cdb::Decoded;
+use crate::lu::tests::ExecuteCdb;
 use crate::sense::SenseKey;
 use crate::{LunIdentity, MemoryDevice, WriteDone};
 use proptest::prelude::*;
@@ -197,7 +199,7 @@ impl Fixture {
     }
 
     fn run(&self, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Outcome {
-        self.lu.execute(&Request {
+        self.lu.execute_cdb(&Request {
             nexus: n,
             cdb,
             data_out,
@@ -1284,7 +1286,7 @@ fn submitted_writes_are_checked() {
     f.register(&f.a, 0xA);
     f.good_out(&f.a, RESERVE, WE, 0xA, 0);
     let cdb = [WRITE_10, 0, 0, 0, 0, 1, 0, 0, 1, 0];
-    assert!(f.lu.submits(&cdb));
+    assert!(f.lu.submits(&Decoded::new(&cdb)));
     let submit = |n: &Nexus| {
         let (tx, rx) = std::sync::mpsc::channel();
         let req = Request {
@@ -1295,7 +1297,11 @@ fn submitted_writes_are_checked() {
         };
         assert!(f
             .lu
-            .submit(&req, Box::new(move |o| tx.send(o).unwrap()))
+            .submit(
+                &req,
+                &Decoded::new(&cdb),
+                Box::new(move |o| tx.send(o).unwrap())
+            )
             .is_ok());
         rx.recv().unwrap()
     };
@@ -1522,10 +1528,13 @@ fn a_new_logical_unit_over_the_same_device_has_the_same_state() {
 
     let g = Fixture::over(f.dev.clone());
     assert!(!g.lu.reservations.is_loaded());
-    assert!(!g.lu.is_quick(&[0; 6]), "the first command loads");
+    assert!(
+        !g.lu.is_quick(&Decoded::new(&[0; 6])),
+        "the first command loads"
+    );
     let again: Vec<_> = (0..4).map(|sa| g.prin(&g.c, sa)).collect();
     assert_eq!(again, status);
-    assert!(g.lu.is_quick(&[0; 6]));
+    assert!(g.lu.is_quick(&Decoded::new(&[0; 6])));
     assert_conflict(&g.read(&nexus(9)));
     assert_good(&g.read(&g.b));
 }
@@ -1613,24 +1622,35 @@ fn after_power_loss_keeps_only_aptpl_state() {
 #[test]
 fn data_lengths_and_quickness() {
     let f = Fixture::new();
-    assert_eq!(f.lu.data_out_len(&prout_cdb(REGISTER, 0, 0, 24)), Ok(24));
     assert_eq!(
-        f.lu.data_out_len(&prout_cdb(REGISTER_AND_MOVE, 0, 0, 60)),
+        f.lu.data_out_len(&Decoded::new(&prout_cdb(REGISTER, 0, 0, 24))),
+        Ok(24)
+    );
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&prout_cdb(REGISTER_AND_MOVE, 0, 0, 60))),
         Ok(60)
     );
-    assert_eq!(f.lu.data_in_len(&prout_cdb(REGISTER, 0, 0, 24)), Ok(0));
     assert_eq!(
-        f.lu.data_out_len(&prout_cdb(8, 0, 0, 24)),
+        f.lu.data_in_len(&Decoded::new(&prout_cdb(REGISTER, 0, 0, 24))),
+        Ok(0)
+    );
+    assert_eq!(
+        f.lu.data_out_len(&Decoded::new(&prout_cdb(8, 0, 0, 24))),
         Err(Sense::invalid_field_in_cdb(1, 4))
     );
     for c in [&RESERVE6[..], &RELEASE6, &RESERVE10, &RELEASE10] {
-        assert_eq!(f.lu.data_out_len(c), Ok(0));
-        assert_eq!(f.lu.data_in_len(c), Ok(0));
-        assert!(!f.lu.is_quick(c));
+        assert_eq!(f.lu.data_out_len(&Decoded::new(c)), Ok(0));
+        assert_eq!(f.lu.data_in_len(&Decoded::new(c)), Ok(0));
+        assert!(!f.lu.is_quick(&Decoded::new(c)));
     }
     f.prin(&f.a, 0);
-    assert!(!f.lu.is_quick(&prout_cdb(REGISTER, 0, 0, 24)), "stores");
-    assert!(f.lu.is_quick(&[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0]));
+    assert!(
+        !f.lu.is_quick(&Decoded::new(&prout_cdb(REGISTER, 0, 0, 24))),
+        "stores"
+    );
+    assert!(f
+        .lu
+        .is_quick(&Decoded::new(&[0x5E, 0, 0, 0, 0, 0, 0, 0, 8, 0])));
 }
 
 #[test]
