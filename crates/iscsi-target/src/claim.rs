@@ -175,55 +175,49 @@ fn has_open(pid: u32, dev: u64, inode: u64) -> bool {
 mod tests {
     use super::*;
 
-    /// A file under the system temporary directory, removed when dropped.
-    struct TempFile(PathBuf);
-
-    impl TempFile {
-        fn new(name: &str, bytes: &[u8]) -> TempFile {
-            let path = std::env::temp_dir()
-                .join(format!("twinsan-claim-{name}-{}.img", std::process::id()));
-            std::fs::write(&path, bytes).expect("write the file");
-            TempFile(path)
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
+    /// A file holding `bytes` under the system temporary directory, removed when dropped.
+    fn temp_file(name: &str, bytes: &[u8]) -> tempfile::TempPath {
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!("twinsan-claim-{name}-"))
+            .suffix(".img")
+            .tempfile()
+            .expect("create the file");
+        std::io::Write::write_all(&mut file, bytes).expect("write the file");
+        file.into_temp_path()
     }
 
     #[test]
     fn a_second_claim_is_refused_naming_the_holder_and_the_path() {
-        let file = TempFile::new("second", &[7u8; 4096]);
-        let first = BackingClaim::acquire(&file.0).expect("first claim");
-        assert_eq!(first.path(), file.0);
+        let file = temp_file("second", &[7u8; 4096]);
+        let first = BackingClaim::acquire(&file).expect("first claim");
+        assert_eq!(first.path(), &*file);
         // flock locks belong to the open file description: a second open in this process conflicts too.
-        let error = BackingClaim::acquire(&file.0).expect_err("second claim");
+        let error = BackingClaim::acquire(&file).expect_err("second claim");
         let TargetError::InUse { path, holders } = &error else {
             panic!("not InUse: {error:?}");
         };
-        assert_eq!(path, &file.0);
+        assert_eq!(path.as_path(), &*file);
         assert_eq!(holders, &[std::process::id()], "{error}");
         let shown = error.to_string();
         for part in [
-            file.0.display().to_string(),
+            file.display().to_string(),
             format!("process {}", std::process::id()),
             "nothing was read or written".into(),
         ] {
             assert!(shown.contains(&part), "{part:?} missing from: {shown}");
         }
-        assert_eq!(std::fs::read(&file.0).expect("read"), [7u8; 4096]);
+        assert_eq!(std::fs::read(&file).expect("read"), [7u8; 4096]);
 
         // Released when dropped.
         drop(first);
-        let again = BackingClaim::acquire(&file.0).expect("claimed again after the drop");
+        let again = BackingClaim::acquire(&file).expect("claimed again after the drop");
         drop(again);
     }
 
     #[test]
     fn a_missing_file_is_a_backing_error() {
-        let path = std::env::temp_dir().join(format!("twinsan-claim-none-{}", std::process::id()));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("none.img");
         let error = BackingClaim::acquire(&path).expect_err("missing");
         assert!(matches!(error, TargetError::Backing { .. }), "{error:?}");
         assert!(error.to_string().contains(&path.display().to_string()));
