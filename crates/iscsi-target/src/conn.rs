@@ -462,6 +462,7 @@ impl Driver {
             };
             let submitted = lu.submit(
                 &req,
+                &cmd.data,
                 Box::new(move |outcome| {
                     let _ = tx.send(Done { itt, outcome });
                 }),

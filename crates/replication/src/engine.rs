@@ -59,6 +59,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::activity_log::{self, ActivityLog, AlDecision, TRANSACTION_BYTES};
 use crate::bitmap::{DirtyBitmap, PAGE_BYTES};
 use crate::generation::{
@@ -171,8 +173,8 @@ pub enum Input {
         id: u64,
         /// Byte offset.
         offset: u64,
-        /// The data.
-        data: Vec<u8>,
+        /// The data, shared with the caller (and, on the way to the peer, with the frame): never copied here.
+        data: Bytes,
         /// Force unit access: durable on both nodes before completion.
         fua: bool,
     },
@@ -547,7 +549,7 @@ struct TlEntry {
 
 /// What an application write puts on the disk: data, or zeros by deallocation (a discard).
 enum Body {
-    Data(Vec<u8>),
+    Data(Bytes),
     Discard(u64),
 }
 

@@ -68,7 +68,7 @@ impl BlockDevice for PrDevice {
     fn submits_writes(&self) -> bool {
         self.submits
     }
-    fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: WriteDone) {
+    fn submit_write(&self, buf: bytes::Bytes, offset: u64, fua: bool, done: WriteDone) {
         done(self.write_at(&buf, offset, fua));
     }
     fn reservation_capacity(&self) -> usize {
@@ -1287,15 +1287,16 @@ fn submitted_writes_are_checked() {
     assert!(f.lu.submits(&cdb));
     let submit = |n: &Nexus| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let data = bytes::Bytes::from_static(&[7; 512]);
         let req = Request {
             nexus: n,
             cdb: &cdb,
-            data_out: &[7; 512],
+            data_out: &data,
             luns: &[0],
         };
         assert!(f
             .lu
-            .submit(&req, Box::new(move |o| tx.send(o).unwrap()))
+            .submit(&req, &data, Box::new(move |o| tx.send(o).unwrap()))
             .is_ok());
         rx.recv().unwrap()
     };
