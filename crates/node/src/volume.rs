@@ -501,6 +501,9 @@ struct Core {
     lease_fed: u64,
     /// Frames being gathered for one send ([`Volume::process_once`]).
     frames: FrameBatch,
+    /// The engine's outputs being carried out, and the submissions being handed to it: kept for their capacity.
+    outputs: Vec<Output>,
+    submissions: Vec<Submission>,
 }
 
 /// What the rest of the daemon sees of a running volume.
@@ -638,6 +641,8 @@ impl Volume {
                 stopped: false,
                 lease_fed: LEASE_NOT_ENFORCED,
                 frames: FrameBatch::default(),
+                outputs: Vec::new(),
+                submissions: Vec::new(),
             }),
             status: Mutex::new(status),
             events,
@@ -1147,17 +1152,20 @@ impl Volume {
 
     /// Hands the engine the application writes queued since the last look (called with the engine's lock held).
     fn take_submissions(&self, core: &mut Core) -> bool {
-        let queued = std::mem::take(&mut self.lock_submissions().queued);
-        if queued.is_empty() {
+        // Swapped with the core's empty list: neither vector is allocated again.
+        std::mem::swap(&mut self.lock_submissions().queued, &mut core.submissions);
+        if core.submissions.is_empty() {
             return false;
         }
-        for mut submission in queued {
+        let mut queued = std::mem::take(&mut core.submissions);
+        for mut submission in queued.drain(..) {
             if let (Some(input), Some(done)) = (submission.input.take(), submission.done.take()) {
                 core.replies.insert(submission.id, Reply::Submitted(done));
                 let now = self.epoch.elapsed();
                 core.engine.handle(input, now);
             }
         }
+        core.submissions = queued;
         true
     }
 
@@ -1181,15 +1189,16 @@ impl Volume {
             engine,
             replies,
             frames,
+            outputs,
             ..
         } = core;
         let mut fed_back = Vec::new();
         // The status is published before any caller is answered: whoever acts on an answer (the target
         // reconciliation after a promotion) sees the state the answer reports.
-        let outputs = engine.take_outputs();
+        engine.swap_outputs(outputs);
         self.publish(engine);
         // Frames for one connection leave in one send, in order; a Close goes after what preceded it.
-        for output in outputs {
+        for output in outputs.drain(..) {
             let send_first = match &output {
                 Output::Send { link, .. } => *link != frames.link,
                 _ => true,

@@ -829,6 +829,14 @@ impl<S: Storage> Engine<S> {
         std::mem::take(&mut self.out)
     }
 
+    /// Moves the outputs produced so far into `spare`, an empty vector the caller keeps: the engine gets
+    /// `spare`'s buffer in exchange, so neither side allocates a list per call (the driver's data path).
+    pub fn swap_outputs(&mut self, spare: &mut Vec<Output>) {
+        debug_assert!(spare.is_empty(), "outputs not carried out would be lost");
+        spare.clear();
+        std::mem::swap(&mut self.out, spare);
+    }
+
     /// The state, for status and tests.
     pub fn state(&self) -> &VolumeState {
         &self.state

@@ -89,11 +89,15 @@
 //! A [`FrameDecoder`] holds at most one frame: [`FrameDecoder::push`] takes bytes only up to the
 //! end of the current frame, and a header claiming more than `max_payload` is refused
 //! ([`WireError::TooLong`]) as soon as its 24 bytes are in, before any payload is read or
-//! allocated. The payload of [`Message::Data`], [`Message::ResyncData`] and
-//! [`Message::ReadReply`] is copied once, from the pushed bytes straight into the `Vec<u8>` the
-//! message owns; the fixed fields before it go to a small array, so no bytes are moved afterwards.
-//! [`encode_into`] appends a whole frame to a reusable buffer (one copy of the data, which a single
-//! `write` of the frame needs anyway).
+//! allocated. [`FrameDecoder::push`] copies the payload of [`Message::Data`],
+//! [`Message::ResyncData`] and [`Message::ReadReply`] once, from the pushed bytes straight into
+//! the buffer the message owns; [`FrameDecoder::push_in_place`] (the node's receiver) takes it from
+//! the caller's `BytesMut` without a copy once all of it is there, so a [`Message::Data`]'s
+//! [`Bytes`] is a slice of the read buffer (the `Vec` payloads of the other two are copied from it
+//! once). The fixed fields go to a small array either way. [`encode_into`] appends a whole frame to
+//! a reusable buffer (one copy of the data); [`encode_split`] appends all of it but a
+//! [`Message::Data`]'s data, which it hands back to be sent by reference with a vectored write:
+//! the bytes on the wire are the same.
 //!
 //! # Authentication
 //!
