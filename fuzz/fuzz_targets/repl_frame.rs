@@ -1,8 +1,11 @@
 //! Replication frames on arbitrary bytes: the streaming decoder never panics and never holds
 //! more than one frame of its limit; every message it yields re-encodes to exactly the bytes it
-//! came from and decodes again to itself; after an error it takes nothing more.
+//! came from and decodes again to itself; after an error it takes nothing more. Taking frames in place from
+//! a buffer (`push_in_place`, the node's receiver) gives what `push` gives, and the buffer holds at most a frame
+//! and a piece.
 #![no_main]
 
+use bytes::BytesMut;
 use twinsan_replication::wire::{decode, encode, FrameDecoder, FRAME_OVERHEAD, MAGIC};
 
 /// A small limit, so the fuzzer reaches "too long" as easily as "fits".
@@ -34,7 +37,52 @@ fn run(data: &[u8]) {
         0 => usize::MAX,
         n => n,
     };
+    check_in_place(&stream, piece);
     check_stream(&stream, piece);
+}
+
+/// Decodes `stream` in pieces of `piece` bytes with `push` and with `push_in_place`: the same messages, then
+/// the same error if any.
+fn check_in_place(stream: &[u8], piece: usize) {
+    let pieces = || stream.chunks(piece.min(stream.len()).max(1));
+    let mut copied = FrameDecoder::new(MAX_PAYLOAD);
+    let mut expected = Vec::new();
+    let mut expected_error = None;
+    'copied: for mut chunk in pieces() {
+        loop {
+            let used = copied.push(chunk);
+            chunk = &chunk[used..];
+            match copied.next_frame() {
+                Ok(Some(message)) => expected.push(message),
+                Ok(None) => break,
+                Err(error) => {
+                    expected_error = Some(error);
+                    break 'copied;
+                }
+            }
+        }
+    }
+    let mut decoder = FrameDecoder::new(MAX_PAYLOAD);
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    let mut got_error = None;
+    'pieces: for chunk in pieces() {
+        buf.extend_from_slice(chunk);
+        loop {
+            decoder.push_in_place(&mut buf);
+            match decoder.next_frame() {
+                Ok(Some(message)) => got.push(message),
+                Ok(None) => break,
+                Err(error) => {
+                    got_error = Some(error);
+                    break 'pieces;
+                }
+            }
+        }
+        assert!(buf.len() <= MAX_PAYLOAD as usize + chunk.len());
+    }
+    assert_eq!(got, expected);
+    assert_eq!(got_error, expected_error);
 }
 
 /// Decodes `stream` offering `piece` bytes at a time and checks every frame that comes out.

@@ -491,6 +491,7 @@ impl Driver {
             let submitted = lu.submit(
                 &req,
                 decoded,
+                &cmd.data,
                 Box::new(move |outcome| {
                     let _ = tx.send(Done { itt, outcome });
                 }),

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use tracing::{error, info, warn};
 use twinsan_replication::engine::{
     write_zeroes, AdminCommand, Engine, EngineConfig, Input, IoFailure, Lease, Output, Status,
@@ -49,6 +50,11 @@ use crate::cluster::backoff::RETRY;
 
 /// How often the engine's timers run.
 const TICK: Duration = Duration::from_millis(100);
+/// The receiver's read buffer to begin with; it grows to hold a whole payload (at most `max_payload_for
+/// (MAX_REQUEST)` bytes) when one is bigger, and keeps that size.
+const READ_BUFFER: usize = 256 << 10;
+/// The least room the receiver gives a read.
+const READ_MIN: usize = 64 << 10;
 
 /// The files of one volume on this node.
 #[derive(Clone, Debug)]
@@ -357,8 +363,115 @@ struct SubmissionQueue {
 const SUBMISSION_IDS: u64 = 1 << 62;
 
 enum ToSender {
-    Frame(Vec<u8>),
+    /// Frame bytes the socket did not take at once, in order (a `Data` frame's data by reference).
+    Frame(Bytes),
     Close,
+}
+
+/// The frames for one connection that one lock hold sends together, kept in [`Core`] so its buffers keep their
+/// capacity: every byte in `small`, except the data of `Data` frames, which stays where it is (the
+/// application's buffer) and is sent by reference: `(at, data)` goes before `small[at..]`.
+#[derive(Default)]
+struct FrameBatch {
+    link: u64,
+    small: Vec<u8>,
+    bulk: Vec<(usize, Bytes)>,
+}
+
+/// Most pieces one `sendmsg` of a [`FrameBatch`] takes (two per `Data` frame); more go in the next call.
+const MAX_IOV: usize = 64;
+
+/// A stretch of a [`FrameBatch`]'s bytes.
+enum Piece<'a> {
+    Small(&'a [u8]),
+    Bulk(&'a Bytes),
+}
+
+impl Piece<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Small(b) => b,
+            Piece::Bulk(b) => b,
+        }
+    }
+}
+
+impl FrameBatch {
+    fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.bulk.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.small.len() + self.bulk.iter().map(|(_, data)| data.len()).sum::<usize>()
+    }
+
+    /// Encodes `message` for connection `link`; the caller sent what the batch held for another link first.
+    fn add(&mut self, link: u64, message: wire::Message) {
+        self.link = link;
+        if let Some((at, data)) = wire::encode_split(message, &mut self.small) {
+            self.bulk.push((at, data));
+        }
+    }
+
+    /// The batch's bytes in order, without empty pieces.
+    fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
+        let mut from = 0;
+        let last = self.bulk.last().map_or(0, |(at, _)| *at);
+        self.bulk
+            .iter()
+            .flat_map(move |(at, data)| {
+                let small = &self.small[from..*at];
+                from = *at;
+                [Piece::Small(small), Piece::Bulk(data)]
+            })
+            .chain([Piece::Small(&self.small[last..])])
+            .filter(|piece| !piece.bytes().is_empty())
+    }
+
+    /// The pieces after the first `skip` bytes, as at most `iov.len()` slices; returns how many it filled.
+    fn slices_after<'a>(&'a self, mut skip: usize, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        for piece in self.pieces() {
+            if filled == iov.len() {
+                break;
+            }
+            let bytes: &'a [u8] = match piece {
+                Piece::Small(b) => b,
+                Piece::Bulk(b) => b,
+            };
+            if skip >= bytes.len() {
+                skip -= bytes.len();
+                continue;
+            }
+            iov[filled] = IoSlice::new(&bytes[skip..]);
+            skip = 0;
+            filled += 1;
+        }
+        filled
+    }
+
+    /// The bytes after the first `skip`, for the sender thread: small bytes copied, data by reference.
+    fn rest_after(&self, mut skip: usize) -> Vec<Bytes> {
+        let mut rest = Vec::new();
+        for piece in self.pieces() {
+            let len = piece.bytes().len();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            rest.push(match piece {
+                Piece::Small(b) => Bytes::copy_from_slice(&b[skip..]),
+                Piece::Bulk(b) => b.slice(skip..),
+            });
+            skip = 0;
+        }
+        rest
+    }
+
+    fn clear(&mut self) {
+        self.small.clear();
+        self.bulk.clear();
+    }
 }
 
 /// One open connection's sending side.
@@ -386,6 +499,11 @@ struct Core {
     stopped: bool,
     /// The lease last given to the engine ([`Volume::lease_until_ns`]).
     lease_fed: u64,
+    /// Frames being gathered for one send ([`Volume::process_once`]).
+    frames: FrameBatch,
+    /// The engine's outputs being carried out, and the submissions being handed to it: kept for their capacity.
+    outputs: Vec<Output>,
+    submissions: Vec<Submission>,
 }
 
 /// What the rest of the daemon sees of a running volume.
@@ -522,6 +640,9 @@ impl Volume {
                 next_id: 1,
                 stopped: false,
                 lease_fed: LEASE_NOT_ENFORCED,
+                frames: FrameBatch::default(),
+                outputs: Vec::new(),
+                submissions: Vec::new(),
             }),
             status: Mutex::new(status),
             events,
@@ -706,14 +827,15 @@ impl Volume {
         }
     }
 
-    /// Hands the engine several inputs that wait for nothing, under one lock.
-    fn with_core_all(&self, inputs: Vec<Input>) -> bool {
+    /// Hands the engine several inputs that wait for nothing, under one lock; `inputs` is left empty (its
+    /// capacity kept for the next batch).
+    fn with_core_all(&self, inputs: &mut Vec<Input>) -> bool {
         let mut core = self.lock_core();
         if core.stopped {
             return false;
         }
         self.feed_lease(&mut core);
-        for input in inputs {
+        for input in inputs.drain(..) {
             let now = self.epoch.elapsed();
             core.engine.handle(input, now);
         }
@@ -1030,17 +1152,20 @@ impl Volume {
 
     /// Hands the engine the application writes queued since the last look (called with the engine's lock held).
     fn take_submissions(&self, core: &mut Core) -> bool {
-        let queued = std::mem::take(&mut self.lock_submissions().queued);
-        if queued.is_empty() {
+        // Swapped with the core's empty list: neither vector is allocated again.
+        std::mem::swap(&mut self.lock_submissions().queued, &mut core.submissions);
+        if core.submissions.is_empty() {
             return false;
         }
-        for mut submission in queued {
+        let mut queued = std::mem::take(&mut core.submissions);
+        for mut submission in queued.drain(..) {
             if let (Some(input), Some(done)) = (submission.input.take(), submission.done.take()) {
                 core.replies.insert(submission.id, Reply::Submitted(done));
                 let now = self.epoch.elapsed();
                 core.engine.handle(input, now);
             }
         }
+        core.submissions = queued;
         true
     }
 
@@ -1061,26 +1186,28 @@ impl Volume {
     /// Carries out the engine's outputs; returns inputs they feed back.
     fn process_once(&self, core: &mut Core) -> Vec<Input> {
         let Core {
-            engine, replies, ..
+            engine,
+            replies,
+            frames,
+            outputs,
+            ..
         } = core;
         let mut fed_back = Vec::new();
         // The status is published before any caller is answered: whoever acts on an answer (the target
         // reconciliation after a promotion) sees the state the answer reports.
-        let outputs = engine.take_outputs();
+        engine.swap_outputs(outputs);
         self.publish(engine);
         // Frames for one connection leave in one send, in order; a Close goes after what preceded it.
-        let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
-        for output in outputs {
-            if !matches!(output, Output::Send { .. }) {
-                for (link, bytes) in frames.drain(..) {
-                    self.send_bytes(link, bytes);
-                }
+        for output in outputs.drain(..) {
+            let send_first = match &output {
+                Output::Send { link, .. } => *link != frames.link,
+                _ => true,
+            };
+            if send_first {
+                self.send_frames(frames);
             }
             match output {
-                Output::Send { link, message } => match frames.last_mut() {
-                    Some((last, bytes)) if *last == link => wire::encode_into(&message, bytes),
-                    _ => frames.push((link, wire::encode(&message))),
-                },
+                Output::Send { link, message } => frames.add(link, message),
                 Output::Close { link } => {
                     if let Some(open) = self.lock_links().open.remove(&link) {
                         let _ = open.queue.send(ToSender::Close);
@@ -1157,9 +1284,7 @@ impl Volume {
                 Output::Log { warn: false, text } => info!("{text}"),
             }
         }
-        for (link, bytes) in frames {
-            self.send_bytes(link, bytes);
-        }
+        self.send_frames(frames);
         self.publish(engine);
         fed_back
     }
@@ -1218,39 +1343,47 @@ impl Volume {
         }
     }
 
-    /// Sends encoded frames on connection `link`: straight to the socket while it takes them, the rest queued
-    /// for the connection's sender thread (and everything after, until it has caught up).
-    fn send_bytes(&self, link: u64, frame: Vec<u8>) {
+    /// Sends the gathered frames on their connection and empties the batch: straight to the socket while it
+    /// takes them (vectored: a `Data` frame's data goes from the application's buffer, not copied), the rest
+    /// queued for the connection's sender thread (and everything after, until it has caught up).
+    fn send_frames(&self, frames: &mut FrameBatch) {
+        if frames.is_empty() {
+            return;
+        }
+        let link = frames.link;
         let mut slot = self.lock_links();
         let Some(open) = slot.open.get(&link) else {
+            frames.clear();
             return;
         };
-        self.sent_bytes
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let total = frames.len();
+        self.sent_bytes.fetch_add(total as u64, Ordering::Relaxed);
         let mut sent = 0;
         if open.backlog.load(Ordering::SeqCst) == 0 {
             let socket = socket2::SockRef::from(&open.stream);
-            while sent < frame.len() {
+            while sent < total {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let filled = frames.slices_after(sent, &mut iov);
                 // Full (EAGAIN) or broken: the sender thread takes the rest (and finds out which).
-                match socket
-                    .send_with_flags(&frame[sent..], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                {
+                match socket.send_vectored_with_flags(
+                    &iov[..filled],
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                ) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => sent += n,
                 }
             }
         }
-        if sent < frame.len() {
-            let rest = if sent == 0 {
-                frame
-            } else {
-                frame[sent..].to_vec()
-            };
-            open.backlog.fetch_add(rest.len(), Ordering::SeqCst);
-            if open.queue.send(ToSender::Frame(rest)).is_err() {
-                slot.open.remove(&link);
+        if sent < total {
+            open.backlog.fetch_add(total - sent, Ordering::SeqCst);
+            for rest in frames.rest_after(sent) {
+                if open.queue.send(ToSender::Frame(rest)).is_err() {
+                    slot.open.remove(&link);
+                    break;
+                }
             }
         }
+        frames.clear();
     }
 
     // ----- the link -----
@@ -1386,14 +1519,19 @@ impl Volume {
             .spawn(move || v.receiver_loop(reader, link));
     }
 
-    fn receiver_loop(self: Arc<Self>, mut stream: TcpStream, link: u64) {
+    fn receiver_loop(self: Arc<Self>, stream: TcpStream, link: u64) {
         let mut decoder = FrameDecoder::new(wire::max_payload_for(
             twinsan_replication::engine::MAX_REQUEST,
         ));
-        let mut buf = vec![0u8; 256 << 10];
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        let mut batch = Vec::new();
         let mut by_peer = false;
         let reason = 'read: loop {
-            let n = match stream.read(&mut buf) {
+            // Room for a read, and for the whole of a payload the decoder waits for: it takes payloads in place.
+            let awaited = decoder.awaited_payload().unwrap_or(0);
+            buf.reserve(awaited.saturating_sub(buf.len()).max(READ_MIN));
+            let read = socket2::SockRef::from(&stream).recv(buf.spare_capacity_mut());
+            let n = match read {
                 Ok(0) => {
                     by_peer = true;
                     break 'read "the peer closed the connection".to_string();
@@ -1402,30 +1540,31 @@ impl Volume {
                     self.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     n
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     by_peer = e.kind() == io::ErrorKind::ConnectionReset;
                     break 'read format!("read: {e}");
                 }
             };
+            // SAFETY: recv wrote the first `n` bytes of the spare capacity it was given.
+            unsafe { buf.set_len(buf.len() + n) };
             // Every frame of one read is handed to the engine under one lock, so what it answers (acks) leaves
-            // in one send.
-            let mut fed = 0;
-            let mut batch = Vec::new();
+            // in one send. A `Data` frame's payload is a slice of `buf` (no copy); the engine writes it and drops
+            // it before the next read, so `buf` gets its space back (`reserve` moves the unfinished frame's bytes
+            // to the front when it wraps).
             let mut failed = None;
-            while fed < n && failed.is_none() {
-                fed += decoder.push(&buf[fed..n]);
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(message)) => batch.push(Input::Received { link, message }),
-                        Ok(None) => break,
-                        Err(e) => {
-                            failed = Some(format!("the peer sent a bad frame: {e}"));
-                            break;
-                        }
+            loop {
+                decoder.push_in_place(&mut buf);
+                match decoder.next_frame() {
+                    Ok(Some(message)) => batch.push(Input::Received { link, message }),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(format!("the peer sent a bad frame: {e}"));
+                        break;
                     }
                 }
             }
-            if !batch.is_empty() && !self.with_core_all(batch) {
+            if !batch.is_empty() && !self.with_core_all(&mut batch) {
                 break 'read "stopping".to_string();
             }
             if let Some(reason) = failed {
@@ -1596,7 +1735,7 @@ impl BlockDevice for ReplicatedDevice {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        let data = buf.to_vec();
+        let data = Bytes::copy_from_slice(buf);
         self.call(|id, reply| {
             (
                 Input::Write {
@@ -1685,7 +1824,7 @@ impl BlockDevice for ReplicatedDevice {
         true
     }
 
-    fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: twinsan_scsi::WriteDone) {
+    fn submit_write(&self, buf: Bytes, offset: u64, fua: bool, done: twinsan_scsi::WriteDone) {
         // Called on a connection's task: queued for the next holder of the engine's lock, never run here.
         let id = self.volume.next_submission.fetch_add(1, Ordering::Relaxed);
         let submission = Submission {
@@ -1711,5 +1850,59 @@ impl BlockDevice for ReplicatedDevice {
 
     fn flush(&self) -> io::Result<()> {
         self.call(|id, reply| (Input::Flush { id }, Reply::Write(reply)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twinsan_replication::wire::{Message, ReplicationProtocol};
+
+    fn data(seq: u64, byte: u8, len: usize) -> Message {
+        Message::Data {
+            seq,
+            offset: seq * 4096,
+            epoch: 1,
+            fua: false,
+            flush: false,
+            protocol: ReplicationProtocol::C,
+            data: Bytes::from(vec![byte; len]),
+        }
+    }
+
+    #[test]
+    fn frame_batch_sends_the_encoded_bytes_from_any_point() {
+        let messages = [
+            Message::Ping { seq: 1 },
+            data(2, 0x11, 4096),
+            data(3, 0x22, 100),
+            Message::WriteAck { seq: 2 },
+            data(4, 0x33, 512),
+        ];
+        let whole: Vec<u8> = messages.iter().flat_map(wire::encode).collect();
+        let mut batch = FrameBatch::default();
+        for message in messages {
+            batch.add(7, message);
+        }
+        assert_eq!(batch.link, 7);
+        assert_eq!(batch.len(), whole.len());
+        assert_eq!(batch.bulk.len(), 3, "each Data frame's data by reference");
+        for skip in 0..=whole.len() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let filled = batch.slices_after(skip, &mut iov);
+            let sent: Vec<u8> = iov[..filled]
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            assert_eq!(sent, whole[skip..], "vectored from {skip}");
+            let queued: Vec<u8> = batch.rest_after(skip).concat();
+            assert_eq!(queued, whole[skip..], "queued from {skip}");
+        }
+        // A short iovec array takes the first pieces only.
+        let mut iov = [IoSlice::new(&[]); 2];
+        assert_eq!(batch.slices_after(0, &mut iov), 2);
+        assert_eq!(iov[1].len(), 4096);
+        batch.clear();
+        assert!(batch.is_empty());
     }
 }

@@ -63,6 +63,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::activity_log::{self, ActivityLog, AlDecision, TRANSACTION_BYTES};
 use crate::bitmap::{DirtyBitmap, PAGE_BYTES};
 use crate::generation::{
@@ -175,8 +177,8 @@ pub enum Input {
         id: u64,
         /// Byte offset.
         offset: u64,
-        /// The data.
-        data: Vec<u8>,
+        /// The data, shared with the caller (and, on the way to the peer, with the frame): never copied here.
+        data: Bytes,
         /// Force unit access: durable on both nodes before completion.
         fua: bool,
     },
@@ -608,7 +610,7 @@ struct TlEntry {
 
 /// What an application write puts on the disk: data, or zeros by deallocation (a discard).
 enum Body {
-    Data(Vec<u8>),
+    Data(Bytes),
     Discard(u64),
 }
 
@@ -888,6 +890,14 @@ impl<S: Storage> Engine<S> {
     /// Takes the outputs produced so far.
     pub fn take_outputs(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.out)
+    }
+
+    /// Moves the outputs produced so far into `spare`, an empty vector the caller keeps: the engine gets
+    /// `spare`'s buffer in exchange, so neither side allocates a list per call (the driver's data path).
+    pub fn swap_outputs(&mut self, spare: &mut Vec<Output>) {
+        debug_assert!(spare.is_empty(), "outputs not carried out would be lost");
+        spare.clear();
+        std::mem::swap(&mut self.out, spare);
     }
 
     /// The state, for status and tests.

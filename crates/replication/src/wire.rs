@@ -89,11 +89,15 @@
 //! A [`FrameDecoder`] holds at most one frame: [`FrameDecoder::push`] takes bytes only up to the
 //! end of the current frame, and a header claiming more than `max_payload` is refused
 //! ([`WireError::TooLong`]) as soon as its 24 bytes are in, before any payload is read or
-//! allocated. The payload of [`Message::Data`], [`Message::ResyncData`] and
-//! [`Message::ReadReply`] is copied once, from the pushed bytes straight into the `Vec<u8>` the
-//! message owns; the fixed fields before it go to a small array, so no bytes are moved afterwards.
-//! [`encode_into`] appends a whole frame to a reusable buffer (one copy of the data, which a single
-//! `write` of the frame needs anyway).
+//! allocated. [`FrameDecoder::push`] copies the payload of [`Message::Data`],
+//! [`Message::ResyncData`] and [`Message::ReadReply`] once, from the pushed bytes straight into
+//! the buffer the message owns; [`FrameDecoder::push_in_place`] (the node's receiver) takes it from
+//! the caller's `BytesMut` without a copy once all of it is there, so a [`Message::Data`]'s
+//! [`Bytes`] is a slice of the read buffer (the `Vec` payloads of the other two are copied from it
+//! once). The fixed fields go to a small array either way. [`encode_into`] appends a whole frame to
+//! a reusable buffer (one copy of the data); [`encode_split`] appends all of it but a
+//! [`Message::Data`]'s data, which it hands back to be sent by reference with a vectored write:
+//! the bytes on the wire are the same.
 //!
 //! # Authentication
 //!
@@ -121,6 +125,7 @@
 
 use std::fmt;
 
+use bytes::{Buf, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -588,8 +593,9 @@ pub enum Message {
         flush: bool,
         /// Which ack the sender waits for.
         protocol: ReplicationProtocol,
-        /// The bytes to write; its length is the write's length.
-        data: Vec<u8>,
+        /// The bytes to write; its length is the write's length. Shared, not copied: on the Primary the
+        /// application's buffer, on the Secondary a slice of the receiver's read buffer.
+        data: Bytes,
     },
     /// A replicated write of zeroes (WRITE SAME with zeroes, UNMAP), without a payload.
     WriteZeroes {
@@ -963,8 +969,8 @@ impl Message {
     /// Bytes of the whole frame [`encode`] writes for this message.
     pub fn frame_len(&self) -> usize {
         let bulk = match self {
-            Message::Data { data, .. }
-            | Message::ReadReply { data, .. }
+            Message::Data { data, .. } => data.len(),
+            Message::ReadReply { data, .. }
             | Message::ResyncData { data, .. }
             | Message::Reservations { data, .. } => data.len(),
             Message::ResizeReply { refusal, .. } => refusal_bytes(refusal).len(),
@@ -1343,6 +1349,55 @@ pub fn encode(message: &Message) -> Vec<u8> {
 /// at the peer's `max_request`.
 pub fn encode_into(message: &Message, out: &mut Vec<u8>) {
     let start = out.len();
+    encode_head(message, out, 0);
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends the frame of `message` to `out` like [`encode_into`], except the data of a [`Message::Data`]:
+/// that is returned, with the length of `out` where it belongs (before the frame's trailing checksum), for
+/// the caller to send by reference (a vectored write of `out[..at]`, the data, `out[at..]`). The bytes on the
+/// wire are [`encode`]'s. Other messages are appended whole and give `None`.
+///
+/// # Panics
+/// Like [`encode_into`].
+pub fn encode_split(message: Message, out: &mut Vec<u8>) -> Option<(usize, Bytes)> {
+    let Message::Data {
+        seq,
+        offset,
+        epoch,
+        fua,
+        flush,
+        protocol,
+        data,
+    } = message
+    else {
+        encode_into(&message, out);
+        return None;
+    };
+    // The same message without its data (an empty `Bytes` allocates nothing) gives the header and the fixed
+    // fields; the length counts the data.
+    let head = Message::Data {
+        seq,
+        offset,
+        epoch,
+        fua,
+        flush,
+        protocol,
+        data: Bytes::new(),
+    };
+    let start = out.len();
+    encode_head(&head, out, data.len());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), &data);
+    let at = out.len();
+    out.extend_from_slice(&crc.to_le_bytes());
+    Some((at, data))
+}
+
+/// Appends the header and the payload, with the length (the payload's and `left_out` bytes sent apart) and the
+/// header checksum filled in.
+fn encode_head(message: &Message, out: &mut Vec<u8>, left_out: usize) {
+    let start = out.len();
     let (flags, seq) = message.flags_and_seq();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(message.frame_type() as u16).to_le_bytes());
@@ -1352,13 +1407,11 @@ pub fn encode_into(message: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     message.write_payload(out);
-    let len = u32::try_from(out.len() - start - HEADER_LEN)
+    let len = u32::try_from(out.len() - start - HEADER_LEN + left_out)
         .expect("replication frame payload exceeds u32::MAX bytes");
     out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[start..start + AT_HEADER_CRC]);
     out[start + AT_HEADER_CRC..start + HEADER_LEN].copy_from_slice(&header_crc.to_le_bytes());
-    let crc = crc32c::crc32c(&out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Decodes exactly one whole frame of at most `max_payload` payload bytes.
@@ -1427,7 +1480,10 @@ pub struct FrameDecoder {
     header_filled: usize,
     head: [u8; MAX_FIXED_LEN],
     head_filled: usize,
+    /// The bulk part copied from pushed slices ([`push`](Self::push)); allocated when its first byte comes.
     tail: Vec<u8>,
+    /// The bulk part taken whole from the caller's buffer ([`push_in_place`](Self::push_in_place)).
+    tail_in_place: Option<Bytes>,
     trailer: [u8; TRAILER_LEN],
     trailer_filled: usize,
     /// CRC32C of the frame so far, computed as bytes arrive so the payload is read only once.
@@ -1445,6 +1501,7 @@ impl FrameDecoder {
             head: [0; MAX_FIXED_LEN],
             head_filled: 0,
             tail: Vec::new(),
+            tail_in_place: None,
             trailer: [0; TRAILER_LEN],
             trailer_filled: 0,
             crc: 0,
@@ -1497,6 +1554,10 @@ impl FrameDecoder {
                     );
                     if self.head_filled == header.head_len {
                         let n = (header.tail_len - self.tail.len()).min(rest.len());
+                        if n > 0 && self.tail.is_empty() {
+                            // The length passed the limit in `parse_header`.
+                            self.tail.reserve_exact(header.tail_len);
+                        }
                         self.tail.extend_from_slice(&rest[..n]);
                         rest = &rest[n..];
                     }
@@ -1520,6 +1581,59 @@ impl FrameDecoder {
             }
         }
         bytes.len() - rest.len()
+    }
+
+    /// Takes bytes from the front of `buf` like [`push`](Self::push), with one difference: the bulk part of a
+    /// frame (the data of a [`Message::Data`], [`Message::ResyncData`] or [`Message::ReadReply`]) is taken only
+    /// once all of it is in `buf`, and then without a copy (`split_to`, so the message's [`Bytes`] shares
+    /// `buf`'s allocation); until then it stays in `buf` and [`awaited_payload`](Self::awaited_payload) says
+    /// how many bytes `buf` must hold. Returns how many bytes it took. The header, the fixed fields and the
+    /// trailer are copied into the decoder, as with `push` (a few dozen bytes).
+    pub fn push_in_place(&mut self, buf: &mut BytesMut) -> usize {
+        let mut used = 0;
+        loop {
+            let limit = match self.stage {
+                Stage::Ready(_) | Stage::Failed(_) => break,
+                Stage::Header => HEADER_LEN - self.header_filled,
+                Stage::Payload(header) if self.head_filled < header.head_len => {
+                    header.head_len - self.head_filled
+                }
+                // A bulk part that `push` started copying is finished the same way.
+                Stage::Payload(_) if !self.tail.is_empty() => buf.len(),
+                Stage::Payload(header) => {
+                    if buf.len() < header.tail_len {
+                        break;
+                    }
+                    let tail = buf.split_to(header.tail_len).freeze();
+                    self.crc = crc32c::crc32c_append(self.crc, &tail);
+                    self.tail_in_place = Some(tail);
+                    used += header.tail_len;
+                    self.stage = Stage::Trailer(header);
+                    continue;
+                }
+                Stage::Trailer(_) => TRAILER_LEN - self.trailer_filled,
+            };
+            let n = self.push(&buf[..buf.len().min(limit)]);
+            buf.advance(n);
+            used += n;
+            if n == 0 {
+                break;
+            }
+        }
+        used
+    }
+
+    /// The bulk bytes [`push_in_place`](Self::push_in_place) waits to find whole in its buffer, if it does:
+    /// the buffer must be able to hold that many (at most `max_payload`) before the frame can go on.
+    pub fn awaited_payload(&self) -> Option<usize> {
+        match self.stage {
+            Stage::Payload(header)
+                if self.head_filled == header.head_len && self.tail.is_empty() =>
+            {
+                Some(header.tail_len)
+            }
+            _ => None,
+        }
     }
 
     /// The frame that [`push`](Self::push) completed, if any. After an error the decoder is
@@ -1595,7 +1709,6 @@ impl FrameDecoder {
         self.trailer_filled = 0;
         self.crc = crc32c::crc32c(&self.header);
         let tail_len = len - spec.fixed;
-        self.tail = Vec::with_capacity(tail_len);
         Ok(FrameHeader {
             ty,
             flags,
@@ -1615,7 +1728,10 @@ impl FrameDecoder {
                 computed: self.crc,
             });
         }
-        let tail = std::mem::take(&mut self.tail);
+        let tail = match self.tail_in_place.take() {
+            Some(bytes) => Tail::InPlace(bytes),
+            None => Tail::Copied(std::mem::take(&mut self.tail)),
+        };
         parse_payload(header, &self.head[..header.head_len], tail)
     }
 }
@@ -1635,9 +1751,48 @@ impl fmt::Debug for FrameDecoder {
             .field("stage", &stage)
             .field(
                 "buffered",
-                &(self.header_filled + self.head_filled + self.tail.len() + self.trailer_filled),
+                &(self.header_filled
+                    + self.head_filled
+                    + self.tail.len()
+                    + self.tail_in_place.as_ref().map_or(0, Bytes::len)
+                    + self.trailer_filled),
             )
             .finish()
+    }
+}
+
+/// The bulk part of a whole frame: copied from pushed slices, or a slice of the caller's buffer.
+enum Tail {
+    Copied(Vec<u8>),
+    InPlace(Bytes),
+}
+
+impl Tail {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Tail::Copied(v) => v,
+            Tail::InPlace(b) => b,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// As shared bytes, without a copy.
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Tail::Copied(v) => Bytes::from(v),
+            Tail::InPlace(b) => b,
+        }
+    }
+
+    /// As a vector the message owns: the copied bytes as they are, bytes in place copied once.
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Tail::Copied(v) => v,
+            Tail::InPlace(b) => b.to_vec(),
+        }
     }
 }
 
@@ -1713,7 +1868,7 @@ fn check_range(frame: &str, offset: u64, len: u64) -> Result<(), WireError> {
     }
 }
 
-fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Message, WireError> {
+fn parse_payload(header: FrameHeader, head: &[u8], tail: Tail) -> Result<Message, WireError> {
     use FrameType as T;
     let FrameHeader { ty, flags, seq, .. } = header;
     let name = ty.spec().name;
@@ -1805,7 +1960,7 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
                 fua: flags & FLAG_FUA != 0,
                 flush: flags & FLAG_FLUSH != 0,
                 protocol: ReplicationProtocol::from_bits(flags, name)?,
-                data: tail,
+                data: tail.into_bytes(),
             }
         }
         T::WriteZeroes => {
@@ -1839,7 +1994,7 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
                     ),
                 ));
             }
-            let refusal = match String::from_utf8(tail) {
+            let refusal = match String::from_utf8(tail.into_vec()) {
                 Ok(text) if text.is_empty() => None,
                 Ok(text) => Some(text),
                 Err(_) => return Err(malformed(name, format_args!("the refusal is not UTF-8"))),
@@ -1857,7 +2012,10 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
             let (offset, len) = r.range()?;
             Message::ReadRequest { seq, offset, len }
         }
-        T::ReadReply => Message::ReadReply { seq, data: tail },
+        T::ReadReply => Message::ReadReply {
+            seq,
+            data: tail.into_vec(),
+        },
         T::ReadFailed => Message::ReadFailed { seq },
         T::Reservations => {
             if tail.len() > RESERVATIONS_CAPACITY {
@@ -1869,7 +2027,10 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
                     ),
                 ));
             }
-            Message::Reservations { seq, data: tail }
+            Message::Reservations {
+                seq,
+                data: tail.into_vec(),
+            }
         }
         T::ReservationsAck => Message::ReservationsAck { seq },
         T::ResyncRequest => {
@@ -1879,7 +2040,10 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
         T::ResyncData => {
             let offset = r.u64()?;
             check_range(name, offset, tail.len() as u64)?;
-            Message::ResyncData { offset, data: tail }
+            Message::ResyncData {
+                offset,
+                data: tail.into_vec(),
+            }
         }
         T::ResyncAck => {
             let (offset, len) = r.range()?;
@@ -1926,6 +2090,7 @@ fn parse_payload(header: FrameHeader, head: &[u8], tail: Vec<u8>) -> Result<Mess
             // The count comes from the payload length, which passed the limit before a byte of
             // it was read: a peer cannot make this allocate more than it actually sent.
             let words: Vec<u64> = tail
+                .as_slice()
                 .chunks_exact(8)
                 .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
                 .collect();
@@ -2681,6 +2846,138 @@ mod tests {
         Ok(out)
     }
 
+    /// Like [`decode_in_pieces`], the way the node's receiver does: each piece appended to one buffer, frames
+    /// taken with [`FrameDecoder::push_in_place`]. The buffer never holds more than one frame and one piece.
+    fn decode_in_place_pieces(
+        stream: &[u8],
+        sizes: &[usize],
+        max: u32,
+    ) -> Result<Vec<Message>, WireError> {
+        let mut decoder = FrameDecoder::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut input = stream;
+        let mut sizes = sizes.iter().copied().cycle();
+        while !input.is_empty() {
+            let piece = sizes.next().unwrap_or(1).clamp(1, input.len());
+            buf.extend_from_slice(&input[..piece]);
+            input = &input[piece..];
+            loop {
+                decoder.push_in_place(&mut buf);
+                match decoder.next_frame()? {
+                    Some(message) => out.push(message),
+                    None => break,
+                }
+            }
+            assert!(
+                buf.len() <= max as usize + piece,
+                "more than a frame and a piece buffered"
+            );
+            if let Some(awaited) = decoder.awaited_payload() {
+                assert!(buf.len() < awaited, "waits for a payload it has");
+            } else {
+                assert!(buf.is_empty(), "stopped with bytes it could take");
+            }
+        }
+        assert!(
+            decoder.is_idle() && buf.is_empty(),
+            "stream ended mid-frame"
+        );
+        Ok(out)
+    }
+
+    #[test]
+    fn wire_push_in_place_takes_the_data_without_a_copy() {
+        let message = Message::Data {
+            seq: 1,
+            offset: 0,
+            epoch: 1,
+            fua: false,
+            flush: false,
+            protocol: ReplicationProtocol::C,
+            data: Bytes::from(vec![0x5a; 4096]),
+        };
+        let frame = encode(&message);
+        let mut buf = BytesMut::with_capacity(frame.len() * 2);
+        // The header and some data first: the data stays in the buffer until all of it is there.
+        buf.extend_from_slice(&frame[..HEADER_LEN + DATA_PREFIX_LEN + 100]);
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
+        let mut decoder = FrameDecoder::new(MAX);
+        assert_eq!(
+            decoder.push_in_place(&mut buf),
+            HEADER_LEN + DATA_PREFIX_LEN
+        );
+        assert_eq!(decoder.awaited_payload(), Some(4096));
+        assert_eq!(buf.len(), 100);
+        assert_eq!(decoder.next_frame(), Ok(None));
+        buf.extend_from_slice(&frame[HEADER_LEN + DATA_PREFIX_LEN + 100..]);
+        assert_eq!(decoder.push_in_place(&mut buf), 4096 + TRAILER_LEN);
+        assert!(buf.is_empty());
+        let Ok(Some(Message::Data { data, .. })) = decoder.next_frame() else {
+            panic!("no Data frame");
+        };
+        assert!(
+            range.contains(&(data.as_ptr() as usize)),
+            "the data was copied"
+        );
+        assert_eq!(data, message_data(&message));
+        assert!(decoder.is_idle());
+    }
+
+    fn message_data(message: &Message) -> Bytes {
+        match message {
+            Message::Data { data, .. } => data.clone(),
+            _ => Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn wire_push_in_place_finishes_what_push_started() {
+        let messages = samples();
+        let stream: Vec<u8> = messages.iter().flat_map(encode).collect();
+        let mut decoder = FrameDecoder::new(MAX);
+        let mut out = Vec::new();
+        let mut input = &stream[..];
+        let mut in_place = false;
+        while !input.is_empty() {
+            // Alternates the two ways every 5 bytes, so frames are started one way and finished the other.
+            let piece = input.len().min(5);
+            if in_place {
+                let mut buf = BytesMut::from(&input[..piece]);
+                let used = decoder.push_in_place(&mut buf);
+                input = &input[used..];
+                if used == 0 {
+                    // Waits for a whole payload: push copies it.
+                    let used = decoder.push(&input[..piece]);
+                    input = &input[used..];
+                }
+            } else {
+                let used = decoder.push(&input[..piece]);
+                input = &input[used..];
+            }
+            in_place = !in_place;
+            if let Some(message) = decoder.next_frame().unwrap() {
+                out.push(message);
+            }
+        }
+        assert_eq!(out, messages);
+    }
+
+    #[test]
+    fn wire_encode_split_sends_the_same_bytes() {
+        for message in samples() {
+            let whole = encode(&message);
+            let mut out = vec![0xaa; 3];
+            let split = encode_split(message.clone(), &mut out);
+            let mut sent = out[3..].to_vec();
+            if let Some((at, data)) = split {
+                assert!(matches!(message, Message::Data { .. }));
+                sent.splice(at - 3..at - 3, data.iter().copied());
+            }
+            assert_eq!(sent, whole, "{}", message.name());
+        }
+    }
+
     #[test]
     fn wire_round_trip_every_type() {
         let samples = samples();
@@ -2744,7 +3041,7 @@ mod tests {
             fua: true,
             flush: true,
             protocol: ReplicationProtocol::C,
-            data: vec![0xee; 3],
+            data: vec![0xee; 3].into(),
         };
         let mut payload = 0x1000u64.to_le_bytes().to_vec();
         payload.extend_from_slice(&2u64.to_le_bytes());
@@ -2868,7 +3165,7 @@ mod tests {
             fua: false,
             flush: false,
             protocol: ReplicationProtocol::A,
-            data: vec![0; 4097],
+            data: vec![0; 4097].into(),
         };
         let frame = encode(&big);
         assert!(matches!(
@@ -3631,7 +3928,7 @@ mod tests {
                         fua,
                         flush,
                         protocol,
-                        data,
+                        data: data.into(),
                     }
                 }),
             (
@@ -3746,6 +4043,7 @@ mod tests {
             0 => usize::MAX,
             n => n,
         };
+        fuzz_check_in_place(&stream, piece);
         fuzz_check_stream(&stream, piece)
     }
 
@@ -3786,6 +4084,51 @@ mod tests {
         frames
     }
 
+    /// The fuzz target's second check: [`FrameDecoder::push_in_place`] on the same pieces gives what `push`
+    /// gives (the same messages, then the same error if any), holding at most a frame and a piece.
+    fn fuzz_check_in_place(stream: &[u8], piece: usize) {
+        const MAX_PAYLOAD: u32 = 4096;
+        let pieces = || stream.chunks(piece.min(stream.len()).max(1));
+        let mut copied = FrameDecoder::new(MAX_PAYLOAD);
+        let mut expected = Vec::new();
+        let mut expected_error = None;
+        'copied: for mut chunk in pieces() {
+            loop {
+                let used = copied.push(chunk);
+                chunk = &chunk[used..];
+                match copied.next_frame() {
+                    Ok(Some(message)) => expected.push(message),
+                    Ok(None) => break,
+                    Err(error) => {
+                        expected_error = Some(error);
+                        break 'copied;
+                    }
+                }
+            }
+        }
+        let mut decoder = FrameDecoder::new(MAX_PAYLOAD);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut got_error = None;
+        'pieces: for chunk in pieces() {
+            buf.extend_from_slice(chunk);
+            loop {
+                decoder.push_in_place(&mut buf);
+                match decoder.next_frame() {
+                    Ok(Some(message)) => got.push(message),
+                    Ok(None) => break,
+                    Err(error) => {
+                        got_error = Some(error);
+                        break 'pieces;
+                    }
+                }
+            }
+            assert!(buf.len() <= MAX_PAYLOAD as usize + chunk.len());
+        }
+        assert_eq!(got, expected);
+        assert_eq!(got_error, expected_error);
+    }
+
     #[test]
     fn wire_fuzz_check_accepts_valid_streams() {
         // The fuzz check must pass on good input, or it would only ever see errors.
@@ -3793,6 +4136,7 @@ mod tests {
         let stream: Vec<u8> = samples.iter().flat_map(encode).collect();
         for piece in [1, 7, 64, usize::MAX] {
             assert_eq!(fuzz_check_stream(&stream, piece), samples.len());
+            fuzz_check_in_place(&stream, piece);
         }
         let ping = FrameType::ALL
             .iter()
@@ -3814,6 +4158,11 @@ mod tests {
             let mut appended = vec![0xaa; 3];
             encode_into(&message, &mut appended);
             prop_assert_eq!(&appended[3..], &frame[..]);
+            let mut split = vec![0xaa; 3];
+            if let Some((at, data)) = encode_split(message, &mut split) {
+                split.splice(at..at, data.iter().copied());
+            }
+            prop_assert_eq!(&split[3..], &frame[..]);
         }
 
         #[test]
@@ -3822,7 +4171,8 @@ mod tests {
             sizes in prop::collection::vec(1usize..97, 1..16),
         ) {
             let stream: Vec<u8> = messages.iter().flat_map(encode).collect();
-            prop_assert_eq!(decode_in_pieces(&stream, &sizes, MAX), Ok(messages));
+            prop_assert_eq!(decode_in_pieces(&stream, &sizes, MAX), Ok(messages.clone()));
+            prop_assert_eq!(decode_in_place_pieces(&stream, &sizes, MAX), Ok(messages));
         }
 
         #[test]

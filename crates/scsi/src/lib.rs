@@ -50,6 +50,8 @@ pub use sense::{FieldPointer, Sense, SenseKey};
 
 use std::io;
 
+use bytes::Bytes;
+
 /// Called once with the result of a [`BlockDevice::submit_write`].
 pub type WriteDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 
@@ -80,8 +82,10 @@ pub trait BlockDevice: Send + Sync {
         false
     }
     /// Starts a write of `buf` at `offset` and calls `done` with its result, from whatever thread completes
-    /// it (perhaps this one, before returning). The default writes with [`write_at`](Self::write_at), blocking.
-    fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: WriteDone) {
+    /// it (perhaps this one, before returning). `buf` shares the initiator's Data-Out (no copy was made); a device
+    /// that keeps it past the call keeps that buffer alive. The default writes with
+    /// [`write_at`](Self::write_at), blocking.
+    fn submit_write(&self, buf: Bytes, offset: u64, fua: bool, done: WriteDone) {
         done(self.write_at(&buf, offset, fua));
     }
     /// True if [`unmap`](Self::unmap) deallocates storage (a thin provisioned device: a sparse file on a

@@ -529,7 +529,7 @@ impl Pair {
             Input::Write {
                 id,
                 offset,
-                data,
+                data: data.into(),
                 fua,
             },
             now,

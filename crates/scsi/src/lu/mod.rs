@@ -290,12 +290,19 @@ impl LogicalUnit {
     /// [`execute`](Self::execute) and its outcome passed on. `Err(done)`, with nothing done: the write's blocks
     /// are held by a COMPARE AND WRITE (or another read-compare-write command) in progress, and waiting for it
     /// would block the caller; run the command with [`execute`](Self::execute) on a thread that may wait.
+    /// `data_out` holds the bytes of `req.data_out`: the write's data goes to the device as a slice of it, not a
+    /// copy.
     pub fn submit(
         &self,
         req: &Request<'_>,
         cmd: &Decoded,
+        data_out: &bytes::Bytes,
         done: WriteOutcome,
     ) -> Result<(), WriteOutcome> {
+        debug_assert!(
+            std::ptr::eq(data_out.as_ref(), req.data_out),
+            "data_out is not the request's Data-Out"
+        );
         let t = match cmd.command() {
             Ok(Command::Write(t)) if self.dev.submits_writes() => t,
             _ => {
@@ -323,13 +330,13 @@ impl LogicalUnit {
             done(Outcome::check_condition(sense));
             return Ok(());
         }
-        let data = write_data(&t, req.data_out);
-        if data.is_empty() {
+        let len = write_data(&t, data_out).len();
+        if len == 0 {
             done(Outcome::good(Vec::new()));
             return Ok(());
         }
         self.dev.submit_write(
-            data.to_vec(),
+            data_out.slice(..len),
             byte_offset(t.lba),
             t.fua || self.write_through(),
             Box::new(move |result| {

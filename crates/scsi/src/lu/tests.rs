@@ -2668,7 +2668,7 @@ fn compare_and_write_is_atomic_against_a_concurrent_write() {
 /// A [`MemoryDevice`] that submits writes and completes them only when the test says so.
 struct DeferredDevice {
     inner: MemoryDevice,
-    pending: Mutex<Vec<(Vec<u8>, u64, crate::WriteDone)>>,
+    pending: Mutex<Vec<(bytes::Bytes, u64, crate::WriteDone)>>,
 }
 
 impl DeferredDevice {
@@ -2695,7 +2695,7 @@ impl BlockDevice for DeferredDevice {
     fn submits_writes(&self) -> bool {
         true
     }
-    fn submit_write(&self, buf: Vec<u8>, offset: u64, _fua: bool, done: crate::WriteDone) {
+    fn submit_write(&self, buf: bytes::Bytes, offset: u64, _fua: bool, done: crate::WriteDone) {
         self.pending.lock().unwrap().push((buf, offset, done));
     }
 }
@@ -2710,14 +2710,16 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
     let write = rw10(WRITE_10, 0, 4, 4);
     assert!(lu.submits(&Decoded::new(&write)));
     let (tx, rx) = std::sync::mpsc::channel();
+    let data = bytes::Bytes::from(vec![0x11; 4 * 512]);
     let submitted = lu.submit(
         &Request {
             nexus: &nexus(1),
             cdb: &write,
-            data_out: &[0x11; 4 * 512],
+            data_out: &data,
             luns: &[0],
         },
         &Decoded::new(&write),
+        &data,
         Box::new(move |o| tx.send(o).unwrap()),
     );
     assert!(submitted.is_ok());
@@ -2743,14 +2745,16 @@ fn compare_and_write_waits_for_a_submitted_write_to_complete() {
     assert!(rx.try_recv().is_err());
     // Another write to those blocks would wait behind the COMPARE AND WRITE: submit hands it back untouched (the
     // caller runs it where waiting is allowed) instead of blocking the caller (a connection's task).
+    let data = bytes::Bytes::from(vec![0x33; 2 * 512]);
     let handed_back = lu.submit(
         &Request {
             nexus: &nexus(3),
             cdb: &rw10(WRITE_10, 0, 6, 2),
-            data_out: &[0x33; 2 * 512],
+            data_out: &data,
             luns: &[0],
         },
         &Decoded::new(&rw10(WRITE_10, 0, 6, 2)),
+        &data,
         Box::new(|_| panic!("a write handed back is not answered")),
     );
     assert!(handed_back.is_err());

@@ -70,7 +70,7 @@ impl BlockDevice for PrDevice {
     fn submits_writes(&self) -> bool {
         self.submits
     }
-    fn submit_write(&self, buf: Vec<u8>, offset: u64, fua: bool, done: WriteDone) {
+    fn submit_write(&self, buf: bytes::Bytes, offset: u64, fua: bool, done: WriteDone) {
         done(self.write_at(&buf, offset, fua));
     }
     fn reservation_capacity(&self) -> usize {
@@ -1289,10 +1289,11 @@ fn submitted_writes_are_checked() {
     assert!(f.lu.submits(&Decoded::new(&cdb)));
     let submit = |n: &Nexus| {
         let (tx, rx) = std::sync::mpsc::channel();
+        let data = bytes::Bytes::from_static(&[7; 512]);
         let req = Request {
             nexus: n,
             cdb: &cdb,
-            data_out: &[7; 512],
+            data_out: &data,
             luns: &[0],
         };
         assert!(f
@@ -1300,6 +1301,7 @@ fn submitted_writes_are_checked() {
             .submit(
                 &req,
                 &Decoded::new(&cdb),
+                &data,
                 Box::new(move |o| tx.send(o).unwrap())
             )
             .is_ok());
