@@ -1223,7 +1223,15 @@ impl<S: Storage> Engine<S> {
         if targets.peer && link.is_some() {
             let seq = self.next_seq;
             self.next_seq += 1;
-            let protocol = self.cfg.protocol;
+            let stored_here = targets.local && self.state.disk() == DiskState::UpToDate;
+            // Protocols A and B acknowledge before the peer's disk has the write because this node's has it. A
+            // Primary without UpToDate data of its own (diskless, or its disk resyncing) has only the peer's:
+            // its writes go as protocol C, whatever the volume's protocol.
+            let protocol = if stored_here {
+                self.cfg.protocol
+            } else {
+                ReplicationProtocol::C
+            };
             let epoch = self.epoch;
             self.send(match body {
                 Body::Data(data) => Message::Data {
@@ -1268,7 +1276,7 @@ impl<S: Storage> Engine<S> {
                         offset,
                         len,
                         al,
-                        stored_here: targets.local && self.state.disk() == DiskState::UpToDate,
+                        stored_here,
                         sent: self.now,
                     },
                 );

@@ -995,6 +995,50 @@ fn a_diskless_primarys_write_that_the_link_lost_fails_rather_than_being_acknowle
 }
 
 #[test]
+fn a_diskless_primary_writes_as_protocol_c_whatever_the_volumes_protocol() {
+    // Protocols A and B acknowledge before the peer's disk has the write, on the strength of the Primary's own
+    // copy: a diskless Primary has none, so its writes wait for the peer's disk.
+    for protocol in [ReplicationProtocol::A, ReplicationProtocol::B] {
+        let mut p = Pair::new(BACKING, protocol);
+        p.settle(20);
+        p.admin(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+            .expect("clear bitmap");
+        p.settle(20);
+        p.admin(0, AdminCommand::Primary { force: false })
+            .expect("promote");
+        p.engine(0).storage_mut().disk.full = true;
+        write_blocks(&mut p, 0, 0, 1, 140);
+        assert_eq!(
+            p.engine(0).status().disk,
+            DiskState::Diskless,
+            "{protocol:?}"
+        );
+        let id = p.submit_write(0, 8192, pattern(141, 4096), false);
+        assert_eq!(
+            p.write_result(id),
+            None,
+            "{protocol:?}: acknowledged when sent"
+        );
+        p.cut();
+        p.settle(3);
+        assert!(
+            matches!(p.write_result(id), Some(Err(_))),
+            "{protocol:?}: {:?}",
+            p.write_result(id)
+        );
+        // With the link up, such a write completes on the peer's acknowledgement.
+        p.heal();
+        p.settle(30);
+        write_blocks(&mut p, 0, 16384, 1, 142);
+        assert_eq!(
+            p.data(1)[16384..20480],
+            pattern(142, 4096)[..],
+            "{protocol:?}"
+        );
+    }
+}
+
+#[test]
 fn a_diskless_primary_writes_through_the_peer_and_its_disk_gets_them_after_a_switchover() {
     let mut p = new_pair_in_sync();
     p.admin(0, AdminCommand::Primary { force: false })
