@@ -2237,9 +2237,7 @@ impl<S: Storage> Engine<S> {
                 ),
             );
         }
-        let attached_under_primary = self.state.role() == Role::Primary
-            && self.state.disk().is_attached()
-            && self.state.disk() != DiskState::UpToDate;
+        let attached_under_primary = self.state.primary_disk_behind();
         self.event(Event::PeerConnected {
             outcome,
             resolution,

@@ -112,6 +112,11 @@ use crate::generation::{
 };
 use crate::metadata::Flags;
 
+/// See [`VolumeState::primary_disk_behind`]; for either node.
+fn disk_behind(role: Role, disk: DiskState) -> bool {
+    role == Role::Primary && disk.is_attached() && disk != DiskState::UpToDate
+}
+
 /// The state of a disk (DRBD's disk states, plus `DUnknown` for the peer's disk when it is not known).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DiskState {
@@ -1134,6 +1139,12 @@ impl VolumeState {
         None
     }
 
+    /// A Primary with a disk attached that is not UpToDate: one attached under it, before or during its resync
+    /// from the peer.
+    pub fn primary_disk_behind(&self) -> bool {
+        disk_behind(self.role, self.disk)
+    }
+
     /// A connected peer holds UpToDate data: a Primary without its own serves that (DRBD's diskless Primary), and
     /// may attach a disk under it, which resyncs from the peer.
     fn served_by_peer(&self) -> bool {
@@ -1143,12 +1154,7 @@ impl VolumeState {
     /// A Primary's disk that is not UpToDate is kept only while the peer serves the data and resyncs it; without
     /// that (the link lost, the peer's disk gone) it is dropped at once: it is behind, and nothing may read it.
     fn drop_stale_primary_disk(&mut self, fx: &mut Effects) {
-        let stale = self.role == Role::Primary
-            && matches!(
-                self.disk,
-                DiskState::Outdated | DiskState::Inconsistent | DiskState::Consistent
-            );
-        if stale && !self.served_by_peer() {
+        if self.primary_disk_behind() && !self.served_by_peer() {
             self.disk = DiskState::Diskless;
             self.lose_local_disk(fx);
         }
@@ -1757,10 +1763,7 @@ impl VolumeState {
         // split brain, unrelated data) must not cost the Primary the link it serves through: the attached disk is
         // dropped again instead, on its own node; the other side keeps the link and waits for that.
         let stale = |primary: (Role, DiskState), other: (Role, DiskState)| {
-            primary.0 == Role::Primary
-                && primary.1.is_attached()
-                && primary.1 != DiskState::UpToDate
-                && other == (Role::Secondary, DiskState::UpToDate)
+            disk_behind(primary.0, primary.1) && other == (Role::Secondary, DiskState::UpToDate)
         };
         let (local, remote) = ((self.role, self.disk), (peer_role, peer_disk));
         let (here, there) = (stale(local, remote), stale(remote, local));
