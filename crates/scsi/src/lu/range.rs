@@ -38,6 +38,9 @@ struct State {
     next_ticket: u64,
     /// Held and waiting ranges, in arrival (ticket) order.
     entries: Vec<Entry>,
+    /// Threads waiting in [`RangeLocks::lock`]: a release wakes them only when there are any (a wake-up is a
+    /// system call, on every write's completion otherwise).
+    waiters: usize,
 }
 
 impl State {
@@ -88,8 +91,12 @@ impl RangeLocks {
     pub(super) fn lock(self: &Arc<Self>, lba: u64, blocks: u64, access: Access) -> RangeGuard {
         let mut st = self.state();
         let ticket = st.enqueue(lba, blocks, access);
-        while st.blocked(ticket) {
-            st = self.released.wait(st).unwrap_or_else(|e| e.into_inner());
+        if st.blocked(ticket) {
+            st.waiters += 1;
+            while st.blocked(ticket) {
+                st = self.released.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.waiters -= 1;
         }
         RangeGuard {
             locks: Arc::clone(self),
@@ -130,8 +137,12 @@ impl Drop for RangeGuard {
     fn drop(&mut self) {
         let mut st = self.locks.state();
         st.entries.retain(|e| e.ticket != self.ticket);
+        // Checked under the lock a waiter holds from its check of `blocked` until it sleeps: none is missed.
+        let wake = st.waiters > 0;
         drop(st);
-        self.locks.released.notify_all();
+        if wake {
+            self.locks.released.notify_all();
+        }
     }
 }
 
@@ -194,5 +205,6 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), "shared");
         shared.join().unwrap();
         assert_eq!(locks.entries(), 0);
+        assert_eq!(locks.state().waiters, 0, "every waiter counted out");
     }
 }
