@@ -2,8 +2,8 @@
 //!
 //! The engine composes the decision modules — [`state`](crate::state) for the states and their rules,
 //! [`generation`](crate::generation) for the connect decision, [`metadata`](crate::metadata),
-//! [`bitmap`](crate::bitmap) and [`activity_log`](crate::activity_log) for what is on disk,
-//! [`wire`](crate::wire) for the link and [`resync`](crate::resync) for the copying — into the behaviour of a
+//! [`bitmap`](crate::bitmap) and [`activity_log`] for what is on disk,
+//! [`wire`] for the link and [`resync`](crate::resync) for the copying — into the behaviour of a
 //! DRBD volume: application writes go to the local disk and to the peer, and complete per the protocol; the link
 //! is authenticated, then the generation tuples decide whether and which way to resync; a lost peer leaves the
 //! written blocks marked out of sync and starts a new generation before any further write is acknowledged.
