@@ -387,9 +387,10 @@ enum Piece<'a> {
     Bulk(&'a Bytes),
 }
 
-impl Piece<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
+impl<'a> Piece<'a> {
+    /// The piece's bytes, borrowed from the batch (not from the piece), so a send can keep them.
+    fn bytes(&self) -> &'a [u8] {
+        match *self {
             Piece::Small(b) => b,
             Piece::Bulk(b) => b,
         }
@@ -435,10 +436,7 @@ impl FrameBatch {
             if filled == iov.len() {
                 break;
             }
-            let bytes: &'a [u8] = match piece {
-                Piece::Small(b) => b,
-                Piece::Bulk(b) => b,
-            };
+            let bytes = piece.bytes();
             if skip >= bytes.len() {
                 skip -= bytes.len();
                 continue;
